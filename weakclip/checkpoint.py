@@ -1,0 +1,74 @@
+"""Checkpoints that rebuild the model by themselves: safetensors weights + JSON config + class names."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import WeakCLIPConfig
+from .io import atomic_path
+from .model import WeakCLIP, build_from_config
+
+FORMAT = "weakclip-checkpoint-1"
+
+
+def save_checkpoint(model: WeakCLIP, path: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
+    """Write every parameter and buffer of ``model`` plus its config and class names to one .safetensors file.
+
+    The write is atomic (temporary name, then rename).  ``extra`` adds string metadata (e.g. training iteration).
+    """
+    path = Path(path)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "config": json.dumps(model.config.to_dict()),
+        "class_names": json.dumps(list(model.config.class_names)),
+    }
+    meta.update(extra or {})
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata=meta)
+    return path
+
+
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a WeakCLIP checkpoint (metadata format {meta.get('format')!r})")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> WeakCLIP:
+    """Rebuild the model from the checkpoint alone and load it strictly (missing/unexpected keys are listed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        meta = read_checkpoint_metadata(path)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: cannot read checkpoint ({e})") from None
+    config = WeakCLIPConfig.from_dict(json.loads(meta["config"]))
+    model = build_from_config(config)
+    with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    load_state_dict_strict(model, sd, source=str(path))
+    return model
+
+
+def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    bad_shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in expected if k in sd
+                 and sd[k].shape != expected[k].shape]  # fmt: skip
+    if missing or unexpected or bad_shape:
+        raise KeyError(
+            f"{source}: state dict does not match the model: missing keys {missing}, unexpected keys {unexpected}, "
+            f"shape mismatches {bad_shape}"
+        )
+    model.load_state_dict(sd, strict=True)

@@ -1,0 +1,205 @@
+"""CLIP towers over open_clip: image taps + dense embeddings with positional-embedding resize, and the text tower.
+
+Both towers are frozen (requires_grad False) inside WeakCLIP; only their forward passes are customised here.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _build_vision_tower
+from torch import nn
+
+from .config import WeakCLIPConfig
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample: zero the residual branch of a whole sample with probability p."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: int, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a ViT positional table (1 + grid², D) to (1 + h·w, D), bilinear, align_corners False.
+
+    Always interpolates (identity when the size is unchanged) so exported graphs keep H, W dynamic.
+    """
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    D = pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, grid, grid, D).permute(0, 3, 1, 2)  # (1, D, grid, grid)
+    patch_pos = F.interpolate(patch_pos, size=size, mode="bilinear", align_corners=False)
+    patch_pos = patch_pos.flatten(2).transpose(1, 2)[0]  # (h·w, D)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+class CLIPImageEncoder(nn.Module):
+    """open_clip ViT returning the adapter taps and the dense embeddings.
+
+    forward(images (B, 3, H, W)) -> (taps: list of 4 × (B, D, h, w), g (B, E), F (B, E, h, w)),
+    with h = H / patch, w = W / patch; H and W must be multiples of the patch size.
+    """
+
+    def __init__(self, cfg: WeakCLIPConfig):
+        super().__init__()
+        vision_cfg = CLIPVisionCfg(
+            layers=cfg.vision_layers,
+            width=cfg.vision_width,
+            head_width=cfg.vision_width // cfg.vision_heads,
+            patch_size=cfg.patch_size,
+            image_size=cfg.crop_size,
+        )
+        self.visual = _build_vision_tower(cfg.embed_dim, vision_cfg, quick_gelu=True)
+        self.patch_size = cfg.patch_size
+        self.grid = cfg.crop_size // cfg.patch_size  # side of the stored positional grid
+        self.tap_layers = tuple(cfg.tap_layers)
+        self.double_cls_embedding = cfg.double_cls_embedding
+        n = cfg.vision_layers
+        self.drop_path_rates = [cfg.drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear over blocks
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        v = self.visual
+        x = v.conv1(images)  # (B, D, h, w)
+        B, D, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)  # (B, h·w, D)
+        cls_tok = v.class_embedding.to(x.dtype).reshape(1, 1, D).expand(B, 1, D)
+        pos = resize_pos_embed(v.positional_embedding.to(x.dtype), self.grid, (h, w))  # (1 + h·w, D)
+        if self.double_cls_embedding:  # official quirk: class_embedding added a second time through the position
+            pos = torch.cat([pos[:1] + v.class_embedding.to(x.dtype), pos[1:]], dim=0)
+        x = torch.cat([cls_tok, x], dim=1) + pos  # (B, 1 + h·w, D)
+        x = v.ln_pre(x)
+        taps = []
+        for i, blk in enumerate(v.transformer.resblocks):
+            p = self.drop_path_rates[i]
+            x = x + drop_path(blk.ls_1(blk.attention(blk.ln_1(x))), p, self.training)
+            x = x + drop_path(blk.ls_2(blk.mlp(blk.ln_2(x))), p, self.training)
+            if i + 1 in self.tap_layers:
+                taps.append(x[:, 1:].transpose(1, 2).reshape(B, D, h, w))  # patch tokens (B, D, h, w)
+        x = v.ln_post(x) @ v.proj  # (B, 1 + h·w, E)
+        g = x[:, 0]  # (B, E)
+        dense = x[:, 1:].transpose(1, 2).reshape(B, -1, h, w)  # (B, E, h, w)
+        return taps, g, dense
+
+
+class CLIPTextEncoder(nn.Module):
+    """open_clip text transformer run on prompt embeddings (K, L, W) with an L×L causal mask.
+
+    forward(prompts (K, L, W), eot_index (K,)) -> T (K, E): token at eot_index → ln_final → text_projection.
+    """
+
+    def __init__(self, cfg: WeakCLIPConfig):
+        super().__init__()
+        text_cfg = CLIPTextCfg(
+            context_length=cfg.text_length,
+            vocab_size=cfg.vocab_size,
+            width=cfg.text_width,
+            heads=cfg.text_heads,
+            layers=cfg.text_layers,
+        )
+        self.tower = _build_text_tower(cfg.embed_dim, text_cfg, quick_gelu=True)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.tower.token_embedding
+
+    def forward(self, prompts: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        t = self.tower
+        L = prompts.shape[1]
+        x = prompts + t.positional_embedding[:L].to(prompts.dtype)  # (K, L, W)
+        mask = torch.full((L, L), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
+        x = t.transformer(x, attn_mask=mask)
+        x = t.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]  # (K, W)
+        proj = t.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (K, E)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained CLIP weights
+
+
+class WeightsUnavailableError(RuntimeError):
+    pass
+
+
+def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
+    """Read CLIP weights from an OpenAI TorchScript archive, a safetensors file or a plain tensor state dict.
+
+    Plain state dicts are read with ``torch.load(weights_only=True)`` (no arbitrary pickle).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: CLIP weights file not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as zf:
+            is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+        if is_torchscript:  # OpenAI's released .pt files are TorchScript archives
+            return {k: v.float() for k, v in torch.jit.load(str(p), map_location="cpu").state_dict().items()}
+    try:
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report any unpickling refusal as one clear line
+        raise ValueError(f"{path}: not a tensor-only state dict (refusing to unpickle arbitrary objects): {e}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return sd
+
+
+def openai_weights_path(model_name: str) -> str:
+    """Path of OpenAI's CLIP weights for ``model_name`` via open_clip's download cache, or a clear error."""
+    import open_clip
+
+    try:
+        return open_clip.pretrained.download_pretrained(open_clip.get_pretrained_cfg(model_name, "openai"))
+    except Exception as e:  # noqa: BLE001
+        raise WeightsUnavailableError(
+            f"could not obtain OpenAI CLIP weights for {model_name} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            f"download ViT-B-16.pt once and pass clip_weights='/path/to/ViT-B-16.pt' (or a .safetensors state dict)"
+        ) from None
+
+
+def load_clip_weights(
+    image_encoder: CLIPImageEncoder, text_encoder: CLIPTextEncoder, weights: str, model_name: str = "ViT-B-16"
+) -> None:
+    """Load OpenAI-layout CLIP weights (``visual.*`` + top-level text keys) into both towers.
+
+    The 14×14 positional grid is resized (bilinear, align_corners False) to the crop's token grid and the text
+    positional table is truncated to the prompt length.  Missing tower keys are an error that lists them.
+    """
+    path = openai_weights_path(model_name) if weights == "openai" else weights
+    sd = _load_state_dict_file(os.fspath(path))
+    vis, txt = {}, {}
+    for k, v in sd.items():
+        if k.startswith("visual."):
+            vis[k[len("visual.") :]] = v
+        elif k.startswith(("transformer.", "token_embedding.", "ln_final.")) or k in (
+            "positional_embedding",
+            "text_projection",
+        ):
+            txt[k] = v
+    if "positional_embedding" in vis:
+        pos = vis["positional_embedding"]
+        grid = int(round((pos.shape[0] - 1) ** 0.5))
+        if pos.shape[0] != image_encoder.visual.positional_embedding.shape[0]:
+            g = image_encoder.grid
+            vis["positional_embedding"] = resize_pos_embed(pos.float(), grid, (g, g))
+    if "positional_embedding" in txt:
+        txt["positional_embedding"] = txt["positional_embedding"][: text_encoder.tower.positional_embedding.shape[0]]
+    for name, module, part in (("visual", image_encoder.visual, vis), ("text", text_encoder.tower, txt)):
+        missing, unexpected = module.load_state_dict(part, strict=False)
+        missing = [m for m in missing if not m.endswith("attn_mask")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path}: CLIP {name} tower weights do not match the config: missing {missing[:8]}"
+                f"{'…' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+            )
+

@@ -1,0 +1,116 @@
+"""WeakCLIP configuration: one dataclass, a comment per field, and named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .classes import COCO_CLASSES, VOC_CLASSES
+
+# Input normalisation of the official code: ImageNet mean/std in 0-255 RGB (not CLIP's own statistics).
+IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+@dataclass
+class WeakCLIPConfig:
+    # --- data / task ---
+    class_names: tuple[str, ...] = VOC_CLASSES  # K class names, index 0 = "background"; bare names, no templates
+    crop_size: int = 512  # training crop / sliding-window size; the stored positional grid is crop/patch square
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB mean (0-255) subtracted from the input
+    std: tuple[float, float, float] = IMAGENET_STD  # RGB std (0-255) dividing the input
+
+    # --- CLIP image tower (open_clip VisionTransformer) ---
+    clip_model_name: str = "ViT-B-16"  # open_clip architecture name used for `clip_weights="openai"`
+    patch_size: int = 16  # ViT patch size; token grid is (H/patch, W/patch)
+    vision_width: int = 768  # ViT width D
+    vision_layers: int = 12  # number of ViT blocks
+    vision_heads: int = 12  # ViT attention heads
+    pretrain_image_size: int = 224  # image size of the pretrained positional grid (14×14 for ViT-B/16)
+    tap_layers: tuple[int, ...] = (4, 6, 8, 12)  # 1-based blocks whose patch tokens feed the pyramid adapter
+    drop_path_rate: float = 0.1  # stochastic depth in the frozen ViT during training (linear over the blocks)
+    double_cls_embedding: bool = False  # official quirk: class_embedding added twice to CLS (converter sets True)
+
+    # --- CLIP text tower ---
+    embed_dim: int = 512  # joint embedding size (output of visual proj / text_projection)
+    text_width: int = 512  # text transformer width
+    text_layers: int = 12  # text transformer blocks
+    text_heads: int = 8  # text transformer heads
+    vocab_size: int = 49408  # CLIP BPE vocabulary size
+
+    # --- learnable prompt ---
+    name_context_length: int = 5  # tokens per class name: [SOT] name(≤3 BPE) [EOT] pad
+    n_contexts: int = 8  # learnable context vectors shared by all classes (text length = 5 + 8 = 13)
+
+    # --- co-attention matching ---
+    coattn_width: int = 256  # width of the co-attention decoder layers
+    coattn_heads: int = 4  # heads (head dim = width / heads)
+    coattn_layers: int = 3  # chained decoder layers per stack (an official checkpoint converts to 1)
+    coattn_mlp_ratio: int = 4  # MLP hidden = ratio × width
+    coattn_dropout: float = 0.1  # dropout in attention output and MLP
+    residual_scale_init: float = 0.1  # initial value of γ (text) and β (visual) residual scales
+
+    # --- text-guided decoder ---
+    neck_channels: int = 256  # FPN neck output channels
+    head_channels: int = 256  # FPN head channels
+    head_dropout: float = 0.1  # Dropout2d before the classifier
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def text_length(self) -> int:
+        return self.name_context_length + self.n_contexts
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WeakCLIPConfig:
+        return cls(**_checked(cls, d))
+
+def _checked(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise KeyError(f"unknown WeakCLIP config key(s) {unknown}; valid keys: {sorted(names)}")
+    out = {}
+    for k, v in d.items():
+        out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Official VOC setting: OpenAI CLIP ViT-B/16, K = 21, 512 crop.
+    "vit_b16_voc": dict(class_names=VOC_CLASSES),
+    # Official COCO setting: K = 81 (contiguous indexing).
+    "vit_b16_coco": dict(class_names=COCO_CLASSES),
+    # A tiny random-init CLIP for tests and the demo (seconds on a CPU); same structure, small widths.
+    "tiny": dict(
+        class_names=VOC_CLASSES,
+        crop_size=128,
+        clip_model_name="",
+        vision_width=64,
+        vision_layers=4,
+        vision_heads=2,
+        tap_layers=(1, 2, 3, 4),
+        drop_path_rate=0.0,
+        embed_dim=64,
+        text_width=64,
+        text_layers=2,
+        text_heads=2,
+        coattn_width=32,
+        coattn_heads=2,
+        neck_channels=32,
+        head_channels=32,
+    ),
+}
+
+def get_config(preset: str, **overrides: Any) -> WeakCLIPConfig:
+    """Build a config from a named preset plus keyword overrides (unknown keys are a clear error)."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    d = dict(PRESETS[preset])
+    d.update(overrides)
+    return WeakCLIPConfig(**_checked(WeakCLIPConfig, d))
