@@ -60,6 +60,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return model
 
 
+class StateDictMismatchError(KeyError):
+    """Missing / unexpected / mis-shaped keys; str() is the plain message (KeyError would quote it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
@@ -67,7 +74,7 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
     bad_shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in expected if k in sd
                  and sd[k].shape != expected[k].shape]  # fmt: skip
     if missing or unexpected or bad_shape:
-        raise KeyError(
+        raise StateDictMismatchError(
             f"{source}: state dict does not match the model: missing keys {missing}, unexpected keys {unexpected}, "
             f"shape mismatches {bad_shape}"
         )

@@ -148,7 +148,9 @@ def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unpickling refusal as one clear line
-        raise ValueError(f"{path}: not a tensor-only state dict (refusing to unpickle arbitrary objects): {e}") from None
+        raise ValueError(
+            f"{path}: not a tensor-only state dict (refusing to unpickle arbitrary objects): {e}"
+        ) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return sd
@@ -202,4 +204,3 @@ def load_clip_weights(
                 f"{path}: CLIP {name} tower weights do not match the config: missing {missing[:8]}"
                 f"{'…' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
             )
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .classes import COCO_CLASSES, VOC_CLASSES
@@ -11,6 +11,7 @@ from .classes import COCO_CLASSES, VOC_CLASSES
 # Input normalisation of the official code: ImageNet mean/std in 0-255 RGB (not CLIP's own statistics).
 IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
 
 @dataclass
 class WeakCLIPConfig:
@@ -71,6 +72,7 @@ class WeakCLIPConfig:
     def from_dict(cls, d: dict[str, Any]) -> WeakCLIPConfig:
         return cls(**_checked(cls, d))
 
+
 def _checked(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(names))
@@ -80,6 +82,7 @@ def _checked(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     for k, v in d.items():
         out[k] = tuple(v) if isinstance(v, list) else v
     return out
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Official VOC setting: OpenAI CLIP ViT-B/16, K = 21, 512 crop.
@@ -106,6 +109,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         head_channels=32,
     ),
 }
+
 
 def get_config(preset: str, **overrides: Any) -> WeakCLIPConfig:
     """Build a config from a named preset plus keyword overrides (unknown keys are a clear error)."""

@@ -1,0 +1,264 @@
+"""mIoU of predicted masks against ground truth: a dataset-level confusion matrix and a per-class table.
+
+Conventions (SPEC §5):
+
+* GT pixels equal to ``ignore_index`` (255) are ignored.
+* A *prediction* of 255 ("unknown", what label masking produces) on a valid GT pixel counts as wrong: it is a false
+  negative of the GT class and a false positive of no class.  Pseudo masks cannot improve their score by abstaining.
+* IoU_c = TP / (TP + FP + FN); mIoU is the nanmean over classes that appear (in GT or prediction); a class that
+  appears in neither is NaN and left out.
+* Per-class error split (our pick among the WSSS conventions): FP_c = FP / (TP + FP + FN) and
+  FN_c = FN / (TP + FP + FN), so IoU_c + FP_c + FN_c = 1 and each term is bounded (the other convention, FP/TP, blows
+  up for classes with few true positives).
+
+CLI: ``python -m weakclip.evaluate --pred DIR --gt DIR [--num-classes K | --class-names FILE] [--list FILE]
+[--json OUT] [--plot OUT.png]``.  Without ``--list`` every ``*.png`` in ``--pred`` is evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .classes import VOC_CLASSES
+from .io import atomic_path, read_mask
+
+
+@dataclass
+class SegMetrics:
+    """Scores computed from a confusion matrix (arrays have one entry per class, NaN where the class is absent)."""
+
+    iou: np.ndarray  # (K,) TP / (TP + FP + FN)
+    fp: np.ndarray  # (K,) FP / (TP + FP + FN)
+    fn: np.ndarray  # (K,) FN / (TP + FP + FN)
+    gt_pixels: np.ndarray  # (K,) valid GT pixels per class
+    miou: float  # nanmean of iou
+    pixel_acc: float  # correct / valid GT pixels
+    unknown: float  # fraction of valid GT pixels predicted 255
+
+    def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        names = list(class_names) if class_names is not None else [str(i) for i in range(len(self.iou))]
+
+        def f(x: float) -> float | None:
+            return None if math.isnan(x) else float(x)
+
+        return {
+            "miou": f(self.miou),
+            "pixel_acc": f(self.pixel_acc),
+            "unknown": f(self.unknown),
+            "per_class": [
+                {"index": i, "name": n, "iou": f(self.iou[i]), "fp": f(self.fp[i]), "fn": f(self.fn[i]),
+                 "gt_pixels": int(self.gt_pixels[i])}
+                for i, n in enumerate(names)
+            ],
+        }  # fmt: skip
+
+
+class ConfusionMatrix:
+    """Accumulates a (K, K+1) matrix: rows = GT class, columns = predicted class, last column = predicted 255.
+
+    Used by this CLI and by training validation (``update`` accepts numpy arrays or torch tensors of any equal shape).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        if not 1 <= num_classes < ignore_index:
+            raise ValueError(f"num_classes must be in 1..{ignore_index - 1}, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+
+    def reset(self) -> None:
+        self.matrix[:] = 0
+
+    def update(self, pred: Any, gt: Any, name: str = "") -> None:
+        """Add one prediction/GT pair (or a batch of them).  Values ≥ K other than 255 are an error."""
+        pred, gt = _as_numpy(pred), _as_numpy(gt)
+        where = f"{name}: " if name else ""
+        if pred.shape != gt.shape:
+            raise ValueError(f"{where}prediction shape {pred.shape} != ground-truth shape {gt.shape}")
+        K, ign = self.num_classes, self.ignore_index
+        valid = gt != ign
+        g = gt[valid].astype(np.int64)
+        p = pred[valid].astype(np.int64)
+        if g.size and (g.min() < 0 or g.max() >= K):
+            raise ValueError(f"{where}ground truth has class {int(g.max())} >= num_classes {K} (and != {ign})")
+        bad = (p != ign) & ((p < 0) | (p >= K))
+        if bad.any():
+            raise ValueError(f"{where}prediction has class {int(p[bad].max())} >= num_classes {K} (and != {ign})")
+        p = np.where(p == ign, K, p)  # 255 → the "unknown" column
+        self.matrix += np.bincount(g * (K + 1) + p, minlength=K * (K + 1)).reshape(K, K + 1)
+
+    def merge(self, other: ConfusionMatrix) -> None:
+        """Add another matrix (e.g. from another process)."""
+        self.matrix += other.matrix
+
+    def compute(self) -> SegMetrics:
+        m = self.matrix.astype(np.float64)
+        K = self.num_classes
+        tp = np.diag(m[:, :K])
+        fp = m[:, :K].sum(axis=0) - tp
+        fn = m.sum(axis=1) - tp  # includes GT pixels predicted 255
+        union = tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou, fp_r, fn_r = tp / union, fp / union, fn / union
+        total = m.sum()
+        with np.errstate(invalid="ignore"):
+            miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+        return SegMetrics(
+            iou=iou,
+            fp=fp_r,
+            fn=fn_r,
+            gt_pixels=self.matrix.sum(axis=1),
+            miou=miou,
+            pixel_acc=float(tp.sum() / total) if total else float("nan"),
+            unknown=float(m[:, K].sum() / total) if total else float("nan"),
+        )
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def format_table(metrics: SegMetrics, class_names: Sequence[str]) -> str:
+    """Per-class table (IoU, FP, FN in %) and the mIoU line."""
+    w = max(10, *(len(n) for n in class_names))
+    lines = [f"{'class':<{w}}  {'IoU':>6}  {'FP':>6}  {'FN':>6}  {'GT px':>12}"]
+    for i, n in enumerate(class_names):
+
+        def pct(v: float) -> str:
+            return "   n/a" if math.isnan(v) else f"{100 * v:6.2f}"
+
+        lines.append(
+            f"{n:<{w}}  {pct(metrics.iou[i])}  {pct(metrics.fp[i])}  {pct(metrics.fn[i])}  {metrics.gt_pixels[i]:>12d}"
+        )
+    lines.append(
+        f"mIoU {100 * metrics.miou:.2f}  pixel acc {100 * metrics.pixel_acc:.2f}  unknown {100 * metrics.unknown:.2f}"
+    )
+    return "\n".join(lines)
+
+
+def plot_iou(metrics: SegMetrics, class_names: Sequence[str], path: str | os.PathLike) -> None:
+    """Bar chart of per-class IoU (PNG, matplotlib Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iou = np.nan_to_num(metrics.iou, nan=0.0) * 100
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(class_names)), 4.0))
+    ax.bar(range(len(class_names)), iou, color="tab:blue")
+    ax.axhline(100 * metrics.miou, color="tab:red", linestyle="--", label=f"mIoU {100 * metrics.miou:.1f}")
+    ax.set_xticks(range(len(class_names)))
+    ax.set_xticklabels(class_names, rotation=90, fontsize=7)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def evaluate_dirs(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    num_classes: int,
+    names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+) -> tuple[SegMetrics, int]:
+    """Score ``pred_dir/<name>.png`` against ``gt_dir/<name>.png``; returns (metrics, number of images)."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for d, what in ((pred_dir, "--pred"), (gt_dir, "--gt")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} {d}: not a directory")
+    if names is None:
+        names = sorted(p.stem for p in pred_dir.glob("*.png") if not p.name.startswith("."))
+        if not names:
+            raise FileNotFoundError(f"{pred_dir}: no .png predictions found")
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    for name in names:
+        pred_path, gt_path = pred_dir / f"{name}.png", gt_dir / f"{name}.png"
+        for p, what in ((pred_path, "prediction"), (gt_path, "ground truth")):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: {what} for image {name!r} not found")
+        pred, gt = read_mask(pred_path), read_mask(gt_path)
+        if pred.shape != gt.shape:
+            raise ValueError(f"{pred_path}: size {pred.shape[1]}×{pred.shape[0]} != ground truth {gt_path} "
+                             f"size {gt.shape[1]}×{gt.shape[0]}")  # fmt: skip
+        cm.update(pred, gt, name=str(pred_path))
+    return cm.compute(), len(names)
+
+
+def read_names(path: str | os.PathLike) -> list[str]:
+    """One entry per line (first whitespace-separated field; blank lines skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    return [ln.split()[0] for ln in lines if ln.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="weakclip-evaluate", description=__doc__.split("\n")[0])
+    ap.add_argument("--pred", required=True, help="folder of predicted masks <name>.png")
+    ap.add_argument("--gt", required=True, help="folder of ground-truth masks <name>.png (255 = ignore)")
+    k = ap.add_mutually_exclusive_group()
+    k.add_argument("--num-classes", type=int, help="K (default: 21, VOC)")
+    k.add_argument("--class-names", help="text file, one class name per line (index 0 = background)")
+    ap.add_argument("--list", help="names to evaluate, one per line (default: every .png in --pred)")
+    ap.add_argument("--ignore-index", type=int, default=255)
+    ap.add_argument("--json", help="write the metrics as JSON here")
+    ap.add_argument("--plot", help="write a per-class IoU bar chart (PNG) here")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.class_names:
+            class_names = read_names_lines(args.class_names)
+        elif args.num_classes:
+            class_names = list(VOC_CLASSES) if args.num_classes == len(VOC_CLASSES) else [
+                str(i) for i in range(args.num_classes)]  # fmt: skip
+        else:
+            class_names = list(VOC_CLASSES)
+        names = read_names(args.list) if args.list else None
+        metrics, n = evaluate_dirs(args.pred, args.gt, len(class_names), names, args.ignore_index)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(metrics, class_names))
+    print(f"{n} images")
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({**metrics.to_dict(class_names), "num_images": n}, indent=2) + "\n")
+    if args.plot:
+        plot_iou(metrics, class_names, args.plot)
+    return 0
+
+
+def read_names_lines(path: str | os.PathLike) -> list[str]:
+    """Class names, one per line (whole line stripped: COCO names contain spaces)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    names = [ln.strip() for ln in lines if ln.strip()]
+    if not names:
+        raise ValueError(f"{path}: no class names")
+    return names
+
+
+if __name__ == "__main__":
+    sys.exit(main())

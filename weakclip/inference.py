@@ -1,0 +1,359 @@
+"""Multi-scale × flip sliding-window inference over any engine (SPEC §5), with a readable reference loop beside it.
+
+Semantics follow the official pipeline (mmseg 0.19 ``MultiScaleFlipAug`` + ``Resize(keep_ratio=True)`` +
+``slide_inference`` + ``aug_test``):
+
+* **Views.**  For every ratio r in ``scales`` the *original* image is rescaled with keep-ratio to fit the box
+  (``int(max_long·r)``, ``int(base_size·r)``), i.e. factor s = min(int(max_long·r)/long, int(base_size·r)/short) and
+  size ``int(H·s + 0.5) × int(W·s + 0.5)`` (mmcv ``rescale_size``).  Resizing is bilinear with half-pixel centres
+  (``align_corners=False``, no antialias, like cv2 ``INTER_LINEAR``) and rounded to 0..255 as mmcv's uint8 output.
+  Every view is run unflipped and, with ``flip``, horizontally flipped: 6 scales × 2 = the paper's 12 views.
+* **Sliding windows** (per view, crop c, stride s): ``h_grids = max(h - c + s - 1, 0) // s + 1`` (same for w); window
+  starts ``y1 = i·s``, ends clamped to the view, starts pulled back to ``max(y2 - c, 0)``.  A side shorter than the
+  crop is run whole at its own size (no padding to the crop).
+* **Padding to the patch size (our choice).**  mmseg runs such windows at any size; the ViT here needs multiples of 16
+  (``size_divisor``).  So each window is zero-padded at the bottom/right *after normalisation* to the next multiple
+  of 16, the engine's logits (any resolution) are resized bilinearly (``align_corners=False``) to the *padded* size,
+  and the padded rows/columns are cropped away.  This is the mmseg rule "resize the logits to the input window"
+  applied to the padded input.  Windows never exceed the crop, so the engine sees at most ``crop × crop``.
+* **Merge.**  Window logits are summed into the view and divided by the count matrix; the view logits are resized
+  bilinearly to the original H×W, softmaxed over K, un-flipped; the probability maps of all views are averaged;
+  argmax gives the mask.
+* **Image-level label masking** (the paper's rule, on when labels are given): argmax over *all* K classes, then pixels
+  whose argmax is a foreground class absent from the image's labels become 255 ("unknown").  Probabilities are
+  returned unmasked.
+* **Dense CRF** (optional, full resolution, lazy import of :mod:`weakclip.crf`).
+
+The engine is any callable ``run(windows (B, 3, h, w) float32 normalised) -> logits (B, K, h', w')``.  The fast path
+(:func:`predict_probs`) batches the windows of several images and views by padded size, ``max_batch`` per call; the
+reference path (:func:`reference_predict_probs`) is the plain per-view, per-window loop and is the test oracle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import IMAGENET_MEAN, IMAGENET_STD
+
+# The official test-time ratios (× flip = 12 views).
+OFFICIAL_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+EngineFn = Callable[[torch.Tensor], torch.Tensor]
+Window = tuple[int, int, int, int]  # (y1, y2, x1, x2), end-exclusive, in view pixels
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How an image becomes views and windows.  Defaults are the official VOC/COCO setting for a 512 crop."""
+
+    crop: int = 512  # sliding-window size c (square)
+    stride: int = 341  # sliding-window stride (official: round(2c/3))
+    base_size: int = 512  # short side of the ratio-1 view (mmseg img_scale (2048, 512) → 512)
+    max_long: int = 2048  # long-side limit of the ratio-1 view
+    scales: tuple[float, ...] = OFFICIAL_SCALES  # view ratios r
+    flip: bool = True  # also run every view horizontally flipped
+    max_batch: int = 16  # windows per engine call
+    size_divisor: int = 16  # engine input H, W must be multiples of this (ViT patch); windows are padded up to it
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB 0-255 normalisation mean
+    std: tuple[float, float, float] = IMAGENET_STD  # RGB 0-255 normalisation std
+    device: str = "cpu"  # where views, windows and accumulators live (the engine gets windows on this device)
+
+    def __post_init__(self) -> None:
+        if self.crop <= 0 or self.stride <= 0 or self.base_size <= 0 or self.max_long <= 0:
+            raise ValueError(f"crop, stride, base_size and max_long must be positive: {self}")
+        if self.stride > self.crop:
+            raise ValueError(f"stride {self.stride} > crop {self.crop} would leave pixels uncovered")
+        if self.crop % self.size_divisor:
+            raise ValueError(f"crop {self.crop} must be a multiple of size_divisor {self.size_divisor}")
+        if not self.scales or any(r <= 0 for r in self.scales):
+            raise ValueError(f"scales must be positive ratios, got {self.scales}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+
+    @classmethod
+    def for_crop(cls, crop: int, **overrides: Any) -> InferenceOptions:
+        """Options scaled to a model crop c: stride round(2c/3), base size c, long side ≤ 4c (c=512 → official)."""
+        d: dict[str, Any] = dict(crop=crop, stride=round(crop * 2 / 3), base_size=crop, max_long=4 * crop)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        if "scales" in d:
+            d["scales"] = tuple(float(r) for r in d["scales"])
+        return cls(**d)
+
+    @classmethod
+    def for_engine(cls, engine: Any, **overrides: Any) -> InferenceOptions:
+        """Options from anything with ``crop_size``, ``mean``, ``std`` (an Engine, a WeakCLIPConfig), plus overrides."""
+        d: dict[str, Any] = dict(mean=tuple(engine.mean), std=tuple(engine.std))
+        if getattr(engine, "size_divisor", None):
+            d["size_divisor"] = int(engine.size_divisor)
+        d.update(overrides)
+        return cls.for_crop(int(engine.crop_size), **d)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.scales) * (2 if self.flip else 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class Prediction:
+    """One image's result."""
+
+    probs: np.ndarray  # (K, H, W) float32: softmax averaged over the views (before label masking / CRF)
+    mask: np.ndarray  # (H, W) uint8 class indices; 255 = unknown (argmax is a class absent from the labels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# geometry
+
+
+def view_size(image_hw: tuple[int, int], ratio: float, base_size: int = 512, max_long: int = 2048) -> tuple[int, int]:
+    """(h, w) of the view at ``ratio``: mmseg keep-ratio rescale of the original into (int(max_long·r), int(base·r))."""
+    h, w = image_hw
+    long_edge, short_edge = int(max_long * ratio), int(base_size * ratio)
+    s = min(long_edge / max(h, w), short_edge / min(h, w))
+    return max(int(h * s + 0.5), 1), max(int(w * s + 0.5), 1)
+
+
+def window_grid(h: int, w: int, crop: int, stride: int) -> list[Window]:
+    """Sliding windows of mmseg ``slide_inference`` over an h×w view: list of (y1, y2, x1, x2), row-major."""
+    h_grids = max(h - crop + stride - 1, 0) // stride + 1
+    w_grids = max(w - crop + stride - 1, 0) // stride + 1
+    out = []
+    for i in range(h_grids):
+        for j in range(w_grids):
+            y2, x2 = min(i * stride + crop, h), min(j * stride + crop, w)
+            out.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return out
+
+
+def padded_size(h: int, w: int, divisor: int) -> tuple[int, int]:
+    return math.ceil(h / divisor) * divisor, math.ceil(w / divisor) * divisor
+
+
+def _to_tensor(image: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB → (1, 3, H, W) float32 0-255."""
+    t = torch.as_tensor(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    if t.ndim != 3 or t.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {tuple(t.shape)}")
+    return t.to(device).permute(2, 0, 1)[None].float()
+
+
+def make_view(image: torch.Tensor, size: tuple[int, int], flip: bool, opts: InferenceOptions) -> torch.Tensor:
+    """(1, 3, H, W) float 0-255 → normalised (3, h, w) view: resize (mmcv bilinear, uint8 rounding), flip, normalise."""
+    if tuple(image.shape[-2:]) != tuple(size):
+        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
+    mean = torch.tensor(opts.mean, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(opts.std, device=image.device).view(1, 3, 1, 1)
+    x = (image - mean) / std
+    if flip:
+        x = x.flip(-1)
+    return x[0]
+
+
+def _pad_window(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad (3, h, w) at the bottom/right to ``size`` (the value 0 is in normalised units)."""
+    return F.pad(x, (0, size[1] - x.shape[-1], 0, size[0] - x.shape[-2]))
+
+
+def _window_logits(logits: torch.Tensor, padded: tuple[int, int], h: int, w: int) -> torch.Tensor:
+    """Engine logits (B, K, h', w') → (B, K, h, w): resize to the padded window, drop the padding."""
+    if tuple(logits.shape[-2:]) != tuple(padded):
+        logits = F.interpolate(logits.float(), size=padded, mode="bilinear", align_corners=False)
+    return logits[..., :h, :w].float()
+
+
+def _finish_view(logit_sum: torch.Tensor, count: torch.Tensor, image_hw: tuple[int, int], flip: bool) -> torch.Tensor:
+    """Summed window logits (K, h, w) / count → resize to H×W → softmax over K → un-flip: (K, H, W)."""
+    logits = (logit_sum / count)[None]
+    if tuple(logits.shape[-2:]) != tuple(image_hw):
+        logits = F.interpolate(logits, size=image_hw, mode="bilinear", align_corners=False)
+    probs = logits.softmax(dim=1)[0]
+    return probs.flip(-1) if flip else probs
+
+
+def _check_logits(logits: torch.Tensor, batch: int) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or logits.shape[0] != batch:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"engine must return logits (B={batch}, K, h', w'), got {shape}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reference path: the plain loop, one view and one window at a time
+
+
+def reference_predict_probs(run: EngineFn, image: np.ndarray, opts: InferenceOptions) -> torch.Tensor:
+    """The per-view, per-window loop of mmseg ``aug_test``/``slide_inference``: (K, H, W) float32 probabilities."""
+    img = _to_tensor(image, opts.device)
+    H, W = img.shape[-2:]
+    total = None
+    for ratio in opts.scales:
+        vh, vw = view_size((H, W), ratio, opts.base_size, opts.max_long)
+        for flip in (False, True) if opts.flip else (False,):
+            x = make_view(img, (vh, vw), flip, opts)  # (3, h, w)
+            preds, count = None, torch.zeros(1, vh, vw, device=x.device)
+            for y1, y2, x1, x2 in window_grid(vh, vw, opts.crop, opts.stride):
+                ph, pw = padded_size(y2 - y1, x2 - x1, opts.size_divisor)
+                logits = run(_pad_window(x[:, y1:y2, x1:x2], (ph, pw))[None])  # (1, K, h', w')
+                _check_logits(logits, 1)
+                logits = _window_logits(logits.to(x.device), (ph, pw), y2 - y1, x2 - x1)[0]  # (K, y2-y1, x2-x1)
+                if preds is None:
+                    preds = x.new_zeros(logits.shape[0], vh, vw)
+                preds[:, y1:y2, x1:x2] += logits
+                count[:, y1:y2, x1:x2] += 1
+            probs = _finish_view(preds, count, (H, W), flip)
+            total = probs if total is None else total + probs
+    return (total / opts.num_views).float()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fast path: windows of many images and views batched by padded size
+
+
+@dataclass
+class _View:
+    image: int  # index of the image in the call
+    flip: bool
+    x: torch.Tensor | None  # (3, h, w) normalised view; dropped once all its windows ran
+    count: torch.Tensor  # (1, h, w) windows covering each pixel
+    pending: int  # windows not yet run
+    logit_sum: torch.Tensor | None = None  # (K, h, w), allocated on the first result
+
+
+def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOptions) -> list[torch.Tensor]:
+    """Probabilities (K, H, W) float32 per image; identical (up to float summation order) to the reference loop.
+
+    All windows of all views of ``images`` are grouped by padded size and sent ``opts.max_batch`` at a time.  Memory
+    grows with the number of images per call (every view's logit accumulator of size K×h×w is alive until its last
+    window ran), so callers pass a handful of images at a time.
+    """
+    views: list[_View] = []
+    groups: dict[tuple[int, int], list[tuple[int, Window]]] = {}  # padded (h, w) → [(view index, window)]
+    shapes: list[tuple[int, int]] = []
+    for i, image in enumerate(images):
+        img = _to_tensor(image, opts.device)
+        H, W = img.shape[-2:]
+        shapes.append((H, W))
+        for ratio in opts.scales:
+            vh, vw = view_size((H, W), ratio, opts.base_size, opts.max_long)
+            grid = window_grid(vh, vw, opts.crop, opts.stride)
+            count = torch.zeros(1, vh, vw, device=img.device)
+            for y1, y2, x1, x2 in grid:
+                count[:, y1:y2, x1:x2] += 1
+            for flip in (False, True) if opts.flip else (False,):
+                views.append(_View(i, flip, make_view(img, (vh, vw), flip, opts), count, len(grid)))
+                for win in grid:
+                    key = padded_size(win[1] - win[0], win[3] - win[2], opts.size_divisor)
+                    groups.setdefault(key, []).append((len(views) - 1, win))
+
+    totals: list[torch.Tensor | None] = [None] * len(images)
+    for key, jobs in groups.items():
+        for start in range(0, len(jobs), opts.max_batch):
+            chunk = jobs[start : start + opts.max_batch]
+            batch = torch.stack([_pad_window(views[v].x[:, y1:y2, x1:x2], key) for v, (y1, y2, x1, x2) in chunk])
+            logits = run(batch)  # (B, K, h', w')
+            _check_logits(logits, len(chunk))
+            logits = logits.to(opts.device)
+            if tuple(logits.shape[-2:]) != key:
+                logits = F.interpolate(logits.float(), size=key, mode="bilinear", align_corners=False)
+            for j, (v, (y1, y2, x1, x2)) in enumerate(chunk):
+                view = views[v]
+                if view.logit_sum is None:
+                    view.logit_sum = view.x.new_zeros(logits.shape[1], *view.x.shape[-2:])
+                view.logit_sum[:, y1:y2, x1:x2] += logits[j, :, : y2 - y1, : x2 - x1].float()
+                view.pending -= 1
+                if view.pending == 0:
+                    probs = _finish_view(view.logit_sum, view.count, shapes[view.image], view.flip)
+                    t = totals[view.image]
+                    totals[view.image] = probs if t is None else t + probs
+                    view.x = view.logit_sum = None  # free
+    return [(t / opts.num_views).float() for t in totals]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# masks
+
+
+def probs_to_mask(probs: np.ndarray | torch.Tensor, labels: Collection[int] | None = None) -> np.ndarray:
+    """(K, H, W) probabilities → (H, W) uint8 argmax; with ``labels`` (present foreground classes, 1-based), pixels
+    whose argmax is a foreground class not in ``labels`` become 255 (the paper's "unknown")."""
+    p = torch.as_tensor(probs)
+    K = p.shape[0]
+    if K > 255:
+        raise ValueError(f"{K} classes do not fit a uint8 mask with 255 reserved")
+    mask = p.argmax(dim=0)
+    if labels is not None:
+        allowed = torch.zeros(K, dtype=torch.bool, device=mask.device)
+        allowed[0] = True
+        for c in labels:
+            if not 1 <= int(c) < K:
+                raise ValueError(f"image-level label {c} is not a foreground class index in 1..{K - 1}")
+            allowed[int(c)] = True
+        mask = torch.where(allowed[mask], mask, torch.full_like(mask, 255))
+    return mask.to(torch.uint8).cpu().numpy()
+
+
+def apply_crf(image: np.ndarray, probs: np.ndarray, mask: np.ndarray, preset: str) -> np.ndarray:
+    """Dense CRF at full resolution over the classes present in ``mask`` (VOC/COCO presets of SPEC §5).
+
+    Pixels marked 255 (unknown) stay 255; the CRF relabels the others among the predicted classes.
+    """
+    from . import crf  # lazy: pydensecrf is an optional dependency
+
+    return crf.refine_mask(image, probs, mask, preset=preset)
+
+
+def predict(
+    run: EngineFn,
+    images: Sequence[np.ndarray],
+    opts: InferenceOptions,
+    labels: Sequence[Collection[int] | None] | None = None,
+    crf: str | None = None,
+) -> list[Prediction]:
+    """Batched inference + masks for several images.  ``labels[i]`` (or None) masks image i; ``crf`` in voc|coco."""
+    probs = predict_probs(run, images, opts)
+    return [postprocess(images[i], p, None if labels is None else labels[i], crf) for i, p in enumerate(probs)]
+
+
+def reference_predict(
+    run: EngineFn,
+    image: np.ndarray,
+    opts: InferenceOptions,
+    labels: Collection[int] | None = None,
+    crf: str | None = None,
+) -> Prediction:
+    """The reference loop for one image (test oracle of :func:`predict`)."""
+    return postprocess(image, reference_predict_probs(run, image, opts), labels, crf)
+
+
+def postprocess(
+    image: np.ndarray, probs: torch.Tensor | np.ndarray, labels: Collection[int] | None = None, crf: str | None = None
+) -> Prediction:
+    """(K, H, W) probabilities → :class:`Prediction` (label masking, then the optional CRF)."""
+    probs = torch.as_tensor(probs)
+    p = probs.cpu().numpy().astype(np.float32, copy=False)
+    mask = probs_to_mask(probs, labels)
+    if crf not in (None, "none"):
+        mask = apply_crf(np.asarray(image), p, mask, crf)
+    return Prediction(probs=p, mask=mask)
+
+
+def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """Consecutive lists of at most ``size`` items."""
+    chunk: list[Any] = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
