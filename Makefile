@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements/cpu.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m weakclip.demo
+	HF_HUB_OFFLINE=1 $(BIN)/python demo.py
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
