@@ -18,8 +18,9 @@ def main() -> None:
                              "schedule.val_interval=1000", "data.num_workers=0", "device=cpu"])  # fmt: skip
     rank, world, device = setup_distributed("cpu")
     model = train(cfg, rank, world, device, resume=False, progress=False)
+    # Parameters (weights). BatchNorm running statistics are per-rank on CPU (SyncBN needs CUDA), as in any DDP run.
     h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
+    for k, v in sorted(model.named_parameters()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     Path(out_dir, f"rank{rank}.txt").write_text(f"{world} {h.hexdigest()}\n")

@@ -72,8 +72,19 @@ def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
             node = node[part]
         if parts[-1] not in node and not (len(parts) >= 2 and parts[-2] == "overrides"):
             raise SystemExit(f"error: unknown config key {key!r}; known: {sorted(node)}")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _parse_value(value)
     return cfg
+
+
+def _parse_value(text: str) -> Any:
+    """YAML value, with ``1e-3``-style floats accepted (YAML 1.1 reads them as strings)."""
+    v = yaml.safe_load(text)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def _merge(dst: dict, src: dict, where: str, prefix: str = "") -> None:
@@ -250,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from <work_dir>/last.pt if it exists")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides, e.g. train.iters=200")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
     rank, world, device = setup_distributed(cfg["device"])
     try:

@@ -22,7 +22,8 @@ Semantics follow the official pipeline (mmseg 0.19 ``MultiScaleFlipAug`` + ``Res
 * **Image-level label masking** (the paper's rule, on when labels are given): argmax over *all* K classes, then pixels
   whose argmax is a foreground class absent from the image's labels become 255 ("unknown").  Probabilities are
   returned unmasked.
-* **Dense CRF** (optional, full resolution, lazy import of :mod:`weakclip.crf`).
+* **Dense CRF** (optional, full resolution, lazy import of :mod:`weakclip.crf`): the unary is over the classes that
+  win the argmax somewhere; the label rule above is then applied to the CRF's labels.
 
 The engine is any callable ``run(windows (B, 3, h, w) float32 normalised) -> logits (B, K, h', w')``.  The fast path
 (:func:`predict_probs`) batches the windows of several images and views by padded size, ``max_batch`` per call; the
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,8 @@ class InferenceOptions:
         if getattr(engine, "size_divisor", None):
             d["size_divisor"] = int(engine.size_divisor)
         d.update(overrides)
-        return cls.for_crop(int(engine.crop_size), **d)
+        crop = d.pop("crop", None) or int(engine.crop_size)
+        return cls.for_crop(crop, **d)
 
     @property
     def num_views(self) -> int:
@@ -142,7 +144,7 @@ def padded_size(h: int, w: int, divisor: int) -> tuple[int, int]:
 
 def _to_tensor(image: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
     """(H, W, 3) uint8 RGB → (1, 3, H, W) float32 0-255."""
-    t = torch.as_tensor(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    t = torch.from_numpy(np.require(image, requirements=["C", "W"])) if isinstance(image, np.ndarray) else image
     if t.ndim != 3 or t.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {tuple(t.shape)}")
     return t.to(device).permute(2, 0, 1)[None].float()
@@ -287,29 +289,37 @@ def probs_to_mask(probs: np.ndarray | torch.Tensor, labels: Collection[int] | No
     """(K, H, W) probabilities → (H, W) uint8 argmax; with ``labels`` (present foreground classes, 1-based), pixels
     whose argmax is a foreground class not in ``labels`` become 255 (the paper's "unknown")."""
     p = torch.as_tensor(probs)
-    K = p.shape[0]
+    return mask_unlabelled(p.argmax(dim=0).cpu().numpy(), labels, p.shape[0])
+
+
+def mask_unlabelled(mask: np.ndarray, labels: Collection[int] | None, num_classes: int) -> np.ndarray:
+    """(H, W) class indices → uint8 with every foreground class absent from ``labels`` set to 255 (None: no-op)."""
+    K = num_classes
     if K > 255:
         raise ValueError(f"{K} classes do not fit a uint8 mask with 255 reserved")
-    mask = p.argmax(dim=0)
-    if labels is not None:
-        allowed = torch.zeros(K, dtype=torch.bool, device=mask.device)
-        allowed[0] = True
-        for c in labels:
-            if not 1 <= int(c) < K:
-                raise ValueError(f"image-level label {c} is not a foreground class index in 1..{K - 1}")
-            allowed[int(c)] = True
-        mask = torch.where(allowed[mask], mask, torch.full_like(mask, 255))
-    return mask.to(torch.uint8).cpu().numpy()
+    mask = np.asarray(mask)
+    if labels is None:
+        return mask.astype(np.uint8)
+    allowed = np.zeros(K, dtype=bool)
+    allowed[0] = True
+    for c in labels:
+        if not 1 <= int(c) < K:
+            raise ValueError(f"image-level label {c} is not a foreground class index in 1..{K - 1}")
+        allowed[int(c)] = True
+    return np.where(allowed[mask], mask, 255).astype(np.uint8)
 
 
-def apply_crf(image: np.ndarray, probs: np.ndarray, mask: np.ndarray, preset: str) -> np.ndarray:
-    """Dense CRF at full resolution over the classes present in ``mask`` (VOC/COCO presets of SPEC §5).
+def apply_crf(image: np.ndarray, probs: np.ndarray, preset: str) -> np.ndarray:
+    """Dense CRF at full resolution (preset ``voc`` or ``coco`` of SPEC §5) with the unary over the classes that win
+    the argmax somewhere; returns (H, W) int64 class indices.  Lazy import: pydensecrf is optional."""
+    from .crf import CRF_PRESETS, crf_postprocess
 
-    Pixels marked 255 (unknown) stay 255; the CRF relabels the others among the predicted classes.
-    """
-    from . import crf  # lazy: pydensecrf is an optional dependency
-
-    return crf.refine_mask(image, probs, mask, preset=preset)
+    if preset not in ("voc", "coco"):
+        raise ValueError(f"unknown CRF preset {preset!r}; choose voc, coco or none")
+    # pydensecrf needs writable buffers; decoded images (np.asarray of a PIL image) are read-only.
+    image = np.require(image, dtype=np.uint8, requirements=["C", "W"])
+    labels, _ = crf_postprocess(image, probs, CRF_PRESETS[preset])
+    return labels
 
 
 def predict(
@@ -338,22 +348,12 @@ def reference_predict(
 def postprocess(
     image: np.ndarray, probs: torch.Tensor | np.ndarray, labels: Collection[int] | None = None, crf: str | None = None
 ) -> Prediction:
-    """(K, H, W) probabilities → :class:`Prediction` (label masking, then the optional CRF)."""
-    probs = torch.as_tensor(probs)
-    p = probs.cpu().numpy().astype(np.float32, copy=False)
-    mask = probs_to_mask(probs, labels)
-    if crf not in (None, "none"):
-        mask = apply_crf(np.asarray(image), p, mask, crf)
-    return Prediction(probs=p, mask=mask)
+    """(K, H, W) probabilities → :class:`Prediction`: argmax (or the CRF's labels), then image-level label masking.
 
-
-def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    """Consecutive lists of at most ``size`` items."""
-    chunk: list[Any] = []
-    for it in items:
-        chunk.append(it)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    With a CRF the label rule is applied to the CRF's result, so "unknown" keeps its meaning: the final class of
+    the pixel is not among the image's labels.
+    """
+    p = torch.as_tensor(probs).float().cpu().numpy()
+    K = p.shape[0]
+    classes = p.argmax(0) if crf in (None, "none") else apply_crf(image, p, crf)
+    return Prediction(probs=p, mask=mask_unlabelled(classes, labels, K))

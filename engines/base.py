@@ -1,0 +1,151 @@
+"""The interface every inference engine implements (torch, onnxruntime, tensorrt), and the registry that builds them.
+
+An engine maps normalised windows to logits::
+
+    logits = engine(windows)   # windows (B, 3, H, W) float32, (x_rgb_0_255 - mean) / std, H and W multiples of
+                               # ``size_divisor``, at most ``crop_size``; logits (B, K, H', W') float32, any H', W'
+
+CPU tensors in and out (an engine may move data to its device internally; the torch engine also accepts device
+tensors and answers on the same device).  Generation (:mod:`engines.generate`) and the benchmarks only use this
+interface plus :func:`get_engine`.
+
+Adding an engine: a module ``engines/<x>_engine.py`` defining one :class:`Engine` subclass with ``name = "<registry
+name>"`` and a constructor ``(model_path, **opts)``; list it in ``_BUILTIN``.  A third-party engine can be used
+without registration as ``"package.module:Factory"`` (any callable ``(model_path, **opts) -> Engine``).
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+# Registry name → module that implements it (imported only when that engine is asked for).
+_BUILTIN: dict[str, str] = {
+    "torch": "engines.torch_engine",
+    "onnxruntime": "engines.ort_engine",
+    "tensorrt": "engines.trt_engine",
+}
+_REGISTERED: dict[str, Callable[..., Engine]] = {}
+
+
+class EngineError(RuntimeError):
+    """An engine cannot be built or run (missing module/dependency, bad model file, wrong device)."""
+
+
+class Engine(abc.ABC):
+    """Base class: model metadata as attributes, ``__call__(windows) -> logits``, ``close()``."""
+
+    name: ClassVar[str] = ""  # registry name ("torch", "onnxruntime", "tensorrt")
+
+    def __init__(
+        self,
+        *,
+        class_names: Sequence[str],
+        crop_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        size_divisor: int = 16,
+    ) -> None:
+        self.class_names: tuple[str, ...] = tuple(class_names)  # K names, index 0 = background
+        self.crop_size: int = int(crop_size)  # largest window side the engine accepts (the training crop)
+        self.mean: tuple[float, ...] = tuple(float(m) for m in mean)  # RGB 0-255 normalisation mean
+        self.std: tuple[float, ...] = tuple(float(s) for s in std)  # RGB 0-255 normalisation std
+        self.size_divisor: int = int(size_divisor)  # window H, W must be multiples of this (ViT patch size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @abc.abstractmethod
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows (B, 3, H, W) float32 normalised → logits (B, K, H', W') float32."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, engines without resources need not override it
+        """Release device memory, sessions, streams.  Idempotent."""
+
+    def describe(self) -> dict[str, Any]:
+        """What produced an output (written next to generated masks and into benchmark JSON)."""
+        return {
+            "engine": self.name,
+            "class_names": list(self.class_names),
+            "crop_size": self.crop_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    def check_windows(self, windows: torch.Tensor) -> None:
+        """Raise ValueError unless ``windows`` is (B, 3, H, W) float32 with H, W multiples of ``size_divisor``."""
+        if not isinstance(windows, torch.Tensor) or windows.ndim != 4 or windows.shape[1] != 3:
+            shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
+            raise ValueError(f"{self.name} engine: expected windows (B, 3, H, W), got {shape}")
+        if windows.dtype != torch.float32:
+            raise ValueError(f"{self.name} engine: expected float32 windows, got {windows.dtype}")
+        h, w = windows.shape[-2:]
+        if h % self.size_divisor or w % self.size_divisor:
+            raise ValueError(f"{self.name} engine: window {h}×{w} is not a multiple of {self.size_divisor}")
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def register_engine(name: str, factory: Callable[..., Engine]) -> None:
+    """Make ``get_engine(name, model_path, **opts)`` call ``factory(model_path, **opts)`` (tests, plug-ins)."""
+    _REGISTERED[name] = factory
+
+
+def available_engines() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_REGISTERED))
+
+
+def _engine_class(module: Any, name: str) -> Callable[..., Engine]:
+    found = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, Engine) and obj.__module__ == module.__name__ and obj.name == name
+    ]
+    if len(found) != 1:
+        raise EngineError(
+            f"{module.__name__} must define exactly one Engine subclass with name = {name!r}, found {len(found)}"
+        )
+    return found[0]
+
+
+def _resolve(name: str) -> Callable[..., Engine]:
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name in _BUILTIN:
+        module_name = _BUILTIN[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:
+                path = module_name.replace(".", os.sep) + ".py"
+                raise EngineError(f"engine {name!r} is not available: {path} is missing from this install") from None
+            raise EngineError(
+                f"engine {name!r} needs the Python package {e.name!r}, which is not installed ({e})"
+            ) from None
+        return _engine_class(module, name)
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise EngineError(f"cannot import engine factory {name!r}: {e}") from None
+    raise EngineError(f"unknown engine {name!r}; choose one of {available_engines()} or give 'module:Factory'")
+
+
+def get_engine(name: str, model_path: str | os.PathLike | None, **opts: Any) -> Engine:
+    """Build engine ``name`` ('torch', 'onnxruntime', 'tensorrt', a registered name, or 'module:Factory')."""
+    engine = _resolve(name)(model_path, **opts)
+    if not isinstance(engine, Engine):
+        raise EngineError(f"engine factory {name!r} returned {type(engine).__name__}, not an Engine")
+    return engine

@@ -1,0 +1,522 @@
+"""weakclip-generate: pseudo masks for a whole image set with any engine (SPEC §5).
+
+    weakclip-generate --images VOC2012/JPEGImages --out masks --model runs/voc/final.safetensors \\
+        [--engine torch|onnxruntime|tensorrt] [--scales official --flip] [--labels cls_labels.json] [--crf voc]
+
+Pipeline: decoding threads prefetch images → batched multi-view sliding-window inference on the engine
+(:func:`weakclip.inference.predict_probs`) → writer threads do label masking, the optional CRF and the atomic writes
+(probabilities ``probs/<name>.npy`` float16 (K, H, W), overlays ``overlays/<name>.png``, and last the mask
+``<name>.png``, which marks the image finished).
+
+* **Resumable**: images whose outputs exist are skipped (unless ``--overwrite``); every file is written to a hidden
+  temporary in the same folder and renamed, so a killed run leaves only complete outputs plus hidden ``.*.tmp.*``
+  files, which the next run of the same shard deletes.
+* **Failures** (unreadable, corrupt or empty images; an inference error on one image) do not stop the run: they are
+  listed with the reason in ``OUT/failures.txt`` (``failures-<i>-of-<N>.txt`` per shard), and the exit status is 1.
+* **Sharding**: ``--shard i/N`` (0-based) takes every N-th image from the sorted list starting at i; without it,
+  ``RANK``/``WORLD_SIZE`` (torchrun) are used, and ``--device cuda`` becomes ``cuda:$LOCAL_RANK``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures as cf
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
+from weakclip.io import atomic_path, read_image, save_mask_png, voc_palette
+
+from .base import Engine, EngineError, available_engines, get_engine
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Temporaries of weakclip.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
+_TMP_RE = re.compile(r"^\.(?P<orig>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+_MAX_CONSECUTIVE_INFERENCE_FAILURES = 10
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str  # output name (no extension; may contain '/')
+    path: Path  # input image
+
+
+class _Inline:
+    """An executor that runs the task at submit time (``--workers 0``)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            fut.set_exception(e)
+        return fut
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs, shards, outputs
+
+
+def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None, ext: str = ".jpg") -> list[Item]:
+    """Images of a folder (sorted by name), or of a list file (one name or relative path per line).
+
+    List entries without an image extension get ``ext``; relative entries are resolved against ``root`` (default:
+    the list file's folder).  Duplicate output names are an error.
+    """
+    images = Path(images)
+    if images.is_dir():
+        items = [
+            Item(p.stem, p)
+            for p in sorted(images.iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
+        ]
+    elif images.is_file():
+        base = Path(root) if root is not None else images.parent
+        items = []
+        for line in images.read_text().splitlines():
+            if not line.strip():
+                continue
+            entry = line.split()[0]
+            p = Path(entry)
+            if p.suffix.lower() in IMAGE_EXTS:
+                name, path = str(p.with_suffix("")), p
+            else:
+                name, path = entry, Path(entry + ext)
+            items.append(Item(name, path if path.is_absolute() else base / path))
+    else:
+        raise FileNotFoundError(f"{images}: no such image folder or list file")
+    seen: dict[str, Path] = {}
+    for it in items:
+        if it.name in seen:
+            raise ValueError(f"two inputs map to the output name {it.name!r}: {seen[it.name]} and {it.path}")
+        seen[it.name] = it.path
+    return items
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"--shard must be i/N with 0 <= i < N, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def resolve_shard(shard: tuple[int, int] | None, env: dict[str, str] | os._Environ = os.environ) -> tuple[int, int]:
+    """--shard if given, else RANK/WORLD_SIZE (torchrun), else 0/1."""
+    if shard is not None:
+        return shard
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return parse_shard(f"{env['RANK']}/{env['WORLD_SIZE']}")
+    return 0, 1
+
+
+def shard_items(items: Sequence[Item], index: int, count: int) -> list[Item]:
+    """Every ``count``-th item starting at ``index`` (interleaved: balanced when image sizes vary along the list)."""
+    return list(items[index::count])
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    if text.strip().lower() == "official":
+        return OFFICIAL_SCALES
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--scales: expected 'official' or a comma list of ratios, got {text!r}"
+        ) from None
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"--scales: ratios must be positive, got {text!r}")
+    return scales
+
+
+def _engine_opt(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--engine-opt expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+class Outputs:
+    """Where the files of one image go."""
+
+    def __init__(self, out: Path, save_probs: bool) -> None:
+        self.out, self.save_probs = out, save_probs
+
+    def mask(self, name: str) -> Path:
+        return self.out / f"{name}.png"
+
+    def probs(self, name: str) -> Path:
+        return self.out / "probs" / f"{name}.npy"
+
+    def overlay(self, name: str) -> Path:
+        return self.out / "overlays" / f"{name}.png"
+
+    def finished(self, name: str) -> bool:
+        return self.mask(name).is_file() and (not self.save_probs or self.probs(name).is_file())
+
+    def remove_stale_temporaries(self, names: Sequence[str]) -> int:
+        """Delete leftover atomic-write temporaries of ``names`` (from a killed run); other shards' are untouched."""
+        mine = {p for n in names for p in (self.mask(n), self.probs(n), self.overlay(n))}
+        removed = 0
+        for d in {p.parent for p in mine}:
+            if not d.is_dir():
+                continue
+            for entry in d.iterdir():
+                m = _TMP_RE.match(entry.name)
+                if m and d / m.group("orig") in mine:
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+
+def overlay_names(items: Sequence[Item], n: int) -> set[str]:
+    """``n`` names spread evenly over the whole (unsharded) list: the same sample whatever the sharding."""
+    if n <= 0 or not items:
+        return set()
+    idx = np.unique(np.linspace(0, len(items) - 1, num=min(n, len(items))).round().astype(int))
+    return {items[i].name for i in idx}
+
+
+def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8: palette colours blended over the image where the mask is not background (255 included)."""
+    pal = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
+    out = image.astype(np.float32)
+    fg = mask != 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * pal[mask[fg]]
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def _write_outputs(
+    outputs: Outputs,
+    item: Item,
+    image: np.ndarray,
+    probs: Any,
+    labels: Sequence[int] | None,
+    crf: str | None,
+    palette: bool,
+    overlay: bool,
+) -> None:
+    pred = postprocess(image, probs, labels, crf)
+    if outputs.save_probs:
+        with atomic_path(outputs.probs(item.name)) as tmp, open(tmp, "wb") as f:
+            np.save(f, pred.probs.astype(np.float16))  # (K, H, W)
+    if overlay:
+        with atomic_path(outputs.overlay(item.name)) as tmp:
+            Image.fromarray(make_overlay(image, pred.mask)).save(tmp, format="PNG")
+    save_mask_png(outputs.mask(item.name), pred.mask, palette=palette)  # last: marks the image finished
+
+
+def _prefetch(pool: Any, items: Sequence[Item], depth: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:
+    """Decode ``items`` in ``pool`` keeping ``depth`` in flight; yields (item, image or None, failure reason)."""
+    it = iter(items)
+    pending: collections.deque = collections.deque()
+    for item in it:
+        pending.append((item, pool.submit(read_image, item.path)))
+        if len(pending) >= depth:
+            break
+    while pending:
+        item, fut = pending.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append((nxt, pool.submit(read_image, nxt.path)))
+        try:
+            yield item, fut.result(), None
+        except (OSError, ValueError) as e:
+            yield item, None, _one_line(e)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="weakclip-generate",
+        description="Generate pseudo masks with multi-scale × flip sliding-window inference.",
+    )
+    io = ap.add_argument_group("inputs and outputs")
+    io.add_argument("--images", required=True, help="image folder, or a list file (one name or path per line)")
+    io.add_argument("--image-root", help="folder that list-file entries are relative to (default: the list's folder)")
+    io.add_argument(
+        "--ext", default=".jpg", help="extension added to list entries that have none (default: %(default)s)"
+    )
+    io.add_argument("--out", required=True, help="output folder: <name>.png masks (+ probs/, overlays/)")
+    io.add_argument("--labels", help="image-level labels (JSON name->[idx], text 'name idx ...', or cls_labels.npy): "
+                    "pixels predicted as an absent class become 255")  # fmt: skip
+    io.add_argument("--save-probs", action="store_true", help="also write probs/<name>.npy, float16 (K, H, W)")
+    io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L masks, no VOC palette")
+    io.add_argument(
+        "--overlays",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write colour overlays for N sample images into OUT/overlays/",
+    )
+    io.add_argument("--overwrite", action="store_true", help="recompute images whose outputs already exist")
+    io.add_argument("--shard", type=parse_shard, help="i/N: process every N-th image from i (default: RANK/WORLD_SIZE)")
+
+    en = ap.add_argument_group("engine")
+    en.add_argument(
+        "--engine", default="torch", help=f"one of {available_engines()} or module:Factory (default: %(default)s)"
+    )
+    en.add_argument("--model", help="checkpoint (torch), .onnx (onnxruntime) or engine/ONNX file (tensorrt)")
+    en.add_argument("--device", help="engine device, e.g. cpu, cuda (cuda → cuda:$LOCAL_RANK under torchrun)")
+    en.add_argument("--precision", choices=("fp32", "fp16"), help="engine precision (fp16 needs CUDA)")
+    en.add_argument("--channels-last", action="store_true", help="torch engine: NHWC memory format")
+    en.add_argument("--engine-opt", type=_engine_opt, action="append", default=[], metavar="KEY=VALUE",
+                    help="extra engine option (value parsed as JSON when possible); repeatable")  # fmt: skip
+
+    inf = ap.add_argument_group("inference (defaults follow the engine's crop c: stride round(2c/3), base size c)")
+    inf.add_argument("--scales", type=parse_scales, default=(1.0,),
+                     help="comma list of view ratios, or 'official' = 0.5,0.75,1.0,1.25,1.5,1.75 (default: 1.0)")  # fmt: skip
+    inf.add_argument("--flip", action="store_true", help="add horizontally flipped views (official: on)")
+    inf.add_argument(
+        "--crf",
+        choices=("none", "voc", "coco"),
+        default="none",
+        help="dense CRF post-processing (default: %(default)s)",
+    )
+    inf.add_argument("--crop", type=int, help="sliding-window size")
+    inf.add_argument("--stride", type=int, help="sliding-window stride")
+    inf.add_argument("--base-size", type=int, help="short side of the ratio-1 view")
+    inf.add_argument("--max-long", type=int, help="long-side limit of the ratio-1 view (default 4 × base size)")
+    inf.add_argument("--batch", type=int, default=16, help="windows per engine call (default: %(default)s)")
+    inf.add_argument(
+        "--chunk", type=int, default=4, help="images whose windows are batched together (default: %(default)s)"
+    )
+    inf.add_argument(
+        "--tta-device",
+        default="cpu",
+        help="where views are resized and merged; cuda only with engines that take device tensors (torch) (default: %(default)s)",
+    )
+
+    ex = ap.add_argument_group("execution")
+    ex.add_argument(
+        "--workers", type=int, default=4, help="decoding threads and writing threads, 0 = inline (default: %(default)s)"
+    )
+    ex.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); 1-2 per process "
+                     "when several shards share a CPU")  # fmt: skip
+    ex.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return ap
+
+
+def _engine_opts(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if args.device:
+        dev = args.device
+        if dev == "cuda" and "LOCAL_RANK" in os.environ:
+            dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        opts["device"] = dev
+    if args.precision:
+        opts["precision"] = args.precision
+    if args.channels_last:
+        opts["channels_last"] = True
+    opts.update(dict(args.engine_opt))
+    return opts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, EngineError) as e:
+        print(f"weakclip-generate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
+    """The generation loop (``engine`` may be given directly instead of built from ``args.engine``)."""
+    t0 = time.perf_counter()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for opt in ("batch", "chunk"):
+        if getattr(args, opt) < 1:
+            raise ValueError(f"--{opt} must be >= 1")
+    out = Path(args.out)
+    all_items = list_inputs(args.images, args.image_root, args.ext)
+    shard_i, shard_n = resolve_shard(args.shard)
+    items = shard_items(all_items, shard_i, shard_n)
+    outputs = Outputs(out, args.save_probs)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.remove_stale_temporaries([it.name for it in items])
+    todo = items if args.overwrite else [it for it in items if not outputs.finished(it.name)]
+    skipped = len(items) - len(todo)
+    shard_note = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
+    fail_path = out / ("failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt")
+
+    labels: dict[str, list[int]] | None = None
+    if args.labels:
+        from weakclip.data.labels import load_labels
+
+        labels = load_labels(args.labels)
+        missing = [it.name for it in todo if it.name not in labels]
+        if missing:
+            raise ValueError(f"{args.labels}: no image-level label for {len(missing)} image(s), e.g. {missing[:5]}")
+
+    failures: list[tuple[str, str]] = []
+    done = 0
+    if todo:
+        own_engine = engine is None
+        if engine is None:
+            engine = get_engine(args.engine, args.model, **_engine_opts(args))
+        try:
+            if labels is not None:
+                for it in todo:
+                    bad = [c for c in labels[it.name] if not 1 <= c < engine.num_classes]
+                    if bad:
+                        raise ValueError(f"{args.labels}: image {it.name!r} has class {bad} outside 1..K-1 "
+                                         f"(K = {engine.num_classes})")  # fmt: skip
+            opts = InferenceOptions.for_engine(
+                engine,
+                crop=args.crop,
+                stride=args.stride,
+                base_size=args.base_size,
+                max_long=args.max_long,
+                scales=args.scales,
+                flip=args.flip,
+                max_batch=args.batch,
+                device=args.tta_device,
+            )
+            _write_config(out, args, engine, opts)
+            done, failures = _generate(
+                args, engine, opts, todo, outputs, labels, overlay_names(all_items, args.overlays)
+            )
+        finally:
+            if own_engine:
+                engine.close()
+
+    if failures:
+        with atomic_path(fail_path) as tmp:
+            tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in sorted(failures)))
+    elif fail_path.exists():
+        fail_path.unlink()  # all earlier failures have been retried successfully (or are finished)
+    elapsed = time.perf_counter() - t0
+    print(
+        f"summary{shard_note}: {done} images done, {skipped} skipped (already finished), {len(failures)} failed, "
+        f"{done / max(elapsed, 1e-9):.2f} images/s ({elapsed:.1f} s)"
+    )
+    if failures:
+        print(f"{len(failures)} image(s) failed; names and reasons in {fail_path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_config(out: Path, args: argparse.Namespace, engine: Engine, opts: InferenceOptions) -> None:
+    cfg = {
+        "args": {k: v for k, v in vars(args).items() if k not in ("shard",)},
+        "engine": engine.describe(),
+        "inference": opts.to_dict(),
+    }
+    with atomic_path(out / "generate_config.json") as tmp:
+        tmp.write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+
+
+def _generate(
+    args: argparse.Namespace,
+    engine: Engine,
+    opts: InferenceOptions,
+    todo: Sequence[Item],
+    outputs: Outputs,
+    labels: dict[str, list[int]] | None,
+    overlays: set[str],
+) -> tuple[int, list[tuple[str, str]]]:
+    from tqdm import tqdm
+
+    failures: list[tuple[str, str]] = []
+    done = 0
+    consecutive_inference_failures = 0
+    workers = max(args.workers, 0)
+    decode_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers else _Inline()
+    write_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="write") if workers else _Inline()
+    writes: collections.deque = collections.deque()
+    max_pending_writes = 2 * max(workers, 1) + args.chunk
+    bar = tqdm(total=len(todo), unit="img", disable=not args.progress, dynamic_ncols=True, mininterval=1.0)
+
+    def collect(block_until: int) -> None:
+        nonlocal done
+        while len(writes) > block_until:
+            item, fut = writes.popleft()
+            try:
+                fut.result()
+                done += 1
+            except Exception as e:  # noqa: BLE001 - a failed write is recorded, the run goes on
+                failures.append((item.name, f"writing outputs: {_one_line(e)}"))
+            bar.update(1)
+
+    def infer(batch: list[tuple[Item, np.ndarray]]) -> None:
+        nonlocal consecutive_inference_failures
+        try:
+            results = list(zip(batch, predict_probs(engine, [img for _, img in batch], opts)))
+        except Exception:  # noqa: BLE001 - retry one by one to find the image at fault
+            if len(batch) == 1:
+                results = []
+                _record_inference_failure(batch[0][0], sys.exc_info()[1])
+            else:
+                for one in batch:
+                    infer([one])
+                return
+        for (item, image), probs in results:
+            consecutive_inference_failures = 0
+            lab = labels[item.name] if labels is not None else None
+            crf = None if args.crf == "none" else args.crf
+            fut = write_pool.submit(
+                _write_outputs, outputs, item, image, probs, lab, crf, args.palette, item.name in overlays
+            )
+            writes.append((item, fut))
+            collect(max_pending_writes)
+
+    def _record_inference_failure(item: Item, e: BaseException | None) -> None:
+        nonlocal consecutive_inference_failures
+        failures.append((item.name, f"inference: {_one_line(e) if e else 'unknown error'}"))
+        bar.update(1)
+        consecutive_inference_failures += 1
+        if consecutive_inference_failures >= _MAX_CONSECUTIVE_INFERENCE_FAILURES:
+            raise EngineError(
+                f"inference failed on {consecutive_inference_failures} images in a row; last: {failures[-1][1]}"
+            )
+
+    try:
+        batch: list[tuple[Item, np.ndarray]] = []
+        for item, image, reason in _prefetch(decode_pool, todo, depth=2 * max(workers, 1) + args.chunk):
+            if image is None:
+                failures.append((item.name, reason or "unreadable"))
+                bar.update(1)
+                continue
+            batch.append((item, image))
+            if len(batch) == args.chunk:
+                infer(batch)
+                batch = []
+        if batch:
+            infer(batch)
+        collect(0)
+    finally:
+        bar.close()
+        decode_pool.shutdown(wait=True)
+        write_pool.shutdown(wait=True)
+    return done, failures
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Data: VOC-layout datasets, the training augmentation, image-level label readers and the synthetic generator."""
+
+from .datasets import (
+    COCO_LAYOUTS,
+    BadSample,
+    LabelIndexingError,
+    SegmentationDataset,
+    collate,
+    read_cam_npy,
+    read_class_names,
+    read_split_lists,
+)
+from .labels import (
+    RestrictedUnpickler,
+    labels_from_mask,
+    labels_from_seed_dir,
+    load_labels,
+    multi_hot,
+    read_cls_labels_npy,
+    read_labels_json,
+    read_labels_txt,
+    restricted_load_npy,
+)
+from .transforms import TrainTransform, photometric_distortion, test_transform
+
+__all__ = [
+    "COCO_LAYOUTS",
+    "BadSample",
+    "LabelIndexingError",
+    "RestrictedUnpickler",
+    "SegmentationDataset",
+    "TrainTransform",
+    "collate",
+    "labels_from_mask",
+    "labels_from_seed_dir",
+    "load_labels",
+    "multi_hot",
+    "photometric_distortion",
+    "read_cam_npy",
+    "read_class_names",
+    "read_cls_labels_npy",
+    "read_labels_json",
+    "read_labels_txt",
+    "read_split_lists",
+    "restricted_load_npy",
+    "test_transform",
+]

@@ -1,0 +1,410 @@
+"""VOC-layout segmentation datasets (VOC2012 + SBD train_aug, COCO 2014 ``voc_format``, the synthetic set).
+
+Layout under ``root``: ``JPEGImages/<name>.jpg``, seeds ``<seed_dir>/<name>.png`` (palette or L; MCTformer pseudo
+masks are the usual seeds), GT ``SegmentationClass(Aug)/<name>.png`` and ``ImageSets/Segmentation/<list>.txt``.
+Several lists may be given; their union (in order, without duplicates) is used, e.g. the official training list
+``["train", "trainaug"]``.
+
+Bad samples (missing or corrupt image/seed/GT, seed of another size than its image, label values >= K other than
+255, no image-level label) are reported once as a single warning line naming the file and the problem, recorded in
+``dataset.bad_samples`` as (name, reason), and skipped (the next good sample is returned instead).  When more than
+``max_bad_fraction`` of the samples are bad a RuntimeError with a summary stops the run.  With DataLoader workers
+each worker keeps its own ``bad_samples`` list (the threshold still applies per worker).
+
+COCO in VOC layout needs an explicit class indexing: ``coco_layout="contiguous81"`` (mask values 0..80) or
+``"official91"`` (mask values are COCO category ids 1..90, mapped to contiguous indices with COCO_CATEGORY_IDS).
+A mask whose values do not fit the chosen indexing is an error, not a skipped sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..classes import COCO_CATEGORY_IDS, COCO_CLASSES, VOC_CLASSES
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..io import read_image, read_mask
+from .labels import Labels, labels_from_mask, load_labels, multi_hot, restricted_load_npy
+from .transforms import IGNORE_INDEX, TrainTransform, test_transform
+
+logger = logging.getLogger(__name__)
+
+COCO_LAYOUTS = ("contiguous81", "official91")
+
+
+class BadSample(Exception):
+    """A sample that cannot be used (the message names the file and the problem)."""
+
+
+class LabelIndexingError(ValueError):
+    """Mask values do not match the chosen class indexing (e.g. COCO category ids read as contiguous)."""
+
+
+def _coco_lut() -> np.ndarray:
+    """Category id (0..255) → contiguous index; -1 for values that are not a category id, 0 and 255 kept."""
+    lut = np.full(256, -1, dtype=np.int64)
+    lut[0], lut[IGNORE_INDEX] = 0, IGNORE_INDEX
+    for i, cat in enumerate(COCO_CATEGORY_IDS):
+        lut[cat] = i + 1
+    return lut
+
+
+def read_split_lists(root: str | os.PathLike, split_list: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Image names from one or several list files (union in order, no duplicates).
+
+    Each entry is a list name under ``root/ImageSets/Segmentation`` (``"train"`` or ``"train.txt"``) or a path.
+    A line holds a name (``2007_000032``) or ``/JPEGImages/x.jpg /SegmentationClass/x.png`` (the name is taken).
+    """
+    entries = [split_list] if isinstance(split_list, (str, os.PathLike)) else list(split_list)
+    if not entries:
+        raise ValueError("split_list is empty")
+    root = Path(root)
+    names: list[str] = []
+    seen: set[str] = set()
+    for entry in entries:
+        s = str(entry)
+        candidates = [root / "ImageSets" / "Segmentation" / s, Path(s)]
+        if not s.endswith(".txt"):
+            candidates.insert(1, root / "ImageSets" / "Segmentation" / f"{s}.txt")
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise FileNotFoundError(f"split list {s!r} not found (tried {', '.join(str(c) for c in candidates)})")
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            name = Path(parts[0]).stem
+            if name not in seen:
+                seen.add(name)
+                names.append(name)
+    return names
+
+
+def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
+    """One class name per line, line 0 = ``background``."""
+    names = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+    if not names or names[0] != "background":
+        raise ValueError(f"{path}: the first class name must be 'background', got {names[:1]}")
+    return names
+
+
+class SegmentationDataset(Dataset):
+    """Images + seeds (train) or images + GT (val) in VOC layout.
+
+    A sample is a dict: ``image`` (3, H, W) float32 normalised, ``seed`` (H, W) int64 with 255 ignore,
+    ``labels`` (K,) float32 multi-hot (background always 1), ``name`` str; in val mode also ``gt`` (H, W) int64
+    and no random augmentation (``seed`` only when ``seed_dir`` is set).  In train mode H = W = crop_size.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split_list: str | os.PathLike | Sequence[str | os.PathLike] = "train.txt",
+        image_dir: str = "JPEGImages",
+        seed_dir: str | None = "SeedMasks",
+        gt_dir: str | None = "SegmentationClass",
+        class_names: Sequence[str] | None = None,
+        crop_size: int = 512,
+        train: bool = True,
+        labels: str | os.PathLike | Labels | None = None,
+        max_bad_fraction: float = 0.01,
+        seed: int = 0,
+        coco_layout: str | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        image_suffix: str = ".jpg",
+        mask_suffix: str = ".png",
+        transform: TrainTransform | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.image_dir = self.root / image_dir
+        self.seed_dir = None if seed_dir is None else self.root / seed_dir
+        self.gt_dir = None if gt_dir is None else self.root / gt_dir
+        self.train = train
+        if train and self.seed_dir is None:
+            raise ValueError("train mode needs seed_dir (the seed masks to train on)")
+        if not train and self.gt_dir is None:
+            raise ValueError("val mode needs gt_dir (the ground-truth masks)")
+        if coco_layout is not None and coco_layout not in COCO_LAYOUTS:
+            raise ValueError(f"coco_layout must be one of {COCO_LAYOUTS} or None, got {coco_layout!r}")
+        self.coco_layout = coco_layout
+        if class_names is None:
+            if (self.root / "class_names.txt").is_file():
+                class_names = read_class_names(self.root / "class_names.txt")
+            else:
+                class_names = COCO_CLASSES if coco_layout else VOC_CLASSES
+        self.class_names = tuple(class_names)
+        self.num_classes = len(self.class_names)
+        if coco_layout and self.num_classes != len(COCO_CLASSES):
+            raise ValueError(f"coco_layout={coco_layout!r} needs K=81 class names, got {self.num_classes}")
+        self._lut = _coco_lut() if coco_layout == "official91" else None
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.crop_size = crop_size
+        self.transform = transform or TrainTransform(crop_size=crop_size, mean=self.mean, std=self.std)
+        self.image_suffix, self.mask_suffix = image_suffix, mask_suffix
+        self.max_bad_fraction = max_bad_fraction
+        self.seed = seed
+        self.epoch = 0
+        self._draws: dict[int, int] = {}
+
+        self.names = read_split_lists(self.root, split_list)
+        if not self.names:
+            raise ValueError(f"the split list(s) {split_list!r} under {self.root} hold no image names")
+        if labels is None or isinstance(labels, dict):
+            self.labels_source = None if labels is None else "dict"
+            self._labels: Labels | None = None if labels is None else {k: sorted(v) for k, v in labels.items()}
+        else:
+            self.labels_source = str(labels)
+            self._labels = load_labels(labels, self.num_classes)
+        self.bad_samples: list[tuple[str, str]] = []
+        self._bad_names: set[str] = set()
+        self._check_files()
+        if coco_layout:
+            self._check_coco_indexing()
+
+    # ------------------------------------------------------------------------------------------------ paths
+    def image_path(self, name: str) -> Path:
+        return self.image_dir / f"{name}{self.image_suffix}"
+
+    def seed_path(self, name: str) -> Path:
+        assert self.seed_dir is not None
+        return self.seed_dir / f"{name}{self.mask_suffix}"
+
+    def gt_path(self, name: str) -> Path:
+        assert self.gt_dir is not None
+        return self.gt_dir / f"{name}{self.mask_suffix}"
+
+    def _mask_paths(self, name: str) -> list[Path]:
+        paths = []
+        if self.seed_dir is not None:
+            paths.append(self.seed_path(name))
+        if not self.train:
+            paths.append(self.gt_path(name))
+        return paths
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def _check_files(self) -> None:
+        """Cheap up-front check (stat only): missing files and missing image-level labels are bad samples."""
+        problems = []
+        for name in self.names:
+            for p in [self.image_path(name), *self._mask_paths(name)]:
+                if not p.is_file():
+                    problems.append((name, f"{p}: file not found"))
+                    break
+            else:
+                if self._labels is not None and name not in self._labels:
+                    problems.append((name, f"{self.labels_source}: no image-level label for {name!r}"))
+        if len(problems) > self.max_bad_fraction * len(self.names):
+            raise RuntimeError(self._summary(problems))
+        for name, reason in problems:
+            self._record_bad(name, reason)
+
+    def _check_coco_indexing(self, max_masks: int = 16) -> None:
+        """Read the first few masks and check their values against the chosen COCO indexing (fail early)."""
+        checked = 0
+        for name in self.names:
+            if name in self._bad_names:
+                continue
+            for p in self._mask_paths(name):
+                try:
+                    mask = read_mask(p)
+                except (OSError, ValueError):
+                    continue  # reported as a bad sample when it is loaded
+                self._map_labels(mask, p)
+            checked += 1
+            if checked >= max_masks:
+                break
+
+    def _summary(self, problems: list[tuple[str, str]]) -> str:
+        n, total = len(problems), len(self.names)
+        head = "; ".join(f"{n_}: {r}" for n_, r in problems[:5])
+        more = f" (and {n - 5} more)" if n > 5 else ""
+        return (
+            f"{n} of {total} samples ({100 * n / total:.1f} %) under {self.root} are bad, more than "
+            f"max_bad_fraction={self.max_bad_fraction:g}: {head}{more}"
+        )
+
+    def _record_bad(self, name: str, reason: str) -> None:
+        if name in self._bad_names:
+            return
+        self._bad_names.add(name)
+        self.bad_samples.append((name, reason))
+        logger.warning("skipping sample %s: %s", name, reason)
+        if len(self.bad_samples) > self.max_bad_fraction * len(self.names):
+            raise RuntimeError(self._summary(self.bad_samples))
+
+    def _map_labels(self, mask: np.ndarray, path: Path) -> np.ndarray:
+        """Check the mask's values against K (and the COCO indexing) and map them to contiguous indices."""
+        hi = int(mask.max(initial=0, where=mask != IGNORE_INDEX)) if mask.size else 0
+        if self.coco_layout == "contiguous81":
+            if hi >= self.num_classes:
+                raise LabelIndexingError(
+                    f"{path}: max label value {hi} > 80, but coco_layout='contiguous81' expects 0..80 (+255); "
+                    "masks holding COCO category ids (1..90) need coco_layout='official91'"
+                )
+            return mask
+        if self.coco_layout == "official91":
+            assert self._lut is not None
+            mapped = self._lut[mask]
+            if (mapped < 0).any():
+                bad = sorted(set(np.unique(mask[mapped < 0]).tolist()))
+                raise LabelIndexingError(
+                    f"{path}: value(s) {bad} are not COCO category ids, but coco_layout='official91' expects "
+                    "category-id slots (1..90 with gaps); masks in contiguous 0..80 indexing need "
+                    "coco_layout='contiguous81'"
+                )
+            return mapped.astype(np.uint8)
+        if hi >= self.num_classes:
+            bad = sorted(v for v in np.unique(mask).tolist() if v >= self.num_classes and v != IGNORE_INDEX)
+            raise BadSample(f"{path}: label value(s) {bad} >= K={self.num_classes} (only 255 may exceed K-1)")
+        return mask
+
+    # ------------------------------------------------------------------------------------------------ loading
+    def _read_mask(self, path: Path, image_hw: tuple[int, int]) -> np.ndarray:
+        try:
+            mask = read_mask(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise BadSample(str(e)) from None
+        if mask.shape != image_hw:
+            raise BadSample(
+                f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is {image_hw[0]}x{image_hw[1]}"
+            )
+        return self._map_labels(mask, path)
+
+    def _rng(self, idx: int) -> np.random.Generator:
+        # Deterministic per (seed, epoch, index, draw count): new augmentations every time a sample is drawn again.
+        draw = self._draws.get(idx, 0)
+        self._draws[idx] = draw + 1
+        return np.random.default_rng([self.seed, self.epoch, idx, draw])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Mix the epoch into the augmentation randomness (keeps DataLoader workers from repeating draws).
+
+        Draw counts restart with every new epoch value, so the augmentation of a sample is a function of
+        (seed, epoch, index, draw within the epoch) only: a trainer that calls ``set_epoch(iteration)`` gets the same
+        augmentations after a resume.
+        """
+        if int(epoch) != self.epoch:
+            self._draws.clear()
+        self.epoch = int(epoch)
+
+    def load(self, idx: int) -> dict[str, Any]:
+        """Load sample ``idx`` without skipping; raises :class:`BadSample` for an unusable sample."""
+        name = self.names[idx]
+        try:
+            image = read_image(self.image_path(name))
+        except (FileNotFoundError, ValueError) as e:
+            raise BadSample(str(e)) from None
+        hw = image.shape[:2]
+        seed = self._read_mask(self.seed_path(name), hw) if self.seed_dir is not None else None
+        gt = None if self.train else self._read_mask(self.gt_path(name), hw)
+        if self._labels is not None:
+            if name not in self._labels:
+                raise BadSample(f"{self.labels_source}: no image-level label for {name!r}")
+            present = self._labels[name]
+        else:
+            present = labels_from_mask(seed if seed is not None else gt)
+        if any(c >= self.num_classes for c in present):
+            raise BadSample(f"{self.labels_source}: label of {name!r} has class index >= K={self.num_classes}")
+        sample: dict[str, Any] = {"name": name, "labels": torch.from_numpy(multi_hot(present, self.num_classes))}
+        if self.train:
+            img_t, seed_t = self.transform(image, seed, self._rng(idx))
+            sample["image"], sample["seed"] = img_t, seed_t
+        else:
+            sample["image"] = test_transform(image, self.mean, self.std)
+            sample["gt"] = torch.from_numpy(gt.astype(np.int64))
+            if seed is not None:
+                sample["seed"] = torch.from_numpy(seed.astype(np.int64))
+        return sample
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        n = len(self.names)
+        for step in range(n):
+            j = (idx + step) % n
+            name = self.names[j]
+            if name in self._bad_names:
+                continue
+            try:
+                return self.load(j)
+            except BadSample as e:
+                self._record_bad(name, str(e))
+        raise RuntimeError(self._summary(self.bad_samples))
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch sample dicts: ``image`` (B, 3, H, W), ``seed``/``gt`` (B, H, W), ``labels`` (B, K), ``name`` list,
+    ``size`` (B, 2) int64 original (H, W).  Samples of different sizes (val mode) are padded at the bottom/right
+    (image 0, masks 255) to the largest H and W."""
+    out: dict[str, Any] = {"name": [b["name"] for b in batch]}
+    sizes = [tuple(b["image"].shape[-2:]) for b in batch]
+    out["size"] = torch.tensor(sizes, dtype=torch.int64)
+    H, W = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    for key in batch[0]:
+        if key == "name":
+            continue
+        vals = [b[key] for b in batch]
+        if key in ("image", "seed", "gt"):
+            fill = 0.0 if key == "image" else IGNORE_INDEX
+            vals = [F.pad(v, (0, W - v.shape[-1], 0, H - v.shape[-2]), value=fill) for v in vals]
+        out[key] = torch.stack(vals)
+    return out
+
+
+def read_cam_npy(path: str | os.PathLike, *, allow_pickle_cams: bool = False) -> dict[int, np.ndarray] | np.ndarray:
+    """Read an MCTformer (or IRN) CAM ``.npy``.
+
+    These files are pickles (``np.save`` of a dict); they are only read with ``allow_pickle_cams=True``, and even
+    then through the restricted unpickler (numpy arrays, dicts, lists, strings and numbers only).
+    MCTformer ``{fg_index (0-based): cam (H, W)}`` and IRN ``{"keys": fg indices, "cam" or "high_res": (C, H, W)}``
+    dicts are returned as ``{k: cam (H, W) float32}`` keyed by **K-class** index (the file's 0-based foreground
+    index + 1).  A plain numeric array (no pickle) is returned as is, without the flag.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            _, _, dtype = read_header(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a .npy file ({e})") from None
+    if dtype.hasobject and not allow_pickle_cams:
+        raise ValueError(
+            f"{path}: this CAM file is a pickle (an object array); pickles can run code when loaded, so it is only "
+            "read with allow_pickle_cams=True (and then through a restricted unpickler). Pass it only for files "
+            "you made yourself"
+        )
+    obj = restricted_load_npy(path)
+    if isinstance(obj, np.ndarray):
+        return obj
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict of CAMs, got {type(obj).__name__}")
+    if "keys" in obj:
+        cams = obj.get("high_res", obj.get("cam"))
+        if cams is None:
+            raise ValueError(f"{path}: IRN-style CAM dict without 'high_res' or 'cam'")
+        cams = np.asarray(cams, dtype=np.float32)
+        keys = np.asarray(obj["keys"]).reshape(-1)
+        if cams.shape[0] != len(keys):
+            raise ValueError(f"{path}: {len(keys)} keys but {cams.shape[0]} CAMs")
+        return {int(k) + 1: cams[i] for i, k in enumerate(keys)}
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(k, (int, np.integer)):
+            raise ValueError(f"{path}: CAM dict keys must be class indices, got {k!r}")
+        out[int(k) + 1] = np.asarray(v, dtype=np.float32)
+    return out

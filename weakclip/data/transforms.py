@@ -1,0 +1,246 @@
+"""Training augmentation of the official recipe (mmseg 0.x semantics), numpy + torch only (no OpenCV).
+
+Pipeline (SPEC §3): random rescale (ratio 0.5-2.0 of a keep-ratio base scale) → random crop with ``cat_max_ratio``
+→ horizontal flip → photometric distortion → normalise → pad to the crop (image 0, label 255).  Every random draw
+comes from a ``np.random.Generator`` passed in, so a sample is reproducible from its generator state.
+
+Images are (H, W, 3) uint8 RGB arrays and label masks (H, W) uint8 arrays until the final step, which returns
+``image`` (3, H, W) float32 and ``seed`` (H, W) int64 tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+
+IGNORE_INDEX = 255
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# resizing (bilinear for images, nearest for labels; the index rules of cv2's INTER_LINEAR / INTER_NEAREST)
+# ----------------------------------------------------------------------------------------------------------------
+def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (align_corners False, no antialias) of an (H, W, 3) uint8 image to ``size_hw``."""
+    if image.shape[:2] == tuple(size_hw):
+        return image
+    t = torch.tensor(image).permute(2, 0, 1)[None].float()  # (1, 3, H, W); copies (inputs may be read-only)
+    t = F.interpolate(t, size=tuple(size_hw), mode="bilinear", align_corners=False)
+    return t[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def resize_label(label: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest resize of an (H, W) label mask to ``size_hw`` (source index = floor(dst · in / out), like cv2)."""
+    if label.shape[:2] == tuple(size_hw):
+        return label
+    t = torch.tensor(label)[None, None].float()  # (1, 1, H, W)
+    t = F.interpolate(t, size=tuple(size_hw), mode="nearest")
+    return t[0, 0].to(torch.uint8).numpy() if label.dtype == np.uint8 else t[0, 0].numpy().astype(label.dtype)
+
+
+def rescale_size(hw: tuple[int, int], scale: tuple[int, int]) -> tuple[int, int]:
+    """mmcv ``imrescale`` size rule: fit (H, W) inside ``scale`` = (long edge, short edge) keeping the aspect ratio."""
+    h, w = hw
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(h, w), short_edge / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the individual steps
+# ----------------------------------------------------------------------------------------------------------------
+def random_rescale(
+    image: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    base_scale: tuple[int, int],
+    ratio_range: tuple[float, float] = (0.5, 2.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """mmseg ``Resize(img_scale=base_scale, ratio_range=..., keep_ratio=True)``."""
+    ratio = rng.random() * (ratio_range[1] - ratio_range[0]) + ratio_range[0]
+    scale = (int(base_scale[0] * ratio), int(base_scale[1] * ratio))
+    size = rescale_size(image.shape[:2], scale)
+    return resize_image(image, size), resize_label(label, size)
+
+
+def _crop_bbox(hw: tuple[int, int], crop: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    margin_h, margin_w = max(hw[0] - crop[0], 0), max(hw[1] - crop[1], 0)
+    y0 = int(rng.integers(0, margin_h + 1))
+    x0 = int(rng.integers(0, margin_w + 1))
+    return y0, y0 + crop[0], x0, x0 + crop[1]
+
+
+def random_crop(
+    image: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    crop: tuple[int, int],
+    cat_max_ratio: float = 0.75,
+    retries: int = 10,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[np.ndarray, np.ndarray]:
+    """mmseg ``RandomCrop``: re-draw (≤ ``retries`` times) while one class covers ≥ ``cat_max_ratio`` of the
+    non-ignored crop pixels or only one class is present; the last draw is used if none qualifies."""
+    y0, y1, x0, x1 = _crop_bbox(image.shape[:2], crop, rng)
+    if cat_max_ratio < 1.0:
+        for _ in range(retries):
+            values, counts = np.unique(label[y0:y1, x0:x1], return_counts=True)
+            counts = counts[values != ignore_index]
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            y0, y1, x0, x1 = _crop_bbox(image.shape[:2], crop, rng)
+    return image[y0:y1, x0:x1], label[y0:y1, x0:x1]
+
+
+def random_hflip(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, prob: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    if rng.random() < prob:
+        return image[:, ::-1], label[:, ::-1]
+    return image, label
+
+
+def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB → uint8 HSV with OpenCV's 8-bit ranges (H in [0, 180), S and V in [0, 255])."""
+    rgb = image.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = rgb.max(-1)
+    delta = v - rgb.min(-1)
+    s = np.where(v > 0, delta * 255.0 / np.maximum(v, 1e-6), 0.0)
+    d = np.maximum(delta, 1e-6)
+    h = np.where(v == r, 60.0 * (g - b) / d, np.where(v == g, 120.0 + 60.0 * (b - r) / d, 240.0 + 60.0 * (r - g) / d))
+    h = np.where(delta > 0, h, 0.0)
+    h = np.where(h < 0, h + 360.0, h)
+    hsv = np.stack([np.round(h / 2.0) % 180, np.round(s), v], -1)
+    return hsv.astype(np.uint8)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_hsv` (OpenCV 8-bit ranges) → (H, W, 3) uint8 RGB."""
+    h = hsv[..., 0].astype(np.float32) * 2.0 / 60.0  # sector in [0, 6)
+    s = hsv[..., 1].astype(np.float32) / 255.0
+    v = hsv[..., 2].astype(np.float32)
+    i = np.floor(h).astype(np.int64) % 6
+    f = h - np.floor(h)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    choices_r = [v, q, p, p, t, v]
+    choices_g = [t, v, v, q, p, p]
+    choices_b = [p, p, t, v, v, q]
+    r = np.choose(i, choices_r)
+    g = np.choose(i, choices_g)
+    b = np.choose(i, choices_b)
+    return np.clip(np.round(np.stack([r, g, b], -1)), 0, 255).astype(np.uint8)
+
+
+def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    # mmseg: float multiply-add, clip to [0, 255], truncate to uint8.
+    return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def photometric_distortion(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    brightness_delta: int = 32,
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
+    hue_delta: int = 18,
+) -> np.ndarray:
+    """mmseg ``PhotoMetricDistortion`` on an (H, W, 3) uint8 RGB image; each step applies with probability 0.5.
+
+    Order: brightness; contrast now (mode 1) or last (mode 0); saturation; hue.
+    """
+    img = image
+    if rng.integers(2):
+        img = _convert(img, beta=rng.uniform(-brightness_delta, brightness_delta))
+    mode = int(rng.integers(2))
+    if mode == 1 and rng.integers(2):
+        img = _convert(img, alpha=rng.uniform(*contrast_range))
+    if rng.integers(2):
+        hsv = rgb_to_hsv(img)
+        hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*saturation_range))
+        img = hsv_to_rgb(hsv)
+    if rng.integers(2):
+        hsv = rgb_to_hsv(img)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + int(rng.integers(-hue_delta, hue_delta))) % 180
+        img = hsv_to_rgb(hsv)
+    if mode == 0 and rng.integers(2):
+        img = _convert(img, alpha=rng.uniform(*contrast_range))
+    return img
+
+
+def normalize(
+    image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB → (3, H, W) float32 tensor ``(x - mean) / std`` (mean/std in 0-255 RGB)."""
+    x = torch.tensor(image).permute(2, 0, 1).float()  # (3, H, W)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x - m) / s
+
+
+def pad_to(
+    image: torch.Tensor, label: torch.Tensor, size_hw: tuple[int, int], ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad (3, H, W) image with 0 and (H, W) label with ``ignore_index`` at the bottom/right up to ``size_hw``."""
+    ph, pw = max(size_hw[0] - image.shape[1], 0), max(size_hw[1] - image.shape[2], 0)
+    if ph or pw:
+        image = F.pad(image, (0, pw, 0, ph), value=0.0)
+        label = F.pad(label, (0, pw, 0, ph), value=ignore_index)
+    return image, label
+
+
+def test_transform(
+    image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """Evaluation transform: no resizing, just (H, W, 3) uint8 RGB → normalised (3, H, W) float32 tensor."""
+    return normalize(image, mean, std)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the composed training transform
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainTransform:
+    """The official training augmentation with the crop size as a parameter.
+
+    The base scale defaults to (2048, 512) × crop/512, so a 512 crop uses (2048, 512) and a 128 crop (512, 128).
+    """
+
+    crop_size: int = 512  # square crop side; output tensors are (3, crop, crop) and (crop, crop)
+    base_scale: tuple[int, int] | None = None  # (long, short) keep-ratio scale at ratio 1; None → (4·crop, crop)
+    ratio_range: tuple[float, float] = (0.5, 2.0)  # random rescale ratio range
+    cat_max_ratio: float = 0.75  # max share of one class in a crop (re-draw otherwise)
+    crop_retries: int = 10  # re-draws for cat_max_ratio
+    flip_prob: float = 0.5  # horizontal flip probability
+    photometric: bool = True  # apply PhotoMetricDistortion
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB mean (0-255)
+    std: tuple[float, float, float] = IMAGENET_STD  # RGB std (0-255)
+    ignore_index: int = IGNORE_INDEX  # label value of ignored / padded pixels
+
+    @property
+    def scale(self) -> tuple[int, int]:
+        if self.base_scale is not None:
+            return tuple(self.base_scale)
+        return int(2048 * self.crop_size / 512), int(512 * self.crop_size / 512)
+
+    def __call__(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H, W, 3) uint8 RGB + (H, W) uint8 label → image (3, crop, crop) float32, label (crop, crop) int64."""
+        crop = (self.crop_size, self.crop_size)
+        image, label = random_rescale(image, label, rng, self.scale, self.ratio_range)
+        image, label = random_crop(image, label, rng, crop, self.cat_max_ratio, self.crop_retries, self.ignore_index)
+        image, label = random_hflip(image, label, rng, self.flip_prob)
+        if self.photometric:
+            image = photometric_distortion(np.ascontiguousarray(image), rng)
+        img_t = normalize(image, self.mean, self.std)
+        lab_t = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
+        return pad_to(img_t, lab_t, crop, self.ignore_index)
+
+
+test_transform.__test__ = False  # not a pytest test, despite its name
