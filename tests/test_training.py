@@ -116,3 +116,25 @@ def test_torchrun_two_processes_cpu(data, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     d0, d1 = (out / "rank0.txt").read_text(), (out / "rank1.txt").read_text()
     assert d0.startswith("2 ") and d0 == d1
+
+
+def test_evaluator_agrees_with_training_validation(data, tmp_path):
+    """generate.py + weakclip.evaluate on the val list reproduce the mIoU that training validation logged."""
+    import csv
+
+    from engines.generate import main as generate_main
+    from weakclip.evaluate import evaluate_dirs
+
+    work = tmp_path / "run"
+    main([f"data.root={data}", f"work_dir={work}", "train.iters=2", "train.batch_size=2", "schedule.val_interval=2",
+          "data.num_workers=0", "--no-progress"])  # fmt: skip
+    logged = float(list(csv.DictReader(open(work / "val.csv")))[-1]["miou"])
+    val_list = data / "ImageSets" / "Segmentation" / "val.txt"
+    rc = generate_main(["--images", str(val_list), "--image-root", str(data / "JPEGImages"), "--engine", "torch",
+                        "--model", str(work / "final.safetensors"), "--out", str(tmp_path / "masks"), "--workers", "0",
+                        "--no-progress"])  # fmt: skip
+    assert rc == 0
+    names = val_list.read_text().split()
+    metrics, n = evaluate_dirs(tmp_path / "masks", data / "SegmentationClass", 6, names)
+    assert n == len(names) == 4
+    assert metrics.miou == pytest.approx(logged, abs=1e-9)
