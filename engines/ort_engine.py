@@ -1,0 +1,291 @@
+"""The ONNX Runtime engine: an end-to-end graph written by ``weakclip-export`` (``weakclip.onnx``), CPU by default.
+
+    engine = get_engine("onnxruntime", "onnx/weakclip.onnx")                 # CPU EP, all cores
+    engine = get_engine("onnxruntime", "onnx/weakclip_fp16.onnx", device="cuda")
+    logits = engine(windows)   # (B, 3, H, W) float32 normalised → (B, K, H/4, W/4) float32, CPU tensors
+
+Everything the engine needs comes from the model's metadata (class_names, mean, std, crop_size, size_divisor,
+precision, graph kind), so a .onnx file is self-contained like a checkpoint.
+
+* **Providers** (``device``): "cpu" (default) → CPUExecutionProvider; "cuda" / "cuda:N" → CUDAExecutionProvider (an
+  error when this onnxruntime build lacks it); "auto" → CUDA when ``onnxruntime.get_available_providers()`` has it,
+  else CPU.  CPU stays in the list as the fallback for nodes the CUDA EP does not take.
+* **Threads**: ``intra_op_threads`` (default: the cores this process may use) and ``inter_op_threads`` (default 1,
+  sequential execution: the graph is one chain, parallel branches would only fight for the same cores).
+* **Graph optimisation**: ``graph_optimization`` "all" (default: constant folding, fusions, NCHWc layouts for the
+  CPU), "extended", "basic" or "disable".  ``optimized_model_cache`` (a folder): the optimised graph is saved there
+  on first use and loaded (without re-optimising) next time; the file name carries the model's hash, the ORT version,
+  the level and the providers, so a changed model, ORT upgrade or other device never reuses a stale file.
+* **I/O binding**: inputs are bound from the caller's memory and the logits are written by ORT straight into a
+  torch tensor we allocate (no copy on the way out).  The output shape of each input shape is learnt on its first
+  run; with ``reuse_outputs=True`` the same output tensor is reused while the input shape repeats — the returned
+  tensor is then only valid until the next call (for callers that consume it at once, e.g. benchmarks).  The
+  default (False) returns an independent tensor per call.
+
+Not thread-safe: one engine per thread (ORT parallelises inside a call).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Engine, EngineError
+
+GRAPH_KINDS = ("end_to_end",)  # runnable here; the custom-op graphs need the TensorRT plugin
+_LEVELS = ("disable", "basic", "extended", "all")
+# ORT's CPU NCHWc layout pass crashes on our fp16 graphs (see export/fp16.py); disabled for fp16 models on CPU.
+_CPU_FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise EngineError("onnxruntime engine: pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
+    return ort
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def select_providers(device: str | torch.device, available: list[str]) -> list[Any]:
+    """ORT provider list for ``device`` ("cpu", "cuda", "cuda:N", "auto") given the available providers."""
+    dev = str(device)
+    if dev == "auto":
+        dev = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    if dev == "cpu":
+        return ["CPUExecutionProvider"]
+    if dev.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise EngineError(
+                f"onnxruntime engine: device {dev!r} needs the CUDA execution provider, which this onnxruntime "
+                f"build does not have (available: {available}); install onnxruntime-gpu or use device='cpu'"
+            )
+        idx = int(dev.split(":", 1)[1]) if ":" in dev else 0
+        return [("CUDAExecutionProvider", {"device_id": idx}), "CPUExecutionProvider"]
+    raise EngineError(f"onnxruntime engine: unknown device {dev!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in (path, path.with_name(path.name + ".data")):
+        if p.exists():
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """``metadata_props`` of an .onnx file without reading its graph or weights (and without the onnx package).
+
+    Walks the top-level protobuf fields of the ModelProto and skips every length-delimited field but
+    ``metadata_props`` (field 14) with a seek, so a 500 MB model costs a few reads, not a parse into memory.
+    """
+    import io
+
+    def varint(f: Any) -> int | None:
+        shift = value = 0
+        while True:
+            b = f.read(1)
+            if not b:
+                return None
+            value |= (b[0] & 0x7F) << shift
+            if not b[0] & 0x80:
+                return value
+            shift += 7
+
+    meta: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            while (tag := varint(f)) is not None:
+                field, wire = tag >> 3, tag & 7
+                if wire == 0:
+                    varint(f)
+                elif wire == 1:
+                    f.seek(8, os.SEEK_CUR)
+                elif wire == 5:
+                    f.seek(4, os.SEEK_CUR)
+                elif wire == 2:
+                    n = varint(f)
+                    if n is None:
+                        raise ValueError("truncated field")
+                    if field == 14:  # StringStringEntryProto: 1 key, 2 value (both strings)
+                        entry, kv = io.BytesIO(f.read(n)), {}
+                        while (t := varint(entry)) is not None:
+                            m = varint(entry) or 0
+                            kv[t >> 3] = entry.read(m).decode("utf-8")
+                        meta[kv.get(1, "")] = kv.get(2, "")
+                    else:
+                        f.seek(n, os.SEEK_CUR)
+                else:
+                    raise ValueError(f"unexpected protobuf wire type {wire}")
+    except (OSError, ValueError) as e:
+        raise EngineError(f"onnxruntime engine: cannot read {path}: {e}") from None
+    return meta
+
+
+class OrtEngine(Engine):
+    """WeakCLIP end-to-end ONNX graph on ONNX Runtime (see module docstring for the options)."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        precision: str | None = None,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int = 1,
+        graph_optimization: str = "all",
+        optimized_model_cache: str | os.PathLike | None = None,
+        io_binding: bool = True,
+        reuse_outputs: bool = False,
+    ) -> None:
+        ort = _import_ort()
+        if model_path is None:
+            raise EngineError("onnxruntime engine: give the exported weakclip.onnx (--model)")
+        path = Path(model_path)
+        if not path.is_file():
+            raise EngineError(f"onnxruntime engine: model {path} not found")
+        if graph_optimization not in _LEVELS:
+            raise EngineError(f"onnxruntime engine: graph_optimization must be one of {_LEVELS}")
+        providers = select_providers(device, ort.get_available_providers())
+        on_cpu = providers == ["CPUExecutionProvider"]
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = int(intra_op_threads or usable_cores())
+        so.inter_op_num_threads = int(inter_op_threads)
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[graph_optimization]
+        so.graph_optimization_level = level
+
+        meta = read_onnx_metadata(path)
+        if "class_names" not in meta or "crop_size" not in meta:
+            raise EngineError(f"onnxruntime engine: {path} has no WeakCLIP metadata; export it with weakclip-export")
+        kind = meta.get("graph", "")
+        if kind not in GRAPH_KINDS:
+            hint = " (it contains the TensorRT plugin node; use the tensorrt engine)" if "custom" in kind else ""
+            raise EngineError(
+                f"onnxruntime engine: {path.name} has graph kind {kind!r}{hint}; give the end-to-end weakclip.onnx"
+            )
+        model_precision = meta.get("precision", "fp32")
+        if precision is not None and precision != model_precision:
+            raise EngineError(
+                f"onnxruntime engine: precision is a property of the .onnx file: {path.name} is {model_precision}, "
+                f"{precision} was asked for (export with --fp16 and pass weakclip_fp16.onnx)"
+            )
+        disabled = list(_CPU_FP16_DISABLED_OPTIMIZERS) if (on_cpu and model_precision == "fp16") else []
+
+        load_path = path
+        self.cache_file: Path | None = None
+        if optimized_model_cache is not None and graph_optimization != "disable":
+            cache = Path(optimized_model_cache)
+            cache.mkdir(parents=True, exist_ok=True)
+            prov = "cpu" if on_cpu else "cuda"
+            key = f"{_file_digest(path)}.ort{ort.__version__}.{graph_optimization}.{prov}"
+            self.cache_file = cache / f"{path.stem}.{key}.onnx"
+            if self.cache_file.exists():
+                load_path = self.cache_file
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimised
+            else:
+                so.optimized_model_filepath = str(self.cache_file)
+        kw = {"disabled_optimizers": disabled} if disabled else {}
+        try:
+            self.session: Any = ort.InferenceSession(str(load_path), so, providers=providers, **kw)
+        except Exception as e:  # noqa: BLE001 - ORT's own exception types; one clear line
+            raise EngineError(f"onnxruntime engine: cannot load {load_path}: {str(e).splitlines()[0]}") from None
+
+        super().__init__(
+            class_names=json.loads(meta["class_names"]),
+            crop_size=int(meta["crop_size"]),
+            mean=json.loads(meta["mean"]),
+            std=json.loads(meta["std"]),
+            size_divisor=int(meta.get("size_divisor", 16)),
+        )
+        self.model_path = path
+        self.metadata = meta
+        self.precision = model_precision
+        self.providers = self.session.get_providers()
+        self.intra_op_threads = so.intra_op_num_threads
+        self.inter_op_threads = so.inter_op_num_threads
+        self.graph_optimization = graph_optimization
+        self.io_binding = io_binding
+        self.reuse_outputs = reuse_outputs
+        self._device_type = "cpu"  # where the outputs are bound (host memory, whatever the provider)
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != ["image"] or "logits" not in outputs:
+            raise EngineError(f"onnxruntime engine: {path.name} has inputs {inputs}, outputs {outputs}; expected "
+                              f"image → logits")  # fmt: skip
+        self._binding: Any = self.session.io_binding() if io_binding else None
+        self._out_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._reused: torch.Tensor | None = None
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        if self.session is None:
+            raise EngineError("onnxruntime engine: used after close()")
+        self.check_windows(windows)
+        x = windows.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        x = x.contiguous().numpy()  # (B, 3, H, W) float32, shares memory with the caller's tensor
+        if self._binding is None:
+            return torch.from_numpy(self.session.run(["logits"], {"image": x})[0])
+        b = self._binding
+        b.bind_cpu_input("image", x)
+        key = tuple(x.shape)
+        shape = self._out_shapes.get(key)
+        if shape is None:  # first time at this input shape: let ORT allocate, learn the shape
+            b.bind_output("logits", self._device_type)
+            self.session.run_with_iobinding(b)
+            out = torch.from_numpy(b.copy_outputs_to_cpu()[0])
+            self._out_shapes[key] = tuple(out.shape)
+            return out
+        if self.reuse_outputs and self._reused is not None and tuple(self._reused.shape) == shape:
+            out = self._reused
+        else:
+            out = torch.empty(shape, dtype=torch.float32)
+        b.bind_output("logits", self._device_type, 0, np.float32, list(shape), out.data_ptr())
+        self.session.run_with_iobinding(b)
+        if self.reuse_outputs:
+            self._reused = out
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "model": str(self.model_path),
+            "precision": self.precision,
+            "providers": list(self.providers),
+            "intra_op_threads": self.intra_op_threads,
+            "inter_op_threads": self.inter_op_threads,
+            "graph_optimization": self.graph_optimization,
+            "io_binding": self.io_binding,
+            "onnxruntime": _import_ort().__version__,
+            "opset": self.metadata.get("opset"),
+            "exporter": self.metadata.get("exporter"),
+        }
+
+    def close(self) -> None:
+        self.session = None
+        self._binding = None
+        self._reused = None
