@@ -35,10 +35,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+if __package__ in (None, ""):  # `python engines/generate.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
 from weakclip.io import atomic_path, read_image, save_mask_png, voc_palette
 
-from .base import Engine, EngineError, available_engines, get_engine
+from engines.base import Engine, EngineError, available_engines, get_engine
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Temporaries of weakclip.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
@@ -194,12 +197,15 @@ def overlay_names(items: Sequence[Item], n: int) -> set[str]:
 
 
 def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8: palette colours blended over the image where the mask is not background (255 included)."""
+    """(H, 3W + 2·gap, 3) uint8 panel: the image | the palette mask | palette colours blended over the image where
+    the mask is not background (255 "unknown" included).  Panels are separated by white gaps."""
     pal = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
-    out = image.astype(np.float32)
+    blend = image.astype(np.float32)
     fg = mask != 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * pal[mask[fg]]
-    return out.round().clip(0, 255).astype(np.uint8)
+    blend[fg] = (1 - alpha) * blend[fg] + alpha * pal[mask[fg]]
+    gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
+    colour = pal[mask].astype(np.uint8)
+    return np.concatenate([image, gap, colour, gap, blend.round().clip(0, 255).astype(np.uint8)], axis=1)
 
 
 def _write_outputs(

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Engine, EngineError
+from engines.base import Engine, EngineError
 
 GRAPH_KINDS = ("end_to_end",)  # runnable here; the custom-op graphs need the TensorRT plugin
 _LEVELS = ("disable", "basic", "extended", "all")

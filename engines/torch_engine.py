@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Engine, EngineError
+from engines.base import Engine, EngineError
 
 PRECISIONS = ("fp32", "fp16")
 
