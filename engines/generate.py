@@ -38,10 +38,9 @@ from PIL import Image
 if __package__ in (None, ""):  # `python engines/generate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engines.base import Engine, EngineError, available_engines, get_engine
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
 from weakclip.io import atomic_path, read_image, save_mask_png, voc_palette
-
-from engines.base import Engine, EngineError, available_engines, get_engine
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Temporaries of weakclip.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
