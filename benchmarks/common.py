@@ -51,9 +51,14 @@ def run_child(module: str, args: list[str], timeout: float = 3600) -> dict:
 
 
 def peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM).  Not ru_maxrss: on Linux a child started with fork+exec
+    inherits its parent's ru_maxrss as a floor, which would hide small peaks."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0  # kB
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def write_results(stem: str, payload: dict, table_md: str) -> tuple[Path, Path]:
