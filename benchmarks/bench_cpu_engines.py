@@ -12,10 +12,15 @@ logits for the same fixed input; the parent compares them with the eager fp32 lo
 Engines (``--engines``):
   torch-eager        WeakCLIP.forward(x, text_embeddings=T) with T precomputed, torch.inference_mode — the same
                      computation as the exported graph; the baseline of every speed-up
-  torch-engine       engines/torch_engine.py as shipped (for information: it runs the text tower on every call)
+  torch-engine       engines/torch_engine.py as shipped (T computed once at construction, like the exported graph)
   onnxruntime        engines/ort_engine.py on weakclip.onnx: CPU EP, ORT_ENABLE_ALL, intra-op threads = cores
   onnxruntime-int8   the same graph after onnxruntime.quantization.quantize_dynamic of the ViT linears
                      (MatMul/Gemm with constant weights upstream of the visual projection; int8 weights, per channel)
+  onnxruntime-int8-conv
+                     additionally every Conv / ConvTranspose (adapter, neck, head: ~45 % of the FLOPs) statically
+                     quantised (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on
+                     ``--calib`` images: random normal inputs here, since the weights are random too; calibrate on
+                     real images for a trained model), then the ViT linears dynamically as above
 
 Writes ``benchmarks/results/cpu_engines.{json,md,png}`` and prints the machine (CPU model, cores, load average —
 this machine may be shared — and the torch / onnxruntime versions).
@@ -26,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,7 +45,14 @@ if __package__ in (None, ""):  # run as a script
 
 import numpy as np
 
-ENGINES = ("torch-eager", "torch-engine", "onnxruntime", "onnxruntime-int8")
+from benchmarks.common import machine_info, peak_rss_mib, usable_cores
+
+ENGINES = ("torch-eager", "torch-engine", "onnxruntime", "onnxruntime-int8", "onnxruntime-int8-conv")
+ONNX_FILES = {
+    "onnxruntime": "weakclip.onnx",
+    "onnxruntime-int8": "weakclip_int8.onnx",
+    "onnxruntime-int8-conv": "weakclip_int8_conv.onnx",
+}
 DEFAULT_ENGINES = ENGINES
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 2.0  # ONNX Runtime crops/s over eager
@@ -50,52 +60,6 @@ GOAL = 2.0  # ONNX Runtime crops/s over eager
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def machine_info() -> dict[str, Any]:
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        have = set(next(ln for ln in text.splitlines() if ln.startswith("flags")).split(":", 1)[1].split())
-        flags = " ".join(
-            f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in have
-        )
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_flags": flags,
-        "logical_cpus": os.cpu_count(),
-        "usable_cores": usable_cores(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "onnxruntime": onnxruntime.__version__,
-        "platform": platform.platform(),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# preparation (parent)
 
 
 def vit_linear_nodes(model: Any) -> list[str]:
@@ -118,6 +82,45 @@ def vit_linear_nodes(model: Any) -> list[str]:
         for n in model.graph.node
         if n.name in seen and n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits
     ]
+
+
+def quantize_convs_static(src: Path, dst: Path, size: int, n_calib: int, seed: int) -> dict[str, Any]:
+    """QDQ int8 for every Conv/ConvTranspose (per-channel weights, uint8 activations, MinMax calibration)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Calib(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(seed + 7)
+            self.items = iter([{"image": rng.standard_normal((1, 3, size, size), dtype=np.float32)}
+                               for _ in range(n_calib)])  # fmt: skip
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    t0 = time.perf_counter()
+    pre = dst.with_name(dst.stem + "_pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(dst), Calib(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["Conv", "ConvTranspose"], per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+    pre.unlink()
+    import onnx
+
+    from export.to_onnx import set_metadata
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    m = onnx.load(str(dst))
+    set_metadata(m, {**meta, "precision": "int8-static-conv"})  # class names, mean/std, crop for the engine
+    onnx.save_model(m, str(dst))
+    return {"seconds": round(time.perf_counter() - t0, 1), "calibration_images": n_calib}
 
 
 def quantize_vit_linears(src: Path, dst: Path) -> dict[str, Any]:
@@ -178,6 +181,13 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if "onnxruntime-int8" in args.engines:
         info["int8"] = quantize_vit_linears(work / "onnx" / "weakclip.onnx", work / "onnx" / "weakclip_int8.onnx")
         log(f"int8 dynamic quantisation: {info['int8']['quantized_nodes']} ViT linears, {info['int8']['mb']:.0f} MB")
+    if "onnxruntime-int8-conv" in args.engines:
+        onnx_dir = work / "onnx"
+        conv = quantize_convs_static(onnx_dir / "weakclip.onnx", onnx_dir / "conv_int8.onnx", args.size, args.calib,
+                                     args.seed)  # fmt: skip
+        info["int8_conv"] = {**conv, **quantize_vit_linears(onnx_dir / "conv_int8.onnx", onnx_dir / ONNX_FILES[
+            "onnxruntime-int8-conv"])}  # fmt: skip
+        log(f"int8 static convs + dynamic ViT linears: {info['int8_conv']}")
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed + 1))
     np.save(work / "input.npy", x.numpy())
     return info
@@ -185,19 +195,6 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # one engine (worker subprocess)
-
-
-def _maxrss_mb() -> float:
-    """Peak RSS of this process in MB: VmHWM (the high-water mark of the current address space) where /proc has
-    it.  Not ``ru_maxrss`` first: Linux carries a parent's high-water mark into a fork+exec'd child's ru_maxrss
-    (the old mm's peak is folded in at exec), which would give every worker the parent's footprint."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def build_runner(engine: str, work: Path, threads: int) -> Callable[[Any], Any]:
@@ -220,18 +217,18 @@ def build_runner(engine: str, work: Path, threads: int) -> Callable[[Any], Any]:
         from engines.base import get_engine
 
         return get_engine("torch", work / "model.safetensors")
-    if engine in ("onnxruntime", "onnxruntime-int8"):
+    if engine in ONNX_FILES:
         from engines.base import get_engine
 
-        file = "weakclip.onnx" if engine == "onnxruntime" else "weakclip_int8.onnx"
-        return get_engine("onnxruntime", work / "onnx" / file, intra_op_threads=threads, reuse_outputs=True)
+        file = work / "onnx" / ONNX_FILES[engine]
+        return get_engine("onnxruntime", file, intra_op_threads=threads, reuse_outputs=True)
     raise SystemExit(f"unknown engine {engine!r}; choose from {ENGINES}")
 
 
 def worker(engine: str, work: Path, threads: int, warmup: int, iters: int) -> dict[str, Any]:
     import torch
 
-    rss_import = _maxrss_mb()
+    rss_import = peak_rss_mib()
     t0 = time.perf_counter()
     run = build_runner(engine, work, threads)
     load_s = time.perf_counter() - t0
@@ -255,7 +252,7 @@ def worker(engine: str, work: Path, threads: int, warmup: int, iters: int) -> di
         "times_s": [round(t, 6) for t in times],
         "median_s": round(med, 6),
         "crops_per_s": round(x.shape[0] / med, 4),
-        "peak_rss_mb": round(_maxrss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mib(), 1),
         "rss_after_imports_mb": round(rss_import, 1),
     }
 
@@ -360,7 +357,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         return "No eager baseline measured."
     base = by["torch-eager"]["crops_per_s"]
     parts = []
-    for name in ("onnxruntime", "onnxruntime-int8"):
+    for name in ONNX_FILES:
         if name in by:
             s = by[name]["crops_per_s"] / base
             parts.append(f"{name}: {s:.2f}× ({'meets' if s >= GOAL else 'below'} the goal)")
@@ -384,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=str(RESULTS), help="results folder")
     ap.add_argument("--workdir", default=None, help="keep the checkpoint / ONNX files here (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calib", type=int, default=4, help="calibration inputs for the static int8 convolutions")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: measure one engine
     return ap
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['train_s']:.0f} |\n" for r in rows)  # fmt: skip
     md += (f"\n{args.images} synthetic training images (seed {args.seed}), tiny preset, batch 8, {args.iters} "
            f"iterations, single-scale masks on the training images.  Command: `{cmd}`.  Machine: {info['cpu']}, "
-           f"{info['cores']} cores.\n")  # fmt: skip
+           f"{info['usable_cores']} cores.\n")  # fmt: skip
     print(md)
     write_results("loss_ablation", {"machine": info, "command": cmd, "rows": rows}, md)
     return 0

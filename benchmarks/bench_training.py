@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['step_s']:.3f} | {r['peak_rss_mib']:.0f} | "
                 + (f"{speed:.2f}× | {100 * mem:.0f} % |" if r is w else "1.00× | 100 % |")
             )
-    md = "\n".join(lines) + f"\n\nMachine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}.\n"
+    md = "\n".join(lines) + f"\n\nMachine: {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}.\n"
     print(md)
     write_results("training", {"machine": info, "rows": rows, "summary": summary}, md)
     _plot(rows, args.presets)

@@ -8,28 +8,42 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine_info() -> dict[str, str | int]:
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and the SIMD flags that matter for these kernels, cores, load, library versions, GPU."""
     import torch
 
-    cpu = platform.processor() or ""
+    cpu, flags = platform.processor() or "", ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        text = Path("/proc/cpuinfo").read_text()
+        cpu = next(ln for ln in text.splitlines() if ln.startswith("model name")).split(":", 1)[1].strip()
+        have = set(next(ln for ln in text.splitlines() if ln.startswith("flags")).split(":", 1)[1].split())
+        wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+        flags = " ".join(f for f in wanted if f in have)
+    except (OSError, StopIteration):
         pass
-    info: dict[str, str | int] = {
+    info: dict[str, Any] = {
         "cpu": cpu,
-        "cores": os.cpu_count() or 0,
+        "cpu_flags": flags,
+        "logical_cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "platform": platform.platform(),
     }
     try:
         import onnxruntime
