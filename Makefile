@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint format cuda gpu-check bench clean
+.PHONY: setup demo test test-all lint format cuda gpu-check bench-cpu bench-train bench-ablation clean
 
 setup: $(STAMP)
 
@@ -34,8 +34,17 @@ format: $(STAMP)
 cuda:
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2
 
-gpu-check: $(STAMP)
+gpu-check:  # no set-up: a GPU machine brings its own torch
 	bash benchmarks/gpu_check.sh
+
+bench-cpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_cpu_engines.py --rounds 2
+
+bench-train: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_training
+
+bench-ablation: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_loss_ablation
 
 clean:
 	rm -rf build runs demo_out .pytest_cache
