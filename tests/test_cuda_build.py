@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kernel_emu.build import find_nvcc  # tests/ is on sys.path under pytest
 
 from engines import cuda_ops
 
@@ -51,16 +52,6 @@ GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 
 
-def _nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    for cand in (os.environ.get("CUDACXX"), "/usr/local/cuda/bin/nvcc"):
-        if cand and Path(cand).is_file():
-            return cand
-    return None
-
-
 def _arch() -> str:
     if GPU:
         major, minor = torch.cuda.get_device_capability()
@@ -71,7 +62,7 @@ def _arch() -> str:
 @pytest.fixture(scope="session")
 def cuda_build(tmp_path_factory) -> dict:
     """Configure + build into a temp dir (one architecture). Returns paths and the configure log."""
-    nvcc, cmake = _nvcc(), shutil.which("cmake")
+    nvcc, cmake = find_nvcc(), shutil.which("cmake")
     if nvcc is None:
         pytest.skip("nvcc not found (CUDA toolkit needed to compile the kernels)")
     if cmake is None:

@@ -68,7 +68,7 @@ class EmuBuild:
 
 
 def find_nvcc() -> str | None:
-    """Same lookup as tests/test_cuda_build.py: PATH, $CUDACXX, /usr/local/cuda/bin/nvcc."""
+    """nvcc from PATH, $CUDACXX or /usr/local/cuda/bin/nvcc (also used by tests/test_cuda_build.py)."""
     found = shutil.which("nvcc")
     if found:
         return found
