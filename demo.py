@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     step("1/5 synthetic VOC-layout dataset")
     if not (data / "class_names.txt").is_file():
         summary = make_synthetic_dataset(data, images=args.images, seed=args.seed, val_images=max(4, args.images // 5))
-        print(json.dumps({k: v for k, v in summary.items() if k in ("train_images", "val_images", "seeds_miou")}))
+        print(json.dumps({k: v for k, v in summary.items() if k in ("train_images", "val_images", "seed_miou")}))
     else:
         print(f"reusing {data}")
 

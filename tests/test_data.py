@@ -70,7 +70,9 @@ def test_synthetic_layout_and_seed_miou_in_range(tmp_path):
 
 
 def test_synthetic_cli(tmp_path, capsys):
-    s = synthetic.main(["--out", str(tmp_path), "--images", "4", "--seed", "1", "--size", "48", "48", "--val", "1"])
+    rc = synthetic.main(["--out", str(tmp_path), "--images", "4", "--seed", "1", "--size", "48", "48", "--val", "1"])
+    assert rc == 0
+    s = json.loads((tmp_path / "synthetic_meta.json").read_text())
     printed = capsys.readouterr().out
     assert "seeds' mIoU" in printed and f"{100 * s['seed_miou']:.1f}" in printed
     assert len(list((tmp_path / "JPEGImages").glob("*.jpg"))) == 5

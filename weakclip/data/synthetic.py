@@ -382,7 +382,7 @@ def make_synthetic_dataset(
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m weakclip.data.synthetic")
     p.add_argument("--out", required=True, help="output folder (VOC layout)")
     p.add_argument("--images", type=int, default=200, help="number of training images")
@@ -404,8 +404,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     print(f"seeds' mIoU: train {100 * s['seed_miou']:.1f} %, val {100 * s['seed_miou_val']:.1f} %")
     print("seeds' IoU per class: " + ", ".join(f"{c} {100 * v:.1f}" for c, v in s["seed_iou_per_class"].items()))
-    return s
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
