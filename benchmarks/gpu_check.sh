@@ -55,6 +55,15 @@ if grep -q "SKIPPED" "$TEST_OUT"; then
   echo "gpu_check: tests were SKIPPED on a GPU machine (see above) -- treated as a failure"; exit 4
 fi
 
+if "$PY" -c "import tensorrt" 2>/dev/null; then
+  echo "== TensorRT runner (engine build, cache, execution parity vs the torch engine)"
+  if ! "$PY" -m pytest -q -rs -p no:cacheprovider -m "tensorrt or gpu or not gpu" tests/test_trt_engine.py; then
+    echo "gpu_check: TENSORRT TESTS FAILED"; exit 4
+  fi
+else
+  echo "== TensorRT not installed: TensorRT runner execution tests not run (pip install tensorrt)"
+fi
+
 echo "== benchmark"
 if ! "$PY" -m benchmarks.bench_cuda_coattn --out benchmarks/results; then
   echo "gpu_check: BENCHMARK FAILED"; exit 5
