@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import importlib
 import inspect
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -95,6 +96,17 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def engine_fields_from_metadata(meta: dict[str, str]) -> dict[str, Any]:
+    """``Engine.__init__`` keyword arguments from an exported ONNX model's metadata_props (see export/to_onnx.py)."""
+    return dict(
+        class_names=json.loads(meta["class_names"]),
+        crop_size=int(meta["crop_size"]),
+        mean=json.loads(meta["mean"]),
+        std=json.loads(meta["std"]),
+        size_divisor=int(meta.get("size_divisor", 16)),
+    )
 
 
 def register_engine(name: str, factory: Callable[..., Engine]) -> None:

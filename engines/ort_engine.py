@@ -28,7 +28,6 @@ Not thread-safe: one engine per thread (ORT parallelises inside a call).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.base import Engine, EngineError
+from engines.base import Engine, EngineError, engine_fields_from_metadata
 
 GRAPH_KINDS = ("end_to_end",)  # runnable here; the custom-op graphs need the TensorRT plugin
 _LEVELS = ("disable", "basic", "extended", "all")
@@ -214,13 +213,7 @@ class OrtEngine(Engine):
         except Exception as e:  # noqa: BLE001 - ORT's own exception types; one clear line
             raise EngineError(f"onnxruntime engine: cannot load {load_path}: {str(e).splitlines()[0]}") from None
 
-        super().__init__(
-            class_names=json.loads(meta["class_names"]),
-            crop_size=int(meta["crop_size"]),
-            mean=json.loads(meta["mean"]),
-            std=json.loads(meta["std"]),
-            size_divisor=int(meta.get("size_divisor", 16)),
-        )
+        super().__init__(**engine_fields_from_metadata(meta))
         self.model_path = path
         self.metadata = meta
         self.precision = model_precision

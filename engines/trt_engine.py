@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from engines.base import Engine, EngineError
+from engines.base import Engine, EngineError, engine_fields_from_metadata
 
 PRECISIONS = ("fp32", "fp16")
 GRAPH_KINDS = ("end_to_end", "end_to_end_custom")  # image → logits (+ score_map); *_custom has the plugin node
@@ -512,13 +512,7 @@ class TrtEngine(Engine):
                 metadata=meta,
             )
 
-        super().__init__(
-            class_names=json.loads(meta["class_names"]),
-            crop_size=int(meta["crop_size"]),
-            mean=json.loads(meta["mean"]),
-            std=json.loads(meta["std"]),
-            size_divisor=int(meta.get("size_divisor", 16)),
-        )
+        super().__init__(**engine_fields_from_metadata(meta))
         self.model_path = path
         self.onnx_path = onnx_file
         self.metadata = dict(meta)
