@@ -117,12 +117,12 @@ def test_sigkill_midway_then_resume_equals_clean_run(tmp_path, capsys):
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.time() + 60
-    while time.time() < deadline and len(list(out.glob("*.png"))) < 40:
+    while time.time() < deadline and len(_outputs(out)) < 40:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = sorted(out.glob("*.png"))
+    finished = _outputs(out)  # temporaries of the killed writes (".name.*.tmp.png") are not outputs
     assert 40 <= len(finished) < 200, "the run must be killed midway"
     for p in finished:  # every visible output is complete
         with Image.open(p) as im:
@@ -153,6 +153,11 @@ def test_sigkill_midway_then_resume_equals_clean_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--images", str(images), "--out", str(clean), "--engine", "standin", "--no-progress"]) == 1
     assert _summary(capsys.readouterr().out) == {"done": 0, "skipped": 200, "failed": 2}
+
+
+def _outputs(out: Path) -> list[Path]:
+    """Finished masks: pathlib's glob also matches hidden names, which are atomic-write temporaries here."""
+    return sorted(p for p in out.glob("*.png") if not p.name.startswith("."))
 
 
 def test_sharding_covers_every_image_once(tmp_path, monkeypatch, capsys):
