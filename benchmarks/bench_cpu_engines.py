@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as a script
 import numpy as np
 
 from benchmarks.common import machine_info, peak_rss_mib, usable_cores
+from export import quantize
 
 ENGINES = ("torch-eager", "torch-engine", "onnxruntime", "onnxruntime-int8", "onnxruntime-int8-conv")
 ONNX_FILES = {
@@ -60,95 +61,6 @@ GOAL = 2.0  # ONNX Runtime crops/s over eager
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
-
-
-def vit_linear_nodes(model: Any) -> list[str]:
-    """MatMul/Gemm nodes with a constant weight that feed the CLIP visual projection (the ViT linears)."""
-    inits = {t.name for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    start = [n for n in model.graph.node if any("image_encoder.visual.proj" == i for i in n.input)]
-    if not start:
-        raise RuntimeError("no node consumes image_encoder.visual.proj: cannot locate the ViT in the graph")
-    seen: set[str] = set()
-    stack = list(start)
-    while stack:
-        n = stack.pop()
-        if n.name in seen:
-            continue
-        seen.add(n.name)
-        stack.extend(producer[i] for i in n.input if i in producer)
-    return [
-        n.name
-        for n in model.graph.node
-        if n.name in seen and n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits
-    ]
-
-
-def quantize_convs_static(src: Path, dst: Path, size: int, n_calib: int, seed: int) -> dict[str, Any]:
-    """QDQ int8 for every Conv/ConvTranspose (per-channel weights, uint8 activations, MinMax calibration)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Calib(CalibrationDataReader):
-        def __init__(self) -> None:
-            rng = np.random.default_rng(seed + 7)
-            self.items = iter([{"image": rng.standard_normal((1, 3, size, size), dtype=np.float32)}
-                               for _ in range(n_calib)])  # fmt: skip
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.items, None)
-
-    t0 = time.perf_counter()
-    pre = dst.with_name(dst.stem + "_pre.onnx")
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(dst), Calib(), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=["Conv", "ConvTranspose"], per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
-    pre.unlink()
-    import onnx
-
-    from export.to_onnx import set_metadata
-
-    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-    m = onnx.load(str(dst))
-    set_metadata(m, {**meta, "precision": "int8-static-conv"})  # class names, mean/std, crop for the engine
-    onnx.save_model(m, str(dst))
-    return {"seconds": round(time.perf_counter() - t0, 1), "calibration_images": n_calib}
-
-
-def quantize_vit_linears(src: Path, dst: Path) -> dict[str, Any]:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from export.to_onnx import set_metadata
-
-    nodes = vit_linear_nodes(onnx.load(str(src), load_external_data=False))
-    t0 = time.perf_counter()
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_quantize=nodes,
-        per_channel=True,
-        extra_options={"MatMulConstBOnly": True},
-    )
-    m = onnx.load(str(dst))
-    meta = {p.key: p.value for p in m.metadata_props}
-    set_metadata(m, {**meta, "precision": "int8-dynamic", "quantized_nodes": str(len(nodes))})
-    onnx.save_model(m, str(dst))
-    return {
-        "quantized_nodes": len(nodes),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "mb": dst.stat().st_size / 2**20,
-    }
 
 
 def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -179,14 +91,15 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     log(f"{info['gflop_per_window']:.3g} GFLOP per {args.size}² window ({info['gflop_by_part']})")
     if "onnxruntime-int8" in args.engines:
-        info["int8"] = quantize_vit_linears(work / "onnx" / "weakclip.onnx", work / "onnx" / "weakclip_int8.onnx")
+        info["int8"] = quantize.quantize_vit_linears(work / "onnx" / "weakclip.onnx",
+                                                     work / "onnx" / "weakclip_int8.onnx")  # fmt: skip
         log(f"int8 dynamic quantisation: {info['int8']['quantized_nodes']} ViT linears, {info['int8']['mb']:.0f} MB")
     if "onnxruntime-int8-conv" in args.engines:
         onnx_dir = work / "onnx"
-        conv = quantize_convs_static(onnx_dir / "weakclip.onnx", onnx_dir / "conv_int8.onnx", args.size, args.calib,
-                                     args.seed)  # fmt: skip
-        info["int8_conv"] = {**conv, **quantize_vit_linears(onnx_dir / "conv_int8.onnx", onnx_dir / ONNX_FILES[
-            "onnxruntime-int8-conv"])}  # fmt: skip
+        rng = np.random.default_rng(args.seed + 7)  # random weights: random calibration inputs
+        calib = [rng.standard_normal((1, 3, args.size, args.size), dtype=np.float32) for _ in range(args.calib)]
+        info["int8_conv"] = quantize.quantize_int8(onnx_dir / "weakclip.onnx",
+                                                   onnx_dir / ONNX_FILES["onnxruntime-int8-conv"], calib)  # fmt: skip
         log(f"int8 static convs + dynamic ViT linears: {info['int8_conv']}")
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed + 1))
     np.save(work / "input.npy", x.numpy())

@@ -1,7 +1,8 @@
 """weakclip-export: a WeakCLIP checkpoint → ONNX graphs with the text side precomputed (SPEC §6).
 
     python export/to_onnx.py --checkpoint runs/voc/final.safetensors --out onnx/ \\
-        [--opset 18] [--exporter dynamo|torchscript] [--simplify] [--fp16] [--custom-op] [--skip-check]
+        [--opset 18] [--exporter dynamo|torchscript] [--simplify] [--fp16] [--custom-op] [--int8 IMAGES]
+        [--skip-check]
 
 Writes to ``--out`` (graph split and names: :mod:`export.wrappers`)::
 
@@ -13,6 +14,8 @@ Writes to ``--out`` (graph split and names: :mod:`export.wrappers`)::
     --custom-op:  coattention_custom.onnx, weakclip_custom.onnx (co-attention as ONE TensorRT plugin node) and
                   coattention_decomposition.onnx (the node's standard-ONNX equivalent), see :mod:`export.custom_op`
     --fp16:       <graph>_fp16.onnx for every graph above (fp32 inputs/outputs), see :mod:`export.fp16`
+    --int8:       weakclip_int8.onnx for ONNX Runtime on CPU (static int8 convolutions calibrated on the given
+                  images + dynamic int8 ViT linears), see :mod:`export.quantize`
 
 Batch and H, W are dynamic (H, W multiples of the patch size up to the crop; the positional table is resized inside
 the graph).  Every file is checked by itself (timm's rule): ``onnx.checker`` full check, then ONNX Runtime (CPU)
@@ -491,6 +494,8 @@ class ExportOptions:
     rtol: float = RTOL
     min_agreement: float = MIN_AGREEMENT
     fp16_min_agreement: float = 0.99  # fp16 graphs vs PyTorch fp32 (see export.fp16 for why 99 %)
+    int8_calibration: str | None = None  # image folder / list file: also write weakclip_int8.onnx (export.quantize)
+    int8_calibration_count: int = 16  # calibration windows for the static int8 convolutions
 
 
 def text_embeddings(model: WeakCLIP) -> torch.Tensor:
@@ -579,6 +584,8 @@ def export_model(
         from export import fp16
 
         report["fp16"] = fp16.export_fp16(out, opts, specs=specs, shapes=shapes, failures=failures)
+    if opts.int8_calibration:
+        report["int8"] = export_int8(model, out, opts)
     if failures and opts.exporter == "torchscript":
         failures.append("hint: the TorchScript exporter bakes the example token count into open_clip's attention "
                         "reshapes, so other H, W fail; use --exporter dynamo")  # fmt: skip
@@ -588,6 +595,35 @@ def export_model(
     if failures:
         raise CheckFailed(" | ".join(failures))
     return report
+
+
+def export_int8(model: WeakCLIP, out: Path, opts: ExportOptions) -> dict[str, Any]:
+    """weakclip_int8.onnx from weakclip.onnx, calibrated on real windows; reports its agreement with fp32 ORT on
+    those windows (int8 error has no tight arithmetic bound, so it is reported, not asserted)."""
+    from export import quantize
+
+    src, dst = out / FILES["end_to_end"], out / "weakclip_int8.onnx"
+    if not src.is_file():
+        raise ExportError(f"--int8 needs the end_to_end graph ({src}); include it in --graphs")
+    cfg = model.config
+    try:
+        windows = quantize.calibration_windows(opts.int8_calibration, cfg.crop_size, cfg.mean, cfg.std,
+                                               opts.int8_calibration_count)  # fmt: skip
+    except (FileNotFoundError, ValueError) as e:
+        raise ExportError(str(e)) from None
+    with timed(f"int8: static convolutions ({len(windows)} calibration windows) + dynamic ViT linears"):
+        info = quantize.quantize_int8(src, dst, windows)
+    fp32, int8 = ort_session(src), ort_session(dst)
+    agree, max_abs = [], 0.0
+    for x in windows:
+        a = fp32.run(["logits"], {"image": x})[0]
+        b = int8.run(["logits"], {"image": x})[0]
+        agree.append(float((a.argmax(1) == b.argmax(1)).mean()))
+        max_abs = max(max_abs, float(np.abs(a - b).max()))
+    info.update(argmax_agreement_vs_fp32=float(np.mean(agree)), max_abs_dlogit_vs_fp32=max_abs)
+    log(f"int8: {dst.name} {info['mb']:.1f} MB; on the calibration windows vs fp32: argmax agreement "
+        f"{100 * info['argmax_agreement_vs_fp32']:.3f} %, max |Δlogit| {max_abs:.3g}")  # fmt: skip
+    return info
 
 
 def _versions() -> dict[str, str]:
@@ -623,6 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--simplify", action="store_true", help="simplify every graph with onnxslim")
     ap.add_argument("--fp16", action="store_true", help="also write fp16 graphs (<graph>_fp16.onnx, fp32 I/O)")
     ap.add_argument("--custom-op", action="store_true", help="also write the TensorRT custom-op variant")
+    ap.add_argument(
+        "--int8",
+        metavar="IMAGES",
+        default=None,
+        help="also write weakclip_int8.onnx (CPU), calibrated on this image folder or list file",
+    )
+    ap.add_argument("--int8-count", type=int, default=16, help="calibration windows for --int8 (default 16)")
     ap.add_argument("--skip-check", action="store_true", help="skip ONNX Runtime vs PyTorch (checker still runs)")
     ap.add_argument("--graphs", default=",".join(FILES), help=f"comma list of graphs to write (default all: {','.join(FILES)})")  # fmt: skip
     ap.add_argument("--atol", type=float, default=ATOL, help="fp32 check: max |Δ| ≤ atol + rtol·max|ref|")
@@ -655,6 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         simplify=args.simplify,
         fp16=args.fp16,
         custom_op=args.custom_op,
+        int8_calibration=args.int8,
+        int8_calibration_count=args.int8_count,
         check=not args.skip_check,
         graphs=tuple(g.strip() for g in args.graphs.split(",") if g.strip()),
         atol=args.atol,

@@ -360,3 +360,33 @@ def test_vit_b16_end_to_end_parity_512() -> None:
     print(f"ViT-B/16 512² B=2: logits max |Δ| {d:.2e} (max |ref| {ref.logits.abs().max():.3g}), agreement {agree:.5f}")
     assert d <= 1e-3 + 1e-4 * float(ref.logits.abs().max()) and agree >= 0.999
     assert ds <= 1e-3
+
+
+def test_int8_variant_calibrated_on_images(tmp_path: Path) -> None:
+    """--int8 writes weakclip_int8.onnx (static int8 convs calibrated on real windows + dynamic int8 ViT linears)
+    with the model metadata; the ORT engine runs it; its agreement with fp32 is measured and reported (int8 error has
+    no arithmetic bound to assert, so only validity is asserted here)."""
+    from engines.base import get_engine
+    from weakclip.data.synthetic import make_synthetic_dataset
+
+    torch.manual_seed(SEED)
+    ckpt = tmp_path / "tiny.safetensors"
+    weakclip.save_checkpoint(weakclip.build_model("tiny").eval(), ckpt)
+    data = tmp_path / "syn"
+    make_synthetic_dataset(data, images=6, seed=2, val_images=1)
+    out = tmp_path / "onnx"
+    rc = to_onnx.main(["--checkpoint", str(ckpt), "--out", str(out), "--graphs", "end_to_end", "--skip-check",
+                       "--int8", str(data / "JPEGImages"), "--int8-count", "4"])  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "export.json").read_text())["int8"]
+    assert report["convs"]["calibration_windows"] == 4 and report["vit_linears"]["quantized_nodes"] > 0
+    assert 0.0 <= report["argmax_agreement_vs_fp32"] <= 1.0 and np.isfinite(report["max_abs_dlogit_vs_fp32"])
+    meta = to_onnx.read_metadata(out / "weakclip_int8.onnx")
+    assert meta["precision"] == "int8" and json.loads(meta["class_names"])[0] == "background"
+    with get_engine("onnxruntime", out / "weakclip_int8.onnx") as eng:
+        logits = eng(torch.randn(2, 3, 64, 96))
+    assert logits.shape == (2, eng.num_classes, 16, 24) and torch.isfinite(logits).all()
+    with pytest.raises(SystemExit):
+        to_onnx.main(["--checkpoint", str(ckpt), "--out", str(out), "--int8"])  # missing IMAGES argument
+    assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o2"), "--graphs", "end_to_end",
+                         "--skip-check", "--int8", str(tmp_path / "nope")]) == 2  # fmt: skip

@@ -1,0 +1,148 @@
+"""int8 variant of the end-to-end graph for CPU inference with ONNX Runtime (``--int8``).
+
+Two passes, chosen from measurements on AVX-512/VNNI CPUs (benchmarks/results/cpu_engines.md):
+  1. every Conv / ConvTranspose (adapter, FPN neck and head: ~45 % of the FLOPs at 512²) is quantised statically
+     (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on real image windows);
+  2. the ViT linears (MatMul/Gemm with constant weights upstream of the visual projection) are quantised
+     dynamically (int8 weights per channel, activations quantised at run time).
+Quantising the attention matmuls between two activations statically was slower here, so they stay fp32, as do the
+co-attention and every normalisation.  The int8 graph keeps the fp32 inputs/outputs and the model metadata.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def vit_linear_nodes(model: Any) -> list[str]:
+    """MatMul/Gemm nodes with a constant weight that feed the CLIP visual projection (the ViT linears)."""
+    inits = {t.name for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    start = [n for n in model.graph.node if any("image_encoder.visual.proj" == i for i in n.input)]
+    if not start:
+        raise RuntimeError("no node consumes image_encoder.visual.proj: cannot locate the ViT in the graph")
+    seen: set[str] = set()
+    stack = list(start)
+    while stack:
+        n = stack.pop()
+        if n.name in seen:
+            continue
+        seen.add(n.name)
+        stack.extend(producer[i] for i in n.input if i in producer)
+    return [
+        n.name
+        for n in model.graph.node
+        if n.name in seen and n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits
+    ]
+
+
+def _copy_metadata(src: Path, dst: Path, precision: str) -> None:
+    import onnx
+
+    from export.to_onnx import set_metadata
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    m = onnx.load(str(dst))
+    set_metadata(m, {**meta, "precision": precision})
+    onnx.save_model(m, str(dst))
+
+
+def quantize_vit_linears(src: Path, dst: Path) -> dict[str, Any]:
+    """Dynamic int8 quantisation of the ViT linears of ``src`` → ``dst``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    nodes = vit_linear_nodes(onnx.load(str(src), load_external_data=False))
+    t0 = time.perf_counter()
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     nodes_to_quantize=nodes, per_channel=True, extra_options={"MatMulConstBOnly": True})  # fmt: skip
+    _copy_metadata(src, dst, "int8-dynamic-vit-linears")
+    return {"quantized_nodes": len(nodes), "seconds": round(time.perf_counter() - t0, 1),
+            "mb": dst.stat().st_size / 2**20}  # fmt: skip
+
+
+def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> dict[str, Any]:
+    """QDQ int8 for every Conv/ConvTranspose of ``src`` → ``dst``, calibrated on ``calibration`` (each
+    (1, 3, H, W) float32, normalised like the model input)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not calibration:
+        raise ValueError("static int8 quantisation needs at least one calibration window")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": x} for x in calibration])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    t0 = time.perf_counter()
+    pre = dst.with_name(dst.stem + "_pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    try:
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["Conv", "ConvTranspose"], per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+    finally:
+        pre.unlink(missing_ok=True)
+    _copy_metadata(src, dst, "int8-static-conv")
+    return {"seconds": round(time.perf_counter() - t0, 1), "calibration_windows": len(calibration)}
+
+
+def quantize_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Static int8 convolutions + dynamic int8 ViT linears: ``src`` (fp32 end-to-end graph) → ``dst``."""
+    mid = dst.with_name(dst.stem + "_conv.onnx")
+    try:
+        conv = quantize_convs_static(src, mid, calibration)
+        lin = quantize_vit_linears(mid, dst)
+    finally:
+        mid.unlink(missing_ok=True)
+    _copy_metadata(src, dst, "int8")
+    return {"convs": conv, "vit_linears": lin, "mb": round(dst.stat().st_size / 2**20, 2)}
+
+
+def calibration_windows(
+    images: str | Path, crop: int, mean: Sequence[float], std: Sequence[float], count: int = 16
+) -> list[np.ndarray]:
+    """Up to ``count`` normalised (1, 3, crop, crop) windows from an image folder or a list file of image paths
+    (short side resized to the crop, centre crop) — the inputs the deployed model sees."""
+    from PIL import Image
+
+    from weakclip.io import read_image
+
+    src = Path(images)
+    if src.is_dir():
+        paths = sorted(p for p in src.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png") and
+                       not p.name.startswith("."))  # fmt: skip
+    elif src.is_file():
+        paths = [Path(ln.strip()) for ln in src.read_text().splitlines() if ln.strip()]
+        paths = [p if p.is_absolute() else src.parent / p for p in paths]
+    else:
+        raise FileNotFoundError(f"{src}: calibration images not found (a folder or a list file)")
+    step = max(1, len(paths) // max(count, 1))
+    out = []
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    for p in paths[::step][:count]:
+        img = Image.fromarray(read_image(p))
+        scale = crop / min(img.size)
+        w, h = max(crop, round(img.width * scale)), max(crop, round(img.height * scale))
+        img = img.resize((w, h), Image.BILINEAR)
+        x0, y0 = (w - crop) // 2, (h - crop) // 2
+        arr = (np.asarray(img.crop((x0, y0, x0 + crop, y0 + crop)), np.float32) - m) / s
+        out.append(np.ascontiguousarray(arr.transpose(2, 0, 1)[None]))
+    if not out:
+        raise ValueError(f"{src}: no calibration images found")
+    return out
