@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     step("2/5 training the tiny model on the seeds (CPU)")
     final = run / "final.safetensors"
     if not final.is_file():
-        from training.train import main as train_main
+        from weakclip.training.train import main as train_main
 
         train_main([f"data.root={data}", f"work_dir={run}", f"train.iters={args.iters}", "--resume",
                     f"schedule.val_interval={max(args.iters // 3, 1)}",
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     step("3/5 ONNX export (text embeddings precomputed)")
     model_onnx = onnx_dir / "weakclip.onnx"
     if not model_onnx.is_file():
-        from export.to_onnx import main as export_main
+        from weakclip.export.to_onnx import main as export_main
 
         if export_main(["--checkpoint", str(final), "--out", str(onnx_dir)]) != 0:
             print("export failed", file=sys.stderr)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reusing {model_onnx}")
 
     step("4/5 pseudo masks for the training set with ONNX Runtime (CPU)")
-    from engines.generate import main as generate_main
+    from weakclip.engines.generate import main as generate_main
 
     train_list = data / "ImageSets" / "Segmentation" / "train.txt"
     names = [n.strip() for n in train_list.read_text().splitlines() if n.strip()]

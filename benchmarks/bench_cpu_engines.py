@@ -45,8 +45,8 @@ if __package__ in (None, ""):  # run as a script
 
 import numpy as np
 
-from benchmarks.common import machine_info, peak_rss_mib, usable_cores
-from export import quantize
+from weakclip.benchmarks.common import machine_info, peak_rss_mib, usable_cores
+from weakclip.export import quantize
 
 ENGINES = ("torch-eager", "torch-engine", "onnxruntime", "onnxruntime-int8", "onnxruntime-int8-conv")
 ONNX_FILES = {
@@ -68,7 +68,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     import weakclip
-    from export.to_onnx import ExportOptions, export_model
+    from weakclip.export.to_onnx import ExportOptions, export_model
 
     torch.manual_seed(args.seed)
     overrides = {"crop_size": args.size} if args.quick else {}
@@ -127,11 +127,11 @@ def build_runner(engine: str, work: Path, threads: int) -> Callable[[Any], Any]:
 
         return run
     if engine == "torch-engine":
-        from engines.base import get_engine
+        from weakclip.engines.base import get_engine
 
         return get_engine("torch", work / "model.safetensors")
     if engine in ONNX_FILES:
-        from engines.base import get_engine
+        from weakclip.engines.base import get_engine
 
         file = work / "onnx" / ONNX_FILES[engine]
         return get_engine("onnxruntime", file, intra_op_threads=threads, reuse_outputs=True)

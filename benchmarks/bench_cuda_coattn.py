@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_cuda_coattn: no CUDA GPU visible to torch; nothing to benchmark", file=sys.stderr)
         return 2
-    from engines import cuda_ops
+    from weakclip.engines import cuda_ops
 
     try:
         ops = cuda_ops.load(args.lib)

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/ablation")
     args = ap.parse_args(argv)
-    from benchmarks.common import machine_info, write_results
-    from training.train import main as train_main
+    from weakclip.benchmarks.common import machine_info, write_results
+    from weakclip.training.train import main as train_main
     from weakclip.data.synthetic import make_synthetic_dataset
     from weakclip.evaluate import evaluate_dirs
 

@@ -21,7 +21,7 @@ import torch
 
 def child(preset: str, mode: str, steps: int, batch: int, crop: int | None) -> dict:
     import weakclip
-    from benchmarks.common import peak_rss_mib
+    from weakclip.benchmarks.common import peak_rss_mib
 
     torch.manual_seed(0)
     overrides = {"crop_size": crop} if crop else {}
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child[0], args.child[1], args.steps, args.batch, args.crop)))
         return 0
 
-    from benchmarks.common import machine_info, run_child, write_results
+    from weakclip.benchmarks.common import machine_info, run_child, write_results
 
     info = machine_info()
     print(f"machine: {info}")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("weakclip", "full"):
             extra = ["--steps", str(args.steps), "--batch", str(args.batch)]
             extra += ["--crop", str(args.crop)] if args.crop else []
-            r = run_child("benchmarks.bench_training", ["--child", preset, mode, *extra])
+            r = run_child("weakclip.benchmarks.bench_training", ["--child", preset, mode, *extra])
             print(f"{preset:12s} {mode:9s} step {r['step_s']:.3f} s  peak RSS {r['peak_rss_mib']:.0f} MiB")
             rows.append(r)
     lines = [
@@ -113,7 +113,7 @@ def _plot(rows: list[dict], presets: list[str]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    from benchmarks.common import RESULTS
+    from weakclip.benchmarks.common import RESULTS
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key, label in ((axes[0], "step_s", "step time (s)"), (axes[1], "peak_rss_mib", "peak RSS (MiB)")):

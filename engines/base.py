@@ -6,7 +6,7 @@ An engine maps normalised windows to logits::
                                # ``size_divisor``, at most ``crop_size``; logits (B, K, H', W') float32, any H', W'
 
 CPU tensors in and out (an engine may move data to its device internally; the torch engine also accepts device
-tensors and answers on the same device).  Generation (:mod:`engines.generate`) and the benchmarks only use this
+tensors and answers on the same device).  Generation (:mod:`weakclip.engines.generate`) and the benchmarks only use this
 interface plus :func:`get_engine`.
 
 Adding an engine: a module ``engines/<x>_engine.py`` defining one :class:`Engine` subclass with ``name = "<registry
@@ -28,9 +28,9 @@ import torch
 
 # Registry name → module that implements it (imported only when that engine is asked for).
 _BUILTIN: dict[str, str] = {
-    "torch": "engines.torch_engine",
-    "onnxruntime": "engines.ort_engine",
-    "tensorrt": "engines.trt_engine",
+    "torch": "weakclip.engines.torch_engine",
+    "onnxruntime": "weakclip.engines.ort_engine",
+    "tensorrt": "weakclip.engines.trt_engine",
 }
 _REGISTERED: dict[str, Callable[..., Engine]] = {}
 

@@ -38,7 +38,7 @@ from PIL import Image
 if __package__ in (None, ""):  # `python engines/generate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engines.base import Engine, EngineError, available_engines, get_engine
+from weakclip.engines.base import Engine, EngineError, available_engines, get_engine
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
 from weakclip.io import atomic_path, read_image, save_mask_png, voc_palette
 

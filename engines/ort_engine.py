@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.base import Engine, EngineError, engine_fields_from_metadata
+from weakclip.engines.base import Engine, EngineError, engine_fields_from_metadata
 
 GRAPH_KINDS = ("end_to_end",)  # runnable here; the custom-op graphs need the TensorRT plugin
 _LEVELS = ("disable", "basic", "extended", "all")

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.base import Engine, EngineError
+from weakclip.engines.base import Engine, EngineError
 
 PRECISIONS = ("fp32", "fp16")
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from engines.base import Engine, EngineError, engine_fields_from_metadata
+from weakclip.engines.base import Engine, EngineError, engine_fields_from_metadata
 
 PRECISIONS = ("fp32", "fp16")
 GRAPH_KINDS = ("end_to_end", "end_to_end_custom")  # image → logits (+ score_map); *_custom has the plugin node
@@ -138,7 +138,7 @@ _LOADED_PLUGINS: dict[str, Any] = {}
 def load_plugin_library(trt: Any, path: str | os.PathLike) -> None:
     """Load the co-attention plugin library once per process (its creator registers itself at load, see
     engines/csrc/README.md), and check that TensorRT's registry then has the ``WeakCLIPCoAttention`` creator."""
-    from engines.cuda_ops import plugin_spec
+    from weakclip.engines.cuda_ops import plugin_spec
 
     path = Path(path)
     if not path.is_file():
@@ -266,7 +266,7 @@ def build_serialized(
     metadata ``precision`` (fp16 → the ``_fp16.onnx`` export).  No GPU is touched here beyond what ``trt_module``'s
     builder needs (TensorRT-RTX builds ahead of time on CPU).
     """
-    from engines.ort_engine import read_onnx_metadata
+    from weakclip.engines.ort_engine import read_onnx_metadata
 
     trt = trt_module
     if precision not in PRECISIONS:
@@ -411,7 +411,7 @@ class TrtEngine(Engine):
         device: int | str = 0,
         backend: str | None = None,
     ) -> None:
-        from engines.ort_engine import read_onnx_metadata
+        from weakclip.engines.ort_engine import read_onnx_metadata
 
         trt = import_tensorrt(backend)
         max_batch, min_size, workspace_gb = int(max_batch), int(min_size), float(workspace_gb)  # CLI opts: strings

@@ -1,7 +1,7 @@
 """TensorRT custom-op variant: the co-attention matching as ONE plugin node, and its standard decomposition.
 
 **The node** (identity and layout from ``engines/csrc/plugin_names.json``, the one source of truth shared with the
-C++ plugin through the generated ``weakclip_plugin_names.h``; read here through :mod:`engines.cuda_ops`)::
+C++ plugin through the generated ``weakclip_plugin_names.h``; read here through :mod:`weakclip.engines.cuda_ops`)::
 
     score_map (B, K, h, w) = <op_type>(g (B, E), dense (B, E, h, w), text (K, E), weights (P,))
         domain "trt.plugins" (ignored by TensorRT's parser, needed by ONNX), attributes:
@@ -13,7 +13,7 @@ Why (g, dense) and not (V, T): it is the encoder's output as is (channel-first F
 between the encoder and the plugin, and the C launcher reads g + F directly (``WeakclipCoAttnParams.global_emb`` /
 ``dense``).  **How the weights reach the plugin**: as constant *inputs* (initializers), not attributes — ``text`` is
 T (K, E) and ``weights`` the packed blob (state-dict tensors flattened and concatenated in the ``packed_weights``
-order, per-layer runs repeated layer-major; :func:`engines.cuda_ops.pack_coattention_weights`).  Initializers keep
+order, per-layer runs repeated layer-major; :func:`weakclip.engines.cuda_ops.pack_coattention_weights`).  Initializers keep
 the weights out of the node attributes (ONNX attributes are copied per node and capped in size by some tools) and
 make the fp16 variant convert them like any other weight.
 
@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from export.wrappers import TAP_NAMES, CoAttentionPackedReference
+from weakclip.export.wrappers import TAP_NAMES, CoAttentionPackedReference
 from weakclip.model import WeakCLIP
 
 if TYPE_CHECKING:
-    from export.to_onnx import ExportOptions, GraphSpec
+    from weakclip.export.to_onnx import ExportOptions, GraphSpec
 
 CUSTOM_DOMAIN = "trt.plugins"  # TensorRT ignores the domain; ONNX needs one that is not the default
 CUSTOM_DOMAIN_VERSION = 1
@@ -53,7 +53,7 @@ LAYER_NORM_EPS = 1e-5  # nn.LayerNorm default, used by every LayerNorm of CoAtte
 
 
 def plugin_spec() -> dict[str, Any]:
-    from engines import cuda_ops
+    from weakclip.engines import cuda_ops
 
     return cuda_ops.plugin_spec()
 
@@ -82,7 +82,7 @@ def plugin_attributes(model: WeakCLIP) -> dict[str, int | float]:
 
 def packed_layout(model: WeakCLIP) -> list[tuple[str, tuple[int, ...]]]:
     """(state-dict name, shape) of every tensor of the packed ``weights`` input, in blob order."""
-    from engines import cuda_ops
+    from weakclip.engines import cuda_ops
 
     cfg = model.config
     layers = cfg.coattn_layers
@@ -95,7 +95,7 @@ def packed_layout(model: WeakCLIP) -> list[tuple[str, tuple[int, ...]]]:
 
 def packed_weights(model: WeakCLIP) -> torch.Tensor:
     """The ``weights`` input: (P,) float32."""
-    from engines import cuda_ops
+    from weakclip.engines import cuda_ops
 
     return cuda_ops.pack_coattention_weights(model.coattention, dtype=torch.float32)
 
@@ -213,7 +213,7 @@ def rename_value(graph: Any, old: str, new: str) -> None:
 
 def decomposition_spec(model: WeakCLIP, T: torch.Tensor, encoder_spec: GraphSpec) -> GraphSpec:
     """GraphSpec of the node's standard decomposition (g, dense, text, weights → score_map)."""
-    from export.to_onnx import GraphSpec
+    from weakclip.export.to_onnx import GraphSpec
 
     cfg = model.config
     module = CoAttentionPackedReference(packed_layout(model), heads=cfg.coattn_heads, layers=cfg.coattn_layers)
@@ -340,7 +340,7 @@ def decomposed_copy(
     swapped = swap_in_decomposition(onnx.load(str(path)), dec)
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="weakclip-decomposed-"))
     folder.mkdir(parents=True, exist_ok=True)
-    from export.to_onnx import save_model
+    from weakclip.export.to_onnx import save_model
 
     return save_model(swapped, folder / path.name)
 
@@ -364,7 +364,7 @@ def export_custom_op(
 ) -> dict[str, Any]:
     import json
 
-    from export import to_onnx
+    from weakclip.export import to_onnx
 
     spec_json = plugin_spec()
     attrs = plugin_attributes(model)

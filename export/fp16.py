@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from export.to_onnx import ExportOptions, GraphSpec
+    from weakclip.export.to_onnx import ExportOptions, GraphSpec
 
 # ONNX Runtime 1.32's CPU NCHWc layout pass crashes (segfault at session creation) on the fp16 encoder graph
 # (found by bisecting the optimisers); CPU sessions of fp16 graphs disable it.  Not needed on the CUDA EP.
@@ -80,7 +80,7 @@ def convert_to_fp16(model: Any, extra_block: tuple[str, ...] = ()) -> Any:
             model, keep_io_types=True, op_block_list=op_block_list() + list(extra_block), disable_shape_infer=False
         )
     _restore_fp32_constants(model, m16)
-    from export.to_onnx import set_metadata
+    from weakclip.export.to_onnx import set_metadata
 
     set_metadata(m16, {**meta, "precision": "fp16", "fp16_op_block_list": ",".join(op_block_list())})
     return m16
@@ -149,12 +149,12 @@ def export_fp16(
     """Convert every fp32 graph written to ``out`` (standard and custom-op) and check the standard ones in ORT."""
     import onnx
 
-    from export import to_onnx
+    from weakclip.export import to_onnx
 
     report: dict[str, Any] = {"op_block_list": op_block_list(), "graphs": {}}
     files = [(kind, spec.file) for kind, spec in specs.items() if (out / spec.file).exists() and kind in opts.graphs]
     if opts.custom_op:
-        from export import custom_op
+        from weakclip.export import custom_op
 
         files += [(k, f) for k, f in custom_op.FILES.items() if (out / f).exists()]
     for kind, file in files:
@@ -182,13 +182,13 @@ def _check_fp16(
     """fp16 graph in ORT CPU vs PyTorch fp32: max |Δ| reported, argmax agreement ≥ opts.fp16_min_agreement."""
     import tempfile
 
-    from export import to_onnx
+    from weakclip.export import to_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         if kind in specs:
             spec, target = specs[kind], path
         else:  # custom-op graphs: run with the plugin node swapped for its (fp32, cast-wrapped) decomposition
-            from export import custom_op
+            from weakclip.export import custom_op
 
             spec = specs[custom_op.STANDARD_KIND[kind]]
             target = custom_op.decomposed_copy(path, out_dir=tmp)

@@ -44,7 +44,7 @@ def vit_linear_nodes(model: Any) -> list[str]:
 def _copy_metadata(src: Path, dst: Path, precision: str) -> None:
     import onnx
 
-    from export.to_onnx import set_metadata
+    from weakclip.export.to_onnx import set_metadata
 
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     m = onnx.load(str(dst))

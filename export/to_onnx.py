@@ -4,7 +4,7 @@
         [--opset 18] [--exporter dynamo|torchscript] [--simplify] [--fp16] [--custom-op] [--int8 IMAGES]
         [--skip-check]
 
-Writes to ``--out`` (graph split and names: :mod:`export.wrappers`)::
+Writes to ``--out`` (graph split and names: :mod:`weakclip.export.wrappers`)::
 
     encoder.onnx      image → tap0..tap3, g, dense            (CLIP image tower only)
     coattention.onnx  g, dense → score_map                    (T (K, E) inside as a constant)
@@ -12,10 +12,10 @@ Writes to ``--out`` (graph split and names: :mod:`export.wrappers`)::
     weakclip.onnx     image → logits, score_map               (end to end; what the ORT engine runs)
     export.json       resolved options, file sizes and the parity numbers of every check
     --custom-op:  coattention_custom.onnx, weakclip_custom.onnx (co-attention as ONE TensorRT plugin node) and
-                  coattention_decomposition.onnx (the node's standard-ONNX equivalent), see :mod:`export.custom_op`
-    --fp16:       <graph>_fp16.onnx for every graph above (fp32 inputs/outputs), see :mod:`export.fp16`
+                  coattention_decomposition.onnx (the node's standard-ONNX equivalent), see :mod:`weakclip.export.custom_op`
+    --fp16:       <graph>_fp16.onnx for every graph above (fp32 inputs/outputs), see :mod:`weakclip.export.fp16`
     --int8:       weakclip_int8.onnx for ONNX Runtime on CPU (static int8 convolutions calibrated on the given
-                  images + dynamic int8 ViT linears), see :mod:`export.quantize`
+                  images + dynamic int8 ViT linears), see :mod:`weakclip.export.quantize`
 
 Batch and H, W are dynamic (H, W multiples of the patch size up to the crop; the positional table is resized inside
 the graph).  Every file is checked by itself (timm's rule): ``onnx.checker`` full check, then ONNX Runtime (CPU)
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 import weakclip
-from export.wrappers import (
+from weakclip.export.wrappers import (
     ENCODER_OUTPUTS,
     TAP_NAMES,
     CoAttentionOnnx,
@@ -574,14 +574,14 @@ def export_model(
         report["graphs"][kind] = entry
 
     if opts.custom_op:
-        from export import custom_op
+        from weakclip.export import custom_op
 
         report["custom_op"] = custom_op.export_custom_op(
             model, T, out, opts, specs=specs, protos=protos, shapes=shapes, failures=failures, example=example,
             provenance=provenance,
         )  # fmt: skip
     if opts.fp16:
-        from export import fp16
+        from weakclip.export import fp16
 
         report["fp16"] = fp16.export_fp16(out, opts, specs=specs, shapes=shapes, failures=failures)
     if opts.int8_calibration:
@@ -600,7 +600,7 @@ def export_model(
 def export_int8(model: WeakCLIP, out: Path, opts: ExportOptions) -> dict[str, Any]:
     """weakclip_int8.onnx from weakclip.onnx, calibrated on real windows; reports its agreement with fp32 ORT on
     those windows (int8 error has no tight arithmetic bound, so it is reported, not asserted)."""
-    from export import quantize
+    from weakclip.export import quantize
 
     src, dst = out / FILES["end_to_end"], out / "weakclip_int8.onnx"
     if not src.is_file():

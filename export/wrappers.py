@@ -17,7 +17,7 @@ at the start of ``decoder``.  This keeps the tensors crossing the encoder → de
 is 16× larger than a tap) and leaves the encoder a pure ViT that TensorRT/ORT fuse as one transformer.
 
 ``CoAttentionPackedReference`` is the standard-ONNX decomposition of the custom co-attention node of the TensorRT
-variant (see :mod:`export.custom_op`): same inputs as the plugin (g, dense, text, packed weights), computed with the
+variant (see :mod:`weakclip.export.custom_op`): same inputs as the plugin (g, dense, text, packed weights), computed with the
 plain reference :func:`weakclip.coattention.coattention_reference` from the unpacked weights.
 """
 

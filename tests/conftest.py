@@ -25,7 +25,7 @@ def tiny_model():
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(export folder, checkpoint) of one tiny export with --custom-op --fp16, shared by the export/engine tests."""
     import weakclip
-    from export import to_onnx
+    from weakclip.export import to_onnx
 
     base = tmp_path_factory.mktemp("weakclip_tiny_export")
     out, ckpt = base / "onnx", base / "tiny.safetensors"

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.train import load_config, setup_distributed, train  # noqa: E402
+from weakclip.training.train import load_config, setup_distributed, train  # noqa: E402
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ Grouped by what each test compares against:
                compiles without a GPU); there it builds ONE architecture (sm_80) to stay fast; on a GPU machine it
                builds the GPU's own architecture.  Skips when nvcc or cmake is missing.
 * identity   — ``plugin_names.json`` == the header CMake generates from it == the library's compiled weight table
-               == ``engines.cuda_ops`` packing (host-only library functions: no GPU needed).
+               == ``weakclip.engines.cuda_ops`` packing (host-only library functions: no GPU needed).
 * gpu        — flash attention, score map and the full co-attention vs PyTorch references; marked ``gpu`` and
                skipped with "needs a CUDA GPU" when torch sees none.
 
@@ -33,7 +33,7 @@ import pytest
 import torch
 from kernel_emu.build import find_nvcc  # tests/ is on sys.path under pytest
 
-from engines import cuda_ops
+from weakclip.engines import cuda_ops
 
 REPO = Path(__file__).resolve().parents[1]
 API_SYMBOLS = (

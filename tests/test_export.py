@@ -1,6 +1,6 @@
 """Export vs PyTorch: the ONNX graphs of weakclip-export against the PyTorch model they came from.
 
-One tiny model is exported once per session through the CLI (``export.to_onnx.main``, with ``--custom-op --fp16``,
+One tiny model is exported once per session through the CLI (``weakclip.export.to_onnx.main``, with ``--custom-op --fp16``,
 self-check on) and every test reads that folder.  The tiny preset is built with ``crop_size=512`` so the one exported
 graph can be run at the deployment sizes (512², 320², 384×512): the crop is the upper bound of the dynamic H, W and
 sets the stored positional grid (32×32); everything else about the tiny preset is unchanged.  (An export-time
@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 
 from conftest import tiny_model  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from export import custom_op, fp16, to_onnx  # noqa: E402
+from weakclip.export import custom_op, fp16, to_onnx  # noqa: E402
 
 SEED = 0
 TINY = dict(crop_size=512)  # see module docstring
@@ -366,7 +366,7 @@ def test_int8_variant_calibrated_on_images(tmp_path: Path) -> None:
     """--int8 writes weakclip_int8.onnx (static int8 convs calibrated on real windows + dynamic int8 ViT linears)
     with the model metadata; the ORT engine runs it; its agreement with fp32 is measured and reported (int8 error has
     no arithmetic bound to assert, so only validity is asserted here)."""
-    from engines.base import get_engine
+    from weakclip.engines.base import get_engine
     from weakclip.data.synthetic import make_synthetic_dataset
 
     torch.manual_seed(SEED)

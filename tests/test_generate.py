@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engines.base import Engine, EngineError, get_engine, register_engine
-from engines.generate import list_inputs, main, overlay_names, shard_items
+from weakclip.engines.base import Engine, EngineError, get_engine, register_engine
+from weakclip.engines.generate import list_inputs, main, overlay_names, shard_items
 from weakclip.io import read_mask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def _summary(text: str) -> dict[str, int]:
 
 
 def _cli(images: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "engines.generate", "--images", str(images), "--out", str(out), "--no-progress",
+    return [sys.executable, "-m", "weakclip.engines.generate", "--images", str(images), "--out", str(out), "--no-progress",
             "--engine", "test_generate:StandInEngine", *extra]  # fmt: skip
 
 
@@ -220,7 +220,7 @@ def test_engine_registry_errors():
 
 
 def test_torch_engine_refuses_fp16_on_cpu():
-    from engines.torch_engine import TorchEngine
+    from weakclip.engines.torch_engine import TorchEngine
 
     class M(nn.Module):
         config = type("C", (), {"class_names": ("a", "b"), "crop_size": 32, "mean": (0, 0, 0), "std": (1, 1, 1)})
@@ -238,7 +238,7 @@ def test_torch_engine_real_tiny_model_end_to_end(tmp_path):
     model = build_model("tiny").eval()
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(model, ckpt)
-    from engines.torch_engine import TorchEngine
+    from weakclip.engines.torch_engine import TorchEngine
 
     with TorchEngine(ckpt) as eng:  # precomputed text side == the model's own forward
         assert (eng.name, eng.crop_size, eng.class_names) == ("torch", 128, model.config.class_names)
@@ -282,8 +282,8 @@ def test_inference_failure_is_isolated_to_its_image(tmp_path, capsys):
 
 
 def test_missing_engine_module_is_a_clear_error(monkeypatch):
-    import engines.base as base
+    import weakclip.engines.base as base
 
-    monkeypatch.setitem(base._BUILTIN, "fake", "engines.no_such_engine")
+    monkeypatch.setitem(base._BUILTIN, "fake", "weakclip.engines.no_such_engine")
     with pytest.raises(EngineError, match=r"engine 'fake' is not available: engines/no_such_engine\.py is missing"):
         get_engine("fake", "model.onnx")

@@ -3,7 +3,7 @@
 THIS IS AN EMULATION, NOT A GPU RUN, and must never be reported as one.  ``tests/kernel_emu/build.py`` compiles the
 unmodified ``.cu`` with g++ against ``tests/kernel_emu/emu_include`` (CUDA threads as fibers, ``__syncthreads`` /
 ``__syncwarp`` / shuffles as real barriers, WMMA m16n16k16 emulated, threads resumed in a random order after every
-barrier) and the tests drive it through ``engines.cuda_ops.CudaOps(path, host_pointers=True)`` on CPU tensors.
+barrier) and the tests drive it through ``weakclip.engines.cuda_ops.CudaOps(path, host_pointers=True)`` on CPU tensors.
 What a pass shows: the indexing, tile-boundary masking, online-softmax bookkeeping, reductions, launcher plumbing
 (workspace layout, strides, both input layouts, fp32 and fp16 paths) and barrier placement are right for these
 shapes.  What it cannot show: anything about real GPU timing, occupancy, register / shared-memory limits, the
@@ -58,7 +58,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines import cuda_ops
+from weakclip.engines import cuda_ops
 from weakclip.coattention import CoAttentionMatching, coattention_reference
 
 TESTS = Path(__file__).resolve().parent
@@ -118,7 +118,7 @@ def guarded(t: torch.Tensor) -> torch.Tensor:
 
 
 class _PoisonedTorch:
-    """Stands in for ``torch`` inside ``engines.cuda_ops`` during one wrapper call: ``empty`` returns the middle of a
+    """Stands in for ``torch`` inside ``weakclip.engines.cuda_ops`` during one wrapper call: ``empty`` returns the middle of a
     buffer filled with 0xFF bytes (NaN in fp32 and fp16), everything else is the real torch."""
 
     def __init__(self):

@@ -1,5 +1,5 @@
 """Engine vs reference: the ONNX Runtime engine (engines/ort_engine.py) against the PyTorch model, through the
-engine interface (``engines.base.get_engine``) and through ``weakclip-generate``.
+engine interface (``weakclip.engines.base.get_engine``) and through ``weakclip-generate``.
 
 Uses the session's tiny export (the ``tiny_export`` fixture in conftest.py, built once).
 """
@@ -19,8 +19,8 @@ pytest.importorskip("onnxscript")
 
 from conftest import tiny_model  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from engines.base import Engine, EngineError, get_engine  # noqa: E402
-from engines.ort_engine import OrtEngine, read_onnx_metadata, select_providers  # noqa: E402
+from weakclip.engines.base import Engine, EngineError, get_engine  # noqa: E402
+from weakclip.engines.ort_engine import OrtEngine, read_onnx_metadata, select_providers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_rejects_bad_windows(engine: Engine) -> None:
 
 
 def test_generate_with_the_ort_engine_matches_the_torch_engine(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    from engines.generate import main
+    from weakclip.engines.generate import main
 
     out_dir, ckpt = exported
     images = tmp_path / "images"
@@ -184,7 +184,7 @@ def test_generate_with_the_ort_engine_matches_the_torch_engine(exported: tuple[P
 def test_generate_ort_matches_torch_on_the_synthetic_set(exported: tuple[Path, Path], tmp_path: Path) -> None:
     """The acceptance check of the ONNX Runtime engine: ≥ 99.5 % pixel agreement with the torch engine over a
     synthetic VOC-layout set (label masking on, as in the real pipeline)."""
-    from engines.generate import main
+    from weakclip.engines.generate import main
     from weakclip.data.synthetic import make_synthetic_dataset
 
     data = tmp_path / "syn"

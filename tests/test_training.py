@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import weakclip
-from training.train import load_config, lr_at, main, sample_indices
+from weakclip.training.train import load_config, lr_at, main, sample_indices
 from weakclip.data.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_evaluator_agrees_with_training_validation(data, tmp_path):
     """generate.py + weakclip.evaluate on the val list reproduce the mIoU that training validation logged."""
     import csv
 
-    from engines.generate import main as generate_main
+    from weakclip.engines.generate import main as generate_main
     from weakclip.evaluate import evaluate_dirs
 
     work = tmp_path / "run"

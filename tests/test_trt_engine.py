@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines import trt_engine as te
-from engines.base import EngineError, get_engine
+from weakclip.engines import trt_engine as te
+from weakclip.engines.base import EngineError, get_engine
 
 RTX_HINT = "pip install tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116"
 # A small profile keeps the AOT builds short (the tiny model's crop is 512).

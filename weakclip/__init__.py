@@ -7,9 +7,18 @@ The public names below are imported lazily, so light submodules (``weakclip.data
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
+
+# The sub-packages ``weakclip.engines``, ``weakclip.export``, ``weakclip.training`` and ``weakclip.benchmarks`` are
+# the repository's top-level folders ``engines/``, ``export/``, ``training/`` and ``benchmarks/``: the wheel installs
+# them under ``weakclip/`` (``[tool.setuptools.package-dir]`` in pyproject.toml), and in a source checkout the same
+# names resolve to the folders beside this one.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "engines" / "__init__.py").is_file():
+    __path__.append(str(_CHECKOUT))  # noqa: F821  (the package's own __path__)
 
 _LAZY = {
     "load_checkpoint": "checkpoint",

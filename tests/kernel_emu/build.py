@@ -14,7 +14,7 @@ Steps (all into a caller-chosen directory; nothing is written into the repositor
    (``float4`` / ``uint4``) accesses and out-of-bounds indexing of fixed-size (shared-memory) arrays are reported on
    stderr as ``runtime error:`` lines, which the tests treat as failures.
 
-The result is loaded with ``engines.cuda_ops.CudaOps(path, host_pointers=True)``: host (CPU) tensors, no stream.
+The result is loaded with ``weakclip.engines.cuda_ops.CudaOps(path, host_pointers=True)``: host (CPU) tensors, no stream.
 It is an EMULATION of the CUDA execution model for checking kernel logic, never a GPU run.
 
 ``$WEAKCLIP_EMU_KERNEL_SRC`` replaces the kernel source (e.g. a mutated copy, for checking that the tests catch a
