@@ -1,0 +1,108 @@
+"""What kind of model file is this?  One sniffer (magic bytes and headers only: no unpickling, no full parse) behind
+every tool's "wrong file" message and generation's ``--engine auto``.
+
+=====================  ===================================================  ============================================
+kind                   how it is recognised                                 which command takes it
+=====================  ===================================================  ============================================
+``weakclip``           safetensors with metadata ``format`` weakclip-…      generate/export ``--model``/``--checkpoint``
+``safetensors``        safetensors without WeakCLIP metadata (CLIP weights)  ``build_model(..., clip_weights=PATH)``
+``onnx``               protobuf ModelProto: field 1 (ir_version) varint,    generate ``--engine onnxruntime`` / tensorrt
+                       then ``producer_name``/``opset_import`` fields
+``tensorrt``           ``.engine`` / ``.plan`` / ``.trt`` (serialized plan)  generate ``--engine tensorrt``
+``torch``              ``torch.save`` zip (``PK\\x03\\x04``) or a legacy       ``weakclip convert`` (official ``.pth``) or
+                       pickle (``\\x80``): a training ``last.pt`` or an        ``train --resume`` (our ``last.pt``)
+                       official mmseg checkpoint
+``unknown``            anything else
+=====================  ===================================================  ============================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+from .errors import UsageError
+
+TENSORRT_SUFFIXES = (".engine", ".plan", ".trt")
+
+# What each kind is, for messages: "<path>: this is <DESCRIPTION[kind]>".
+DESCRIPTION = {
+    "weakclip": "a WeakCLIP checkpoint (.safetensors)",
+    "safetensors": "a .safetensors file without WeakCLIP metadata (e.g. CLIP weights)",
+    "onnx": "an ONNX model",
+    "tensorrt": "a serialized TensorRT engine",
+    "torch": "a PyTorch checkpoint (torch.save: a training last.pt or an official mmseg .pth)",
+    "missing": "missing",
+    "directory": "a directory",
+    "empty": "an empty file",
+    "unknown": "not a model file this project knows (not safetensors, ONNX, TensorRT or a PyTorch checkpoint)",
+}
+
+# Which command takes each kind, for messages.
+TAKEN_BY = {
+    "weakclip": "generate --engine torch (or auto), export --checkpoint, evaluate through generate",
+    "safetensors": "build_model(preset, clip_weights=PATH) as CLIP weights",
+    "onnx": "generate --engine onnxruntime (or auto) or --engine tensorrt",
+    "tensorrt": "generate --engine tensorrt",
+    "torch": "weakclip convert (official hustvl/WeakCLIP .pth) or train --resume (our last.pt)",
+}
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def _is_onnx(head: bytes) -> bool:
+    # ModelProto starts with field 1 (ir_version, varint; tag 0x08) followed by a small version number, then
+    # usually field 2 (producer_name, tag 0x12), 3, 4, 5, 7 (graph, tag 0x3a) or 8 (opset_import, tag 0x42).
+    return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 30 and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x3A, 0x42)
+
+
+def sniff(path: str | os.PathLike) -> str:
+    """The kind of ``path`` (see the module table), from its first bytes and, for safetensors, its JSON header."""
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    if p.is_dir():
+        return "directory"
+    size = p.stat().st_size
+    if size == 0:
+        return "empty"
+    with open(p, "rb") as f:
+        head = f.read(64)
+        if _is_safetensors(head, size):
+            (n,) = struct.unpack("<Q", head[:8])
+            if n > 100 * 2**20:
+                return "unknown"
+            f.seek(8)
+            try:
+                header = json.loads(f.read(n))
+            except (ValueError, UnicodeDecodeError):
+                return "unknown"
+            fmt = str((header.get("__metadata__") or {}).get("format", ""))
+            return "weakclip" if fmt.startswith("weakclip-checkpoint") else "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    if _is_onnx(head):
+        return "onnx"
+    if p.suffix.lower() in TENSORRT_SUFFIXES:
+        return "tensorrt"
+    return "unknown"
+
+
+def expect(path: str | os.PathLike, kinds: tuple[str, ...], role: str) -> str:
+    """Return the kind of ``path`` if it is one of ``kinds``; otherwise raise :class:`UsageError` with one line that
+    names the file, says what it is, what ``role`` expected and which command takes it."""
+    kind = sniff(path)
+    if kind in kinds:
+        return kind
+    wanted = " or ".join(DESCRIPTION[k] for k in kinds)
+    if kind in ("missing", "directory", "empty"):
+        raise UsageError(f"{path}: {role} is {DESCRIPTION[kind]}; expected {wanted}")
+    hint = f"; {TAKEN_BY[kind]} takes it" if kind in TAKEN_BY else ""
+    raise UsageError(f"{path}: this is {DESCRIPTION[kind]}, but {role} expects {wanted}{hint}")
