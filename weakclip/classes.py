@@ -26,4 +26,31 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
     64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
 )  # fmt: skip
 
+# The 10 category ids of COCO's original 91-slot list that have no annotations in COCO 2014/2017, with the names the
+# official hustvl/WeakCLIP ``COCODataset.CLASSES`` gives them.
+COCO_UNUSED_CATEGORY_NAMES: dict[int, str] = {
+    12: "street sign", 26: "hat", 29: "shoe", 30: "eye glasses", 45: "plate", 66: "mirror", 68: "window",
+    69: "desk", 71: "door", 83: "blender",
+}  # fmt: skip
+
+
+def _coco_official91() -> tuple[str, ...]:
+    by_id = {cat: COCO_CLASSES[i + 1] for i, cat in enumerate(COCO_CATEGORY_IDS)} | COCO_UNUSED_CATEGORY_NAMES
+    assert sorted(by_id) == list(range(1, 91)), "COCO category ids must cover 1..90 exactly"
+    return ("background", *(by_id[c] for c in range(1, 91)))
+
+
+# COCO in the official 91-slot layout (K = 91): index = COCO category id (1..90, background 0), unused slots such as
+# "street sign" kept.  This is the official COCODataset.CLASSES order and the head size of the official COCO model
+# (neck in_channels 768 + 91); masks in this layout are what ``coco_layout="official91"`` reads (weakclip.data).
+COCO_OFFICIAL91_CLASSES: tuple[str, ...] = _coco_official91()
+
 assert len(VOC_CLASSES) == 21 and len(COCO_CLASSES) == 81 and len(COCO_CATEGORY_IDS) == 80
+assert len(COCO_OFFICIAL91_CLASSES) == 91
+
+# Built-in class lists by head size K (what weakclip.convert_official picks when the checkpoint names none).
+CLASS_LISTS: dict[str, tuple[str, ...]] = {
+    "voc21": VOC_CLASSES,
+    "coco81": COCO_CLASSES,
+    "coco_official91": COCO_OFFICIAL91_CLASSES,
+}
