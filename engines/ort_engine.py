@@ -9,7 +9,11 @@ precision, graph kind), so a .onnx file is self-contained like a checkpoint.
 
 * **Providers** (``device``): "cpu" (default) → CPUExecutionProvider; "cuda" / "cuda:N" → CUDAExecutionProvider (an
   error when this onnxruntime build lacks it); "auto" → CUDA when ``onnxruntime.get_available_providers()`` has it,
-  else CPU.  CPU stays in the list as the fallback for nodes the CUDA EP does not take.
+  else CPU.  CPU stays in the list as the fallback for nodes the CUDA EP does not take.  The CUDA EP uses cuDNN's
+  HEURISTIC convolution-algorithm search (window sizes vary, an EXHAUSTIVE search per new shape costs seconds).
+  When CUDA was asked for but the session came up without the CUDA EP (ONNX Runtime then falls back to the CPU
+  silently: missing CUDA / cuDNN libraries, a driver or version mismatch), the engine raises instead of running on
+  the CPU (:func:`check_session_providers`).
 * **Threads**: ``intra_op_threads`` (default: the cores this process may use) and ``inter_op_threads`` (default 1,
   sequential execution: the graph is one chain, parallel branches would only fight for the same cores).
 * **Graph optimisation**: ``graph_optimization`` "all" (default: constant folding, fusions, NCHWc layouts for the
@@ -72,8 +76,33 @@ def select_providers(device: str | torch.device, available: list[str]) -> list[A
                 f"build does not have (available: {available}); install onnxruntime-gpu or use device='cpu'"
             )
         idx = int(dev.split(":", 1)[1]) if ":" in dev else 0
-        return [("CUDAExecutionProvider", {"device_id": idx}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", cuda_provider_options(idx)), "CPUExecutionProvider"]
     raise EngineError(f"onnxruntime engine: unknown device {dev!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'")
+
+
+def cuda_provider_options(device_id: int = 0) -> dict[str, Any]:
+    """CUDA EP options: the device, and cuDNN's HEURISTIC conv-algorithm search (the window sizes are dynamic, so
+    the default EXHAUSTIVE search would benchmark every convolution again at each new window shape)."""
+    return {"device_id": int(device_id), "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def check_session_providers(session: Any, requested: list[Any]) -> list[str]:
+    """The session's providers; EngineError when a requested non-CPU provider did not start.
+
+    ONNX Runtime builds a CPU-only session when the CUDA EP fails to initialise (e.g. libcudnn / libcublas not found,
+    a CUDA version onnxruntime-gpu was not built for) and only logs a warning, which severity 3 hides.
+    """
+    active = list(session.get_providers())
+    wanted = [p[0] if isinstance(p, tuple) else p for p in requested]
+    missing = [p for p in wanted if p != "CPUExecutionProvider" and p not in active]
+    if missing:
+        raise EngineError(
+            f"onnxruntime engine: {', '.join(missing)} was requested but the session started with {active} only "
+            f"(ONNX Runtime falls back to the CPU when a provider fails to initialise: check that the CUDA and cuDNN "
+            f"libraries this onnxruntime-gpu was built for are installed and on the library path, and that the "
+            f"driver supports them); use device='cpu' to run on the CPU deliberately"
+        )
+    return active
 
 
 def _file_digest(path: Path) -> str:
@@ -212,12 +241,19 @@ class OrtEngine(Engine):
             self.session: Any = ort.InferenceSession(str(load_path), so, providers=providers, **kw)
         except Exception as e:  # noqa: BLE001 - ORT's own exception types; one clear line
             raise EngineError(f"onnxruntime engine: cannot load {load_path}: {str(e).splitlines()[0]}") from None
+        try:
+            active = check_session_providers(self.session, providers)
+        except EngineError:
+            if self.cache_file is not None and load_path != self.cache_file:  # optimised for the wrong provider
+                self.cache_file.unlink(missing_ok=True)
+            self.session = None
+            raise
 
         super().__init__(**engine_fields_from_metadata(meta))
         self.model_path = path
         self.metadata = meta
         self.precision = model_precision
-        self.providers = self.session.get_providers()
+        self.providers = active
         self.intra_op_threads = so.intra_op_num_threads
         self.inter_op_threads = so.inter_op_num_threads
         self.graph_optimization = graph_optimization

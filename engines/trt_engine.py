@@ -30,12 +30,14 @@ Not thread-safe: one engine per thread.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import hashlib
 import importlib
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ INSTALL_HINT = (
 PLUGIN_ENV = "WEAKCLIP_TRT_PLUGIN"
 PLUGIN_BUILD_COMMAND = "cmake -S . -B build -DTENSORRT_ROOT=/path/to/TensorRT && cmake --build build -j"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CACHE_FORMAT = 1  # bump when the key material or the sidecar layout changes
+CACHE_FORMAT = 2  # bump when the key material or the sidecar layout changes (2: fp32 without TF32)
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -104,26 +106,81 @@ def trt_identity(trt: Any) -> str:
 @functools.cache
 def _logger_class(trt: Any) -> type:
     class Logger(trt.ILogger):
-        """Keeps warnings and errors so a failing build or parse can show them."""
+        """Keeps the last warnings and errors (numbered) so a failing parse, build or deserialisation can show them."""
 
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.messages: list[str] = []
+            self.messages: collections.deque[tuple[int, str]] = collections.deque(maxlen=500)
+            self.count = 0  # messages logged so far (a mark for text(since=...))
 
         def log(self, severity: Any, msg: str) -> None:
             if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.messages.append(f"[{severity.name}] {msg}")
+                text = f"[{severity.name}] {msg}"
             elif severity == trt.ILogger.Severity.WARNING:
-                self.messages.append(f"[WARNING] {msg}")
+                text = f"[WARNING] {msg}"
+            else:
+                return
+            self.messages.append((self.count, text))
+            self.count += 1
 
-        def text(self, n: int = 20) -> str:
-            return "\n".join(self.messages[-n:]) or "(no messages)"
+        def text(self, n: int = 20, since: int = 0) -> str:
+            """The last ``n`` kept messages logged after mark ``since`` (a ``count`` read before the operation)."""
+            kept = [m for i, m in self.messages if i >= since]
+            return "\n".join(kept[-n:]) or "(no messages)"
 
     return Logger
 
 
-def make_logger(trt: Any) -> Any:
+@functools.cache
+def get_logger(trt: Any) -> Any:
+    """THE logger of TensorRT module ``trt``, created once per module and passed to every Builder, OnnxParser and
+    Runtime.  TensorRT keeps one process-wide logger (the first one it is given; a different one passed later is
+    ignored with a warning), so a logger per engine would leave the second engine's error messages empty."""
     return _logger_class(trt)()
+
+
+# TensorRT-RTX compute-capability targets when the module does not list them (its ComputeCapability enum does).
+_RTX_KNOWN_TARGETS = ((7, 5), (8, 0), (8, 6), (8, 9), (12, 0), (12, 1))
+
+
+def rtx_targets(trt: Any) -> tuple[tuple[int, int], ...]:
+    """Compute capabilities TensorRT-RTX module ``trt`` can build for (from ``trt.ComputeCapability.SM<nn>``)."""
+    enum = getattr(trt, "ComputeCapability", None)
+    names = [n for n in dir(enum) if re.fullmatch(r"SM\d{2,3}", n)] if enum is not None else []
+    if not names:
+        return _RTX_KNOWN_TARGETS
+    return tuple(sorted((int(n[2:-1]), int(n[-1])) for n in names))
+
+
+def check_rtx_gpu(trt: Any, gpu: Sequence[Any]) -> None:
+    """EngineError unless TensorRT-RTX has a target for ``gpu`` = (name, (major, minor)).  TensorRT-RTX is for
+    consumer / workstation GPUs: it has no SM90 (Hopper: H100, H200) or SM100 target, and an engine it builds
+    cannot run there."""
+    name, cc = gpu
+    cc = (int(cc[0]), int(cc[1]))
+    targets = rtx_targets(trt)
+    if cc not in targets:
+        have = ", ".join(f"sm_{a}{b}" for a, b in targets)
+        raise EngineError(
+            f"tensorrt engine: {trt_identity(trt)} cannot build or run engines for {name} (compute capability "
+            f"{cc[0]}.{cc[1]}, sm_{cc[0]}{cc[1]}): its targets are {have}. Use backend='tensorrt' (TensorRT 10/11, "
+            f"pip install tensorrt) on this GPU"
+        )
+
+
+def configure_precision(trt: Any, config: Any, precision: str, strongly_typed: bool) -> None:
+    """Builder flags for ``precision`` on ``config``.
+
+    fp32 means IEEE fp32: TensorRT enables ``BuilderFlag.TF32`` by default (NvInfer.h: "Enabled by default"), which
+    rounds matmul / convolution inputs to 10-bit mantissas on Ampere and newer, so it is cleared.  fp16 on a weakly
+    typed network (TensorRT 10) sets ``BuilderFlag.FP16``; strongly typed networks take the graph's types.
+    """
+    if precision not in PRECISIONS:
+        raise EngineError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if precision == "fp16" and not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
 
 
 def default_plugin_library() -> Path:
@@ -231,6 +288,7 @@ def cache_key(
         "tensorrt": trt_version,
         "gpu": {"name": str(name), "compute_capability": [int(c) for c in cc]},
         "precision": precision,
+        "tf32": precision != "fp32",  # fp32 engines are built with BuilderFlag.TF32 cleared
         "strongly_typed": bool(strongly_typed),
         "profile": {k: [int(d) for d in profile[k]] for k in ("min", "opt", "max")},
         "plugin_sha256": plugin_digest,
@@ -284,7 +342,8 @@ def build_serialized(
     if plugin_library is not None:
         load_plugin_library(trt, plugin_library)
 
-    logger = make_logger(trt)
+    logger = get_logger(trt)
+    mark = logger.count
     builder = trt.Builder(logger)
     flags = 0
     if strong and hasattr(trt, "NetworkDefinitionCreationFlag") and not is_tensorrt_rtx(trt):
@@ -296,7 +355,7 @@ def build_serialized(
         hint = ""
         if "Plugin not found" in errors and plugin_library is None:
             hint = "\n(the graph has a plugin node: pass plugin_library=, see engines/csrc/README.md)"
-        raise EngineError(f"tensorrt engine: cannot parse {onnx_path}:\n{errors}\n{logger.text()}{hint}")
+        raise EngineError(f"tensorrt engine: cannot parse {onnx_path}:\n{errors}\n{logger.text(since=mark)}{hint}")
     inputs = [network.get_input(i).name for i in range(network.num_inputs)]
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
@@ -306,8 +365,7 @@ def build_serialized(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if precision == "fp16" and not strong:
-        config.set_flag(trt.BuilderFlag.FP16)
+    configure_precision(trt, config, precision, strong)
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(INPUT_NAME, tuple(profile["min"]), tuple(profile["opt"]), tuple(profile["max"]))
     if not opt_profile:
@@ -315,10 +373,12 @@ def build_serialized(
     config.add_optimization_profile(opt_profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineError(f"tensorrt engine: building {onnx_path.name} failed:\n{logger.text()}")
+        raise EngineError(f"tensorrt engine: building {onnx_path.name} failed:\n{logger.text(since=mark)}")
     blob = bytes(plan)
     if not blob:
-        raise EngineError(f"tensorrt engine: building {onnx_path.name} gave an empty engine:\n{logger.text()}")
+        raise EngineError(
+            f"tensorrt engine: building {onnx_path.name} gave an empty engine:\n{logger.text(since=mark)}"
+        )
     return blob
 
 
@@ -428,6 +488,8 @@ class TrtEngine(Engine):
             raise EngineError(f"tensorrt engine: device must be a CUDA device, got {device!r}")
         index = dev.index or 0
         gpu = current_gpu(index)
+        if is_tensorrt_rtx(trt):
+            check_rtx_gpu(trt, gpu)  # before any build: TensorRT-RTX has no SM90 target
         self.trt = trt
         self.device = torch.device("cuda", index)
         self.gpu = gpu
@@ -523,15 +585,20 @@ class TrtEngine(Engine):
         if needs_plugin:
             load_plugin_library(trt, plugin)
 
-        self._logger = make_logger(trt)
+        self._logger = get_logger(trt)
+        mark = self._logger.count
         with torch.cuda.device(self.device):
             self.runtime: Any = trt.Runtime(self._logger)
             self.engine: Any = self.runtime.deserialize_cuda_engine(blob)
             if self.engine is None:
-                raise EngineError(f"tensorrt engine: cannot deserialize {self.engine_path}:\n{self._logger.text()}")
+                raise EngineError(
+                    f"tensorrt engine: cannot deserialize {self.engine_path}:\n{self._logger.text(since=mark)}"
+                )
             self.context: Any = self.engine.create_execution_context()
             if self.context is None:
-                raise EngineError(f"tensorrt engine: cannot create an execution context:\n{self._logger.text()}")
+                raise EngineError(
+                    f"tensorrt engine: cannot create an execution context:\n{self._logger.text(since=mark)}"
+                )
             self.stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -586,8 +653,9 @@ class TrtEngine(Engine):
                 if any(d < 0 for d in out_shape):
                     raise EngineError(f"tensorrt engine: output {name} has unresolved shape {out_shape}")
                 self.context.set_tensor_address(name, self._buffer(name, out_shape).data_ptr())
+            mark = self._logger.count
             if not self.context.execute_async_v3(stream.cuda_stream):
-                raise EngineError(f"tensorrt engine: execute_async_v3 failed:\n{self._logger.text()}")
+                raise EngineError(f"tensorrt engine: execute_async_v3 failed:\n{self._logger.text(since=mark)}")
             d_out = self._dev[OUTPUT_NAME]
             if d_out.dtype != torch.float32:
                 d_out = d_out.float()

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from weakclip.engines import trt_engine as te
+
 pytestmark = pytest.mark.tensorrt
 
 PIP_HINT = "pip install tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116"
@@ -56,34 +58,37 @@ pytest.importorskip("onnxscript")  # the tiny_export fixture exports with torch'
 # One optimisation profile over the exported range: B 1..8, H and W multiples of 16 from 64 up to the crop (512).
 PROFILE = {"min": (1, 3, 64, 64), "opt": (4, 3, 512, 512), "max": (8, 3, 512, 512)}
 CUSTOM_OP = "WeakCLIPCoAttention"
-_S = trt.ILogger.Severity
-_KEPT = {_S.INTERNAL_ERROR, _S.ERROR, _S.WARNING}
 
 
-class _Logger(trt.ILogger):
-    """Keeps the builder's / parser's messages so that a failing assertion can show them."""
+class _LogView:
+    """The messages of the shared module-level logger (``trt_engine.get_logger``) since this view was made.
+
+    TensorRT keeps one process-wide logger (the first one given; later ones are ignored), so a fresh logger per test
+    would miss the builder's messages after the first test; every TensorRT-RTX user in this process shares one.
+    """
 
     def __init__(self) -> None:
-        trt.ILogger.__init__(self)
-        self.messages: list[str] = []
+        self.logger = te.get_logger(trt)
+        self.mark = self.logger.count
 
-    def log(self, severity, msg):  # noqa: D401  (TensorRT's callback signature)
-        if severity in _KEPT:
-            self.messages.append(f"[{severity.name}] {msg}")
+    @property
+    def messages(self) -> list[str]:
+        return [m for i, m in self.logger.messages if i >= self.mark]
 
     def text(self) -> str:
-        return "\n".join(self.messages[-20:]) or "(no messages)"
+        return self.logger.text(since=self.mark)
 
 
 def _parse(path: Path):
     """(builder, network, parser, logger, ok, parser errors) for one ONNX file."""
-    logger = _Logger()
+    view = _LogView()
+    logger = view.logger
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT-RTX networks are always strongly typed
     parser = trt.OnnxParser(network, logger)
     ok = parser.parse_from_file(str(path))
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
-    return builder, network, parser, logger, ok, errors
+    return builder, network, parser, view, ok, errors
 
 
 def _describe(errors) -> str:

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -104,21 +108,142 @@ def test_make_profile() -> None:
 def test_get_engine_without_tensorrt_names_the_install(tmp_path: Path) -> None:
     if _tensorrt_installed():
         pytest.skip("the tensorrt package is installed here; this checks the error when it is not")
-    model = tmp_path / "weakclip.onnx"
-    model.write_bytes(b"")
+    onnx = pytest.importorskip("onnx")
+    model = tmp_path / "weakclip.onnx"  # a valid (empty-graph) ONNX model: get_engine checks the file kind first
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), str(model))
     with pytest.raises(EngineError, match="pip install tensorrt") as info:
         get_engine("tensorrt", model)
     assert "TensorRT is not available" in str(info.value)
 
 
+class _FakeConfig:
+    """Records the builder-flag calls (TensorRT's IBuilderConfig API), starting from TensorRT's defaults."""
+
+    def __init__(self, flags: set[str]) -> None:
+        self.flags = set(flags)
+        self.calls: list[tuple[str, str]] = []
+
+    def set_flag(self, flag: str) -> None:
+        self.calls.append(("set", flag))
+        self.flags.add(flag)
+
+    def clear_flag(self, flag: str) -> None:
+        self.calls.append(("clear", flag))
+        self.flags.discard(flag)
+
+
+def test_fp32_clears_tf32_fake_tensorrt_10() -> None:
+    """TensorRT 10 (weakly typed): fp32 clears TF32 (on by default), fp16 sets FP16 and leaves TF32 alone."""
+    fake = SimpleNamespace(BuilderFlag=SimpleNamespace(TF32="TF32", FP16="FP16"))
+    cfg = _FakeConfig({"TF32"})  # NvInfer.h: kTF32 "Enabled by default"
+    te.configure_precision(fake, cfg, "fp32", strongly_typed=False)
+    assert cfg.calls == [("clear", "TF32")] and cfg.flags == set()
+    cfg = _FakeConfig({"TF32"})
+    te.configure_precision(fake, cfg, "fp16", strongly_typed=False)
+    assert cfg.calls == [("set", "FP16")] and cfg.flags == {"TF32", "FP16"}
+    cfg = _FakeConfig({"TF32"})  # strongly typed fp16: the graph's types, no FP16 flag
+    te.configure_precision(fake, cfg, "fp16", strongly_typed=True)
+    assert cfg.calls == []
+    with pytest.raises(EngineError, match="precision"):
+        te.configure_precision(fake, _FakeConfig(set()), "bf16", strongly_typed=False)
+
+
+@pytest.mark.tensorrt
+def test_fp32_clears_tf32_on_a_real_builder_config() -> None:
+    trt = _rtx()
+    builder = trt.Builder(te.get_logger(trt))
+    config = builder.create_builder_config()
+    assert config.get_flag(trt.BuilderFlag.TF32), "TF32 is expected to be on by default (what the fix is about)"
+    te.configure_precision(trt, config, "fp32", te.strongly_typed_only(trt))
+    assert not config.get_flag(trt.BuilderFlag.TF32)
+    config = builder.create_builder_config()
+    te.configure_precision(trt, config, "fp16", te.strongly_typed_only(trt))
+    assert config.get_flag(trt.BuilderFlag.TF32)
+
+
+def test_cache_key_records_tf32() -> None:
+    _, fp32 = te.cache_key("a" * 64, trt_version="t", gpu=GPU, precision="fp32", profile=PROFILE, strongly_typed=True)
+    _, fp16 = te.cache_key("a" * 64, trt_version="t", gpu=GPU, precision="fp16", profile=PROFILE, strongly_typed=True)
+    assert fp32["tf32"] is False and fp16["tf32"] is True and fp32["format"] >= 2  # old TF32 "fp32" engines rebuilt
+
+
 @pytest.mark.tensorrt
 @pytest.mark.parametrize(("graph", "precision"), [("weakclip.onnx", "fp32"), ("weakclip_fp16.onnx", "fp16")])
-def test_build_serialized_with_tensorrt_rtx(tiny_export: tuple[Path, Path], graph: str, precision: str) -> None:
+def test_build_serialized_with_tensorrt_rtx(
+    tiny_export: tuple[Path, Path], graph: str, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trt = _rtx()
     assert te.strongly_typed_only(trt), "TensorRT-RTX only builds strongly typed networks"
+    seen = []
+    real = te.configure_precision
+
+    def spy(trt_, config, precision_, strong):  # the flags as the build will see them
+        real(trt_, config, precision_, strong)
+        seen.append((precision_, config.get_flag(trt.BuilderFlag.TF32)))
+
+    monkeypatch.setattr(te, "configure_precision", spy)
     blob = te.build_serialized(tiny_export[0] / graph, trt, precision, PROFILE)
     assert isinstance(blob, bytes) and len(blob) > 0
     assert b"logits" in blob and b"image" in blob  # the plan carries the I/O tensor names
+    assert seen == [(precision, precision != "fp32")], "fp32 builds must run with TF32 cleared"
+
+
+@pytest.mark.tensorrt
+def test_one_logger_per_tensorrt_module_keeps_the_second_engines_errors() -> None:
+    """TensorRT keeps the first logger it is given process-wide; with one module-level logger the error of a second
+    builder ("engine") still reaches the text shown in our EngineError.  In a fresh process: the global logger is
+    per process, and other tests in this session already created builders."""
+    _rtx()
+    script = textwrap.dedent(
+        """
+        from weakclip.engines import trt_engine as te
+        trt = te.import_tensorrt("tensorrt_rtx")
+        logger = te.get_logger(trt)
+        assert logger is te.get_logger(trt)
+        first = trt.Builder(te.get_logger(trt))            # engine 1
+        second = trt.Builder(te.get_logger(trt))           # engine 2
+        mark = logger.count
+        plan = second.build_serialized_network(second.create_network(0), second.create_builder_config())
+        assert plan is None
+        text = logger.text(since=mark)
+        assert "Network must have at least one output" in text, text
+        assert "differs from one already registered" not in logger.text(n=500), logger.text(n=500)
+        assert logger.text(since=logger.count) == "(no messages)"
+        print("OK")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_rtx_refuses_sm90() -> None:
+    trt = _rtx()
+    targets = te.rtx_targets(trt)
+    assert (8, 6) in targets and (9, 0) not in targets, targets
+    te.check_rtx_gpu(trt, ("NVIDIA GeForce RTX 3090", (8, 6)))
+    te.check_rtx_gpu(trt, ("NVIDIA GeForce RTX 5090", (12, 0)))
+    for gpu in (("NVIDIA H100 80GB HBM3", (9, 0)), ("NVIDIA H200", (9, 0))):
+        with pytest.raises(EngineError, match=r"sm_90.*backend='tensorrt'"):
+            te.check_rtx_gpu(trt, gpu)
+
+
+def test_tensorrt_rtx_targets_without_the_enum() -> None:
+    fake = SimpleNamespace(__name__="tensorrt_rtx", __version__="1.0")
+    assert (9, 0) not in te.rtx_targets(fake) and (8, 9) in te.rtx_targets(fake)
+    with pytest.raises(EngineError, match="sm_90"):
+        te.check_rtx_gpu(fake, ("NVIDIA H100 PCIe", (9, 0)))
+
+
+@pytest.mark.tensorrt
+def test_engine_checks_the_gpu_before_using_tensorrt_rtx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TrtEngine(backend='tensorrt_rtx') on an H100 stops with the clear message before reading or building."""
+    _rtx()
+    model = tmp_path / "weakclip.onnx"
+    model.write_bytes(b"not read: the GPU check comes first")
+    monkeypatch.setattr(te, "current_gpu", lambda index: ("NVIDIA H100 80GB HBM3", (9, 0)))
+    with pytest.raises(EngineError, match=r"cannot build or run engines for NVIDIA H100 80GB HBM3.*sm_90"):
+        te.TrtEngine(model, backend="tensorrt_rtx")
 
 
 @pytest.mark.tensorrt
