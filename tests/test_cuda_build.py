@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_emu.build import find_nvcc  # tests/ is on sys.path under pytest
+from kernel_emu.build import EmuUnavailable, cmake_generator_args, find_nvcc  # tests/ is on sys.path under pytest
+from kernel_emu.symbols import exported_symbols, unexpected_plugin_exports
 
 from weakclip.engines import cuda_ops
 
@@ -67,12 +68,17 @@ def cuda_build(tmp_path_factory) -> dict:
         pytest.skip("nvcc not found (CUDA toolkit needed to compile the kernels)")
     if cmake is None:
         pytest.skip("cmake not found")
+    try:
+        generator = cmake_generator_args()  # make, else Ninja (GPU images may lack make)
+    except EmuUnavailable as e:
+        pytest.skip(str(e))
     build = tmp_path_factory.mktemp("cuda_build")
     env = dict(os.environ, CUDACXX=nvcc)
     t0 = time.time()
     cfg = subprocess.run(
         [
             cmake,
+            *generator,
             "-S",
             str(REPO),
             "-B",
@@ -108,8 +114,7 @@ def test_cmake_builds_library_with_c_api(cuda_build):
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm not found")
-    out = subprocess.run([nm, "-D", "--defined-only", str(lib)], capture_output=True, text=True, check=True).stdout
-    exported = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    exported = exported_symbols(lib)
     missing = [s for s in API_SYMBOLS if s not in exported]
     assert not missing, f"C API symbols not exported: {missing}"
     # The static CUDA runtime stays private (linked with --exclude-libs).
@@ -125,6 +130,11 @@ def test_plugin_target_only_with_tensorrt(cuda_build):
         assert not plugin.exists(), "plugin built although TensorRT was reported missing"
     else:
         assert plugin.is_file(), "TensorRT was found but the plugin was not built"
+        if shutil.which("nm") is None:
+            pytest.skip("nm not found: the plugin's exported symbols are not checked")
+        # The plugin links the same kernel objects: their weakclip_* C API (and the CUDA runtime) must stay private.
+        get_creators = "WEAKCLIP_TRT_GET_CREATORS:BOOL=ON" in (cuda_build["dir"] / "CMakeCache.txt").read_text()
+        assert unexpected_plugin_exports(exported_symbols(plugin), get_creators=get_creators) == []
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,3 +310,20 @@ def test_coattention_matches_reference(gpu_ops, dtype, layout):
             S16 = m16(g_, dense_, T_)[0]
         err_torch = (S16.double() - ref).abs().max().item()
         assert err <= max(2 * err_torch, 5e-3), f"fp16 max abs error {err:.3e} vs PyTorch fp16 {err_torch:.3e}"
+
+
+def test_cmake_generator_falls_back_to_ninja(monkeypatch):
+    """GPU images may have ninja but no make: the CMake configure then asks for Ninja; neither → a clear skip."""
+    from kernel_emu import build as emu_build
+
+    monkeypatch.delenv("CMAKE_GENERATOR", raising=False)
+    have: set[str] = {"make", "ninja"}
+    monkeypatch.setattr(emu_build.shutil, "which", lambda name: f"/usr/bin/{name}" if name in have else None)
+    assert cmake_generator_args() == []  # make present: CMake's default generator
+    have.discard("make")
+    assert cmake_generator_args() == ["-G", "Ninja"]
+    have.clear()
+    with pytest.raises(EmuUnavailable, match="neither make nor ninja"):
+        cmake_generator_args()
+    monkeypatch.setenv("CMAKE_GENERATOR", "Ninja")
+    assert cmake_generator_args() == []  # the user's choice wins

@@ -101,6 +101,17 @@ def rewrite_launches(src: str) -> tuple[str, int]:
     return out, n
 
 
+def cmake_generator_args() -> list[str]:
+    """``-G`` arguments for a CMake configure that can build here: none when ``$CMAKE_GENERATOR`` is set or ``make``
+    is present (CMake's default, Unix Makefiles), ``-G Ninja`` when only ``ninja`` is (GPU images often lack make).
+    EmuUnavailable when neither is installed.  benchmarks/gpu_check.sh makes the same choice."""
+    if os.environ.get("CMAKE_GENERATOR") or shutil.which("make"):
+        return []
+    if shutil.which("ninja"):
+        return ["-G", "Ninja"]
+    raise EmuUnavailable("neither make nor ninja found: CMake needs one of them to build")
+
+
 def generate_plugin_names_header(build_dir: Path) -> Path:
     """CMake configure (no build) of the repository into ``build_dir``; returns the ``generated`` include dir."""
     cmake = shutil.which("cmake")
@@ -113,7 +124,16 @@ def generate_plugin_names_header(build_dir: Path) -> Path:
             "weakclip_plugin_names.h needs the CUDA toolkit (nothing is compiled with it)"
         )
     cfg = subprocess.run(
-        [cmake, "-S", str(REPO), "-B", str(build_dir), "-DCMAKE_CUDA_ARCHITECTURES=80", "-DCMAKE_BUILD_TYPE=Release"],
+        [
+            cmake,
+            *cmake_generator_args(),
+            "-S",
+            str(REPO),
+            "-B",
+            str(build_dir),
+            "-DCMAKE_CUDA_ARCHITECTURES=80",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         env=dict(os.environ, CUDACXX=nvcc),
