@@ -1040,22 +1040,37 @@ struct Bufs {
     T *h, *q, *k, *v, *o, *mlp;
 };
 
-// One decoder layer, in place on x (B, nq, W); memory (B or 1, nm, W) with batch stride mem_bs rows (0: shared).
+// The weights of one attention sub-block of a decoder layer: its LayerNorm and the q / k / v / output projections.
+struct AttnRoles {
+    int ln_w, ln_b, q, k, v, proj, proj_b;
+};
+constexpr AttnRoles kSelfAttn{N1_W, N1_B, SA_Q, SA_K, SA_V, SA_P, SA_PB};
+constexpr AttnRoles kCrossAttn{N2_W, N2_B, CA_Q, CA_K, CA_V, CA_P, CA_PB};
+
+// x += Attn(LN x, kv) in place on x (B, nq, W), with the weights `r` of layer `lw`.  kv == nullptr: self-attention
+// (keys and values from LN x itself, nk = nq).  Otherwise cross-attention on kv (B or 1, nk, W) with a batch stride
+// of kv_bs_rows rows (0: one memory shared by the batch) and kv_rows rows in all.
 template <typename T>
-int run_layer(const LayerW<T>& lw, T* x, const T* mem, int64_t nq, int64_t nm, int64_t mem_bs_rows,
-              int64_t mem_rows, const Dims& d, float eps, const Bufs<T>& buf, cudaStream_t stream) {
+int attention_block(const LayerW<T>& lw, const AttnRoles& r, T* x, int64_t nq, const T* kv, int64_t nk,
+                    int64_t kv_bs_rows, int64_t kv_rows, const Dims& d, float eps, const Bufs<T>& buf,
+                    cudaStream_t stream) {
     const int rows = static_cast<int>(d.B * nq);
     const int W = static_cast<int>(d.W);
     const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(d.Dh));
     const auto* w = lw.w;
 
-    // x += SelfAttn(LN1 x)
-    WEAKCLIP_TRY(launch_layernorm<T>(x, W, buf.h, W, w[N1_W], w[N1_B], rows, W, eps, stream));
+    WEAKCLIP_TRY(launch_layernorm<T>(x, W, buf.h, W, w[r.ln_w], w[r.ln_b], rows, W, eps, stream));
+    if (kv == nullptr) {
+        kv = buf.h;
+        nk = nq;
+        kv_bs_rows = nq;
+        kv_rows = rows;
+    }
     {
         GemmArgs<T> a{};
-        a.g[0] = GemmGroup<T>{buf.h, w[SA_Q], nullptr, buf.q, rows};
-        a.g[1] = GemmGroup<T>{buf.h, w[SA_K], nullptr, buf.k, rows};
-        a.g[2] = GemmGroup<T>{buf.h, w[SA_V], nullptr, buf.v, rows};
+        a.g[0] = GemmGroup<T>{buf.h, w[r.q], nullptr, buf.q, rows};
+        a.g[1] = GemmGroup<T>{kv, w[r.k], nullptr, buf.k, static_cast<int>(kv_rows)};
+        a.g[2] = GemmGroup<T>{kv, w[r.v], nullptr, buf.v, static_cast<int>(kv_rows)};
         a.ngroups = 3;
         a.N = W;
         a.K = W;
@@ -1063,31 +1078,22 @@ int run_layer(const LayerW<T>& lw, T* x, const T* mem, int64_t nq, int64_t nm, i
         WEAKCLIP_TRY(launch_gemm(a, stream));
     }
     {
-        FlashArgs<T> f{buf.q, buf.k, buf.v, buf.o, static_cast<int>(nq), static_cast<int>(nq), W, W, W, W,
-                       nq * W, nq * W, nq * W, nq * W, scale_log2};
+        FlashArgs<T> f{buf.q, buf.k, buf.v, buf.o, static_cast<int>(nq), static_cast<int>(nk), W, W, W, W,
+                       nq * W, kv_bs_rows * W, kv_bs_rows * W, nq * W, scale_log2};
         WEAKCLIP_TRY(launch_flash(f, static_cast<int>(d.B), static_cast<int>(d.H), static_cast<int>(d.Dh), stream));
     }
-    WEAKCLIP_TRY(linear<T>(buf.o, rows, W, w[SA_P], w[SA_PB], W, x, stream, 0, x));
+    return linear<T>(buf.o, rows, W, w[r.proj], w[r.proj_b], W, x, stream, 0, x);
+}
 
-    // x += CrossAttn(LN2 x, memory)
-    WEAKCLIP_TRY(launch_layernorm<T>(x, W, buf.h, W, w[N2_W], w[N2_B], rows, W, eps, stream));
-    {
-        GemmArgs<T> a{};
-        a.g[0] = GemmGroup<T>{buf.h, w[CA_Q], nullptr, buf.q, rows};
-        a.g[1] = GemmGroup<T>{mem, w[CA_K], nullptr, buf.k, static_cast<int>(mem_rows)};
-        a.g[2] = GemmGroup<T>{mem, w[CA_V], nullptr, buf.v, static_cast<int>(mem_rows)};
-        a.ngroups = 3;
-        a.N = W;
-        a.K = W;
-        a.lda = a.ldw = a.ldc = W;
-        WEAKCLIP_TRY(launch_gemm(a, stream));
-    }
-    {
-        FlashArgs<T> f{buf.q, buf.k, buf.v, buf.o, static_cast<int>(nq), static_cast<int>(nm), W, W, W, W,
-                       nq * W, mem_bs_rows * W, mem_bs_rows * W, nq * W, scale_log2};
-        WEAKCLIP_TRY(launch_flash(f, static_cast<int>(d.B), static_cast<int>(d.H), static_cast<int>(d.Dh), stream));
-    }
-    WEAKCLIP_TRY(linear<T>(buf.o, rows, W, w[CA_P], w[CA_PB], W, x, stream, 0, x));
+// One decoder layer, in place on x (B, nq, W); memory (B or 1, nm, W) with batch stride mem_bs_rows rows (0: shared).
+template <typename T>
+int run_layer(const LayerW<T>& lw, T* x, const T* mem, int64_t nq, int64_t nm, int64_t mem_bs_rows,
+              int64_t mem_rows, const Dims& d, float eps, const Bufs<T>& buf, cudaStream_t stream) {
+    const int rows = static_cast<int>(d.B * nq);
+    const int W = static_cast<int>(d.W);
+    const auto* w = lw.w;
+    WEAKCLIP_TRY(attention_block<T>(lw, kSelfAttn, x, nq, nullptr, 0, 0, 0, d, eps, buf, stream));  // x += SelfAttn
+    WEAKCLIP_TRY(attention_block<T>(lw, kCrossAttn, x, nq, mem, nm, mem_bs_rows, mem_rows, d, eps, buf, stream));
 
     // x += MLP(LN3 x)
     WEAKCLIP_TRY(launch_layernorm<T>(x, W, buf.h, W, w[N3_W], w[N3_B], rows, W, eps, stream));
