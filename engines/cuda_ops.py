@@ -496,6 +496,40 @@ class CudaOps:
         return (S, v_star, t_star) if return_stars else S
 
 
+class FusedCoAttention(torch.nn.Module):
+    """Inference drop-in for ``weakclip.coattention.CoAttentionMatching`` running the fused kernels:
+    ``forward(g (B, E), dense (B, E, h, w), T (K, E)) -> (S (B, K, h, w), T* (B, K, E), F* (B, E, h, w))``.
+
+    The weights are converted once to ``dtype`` (float16 or float32; the kernels have no bfloat16 path) on the
+    module's device; inputs are cast to ``dtype`` (e.g. fp32 LayerNorm outputs under autocast), outputs are
+    ``dtype``.  No autograd.  Swap it in with ``model.coattention = FusedCoAttention(model.coattention)``.
+    """
+
+    def __init__(
+        self, module: Any, dtype: torch.dtype = torch.float16, ops: CudaOps | None = None, eps: float = 1e-5
+    ) -> None:
+        super().__init__()
+        if dtype not in _DTYPES:
+            raise TypeError(f"FusedCoAttention: dtype {dtype} not supported (float32 or float16)")
+        self.ops = ops if ops is not None else load()
+        self.dtype, self.eps = dtype, float(eps)
+        device = next(iter(_state_dict(module).values())).device
+        self.prepared = self.ops.prepare_weights(module, dtype, device, getattr(module, "heads", None))
+
+    def forward(self, g: torch.Tensor, dense: torch.Tensor, T: torch.Tensor):
+        B, E, h, w = dense.shape
+        S, v_star, t_star = self.ops.coattention(
+            self.prepared,
+            T=T.to(self.dtype),
+            g=g.to(self.dtype),
+            dense=dense.to(self.dtype),
+            eps=self.eps,
+            return_stars=True,
+        )
+        F_star = v_star[:, 1:].transpose(1, 2).reshape(B, E, h, w)
+        return S, t_star, F_star
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Module-level convenience (default library).
 
@@ -543,6 +577,7 @@ __all__: Sequence[str] = (
     "CoAttnDims",
     "CudaOps",
     "CudaOpsUnavailable",
+    "FusedCoAttention",
     "PreparedWeights",
     "coattention",
     "coattention_dims",

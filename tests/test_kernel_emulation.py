@@ -376,3 +376,30 @@ def test_coattention(emu, monkeypatch, config, dtype, layout):
             S16 = m16(g_, dense_, T.half())[0]
         err_torch = (S16.double() - ref).abs().max().item()
         assert_within(S, ref, max(2 * err_torch, 2e-3), f"{what} (PyTorch fp16 module error {err_torch:.2e})")
+
+
+def test_fused_coattention_module_is_a_drop_in(emu, monkeypatch):
+    """``cuda_ops.FusedCoAttention`` (what benchmarks/bench_gpu_e2e.py swaps into the model) returns what
+    ``CoAttentionMatching.forward`` returns: S, T* and F* in the module's layouts (EMULATED kernels, fp32)."""
+    E, W, heads, L = COATTN_CONFIGS["E60-W48-H3-L1"]
+    B, K, h, w = 2, 6, 5, 7
+    m = perturbed_module(E, W, heads, L)
+    gen = torch.Generator().manual_seed(5)
+    g, dense, T = (
+        torch.randn(B, E, generator=gen),
+        torch.randn(B, E, h, w, generator=gen),
+        torch.randn(K, E, generator=gen),
+    )
+    with torch.no_grad():
+        S_ref, T_ref, F_ref = m.double()(g.double(), dense.double(), T.double())
+    m.float()
+    fused = cuda_ops.FusedCoAttention(m, torch.float32, ops=emu.ops)
+    S, T_star, F_star = call(monkeypatch, fused, g, dense.half(), T)  # inputs of another dtype are cast
+    assert (S.shape, T_star.shape, F_star.shape) == (S_ref.shape, T_ref.shape, F_ref.shape)
+    assert S.dtype == T_star.dtype == F_star.dtype == torch.float32
+    assert_within(S, S_ref, 2e-3, "EMULATED FusedCoAttention S (fp16-rounded dense input)")
+    # T* and F* are E-dim embeddings of O(1) size: the same fp16 input rounding bound, scaled
+    assert_within(T_star, T_ref, 2e-3 * (1 + T_ref.abs()), "EMULATED FusedCoAttention T*")
+    assert_within(F_star, F_ref, 2e-3 * (1 + F_ref.abs()), "EMULATED FusedCoAttention F*")
+    with pytest.raises(TypeError, match="bfloat16"):
+        cuda_ops.FusedCoAttention(m, torch.bfloat16, ops=emu.ops)
