@@ -34,6 +34,14 @@ _BUILTIN: dict[str, str] = {
 }
 _REGISTERED: dict[str, Callable[..., Engine]] = {}
 
+# Which model files (kinds of weakclip.filekind.sniff) each built-in engine reads; ``auto`` picks by this table.
+MODEL_KINDS: dict[str, tuple[str, ...]] = {
+    "torch": ("weakclip",),
+    "onnxruntime": ("onnx",),
+    "tensorrt": ("tensorrt", "onnx"),
+}
+_AUTO = {"weakclip": "torch", "onnx": "onnxruntime", "tensorrt": "tensorrt"}
+
 
 class EngineError(RuntimeError):
     """An engine cannot be built or run (missing module/dependency, bad model file, wrong device)."""
@@ -155,8 +163,54 @@ def _resolve(name: str) -> Callable[..., Engine]:
     raise EngineError(f"unknown engine {name!r}; choose one of {available_engines()} or give 'module:Factory'")
 
 
+def auto_engine(model_path: str | os.PathLike) -> str:
+    """The engine for a model file: ``.safetensors`` checkpoint → torch, ``.onnx`` → onnxruntime, TensorRT plan →
+    tensorrt; anything else is a one-line :class:`~weakclip.errors.UsageError` saying what the file is."""
+    from weakclip.filekind import expect
+
+    return _AUTO[expect(model_path, tuple(_AUTO), "--engine auto")]
+
+
+def check_model_file(name: str, model_path: str | os.PathLike | None) -> None:
+    """Refuse (one-line UsageError) a model file of the wrong kind for a built-in engine, before building it."""
+    from weakclip.errors import UsageError
+    from weakclip.filekind import expect
+
+    if name not in MODEL_KINDS:
+        return
+    if model_path is None:
+        raise UsageError(f"the {name} engine needs --model (a {' or '.join(MODEL_KINDS[name])} file)")
+    if not isinstance(model_path, (str, os.PathLike)):
+        return  # an in-memory model (the torch engine takes an nn.Module)
+    expect(model_path, MODEL_KINDS[name], f"the {name} engine")
+
+
+def engine_option_names(name: str) -> list[str] | None:
+    """Keyword options the engine's constructor takes (None: it takes any, e.g. a factory with **kwargs)."""
+    factory = _resolve(name)
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def check_engine_options(name: str, opts: dict[str, Any]) -> None:
+    """Refuse (one-line UsageError) options the engine does not take, listing those it does."""
+    from weakclip.errors import UsageError
+
+    known = engine_option_names(name)
+    unknown = sorted(set(opts) - set(known)) if known is not None else []
+    if unknown:
+        raise UsageError(f"engine option(s) {unknown} are not options of the {name} engine; it takes {known}")
+
+
 def get_engine(name: str, model_path: str | os.PathLike | None, **opts: Any) -> Engine:
-    """Build engine ``name`` ('torch', 'onnxruntime', 'tensorrt', a registered name, or 'module:Factory')."""
+    """Build engine ``name`` ('torch', 'onnxruntime', 'tensorrt', a registered name, or 'module:Factory').
+
+    A wrong kind of model file or an unknown option is a one-line :class:`~weakclip.errors.UsageError`.
+    """
+    check_model_file(name, model_path)
+    check_engine_options(name, opts)
     engine = _resolve(name)(model_path, **opts)
     if not isinstance(engine, Engine):
         raise EngineError(f"engine factory {name!r} returned {type(engine).__name__}, not an Engine")

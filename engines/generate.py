@@ -38,11 +38,10 @@ from PIL import Image
 if __package__ in (None, ""):  # `python engines/generate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from weakclip.engines.base import Engine, EngineError, available_engines, get_engine
+from weakclip.engines.base import Engine, EngineError, auto_engine, available_engines, get_engine
+from weakclip.errors import RuntimeFailure, UsageError, cli
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
-from weakclip.io import atomic_path, read_image, save_mask_png, voc_palette
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from weakclip.io import IMAGE_EXTS, atomic_path, read_image, save_mask_png, voc_palette
 # Temporaries of weakclip.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
 _TMP_RE = re.compile(r"^\.(?P<orig>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 _MAX_CONSECUTIVE_INFERENCE_FAILURES = 10
@@ -100,13 +99,25 @@ def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None
                 name, path = entry, Path(entry + ext)
             items.append(Item(name, path if path.is_absolute() else base / path))
     else:
-        raise FileNotFoundError(f"{images}: no such image folder or list file")
+        raise UsageError(f"{images}: no such image folder or list file")
     seen: dict[str, Path] = {}
     for it in items:
         if it.name in seen:
-            raise ValueError(f"two inputs map to the output name {it.name!r}: {seen[it.name]} and {it.path}")
+            raise UsageError(f"two inputs map to the output name {it.name!r}: {seen[it.name]} and {it.path}")
         seen[it.name] = it.path
     return items
+
+
+def unsupported_files(images: str | os.PathLike) -> collections.Counter:
+    """Files of an image folder that are not read as images, counted by suffix (reported, never silently skipped)."""
+    folder = Path(images)
+    if not folder.is_dir():
+        return collections.Counter()
+    return collections.Counter(
+        p.suffix.lower() or "(no suffix)"
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_EXTS
+    )
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -157,8 +168,13 @@ def _engine_opt(text: str) -> tuple[str, Any]:
 class Outputs:
     """Where the files of one image go."""
 
-    def __init__(self, out: Path, save_probs: bool) -> None:
-        self.out, self.save_probs = out, save_probs
+    def __init__(self, out: Path, save_probs: bool, probs_dtype: str = "float16") -> None:
+        self.out, self.save_probs, self.probs_dtype = out, save_probs, probs_dtype
+
+    def all_paths(self, names: Sequence[str]) -> set[Path]:
+        """Every file this run may write (masks, probabilities, overlays, config, failure lists)."""
+        per_image = {p for n in names for p in (self.mask(n), self.probs(n), self.overlay(n))}
+        return per_image | {self.out / "generate_config.json", self.out / "failures.txt"}
 
     def mask(self, name: str) -> Path:
         return self.out / f"{name}.png"
@@ -220,7 +236,7 @@ def _write_outputs(
     pred = postprocess(image, probs, labels, crf)
     if outputs.save_probs:
         with atomic_path(outputs.probs(item.name)) as tmp, open(tmp, "wb") as f:
-            np.save(f, pred.probs.astype(np.float16))  # (K, H, W)
+            np.save(f, pred.probs.astype(outputs.probs_dtype))  # (K, H, W)
     if overlay:
         with atomic_path(outputs.overlay(item.name)) as tmp:
             Image.fromarray(make_overlay(image, pred.mask)).save(tmp, format="PNG")
@@ -268,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out", required=True, help="output folder: <name>.png masks (+ probs/, overlays/)")
     io.add_argument("--labels", help="image-level labels (JSON name->[idx], text 'name idx ...', or cls_labels.npy): "
                     "pixels predicted as an absent class become 255")  # fmt: skip
-    io.add_argument("--save-probs", action="store_true", help="also write probs/<name>.npy, float16 (K, H, W)")
+    io.add_argument("--save-probs", action="store_true", help="also write probs/<name>.npy (K, H, W)")
+    io.add_argument("--probs-dtype", choices=("float16", "float32"), default="float16",
+                    help="dtype of the saved probabilities (default: %(default)s; float32 = the official .npy)")  # fmt: skip
     io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L masks, no VOC palette")
     io.add_argument(
         "--overlays",
@@ -277,16 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="write colour overlays for N sample images into OUT/overlays/",
     )
-    io.add_argument("--overwrite", action="store_true", help="recompute images whose outputs already exist")
+    io.add_argument("--overwrite", action="store_true",
+                    help="recompute images whose outputs already exist, also when they were made with other settings")  # fmt: skip
     io.add_argument("--shard", type=parse_shard, help="i/N: process every N-th image from i (default: RANK/WORLD_SIZE)")
 
     en = ap.add_argument_group("engine")
     en.add_argument(
-        "--engine", default="torch", help=f"one of {available_engines()} or module:Factory (default: %(default)s)"
+        "--engine",
+        default="auto",
+        help=f"auto (from the model file: .safetensors → torch, .onnx → onnxruntime, TensorRT plan → tensorrt), "
+        f"one of {available_engines()}, or module:Factory (default: %(default)s)",
     )
     en.add_argument("--model", help="checkpoint (torch), .onnx (onnxruntime) or engine/ONNX file (tensorrt)")
     en.add_argument("--device", help="engine device, e.g. cpu, cuda (cuda → cuda:$LOCAL_RANK under torchrun)")
-    en.add_argument("--precision", choices=("fp32", "fp16"), help="engine precision (fp16 needs CUDA)")
+    en.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                    help="engine precision (fp16 needs CUDA; bf16 needs a bf16 CPU or GPU)")  # fmt: skip
     en.add_argument("--channels-last", action="store_true", help="torch engine: NHWC memory format")
     en.add_argument("--engine-opt", type=_engine_opt, action="append", default=[], metavar="KEY=VALUE",
                     help="extra engine option (value parsed as JSON when possible); repeatable")  # fmt: skip
@@ -340,13 +363,102 @@ def _engine_opts(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (FileNotFoundError, ValueError, EngineError) as e:
-        print(f"weakclip-generate: error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as e:  # bad inputs found while starting (labels, options)
+        raise UsageError(str(e)) from None
+    except EngineError as e:
+        raise RuntimeFailure(str(e)) from None
+
+
+# Settings that decide what a mask is; a resume into a folder made with other values is refused.
+def _settings(args: argparse.Namespace, engine_name: str) -> dict[str, Any]:
+    return {
+        "model_sha256": _file_sha256(args.model) if args.model else None,
+        "engine": engine_name,
+        "precision": args.precision or "engine default",
+        "scales": list(args.scales),
+        "flip": bool(args.flip),
+        "crop": args.crop,
+        "stride": args.stride,
+        "base_size": args.base_size,
+        "max_long": args.max_long,
+        "crf": args.crf,
+        "labels_sha256": _file_sha256(args.labels) if args.labels else None,
+        "palette": bool(args.palette),
+        "save_probs": bool(args.save_probs),
+        "probs_dtype": args.probs_dtype if args.save_probs else None,
+    }
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, plus its ``<file>.data`` external-weights sibling when there is one (large ONNX)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in (Path(path), Path(str(path) + ".data")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def _check_resume(out: Path, settings: dict[str, Any], finished: int, overwrite: bool) -> None:
+    """Refuse to add masks to a folder whose finished masks were made with other settings (one line per rule)."""
+    if overwrite or finished == 0:
+        return
+    cfg_path = out / "generate_config.json"
+    if not cfg_path.is_file():
+        raise UsageError(
+            f"{out}: holds {finished} of this run's mask files but no generate_config.json (not made by weakclip "
+            "generate, or by an older version); choose another --out, or --overwrite to redo them"
+        )
+    try:
+        recorded = json.loads(cfg_path.read_text()).get("settings")
+    except ValueError as e:
+        raise UsageError(f"{cfg_path}: unreadable ({e}); choose another --out, or --overwrite to redo it") from None
+    if recorded is None:
+        raise UsageError(f"{cfg_path}: records no settings (older version); use --overwrite to redo these masks")
+    diff = [f"{k} {recorded.get(k)!r} → {v!r}" for k, v in settings.items() if recorded.get(k) != v]
+    if diff:
+        raise UsageError(
+            f"{out}: {finished} masks there were made with other settings ({'; '.join(diff)}); resuming would mix "
+            "them: choose another --out, or --overwrite to redo them all"
+        )
+
+
+def _check_out_location(out: Path, args: argparse.Namespace, items: Sequence[Item], outputs: Outputs) -> None:
+    """No output location may equal or contain an input, and no output file may be an input file."""
+    o = out.resolve()
+    folders = {it.path.parent.resolve() for it in items}
+    if Path(args.images).is_dir():
+        folders.add(Path(args.images).resolve())
+    for folder in sorted(folders):
+        if folder == o or folder.is_relative_to(o):
+            where = "is" if folder == o else "contains"
+            raise UsageError(
+                f"--out {out} {where} the input image folder {folder}: masks would be written among (or over) the "
+                "images; choose an output folder outside the inputs"
+            )
+    for flag in ("model", "labels"):
+        given = getattr(args, flag)
+        if given and Path(given).resolve() in {p.resolve() for p in outputs.all_paths([])}:
+            raise UsageError(f"--out {out} would overwrite the --{flag} file {given}; choose another output folder")
+
+
+def _check_crf_available(crf: str) -> None:
+    if crf == "none":
+        return
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError as e:
+        raise UsageError(
+            f"--crf {crf} needs pydensecrf (pip install pydensecrf2, or the [train] extra): {e}"
+        ) from None
 
 
 def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
@@ -361,9 +473,25 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
             raise ValueError(f"--{opt} must be >= 1")
     out = Path(args.out)
     all_items = list_inputs(args.images, args.image_root, args.ext)
+    odd = unsupported_files(args.images)
+    if odd:
+        listing = ", ".join(f"{n} × {suffix}" for suffix, n in sorted(odd.items()))
+        print(f"{args.images}: {sum(odd.values())} file(s) are not images and are not read ({listing})")
     shard_i, shard_n = resolve_shard(args.shard)
     items = shard_items(all_items, shard_i, shard_n)
-    outputs = Outputs(out, args.save_probs)
+    outputs = Outputs(out, args.save_probs, args.probs_dtype)
+    _check_out_location(out, args, all_items, outputs)
+    _check_crf_available(args.crf)
+    engine_name = args.engine
+    if engine is not None:
+        engine_name = engine.name or type(engine).__name__
+    elif engine_name == "auto":
+        if not args.model:
+            raise UsageError("--engine auto needs --model (a .safetensors checkpoint, an .onnx model or a TensorRT plan)")
+        engine_name = auto_engine(args.model)
+    finished = [it for it in items if outputs.finished(it.name)]
+    settings = _settings(args, engine_name)
+    _check_resume(out, settings, len(finished), args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     outputs.remove_stale_temporaries([it.name for it in items])
     todo = items if args.overwrite else [it for it in items if not outputs.finished(it.name)]
@@ -385,7 +513,7 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
     if todo:
         own_engine = engine is None
         if engine is None:
-            engine = get_engine(args.engine, args.model, **_engine_opts(args))
+            engine = get_engine(engine_name, args.model, **_engine_opts(args))
         try:
             if labels is not None:
                 for it in todo:
@@ -404,7 +532,8 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
                 max_batch=args.batch,
                 device=args.tta_device,
             )
-            _write_config(out, args, engine, opts)
+            _write_config(out, args, engine, opts, settings)
+            _startup_line(args, engine, opts, len(todo), skipped)
             done, failures = _generate(
                 args, engine, opts, todo, outputs, labels, overlay_names(all_items, args.overlays)
             )
@@ -423,13 +552,29 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
         f"{done / max(elapsed, 1e-9):.2f} images/s ({elapsed:.1f} s)"
     )
     if failures:
-        print(f"{len(failures)} image(s) failed; names and reasons in {fail_path}", file=sys.stderr)
-        return 1
+        raise RuntimeFailure(f"{len(failures)} image(s) failed; names and reasons in {fail_path}")
     return 0
 
 
-def _write_config(out: Path, args: argparse.Namespace, engine: Engine, opts: InferenceOptions) -> None:
+def _startup_line(args: argparse.Namespace, engine: Engine, opts: InferenceOptions, todo: int, skipped: int) -> None:
+    import torch
+
+    d = engine.describe()
+    views = f"{opts.num_views} view(s): scales {','.join(f'{r:g}' for r in opts.scales)}{' × flip' if opts.flip else ''}"
+    print(
+        f"weakclip generate: engine {d.get('engine', engine.name)}, model {args.model}, precision "
+        f"{d.get('precision', args.precision or 'default')}, {views}, crop {opts.crop}/stride {opts.stride}, "
+        f"crf {args.crf}, device {d.get('device', 'cpu')}, threads {torch.get_num_threads()}; "
+        f"{todo} image(s) to do, {skipped} already finished",
+        flush=True,
+    )
+
+
+def _write_config(
+    out: Path, args: argparse.Namespace, engine: Engine, opts: InferenceOptions, settings: dict[str, Any]
+) -> None:
     cfg = {
+        "settings": settings,
         "args": {k: v for k, v in vars(args).items() if k not in ("shard",)},
         "engine": engine.describe(),
         "inference": opts.to_dict(),

@@ -91,11 +91,13 @@ def crf_postprocess(
     params: CRFParams = VOC_POSTPROC_CRF,
     classes: np.ndarray | list[int] | None = None,
     min_prob: float = 1e-4,
+    renormalise: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Post-processing CRF with the unary over the predicted classes only, mapped back to K-class indexing.
 
     image: (H, W, 3) uint8 RGB.  probs: (K, H, W).  ``classes``: the classes to keep (default: those that win
-    the argmax somewhere); their probabilities are renormalised before the CRF.
+    the argmax somewhere); with ``renormalise`` their probabilities are renormalised before the CRF (the official
+    ``make_crf`` does not renormalise and clips at 1e-5: ``min_prob=1e-5, renormalise=False``).
     Returns (labels (H, W) int64 in 0..K-1, refined probs (K, H, W) float32 with zeros for the dropped classes).
     """
     probs = np.asarray(probs, dtype=np.float32)
@@ -108,7 +110,8 @@ def crf_postprocess(
         out[keep[0]] = 1.0
         return np.full(probs.shape[1:], keep[0], dtype=np.int64), out
     sub = probs[keep]
-    sub = sub / np.maximum(sub.sum(0, keepdims=True), 1e-12)
+    if renormalise:
+        sub = sub / np.maximum(sub.sum(0, keepdims=True), 1e-12)
     q = dense_crf(image, sub, min_prob=min_prob, **params.as_kwargs())
     out[keep] = q
     return keep[q.argmax(0)].astype(np.int64), out

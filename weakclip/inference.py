@@ -4,29 +4,32 @@ Semantics follow the official pipeline (mmseg 0.19 ``MultiScaleFlipAug`` + ``Res
 ``slide_inference`` + ``aug_test``):
 
 * **Views.**  For every ratio r in ``scales`` the *original* image is rescaled with keep-ratio to fit the box
-  (``int(max_long·r)``, ``int(base_size·r)``), i.e. factor s = min(int(max_long·r)/long, int(base_size·r)/short) and
-  size ``int(H·s + 0.5) × int(W·s + 0.5)`` (mmcv ``rescale_size``).  Resizing is bilinear with half-pixel centres
-  (``align_corners=False``, no antialias, like cv2 ``INTER_LINEAR``) and rounded to 0..255 as mmcv's uint8 output.
-  Every view is run unflipped and, with ``flip``, horizontally flipped: 6 scales × 2 = the paper's 12 views.
+  (``int(max_long·r)``, ``int(base_size·r)``), i.e. factor f = min(int(max_long·r)/long, int(base_size·r)/short) and
+  size ``int(H·f + 0.5) × int(W·f + 0.5)`` (mmcv ``rescale_size``), resized with OpenCV itself
+  (``cv2.resize(..., INTER_LINEAR)`` on the uint8 image, as mmcv ``imresize``).  Every view is run unflipped and,
+  with ``flip``, horizontally flipped (``np.flip`` after the resize): 6 scales × 2 = the paper's 12 views.
+  Normalisation is mmcv's ``(x − mean) · (1/std)`` in float32.
 * **Sliding windows** (per view, crop c, stride s): ``h_grids = max(h - c + s - 1, 0) // s + 1`` (same for w); window
   starts ``y1 = i·s``, ends clamped to the view, starts pulled back to ``max(y2 - c, 0)``.  A side shorter than the
   crop is run whole at its own size (no padding to the crop).
-* **Padding to the patch size (our choice).**  mmseg runs such windows at any size; the ViT here needs multiples of 16
-  (``size_divisor``).  So each window is zero-padded at the bottom/right *after normalisation* to the next multiple
-  of 16, the engine's logits (any resolution) are resized bilinearly (``align_corners=False``) to the *padded* size,
-  and the padded rows/columns are cropped away.  This is the mmseg rule "resize the logits to the input window"
-  applied to the padded input.  Windows never exceed the crop, so the engine sees at most ``crop × crop``.
+* **Windows are never padded.**  The official network runs a window of any size: its patch convolution (kernel =
+  stride = 16, no padding) ignores the last ``h mod 16`` rows and ``w mod 16`` columns.  So the engine gets the
+  window cropped to the floor multiple of ``size_divisor`` (exactly the pixels the official network uses), and the
+  engine's logits (any resolution) are resized bilinearly (``align_corners=False``) to the **full** window, as
+  mmseg ``encode_decode`` does.  Windows never exceed the crop, so the engine sees at most ``crop × crop``.
 * **Merge.**  Window logits are summed into the view and divided by the count matrix; the view logits are resized
   bilinearly to the original H×W, softmaxed over K, un-flipped; the probability maps of all views are averaged;
   argmax gives the mask.
 * **Image-level label masking** (the paper's rule, on when labels are given): argmax over *all* K classes, then pixels
   whose argmax is a foreground class absent from the image's labels become 255 ("unknown").  Probabilities are
   returned unmasked.
-* **Dense CRF** (optional, full resolution, lazy import of :mod:`weakclip.crf`): the unary is over the classes that
-  win the argmax somewhere; the label rule above is then applied to the CRF's labels.
+* **Dense CRF** (optional, full resolution, lazy import of :mod:`weakclip.crf`), as the official ``tools/make_crf.py``:
+  keys = the classes that win the argmax somewhere, unary ``-log(clip(P[keys], 1e-5, 1))`` on the averaged
+  probabilities without renormalisation, mask = ``keys[argmax Q]``; the label rule above is then applied to it.
 
 The engine is any callable ``run(windows (B, 3, h, w) float32 normalised) -> logits (B, K, h', w')``.  The fast path
-(:func:`predict_probs`) batches the windows of several images and views by padded size, ``max_batch`` per call; the
+(:func:`predict_probs`) batches the windows of several images and views by engine input size, ``max_batch`` per
+call; the
 reference path (:func:`reference_predict_probs`) is the plain per-view, per-window loop and is the test oracle.
 """
 
@@ -38,6 +41,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,7 +66,7 @@ class InferenceOptions:
     scales: tuple[float, ...] = OFFICIAL_SCALES  # view ratios r
     flip: bool = True  # also run every view horizontally flipped
     max_batch: int = 16  # windows per engine call
-    size_divisor: int = 16  # engine input H, W must be multiples of this (ViT patch); windows are padded up to it
+    size_divisor: int = 16  # engine input H, W must be multiples of this (ViT patch); windows are floored to it
     mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB 0-255 normalisation mean
     std: tuple[float, float, float] = IMAGENET_STD  # RGB 0-255 normalisation std
     device: str = "cpu"  # where views, windows and accumulators live (the engine gets windows on this device)
@@ -138,40 +142,44 @@ def window_grid(h: int, w: int, crop: int, stride: int) -> list[Window]:
     return out
 
 
-def padded_size(h: int, w: int, divisor: int) -> tuple[int, int]:
-    return math.ceil(h / divisor) * divisor, math.ceil(w / divisor) * divisor
+def engine_size(h: int, w: int, divisor: int) -> tuple[int, int]:
+    """Engine input size of an h×w window: each side floored to a multiple of ``divisor`` (the pixels a patch
+    convolution with kernel = stride = divisor and no padding reads)."""
+    fh, fw = h // divisor * divisor, w // divisor * divisor
+    if fh == 0 or fw == 0:
+        raise ValueError(f"window {h}×{w} is smaller than the patch size {divisor}")
+    return fh, fw
 
 
-def _to_tensor(image: np.ndarray | torch.Tensor, device: str) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB → (1, 3, H, W) float32 0-255."""
-    t = torch.from_numpy(np.require(image, requirements=["C", "W"])) if isinstance(image, np.ndarray) else image
-    if t.ndim != 3 or t.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {tuple(t.shape)}")
-    return t.to(device).permute(2, 0, 1)[None].float()
+def _as_uint8_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(H, W, 3) uint8 RGB as a NumPy array (decoded images; tensors are moved to the CPU)."""
+    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {tuple(a.shape)}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image (decoded 0-255), got dtype {a.dtype}")
+    return a
 
 
-def make_view(image: torch.Tensor, size: tuple[int, int], flip: bool, opts: InferenceOptions) -> torch.Tensor:
-    """(1, 3, H, W) float 0-255 → normalised (3, h, w) view: resize (mmcv bilinear, uint8 rounding), flip, normalise."""
-    if tuple(image.shape[-2:]) != tuple(size):
-        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
-    mean = torch.tensor(opts.mean, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor(opts.std, device=image.device).view(1, 3, 1, 1)
-    x = (image - mean) / std
+def make_view(image: np.ndarray, size: tuple[int, int], flip: bool, opts: InferenceOptions) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB → normalised (3, h, w) float32 view on ``opts.device``: ``cv2.resize`` INTER_LINEAR on
+    uint8 (mmcv ``imresize``), horizontal flip, then mmcv's normalisation ``(x − mean) · (1/std)``."""
+    if tuple(image.shape[:2]) != tuple(size):
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     if flip:
-        x = x.flip(-1)
-    return x[0]
+        image = image[:, ::-1]
+    t = torch.from_numpy(np.ascontiguousarray(image)).to(opts.device).permute(2, 0, 1).float()
+    mean = torch.tensor(opts.mean, dtype=torch.float32, device=t.device).view(3, 1, 1)
+    stdinv = torch.tensor(1.0 / np.asarray(opts.std, np.float64), dtype=torch.float32, device=t.device).view(3, 1, 1)
+    return (t - mean) * stdinv
 
 
-def _pad_window(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Zero-pad (3, h, w) at the bottom/right to ``size`` (the value 0 is in normalised units)."""
-    return F.pad(x, (0, size[1] - x.shape[-1], 0, size[0] - x.shape[-2]))
-
-
-def _window_logits(logits: torch.Tensor, padded: tuple[int, int], h: int, w: int) -> torch.Tensor:
-    """Engine logits (B, K, h', w') → (B, K, h, w): resize to the padded window, drop the padding."""
-    if tuple(logits.shape[-2:]) != tuple(padded):
-        logits = F.interpolate(logits.float(), size=padded, mode="bilinear", align_corners=False)
-    return logits[..., :h, :w].float()
+def _resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Engine logits (B, K, h', w') → float32 (B, K, *size): bilinear, align_corners False (mmseg ``resize``)."""
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits
 
 
 def _finish_view(logit_sum: torch.Tensor, count: torch.Tensor, image_hw: tuple[int, int], flip: bool) -> torch.Tensor:
@@ -195,8 +203,8 @@ def _check_logits(logits: torch.Tensor, batch: int) -> None:
 
 def reference_predict_probs(run: EngineFn, image: np.ndarray, opts: InferenceOptions) -> torch.Tensor:
     """The per-view, per-window loop of mmseg ``aug_test``/``slide_inference``: (K, H, W) float32 probabilities."""
-    img = _to_tensor(image, opts.device)
-    H, W = img.shape[-2:]
+    img = _as_uint8_image(image)
+    H, W = img.shape[:2]
     total = None
     for ratio in opts.scales:
         vh, vw = view_size((H, W), ratio, opts.base_size, opts.max_long)
@@ -204,10 +212,10 @@ def reference_predict_probs(run: EngineFn, image: np.ndarray, opts: InferenceOpt
             x = make_view(img, (vh, vw), flip, opts)  # (3, h, w)
             preds, count = None, torch.zeros(1, vh, vw, device=x.device)
             for y1, y2, x1, x2 in window_grid(vh, vw, opts.crop, opts.stride):
-                ph, pw = padded_size(y2 - y1, x2 - x1, opts.size_divisor)
-                logits = run(_pad_window(x[:, y1:y2, x1:x2], (ph, pw))[None])  # (1, K, h', w')
+                fh, fw = engine_size(y2 - y1, x2 - x1, opts.size_divisor)
+                logits = run(x[None, :, y1 : y1 + fh, x1 : x1 + fw])  # (1, K, h', w')
                 _check_logits(logits, 1)
-                logits = _window_logits(logits.to(x.device), (ph, pw), y2 - y1, x2 - x1)[0]  # (K, y2-y1, x2-x1)
+                logits = _resize_logits(logits.to(x.device), (y2 - y1, x2 - x1))[0]  # (K, y2-y1, x2-x1)
                 if preds is None:
                     preds = x.new_zeros(logits.shape[0], vh, vw)
                 preds[:, y1:y2, x1:x2] += logits
@@ -218,7 +226,7 @@ def reference_predict_probs(run: EngineFn, image: np.ndarray, opts: InferenceOpt
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# fast path: windows of many images and views batched by padded size
+# fast path: windows of many images and views batched by engine input size
 
 
 @dataclass
@@ -234,44 +242,53 @@ class _View:
 def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOptions) -> list[torch.Tensor]:
     """Probabilities (K, H, W) float32 per image; identical (up to float summation order) to the reference loop.
 
-    All windows of all views of ``images`` are grouped by padded size and sent ``opts.max_batch`` at a time.  Memory
+    All windows of all views of ``images`` are grouped by engine input size (the window floored to multiples of
+    ``size_divisor``) and sent ``opts.max_batch`` at a time.  Memory
     grows with the number of images per call (every view's logit accumulator of size K×h×w is alive until its last
     window ran), so callers pass a handful of images at a time.
     """
     views: list[_View] = []
-    groups: dict[tuple[int, int], list[tuple[int, Window]]] = {}  # padded (h, w) → [(view index, window)]
+    groups: dict[tuple[int, int], list[tuple[int, Window]]] = {}  # engine (h, w) → [(view index, window)]
     shapes: list[tuple[int, int]] = []
     for i, image in enumerate(images):
-        img = _to_tensor(image, opts.device)
-        H, W = img.shape[-2:]
+        img = _as_uint8_image(image)
+        H, W = img.shape[:2]
         shapes.append((H, W))
         for ratio in opts.scales:
             vh, vw = view_size((H, W), ratio, opts.base_size, opts.max_long)
             grid = window_grid(vh, vw, opts.crop, opts.stride)
-            count = torch.zeros(1, vh, vw, device=img.device)
+            count = torch.zeros(1, vh, vw, device=opts.device)
             for y1, y2, x1, x2 in grid:
                 count[:, y1:y2, x1:x2] += 1
             for flip in (False, True) if opts.flip else (False,):
                 views.append(_View(i, flip, make_view(img, (vh, vw), flip, opts), count, len(grid)))
                 for win in grid:
-                    key = padded_size(win[1] - win[0], win[3] - win[2], opts.size_divisor)
+                    key = engine_size(win[1] - win[0], win[3] - win[2], opts.size_divisor)
                     groups.setdefault(key, []).append((len(views) - 1, win))
 
     totals: list[torch.Tensor | None] = [None] * len(images)
     for key, jobs in groups.items():
         for start in range(0, len(jobs), opts.max_batch):
             chunk = jobs[start : start + opts.max_batch]
-            batch = torch.stack([_pad_window(views[v].x[:, y1:y2, x1:x2], key) for v, (y1, y2, x1, x2) in chunk])
-            logits = run(batch)  # (B, K, h', w')
-            _check_logits(logits, len(chunk))
-            logits = logits.to(opts.device)
-            if tuple(logits.shape[-2:]) != key:
-                logits = F.interpolate(logits.float(), size=key, mode="bilinear", align_corners=False)
+            fh, fw = key
+            batch = torch.stack([views[v].x[:, y1 : y1 + fh, x1 : x1 + fw] for v, (y1, _, x1, _) in chunk])
+            raw = run(batch)  # (B, K, h', w')
+            _check_logits(raw, len(chunk))
+            raw = raw.to(opts.device)
+            # Each window's logits are resized to its full (unfloored) size; windows of one batch share the floored
+            # size but not always the full one, so resize once per distinct full size.
+            full_sizes = [(y2 - y1, x2 - x1) for _, (y1, y2, x1, x2) in chunk]
+            resized: list[torch.Tensor | None] = [None] * len(chunk)
+            for size in dict.fromkeys(full_sizes):
+                idx = [j for j, s in enumerate(full_sizes) if s == size]
+                out = _resize_logits(raw[idx], size)
+                for n, j in enumerate(idx):
+                    resized[j] = out[n]
             for j, (v, (y1, y2, x1, x2)) in enumerate(chunk):
                 view = views[v]
                 if view.logit_sum is None:
-                    view.logit_sum = view.x.new_zeros(logits.shape[1], *view.x.shape[-2:])
-                view.logit_sum[:, y1:y2, x1:x2] += logits[j, :, : y2 - y1, : x2 - x1].float()
+                    view.logit_sum = view.x.new_zeros(raw.shape[1], *view.x.shape[-2:])
+                view.logit_sum[:, y1:y2, x1:x2] += resized[j]
                 view.pending -= 1
                 if view.pending == 0:
                     probs = _finish_view(view.logit_sum, view.count, shapes[view.image], view.flip)
@@ -310,15 +327,15 @@ def mask_unlabelled(mask: np.ndarray, labels: Collection[int] | None, num_classe
 
 
 def apply_crf(image: np.ndarray, probs: np.ndarray, preset: str) -> np.ndarray:
-    """Dense CRF at full resolution (preset ``voc`` or ``coco`` of SPEC §5) with the unary over the classes that win
-    the argmax somewhere; returns (H, W) int64 class indices.  Lazy import: pydensecrf is optional."""
+    """Dense CRF at full resolution (preset ``voc`` or ``coco`` of SPEC §5) as the official ``make_crf``: unary over
+    the classes that win the argmax somewhere, their probabilities clipped at 1e-5 and not renormalised; returns
+    (H, W) int64 class indices.  Lazy import: pydensecrf is optional."""
     from .crf import CRF_PRESETS, crf_postprocess
 
     if preset not in ("voc", "coco"):
         raise ValueError(f"unknown CRF preset {preset!r}; choose voc, coco or none")
-    # pydensecrf needs writable buffers; decoded images (np.asarray of a PIL image) are read-only.
-    image = np.require(image, dtype=np.uint8, requirements=["C", "W"])
-    labels, _ = crf_postprocess(image, probs, CRF_PRESETS[preset])
+    image = np.require(image, dtype=np.uint8, requirements=["C", "W"])  # pydensecrf needs a writable buffer
+    labels, _ = crf_postprocess(image, probs, CRF_PRESETS[preset], min_prob=1e-5, renormalise=False)
     return labels
 
 

@@ -1,4 +1,9 @@
-"""Small file helpers shared by data, generation and evaluation: palette PNGs and atomic writes."""
+"""Small file helpers shared by data, generation and evaluation: image decoding, palette PNGs and atomic writes.
+
+Images are decoded exactly as the official mmcv pipeline does (``LoadImageFromFile``: ``cv2.imdecode`` with
+``IMREAD_COLOR``): EXIF orientation applied, grey and 16-bit images converted by OpenCV (16 → 8 bit keeps the high
+byte), alpha dropped, then BGR → RGB.  Written files follow the process umask like any ``open()``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,27 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# Suffixes OpenCV decodes that image folders may hold (everything else in a folder is reported, not read).
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm", ".pnm")
+
+
+def _read_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # elsewhere: the classic set-and-restore (done once, at import)
+    os.umask(old)
+    return old
+
+
+def _file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file now: 0o666 minus the umask."""
+    return 0o666 & ~_read_umask()
 
 
 def voc_palette(n: int = 256) -> list[int]:
@@ -40,6 +66,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())  # mkstemp creates 0600; the result follows the umask like open() would
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -72,14 +99,23 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB; corrupt, truncated or empty files raise ValueError naming the file."""
+    """Decode an image as (H, W, 3) uint8 RGB exactly like the official pipeline (``cv2.imdecode``, ``IMREAD_COLOR``:
+    EXIF orientation applied, 16-bit and grey converted by OpenCV); unreadable files raise ValueError naming the file.
+    """
+    import cv2
+
     try:
         if os.path.getsize(path) == 0:
             raise ValueError("file is empty (0 bytes)")
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
+        data = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot decode image ({e})") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read image ({e})") from None
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
+        # libjpeg decodes a cut-off JPEG with a warning and grey rows: refuse it rather than make a mask of it.
+        raise ValueError(f"{path}: cannot decode image (truncated JPEG: no end-of-image marker)")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: cannot decode image (not an image OpenCV reads, or corrupt/truncated)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
