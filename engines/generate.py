@@ -38,7 +38,15 @@ from PIL import Image
 if __package__ in (None, ""):  # `python engines/generate.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from weakclip.engines.base import Engine, EngineError, auto_engine, available_engines, get_engine
+from weakclip.engines.base import (
+    Engine,
+    EngineError,
+    auto_engine,
+    available_engines,
+    check_engine_options,
+    check_model_file,
+    get_engine,
+)
 from weakclip.errors import RuntimeFailure, UsageError, cli
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
 from weakclip.io import IMAGE_EXTS, atomic_path, read_image, save_mask_png, voc_palette
@@ -489,6 +497,9 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
         if not args.model:
             raise UsageError("--engine auto needs --model (a .safetensors checkpoint, an .onnx model or a TensorRT plan)")
         engine_name = auto_engine(args.model)
+    if engine is None:  # the wrong kind of model file or an unknown option: refused before anything is written
+        check_model_file(engine_name, args.model)
+        check_engine_options(engine_name, _engine_opts(args))
     finished = [it for it in items if outputs.finished(it.name)]
     settings = _settings(args, engine_name)
     _check_resume(out, settings, len(finished), args.overwrite)

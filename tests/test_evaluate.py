@@ -87,7 +87,8 @@ def test_cli_json_plot_and_class_names(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path, capsys):
     _write_pair(tmp_path, "a", PRED, GT)
     (tmp_path / "list.txt").write_text("a\nb\n")
-    rc = main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--list", str(tmp_path / "list.txt")])
+    rc = main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--list", str(tmp_path / "list.txt"),
+               "--num-classes", "4"])  # fmt: skip
     assert rc == 2
     assert str(tmp_path / "pred" / "b.png") in capsys.readouterr().err
     save_mask_png(tmp_path / "pred" / "c.png", PRED)  # prediction without GT
@@ -99,3 +100,29 @@ def test_size_mismatch_is_a_clear_error(tmp_path):
     _write_pair(tmp_path, "a", PRED, np.zeros((3, 3), np.uint8))
     with pytest.raises(ValueError, match=r"pred/a\.png: size 3×2 != ground truth"):
         evaluate_dirs(tmp_path / "pred", tmp_path / "gt", 4)
+
+
+def test_class_list_comes_from_the_data_or_a_flag_never_a_silent_default(tmp_path, capsys):
+    _write_pair(tmp_path, "a", PRED, GT)
+    argv = ["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot tell the class list" in err and len(err.strip().splitlines()) == 1
+    # the predictions' generate_config.json names the model's classes
+    names = ["background", "cat", "dog", "dining table"]
+    (tmp_path / "pred" / "generate_config.json").write_text(json.dumps({"engine": {"class_names": names}}))
+    out = tmp_path / "m.json"
+    assert main([*argv, "--json", str(out)]) == 0
+    assert [c["name"] for c in json.loads(out.read_text())["per_class"]] == names
+    assert "4 classes from" in capsys.readouterr().out
+
+
+def test_ground_truth_without_prediction_is_reported(tmp_path, capsys):
+    _write_pair(tmp_path, "a", PRED, GT)
+    for n in ("b", "c"):
+        save_mask_png(tmp_path / "gt" / f"{n}.png", GT)
+    out = tmp_path / "m.json"
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "4",
+                 "--json", str(out)]) == 0  # fmt: skip
+    assert "2 of 3 ground-truth images have no prediction" in capsys.readouterr().out
+    assert json.loads(out.read_text())["gt_without_prediction"] == 2

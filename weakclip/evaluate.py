@@ -29,8 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from .classes import VOC_CLASSES
+from .classes import COCO_CLASSES, COCO_OFFICIAL91_CLASSES, VOC_CLASSES
+from .errors import UsageError, cli
 from .io import atomic_path, read_mask
+
+# --classes NAME
+NAMED_CLASS_LISTS: dict[str, tuple[str, ...]] = {
+    "voc": VOC_CLASSES,
+    "coco91": COCO_OFFICIAL91_CLASSES,
+    "coco81": COCO_CLASSES,
+}
 
 
 @dataclass
@@ -214,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pred", required=True, help="folder of predicted masks <name>.png")
     ap.add_argument("--gt", required=True, help="folder of ground-truth masks <name>.png (255 = ignore)")
     k = ap.add_mutually_exclusive_group()
-    k.add_argument("--num-classes", type=int, help="K (default: 21, VOC)")
+    k.add_argument("--num-classes", type=int, help="K (21 = the VOC names)")
     k.add_argument("--class-names", help="text file, one class name per line (index 0 = background)")
+    k.add_argument("--classes", choices=sorted(NAMED_CLASS_LISTS), help="a built-in class list")
     ap.add_argument("--list", help="names to evaluate, one per line (default: every .png in --pred)")
     ap.add_argument("--ignore-index", type=int, default=255)
     ap.add_argument("--json", help="write the metrics as JSON here")
@@ -223,26 +232,56 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def resolve_class_names(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The class list and where it came from: a flag, else the predictions' ``generate_config.json`` (the model's
+    classes), else ``class_names.txt`` beside or above the ground truth; never a silent VOC default."""
+    if args.class_names:
+        return read_names_lines(args.class_names), args.class_names
+    if args.classes:
+        return list(NAMED_CLASS_LISTS[args.classes]), f"--classes {args.classes}"
+    if args.num_classes:
+        if args.num_classes == len(VOC_CLASSES):
+            return list(VOC_CLASSES), "--num-classes 21 (VOC)"
+        return [str(i) for i in range(args.num_classes)], f"--num-classes {args.num_classes}"
+    cfg = Path(args.pred) / "generate_config.json"
+    if cfg.is_file():
+        try:
+            names = json.loads(cfg.read_text())["engine"]["class_names"]
+            return list(names), str(cfg)
+        except (ValueError, KeyError, TypeError):
+            pass
+    gt = Path(args.gt)
+    for cand in (gt / "class_names.txt", gt.parent / "class_names.txt"):
+        if cand.is_file():
+            return read_names_lines(cand), str(cand)
+    raise UsageError(
+        f"{args.pred}: cannot tell the class list (no generate_config.json with the model's classes, no "
+        f"class_names.txt beside {args.gt}); pass --classes voc|coco91|coco81, --class-names FILE or --num-classes K"
+    )
+
+
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.class_names:
-            class_names = read_names_lines(args.class_names)
-        elif args.num_classes:
-            class_names = list(VOC_CLASSES) if args.num_classes == len(VOC_CLASSES) else [
-                str(i) for i in range(args.num_classes)]  # fmt: skip
-        else:
-            class_names = list(VOC_CLASSES)
+        class_names, source = resolve_class_names(args)
         names = read_names(args.list) if args.list else None
         metrics, n = evaluate_dirs(args.pred, args.gt, len(class_names), names, args.ignore_index)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
+    gt_names = {p.stem for p in Path(args.gt).glob("*.png") if not p.name.startswith(".")}
+    pred_names = set(names) if names is not None else {
+        p.stem for p in Path(args.pred).glob("*.png") if not p.name.startswith(".")}  # fmt: skip
+    unscored = len(gt_names - pred_names)
     print(format_table(metrics, class_names))
-    print(f"{n} images")
+    print(f"{n} images scored; {len(class_names)} classes from {source}")
+    if unscored:
+        print(f"note: {unscored} of {len(gt_names)} ground-truth images have no prediction and are not scored")
     if args.json:
         with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps({**metrics.to_dict(class_names), "num_images": n}, indent=2) + "\n")
+            report = {**metrics.to_dict(class_names), "num_images": n, "gt_without_prediction": unscored,
+                      "class_names_from": source}  # fmt: skip
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
         plot_iou(metrics, class_names, args.plot)
     return 0
