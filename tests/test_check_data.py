@@ -1,0 +1,64 @@
+"""weakclip check-data on the synthetic VOC-layout set: clean → exit 0; each kind of broken dataset → a problem line
+naming the file, exit 1; no root → one usage line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from weakclip.check_data import main
+from weakclip.data.synthetic import make_synthetic_dataset
+from weakclip.io import save_mask_png
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    root = tmp_path_factory.mktemp("check") / "syn"
+    make_synthetic_dataset(root, 8, 0, num_fg=5, size=(64, 64), val_images=2)
+    return root
+
+
+@pytest.fixture
+def root(clean, tmp_path):
+    dst = tmp_path / "syn"
+    shutil.copytree(clean, dst)
+    return dst
+
+
+def test_clean_dataset_passes(root, capsys):
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "images: 10 in" in out and "list train.txt: 8 names" in out and "labels: 10 images" in out
+    assert "class values found in masks: 0..5" in out and "OK:" in out
+
+
+def test_broken_dataset_is_reported(root, capsys):
+    (root / "JPEGImages" / "train_000001.jpg").unlink()  # listed image missing
+    (root / "SeedMasks" / "train_000002.png").unlink()  # seed missing
+    save_mask_png(root / "SegmentationClass" / "train_000003.png", np.full((64, 64), 9, np.uint8))  # class ≥ K
+    save_mask_png(root / "SeedMasks" / "train_000004.png", np.zeros((10, 12), np.uint8))  # wrong size
+    (root / "JPEGImages" / "train_000005.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")  # corrupt
+    labels = json.loads((root / "cls_labels.json").read_text())
+    del labels["train_000006"]
+    (root / "cls_labels.json").write_text(json.dumps(labels))
+    (root / "JPEGImages" / "notes.txt").write_text("x")
+    assert main([str(root)]) == 1
+    out = capsys.readouterr().out
+    problems = [ln for ln in out.splitlines() if ln.startswith("problem:")]
+    text = "\n".join(problems)
+    assert "train.txt: 1 name(s) have no .jpg" in text and "train_000001" in text
+    assert "no seed for 1 listed image(s)" in text and "train_000002" in text
+    assert "train_000003.png: class values [9] ≥ K = 6" in text
+    assert "train_000004.png: size 12×10 != image 64×64" in text
+    assert "train_000005.jpg: cannot decode image" in text
+    assert "no image-level label for 1 listed image(s): train_000006" in text
+    assert "1 file(s) there are not images (1 .txt)" in out
+
+
+def test_missing_root_is_a_usage_error(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no such dataset folder" in err and "\n" not in err
