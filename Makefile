@@ -35,7 +35,7 @@ cuda:
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2
 
 gpu-check:  # no set-up: a GPU machine brings its own torch
-	bash benchmarks/gpu_check.sh
+	bash benchmarks/gpu_check.sh --out $(or $(OUT),runs/gpu_check)
 
 bench-cpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_cpu_engines.py --rounds 2

@@ -4,10 +4,10 @@ Default problem: the VOC deployment shape — E = 512, W = 256, 4 heads, 3 chain
 token grid (N = 1 + h·w = 1025, a 512 crop) — for B in {1, 8}, fp32 and fp16.  Also times the attention kernel alone
 against ``torch.nn.functional.scaled_dot_product_attention`` on the image self-attention shape (B, N, 4, 64).
 
-Warm-up, CUDA-event timing, medians; prints the device; writes JSON + a markdown table to ``benchmarks/results/``.
-Run on a GPU machine (``benchmarks/gpu_check.sh`` does build + tests + this)::
+Warm-up, CUDA-event timing, medians; prints the device; writes JSON + a markdown table to ``--out`` (required).
+Run on a GPU machine (``benchmarks/gpu_check.sh --out DIR`` does build + tests + this)::
 
-    python -m benchmarks.bench_cuda_coattn [--batch 1 8] [--dtype fp32 fp16] [--iters 50] [--out benchmarks/results]
+    python -m weakclip.benchmarks.bench_cuda_coattn --out DIR [--batch 1 8] [--dtype fp32 fp16] [--iters 50]
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--lib", default=None, help="path to libweakclip_coattn.so (default: $WEAKCLIP_CUDA_LIB or build/)")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--out", required=True, help="folder for cuda_coattn_<gpu>.json / .md (created)")
     args = p.parse_args(argv)
 
     if not torch.cuda.is_available():

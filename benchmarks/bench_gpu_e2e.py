@@ -1,0 +1,767 @@
+"""End-to-end GPU benchmark of WeakCLIP pseudo-mask inference: ViT-B/16 (``weakclip.build_model('vit_b16_voc')``, random
+weights, real architecture) at 512² windows, every row measured in the same process on the same GPU.
+
+Rows (the official-style row is the anchor every speed-up is relative to):
+
+1. ``official-fp32``   official-style PyTorch: fp32 eager, one window per forward, the text tower (prompt learner +
+                       text transformer) recomputed for every window, as the official mmseg code does
+2. ``engine-fp32``     our torch engine (``weakclip.engines.torch_engine``): T precomputed once, windows batched
+3. ``engine-fp16``     the same under fp16 autocast;  ``engine-bf16``: bf16 autocast
+4. ``fused-fp16``      (3) with the fused CUDA co-attention kernels (``engines/cuda_ops.py``, fp16) in place of the
+                       PyTorch co-attention;  ``fused-bf16``: bf16 autocast, co-attention fused in fp16 (the kernels
+                       have no bf16 path)
+5. ``compile-fp16``    ``torch.compile`` of (3) (compile time reported, not counted)
+6. ``ort-cuda-fp32``   ONNX Runtime, CUDA execution provider, the exported fp32 graph;  ``trt-fp16``: TensorRT fp16.
+                       These take CPU windows and return CPU logits (host↔device copies included).  When the
+                       package is missing the row says "not installed" (never a number it did not measure).
+
+Per row: windows/s (median of ``--repeats`` timed repeats of ``--iters`` calls each, after ``--warmup`` calls;
+CUDA-synchronised), speed-up vs the anchor, images/s at the official 12-view protocol on a 500×375 image (52
+windows: ``weakclip.inference.view_size`` / ``window_grid``; every window counted as a full 512² window, so this is
+conservative: the 0.5× and 0.75× views are smaller) and at single scale (2 windows), the projected model time for VOC
+train_aug (10,582 images), GFLOP/s at 325.5 GFLOP per 512² window (T precomputed; also counted with
+``torch.utils.flop_counter`` and recorded) and the fraction of the GPU's dense fp16 tensor-core peak (table below; an
+unknown GPU says so), peak GPU memory (``torch.cuda.max_memory_allocated`` during the row, plus the process's NVML
+figure after the row when pynvml or nvidia-smi can give it, else "unavailable"), and argmax agreement + max
+|Δlogit| vs the fp32 reference (our engine, true fp32: TF32 off for matmuls and cuDNN).
+
+Goals printed at the end: fp16 batched ≥ 10× the official-style row (windows/s); best engine ≥ 35 % of dense fp16
+peak; VOC train_aug at 12 views ≤ 10 min of model time on one H100.
+
+``--cpu-smoke`` (automatic without a CUDA GPU): tiny preset at its crop, a few iterations, GPU rows skipped with their
+reason; checks the script end to end in CI.  Outputs (``gpu_e2e.json`` written after every row, ``gpu_e2e.md``,
+``gpu_e2e.png``) go to ``--out`` only; large temporaries (the ONNX export, TensorRT engines) go to a temporary folder
+that is removed at the end.
+
+    python -m benchmarks.bench_gpu_e2e --out results/            # on a GPU machine (benchmarks/gpu_check.sh runs it)
+    python -m benchmarks.bench_gpu_e2e --out /tmp/e2e --cpu-smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VOC_TRAIN_AUG = 10_582
+PROTOCOL_IMAGE_HW = (375, 500)  # a 500×375 VOC image
+GFLOP_VIT_B16_512 = 325.5  # per 512² window, T precomputed (FlopCounterMode count of vit_b16_voc: 325.54)
+# Dense (no sparsity) fp16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets; first matching name wins.
+DENSE_FP16_PEAK_TFLOPS: tuple[tuple[str, str, float], ...] = (
+    ("H200 NVL", "H200 NVL", 835.5),
+    ("H200", "H200 SXM", 989.4),
+    ("H100 NVL", "H100 NVL", 835.5),
+    ("H100 PCIe", "H100 PCIe", 756.5),
+    ("H100", "H100 SXM", 989.4),  # "NVIDIA H100 80GB HBM3"
+    ("A100", "A100 (SXM / PCIe)", 312.0),
+)
+GOAL_SPEEDUP = 10.0
+GOAL_PEAK_FRACTION = 0.35
+GOAL_VOC_MINUTES = 10.0
+ROWS = (
+    "official-fp32",
+    "engine-fp32",
+    "engine-fp16",
+    "engine-bf16",
+    "fused-fp16",
+    "fused-bf16",
+    "compile-fp16",
+    "ort-cuda-fp32",
+    "trt-fp16",
+)
+DESCRIPTIONS = {
+    "official-fp32": "official-style PyTorch fp32 eager, 1 window/forward, text tower per window",
+    "engine-fp32": "torch engine fp32, T precomputed, batched",
+    "engine-fp16": "torch engine fp16 autocast, batched",
+    "engine-bf16": "torch engine bf16 autocast, batched",
+    "fused-fp16": "fp16 autocast + fused CUDA co-attention (fp16)",
+    "fused-bf16": "bf16 autocast + fused CUDA co-attention (fp16; no bf16 kernel)",
+    "compile-fp16": "torch.compile, fp16 autocast, batched",
+    "ort-cuda-fp32": "ONNX Runtime CUDA EP, fp32 graph (CPU in/out)",
+    "trt-fp16": "TensorRT fp16 (CPU in/out)",
+}
+# Rough wall-time needs (s) of the expensive rows on an H100, for the --time-budget check.
+ROW_NEEDS_S = {"compile-fp16": 150.0, "export": 120.0, "ort-cuda-fp32": 45.0, "trt-fp16": 200.0}
+
+
+class RowSkipped(Exception):
+    """The row cannot run here; the message is the reason shown in its place."""
+
+
+def log(msg: str) -> None:
+    print(f"[gpu-e2e] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure helpers (tested on CPU)
+
+
+def protocol_windows(crop: int = 512) -> dict[str, int]:
+    """Windows per 500×375 image: the official 12 views (6 ratios × flip) and single scale, mmseg geometry."""
+    from weakclip.inference import InferenceOptions, view_size, window_grid
+
+    o = InferenceOptions.for_crop(crop)
+    per_ratio = {r: len(window_grid(*view_size(PROTOCOL_IMAGE_HW, r, o.base_size, o.max_long), o.crop, o.stride))
+                 for r in o.scales}  # fmt: skip
+    single = len(window_grid(*view_size(PROTOCOL_IMAGE_HW, 1.0, o.base_size, o.max_long), o.crop, o.stride))
+    return {"views_12": 2 * sum(per_ratio.values()), "single_scale": single, "crop": crop, "stride": o.stride}
+
+
+def dense_fp16_peak(device_name: str) -> tuple[str | None, float | None]:
+    """(table label, dense fp16 TFLOP/s) for a CUDA device name, or (None, None) when it is not in the table."""
+    for key, label, tflops in DENSE_FP16_PEAK_TFLOPS:
+        if key.lower() in device_name.lower():
+            return label, tflops
+    return None, None
+
+
+def derived(windows_per_s: float, protocol: dict[str, int], gflop: float, peak_tflops: float | None) -> dict:
+    """Per-row figures that follow from windows/s."""
+    gflops = windows_per_s * gflop
+    return {
+        "images_per_s_12_views": windows_per_s / protocol["views_12"],
+        "images_per_s_single_scale": windows_per_s / protocol["single_scale"],
+        "voc_train_aug_minutes_12_views": VOC_TRAIN_AUG * protocol["views_12"] / windows_per_s / 60.0,
+        "voc_train_aug_minutes_single_scale": VOC_TRAIN_AUG * protocol["single_scale"] / windows_per_s / 60.0,
+        "gflop_per_s": gflops,
+        "fraction_of_dense_fp16_peak": gflops / (peak_tflops * 1000.0) if peak_tflops else None,
+    }
+
+
+def evaluate_goals(rows: list[dict], device: str, peak: tuple[str | None, float | None], smoke: bool) -> list[dict]:
+    """The three goals: each {"goal", "value", "met": True/False/None, "note"}; None = not evaluable here."""
+    ok = {r["key"]: r for r in rows if r["status"] == "ok"}
+    anchor = ok.get("official-fp32")
+    goals: list[dict] = []
+
+    fp16 = ok.get("engine-fp16")
+    g1: dict[str, Any] = {"goal": f"fp16 batched >= {GOAL_SPEEDUP:g}x the official-style row (windows/s)"}
+    if anchor and fp16:
+        ratio = fp16["windows_per_s"] / anchor["windows_per_s"]
+        g1.update(value=f"{ratio:.2f}x", met=ratio >= GOAL_SPEEDUP, note="engine-fp16 / official-fp32")
+    else:
+        g1.update(value=None, met=None, note="needs both the official-fp32 and engine-fp16 rows")
+    goals.append(g1)
+
+    best = max(ok.values(), key=lambda r: r["windows_per_s"], default=None)
+    g2: dict[str, Any] = {"goal": f"best engine >= {GOAL_PEAK_FRACTION:.0%} of the GPU's dense fp16 peak"}
+    if best is None:
+        g2.update(value=None, met=None, note="no row measured")
+    elif peak[1] is None:
+        g2.update(value=None, met=None, note=f"no dense fp16 peak known for {device!r} (table: "
+                  f"{', '.join(lbl for _, lbl, _ in DENSE_FP16_PEAK_TFLOPS)})")  # fmt: skip
+    else:
+        frac = best["fraction_of_dense_fp16_peak"]
+        g2.update(value=f"{frac:.1%} ({best['key']})", met=frac >= GOAL_PEAK_FRACTION, note=f"peak {peak[0]}")
+    goals.append(g2)
+
+    g3: dict[str, Any] = {"goal": f"VOC train_aug (10,582 images) at 12 views <= {GOAL_VOC_MINUTES:g} min of model "
+                          "time on one H100"}  # fmt: skip
+    if best is None:
+        g3.update(value=None, met=None, note="no row measured")
+    else:
+        minutes = best["voc_train_aug_minutes_12_views"]
+        if "H100" in device and not smoke:
+            g3.update(value=f"{minutes:.1f} min ({best['key']})", met=minutes <= GOAL_VOC_MINUTES, note=device)
+        else:
+            g3.update(value=f"{minutes:.1f} min ({best['key']})", met=None,
+                      note=f"measured on {device!r}, not an H100: projection only")  # fmt: skip
+    goals.append(g3)
+    return goals
+
+
+def process_gpu_memory_mib() -> tuple[float | None, str]:
+    """(MiB, source) of this process's GPU memory as NVML reports it (CUDA context + allocator cache + memory that
+    ONNX Runtime / TensorRT allocate outside torch), or (None, why not)."""
+    pid = os.getpid()
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        try:
+            used, seen = 0, False
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                    if p.pid == pid and p.usedGpuMemory is not None:
+                        used, seen = used + p.usedGpuMemory, True
+            if seen:
+                return used / 2**20, "pynvml"
+            return None, "unavailable: NVML does not list this process (container PID namespace?)"
+        finally:
+            pynvml.nvmlShutdown()
+    except ImportError:
+        pass
+    except Exception as e:  # noqa: BLE001 - NVML errors: report, do not fail the benchmark
+        return None, f"unavailable: pynvml failed ({e})"
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None, "unavailable: neither pynvml nor nvidia-smi"
+    try:
+        out = subprocess.run([smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"unavailable: nvidia-smi failed ({e})"
+    mib = [float(b) for a, b in (ln.split(",")[:2] for ln in out.splitlines() if "," in ln) if a.strip() == str(pid)]
+    if mib:
+        return sum(mib), "nvidia-smi"
+    return None, "unavailable: nvidia-smi does not list this process (container PID namespace?)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurement
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int, iters: int) -> dict:
+    """Seconds per call: median (and spread) of ``repeats`` timed repeats of ``iters`` calls, after ``warmup`` calls
+    (the first call's time, e.g. a compile, is reported separately)."""
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        fn()
+    sync(device)
+    per = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync(device)
+        per.append((time.perf_counter() - t0) / iters)
+    return {"median_s": statistics.median(per), "min_s": min(per), "max_s": max(per), "first_call_s": first,
+            "repeats": repeats, "iters": iters, "warmup": max(warmup, 1)}  # fmt: skip
+
+
+@contextlib.contextmanager
+def memory_probe(device: torch.device, into: dict):
+    """Peak torch allocation during the block (absolute and above what was allocated before: the shared model)."""
+    gc.collect()
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    yield
+    if device.type == "cuda":
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        into["peak_allocated_mib"] = peak / 2**20
+        into["peak_allocated_above_model_mib"] = (peak - base) / 2**20
+        into["peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
+        into["process_gpu_mib"], into["process_gpu_source"] = process_gpu_memory_mib()
+    else:
+        from weakclip.benchmarks.common import peak_rss_mib
+
+        into["peak_rss_mib_process"] = peak_rss_mib()
+        into["process_gpu_source"] = "unavailable: no GPU"
+
+
+def agreement(logits: torch.Tensor, ref: torch.Tensor) -> dict:
+    logits, ref = logits.detach().float().cpu(), ref.detach().float().cpu()
+    return {
+        "argmax_agreement": (logits.argmax(1) == ref.argmax(1)).double().mean().item(),
+        "max_abs_logit_diff": (logits - ref).abs().max().item(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    device: torch.device
+    smoke: bool
+    model: Any
+    T: torch.Tensor
+    x: torch.Tensor  # (B, 3, S, S) on the device
+    ref: torch.Tensor  # fp32 reference logits of x (CPU)
+    deadline: float
+    tmp: Path
+    exported: dict[str, Path] = field(default_factory=dict)
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def need(self, seconds: float, what: str) -> None:
+        if self.left() < seconds:
+            raise RowSkipped(f"time budget: {max(self.left(), 0):.0f} s left of --time-budget "
+                             f"{self.args.time_budget:g} s, {what} needs about {seconds:.0f} s")  # fmt: skip
+
+    def gpu(self, what: str) -> None:
+        if self.device.type != "cuda":
+            raise RowSkipped(f"needs a CUDA GPU ({what}); CPU smoke mode")
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _measure(ctx: Ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int, row: dict,
+             iters: int | None = None) -> None:  # fmt: skip
+    a = ctx.args
+    with memory_probe(ctx.device, row):
+        t = time_calls(lambda: fn(x), ctx.device, warmup=a.warmup, repeats=a.repeats, iters=iters or a.iters)
+        out = fn(x) if batch == ctx.x.shape[0] else None  # the full reference batch: compare with the fp32 logits
+    row.update(batch=batch, timing=t, windows_per_s=batch / t["median_s"], ms_per_window=1e3 * t["median_s"] / batch)
+    if out is not None:
+        row.update(agreement(out, ctx.ref))
+
+
+def row_official(ctx: Ctx, row: dict) -> None:
+    model, n = ctx.model, ctx.args.official_windows
+
+    def one(x1: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x1).logits  # text_embeddings=None: prompt learner + text tower run for this window
+
+    _measure(ctx, one, ctx.x[:1], 1, row, iters=n)
+    with torch.inference_mode():
+        outs = torch.cat([one(ctx.x[i : i + 1]).float() for i in range(ctx.x.shape[0])])
+    row.update(agreement(outs, ctx.ref))
+
+
+def row_engine(ctx: Ctx, row: dict, precision: str) -> None:
+    from weakclip.engines.torch_engine import TorchEngine
+
+    if precision != "fp32":
+        ctx.gpu(f"{precision} autocast")
+    eng = TorchEngine(ctx.model, device=ctx.device, precision=precision)
+    _measure(ctx, eng, ctx.x, ctx.x.shape[0], row)
+
+
+def _autocast_runner(ctx: Ctx, model: Any, dtype: torch.dtype, no_grad: bool = False) -> Callable:
+    T = ctx.T
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        grad = torch.no_grad() if no_grad else torch.inference_mode()
+        with grad, _autocast(ctx.device, dtype):
+            return model(x, text_embeddings=T).logits.float()
+
+    return run
+
+
+def row_bf16(ctx: Ctx, row: dict) -> None:
+    ctx.gpu("bf16 autocast")
+    _measure(ctx, _autocast_runner(ctx, ctx.model, torch.bfloat16), ctx.x, ctx.x.shape[0], row)
+
+
+@contextlib.contextmanager
+def fused_coattention(ctx: Ctx):
+    """ctx.model with its co-attention replaced by the fused kernels (fp16) for the duration of the block."""
+    from weakclip.engines import cuda_ops
+
+    try:
+        ops = cuda_ops.load(ctx.args.cuda_lib)
+    except cuda_ops.CudaOpsUnavailable as e:
+        raise RowSkipped(f"fused kernels not available: {str(e).splitlines()[0]}") from None
+    original = ctx.model.coattention
+    ctx.model.coattention = cuda_ops.FusedCoAttention(original, torch.float16, ops=ops)
+    try:
+        yield ctx.model
+    finally:
+        ctx.model.coattention = original
+
+
+def row_fused(ctx: Ctx, row: dict, dtype: torch.dtype) -> None:
+    ctx.gpu("the fused CUDA co-attention kernels")
+    with fused_coattention(ctx) as model:
+        _measure(ctx, _autocast_runner(ctx, model, dtype), ctx.x, ctx.x.shape[0], row)
+
+
+def row_compile(ctx: Ctx, row: dict) -> None:
+    ctx.gpu("torch.compile of the fp16 engine")
+    ctx.need(ROW_NEEDS_S["compile-fp16"], "torch.compile")
+    torch._dynamo.reset()
+    compiled = torch.compile(ctx.model)
+    _measure(ctx, _autocast_runner(ctx, compiled, torch.float16, no_grad=True), ctx.x, ctx.x.shape[0], row)
+    row["compile_s"] = row["timing"]["first_call_s"]
+
+
+def _tensorrt_strongly_typed() -> bool:
+    """True when an importable TensorRT builds strongly typed networks only (11+: needs the fp16 ONNX graph)."""
+    from weakclip.engines import trt_engine as te
+    from weakclip.engines.base import EngineError
+
+    try:
+        return te.strongly_typed_only(te.import_tensorrt("tensorrt"))
+    except EngineError:
+        return False
+
+
+def _export(ctx: Ctx) -> Path:
+    """``weakclip.onnx`` of ctx.model in the temporary folder, exported once for the ORT and TensorRT rows (plus
+    ``weakclip_fp16.onnx`` when TensorRT is strongly typed only)."""
+    from weakclip.export.to_onnx import ExportOptions, export_model
+
+    if "fp32" not in ctx.exported:
+        ctx.need(ROW_NEEDS_S["export"], "the ONNX export of the model")
+        out = ctx.tmp / "onnx"
+        fp16 = _tensorrt_strongly_typed()
+        t0 = time.perf_counter()
+        cpu_model = copy.deepcopy(ctx.model).cpu().float()
+        export_model(cpu_model, out, ExportOptions(graphs=("end_to_end",), check=False, fp16=fp16))
+        del cpu_model
+        log(f"exported the end-to-end graph{' (+ fp16 graph)' if fp16 else ''} in {time.perf_counter() - t0:.0f} s")
+        ctx.exported["fp32"] = out / "weakclip.onnx"
+    return ctx.exported["fp32"]
+
+
+def row_ort(ctx: Ctx, row: dict) -> None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RowSkipped("not installed: onnxruntime (pip install onnxruntime-gpu)") from None
+    have = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in have:
+        raise RowSkipped(f"not installed: onnxruntime-gpu (onnxruntime {ort.__version__} has {have}, no "
+                         "CUDAExecutionProvider)")  # fmt: skip
+    ctx.gpu("the ONNX Runtime CUDA execution provider")
+    path = _export(ctx)
+    ctx.need(ROW_NEEDS_S["ort-cuda-fp32"], "the ONNX Runtime row")
+    from weakclip.engines.ort_engine import OrtEngine
+
+    eng = OrtEngine(path, device=f"cuda:{ctx.device.index or 0}", reuse_outputs=True)
+    row["providers"] = eng.providers
+    _measure(ctx, eng, ctx.x.cpu(), ctx.x.shape[0], row)
+
+
+def row_trt(ctx: Ctx, row: dict) -> None:
+    import importlib.util
+
+    from weakclip.engines import trt_engine as te
+    from weakclip.engines.base import EngineError
+
+    try:
+        trt = te.import_tensorrt("tensorrt")
+    except EngineError as e:
+        if importlib.util.find_spec("tensorrt") is None:
+            raise RowSkipped("not installed: tensorrt (pip install tensorrt, TensorRT >= 10)") from None
+        raise RowSkipped(f"TensorRT is installed but does not load: {e}") from None
+    ctx.gpu("TensorRT")
+    path = _export(ctx)  # TensorRT 10: FP16 builder flag on this graph; 11: its weakclip_fp16.onnx sibling
+    ctx.need(ROW_NEEDS_S["trt-fp16"], "the TensorRT fp16 engine build")
+    size, batch = ctx.x.shape[-1], ctx.x.shape[0]
+    t0 = time.perf_counter()
+    eng = te.TrtEngine(path, precision="fp16", cache_dir=ctx.tmp / "trt_cache", max_batch=batch, opt_size=size,
+                       min_size=min(size, 256), device=ctx.device.index or 0)  # fmt: skip
+    row.update(build_s=time.perf_counter() - t0, tensorrt=te.trt_identity(trt))
+    try:
+        _measure(ctx, eng, ctx.x.cpu(), batch, row)
+    finally:
+        eng.close()
+
+
+RUNNERS: dict[str, Callable[[Ctx, dict], None]] = {
+    "official-fp32": row_official,
+    "engine-fp32": lambda c, r: row_engine(c, r, "fp32"),
+    "engine-fp16": lambda c, r: row_engine(c, r, "fp16"),
+    "engine-bf16": row_bf16,
+    "fused-fp16": lambda c, r: row_fused(c, r, torch.float16),
+    "fused-bf16": lambda c, r: row_fused(c, r, torch.bfloat16),
+    "compile-fp16": row_compile,
+    "ort-cuda-fp32": row_ort,
+    "trt-fp16": row_trt,
+}
+
+
+def count_gflop(preset: str, overrides: dict, size: int) -> float:
+    """GFLOP of one size² window with T precomputed (torch.utils.flop_counter on the meta device: no memory)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import weakclip
+
+    with torch.device("meta"):
+        m = weakclip.build_model(preset, **overrides).eval()
+    with torch.inference_mode():
+        T = m.text_embeddings()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            m(torch.zeros(1, 3, size, size, device="meta"), text_embeddings=T)
+    return counter.get_total_flops() / 1e9
+
+
+def device_info(device: torch.device) -> dict:
+    info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(name=p.name, capability=list(torch.cuda.get_device_capability(device)),
+                    memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())  # fmt: skip
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            q = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                               text=True, timeout=20)  # fmt: skip
+            info["driver"] = q.stdout.strip().splitlines()[0] if q.stdout.strip() else None
+    else:
+        from weakclip.benchmarks.common import machine_info
+
+        m = machine_info()
+        info.update(name=f"CPU: {m['cpu']}", usable_cores=m["usable_cores"])
+    return info
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(report: dict) -> str:
+    d, proto = report["device"], report["protocol_windows"]
+    lines = [
+        f"# WeakCLIP end-to-end inference — {d['name']}"
+        + (" (CPU SMOKE RUN: not a benchmark)" if report["smoke"] else ""),  # fmt: skip
+        "",
+        f"{report['preset']} (random weights) at {report['size']}² windows, batch {report['batch']}; torch "
+        f"{d['torch']}{', CUDA ' + str(d.get('cuda')) if d.get('cuda') else ''}; every row in one process on this "
+        f"device, median of {report['repeats']} repeats × {report['iters']} calls after {report['warmup']} warm-up "
+        f"call(s), synchronised. Work per window: {report['gflop_per_window']:g} GFLOP (counted: "
+        f"{report['gflop_per_window_counted']:.4g}). Dense fp16 peak: "
+        + (f"{report['peak'][1]:g} TFLOP/s ({report['peak'][0]})" if report["peak"][1] else "unknown for this device")
+        + f". Images/s at 12 views: {proto['views_12']} windows per 500×375 image (each counted as a full "
+        f"window); single scale: {proto['single_scale']}. fp32 rows: TF32 off. {report['timestamp']}.",
+        "",
+        "| row | what | status | windows/s | × official | img/s (12 views) | img/s (1 scale) | VOC train_aug 12 views "
+        "(min) | GFLOP/s | % fp16 peak | peak alloc MiB | process GPU MiB | argmax agree | max Δlogit |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['key']} | {r['description']} | {r['status']}: {r['reason']} |" + " |" * 11)
+            continue
+        frac = r.get("fraction_of_dense_fp16_peak")
+        lines.append(
+            f"| {r['key']} | {r['description']} | ok | {r['windows_per_s']:.2f} | {_fmt(r.get('speedup'), '.2f')} | "
+            f"{r['images_per_s_12_views']:.3f} | {r['images_per_s_single_scale']:.2f} | "
+            f"{r['voc_train_aug_minutes_12_views']:.1f} | {r['gflop_per_s']:.4g} | "
+            f"{'–' if frac is None else f'{100 * frac:.1f}'} | {_fmt(r.get('peak_allocated_mib'), '.0f')} | "
+            f"{_fmt(r.get('process_gpu_mib'), '.0f')} | {_fmt(r.get('argmax_agreement'), '.4%')} | "
+            f"{_fmt(r.get('max_abs_logit_diff'), '.2e')} |"
+        )
+    lines += ["", "Goals:", ""]
+    for g in report["goals"]:
+        verdict = {True: "MET", False: "NOT MET", None: "not evaluated"}[g["met"]]
+        lines.append(f"* {g['goal']}: **{verdict}** — {g['value'] or '–'} ({g['note']})")
+    mem = {r.get("process_gpu_source") for r in report["rows"] if r["status"] == "ok"} - {None}
+    lines += ["", f"Process GPU memory source: {', '.join(sorted(mem)) or 'none'}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> str | None:
+    """Bar chart of windows/s and peak memory per row; returns None or the reason there is no PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed"
+    rows = report["rows"]
+    names = [r["key"] for r in rows]
+    wps = [r.get("windows_per_s", 0.0) if r["status"] == "ok" else 0.0 for r in rows]
+    mem = [r.get("peak_allocated_mib") or r.get("peak_rss_mib_process") or 0.0 for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    bars = axes[0].bar(names, wps, color=["tab:gray" if r["status"] != "ok" else "tab:blue" for r in rows])
+    for b, r in zip(bars, rows):
+        if r["status"] != "ok":
+            axes[0].text(b.get_x() + b.get_width() / 2, 0, r["status"], rotation=90, ha="center", va="bottom",
+                         fontsize=7)  # fmt: skip
+    axes[0].set_ylabel("windows / s (higher is better)")
+    axes[1].bar(names, mem, color="tab:orange")
+    axes[1].set_ylabel("peak GPU MiB (torch)" if report["device"]["device"] != "cpu" else "peak RSS MiB (process)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=35, labelsize=7)
+    title = f"WeakCLIP {report['preset']} {report['size']}², batch {report['batch']} — {report['device']['name']}"
+    fig.suptitle(title + (" (CPU smoke run)" if report["smoke"] else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def summary_line(report: dict, failed: int) -> str:
+    rows = report["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    best = max(ok, key=lambda r: r["windows_per_s"], default=None)
+    best_text = f"{best['key']} {best['windows_per_s']:.1f} windows/s" if best else "none"
+    verdict = {True: "MET", False: "NOT MET", None: "not evaluated"}
+    goals = "; ".join(f"G{i + 1} {verdict[g['met']]}" for i, g in enumerate(report["goals"]))
+    png = report["png"] or f"no PNG ({report['png_missing_reason']})"
+    return (f"summary: {len(ok)} ok, {sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed; best "
+            f"{best_text}; goals {goals}; wrote gpu_e2e.json, gpu_e2e.md, {png}")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for gpu_e2e.json / .md / .png (created)")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny preset, few iterations, GPU rows skipped (auto "
+                   "without a CUDA GPU)")  # fmt: skip
+    p.add_argument("--preset", default=None, help="model preset (default vit_b16_voc; tiny in CPU smoke mode)")
+    p.add_argument("--size", type=int, default=None, help="window side (default: the preset's crop, 512)")
+    p.add_argument("--batch", type=int, default=None, help="windows per batched call (default 16; 2 in smoke)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per row (default 3; 1 in smoke)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per row; the median is reported "
+                   "(default 5; 2 in smoke)")  # fmt: skip
+    p.add_argument("--iters", type=int, default=None, help="calls per timed repeat (default 2; 1 in smoke)")
+    p.add_argument("--official-windows", type=int, default=None, help="windows per timed repeat of the "
+                   "official-style row (default 4; 1 in smoke)")  # fmt: skip
+    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default all)")
+    p.add_argument("--time-budget", type=float, default=240.0, help="seconds for all rows; an expensive row "
+                   "(compile, ONNX export, TensorRT build) that no longer fits is skipped with that reason")  # fmt: skip
+    p.add_argument("--gflop-per-window", type=float, default=None, help="work per window for GFLOP/s (default "
+                   f"{GFLOP_VIT_B16_512} for vit_b16_voc at 512, else the flop counter's)")  # fmt: skip
+    p.add_argument("--cuda-lib", default=None, help="libweakclip_coattn.so (default $WEAKCLIP_CUDA_LIB or build/)")
+    p.add_argument("--device", default="cuda", help="CUDA device (default cuda = cuda:0)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    has_cuda = torch.cuda.is_available()
+    smoke = args.cpu_smoke or not has_cuda
+    if smoke and not args.cpu_smoke:
+        log("no CUDA GPU visible to torch: CPU smoke mode (tiny preset, GPU rows skipped); not a benchmark")
+    preset = args.preset or ("tiny" if smoke else "vit_b16_voc")
+    defaults = dict(batch=2, warmup=1, repeats=2, iters=1, official_windows=1) if smoke else dict(
+        batch=16, warmup=3, repeats=5, iters=2, official_windows=4)  # fmt: skip
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if min(args.batch, args.warmup, args.repeats, args.iters, args.official_windows) < 1:
+        print("bench_gpu_e2e: --batch, --warmup, --repeats, --iters, --official-windows must be >= 1", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu") if smoke else torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    t_start = time.perf_counter()
+
+    import weakclip
+
+    # True fp32 for the fp32 rows and the reference (PyTorch's cuDNN default would allow TF32 convolutions).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(args.seed)
+    model = weakclip.build_model(preset).eval()
+    size = args.size or model.config.crop_size
+    overrides = {"crop_size": size} if size != model.config.crop_size else {}
+    if overrides:
+        torch.manual_seed(args.seed)
+        model = weakclip.build_model(preset, **overrides).eval()
+    counted = count_gflop(preset, overrides, size)
+    gflop = args.gflop_per_window or (GFLOP_VIT_B16_512 if (preset, size) == ("vit_b16_voc", 512) else counted)
+    if abs(gflop - counted) > 0.02 * counted:
+        log(f"note: --gflop-per-window {gflop:g} differs from the counted {counted:.1f} GFLOP per window")
+    model = model.to(device)
+    with torch.inference_mode():
+        T = model.text_embeddings()
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    x = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
+    with torch.inference_mode():
+        ref = model(x, text_embeddings=T).logits.float().cpu()
+    info = device_info(device)
+    peak = dense_fp16_peak(info["name"]) if device.type == "cuda" else (None, None)
+    protocol = protocol_windows(model.config.crop_size)
+    log(f"{info['name']}: {preset} at {size}², batch {args.batch}, {gflop:g} GFLOP/window, protocol {protocol}, "
+        f"dense fp16 peak {peak[1] or 'unknown'}")  # fmt: skip
+
+    report: dict[str, Any] = {
+        "smoke": smoke,
+        "preset": preset,
+        "size": size,
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "iters": args.iters,
+        "official_windows": args.official_windows,
+        "seed": args.seed,
+        "tf32": False,
+        "gflop_per_window": gflop,
+        "gflop_per_window_counted": counted,
+        "peak": list(peak),
+        "protocol_windows": protocol,
+        "voc_train_aug_images": VOC_TRAIN_AUG,
+        "device": info,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time_budget_s": args.time_budget,
+        "rows": [],
+        "goals": [],
+    }
+    json_path, md_path, png_path = out / "gpu_e2e.json", out / "gpu_e2e.md", out / "gpu_e2e.png"
+
+    def save() -> None:
+        json_path.write_text(json.dumps(report, indent=1) + "\n")
+
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="weakclip_gpu_e2e_") as tmp:
+        ctx = Ctx(args, device, smoke, model, T, x, ref, t_start + args.time_budget, Path(tmp))
+        for key in ROWS:
+            row: dict[str, Any] = {"key": key, "description": DESCRIPTIONS[key]}
+            if key not in args.rows:
+                row.update(status="skipped", reason="not selected (--rows)")
+            else:
+                t0 = time.perf_counter()
+                try:
+                    RUNNERS[key](ctx, row)
+                    row["status"] = "ok"
+                except RowSkipped as e:
+                    row.update(status="skipped", reason=str(e))
+                except Exception as e:  # noqa: BLE001 - one failing row is reported, the others still run
+                    failed += 1
+                    row.update(status="failed", reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}",
+                               traceback=traceback.format_exc()[-3000:])  # fmt: skip
+                row["row_wall_s"] = time.perf_counter() - t0
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if row["status"] == "ok":
+                row.update(derived(row["windows_per_s"], protocol, gflop, peak[1]))
+            report["rows"].append(row)
+            msg = (f"{row['windows_per_s']:.2f} windows/s, agreement {_fmt(row.get('argmax_agreement'), '.4%')}"
+                   if row["status"] == "ok" else row["reason"])  # fmt: skip
+            log(f"{key:14s} {row['status']:8s} {msg}")
+            save()
+    anchor = next((r for r in report["rows"] if r["key"] == "official-fp32" and r["status"] == "ok"), None)
+    for r in report["rows"]:
+        if anchor and r["status"] == "ok":
+            r["speedup"] = r["windows_per_s"] / anchor["windows_per_s"]
+    report["goals"] = evaluate_goals(report["rows"], info["name"], peak, smoke)
+    report["wall_s"] = time.perf_counter() - t_start
+    report["png"] = None if (why := plot(report, png_path)) else png_path.name
+    report["png_missing_reason"] = why
+    save()
+    md_path.write_text(markdown(report))
+    print(md_path.read_text())
+    log(summary_line(report, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
