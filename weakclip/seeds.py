@@ -1,0 +1,824 @@
+"""CLIP seeds from image-level labels alone (CLIP-ES; Lin et al., CVPR 2023): no separately trained CAM network.
+
+    python -m weakclip.seeds --images VOC2012/JPEGImages --labels cls_labels.npy --out VOC2012/ClipSeeds \\
+        [--clip-weights openai|/path/ViT-B-16.pt] [--crf clip_es|none] [--shard i/N]
+
+writes ``OUT/<name>.png`` seed masks (palette; 0 background, class indices, 255 = low confidence) in the layout
+``training/train.py`` reads (``data.seed_dir`` = the folder's name under ``data.root``).
+
+The algorithm follows the released CLIP-ES code (linyq2117/CLIP-ES; files named below), over the CLIP towers of
+:mod:`weakclip.clip` (open_clip), per image and per class present in its label:
+
+1. **Views** (``generate_cams_voc12.py: img_ms_and_flip``): the image is resized (PIL bicubic) to
+   ``ceil(s·H/16)·16 × ceil(s·W/16)·16`` for each scale s and normalised with *CLIP's* mean/std (not ImageNet's).
+   The released script builds scale 1.0 with and without flip and then keeps only the unflipped view
+   (``ms_imgs = [ms_imgs[0]]``): one view at the original size is the default here; ``scales``/``flip`` are an
+   extension (views averaged after step 6).
+2. **Text** (``generate_cams_voc12.py: zeroshot_classifier``, ``clip_text.py``): foreground and background texts
+   ``"a clean origami {}."`` through the full 77-token CLIP text tower, L2-normalised.
+3. **Softmax-GradCAM** (paper: Softmax-GradCAM; ``clip/model.py: forward_last_layer``, ``pytorch_grad_cam``):
+   blocks 1..L-1 run without gradients; the last block runs on its ``ln_1`` output A (the Grad-CAM target layer
+   ``resblocks[-1].ln_1``), then ``ln_post`` → **mean of the patch tokens** (not the CLS token: a CLIP-ES choice) →
+   ``proj`` → cosine to the texts of [the image's labelled classes, all background texts] × logit scale 100
+   (CLIP's learned temperature 1/τ) → softmax.  For each labelled class c: G = ∂p_c/∂A; weights = mean of G over
+   the h×w patch tokens; CAM = ReLU(Σ_d weight_d · A_d) over patch tokens; min-max normalised
+   (``scale_cam_image``, x − min, / (max + 1e-7)) twice, as ``BaseCAM.compute_cam_per_layer`` and
+   ``aggregate_multi_layers`` both do.
+4. **Class-aware attention affinity** (paper: CAA; ``generate_cams_voc12.py: perform``): the head-averaged
+   self-attention of the last 8 blocks, averaged, patch-to-patch part (n × n, n = h·w) → column-normalise then
+   row-normalise, 3 rounds (one + ``range(2)``) → symmetrise (T + Tᵀ)/2 → squared once (``range(1)`` matmul).
+   Box mask per class (``utils.py: scoremap2bbox``): the CAM as uint8 (``×255``, truncated), threshold
+   ``int(0.4·max)`` (COCO 0.7), bounding boxes of all contours; CLIP-ES clips the box's exclusive end to
+   ``size − 1``, so a box never covers the last token row/column — followed.  The mask multiplies T's
+   *columns* (sources); refined CAM = (T ⊙ mask_cols) · CAM = T · (mask ⊙ CAM), min-max normalised, resized to the
+   image (``cv2.resize`` bilinear).
+5. **Background** (``eval_cam_with_crf.py``): score (1 − max_c CAM_c)^α with α = 1.  ``eval_cam.py`` reports its
+   no-CRF numbers with the best α of {1, 2} chosen against the ground truth, which a labels-only user cannot do.
+6. **CRF + ignore** (paper: confidence-guided loss; ``eval_cam_with_crf.py``): dense CRF on the *unnormalised*
+   [background, CAMs] scores (unary −log clip(p, 1e-5)), Gaussian sxy 1 / compat 3, bilateral sxy 67 / srgb 3 /
+   compat 4, 10 iterations (deeplab-pytorch's values, used by CLIP-ES for VOC and COCO alike); label = argmax Q,
+   pixels with max Q < 0.95 → 255.  CLIP-ES feeds the CRF the BGR image *minus the Caffe mean
+   (104.008, 116.669, 122.675) cast back to uint8*, so dark values wrap around modulo 256 — followed by default
+   (``crf_image="clip_es"``); ``"rgb"`` gives the CRF the plain image.  Without the CRF the seed is the argmax and
+   nothing is ignored (``eval_cam.py``).
+
+Deliberate differences (not bugs followed): fp32 instead of CLIP-ES's fp16 (``clip.load`` on CUDA); the image is
+decoded with :func:`weakclip.io.read_image` (OpenCV, EXIF orientation applied) so seeds align with what training
+reads; CLIP-ES's vision ``Transformer.forward`` decides "text or image" by ``x.shape[0] == 77`` and so would run an
+image of exactly 76 patches through all 12 blocks before the last block runs again — not reproduced; an image
+whose label lists no foreground class gets an all-background seed (CLIP-ES returns from its worker there, which
+ends the whole run).
+
+The tests (``tests/test_seeds.py``) prove the mechanics with random tiny towers, not seed quality: quality needs
+OpenAI's CLIP weights (``clip_weights="openai"`` or a local ``ViT-B-16.pt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from .crf import CRFParams
+from .errors import RuntimeFailure, UsageError, cli
+
+# CLIP's own input statistics (0-1 RGB); CLIP-ES generate_cams_*.py: _transform_resize → Normalize(...).
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+# eval_cam_with_crf.py: mean_bgr subtracted from the cv2 (BGR) image before the CRF, then cast to uint8.
+CAFFE_MEAN_BGR: tuple[float, float, float] = (104.008, 116.669, 122.675)
+# eval_cam_with_crf.py DenseCRF(iter_max=10, pos_xy_std=1, pos_w=3, bi_xy_std=67, bi_rgb_std=3, bi_w=4).
+CLIP_ES_CRF = CRFParams(gauss_sxy=1, gauss_compat=3, bi_sxy=67, bi_srgb=3, bi_compat=4, iterations=10)
+CRF_UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip, used by eval_cam_with_crf.py
+
+
+@dataclass(frozen=True)
+class SeedOptions:
+    """Every knob of the seed pipeline with its CLIP-ES source."""
+
+    scales: tuple[float, ...] = (1.0,)  # view scales; generate_cams_voc12.py runs scale 1.0 only (img_ms_and_flip)
+    flip: bool = False  # add flipped views; CLIP-ES builds one and drops it (ms_imgs = [ms_imgs[0]])
+    patch_multiple: int = 16  # view sides rounded *up* to this multiple (img_ms_and_flip: ceil(s·H/16)·16)
+    logit_scale: float = 100.0  # 1/τ of the softmax: OpenAI CLIP's logit_scale.exp() (clip/model.py forward_last_layer)
+    attn_layers: int = 8  # blocks whose attention is averaged into the affinity (perform: stack(...)[-8:])
+    sinkhorn_rounds: int = 3  # column→row normalisation rounds (perform: once + range(2))
+    power_steps: int = 1  # T ← T·T this many times (perform: range(1)), i.e. T^(2^steps)
+    box_threshold: float | None = None  # scoremap2bbox threshold; None → the prompt set's (VOC 0.4, COCO 0.7)
+    bg_power: float = 1.0  # background score (1 − max CAM)^α (eval_cam_with_crf.py: α = 1)
+    crf: CRFParams | None = CLIP_ES_CRF  # None → no CRF (eval_cam.py: argmax of the scores)
+    ignore_threshold: float = 0.95  # CRF confidence below this → 255 (eval_cam_with_crf.py: confidence < 0.95)
+    crf_image: str = "clip_es"  # "clip_es": BGR − Caffe mean wrapped to uint8 (eval_cam_with_crf.py); "rgb": plain
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive, got {self.scales}")
+        if self.attn_layers < 1 or self.sinkhorn_rounds < 0 or self.power_steps < 0:
+            raise ValueError("attn_layers must be >= 1, sinkhorn_rounds and power_steps >= 0")
+        if self.box_threshold is not None and not 0.0 <= self.box_threshold <= 1.0:
+            raise ValueError(f"box_threshold must be in [0, 1], got {self.box_threshold}")
+        if self.crf_image not in ("clip_es", "rgb"):
+            raise ValueError(f"crf_image must be 'clip_es' or 'rgb', got {self.crf_image!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["scales"] = list(self.scales)
+        return d
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prompt sets
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    template: str  # "{}" is replaced by a class's prompt name
+    class_prompts: tuple[str, ...]  # prompt name of every foreground class 1..K-1 (index i ↔ class i + 1)
+    background: tuple[str, ...]  # background concepts (only ever compete in the softmax; never a seed label)
+    box_threshold: float
+
+    def foreground_texts(self) -> list[str]:
+        return [self.template.format(n) for n in self.class_prompts]
+
+    def background_texts(self) -> list[str]:
+        return [self.template.format(n) for n in self.background]
+
+
+def resolve_prompts(class_names: Sequence[str], prompts: str | os.PathLike = "auto") -> PromptSet:
+    """The prompt set for ``class_names`` (index 0 = background): ``voc``, ``coco``, ``generic``, ``auto`` or a JSON
+    file ``{"template", "classes": {name: prompt name}, "background": [...], "box_threshold"}``.
+
+    ``auto`` picks ``voc`` when every foreground name is a VOC name, else ``coco`` when every one is a COCO name,
+    else ``generic``.  Classes missing from a set's ``classes`` are prompted with their own name; background entries
+    equal to a class name are dropped (a class must never compete against itself).
+    """
+    from .seed_prompts import PROMPT_SETS
+
+    fg = [str(n) for n in class_names[1:]]
+    if not fg:
+        raise ValueError("class_names must hold 'background' plus at least one foreground class")
+    key = str(prompts)
+    if key == "auto":
+        key = next((k for k in ("voc", "coco") if all(n in PROMPT_SETS[k]["classes"] for n in fg)), "generic")
+    if key in PROMPT_SETS:
+        spec, name = PROMPT_SETS[key], key
+    else:
+        path = Path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts {key}: not one of {sorted(PROMPT_SETS)} / auto, and no such file")
+        try:
+            spec = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path}: cannot parse prompt set JSON ({e})") from None
+        need = {"template": str, "classes": dict, "background": list}
+        bad = [k for k, t in need.items() if not isinstance(spec.get(k), t)]
+        if bad or "{}" not in spec["template"]:
+            raise ValueError(f"{path}: a prompt set needs 'template' (with {{}}), 'classes' (object name → prompt "
+                             f"name) and 'background' (list); wrong or missing: {bad or ['template']}")  # fmt: skip
+        spec = {"box_threshold": 0.4, **spec}
+        name = str(path)
+    classes = {str(k): str(v) for k, v in spec["classes"].items()}
+    lowered = {n.lower() for n in fg} | {classes.get(n, n).lower() for n in fg}
+    background = tuple(b for b in spec["background"] if str(b).lower() not in lowered)
+    if not background:
+        raise ValueError(f"prompt set {name}: no background text left after removing the class names")
+    return PromptSet(
+        name=name,
+        template=spec["template"],
+        class_prompts=tuple(classes.get(n, n) for n in fg),
+        background=background,
+        box_threshold=float(spec["box_threshold"]),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# numeric pieces (each one is restated plainly in tests/test_seeds.py as an oracle)
+
+
+def view_size(height: int, width: int, scale: float, multiple: int = 16) -> tuple[int, int]:
+    """(h, w) of a view: each side scaled and rounded *up* to ``multiple`` (img_ms_and_flip)."""
+    return (int(np.ceil(scale * height / multiple) * multiple), int(np.ceil(scale * width / multiple) * multiple))
+
+
+def preprocess(image: np.ndarray, size: tuple[int, int], flip: bool = False):
+    """(H, W, 3) uint8 RGB → (1, 3, h, w) float32 tensor: PIL bicubic resize (torchvision ``Resize`` on a PIL image),
+    /255, CLIP mean/std; ``flip`` mirrors the result horizontally (``torch.flip(image, [-1])``)."""
+    import torch
+    from PIL import Image
+
+    h, w = size
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BICUBIC))
+    x = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    x = ((x - mean) / std)[None]
+    return torch.flip(x, [-1]) if flip else x
+
+
+def minmax_normalise(cams):
+    """``pytorch_grad_cam.utils.image.scale_cam_image`` per map over the last two axes: (x − min) / (max + 1e-7).
+
+    Works on numpy arrays and torch tensors of shape (..., h, w)."""
+    flat = cams.reshape(*cams.shape[:-2], -1)
+    lo = flat.min(-1, keepdims=True) if isinstance(flat, np.ndarray) else flat.min(-1, keepdim=True).values
+    flat = flat - lo
+    hi = flat.max(-1, keepdims=True) if isinstance(flat, np.ndarray) else flat.max(-1, keepdim=True).values
+    return (flat / (1e-7 + hi)).reshape(cams.shape)
+
+
+def box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
+    """(h, w) {0, 1} float32 mask of the bounding boxes of ``cam``'s high regions (``utils.py: scoremap2bbox`` with
+    ``multi_contour_eval=True``, then ``aff_mask[y0:y1, x0:x1] = 1``).
+
+    ``cam`` in [0, 1].  As in CLIP-ES: uint8 = trunc(cam·255); binary = uint8 > int(threshold · max); every contour
+    (``RETR_TREE``, holes included) gives its bounding rectangle; the exclusive ends are clipped to ``size − 1``
+    (so the last row/column are never inside a box); no contour → empty mask.
+    """
+    import cv2
+
+    h, w = cam.shape
+    img = (np.asarray(cam, dtype=np.float32) * 255).astype(np.uint8)
+    _, binary = cv2.threshold(img, int(threshold * int(img.max())), 255, cv2.THRESH_BINARY)
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    mask = np.zeros((h, w), dtype=np.float32)
+    for c in contours:
+        x, y, bw, bh = cv2.boundingRect(c)
+        mask[y : min(y + bh, h - 1), x : min(x + bw, w - 1)] = 1.0
+    return mask
+
+
+def affinity_transition(attn, sinkhorn_rounds: int = 3, power_steps: int = 1):
+    """Attention (n, n) (rows = queries) → the CAA transition matrix: ``sinkhorn_rounds`` × (divide by column sums,
+    then by row sums), symmetrise (T + Tᵀ)/2, then ``power_steps`` × T ← T·T."""
+    t = attn
+    for _ in range(sinkhorn_rounds):
+        t = t / t.sum(0, keepdim=True)
+        t = t / t.sum(1, keepdim=True)
+    t = (t + t.transpose(0, 1)) / 2
+    for _ in range(power_steps):
+        t = t @ t
+    return t
+
+
+def refine_cams(trans, cams, masks):
+    """CAA refinement of C maps at once: (T ⊙ mask_c[None, :]) · cam_c = T · (mask_c ⊙ cam_c), then min-max.
+
+    trans (n, n); cams, masks (C, h, w) → (C, h, w)."""
+    C, h, w = cams.shape
+    src = (masks * cams).reshape(C, h * w)  # (C, n): the box mask zeroes T's columns = source tokens
+    return minmax_normalise((src @ trans.transpose(0, 1)).reshape(C, h, w))
+
+
+def crf_input_image(image: np.ndarray, mode: str = "clip_es") -> np.ndarray:
+    """The (H, W, 3) uint8 image the CRF's bilateral kernel sees.
+
+    ``clip_es`` (eval_cam_with_crf.py): ``cv2.imread`` BGR as float32, minus CAFFE_MEAN_BGR, ``astype(np.uint8)``.
+    That cast wraps negative values modulo 256 after truncation toward zero (C float→int conversion); written out
+    explicitly here so it does not depend on the platform's cast.  ``rgb``: the image unchanged.
+    """
+    if mode == "rgb":
+        return np.ascontiguousarray(image, dtype=np.uint8)
+    bgr = np.asarray(image, dtype=np.float32)[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)
+    return np.ascontiguousarray((np.trunc(bgr).astype(np.int64) % 256).astype(np.uint8))
+
+
+def seed_from_cams(
+    image: np.ndarray, cams: np.ndarray, keys: Sequence[int], options: SeedOptions = SeedOptions()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seed mask from refined CAMs.
+
+    image (H, W, 3) uint8 RGB; cams (C, H, W) in [0, 1] for the classes ``keys`` (K-class indices, C ≥ 0).
+    Returns (mask (H, W) uint8: 0, keys, or 255 where the CRF's confidence < ignore_threshold;
+    scores (1 + C, H, W) float32: [background (1 − max CAM)^α, cams] — the CRF's input, not a distribution).
+    """
+    cams = np.asarray(cams, dtype=np.float32)
+    H, W = image.shape[:2]
+    if cams.shape[1:] != (H, W) or cams.shape[0] != len(keys):
+        raise ValueError(f"cams {cams.shape} do not match the image {(H, W)} and {len(keys)} key(s)")
+    full_keys = np.asarray([0, *[int(k) for k in keys]], dtype=np.int64)
+    top = cams.max(0) if len(keys) else np.zeros((H, W), np.float32)
+    bg = np.power(1.0 - top, options.bg_power, dtype=np.float32)
+    scores = np.concatenate([bg[None], cams], axis=0)
+    if len(keys) == 0:  # nothing but background to choose (CLIP-ES stops its worker here instead)
+        return np.zeros((H, W), np.uint8), scores
+    if options.crf is None:
+        return full_keys[scores.argmax(0)].astype(np.uint8), scores
+    from .crf import dense_crf
+
+    q = dense_crf(crf_input_image(image, options.crf_image), scores, min_prob=CRF_UNARY_CLIP, **options.crf.as_kwargs())
+    mask = full_keys[q.argmax(0)].astype(np.uint8)
+    mask[q.max(0) < options.ignore_threshold] = 255
+    return mask, scores
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the towers
+
+
+def run_block(blk, x, need_weights: bool):
+    """One open_clip ``ResidualAttentionBlock`` on (B, N, D) tokens, also returning its head-averaged attention
+    (B, N, N) when ``need_weights`` (open_clip's own forward never asks for it)."""
+    y = blk.ln_1(x)
+    out, w = _attention(blk, y, need_weights)
+    x = x + blk.ls_1(out)
+    x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    return x, w
+
+
+def _attention(blk, y, need_weights: bool):
+    attn = blk.attn
+    if attn.batch_first:
+        return attn(y, y, y, need_weights=need_weights, average_attn_weights=True)
+    yt = y.transpose(0, 1)
+    out, w = attn(yt, yt, yt, need_weights=need_weights, average_attn_weights=True)
+    return out.transpose(0, 1), w
+
+
+@dataclass
+class ImageCams:
+    """Per-view intermediate results (token resolution), kept for inspection and tests."""
+
+    grid: tuple[int, int]  # (h, w) token grid
+    gradcam: Any  # (C, h, w) normalised Grad-CAMs
+    attn: Any  # (n, n) averaged patch-to-patch attention of the last attn_layers blocks
+    masks: np.ndarray  # (C, h, w) box masks
+    refined: Any  # (C, h, w) refined, normalised CAMs
+
+
+@dataclass
+class SeedResult:
+    mask: np.ndarray  # (H, W) uint8 seed: 0 background, class indices, 255 ignored
+    keys: np.ndarray  # (C,) K-class indices of the labelled classes, in label order
+    cams: np.ndarray  # (C, H, W) float32 refined CAMs in [0, 1] at the image size (averaged over views)
+    scores: np.ndarray  # (1 + C, H, W) float32 [background, cams]
+    views: list[ImageCams] = field(default_factory=list)
+
+
+class ClipSeeder:
+    """CLIP-ES seeds over a :class:`weakclip.clip.CLIPImageEncoder` and a full-context CLIPTextEncoder.
+
+    ``seed(image (H, W, 3) uint8 RGB, labels [K-class indices]) -> SeedResult``; ``cams(...)`` stops before the
+    background/CRF step.  Text features are computed once at construction.
+    """
+
+    def __init__(
+        self,
+        image_encoder,
+        text_encoder,
+        class_names: Sequence[str],
+        prompts: str | os.PathLike | PromptSet = "auto",
+        options: SeedOptions = SeedOptions(),
+        device: str = "cpu",
+        dtype=None,
+    ):
+        import torch
+
+        self.dtype = dtype or torch.float32
+        self.device = torch.device(device)
+        self.class_names = tuple(class_names)
+        self.prompts = prompts if isinstance(prompts, PromptSet) else resolve_prompts(self.class_names, prompts)
+        self.options = options
+        self.box_threshold = options.box_threshold if options.box_threshold is not None else self.prompts.box_threshold
+        self.visual = image_encoder.visual.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.text_tower = text_encoder.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.fg_text = self.encode_texts(self.prompts.foreground_texts())  # (K-1, E)
+        self.bg_text = self.encode_texts(self.prompts.background_texts())  # (B_g, E)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def encode_texts(self, texts: Sequence[str]):
+        """L2-normalised text features (n, E) through the 77-token CLIP text tower (one template: normalise, mean
+        over the one template, normalise again = normalise once)."""
+        import open_clip
+        import torch
+
+        ctx = self.text_tower.tower.positional_embedding.shape[0]
+        tokens = open_clip.tokenize(list(texts), context_length=ctx).to(self.device)
+        with torch.no_grad():
+            emb = self.text_tower.token_embedding(tokens).to(self.dtype)
+            feats = self.text_tower(emb, tokens.argmax(-1))
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+    def _tokens(self, x):
+        """Patch embedding + CLS + positional table resized to the grid (bilinear) + ln_pre → (1, 1 + n, D)."""
+        import torch
+
+        from .clip import resize_pos_embed
+
+        v = self.visual
+        x = v.conv1(x)  # (1, D, h, w)
+        _, D, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        pos = v.positional_embedding.to(x.dtype)
+        grid = int(round((pos.shape[0] - 1) ** 0.5))
+        cls_tok = v.class_embedding.to(x.dtype).reshape(1, 1, D)
+        x = torch.cat([cls_tok, x], dim=1) + resize_pos_embed(pos, grid, (h, w))
+        return v.ln_pre(x), (h, w)
+
+    def view_cams(self, x, labels: Sequence[int]) -> ImageCams:
+        """Grad-CAM + CAA for one normalised view x (1, 3, h·16, w·16) and the labelled classes."""
+        import torch
+
+        opts = self.options
+        blocks = list(self.visual.transformer.resblocks)
+        L = len(blocks)
+        first_kept = max(L - opts.attn_layers, 0)
+        attns = []
+        with torch.no_grad():
+            tokens, (h, w) = self._tokens(x.to(self.device, self.dtype))
+            for i, blk in enumerate(blocks[:-1]):
+                tokens, a = run_block(blk, tokens, need_weights=i >= first_kept)
+                if a is not None:
+                    attns.append(a[0])
+        C = len(labels)
+        text = torch.cat([self.fg_text[[c - 1 for c in labels]], self.bg_text], dim=0)  # (C + B_g, E)
+        gradcam, attn_last = self._gradcam(blocks[-1], tokens, text, C, (h, w))
+        attns.append(attn_last)
+        attn = torch.stack(attns).mean(0)[1:, 1:]  # (n, n) patch → patch
+        masks = np.stack([box_mask(c, self.box_threshold) for c in gradcam.float().cpu().numpy()])
+        trans = affinity_transition(attn, opts.sinkhorn_rounds, opts.power_steps)
+        refined = refine_cams(trans, gradcam, torch.from_numpy(masks).to(trans))
+        return ImageCams(grid=(h, w), gradcam=gradcam, attn=attn, masks=masks, refined=refined)
+
+    def _gradcam(self, blk, tokens, text, C: int, grid: tuple[int, int]):
+        """Softmax-GradCAM of C targets in one batched pass: copy c of the last block's input scores target c."""
+        import torch
+
+        h, w = grid
+        v = self.visual
+        with torch.no_grad():
+            act = blk.ln_1(tokens)  # (1, N, D): the Grad-CAM activation (output of resblocks[-1].ln_1)
+        with torch.enable_grad():
+            a = act.expand(C, -1, -1).clone().requires_grad_(True)
+            out, attn = _attention(blk, a, need_weights=True)
+            y = tokens + blk.ls_1(out)
+            y = y + blk.ls_2(blk.mlp(blk.ln_2(y)))
+            f = v.ln_post(y)[:, 1:].mean(1) @ v.proj  # (C, E): mean of the patch tokens (forward_last_layer)
+            f = f / f.norm(dim=-1, keepdim=True)
+            probs = (self.options.logit_scale * f @ text.T).softmax(-1)  # (C, C + B_g)
+            idx = torch.arange(C, device=probs.device)
+            (grads,) = torch.autograd.grad(probs[idx, idx].sum(), a)
+        weights = grads[:, 1:].mean(1)  # (C, D): GradCAM.get_cam_weights = mean over h, w
+        cam = (weights @ act[0, 1:].T).clamp_min(0).reshape(C, h, w)  # Σ_d weight_d · A_d, ReLU
+        cam = minmax_normalise(minmax_normalise(cam))  # compute_cam_per_layer, then aggregate_multi_layers
+        return cam.detach(), attn[0].detach()
+
+    def cams(self, image: np.ndarray, labels: Sequence[int], keep_views: bool = False):
+        """(keys (C,), cams (C, H, W) float32 in [0, 1], views) for the labelled classes of ``image``."""
+        import cv2
+
+        labels = list(dict.fromkeys(int(c) for c in labels))  # label order, duplicates dropped
+        bad = [c for c in labels if not 1 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"label(s) {bad} outside the foreground classes 1..{self.num_classes - 1}")
+        H, W = image.shape[:2]
+        keys = np.asarray(labels, dtype=np.int64)
+        if not labels:
+            return keys, np.zeros((0, H, W), np.float32), []
+        total = np.zeros((len(labels), H, W), np.float64)
+        views = []
+        flips = (False, True) if self.options.flip else (False,)
+        for s in self.options.scales:
+            size = view_size(H, W, s, self.options.patch_multiple)
+            for flip in flips:
+                vc = self.view_cams(preprocess(image, size, flip), labels)
+                hi = np.stack([cv2.resize(m, (W, H)) for m in vc.refined.float().cpu().numpy()])
+                total += hi[..., ::-1] if flip else hi
+                if keep_views:
+                    views.append(vc)
+        return keys, (total / (len(self.options.scales) * len(flips))).astype(np.float32), views
+
+    def seed(self, image: np.ndarray, labels: Sequence[int], keep_views: bool = False) -> SeedResult:
+        keys, cams, views = self.cams(image, labels, keep_views)
+        mask, scores = seed_from_cams(image, cams, keys, self.options)
+        return SeedResult(mask=mask, keys=keys, cams=cams, scores=scores, views=views)
+
+
+def build_seeder(
+    preset: str = "vit_b16_voc",
+    *,
+    clip_weights: str | None = "openai",
+    class_names: Sequence[str] | None = None,
+    prompts: str | os.PathLike = "auto",
+    options: SeedOptions = SeedOptions(),
+    device: str = "cpu",
+    dtype=None,
+    init_seed: int = 0,
+) -> ClipSeeder:
+    """A seeder over the preset's CLIP towers (same classes and weight loader as :func:`weakclip.build_model`).
+
+    ``clip_weights``: ``"openai"`` (open_clip's download cache), a local ``ViT-B-16.pt`` / ``.safetensors`` /
+    state dict, or None for random towers (seeded with ``init_seed``; tests only — the seeds mean nothing).
+    The image tower keeps CLIP's own 14×14 positional grid (resized straight to each view's grid, as CLIP-ES does);
+    the text tower keeps CLIP's full 77-token context (WeakCLIP's own prompt uses 13).
+    """
+    import torch
+
+    from .clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
+    from .config import get_config
+
+    cfg = get_config(preset, **({"class_names": tuple(class_names)} if class_names is not None else {}))
+    vision_cfg = dataclasses.replace(cfg, crop_size=cfg.pretrain_image_size)
+    text_cfg = dataclasses.replace(cfg, name_context_length=77, n_contexts=0)
+    torch.manual_seed(init_seed)
+    image_encoder, text_encoder = CLIPImageEncoder(vision_cfg), CLIPTextEncoder(text_cfg)
+    if clip_weights is not None:
+        load_clip_weights(image_encoder, text_encoder, clip_weights, model_name=cfg.clip_model_name or "ViT-B-16")
+    return ClipSeeder(image_encoder, text_encoder, cfg.class_names, prompts, options, device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI: python -m weakclip.seeds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from weakclip.engines.generate import parse_scales, parse_shard
+
+    ap = argparse.ArgumentParser(
+        prog="python -m weakclip.seeds",
+        description="CLIP-ES seeds from image-level labels (no CAM network): Softmax-GradCAM + class-aware "
+        "attention affinity + CRF with an ignore threshold.",
+    )
+    io = ap.add_argument_group("inputs and outputs")
+    io.add_argument("--images", required=True, help="image folder, or a list file (one name or path per line)")
+    io.add_argument("--image-root", help="folder that list-file entries are relative to (default: the list's folder)")
+    io.add_argument("--ext", default=".jpg", help="extension added to list entries without one (default: %(default)s)")
+    io.add_argument("--labels", required=True, help="image-level labels: cls_labels.npy, JSON name→[idx] or text "
+                    "'name idx ...' (1-based foreground indices)")  # fmt: skip
+    io.add_argument("--class-names", help="one class per line, 'background' first (default: class_names.txt beside "
+                    "--labels if present, else the preset's classes)")  # fmt: skip
+    io.add_argument("--out", required=True, help="output folder of <name>.png seeds (the training seed_dir)")
+    io.add_argument("--save-scores", action="store_true",
+                    help="also write probs/<name>.npy float16 (K, H, W): row 0 background score, rows of the labelled "
+                    "classes their refined CAMs, other rows 0")  # fmt: skip
+    io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L PNGs, no VOC palette")
+    io.add_argument("--overlays", type=int, default=0, metavar="N", help="image | seed | blend panels for N images")
+    io.add_argument("--overwrite", action="store_true", help="recompute finished seeds (also under other settings)")
+    io.add_argument("--shard", type=parse_shard, help="i/N: every N-th image from i (default: RANK/WORLD_SIZE)")
+
+    m = ap.add_argument_group("CLIP")
+    m.add_argument("--preset", default="vit_b16_voc", help="tower architecture preset (default: %(default)s)")
+    m.add_argument("--clip-weights", default="openai",
+                   help="'openai' (open_clip download cache), a local ViT-B-16.pt / .safetensors, or 'none' = random "
+                   "towers (tests only: meaningless seeds) (default: %(default)s)")  # fmt: skip
+    m.add_argument("--prompts", default="auto", help="auto | voc | coco | generic | a JSON prompt set (default: auto)")
+    m.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+
+    a = ap.add_argument_group("algorithm (defaults = the released CLIP-ES code)")
+    a.add_argument("--scales", type=parse_scales, default=(1.0,), help="view scales (default: 1.0, as CLIP-ES)")
+    a.add_argument("--flip", action="store_true", help="add flipped views (CLIP-ES: off)")
+    a.add_argument(
+        "--box-threshold", type=float, help="CAA box threshold (default: the prompt set's; VOC 0.4, COCO 0.7)"
+    )
+    a.add_argument("--attn-layers", type=int, default=8, help="last blocks averaged into the affinity (default: 8)")
+    a.add_argument("--bg-power", type=float, default=1.0, help="background score (1 − max CAM)^α (default: 1)")
+    a.add_argument("--crf", choices=("clip_es", "none"), default="clip_es",
+                   help="dense CRF with CLIP-ES's parameters, or none = argmax (default: %(default)s)")  # fmt: skip
+    a.add_argument("--ignore-threshold", type=float,
+                   help="CRF confidence below which a pixel becomes 255 (default: 0.95; needs the CRF)")  # fmt: skip
+    a.add_argument("--crf-image", choices=("clip_es", "rgb"), default="clip_es",
+                   help="clip_es: CLIP-ES's mean-subtracted, uint8-wrapped BGR image; rgb: the plain image")  # fmt: skip
+
+    ex = ap.add_argument_group("execution")
+    ex.add_argument("--workers", type=int, default=2, help="decoding and writing (CRF) threads, 0 = inline")
+    ex.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    ex.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return ap
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as e:  # bad inputs found while starting
+        raise UsageError(str(e)) from None
+
+
+def _options(args: argparse.Namespace) -> SeedOptions:
+    if args.ignore_threshold is not None and args.crf == "none":
+        raise UsageError("--ignore-threshold is a threshold on the CRF's confidence (CLIP-ES eval_cam_with_crf.py); "
+                         "it needs --crf clip_es")  # fmt: skip
+    return SeedOptions(
+        scales=tuple(args.scales),
+        flip=bool(args.flip),
+        attn_layers=args.attn_layers,
+        box_threshold=args.box_threshold,
+        bg_power=args.bg_power,
+        crf=None if args.crf == "none" else CLIP_ES_CRF,
+        ignore_threshold=0.95 if args.ignore_threshold is None else args.ignore_threshold,
+        crf_image=args.crf_image,
+    )
+
+
+def _class_names(args: argparse.Namespace) -> tuple[str, ...]:
+    from .config import get_config
+    from .data.datasets import read_class_names
+
+    path = Path(args.class_names) if args.class_names else Path(args.labels).parent / "class_names.txt"
+    if args.class_names or path.is_file():
+        return read_class_names(path)
+    return tuple(get_config(args.preset).class_names)
+
+
+def _weights_id(weights: str | None) -> str | None:
+    if weights is None or weights == "openai":
+        return weights
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+def _check_resume(cfg_path: Path, settings: dict[str, Any], finished: int, overwrite: bool) -> None:
+    """Refuse to add seeds to a folder whose finished seeds were made with other settings."""
+    if overwrite or finished == 0:
+        return
+    try:
+        recorded = json.loads(cfg_path.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{cfg_path.parent}: holds {finished} of this run's seeds but no readable {cfg_path.name}; "
+                         "choose another --out, or --overwrite to redo them") from None  # fmt: skip
+    diff = [f"{k} {recorded.get(k)!r} → {v!r}" for k, v in settings.items() if recorded.get(k) != v]
+    if diff:
+        raise UsageError(f"{cfg_path.parent}: {finished} seeds there were made with other settings "
+                         f"({'; '.join(diff)}); choose another --out, or --overwrite to redo them all")  # fmt: skip
+
+
+def run(args: argparse.Namespace, seeder: ClipSeeder | None = None) -> int:
+    """The seed loop (``seeder`` may be given directly instead of built from the arguments)."""
+    import torch
+
+    from weakclip.data.labels import load_labels
+    from weakclip.engines.generate import (
+        Outputs,
+        _check_out_location,
+        list_inputs,
+        overlay_names,
+        resolve_shard,
+        shard_items,
+        unsupported_files,
+    )
+
+    t0 = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = _options(args) if seeder is None else seeder.options
+    if options.crf is not None:
+        try:
+            import pydensecrf.densecrf  # noqa: F401
+        except ImportError as e:
+            raise UsageError(
+                f"--crf clip_es needs pydensecrf (pip install pydensecrf2), or use --crf none: {e}"
+            ) from None
+    clip_weights = None if str(args.clip_weights).lower() == "none" else args.clip_weights
+    if clip_weights not in (None, "openai") and not Path(clip_weights).is_file():
+        raise UsageError(f"--clip-weights {clip_weights}: no such file (or pass 'openai')")
+    class_names = seeder.class_names if seeder is not None else _class_names(args)
+    out = Path(args.out)
+    all_items = list_inputs(args.images, args.image_root, args.ext)
+    odd = unsupported_files(args.images)
+    if odd:
+        listing = ", ".join(f"{n} × {suffix}" for suffix, n in sorted(odd.items()))
+        print(f"{args.images}: {sum(odd.values())} file(s) are not images and are not read ({listing})")
+    shard_i, shard_n = resolve_shard(args.shard)
+    items = shard_items(all_items, shard_i, shard_n)
+    outputs = Outputs(out, args.save_scores)
+    _check_out_location(out, SimpleNamespace(images=args.images, model=clip_weights if clip_weights != "openai"
+                                             else None, labels=args.labels), all_items, outputs)  # fmt: skip
+    labels = load_labels(args.labels, num_classes=len(class_names))
+    missing = [it.name for it in items if it.name not in labels]
+    if missing:
+        raise UsageError(f"{args.labels}: no image-level label for {len(missing)} image(s), e.g. {missing[:5]}")
+    prompt_set = seeder.prompts if seeder is not None else resolve_prompts(class_names, args.prompts)
+    settings = {
+        "preset": args.preset,
+        "clip_weights": _weights_id(clip_weights),
+        "class_names": list(class_names),
+        "prompts": dataclasses.asdict(prompt_set),
+        "options": options.to_dict(),
+        "labels_sha256": hashlib.sha256(Path(args.labels).read_bytes()).hexdigest(),
+        "palette": bool(args.palette),
+        "save_scores": bool(args.save_scores),
+    }
+    settings = json.loads(json.dumps(settings))  # tuples → lists: compares equal to what a resumed run reads back
+    cfg_path = out / "seeds_config.json"
+    finished = [it for it in items if outputs.finished(it.name)]
+    _check_resume(cfg_path, settings, len(finished), args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.remove_stale_temporaries([it.name for it in items])
+    todo = items if args.overwrite else [it for it in items if not outputs.finished(it.name)]
+    skipped = len(items) - len(todo)
+    shard_note = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
+    fail_path = out / ("failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt")
+
+    failures: list[tuple[str, str]] = []
+    done = 0
+    if todo:
+        if seeder is None:
+            if clip_weights is None:
+                print("warning: --clip-weights none: random CLIP towers, the seeds are meaningless (tests only)")
+            seeder = build_seeder(args.preset, clip_weights=clip_weights, class_names=class_names,
+                                  prompts=prompt_set, options=options, device=args.device)  # fmt: skip
+        from .io import atomic_path
+
+        with atomic_path(cfg_path) as tmp:
+            tmp.write_text(json.dumps({"settings": settings, "args": {k: v for k, v in vars(args).items()
+                                       if k != "shard"}}, indent=2, default=str) + "\n")  # fmt: skip
+        print(f"weakclip seeds: {args.clip_weights} CLIP ({args.preset}), prompts {prompt_set.name} "
+              f"({len(prompt_set.background)} background texts), views {len(options.scales) * (1 + options.flip)}, "
+              f"box threshold {seeder.box_threshold}, crf {'off' if options.crf is None else 'clip_es'}, "
+              f"ignore < {options.ignore_threshold if options.crf else '-'}, threads {torch.get_num_threads()}; "
+              f"{len(todo)} image(s) to do, {skipped} already finished{shard_note}", flush=True)  # fmt: skip
+        done, failures = _seed_all(args, seeder, todo, outputs, labels, overlay_names(all_items, args.overlays))
+
+    if failures:
+        from .io import atomic_path
+
+        with atomic_path(fail_path) as tmp:
+            tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in sorted(failures)))
+    elif fail_path.exists():
+        fail_path.unlink()
+    elapsed = time.perf_counter() - t0
+    print(f"summary{shard_note}: {done} images done, {skipped} skipped (already finished), {len(failures)} failed, "
+          f"{done / max(elapsed, 1e-9):.2f} images/s ({elapsed:.1f} s)")  # fmt: skip
+    if failures:
+        raise RuntimeFailure(f"{len(failures)} image(s) failed; names and reasons in {fail_path}")
+    return 0
+
+
+_MAX_CONSECUTIVE_FAILURES = 10
+
+
+def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams, palette: bool, overlay: bool):
+    """Background/CRF step and the atomic writes (probabilities and overlay first, the seed PNG last: it marks the
+    image finished)."""
+    from PIL import Image
+
+    from weakclip.engines.generate import make_overlay
+
+    from .io import atomic_path, save_mask_png
+
+    mask, scores = seed_from_cams(image, cams, keys, seeder.options)
+    if outputs.save_probs:
+        full = np.zeros((seeder.num_classes, *mask.shape), np.float16)
+        full[0] = scores[0]
+        full[keys] = scores[1:]
+        with atomic_path(outputs.probs(item.name)) as tmp, open(tmp, "wb") as f:
+            np.save(f, full)
+    if overlay:
+        with atomic_path(outputs.overlay(item.name)) as tmp:
+            Image.fromarray(make_overlay(image, mask)).save(tmp, format="PNG")
+    save_mask_png(outputs.mask(item.name), mask, palette=palette)
+
+
+def _seed_all(args, seeder: ClipSeeder, todo, outputs, labels, overlays: set[str]):
+    from tqdm import tqdm
+
+    from weakclip.engines.generate import _Inline, _one_line, _prefetch
+
+    failures: list[tuple[str, str]] = []
+    done = consecutive = 0
+    workers = max(args.workers, 0)
+    decode_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers else _Inline()
+    write_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="write") if workers else _Inline()
+    writes: collections.deque = collections.deque()
+    bar = tqdm(total=len(todo), unit="img", disable=not args.progress, dynamic_ncols=True, mininterval=1.0)
+
+    def collect(block_until: int) -> None:
+        nonlocal done
+        while len(writes) > block_until:
+            item, fut = writes.popleft()
+            try:
+                fut.result()
+                done += 1
+            except Exception as e:  # noqa: BLE001 - a failed CRF/write is recorded, the run goes on
+                failures.append((item.name, f"crf/writing: {_one_line(e)}"))
+            bar.update(1)
+
+    try:
+        for item, image, reason in _prefetch(decode_pool, todo, depth=2 * max(workers, 1)):
+            if image is None:
+                failures.append((item.name, reason or "unreadable"))
+                bar.update(1)
+                continue
+            try:
+                keys, cams, _ = seeder.cams(image, labels[item.name])
+                consecutive = 0
+            except Exception as e:  # noqa: BLE001 - one image's failure is recorded, the run goes on
+                failures.append((item.name, f"cams: {_one_line(e)}"))
+                bar.update(1)
+                consecutive += 1
+                if consecutive >= _MAX_CONSECUTIVE_FAILURES:
+                    raise RuntimeFailure(f"CAM computation failed on {consecutive} images in a row; "
+                                         f"last: {failures[-1][1]}") from None  # fmt: skip
+                continue
+            writes.append((item, write_pool.submit(_write_seed, outputs, item, image, seeder, keys, cams,
+                                                   args.palette, item.name in overlays)))  # fmt: skip
+            collect(2 * max(workers, 1))
+        collect(0)
+    finally:
+        bar.close()
+        decode_pool.shutdown(wait=True)
+        write_pool.shutdown(wait=True)
+    return done, failures
+
+
+if __name__ == "__main__":
+    sys.exit(main())
