@@ -416,9 +416,18 @@ def test_cli_shards_failures_and_usage_errors(syn, tmp_path, capsys):
     base = ["--images", str(images), "--labels", str(tmp_path / "labels.json"), "--preset", "tiny",
             "--clip-weights", "none", "--no-progress", "--crf", "none", "--workers", "0"]  # fmt: skip
     out = tmp_path / "out"
-    rcs = [seeds.main([*base, "--out", str(out), "--shard", f"{i}/2"]) for i in range(2)]
+    rcs = [seeds.main([*base, "--out", str(out), "--shard", f"{i}/2", "--save-scores", "--overlays", "3"])
+           for i in range(2)]  # fmt: skip
     assert sorted(rcs) == [0, 1]  # the shard holding the broken image fails, the other succeeds
     assert sorted(p.stem for p in _finished(out)) == names
+    assert len(list((out / "overlays").glob("*.png"))) == 2  # 3 spread over 7 inputs, one of them the broken one
+    for n in names:  # scores: (K, H, W), row 0 background, labelled rows the CAMs, other rows 0
+        sc = np.load(out / "probs" / f"{n}.npy")
+        mask = np.asarray(Image.open(out / f"{n}.png"))
+        assert sc.shape == (6, *mask.shape) and sc.dtype == np.float16
+        absent = [k for k in range(1, 6) if k not in labels[n]]
+        assert (sc[absent] == 0).all() and 0 <= sc.min() and sc.max() <= 1
+        assert set(np.unique(mask)) <= {0, *labels[n]}
     fails = [p for p in out.glob("failures-*-of-2.txt")]
     assert len(fails) == 1 and fails[0].read_text().startswith("broken\t")
     capsys.readouterr()
