@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..classes import VOC_CLASSES
+from ..errors import UsageError, cli
 from ..io import atomic_path, save_mask_png
 
 IGNORE = 255
@@ -382,6 +383,7 @@ def make_synthetic_dataset(
     return summary
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m weakclip.data.synthetic")
     p.add_argument("--out", required=True, help="output folder (VOC layout)")
@@ -394,6 +396,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="if set, sizes vary in size..max-size"
     )
     args = p.parse_args(argv)
+    max_fg = len(VOC_CLASSES) - 1
+    if not 1 <= args.classes <= max_fg:
+        raise UsageError(f"--classes {args.classes}: the synthetic set has 1..{max_fg} foreground classes (named by "
+                         "the VOC classes)")  # fmt: skip
+    if args.images < 1 or (args.val is not None and args.val < 0):
+        raise UsageError(f"--images must be >= 1 and --val >= 0, got --images {args.images} --val {args.val}")
+    lo, hi = tuple(args.size), tuple(args.max_size or args.size)
+    if min(lo) < 16 or hi[0] < lo[0] or hi[1] < lo[1]:
+        raise UsageError(f"--size {lo[0]} {lo[1]} / --max-size {hi[0]} {hi[1]}: sides must be >= 16 and --max-size "
+                         ">= --size")  # fmt: skip
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: --out is a file; expected a folder")
     s = make_synthetic_dataset(
         args.out, args.images, args.seed, num_fg=args.classes, size=tuple(args.size), val_images=args.val,
         max_size=tuple(args.max_size) if args.max_size else None,
