@@ -340,6 +340,19 @@ COATTN_CONFIGS = {  # E, W, heads, L   (head dim W / heads)
 }
 
 
+def coattention_case(config: tuple[int, int, int, int], sizes: tuple[int, int, int, int], seed: int):
+    """(perturbed module, g (B, E), dense (B, E, h, w), T (K, E)) for config (E, W, heads, L), sizes (B, K, h, w)."""
+    E, W, heads, L = config
+    B, K, h, w = sizes
+    gen = torch.Generator().manual_seed(seed)
+    g, dense, T = (
+        torch.randn(B, E, generator=gen),
+        torch.randn(B, E, h, w, generator=gen),
+        torch.randn(K, E, generator=gen),
+    )
+    return perturbed_module(E, W, heads, L), g, dense, T
+
+
 @pytest.mark.parametrize("layout", ["tokens", "split"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("config", COATTN_CONFIGS.values(), ids=COATTN_CONFIGS.keys())
@@ -347,13 +360,7 @@ def test_coattention(emu, monkeypatch, config, dtype, layout):
     """Full launcher vs ``coattention_reference`` (float64); B 2, K 6, h·w = 5·7 = 35 (N = 36)."""
     E, W, heads, L = config
     B, K, h, w = 2, 6, 5, 7
-    m = perturbed_module(E, W, heads, L)
-    gen = torch.Generator().manual_seed(3)
-    g, dense, T = (
-        torch.randn(B, E, generator=gen),
-        torch.randn(B, E, h, w, generator=gen),
-        torch.randn(K, E, generator=gen),
-    )
+    m, g, dense, T = coattention_case(config, (B, K, h, w), seed=3)
     sd64 = {k: v.double() for k, v in m.state_dict().items()}
     ref = coattention_reference(sd64, g.double(), dense.double(), T.double(), heads=heads, layers=L)
 
@@ -381,15 +388,7 @@ def test_coattention(emu, monkeypatch, config, dtype, layout):
 def test_fused_coattention_module_is_a_drop_in(emu, monkeypatch):
     """``cuda_ops.FusedCoAttention`` (what benchmarks/bench_gpu_e2e.py swaps into the model) returns what
     ``CoAttentionMatching.forward`` returns: S, T* and F* in the module's layouts (EMULATED kernels, fp32)."""
-    E, W, heads, L = COATTN_CONFIGS["E60-W48-H3-L1"]
-    B, K, h, w = 2, 6, 5, 7
-    m = perturbed_module(E, W, heads, L)
-    gen = torch.Generator().manual_seed(5)
-    g, dense, T = (
-        torch.randn(B, E, generator=gen),
-        torch.randn(B, E, h, w, generator=gen),
-        torch.randn(K, E, generator=gen),
-    )
+    m, g, dense, T = coattention_case(COATTN_CONFIGS["E60-W48-H3-L1"], (2, 6, 5, 7), seed=5)
     with torch.no_grad():
         S_ref, T_ref, F_ref = m.double()(g.double(), dense.double(), T.double())
     m.float()
