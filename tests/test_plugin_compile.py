@@ -27,7 +27,6 @@ Skips, with the reason, when the header folder, nvcc, cmake, g++ or nm is missin
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -358,7 +357,7 @@ def plugin_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, s
         for variant in ("static", "getcreators"):
             cfg = _run(
                 [
-                    tools["cmake"], "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                    tools["cmake"], *generator, "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                     "-DCMAKE_CUDA_ARCHITECTURES=80", f"-DTENSORRT_INCLUDE_DIR={include}",
                     f"-DTENSORRT_NVINFER_LIBRARY={stub}", "-DWEAKCLIP_REQUIRE_TENSORRT=ON",
                     f"-DWEAKCLIP_TRT_GET_CREATORS={'ON' if variant == 'getcreators' else 'OFF'}",
@@ -421,7 +420,7 @@ def test_plugin_exports_only_the_tensorrt_entry_point(plugin_builds, version: st
 def test_plugin_host_side_calls(plugin_builds, version: str, variant: str) -> None:
     if (version, variant) not in plugin_builds:
         pytest.skip(f"TensorRT {version} headers not present under {_headers_root()}")
-    spec = json.loads(cuda_ops.PLUGIN_JSON.read_text())
+    spec = cuda_ops.plugin_spec()
     got = _host_run(plugin_builds[(version, variant)], variant)
     one = {k: v[0] for k, v in got.items()}
     assert one.get("done") == "1", got
