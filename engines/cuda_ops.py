@@ -18,16 +18,26 @@ Wrappers (tensors on one CUDA device, fp32 or fp16, work enqueued on the current
 from __future__ import annotations
 
 import ctypes
-import functools
-import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from weakclip.plugin_names import (
+    CoAttnDims,
+    coattention_dims,
+    ordered_weights,
+    pack_coattention_weights,
+    packed_weight_entries,
+    packed_weight_names,
+    packed_weight_shapes,
+    plugin_spec,
+)
+from weakclip.plugin_names import state_dict_of as _state_dict  # noqa: F401  (old private name)
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
 PLUGIN_JSON = CSRC_DIR / "plugin_names.json"
@@ -47,98 +57,8 @@ class CudaOpsUnavailable(RuntimeError):
 # Plugin identity and packed-weight layout (plugin_names.json; no CUDA needed).
 
 
-@functools.lru_cache(maxsize=1)
-def plugin_spec() -> dict[str, Any]:
-    """The parsed ``engines/csrc/plugin_names.json`` (op_type, plugin_version, plugin_namespace, attributes, ...)."""
-    with open(PLUGIN_JSON, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def packed_weight_entries(layers: int) -> list[tuple[str, str]]:
-    """(state-dict name, shape symbols) of every packed tensor for ``layers`` layers per stack, in blob order.
-
-    Each maximal run of ``{i}`` entries in the JSON is repeated layer-major (all of layer 0, then layer 1, ...).
-    """
-    out: list[tuple[str, str]] = []
-    run: list[tuple[str, str]] = []
-
-    def flush() -> None:
-        for i in range(layers):
-            out.extend((n.replace("{i}", str(i)), s) for n, s in run)
-        run.clear()
-
-    for name, shape in plugin_spec()["packed_weights"]:
-        if "{i}" in name:
-            run.append((name, shape))
-        else:
-            flush()
-            out.append((name, shape))
-    flush()
-    return out
-
-
-def packed_weight_names(layers: int) -> list[str]:
-    """State-dict names of the packed weights, in blob (and launcher pointer-array) order."""
-    return [n for n, _ in packed_weight_entries(layers)]
-
-
-def packed_weight_shapes(layers: int, embed_dim: int, width: int, mlp_hidden: int) -> list[tuple[int, ...]]:
-    """Shapes of the packed weights for these dims (E = embed_dim, W = width, M = mlp_hidden)."""
-    sym = {"E": embed_dim, "W": width, "M": mlp_hidden}
-    return [tuple(sym[s] for s in shape.split(",")) for _, shape in packed_weight_entries(layers)]
-
-
-@dataclass(frozen=True)
-class CoAttnDims:
-    embed_dim: int  # E
-    width: int  # W
-    mlp_hidden: int  # M
-    layers: int  # L
-
-
-def _state_dict(weights: Any) -> Mapping[str, torch.Tensor]:
-    if isinstance(weights, torch.nn.Module):
-        return weights.state_dict()
-    if isinstance(weights, Mapping):
-        return weights
-    raise TypeError(f"weights must be a CoAttentionMatching module or its state dict, got {type(weights).__name__}")
-
-
-def coattention_dims(weights: Any) -> CoAttnDims:
-    """Dims of a ``CoAttentionMatching`` state dict (or module)."""
-    sd = _state_dict(weights)
-    layers = len({k.split(".")[1] for k in sd if k.startswith("text_decoder.")})
-    width, embed_dim = sd["memory_proj.1.weight"].shape
-    mlp_hidden = sd["text_decoder.0.mlp.0.weight"].shape[0] if layers > 0 else 4 * width
-    return CoAttnDims(int(embed_dim), int(width), int(mlp_hidden), layers)
-
-
-def ordered_weights(weights: Any) -> tuple[list[torch.Tensor], CoAttnDims]:
-    """The state-dict tensors in packed order, shape-checked; missing or unexpected keys are an error."""
-    sd = _state_dict(weights)
-    dims = coattention_dims(sd)
-    names = packed_weight_names(dims.layers)
-    missing = [n for n in names if n not in sd]
-    unexpected = sorted(set(sd) - set(names))
-    if missing or unexpected:
-        raise KeyError(
-            f"co-attention weights do not match plugin_names.json packed_weights: missing {missing}, "
-            f"unexpected {unexpected}"
-        )
-    shapes = packed_weight_shapes(dims.layers, dims.embed_dim, dims.width, dims.mlp_hidden)
-    out = []
-    for name, shape in zip(names, shapes):
-        t = sd[name]
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {shape}")
-        out.append(t.detach())
-    return out, dims
-
-
-def pack_coattention_weights(weights: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The ``weights`` input of the TensorRT node: 1-D (P,) concatenation of the state-dict tensors in packed order."""
-    tensors, _ = ordered_weights(weights)
-    return torch.cat([t.reshape(-1).to(device="cpu", dtype=dtype) for t in tensors])
+# CoAttnDims, plugin_spec, packed_weight_*, ordered_weights, pack_coattention_weights: imported above from
+# weakclip.plugin_names (shared with the exporter, which does not import engines) and re-exported here.
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """TensorRT custom-op variant: the co-attention matching as ONE plugin node, and its standard decomposition.
 
 **The node** (identity and layout from ``engines/csrc/plugin_names.json``, the one source of truth shared with the
-C++ plugin through the generated ``weakclip_plugin_names.h``; read here through :mod:`weakclip.engines.cuda_ops`)::
+C++ plugin through the generated ``weakclip_plugin_names.h``; read here through :mod:`weakclip.plugin_names`)::
 
     score_map (B, K, h, w) = <op_type>(g (B, E), dense (B, E, h, w), text (K, E), weights (P,))
         domain "trt.plugins" (ignored by TensorRT's parser, needed by ONNX), attributes:
@@ -13,7 +13,7 @@ Why (g, dense) and not (V, T): it is the encoder's output as is (channel-first F
 between the encoder and the plugin, and the C launcher reads g + F directly (``WeakclipCoAttnParams.global_emb`` /
 ``dense``).  **How the weights reach the plugin**: as constant *inputs* (initializers), not attributes — ``text`` is
 T (K, E) and ``weights`` the packed blob (state-dict tensors flattened and concatenated in the ``packed_weights``
-order, per-layer runs repeated layer-major; :func:`weakclip.engines.cuda_ops.pack_coattention_weights`).  Initializers keep
+order, per-layer runs repeated layer-major; :func:`weakclip.plugin_names.pack_coattention_weights`).  Initializers keep
 the weights out of the node attributes (ONNX attributes are copied per node and capped in size by some tools) and
 make the fp16 variant convert them like any other weight.
 
@@ -36,12 +36,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-
+from weakclip.export import core
+from weakclip.export.core import GraphSpec
 from weakclip.export.wrappers import TAP_NAMES, CoAttentionPackedReference
+
+from weakclip import plugin_names
 from weakclip.model import WeakCLIP
 
 if TYPE_CHECKING:
-    from weakclip.export.to_onnx import ExportOptions, GraphSpec
+    from weakclip.export.core import ExportOptions
 
 CUSTOM_DOMAIN = "trt.plugins"  # TensorRT ignores the domain; ONNX needs one that is not the default
 CUSTOM_DOMAIN_VERSION = 1
@@ -53,9 +56,7 @@ LAYER_NORM_EPS = 1e-5  # nn.LayerNorm default, used by every LayerNorm of CoAtte
 
 
 def plugin_spec() -> dict[str, Any]:
-    from weakclip.engines import cuda_ops
-
-    return cuda_ops.plugin_spec()
+    return plugin_names.plugin_spec()
 
 
 def plugin_attributes(model: WeakCLIP) -> dict[str, int | float]:
@@ -82,12 +83,10 @@ def plugin_attributes(model: WeakCLIP) -> dict[str, int | float]:
 
 def packed_layout(model: WeakCLIP) -> list[tuple[str, tuple[int, ...]]]:
     """(state-dict name, shape) of every tensor of the packed ``weights`` input, in blob order."""
-    from weakclip.engines import cuda_ops
-
     cfg = model.config
     layers = cfg.coattn_layers
-    names = cuda_ops.packed_weight_names(layers)
-    shapes = cuda_ops.packed_weight_shapes(
+    names = plugin_names.packed_weight_names(layers)
+    shapes = plugin_names.packed_weight_shapes(
         layers, cfg.embed_dim, cfg.coattn_width, cfg.coattn_width * cfg.coattn_mlp_ratio
     )
     return list(zip(names, shapes, strict=True))
@@ -95,9 +94,7 @@ def packed_layout(model: WeakCLIP) -> list[tuple[str, tuple[int, ...]]]:
 
 def packed_weights(model: WeakCLIP) -> torch.Tensor:
     """The ``weights`` input: (P,) float32."""
-    from weakclip.engines import cuda_ops
-
-    return cuda_ops.pack_coattention_weights(model.coattention, dtype=torch.float32)
+    return plugin_names.pack_coattention_weights(model.coattention, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -213,8 +210,6 @@ def rename_value(graph: Any, old: str, new: str) -> None:
 
 def decomposition_spec(model: WeakCLIP, T: torch.Tensor, encoder_spec: GraphSpec) -> GraphSpec:
     """GraphSpec of the node's standard decomposition (g, dense, text, weights → score_map)."""
-    from weakclip.export.to_onnx import GraphSpec
-
     cfg = model.config
     module = CoAttentionPackedReference(packed_layout(model), heads=cfg.coattn_heads, layers=cfg.coattn_layers)
     blob = packed_weights(model)
@@ -340,9 +335,7 @@ def decomposed_copy(
     swapped = swap_in_decomposition(onnx.load(str(path)), dec)
     folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="weakclip-decomposed-"))
     folder.mkdir(parents=True, exist_ok=True)
-    from weakclip.export.to_onnx import save_model
-
-    return save_model(swapped, folder / path.name)
+    return core.save_model(swapped, folder / path.name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,8 +356,6 @@ def export_custom_op(
     provenance: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     import json
-
-    from weakclip.export import to_onnx
 
     spec_json = plugin_spec()
     attrs = plugin_attributes(model)
@@ -387,17 +378,17 @@ def export_custom_op(
     # 1. the decomposition (standard ONNX), exported from CoAttentionPackedReference
     dspec = decomposition_spec(model, T, specs["encoder"])
     dpath = out / DECOMPOSITION_FILE
-    to_onnx.log(f"custom op: exporting the standard decomposition → {dpath}")
+    core.log(f"custom op: exporting the standard decomposition → {dpath}")
     t0 = time.perf_counter()
-    dproto = to_onnx.export_graph(
+    dproto = core.export_graph(
         dspec, dspec.make_inputs(example), exporter=opts.exporter, opset=opts.opset, crop=model.config.crop_size,
         patch=model.config.patch_size,
     )  # fmt: skip
-    to_onnx.set_metadata(dproto, {**to_onnx.model_metadata(model, kind=dspec.kind, **meta), **extra_meta})
-    to_onnx.save_model(dproto, dpath)
+    core.set_metadata(dproto, {**core.model_metadata(model, kind=dspec.kind, **meta), **extra_meta})
+    core.save_model(dproto, dpath)
     t_export = time.perf_counter() - t0
     report["graphs"][dspec.kind] = {"file": dpath.name, "export_s": round(t_export, 2)}
-    to_onnx.log(f"custom op: decomposition exported in {t_export:.1f} s, onnx.checker full check ok")
+    core.log(f"custom op: decomposition exported in {t_export:.1f} s, onnx.checker full check ok")
     if opts.check:
         ref = specs["coattention"]
 
@@ -405,11 +396,11 @@ def export_custom_op(
             return ref.module(g, dense)  # the trained module (SDPA path), not the reference it was built from
 
         try:
-            report["graphs"][dspec.kind]["check"] = to_onnx.check_graph(
+            report["graphs"][dspec.kind]["check"] = core.check_graph(
                 dpath, dspec, decomp_reference, shapes, atol=opts.atol, rtol=opts.rtol,
                 min_agreement=opts.min_agreement,
             )  # fmt: skip
-        except to_onnx.CheckFailed as e:
+        except core.CheckFailed as e:
             failures.append(str(e))
 
     # 2. the plugin graphs
@@ -418,22 +409,22 @@ def export_custom_op(
         custom["end_to_end_custom"] = custom_end_to_end(protos["encoder"], custom["coattention_custom"],
                                                         protos["decoder"])  # fmt: skip
     else:
-        to_onnx.log("custom op: weakclip_custom.onnx needs the encoder and decoder graphs; not written")
+        core.log("custom op: weakclip_custom.onnx needs the encoder and decoder graphs; not written")
     for kind, proto in custom.items():
         path = out / FILES[kind]
-        to_onnx.set_metadata(proto, {**to_onnx.model_metadata(model, kind=kind, **meta), **extra_meta})
-        to_onnx.save_model(proto, path)
+        core.set_metadata(proto, {**core.model_metadata(model, kind=kind, **meta), **extra_meta})
+        core.save_model(proto, path)
         n_plugin = sum(n.op_type == spec_json["op_type"] for n in proto.graph.node)
-        report["graphs"][kind] = {"file": path.name, "mb": round(to_onnx.file_mb(path), 3), "plugin_nodes": n_plugin}
-        to_onnx.log(f"custom op: {path.name} ({n_plugin} {spec_json['op_type']} node), onnx.checker full check ok")
+        report["graphs"][kind] = {"file": path.name, "mb": round(core.file_mb(path), 3), "plugin_nodes": n_plugin}
+        core.log(f"custom op: {path.name} ({n_plugin} {spec_json['op_type']} node), onnx.checker full check ok")
         if opts.check:
             spec = specs[STANDARD_KIND[kind]]
             try:
                 with tempfile.TemporaryDirectory() as tmp:
-                    report["graphs"][kind]["check"] = to_onnx.check_graph(
+                    report["graphs"][kind]["check"] = core.check_graph(
                         decomposed_copy(path, dpath, tmp), spec, spec.module, shapes, atol=opts.atol,
                         rtol=opts.rtol, min_agreement=opts.min_agreement,
                     )  # fmt: skip
-            except to_onnx.CheckFailed as e:
+            except core.CheckFailed as e:
                 failures.append(f"custom op (decomposed): {e}")
     return report

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from weakclip.export.to_onnx import ExportOptions, GraphSpec
+from weakclip.export import core, custom_op
+from weakclip.export.core import ExportOptions, GraphSpec
 
 # ONNX Runtime 1.32's CPU NCHWc layout pass crashes (segfault at session creation) on the fp16 encoder graph
 # (found by bisecting the optimisers); CPU sessions of fp16 graphs disable it.  Not needed on the CUDA EP.
@@ -80,9 +80,7 @@ def convert_to_fp16(model: Any, extra_block: tuple[str, ...] = ()) -> Any:
             model, keep_io_types=True, op_block_list=op_block_list() + list(extra_block), disable_shape_infer=False
         )
     _restore_fp32_constants(model, m16)
-    from weakclip.export.to_onnx import set_metadata
-
-    set_metadata(m16, {**meta, "precision": "fp16", "fp16_op_block_list": ",".join(op_block_list())})
+    core.set_metadata(m16, {**meta, "precision": "fp16", "fp16_op_block_list": ",".join(op_block_list())})
     return m16
 
 
@@ -149,22 +147,18 @@ def export_fp16(
     """Convert every fp32 graph written to ``out`` (standard and custom-op) and check the standard ones in ORT."""
     import onnx
 
-    from weakclip.export import to_onnx
-
     report: dict[str, Any] = {"op_block_list": op_block_list(), "graphs": {}}
     files = [(kind, spec.file) for kind, spec in specs.items() if (out / spec.file).exists() and kind in opts.graphs]
     if opts.custom_op:
-        from weakclip.export import custom_op
-
         files += [(k, f) for k, f in custom_op.FILES.items() if (out / f).exists()]
     for kind, file in files:
         src = out / file
         dst = out / fp16_name(file)
         t0 = time.perf_counter()
         m16 = convert_to_fp16(onnx.load(str(src)))
-        to_onnx.save_model(m16, dst)
-        entry: dict[str, Any] = {"file": dst.name, "mb": round(to_onnx.file_mb(dst), 3)}
-        to_onnx.log(f"{kind} fp16: {dst.name} ({entry['mb']:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+        core.save_model(m16, dst)
+        entry: dict[str, Any] = {"file": dst.name, "mb": round(core.file_mb(dst), 3)}
+        core.log(f"{kind} fp16: {dst.name} ({entry['mb']:.1f} MB) in {time.perf_counter() - t0:.1f} s")
         if opts.check:
             entry["check"] = _check_fp16(dst, kind, specs, shapes, opts, failures)
         report["graphs"][kind] = entry
@@ -182,18 +176,14 @@ def _check_fp16(
     """fp16 graph in ORT CPU vs PyTorch fp32: max |Δ| reported, argmax agreement ≥ opts.fp16_min_agreement."""
     import tempfile
 
-    from weakclip.export import to_onnx
-
     with tempfile.TemporaryDirectory() as tmp:
         if kind in specs:
             spec, target = specs[kind], path
         else:  # custom-op graphs: run with the plugin node swapped for its (fp32, cast-wrapped) decomposition
-            from weakclip.export import custom_op
-
             spec = specs[custom_op.STANDARD_KIND[kind]]
             target = custom_op.decomposed_copy(path, out_dir=tmp)
         try:
-            return to_onnx.check_graph(
+            return core.check_graph(
                 target,
                 spec,
                 spec.module,
@@ -204,6 +194,6 @@ def _check_fp16(
                 disabled_optimizers=ORT_CPU_FP16_DISABLED_OPTIMIZERS,
                 agreement_on=("logits",),  # score-map agreement is reported: cosine near-ties of random models flip
             )
-        except to_onnx.CheckFailed as e:
+        except core.CheckFailed as e:
             failures.append(f"fp16: {e}")
             return None

@@ -43,8 +43,7 @@ def vit_linear_nodes(model: Any) -> list[str]:
 
 def _copy_metadata(src: Path, dst: Path, precision: str) -> None:
     import onnx
-
-    from weakclip.export.to_onnx import set_metadata
+    from weakclip.export.core import set_metadata
 
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     m = onnx.load(str(dst))
@@ -114,35 +113,61 @@ def quantize_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> di
     return {"convs": conv, "vit_linears": lin, "mb": round(dst.stat().st_size / 2**20, 2)}
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+USAGE = "--int8 takes a folder of calibration images (.jpg, .jpeg, .png) or a text file listing image paths"
+
+
+def calibration_paths(images: str | Path, count: int = 16) -> list[Path]:
+    """The (up to ``count``, evenly spaced) image files the calibration reads from a folder, a list file of image
+    paths (relative to the list's folder) or one image.  Checked without decoding: a missing source, an empty
+    folder, a folder without images or a list naming missing files is a ValueError with one line."""
+    src = Path(images)
+    if src.is_dir():
+        paths = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and
+                       not p.name.startswith("."))  # fmt: skip
+        if not paths:
+            what = "is empty" if not any(src.iterdir()) else "holds no images"
+            raise ValueError(f"{src}: the calibration folder {what}; {USAGE}")
+    elif src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
+        paths = [src]
+    elif src.is_file():
+        try:
+            entries = [ln.strip() for ln in src.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (UnicodeDecodeError, OSError):
+            raise ValueError(f"{src}: not a text list of image paths; {USAGE}") from None
+        if not entries:
+            raise ValueError(f"{src}: the calibration list names no images; {USAGE}")
+        paths = [p if p.is_absolute() else src.parent / p for p in map(Path, entries)]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise ValueError(f"{src}: {len(missing)} of {len(paths)} listed calibration images do not exist "
+                             f"(first: {missing[0]})")  # fmt: skip
+    else:
+        raise ValueError(f"{src}: calibration images not found; {USAGE}")
+    step = max(1, len(paths) // max(count, 1))
+    return paths[::step][:count]
+
+
 def calibration_windows(
     images: str | Path, crop: int, mean: Sequence[float], std: Sequence[float], count: int = 16
 ) -> list[np.ndarray]:
-    """Up to ``count`` normalised (1, 3, crop, crop) windows from an image folder or a list file of image paths
-    (short side resized to the crop, centre crop) — the inputs the deployed model sees."""
+    """Up to ``count`` normalised (1, 3, crop, crop) windows from :func:`calibration_paths` (short side resized to
+    the crop, centre crop) — the inputs the deployed model sees.  An unreadable image is a ValueError naming it."""
     from PIL import Image
 
     from weakclip.io import read_image
 
-    src = Path(images)
-    if src.is_dir():
-        paths = sorted(p for p in src.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png") and
-                       not p.name.startswith("."))  # fmt: skip
-    elif src.is_file():
-        paths = [Path(ln.strip()) for ln in src.read_text().splitlines() if ln.strip()]
-        paths = [p if p.is_absolute() else src.parent / p for p in paths]
-    else:
-        raise FileNotFoundError(f"{src}: calibration images not found (a folder or a list file)")
-    step = max(1, len(paths) // max(count, 1))
     out = []
     m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    for p in paths[::step][:count]:
-        img = Image.fromarray(read_image(p))
+    for p in calibration_paths(images, count):
+        try:
+            img = Image.fromarray(read_image(p))
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
         scale = crop / min(img.size)
         w, h = max(crop, round(img.width * scale)), max(crop, round(img.height * scale))
         img = img.resize((w, h), Image.BILINEAR)
         x0, y0 = (w - crop) // 2, (h - crop) // 2
         arr = (np.asarray(img.crop((x0, y0, x0 + crop, y0 + crop)), np.float32) - m) / s
         out.append(np.ascontiguousarray(arr.transpose(2, 0, 1)[None]))
-    if not out:
-        raise ValueError(f"{src}: no calibration images found")
     return out

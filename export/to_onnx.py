@@ -22,635 +22,68 @@ the graph).  Every file is checked by itself (timm's rule): ``onnx.checker`` ful
 against PyTorch on random inputs at two shapes (batch 2 at the crop, batch 1 at a smaller non-square size); the max
 |Δ| and the argmax agreement are printed and a check beyond tolerance makes the export fail (exit status 1).
 Metadata in every file: class_names (JSON), mean, std (JSON), crop_size, size_divisor, config (JSON), the weakclip
-version, opset, exporter, precision and the graph kind.  Exit status: 0 ok, 1 a check failed, 2 bad input.
+version, opset, exporter, precision and the graph kind.  Exit status: 0 ok, 1 a check or the exporter failed,
+2 a usage error (wrong --checkpoint file, bad --int8 images, unknown --graphs), reported before any slow work.
+
+This file is only the command line (``python export/to_onnx.py`` or ``python -m weakclip.export.to_onnx``); the work
+is done by :mod:`weakclip.export.pipeline` and :mod:`weakclip.export.core`, whose public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import hashlib
-import json
-import os
+import logging
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # run as a script: `python export/to_onnx.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-import torch
-
-import weakclip
-from weakclip.export.wrappers import (
-    ENCODER_OUTPUTS,
-    TAP_NAMES,
-    CoAttentionOnnx,
-    DecoderOnnx,
-    EncoderOnnx,
-    WeakCLIPOnnx,
+from weakclip.export.core import (  # noqa: F401  (re-exported: the library API used to live in this module)
+    ATOL,
+    DEFAULT_EXPORTER,
+    EXPORTERS,
+    FILES,
+    MIN_AGREEMENT,
+    OPSET,
+    RTOL,
+    CheckFailed,
+    ExportError,
+    ExportInputError,
+    ExportOptions,
+    GraphSpec,
+    check_graph,
+    check_shapes,
+    compare_outputs,
+    example_images,
+    export_graph,
+    file_mb,
+    graph_specs,
+    log,
+    model_metadata,
+    name_io_dims,
+    ort_session,
+    read_metadata,
+    save_model,
+    set_metadata,
+    sha256,
+    simplify,
+    text_embeddings,
+    within,
 )
-from weakclip.model import WeakCLIP
+from weakclip.export.pipeline import export_int8, export_model, validate_options  # noqa: F401
 
-# The ONE pinned opset of every exported graph.  18: the opset torch's dynamo exporter (onnxscript torchlib) emits
-# natively (any other value goes through the ONNX version converter); LayerNormalization is a single op (≥ 17);
-# TensorRT 10/11's ONNX parser and ONNX Runtime ≥ 1.14 support it.
-OPSET = 18
+from weakclip.errors import RuntimeFailure, UsageError, cli
+from weakclip.filekind import expect
 
-# Exporter choice.  "dynamo" (torch.export-based; needs onnxscript) is the default because it is the one that keeps
-# H and W dynamic here: it traces symbolic sizes through open_clip's nn.MultiheadAttention and our positional-table
-# resize, and one graph runs at every (B, H, W).  The legacy TorchScript exporter, measured on torch 2.14, (a) hits
-# the MHA fast path (aten::_native_multi_head_attention has no ONNX symbolic) and, with the fast path disabled,
-# (b) bakes the example token count into the reshapes of F.multi_head_attention_forward, so the graph fails at any
-# other H, W ("cannot reshape {1025,1,64} to {321,2,32}").  It stays selectable for comparison; the self-check at a
-# second shape then rejects it.
-EXPORTERS = ("dynamo", "torchscript")
-DEFAULT_EXPORTER = "dynamo"
-
-FILES = {
-    "encoder": "encoder.onnx",
-    "coattention": "coattention.onnx",
-    "decoder": "decoder.onnx",
-    "end_to_end": "weakclip.onnx",
-}
-TWO_GB = 2**31
-MIN_GRID = 4  # smallest token-grid side the export traces for (H, W ≥ 4 patches)
-
-# Default parity tolerances (fp32).  Δ ≤ atol + rtol · max|reference| per output; argmax over classes must agree
-# on ≥ min_agreement of the pixels for logits and score maps.
-ATOL = 1e-3
-RTOL = 1e-4
-MIN_AGREEMENT = 0.999
-
-
-class ExportError(RuntimeError):
-    """The export cannot proceed (bad checkpoint, missing dependency, exporter failure)."""
-
-
-class CheckFailed(RuntimeError):
-    """An exported graph does not match PyTorch within tolerance."""
-
-
-def log(msg: str) -> None:
-    print(f"[weakclip-export] {msg}", flush=True)
-
-
-@contextlib.contextmanager
-def timed(what: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    log(f"{what}: {time.perf_counter() - t0:.1f} s")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# what to export
-
-
-@dataclass
-class GraphSpec:
-    """One ONNX graph: the wrapper module, named inputs and outputs, and which axes are dynamic.
-
-    ``dims`` maps input name → {axis: symbol}, symbols: "B" batch, "h"/"w" token grid, "H"/"W" = patch · h/w
-    (image pixels); inputs not listed are static.  ``make_inputs(images)`` gives the graph's inputs for a batch of
-    normalised images (B, 3, H, W) (for graphs that do not start from the image, through the PyTorch encoder).
-    """
-
-    kind: str  # graph kind written to the metadata: encoder | coattention | decoder | end_to_end | ...
-    file: str
-    module: torch.nn.Module
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    dims: dict[str, dict[int, str]]
-    make_inputs: Callable[[torch.Tensor], dict[str, torch.Tensor]]
-    compare: dict[str, str] = field(default_factory=dict)  # output name → "argmax" for class-channel outputs
-
-
-def graph_specs(model: WeakCLIP, T: torch.Tensor) -> list[GraphSpec]:
-    """The four standard graphs of SPEC §6 for ``model`` with precomputed text embeddings T (K, E)."""
-    encoder = EncoderOnnx(model).eval()
-
-    @torch.no_grad()
-    def encoded(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(ENCODER_OUTPUTS, encoder(images), strict=True))
-
-    coattn = CoAttentionOnnx(model, T).eval()
-
-    def decoder_inputs(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        enc = encoded(images)
-        with torch.no_grad():
-            S = coattn(enc["g"], enc["dense"])
-        return {**{k: enc[k] for k in TAP_NAMES}, "score_map": S}
-
-    grid = {0: "B", 2: "h", 3: "w"}
-    image = {"image": {0: "B", 2: "H", 3: "W"}}
-    return [
-        GraphSpec("encoder", FILES["encoder"], encoder, ("image",), ENCODER_OUTPUTS, image, lambda x: {"image": x}),
-        GraphSpec(
-            "coattention",
-            FILES["coattention"],
-            coattn,
-            ("g", "dense"),
-            ("score_map",),
-            {"g": {0: "B"}, "dense": grid},
-            lambda x: {k: v for k, v in encoded(x).items() if k in ("g", "dense")},
-            {"score_map": "argmax"},
-        ),
-        GraphSpec(
-            "decoder",
-            FILES["decoder"],
-            DecoderOnnx(model).eval(),
-            (*TAP_NAMES, "score_map"),
-            ("logits",),
-            {name: grid for name in (*TAP_NAMES, "score_map")},
-            decoder_inputs,
-            {"logits": "argmax"},
-        ),
-        GraphSpec(
-            "end_to_end",
-            FILES["end_to_end"],
-            WeakCLIPOnnx(model, T).eval(),
-            ("image",),
-            ("logits", "score_map"),
-            image,
-            lambda x: {"image": x},
-            {"logits": "argmax", "score_map": "argmax"},
-        ),
-    ]
-
-
-def example_images(crop: int, patch: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    """Export example (batch 2: the dynamo exporter fixes a batch-1 example to 1) at a non-square size below the
-    crop (H ≠ W so no symbolic equality between them is assumed): (2, 3, ~crop/2, ~3·crop/4) in patch multiples."""
-    h = max(2, round(crop / 2 / patch)) * patch
-    w = max(3, round(crop * 3 / 4 / patch)) * patch
-    if w == h:
-        w += patch
-    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
-
-
-def check_shapes(crop: int, patch: int) -> list[tuple[int, int, int]]:
-    """(B, H, W) of the export self-check: batch 2 at the crop, batch 1 at a smaller non-square size."""
-    h = max(2, round(crop * 0.625 / patch)) * patch
-    w = max(2, round(crop * 0.75 / patch)) * patch
-    return [(2, crop, crop), (1, h, w)]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# export one graph
-
-
-@contextlib.contextmanager
-def _mha_fastpath(enabled: bool) -> Iterator[None]:
-    prev = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(enabled)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(prev)
-
-
-def _dynamo_shapes(spec: GraphSpec, crop: int, patch: int) -> dict[str, Any]:
-    # Token-grid sides from 4 (the decoder's stride-32 level is then ≥ 2, no 0/1 specialisation while tracing) to
-    # the crop's grid; the graph itself has no size asserts.
-    grid = max(MIN_GRID, crop // patch)
-    B = torch.export.Dim("B", min=1, max=4096)
-    h = torch.export.Dim("h", min=MIN_GRID, max=grid)
-    w = torch.export.Dim("w", min=MIN_GRID, max=grid)
-    sym = {"B": B, "h": h, "w": w, "H": patch * h, "W": patch * w}
-    return {name: {ax: sym[s] for ax, s in spec.dims.get(name, {}).items()} or None for name in spec.input_names}
-
-
-def export_graph(
-    spec: GraphSpec,
-    example: dict[str, torch.Tensor],
-    *,
-    exporter: str = DEFAULT_EXPORTER,
-    opset: int = OPSET,
-    crop: int,
-    patch: int,
-) -> Any:
-    """Trace ``spec.module`` on ``example`` and return the ONNX ModelProto (nothing written)."""
-    import onnx
-
-    args = tuple(example[n] for n in spec.input_names)
-    if exporter == "dynamo":
-        try:
-            import onnxscript  # noqa: F401 - the dynamo exporter needs it; fail with a clear message
-        except ImportError:
-            raise ExportError("the dynamo exporter needs onnxscript: pip install onnxscript") from None
-        with warnings.catch_warnings():
-            # "The axis name: B will not be used, since it shares the same shape constraints with another axis"
-            warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-            prog = torch.onnx.export(
-                spec.module,
-                args,
-                dynamo=True,
-                opset_version=opset,
-                input_names=list(spec.input_names),
-                output_names=list(spec.output_names),
-                dynamic_shapes=_dynamo_shapes(spec, crop, patch),
-                optimize=True,
-                verbose=False,
-            )
-        proto = prog.model_proto
-        name_io_dims(proto, patch)
-        return proto
-    if exporter == "torchscript":
-        import io
-
-        dyn: dict[str, dict[int, str]] = {n: dict(spec.dims.get(n, {})) for n in spec.input_names}
-        for n in spec.output_names:  # every output: batch first; the rest follows from the inputs at run time
-            dyn[n] = {0: "B"}
-        buf = io.BytesIO()
-        with _mha_fastpath(False), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                spec.module,
-                args,
-                buf,
-                dynamo=False,
-                opset_version=opset,
-                input_names=list(spec.input_names),
-                output_names=list(spec.output_names),
-                dynamic_axes=dyn,
-                do_constant_folding=True,
-            )
-        proto = onnx.load_from_string(buf.getvalue())
-        name_io_dims(proto, patch)
-        return proto
-    raise ExportError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
-
-
-def name_io_dims(proto: Any, patch: int) -> None:
-    """Readable symbolic dims on the graph inputs/outputs (the exporter writes e.g. "s39"): B batch, H×W image,
-    h×w token grid.  Only symbolic dims are renamed; static ones (channels, K) stay numbers."""
-    names = {i.name for i in proto.graph.input}
-    if "image" in names:  # sizes follow from the image
-        grid, logit = [f"H/{patch}", f"W/{patch}"], ["H/4", "W/4"]
-    else:  # sizes follow from the token grid
-        grid, logit = ["h", "w"], ["4*h", "4*w"]
-    table = {"image": ["B", None, "H", "W"], "g": ["B", None], "logits": ["B", None, *logit]}
-    for n in (*TAP_NAMES, "dense", "score_map"):
-        table[n] = ["B", None, *grid]
-    for v in (*proto.graph.input, *proto.graph.output):
-        want = table.get(v.name)
-        dims = v.type.tensor_type.shape.dim
-        if want is None or len(want) != len(dims):
-            continue
-        for d, label in zip(dims, want, strict=True):
-            if label is not None and d.HasField("dim_param"):
-                d.dim_param = label
-
-
-def model_metadata(model: WeakCLIP, *, kind: str, opset: int, exporter: str, precision: str = "fp32") -> dict[str, str]:
-    cfg = model.config
-    return {
-        "graph": kind,
-        "class_names": json.dumps(list(cfg.class_names)),
-        "mean": json.dumps(list(cfg.mean)),
-        "std": json.dumps(list(cfg.std)),
-        "crop_size": str(cfg.crop_size),
-        "size_divisor": str(cfg.patch_size),
-        "config": json.dumps(cfg.to_dict()),
-        "weakclip_version": weakclip.__version__,
-        "opset": str(opset),
-        "exporter": exporter,
-        "precision": precision,
-        "torch_version": torch.__version__,
-    }
-
-
-def set_metadata(model_proto: Any, meta: dict[str, str]) -> None:
-    keep = [p for p in model_proto.metadata_props if p.key not in meta]
-    del model_proto.metadata_props[:]
-    model_proto.metadata_props.extend(keep)
-    for k, v in meta.items():
-        p = model_proto.metadata_props.add()
-        p.key, p.value = k, v
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """metadata_props of an .onnx file (without loading external weights)."""
-    import onnx
-
-    m = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
-
-
-def simplify(model_proto: Any) -> Any:
-    """onnxslim (constant folding, dead-node removal, pattern fusion); metadata is carried over."""
-    try:
-        import onnxslim
-    except ImportError:
-        raise ExportError("--simplify needs onnxslim: pip install onnxslim") from None
-    meta = {p.key: p.value for p in model_proto.metadata_props}
-    slim = onnxslim.slim(model_proto)
-    set_metadata(slim, meta)
-    return slim
-
-
-def save_model(model_proto: Any, path: Path) -> Path:
-    """Write a single-file model (< 2 GB) or the model plus ``<name>.data`` beside it, then run the full check."""
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = model_proto.ByteSize()
-    big = size >= TWO_GB - 64 * 2**20
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()
-    onnx.save_model(model_proto, str(path), save_as_external_data=big, location=data.name if big else None)
-    onnx.checker.check_model(str(path), full_check=True)
-    return path
-
-
-def file_mb(path: Path) -> float:
-    total = path.stat().st_size
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        total += data.stat().st_size
-    return total / 2**20
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# self-check: ONNX Runtime vs PyTorch
-
-
-def ort_session(path: str | os.PathLike, threads: int | None = None, disabled_optimizers: Sequence[str] = ()) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    kw = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], **kw)
-
-
-def compare_outputs(
-    got: dict[str, np.ndarray], ref: dict[str, np.ndarray], argmax: Sequence[str] = ()
-) -> dict[str, dict[str, float]]:
-    """Per output: max |Δ|, max |reference|, and for class-channel outputs the argmax agreement over axis 1."""
-    out = {}
-    for name, r in ref.items():
-        g = got[name]
-        if g.shape != r.shape:
-            raise CheckFailed(f"output {name}: shape {tuple(g.shape)} vs PyTorch {tuple(r.shape)}")
-        d = {
-            "max_abs_diff": float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0,
-            "max_abs_ref": float(np.max(np.abs(r))) if r.size else 0.0,
-            "finite": bool(np.isfinite(g).all()),
-        }
-        if name in argmax:
-            d["argmax_agreement"] = float(np.mean(g.argmax(1) == r.argmax(1)))
-        out[name] = d
-    return out
-
-
-def within(stats: dict[str, float], atol: float, rtol: float, min_agreement: float, agreement: bool = True) -> bool:
-    ok = stats["finite"] and stats["max_abs_diff"] <= atol + rtol * stats["max_abs_ref"]
-    return ok and (not agreement or stats.get("argmax_agreement", 1.0) >= min_agreement)
-
-
-def check_graph(
-    path: Path,
-    spec: GraphSpec,
-    reference: torch.nn.Module,
-    shapes: Sequence[tuple[int, int, int]],
-    *,
-    atol: float = ATOL,
-    rtol: float = RTOL,
-    min_agreement: float = MIN_AGREEMENT,
-    enforce: bool = True,
-    seed: int = 1,
-    disabled_optimizers: Sequence[str] = (),
-    agreement_on: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Run ``path`` in ONNX Runtime (CPU) and ``reference`` in PyTorch on random images of each (B, H, W).
-
-    Prints one line per shape and output; raises CheckFailed (after printing) when ``enforce`` and a result is out
-    of tolerance.  ``agreement_on``: outputs whose argmax agreement is enforced (default: all class-channel outputs;
-    the others' agreement is only reported).
-    """
-    sess = ort_session(path, disabled_optimizers=disabled_optimizers)
-    gen = torch.Generator().manual_seed(seed)
-    results, failures = [], []
-    for B, H, W in shapes:
-        images = torch.randn(B, 3, H, W, generator=gen)
-        inputs = spec.make_inputs(images)
-        with torch.no_grad():
-            ref = reference(*(inputs[n] for n in spec.input_names))
-        ref = ref if isinstance(ref, tuple) else (ref,)
-        ref_np = {n: t.float().numpy() for n, t in zip(spec.output_names, ref, strict=True)}
-        try:
-            got = sess.run(list(spec.output_names), {n: inputs[n].numpy() for n in spec.input_names})
-        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types; report them as a failed check
-            msg = f"{path.name} B={B} {H}×{W}: ONNX Runtime failed: {str(e).splitlines()[0]}"
-            log(f"  FAIL {msg}")
-            failures.append(msg)
-            results.append({"shape": [B, 3, H, W], "error": msg})
-            continue
-        stats = compare_outputs(dict(zip(spec.output_names, got, strict=True)), ref_np, list(spec.compare))
-        results.append({"shape": [B, 3, H, W], "outputs": stats})
-        for name, s in stats.items():
-            ok = within(s, atol, rtol, min_agreement, agreement_on is None or name in agreement_on)
-            agree = f", argmax agreement {100 * s['argmax_agreement']:.3f} %" if "argmax_agreement" in s else ""
-            log(
-                f"  {'ok  ' if ok else 'FAIL'} {path.name} B={B} {H}×{W} {name}: max |Δ| {s['max_abs_diff']:.3g} "
-                f"(max |ref| {s['max_abs_ref']:.3g}){agree}"
-            )
-            if not ok:
-                failures.append(f"{path.name} B={B} {H}×{W} {name}")
-    if failures and enforce:
-        raise CheckFailed(
-            f"ONNX Runtime vs PyTorch out of tolerance (atol {atol:g} + rtol {rtol:g}·max|ref|, argmax agreement "
-            f"≥ {100 * min_agreement:g} %): {'; '.join(failures)}"
-        )
-    return results
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the whole export
-
-
-@dataclass
-class ExportOptions:
-    opset: int = OPSET  # ONNX opset of every graph
-    exporter: str = DEFAULT_EXPORTER  # "dynamo" (default, see EXPORTERS) or "torchscript"
-    simplify: bool = False  # run onnxslim on every graph
-    fp16: bool = False  # also write <graph>_fp16.onnx (onnxconverter-common, fp32 I/O)
-    custom_op: bool = False  # also write the TensorRT custom-op variant
-    check: bool = True  # ONNX Runtime vs PyTorch after every export
-    graphs: tuple[str, ...] = tuple(FILES)  # which standard graphs to write
-    atol: float = ATOL
-    rtol: float = RTOL
-    min_agreement: float = MIN_AGREEMENT
-    fp16_min_agreement: float = 0.99  # fp16 graphs vs PyTorch fp32 (see export.fp16 for why 99 %)
-    int8_calibration: str | None = None  # image folder / list file: also write weakclip_int8.onnx (export.quantize)
-    int8_calibration_count: int = 16  # calibration windows for the static int8 convolutions
-
-
-def text_embeddings(model: WeakCLIP) -> torch.Tensor:
-    """T (K, E): the prompt learner + text tower, run once."""
-    with torch.no_grad():
-        return model.text_embeddings().detach().float().clone()
-
-
-def export_model(
-    model: WeakCLIP, out_dir: str | os.PathLike, opts: ExportOptions | None = None, source: str = ""
-) -> dict[str, Any]:
-    """Export ``model`` (eval mode is set) to ``out_dir``; returns the report also written to ``export.json``."""
-    opts = opts or ExportOptions()
-    if opts.exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {opts.exporter!r}; choose one of {EXPORTERS}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model.eval().float()
-    cfg = model.config
-    crop, patch = cfg.crop_size, cfg.patch_size
-    with timed("text embeddings T (K, E) precomputed"):
-        T = text_embeddings(model)
-    specs = {s.kind: s for s in graph_specs(model, T)}
-    unknown = set(opts.graphs) - set(specs)
-    if unknown:
-        raise ExportError(f"unknown graph(s) {sorted(unknown)}; choose from {sorted(specs)}")
-    example = example_images(crop, patch)
-    shapes = check_shapes(crop, patch)
-    provenance = {}
-    if source and Path(source).is_file():
-        provenance = {"source_checkpoint": Path(source).name, "source_checkpoint_sha256": sha256(source)}
-    report: dict[str, Any] = {
-        "source": source,
-        **provenance,
-        "options": dataclasses.asdict(opts),
-        "opset": opts.opset,
-        "exporter": opts.exporter,
-        "example_shape": list(example.shape),
-        "check_shapes": [list(s) for s in shapes],
-        "config": cfg.to_dict(),
-        "versions": _versions(),
-        "graphs": {},
-    }
-    tol = dict(atol=opts.atol, rtol=opts.rtol, min_agreement=opts.min_agreement)
-    protos: dict[str, Any] = {}
-    failures: list[str] = []
-    for kind in opts.graphs:
-        spec = specs[kind]
-        path = out / spec.file
-        log(f"{kind}: exporting with {opts.exporter} (opset {opts.opset}) → {path}")
-        t0 = time.perf_counter()
-        try:
-            proto = export_graph(spec, spec.make_inputs(example), exporter=opts.exporter, opset=opts.opset,
-                                 crop=crop, patch=patch)  # fmt: skip
-        except ExportError:
-            raise
-        except Exception as e:  # noqa: BLE001 - exporter internals: one line for the CLI, the cause chained
-            raise ExportError(f"{kind}: the {opts.exporter} exporter failed: {str(e).strip().splitlines()[0]}") from e
-        t_export = time.perf_counter() - t0
-        if opts.simplify:
-            with timed(f"{kind}: onnxslim"):
-                proto = simplify(proto)
-        set_metadata(
-            proto, {**model_metadata(model, kind=kind, opset=opts.opset, exporter=opts.exporter), **provenance}
-        )
-        save_model(proto, path)
-        if opts.custom_op:  # the custom-op graphs are composed from the encoder and decoder protos
-            protos[kind] = proto
-        entry: dict[str, Any] = {"file": spec.file, "mb": round(file_mb(path), 3), "export_s": round(t_export, 2)}
-        log(f"{kind}: exported in {t_export:.1f} s, {entry['mb']:.1f} MB, onnx.checker full check ok")
-        if opts.check:
-            try:
-                entry["check"] = check_graph(path, spec, spec.module, shapes, **tol)
-            except CheckFailed as e:
-                failures.append(str(e))
-        report["graphs"][kind] = entry
-
-    if opts.custom_op:
-        from weakclip.export import custom_op
-
-        report["custom_op"] = custom_op.export_custom_op(
-            model, T, out, opts, specs=specs, protos=protos, shapes=shapes, failures=failures, example=example,
-            provenance=provenance,
-        )  # fmt: skip
-    if opts.fp16:
-        from weakclip.export import fp16
-
-        report["fp16"] = fp16.export_fp16(out, opts, specs=specs, shapes=shapes, failures=failures)
-    if opts.int8_calibration:
-        report["int8"] = export_int8(model, out, opts)
-    if failures and opts.exporter == "torchscript":
-        failures.append("hint: the TorchScript exporter bakes the example token count into open_clip's attention "
-                        "reshapes, so other H, W fail; use --exporter dynamo")  # fmt: skip
-    report["ok"] = not failures
-    report["failures"] = failures
-    (out / "export.json").write_text(json.dumps(report, indent=1))
-    if failures:
-        raise CheckFailed(" | ".join(failures))
-    return report
-
-
-def export_int8(model: WeakCLIP, out: Path, opts: ExportOptions) -> dict[str, Any]:
-    """weakclip_int8.onnx from weakclip.onnx, calibrated on real windows; reports its agreement with fp32 ORT on
-    those windows (int8 error has no tight arithmetic bound, so it is reported, not asserted)."""
-    from weakclip.export import quantize
-
-    src, dst = out / FILES["end_to_end"], out / "weakclip_int8.onnx"
-    if not src.is_file():
-        raise ExportError(f"--int8 needs the end_to_end graph ({src}); include it in --graphs")
-    cfg = model.config
-    try:
-        windows = quantize.calibration_windows(opts.int8_calibration, cfg.crop_size, cfg.mean, cfg.std,
-                                               opts.int8_calibration_count)  # fmt: skip
-    except (FileNotFoundError, ValueError) as e:
-        raise ExportError(str(e)) from None
-    with timed(f"int8: static convolutions ({len(windows)} calibration windows) + dynamic ViT linears"):
-        info = quantize.quantize_int8(src, dst, windows)
-    fp32, int8 = ort_session(src), ort_session(dst)
-    agree, max_abs = [], 0.0
-    for x in windows:
-        a = fp32.run(["logits"], {"image": x})[0]
-        b = int8.run(["logits"], {"image": x})[0]
-        agree.append(float((a.argmax(1) == b.argmax(1)).mean()))
-        max_abs = max(max_abs, float(np.abs(a - b).max()))
-    info.update(argmax_agreement_vs_fp32=float(np.mean(agree)), max_abs_dlogit_vs_fp32=max_abs)
-    log(f"int8: {dst.name} {info['mb']:.1f} MB; on the calibration windows vs fp32: argmax agreement "
-        f"{100 * info['argmax_agreement_vs_fp32']:.3f} %, max |Δlogit| {max_abs:.3g}")  # fmt: skip
-    return info
-
-
-def _versions() -> dict[str, str]:
-    v = {"weakclip": weakclip.__version__, "torch": torch.__version__}
-    for mod in ("onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxconverter_common"):
-        try:
-            v[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional packages
-            pass
-    return v
-
-
-def sha256(path: str | os.PathLike, limit: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:limit]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line
+PROG = "weakclip-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="weakclip-export", description="Export a WeakCLIP checkpoint to ONNX (text embeddings precomputed)."
+        prog=PROG, description="Export a WeakCLIP checkpoint to ONNX (text embeddings precomputed)."
     )
     ap.add_argument("--checkpoint", required=True, help="WeakCLIP .safetensors checkpoint (weights + config)")
     ap.add_argument("--out", required=True, help="output folder")
@@ -678,20 +111,33 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at emit time (not the one at creation)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+def _show_progress() -> None:
+    """Print the export's progress lines (logger ``weakclip.export``) on stdout, once per process."""
+    lg = logging.getLogger("weakclip.export")
+    if not any(isinstance(h, _Stdout) for h in lg.handlers):
+        h = _Stdout()
+        h.setFormatter(logging.Formatter(f"[{PROG}] %(message)s"))
+        lg.addHandler(h)
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+
+
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    ckpt = Path(args.checkpoint)
-    try:
-        if not ckpt.is_file():
-            raise ExportError(f"{ckpt}: checkpoint not found")
-        model = weakclip.load_checkpoint(ckpt)
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is one clear line, not a traceback
-        msg = _one_line(e)
-        if str(ckpt) not in msg:
-            msg = f"{ckpt}: cannot load checkpoint: {msg}"
-        print(f"weakclip-export: error: {msg}", file=sys.stderr)
-        return 2
     opts = ExportOptions(
         opset=args.opset,
         exporter=args.exporter,
@@ -706,19 +152,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         rtol=args.rtol,
         min_agreement=args.min_agreement,
     )
+    # Every input is checked before the checkpoint is loaded and before any graph is traced.
+    ckpt = Path(args.checkpoint)
+    expect(ckpt, ("weakclip",), "export --checkpoint")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"{args.out}: --out is a file; expected an output folder")
+    try:
+        validate_options(opts)
+    except ExportInputError as e:
+        raise UsageError(_one_line(e)) from None
+    import weakclip
+
+    try:
+        model = weakclip.load_checkpoint(ckpt)
+    except Exception as e:  # noqa: BLE001 - a WeakCLIP file that does not load is one clear line, not a traceback
+        msg = _one_line(e)
+        raise UsageError(msg if str(ckpt) in msg else f"{ckpt}: cannot load checkpoint: {msg}") from None
+    _show_progress()
     cfg = model.config
+    import torch
+
     log(
         f"checkpoint {ckpt} (K = {cfg.num_classes}, crop {cfg.crop_size}, ViT width {cfg.vision_width} × "
         f"{cfg.vision_layers}); torch {torch.__version__}"
     )
     try:
         export_model(model, args.out, opts, source=str(ckpt))
+    except ExportInputError as e:  # e.g. a calibration image that cannot be decoded (read before the export)
+        raise UsageError(_one_line(e)) from None
     except CheckFailed as e:
-        print(f"weakclip-export: check failed: {_one_line(e)}", file=sys.stderr)
-        return 1
+        raise RuntimeFailure(f"check failed: {_one_line(e)}") from None
     except ExportError as e:
-        print(f"weakclip-export: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        raise RuntimeFailure(_one_line(e)) from None
     log(f"done in {time.perf_counter() - t0:.1f} s → {args.out}")
     return 0
 

@@ -329,8 +329,99 @@ def test_bad_checkpoint_is_a_one_line_error(tmp_path: Path, capsys, content: byt
     err = capsys.readouterr().err
     assert rc == 2
     assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith("weakclip-export: error:") and str(ckpt) in err
+    assert err.startswith(f"error: {ckpt}: ")
     assert not (tmp_path / "out").exists()
+
+
+def _torch_file(path: Path, obj) -> None:
+    torch.save(obj, path)
+
+
+@pytest.mark.parametrize(
+    "name, make, expected",
+    [
+        ("weakclip.onnx", lambda p: shutil.copy(_tiny_onnx(p.parent), p),
+         "this is an ONNX model, but export --checkpoint expects a WeakCLIP checkpoint (.safetensors); generate "
+         "--engine onnxruntime (or auto) or --engine tensorrt takes it"),
+        ("last.pt", lambda p: _torch_file(p, {"model": {}, "optimizer": {}, "iteration": 3}),
+         "this is a PyTorch checkpoint (torch.save: a training last.pt or an official mmseg .pth), but export "
+         "--checkpoint expects a WeakCLIP checkpoint (.safetensors)"),
+        ("weakclip_voc.pth", lambda p: _torch_file(p, {"state_dict": {"decode_head.conv_seg.weight": torch.zeros(1)}}),
+         "this is a PyTorch checkpoint (torch.save: a training last.pt or an official mmseg .pth), but export "
+         "--checkpoint expects a WeakCLIP checkpoint (.safetensors)"),
+        ("nope.safetensors", None, "export --checkpoint is missing; expected a WeakCLIP checkpoint (.safetensors)"),
+    ],
+    ids=["onnx", "last.pt", "official.pth", "missing"],
+)  # fmt: skip
+def test_wrong_checkpoint_kind_is_refused_before_loading(tmp_path: Path, capsys, name, make, expected) -> None:
+    ckpt = tmp_path / name
+    if make is not None:
+        make(ckpt)
+    rc = to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"error: {ckpt}: ") and err.count("\n") == 1, err
+    assert expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def _tiny_onnx(folder: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    path = folder / "identity.onnx"
+    onnx.save_model(helper.make_model(g, producer_name="test"), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("int8_ckpt") / "tiny.safetensors"
+    torch.manual_seed(SEED)
+    weakclip.save_checkpoint(weakclip.build_model("tiny").eval(), path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no-images", "bad-list"])
+def test_int8_images_are_checked_before_the_fp32_export(tmp_path: Path, capsys, tiny_ckpt: Path, case: str) -> None:
+    src = tmp_path / "calib"
+    if case == "empty":
+        src.mkdir()
+    elif case == "no-images":
+        src.mkdir()
+        (src / "notes.txt").write_text("x")
+    elif case == "bad-list":
+        src = tmp_path / "list.txt"
+        src.write_text("a.jpg\nb.jpg\n")
+    expected = {
+        "missing": f"error: {src}: calibration images not found; --int8 takes a folder of calibration images",
+        "empty": f"error: {src}: the calibration folder is empty; --int8 takes a folder",
+        "no-images": f"error: {src}: the calibration folder holds no images; --int8 takes a folder",
+        "bad-list": f"error: {src}: 2 of 2 listed calibration images do not exist (first: {tmp_path / 'a.jpg'})",
+    }[case]
+    out = tmp_path / "onnx"
+    rc = to_onnx.main(["--checkpoint", str(tiny_ckpt), "--out", str(out), "--int8", str(src)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(expected) and err.count("\n") == 1, err
+    assert not out.exists()  # nothing was exported
+    # the library path refuses too, before writing anything
+    opts = to_onnx.ExportOptions(int8_calibration=str(src))
+    with pytest.raises(to_onnx.ExportInputError):
+        to_onnx.export_model(weakclip.load_checkpoint(tiny_ckpt), out, opts)
+    assert not out.exists()
+
+
+def test_int8_needs_the_end_to_end_graph(tmp_path: Path, capsys, tiny_ckpt: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"")
+    rc = to_onnx.main(["--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "o"), "--graphs", "encoder",
+                       "--int8", str(tmp_path)])  # fmt: skip
+    assert rc == 2
+    assert capsys.readouterr().err == (
+        "error: --int8 quantises the end_to_end graph (weakclip.onnx); include end_to_end in --graphs\n"
+    )
 
 
 def test_script_entry_point_help() -> None:
@@ -388,5 +479,9 @@ def test_int8_variant_calibrated_on_images(tmp_path: Path) -> None:
     assert logits.shape == (2, eng.num_classes, 16, 24) and torch.isfinite(logits).all()
     with pytest.raises(SystemExit):
         to_onnx.main(["--checkpoint", str(ckpt), "--out", str(out), "--int8"])  # missing IMAGES argument
+    (data / "JPEGImages" / "train_000000.jpg").write_bytes(b"broken")  # decoded before the fp32 export
+    assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o3"), "--graphs", "end_to_end",
+                         "--int8", str(data / "JPEGImages"), "--int8-count", "100"]) == 2  # fmt: skip
+    assert not (tmp_path / "o3").exists()
     assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o2"), "--graphs", "end_to_end",
                          "--skip-check", "--int8", str(tmp_path / "nope")]) == 2  # fmt: skip

@@ -1,0 +1,190 @@
+"""The whole export (``weakclip-export``): the standard graphs, then the --custom-op, --fp16 and --int8 variants.
+
+Inputs are validated before anything slow runs (the --int8 calibration images are read first); the graphs, their
+self-checks and the report ``export.json`` follow.  See :mod:`weakclip.export.core` for the layer's layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from weakclip.export import custom_op, fp16, quantize
+from weakclip.export.core import (
+    EXPORTERS,
+    FILES,
+    CheckFailed,
+    ExportError,
+    ExportInputError,
+    ExportOptions,
+    _versions,
+    check_graph,
+    check_shapes,
+    example_images,
+    export_graph,
+    file_mb,
+    graph_specs,
+    log,
+    model_metadata,
+    ort_session,
+    save_model,
+    set_metadata,
+    sha256,
+    simplify,
+    text_embeddings,
+    timed,
+)
+
+from weakclip.model import WeakCLIP
+
+
+def validate_options(opts: ExportOptions) -> None:
+    """Checks that need no model: exporter, graph names, and --int8's calibration source (listed, not decoded).
+
+    Raises ExportInputError (a usage error) with one line."""
+    if opts.exporter not in EXPORTERS:
+        raise ExportInputError(f"unknown exporter {opts.exporter!r}; choose one of {EXPORTERS}")
+    unknown = sorted(set(opts.graphs) - set(FILES))
+    if unknown or not opts.graphs:
+        raise ExportInputError(f"unknown graph(s) {unknown}; choose from {', '.join(FILES)}")
+    if opts.int8_calibration is not None:
+        if "end_to_end" not in opts.graphs:
+            raise ExportInputError("--int8 quantises the end_to_end graph (weakclip.onnx); include end_to_end in "
+                                   "--graphs")  # fmt: skip
+        if opts.int8_calibration_count < 1:
+            raise ExportInputError(f"--int8-count must be >= 1, got {opts.int8_calibration_count}")
+        try:
+            quantize.calibration_paths(opts.int8_calibration, opts.int8_calibration_count)
+        except ValueError as e:
+            raise ExportInputError(str(e)) from None
+
+
+def export_model(
+    model: WeakCLIP, out_dir: str | os.PathLike, opts: ExportOptions | None = None, source: str = ""
+) -> dict[str, Any]:
+    """Export ``model`` (eval mode is set) to ``out_dir``; returns the report also written to ``export.json``."""
+    opts = opts or ExportOptions()
+    validate_options(opts)
+    model = model.eval().float()
+    cfg = model.config
+    windows = None
+    if opts.int8_calibration is not None:  # decoded up front: a bad image fails before the fp32 export
+        try:
+            windows = quantize.calibration_windows(opts.int8_calibration, cfg.crop_size, cfg.mean, cfg.std,
+                                                   opts.int8_calibration_count)  # fmt: skip
+        except ValueError as e:
+            raise ExportInputError(str(e)) from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    crop, patch = cfg.crop_size, cfg.patch_size
+    with timed("text embeddings T (K, E) precomputed"):
+        T = text_embeddings(model)
+    specs = {s.kind: s for s in graph_specs(model, T)}
+    unknown = set(opts.graphs) - set(specs)
+    if unknown:
+        raise ExportError(f"unknown graph(s) {sorted(unknown)}; choose from {sorted(specs)}")
+    example = example_images(crop, patch)
+    shapes = check_shapes(crop, patch)
+    provenance = {}
+    if source and Path(source).is_file():
+        provenance = {"source_checkpoint": Path(source).name, "source_checkpoint_sha256": sha256(source)}
+    report: dict[str, Any] = {
+        "source": source,
+        **provenance,
+        "options": dataclasses.asdict(opts),
+        "opset": opts.opset,
+        "exporter": opts.exporter,
+        "example_shape": list(example.shape),
+        "check_shapes": [list(s) for s in shapes],
+        "config": cfg.to_dict(),
+        "versions": _versions(),
+        "graphs": {},
+    }
+    tol = dict(atol=opts.atol, rtol=opts.rtol, min_agreement=opts.min_agreement)
+    protos: dict[str, Any] = {}
+    failures: list[str] = []
+    for kind in opts.graphs:
+        spec = specs[kind]
+        path = out / spec.file
+        log(f"{kind}: exporting with {opts.exporter} (opset {opts.opset}) → {path}")
+        t0 = time.perf_counter()
+        try:
+            proto = export_graph(spec, spec.make_inputs(example), exporter=opts.exporter, opset=opts.opset,
+                                 crop=crop, patch=patch)  # fmt: skip
+        except ExportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - exporter internals: one line for the CLI, the cause chained
+            raise ExportError(f"{kind}: the {opts.exporter} exporter failed: {str(e).strip().splitlines()[0]}") from e
+        t_export = time.perf_counter() - t0
+        if opts.simplify:
+            with timed(f"{kind}: onnxslim"):
+                proto = simplify(proto)
+        set_metadata(
+            proto, {**model_metadata(model, kind=kind, opset=opts.opset, exporter=opts.exporter), **provenance}
+        )
+        save_model(proto, path)
+        if opts.custom_op:  # the custom-op graphs are composed from the encoder and decoder protos
+            protos[kind] = proto
+        entry: dict[str, Any] = {"file": spec.file, "mb": round(file_mb(path), 3), "export_s": round(t_export, 2)}
+        log(f"{kind}: exported in {t_export:.1f} s, {entry['mb']:.1f} MB, onnx.checker full check ok")
+        if opts.check:
+            try:
+                entry["check"] = check_graph(path, spec, spec.module, shapes, **tol)
+            except CheckFailed as e:
+                failures.append(str(e))
+        report["graphs"][kind] = entry
+
+    if opts.custom_op:
+        report["custom_op"] = custom_op.export_custom_op(
+            model, T, out, opts, specs=specs, protos=protos, shapes=shapes, failures=failures, example=example,
+            provenance=provenance,
+        )  # fmt: skip
+    if opts.fp16:
+        report["fp16"] = fp16.export_fp16(out, opts, specs=specs, shapes=shapes, failures=failures)
+    if windows is not None:
+        report["int8"] = export_int8(model, out, opts, windows)
+    if failures and opts.exporter == "torchscript":
+        failures.append("hint: the TorchScript exporter bakes the example token count into open_clip's attention "
+                        "reshapes, so other H, W fail; use --exporter dynamo")  # fmt: skip
+    report["ok"] = not failures
+    report["failures"] = failures
+    (out / "export.json").write_text(json.dumps(report, indent=1))
+    if failures:
+        raise CheckFailed(" | ".join(failures))
+    return report
+
+
+def export_int8(
+    model: WeakCLIP, out: Path, opts: ExportOptions, windows: list[np.ndarray] | None = None
+) -> dict[str, Any]:
+    """weakclip_int8.onnx from weakclip.onnx, calibrated on real windows (``windows``, or read from
+    ``opts.int8_calibration``); reports its agreement with fp32 ORT on those windows (int8 error has no tight
+    arithmetic bound, so it is reported, not asserted)."""
+    src, dst = out / FILES["end_to_end"], out / "weakclip_int8.onnx"
+    if not src.is_file():
+        raise ExportError(f"--int8 needs the end_to_end graph ({src}); include it in --graphs")
+    if windows is None:
+        cfg = model.config
+        try:
+            windows = quantize.calibration_windows(opts.int8_calibration, cfg.crop_size, cfg.mean, cfg.std,
+                                                   opts.int8_calibration_count)  # fmt: skip
+        except ValueError as e:
+            raise ExportInputError(str(e)) from None
+    with timed(f"int8: static convolutions ({len(windows)} calibration windows) + dynamic ViT linears"):
+        info = quantize.quantize_int8(src, dst, windows)
+    fp32, int8 = ort_session(src), ort_session(dst)
+    agree, max_abs = [], 0.0
+    for x in windows:
+        a = fp32.run(["logits"], {"image": x})[0]
+        b = int8.run(["logits"], {"image": x})[0]
+        agree.append(float((a.argmax(1) == b.argmax(1)).mean()))
+        max_abs = max(max_abs, float(np.abs(a - b).max()))
+    info.update(argmax_agreement_vs_fp32=float(np.mean(agree)), max_abs_dlogit_vs_fp32=max_abs)
+    log(f"int8: {dst.name} {info['mb']:.1f} MB; on the calibration windows vs fp32: argmax agreement "
+        f"{100 * info['argmax_agreement_vs_fp32']:.3f} %, max |Δlogit| {max_abs:.3g}")  # fmt: skip
+    return info
