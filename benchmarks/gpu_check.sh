@@ -209,7 +209,8 @@ elif run_limited "$(( $(left) - 120 ))" "$PY" -m weakclip.benchmarks.bench_cuda_
      --iters 30; then
   STEP[kernel_bench]=ok; NOTE[kernel_bench]="cuda_coattn_*.json/.md"
 else
-  STEP[kernel_bench]=FAILED; fail 5
+  rc=$?
+  STEP[kernel_bench]=FAILED; NOTE[kernel_bench]="rc $rc$([[ $rc -eq 124 ]] && echo ': time limit')"; fail 5
 fi
 
 # ------------------------------------------------------------------------------------------------------- e2e bench
