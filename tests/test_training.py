@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from weakclip.training import train as train_mod
+from weakclip.training.train import load_config, lr_at, main, sample_indices
 
 import weakclip
-from weakclip.training.train import load_config, lr_at, main, sample_indices
 from weakclip.data.synthetic import make_synthetic_dataset
+from weakclip.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,8 +40,43 @@ def test_schedule_and_sampling():
 
 
 def test_unknown_override_is_rejected():
-    with pytest.raises(SystemExit, match="unknown config key"):
+    with pytest.raises(UsageError, match="unknown config key"):
         load_config(None, ["train.no_such=1"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.iters=abc", "error: override train.iters=abc: train.iters takes an integer, got 'abc' (str)\n"),
+        ("train.lr=fast", "error: override train.lr=fast: train.lr takes a number, got 'fast' (str)\n"),
+        ("train.amp=maybe", "error: override train.amp=maybe: train.amp takes true/false, got 'maybe' (str)\n"),
+        ("train.iters=", "error: override train.iters=: train.iters cannot be null; it takes an integer\n"),
+    ],
+)
+def test_override_of_the_wrong_type_is_one_usage_line(tmp_path, capsys, override, expected):
+    assert main([override, f"work_dir={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err == expected
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_values_are_typed_and_packaged_configs_read_when_used(tmp_path, monkeypatch):
+    cfg = load_config(None, ["train.iters=1e3", "train.lr=1", "work_dir=123", "data.train_lists=train.txt"])
+    assert cfg["train"]["iters"] == 1000 and cfg["train"]["lr"] == 1.0 and cfg["work_dir"] == "123"
+    assert cfg["data"]["train_lists"] == ["train.txt"]
+    assert load_config(None, ["schedule.val_max_images=null"])["schedule"]["val_max_images"] is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_size: [8]\n")
+    with pytest.raises(UsageError, match=r"bad\.yaml: train\.batch_size takes an integer, got \[8\] \(list\)"):
+        load_config(str(bad), [])
+    # a packaged config by name; the files are read when load_config runs (not at import)
+    assert load_config("voc_vit_b16", [])["model"]["preset"] == "vit_b16_voc"
+    assert not hasattr(train_mod, "DEFAULTS")
+    fake = tmp_path / "configs"
+    fake.mkdir()
+    (fake / "synthetic_tiny.yaml").write_text((REPO / "training/configs/synthetic_tiny.yaml").read_text()
+                                              .replace("iters: 600", "iters: 7"))  # fmt: skip
+    monkeypatch.setattr(train_mod, "packaged_configs", lambda: {"synthetic_tiny": fake / "synthetic_tiny.yaml"})
+    assert load_config(None, [])["train"]["iters"] == 7
 
 
 def test_train_smoke(data, tmp_path):
@@ -123,6 +160,7 @@ def test_evaluator_agrees_with_training_validation(data, tmp_path):
     import csv
 
     from weakclip.engines.generate import main as generate_main
+
     from weakclip.evaluate import evaluate_dirs
 
     work = tmp_path / "run"
@@ -138,3 +176,109 @@ def test_evaluator_agrees_with_training_validation(data, tmp_path):
     metrics, n = evaluate_dirs(tmp_path / "masks", data / "SegmentationClass", 6, names)
     assert n == len(names) == 4
     assert metrics.miou == pytest.approx(logged, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# work_dir safety: no second run on top of a finished one, --overwrite, --resume with the same config only
+
+
+def _iterations(path):
+    import csv
+
+    return [int(r["iteration"]) for r in csv.DictReader(open(path))]
+
+
+def test_work_dir_rules(data, tmp_path, capsys):
+    import csv
+
+    work = tmp_path / "run"
+    common = [f"data.root={data}", f"work_dir={work}", "train.batch_size=2", "schedule.val_interval=1000",
+              "schedule.log_interval=1", "data.num_workers=0", "loss.boundary=0", "--no-progress"]  # fmt: skip
+    assert main([*common, "train.iters=2"]) == 0
+    assert _iterations(work / "log.csv") == [1, 2]
+    before = {f.name: f.read_bytes() for f in work.iterdir()}
+    capsys.readouterr()
+
+    # the same command again: refused, nothing touched
+    assert main([*common, "train.iters=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: {work}: work_dir already holds a training run (best.safetensors, config.yaml, "
+        "final.safetensors, last.pt, log.csv and 2 more)"
+    )
+    assert err.endswith("; pass --resume to continue it or --overwrite to start again (deletes this program's "
+                        "outputs there)\n") and err.count("\n") == 1  # fmt: skip
+    assert {f.name: f.read_bytes() for f in work.iterdir()} == before
+
+    # --resume with a different loss / model / optimiser setting: refused, naming the difference
+    assert main([*common, "train.iters=3", "loss.aux=0.2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {work / 'last.pt'}: --resume with a config that differs from the recorded run: loss.aux "
+                   "0.4 → 0.2; only train.iters, schedule.*, data.num_workers, data.root, device, work_dir may change "
+                   "on resume (use a new work_dir, or --overwrite)\n")  # fmt: skip
+    assert main([*common, "train.iters=3", "train.lr=0.5", "model.overrides.coattn_layers=1", "--resume"]) == 2
+    assert ": model.overrides.coattn_layers <unset> → 1 (and 1 more: train.lr); only" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in work.iterdir()} == before
+
+    # rows logged after the last checkpoint (a run killed between checkpoints) are not repeated by --resume
+    with open(work / "log.csv", "a", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([3, 0.1, 1, 1, 1, 1, 1])
+    assert main([*common, "train.iters=4", "--resume", "schedule.log_interval=2"]) == 0
+    assert _iterations(work / "log.csv") == [1, 2, 3, 4]
+
+    # --overwrite: our outputs go, a foreign file stays, iterations start at 1 again
+    (work / "notes.txt").write_text("mine")
+    assert main([*common, "train.iters=1", "--overwrite"]) == 0
+    assert _iterations(work / "log.csv") == [1]
+    assert (work / "notes.txt").read_text() == "mine"
+    assert torch.load(work / "last.pt", weights_only=True)["iteration"] == 1
+
+    # a folder holding only someone else's files is not a work_dir
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.bin").write_bytes(b"x")
+    assert main([f"data.root={data}", f"work_dir={other}", "train.iters=1"]) == 2
+    assert (
+        capsys.readouterr().err == f"error: {other}: work_dir is not empty (data.bin); choose a new or empty folder\n"
+    )
+    with pytest.raises(SystemExit) as e:  # argparse: the two flags exclude each other
+        main([f"work_dir={other}", "--resume", "--overwrite"])
+    assert e.value.code == 2
+
+
+def test_resume_with_other_training_data_is_refused(data, tmp_path, capsys):
+    other = tmp_path / "syn20"
+    make_synthetic_dataset(other, images=20, seed=1, val_images=2)
+    work = tmp_path / "run"
+    common = [f"work_dir={work}", "train.batch_size=2", "schedule.val_interval=1000", "data.num_workers=0",
+              "loss.boundary=0", "--no-progress"]  # fmt: skip
+    assert main([*common, f"data.root={data}", "train.iters=1"]) == 0
+    capsys.readouterr()
+    assert main([*common, f"data.root={other}", "train.iters=2", "--resume"]) == 2  # data.root may change, the list not
+    assert capsys.readouterr().err == (
+        f"error: {work / 'last.pt'}: --resume with other training data: the training list or the class names differ "
+        "from the recorded run (use a new work_dir, or --overwrite)\n"
+    )
+
+
+def test_outputs_follow_the_umask(data, tmp_path):
+    work = tmp_path / "run"
+    old = os.umask(0o027)
+    try:
+        assert main([f"data.root={data}", f"work_dir={work}", "train.iters=1", "train.batch_size=2",
+                     "schedule.val_interval=1", "data.num_workers=0", "loss.boundary=0", "--no-progress"]) == 0  # fmt: skip
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in work.iterdir()}
+    assert set(modes) >= {"config.yaml", "last.pt", "final.safetensors", "best.safetensors",
+                          "text_embeddings.safetensors", "log.csv", "val.csv"}  # fmt: skip
+    assert modes == dict.fromkeys(modes, 0o640), modes
+
+
+def test_missing_data_is_a_usage_error_before_anything_is_written(tmp_path, capsys):
+    work = tmp_path / "run"
+    assert main([f"data.root={tmp_path / 'nowhere'}", f"work_dir={work}", "train.iters=1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data: split list 'train.txt' not found (tried ") and err.count("\n") == 1, err
+    assert not work.exists()

@@ -1,14 +1,24 @@
 """Train WeakCLIP on CAM seeds.
 
-    python training/train.py --config training/configs/synthetic_tiny.yaml [KEY=VALUE ...] [--resume]
+    python training/train.py --config training/configs/synthetic_tiny.yaml [KEY=VALUE ...] [--resume | --overwrite]
     torchrun --nproc_per_node 2 training/train.py --config ... (DDP: gloo on CPU, nccl on GPU)
 
-KEY=VALUE overrides use dotted keys of the YAML/TOML config (``train.iters=200 data.root=/data/voc``); values are
-parsed as YAML.  The resolved config is written to ``<work_dir>/config.yaml``.  Checkpoints are written atomically
-(temporary name, then rename) to ``<work_dir>/last.pt`` every ``schedule.checkpoint_interval`` iterations; the best
-validation model goes to ``best.safetensors``, the final one to ``final.safetensors`` with the precomputed text
-embeddings beside it (``text_embeddings.safetensors``).  ``--resume`` restores model, optimiser, scheduler, RNG
-state and iteration from ``last.pt``.
+``--config`` takes a YAML/TOML file or the name of a packaged config (``synthetic_tiny``, ``voc_vit_b16``; read when
+used, from ``weakclip.training/configs``).  KEY=VALUE overrides use dotted keys of the config (``train.iters=200
+data.root=/data/voc``); values are parsed as YAML and must have the key's type (an integer for ``train.iters``, a
+number for ``train.lr``, ...).  The resolved config is written to ``<work_dir>/config.yaml``.  Checkpoints are written
+atomically (temporary name, then rename) to ``<work_dir>/last.pt`` every ``schedule.checkpoint_interval`` iterations;
+the best validation model goes to ``best.safetensors``, the final one to ``final.safetensors`` with the precomputed
+text embeddings beside it (``text_embeddings.safetensors``).
+
+work_dir rules: a new or empty work_dir starts a run.  A non-empty one is refused unless ``--resume`` (continue the
+run from ``last.pt``: model, optimiser, scaler, RNG state and iteration; ``log.csv``/``val.csv`` rows after that
+iteration are dropped so none is repeated; with no ``last.pt`` yet the run starts from scratch) or ``--overwrite``
+(delete this program's outputs listed in ``OUTPUTS`` first; other files are left alone).  A resume is refused when the
+resolved config differs from the one recorded in ``last.pt`` in anything but ``RESUME_MAY_CHANGE`` (the total
+``train.iters``, ``schedule.*`` intervals, ``data.num_workers``, ``data.root``, ``device``, ``work_dir``), or when
+the training list or class names differ.  Exit status: 0 done, 2 a usage error (one ``error:`` line: bad option,
+config value or work_dir), 1 the run failed.
 """
 
 from __future__ import annotations
@@ -16,12 +26,16 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import json
+import logging
 import math
 import os
 import random
 import sys
 import time
+from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,50 +49,96 @@ if __package__ in (None, ""):  # `python training/train.py` from a checkout
 
 import weakclip
 from weakclip.data.datasets import SegmentationDataset, collate
+from weakclip.errors import RuntimeFailure, UsageError, cli
 from weakclip.evaluate import ConfusionMatrix
 from weakclip.inference import InferenceOptions, predict
 from weakclip.io import atomic_path, read_image, read_mask
 from weakclip.losses import WeakCLIPLoss
 
-DEFAULTS: dict[str, Any] = yaml.safe_load((Path(__file__).parent / "configs" / "synthetic_tiny.yaml").read_text())
+logger = logging.getLogger("weakclip.training")
+
+DEFAULT_CONFIG = "synthetic_tiny"  # packaged config holding every key (the defaults of every other config)
+
+# What this program writes into work_dir (``--overwrite`` deletes these and its temporaries, nothing else).
+OUTPUTS = ("config.yaml", "last.pt", "best.safetensors", "final.safetensors", "text_embeddings.safetensors",
+           "log.csv", "val.csv")  # fmt: skip
+
+# Config keys a --resume may change (dotted; "schedule.*" = the whole section).  Everything else (model, data
+# lists/folders/labels, losses, optimiser and schedule shape, seed, batch size) must equal the recorded run.
+RESUME_MAY_CHANGE = ("train.iters", "schedule.*", "data.num_workers", "data.root", "device", "work_dir")
+
+# Keys that may be null (their default is a value): anything else keeps the type of its default.
+NULLABLE = ("model.clip_weights", "data.labels", "data.val_list", "schedule.val_max_images")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # config
 
 
-def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    cfg = copy.deepcopy(DEFAULTS)
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise SystemExit(f"error: {p}: config file not found")
+def packaged_configs() -> dict[str, Any]:
+    """name → resource of every config shipped with the package (``training/configs/*.yaml``)."""
+    folder = resources.files("weakclip.training") / "configs"
+    return {p.name[: -len(".yaml")]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def default_config() -> dict[str, Any]:
+    """The defaults (every key of the config), read from the packaged ``synthetic_tiny.yaml`` when called."""
+    return yaml.safe_load(packaged_configs()[DEFAULT_CONFIG].read_text(encoding="utf-8"))
+
+
+def _read_config_file(path: str) -> tuple[dict[str, Any], str]:
+    p = Path(path)
+    if not p.is_file():
+        shipped = packaged_configs()
+        name = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+        if p.parent == Path(".") and name in shipped:  # a bare name: the packaged config
+            return yaml.safe_load(shipped[name].read_text(encoding="utf-8")) or {}, f"config {name}"
+        raise UsageError(f"{p}: config file not found (packaged configs: {', '.join(sorted(shipped))})")
+    try:
         if p.suffix == ".toml":
             import tomllib
 
-            user = tomllib.loads(p.read_text())
-        else:
-            user = yaml.safe_load(p.read_text()) or {}
-        _merge(cfg, user, str(p))
+            return tomllib.loads(p.read_text()), str(p)
+        return yaml.safe_load(p.read_text()) or {}, str(p)
+    except Exception as e:  # noqa: BLE001 - YAML / TOML syntax errors: one line
+        raise UsageError(f"{p}: cannot parse the config ({' '.join(str(e).split())})") from None
+
+
+def load_config(path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
+    """Defaults ← config file ← KEY=VALUE overrides; unknown keys and wrongly typed values are UsageErrors."""
+    defaults = default_config()
+    cfg = copy.deepcopy(defaults)
+    if path:
+        user, where = _read_config_file(path)
+        if not isinstance(user, dict):
+            raise UsageError(f"{where}: expected a mapping of config sections, got {type(user).__name__}")
+        _merge(cfg, user, where, defaults)
     for item in overrides:
         if "=" not in item:
-            raise SystemExit(f"error: override {item!r} is not KEY=VALUE")
+            raise UsageError(f"override {item!r} is not KEY=VALUE")
         key, value = item.split("=", 1)
-        node = cfg
+        node, ref = cfg, defaults
         parts = key.split(".")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
-                raise SystemExit(f"error: unknown config section {part!r} in override {item!r}")
-            node = node[part]
-        if parts[-1] not in node and not (len(parts) >= 2 and parts[-2] == "overrides"):
-            raise SystemExit(f"error: unknown config key {key!r}; known: {sorted(node)}")
-        node[parts[-1]] = _parse_value(value)
+                raise UsageError(f"unknown config section {part!r} in override {item!r}")
+            node, ref = node[part], (ref.get(part) if isinstance(ref, dict) else None)
+        in_overrides = len(parts) >= 2 and parts[-2] == "overrides"
+        if parts[-1] not in node and not in_overrides:
+            raise UsageError(f"unknown config key {key!r}; known: {sorted(node)}")
+        parsed = _parse_value(value)
+        if not in_overrides:
+            parsed = _typed(key, parsed, ref.get(parts[-1]) if isinstance(ref, dict) else None, f"override {item}")
+        node[parts[-1]] = parsed
     return cfg
 
 
 def _parse_value(text: str) -> Any:
     """YAML value, with ``1e-3``-style floats accepted (YAML 1.1 reads them as strings)."""
-    v = yaml.safe_load(text)
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
     if isinstance(v, str):
         try:
             return float(v)
@@ -87,14 +147,126 @@ def _parse_value(text: str) -> Any:
     return v
 
 
-def _merge(dst: dict, src: dict, where: str, prefix: str = "") -> None:
+_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping"}  # fmt: skip
+
+
+def _typed(key: str, value: Any, default: Any, where: str) -> Any:
+    """``value`` checked against the type of the key's default (ints accepted for numbers, integral numbers for
+    integers, anything written as text for strings); UsageError naming the key, the value and the type otherwise."""
+    if value is None:
+        if default is None or key in NULLABLE:
+            return None
+        raise UsageError(f"{where}: {key} cannot be null; it takes {_TYPE_NAMES.get(type(default), 'a value')}")
+    if default is None:
+        return value
+    want = type(default)
+    if want is bool:
+        ok = isinstance(value, bool)
+    elif want is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want is list and isinstance(value, str):
+        value, ok = [value], True
+    elif want is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif want is str:
+        ok = not isinstance(value, (dict, list))
+        value = str(value) if ok and not isinstance(value, bool) else value
+        ok = ok and isinstance(value, str)
+    else:
+        ok = isinstance(value, want)
+    if not ok:
+        raise UsageError(f"{where}: {key} takes {_TYPE_NAMES.get(want, want.__name__)}, got {value!r} "
+                         f"({type(value).__name__})")  # fmt: skip
+    return value
+
+
+def _merge(dst: dict, src: dict, where: str, ref: dict | None, prefix: str = "") -> None:
     for k, v in src.items():
+        key = f"{prefix}{k}"
         if k not in dst and prefix.rstrip(".") != "model.overrides":
-            raise SystemExit(f"error: {where}: unknown config key {prefix}{k!r}")
+            raise UsageError(f"{where}: unknown config key {key!r}")
         if isinstance(v, dict) and isinstance(dst.get(k), dict) and k != "overrides":
-            _merge(dst[k], v, where, f"{prefix}{k}.")
-        else:
+            _merge(dst[k], v, where, ref.get(k) if isinstance(ref, dict) else None, f"{key}.")
+        elif prefix.startswith("model.overrides") or k == "overrides":
             dst[k] = v
+        else:
+            dst[k] = _typed(key, v, ref.get(k) if isinstance(ref, dict) else None, where)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):  # an empty mapping contributes no key
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _may_change(key: str) -> bool:
+    return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in RESUME_MAY_CHANGE)
+
+
+def _shown(flat: dict[str, Any], key: str) -> str:
+    return repr(flat[key]) if key in flat else "<unset>"
+
+
+def config_differences(recorded: dict, current: dict) -> list[str]:
+    """``key recorded → current`` for every key that differs and may not change on resume."""
+    a, b = _flatten(recorded), _flatten(current)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if _may_change(key) or (key in a and key in b and a[key] == b[key]):
+            continue
+        out.append(f"{key} {_shown(a, key)} → {_shown(b, key)}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# work_dir
+
+
+def our_files(work: Path) -> list[Path]:
+    """This program's outputs present in ``work`` (and temporaries of a killed write)."""
+    return [work / f for f in OUTPUTS if (work / f).exists()] + sorted(work.glob(".*.tmp*"))
+
+
+def check_work_dir(work: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a non-empty work_dir unless --resume or --overwrite (read-only: safe to call on every rank)."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: continue the run or start it again")
+    if work.exists() and not work.is_dir():
+        raise UsageError(f"{work}: work_dir is a file; expected a folder")
+    if resume or overwrite or not work.is_dir():
+        return
+    present = sorted(p.name for p in work.iterdir())
+    if not present:
+        return
+    ours = [p.name for p in our_files(work)]
+    shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+    if ours:
+        raise UsageError(f"{work}: work_dir already holds a training run ({shown}); pass --resume to continue it or "
+                         "--overwrite to start again (deletes this program's outputs there)")  # fmt: skip
+    raise UsageError(f"{work}: work_dir is not empty ({shown}); choose a new or empty folder")
+
+
+def clear_outputs(work: Path) -> list[str]:
+    removed = []
+    for p in our_files(work):
+        p.unlink()
+        removed.append(p.name)
+    return removed
+
+
+def data_fingerprint(names: Sequence[str], class_names: Sequence[str]) -> str:
+    """sha256 of the training list (in order) and the class names: what a resume must train on."""
+    h = hashlib.sha256()
+    h.update(json.dumps([list(names), list(class_names)]).encode())
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,7 +279,7 @@ def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
     if device_pref == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: device=cuda requested but no CUDA GPU is available")
+        raise UsageError("device=cuda requested but no CUDA GPU is available")
     device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -183,7 +355,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # checkpoints
 
 
-def save_training_state(path: Path, model, optimizer, scaler, it: int, best: float, cfg: dict) -> None:
+def save_training_state(
+    path: Path, model, optimizer, scaler, it: int, best: float, cfg: dict, data_sha256: str = ""
+) -> None:
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -192,6 +366,7 @@ def save_training_state(path: Path, model, optimizer, scaler, it: int, best: flo
         "best_miou": best,
         "rng": rng_state(),
         "config": json.dumps(cfg),
+        "data_sha256": data_sha256,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -199,9 +374,13 @@ def save_training_state(path: Path, model, optimizer, scaler, it: int, best: flo
 
 def load_training_state(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise SystemExit(f"error: {path}: cannot read training checkpoint ({e})") from None
+        first = " ".join(str(e).split())[:300]
+        raise UsageError(f"{path}: cannot read the training checkpoint ({first}); --overwrite starts again") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "iteration"} <= set(state):
+        raise UsageError(f"{path}: not a training checkpoint written by train.py; --overwrite starts again")
+    return state
 
 
 def save_text_embeddings(model, path: Path) -> None:
@@ -235,7 +414,7 @@ def validate(model, cfg: dict, class_names: tuple[str, ...], device: torch.devic
             image = read_image(root / d["image_dir"] / f"{name}.jpg")
             gt = read_mask(root / d["gt_dir"] / f"{name}.png")
         except (ValueError, FileNotFoundError) as e:
-            print(f"warning: validation skips {e}", file=sys.stderr)
+            logger.warning("validation skips %s", e)
             continue
         pred = predict(lambda w: model(w, text_embeddings=T).logits.float(), [image], opts)[0]
         conf.update(pred.mask, gt, name=name)
@@ -247,7 +426,7 @@ def validate(model, cfg: dict, class_names: tuple[str, ...], device: torch.devic
 def _read_list(root: Path, name: str) -> list[str]:
     p = Path(name) if Path(name).is_absolute() else root / "ImageSets" / "Segmentation" / name
     if not p.is_file():
-        raise SystemExit(f"error: {p}: list file not found")
+        raise UsageError(f"{p}: list file not found (data.val_list)")
     return [ln.split()[0] for ln in p.read_text().splitlines() if ln.strip()]
 
 
@@ -255,33 +434,141 @@ def _read_list(root: Path, name: str) -> list[str]:
 # main
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--config", help="YAML or TOML config (defaults: training/configs/synthetic_tiny.yaml)")
-    ap.add_argument("--resume", action="store_true", help="continue from <work_dir>/last.pt if it exists")
+class _StdStream(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` / ``sys.stderr`` is at emit time (not the one at creation)."""
+
+    def __init__(self, which: str, max_level: int | None = None) -> None:
+        self._which, self._max_level = which, max_level
+        super().__init__()
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return getattr(sys, self._which)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (self._max_level is None or record.levelno < self._max_level) and super().filter(record)
+
+
+def _show_log() -> None:
+    """CLI output: the ``weakclip.training`` logger's INFO lines on stdout, warnings on stderr (once per process)."""
+    if any(isinstance(h, _StdStream) for h in logger.handlers):
+        return
+    out, err = _StdStream("stdout", max_level=logging.WARNING), _StdStream("stderr")
+    err.setLevel(logging.WARNING)
+    err.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger.addHandler(out)
+    logger.addHandler(err)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="weakclip-train", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--config", help=f"YAML/TOML config file or a packaged config name ({DEFAULT_CONFIG} by default)")
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run in work_dir from its last.pt")
+    group.add_argument("--overwrite", action="store_true", help="delete this program's outputs in work_dir first")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides, e.g. train.iters=200")
     args = ap.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
+    _show_log()
     rank, world, device = setup_distributed(cfg["device"])
     try:
-        train(cfg, rank, world, device, resume=args.resume, progress=not args.no_progress)
+        train(cfg, rank, world, device, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
         return 0
+    except RuntimeError as e:
+        if "max_bad_fraction" in str(e):  # the dataset's "too many bad samples" stop: a failure, not a bug
+            raise RuntimeFailure(" ".join(str(e).split())) from None
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def train(cfg: dict, rank: int, world: int, device: torch.device, resume: bool, progress: bool = True):
-    """Run the training loop; returns the trained (unwrapped) model."""
+def _build_dataset(cfg: dict, class_names: tuple[str, ...], crop: int, seed: int) -> SegmentationDataset:
+    d_cfg = cfg["data"]
+    root = Path(d_cfg["root"])
+    labels = d_cfg.get("labels")
+    try:
+        return SegmentationDataset(
+            root,
+            split_list=list(d_cfg["train_lists"]),
+            image_dir=d_cfg["image_dir"],
+            seed_dir=d_cfg["seed_dir"],
+            gt_dir=d_cfg["gt_dir"],
+            class_names=class_names,
+            crop_size=crop,
+            train=True,
+            labels=(root / labels) if labels and not Path(labels).is_absolute() else labels,
+            max_bad_fraction=float(d_cfg["max_bad_fraction"]),
+            seed=seed,
+        )
+    except (FileNotFoundError, ValueError) as e:  # lists, labels, class indexing: the data config is wrong
+        raise UsageError(f"data: {' '.join(str(e).split())}") from None
+
+
+def _resume_state(last: Path, cfg: dict) -> dict[str, Any]:
+    """last.pt, after checking that the recorded config equals ``cfg`` up to RESUME_MAY_CHANGE."""
+    state = load_training_state(last)
+    try:
+        recorded = json.loads(state.get("config") or "null")
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{last}: records no config to compare with; --overwrite starts again")
+    diff = config_differences(recorded, cfg)
+    if diff:
+        more = f" (and {len(diff) - 1} more: {', '.join(d.split()[0] for d in diff[1:])})" if len(diff) > 1 else ""
+        raise UsageError(
+            f"{last}: --resume with a config that differs from the recorded run: {diff[0]}{more}; only "
+            f"{', '.join(RESUME_MAY_CHANGE)} may change on resume (use a new work_dir, or --overwrite)"
+        )
+    return state
+
+
+def _drop_rows_after(path: Path, iteration: int) -> None:
+    """Keep the rows of a log CSV up to ``iteration`` (those logged after the checkpoint are redone)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+
+
+def train(
+    cfg: dict,
+    rank: int,
+    world: int,
+    device: torch.device,
+    resume: bool,
+    progress: bool = True,
+    overwrite: bool = False,
+):
+    """Run the training loop; returns the trained (unwrapped) model.
+
+    Inputs are checked before anything is written (work_dir rules, the data, a resume's config); see the module
+    docstring.  Every rank checks (read-only), then rank 0 writes.
+    """
     t_cfg, d_cfg, s_cfg = cfg["train"], cfg["data"], cfg["schedule"]
     work = Path(cfg["work_dir"])
-    if is_main(rank):
-        work.mkdir(parents=True, exist_ok=True)
-        for stale in work.glob(".*.tmp*"):  # temporaries of a run killed mid-write; never a valid checkpoint
-            stale.unlink()
-        with atomic_path(work / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    last = work / "last.pt"
+    check_work_dir(work, resume, overwrite)
+    state = _resume_state(last, cfg) if resume and last.is_file() else None
+
     seed = int(t_cfg["seed"])
     torch.manual_seed(seed + rank)
     np.random.seed((seed + rank) % 2**32)
@@ -293,22 +580,31 @@ def train(cfg: dict, rank: int, world: int, device: torch.device, resume: bool, 
     if names_file.is_file() and "class_names" not in overrides:
         overrides["class_names"] = tuple(n.strip() for n in names_file.read_text().splitlines() if n.strip())
     torch.manual_seed(seed)  # identical initial weights on every rank
-    model = weakclip.build_model(cfg["model"]["preset"], clip_weights=cfg["model"]["clip_weights"], **overrides)
+    try:
+        model = weakclip.build_model(cfg["model"]["preset"], clip_weights=cfg["model"]["clip_weights"], **overrides)
+    except (KeyError, ValueError, TypeError) as e:  # unknown preset / config key, bad class name
+        raise UsageError(f"model: {' '.join(str(e).strip(chr(39)).split())}") from None
     class_names = model.class_names
-    labels = d_cfg.get("labels")
-    dataset = SegmentationDataset(
-        root,
-        split_list=list(d_cfg["train_lists"]),
-        image_dir=d_cfg["image_dir"],
-        seed_dir=d_cfg["seed_dir"],
-        gt_dir=d_cfg["gt_dir"],
-        class_names=class_names,
-        crop_size=model.config.crop_size,
-        train=True,
-        labels=(root / labels) if labels and not Path(labels).is_absolute() else labels,
-        max_bad_fraction=float(d_cfg["max_bad_fraction"]),
-        seed=seed + rank,
-    )
+    dataset = _build_dataset(cfg, class_names, model.config.crop_size, seed + rank)
+    fingerprint = data_fingerprint(dataset.names, class_names)
+    if state is not None and state.get("data_sha256") and state["data_sha256"] != fingerprint:
+        raise UsageError(f"{last}: --resume with other training data: the training list or the class names differ "
+                         "from the recorded run (use a new work_dir, or --overwrite)")  # fmt: skip
+    if d_cfg.get("val_list"):
+        _read_list(root, d_cfg["val_list"])  # a missing validation list fails now, not at the first validation
+    if world > 1:
+        dist.barrier()  # every rank has checked the work_dir before rank 0 writes into it
+    if is_main(rank):
+        if overwrite and work.is_dir():
+            removed = clear_outputs(work)
+            if removed:
+                logger.info("--overwrite: removed %s from %s", ", ".join(removed), work)
+        work.mkdir(parents=True, exist_ok=True)
+        for stale in work.glob(".*.tmp*"):  # temporaries of a run killed mid-write; never a valid checkpoint
+            stale.unlink()
+        with atomic_path(work / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
     model.to(device).train()
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -323,9 +619,7 @@ def train(cfg: dict, rank: int, world: int, device: torch.device, resume: bool, 
                              cfg["loss"]["aux"])  # fmt: skip
 
     start, best = 0, -1.0
-    last = work / "last.pt"
-    if resume and last.is_file():
-        state = load_training_state(last)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state["scaler"]:
@@ -333,9 +627,14 @@ def train(cfg: dict, rank: int, world: int, device: torch.device, resume: bool, 
         start, best = int(state["iteration"]), float(state["best_miou"])
         set_rng_state(state["rng"])
         if is_main(rank):
-            print(f"resumed from {last} at iteration {start}")
+            for f in ("log.csv", "val.csv"):
+                _drop_rows_after(work / f, start)
+            logger.info(f"resumed from {last} at iteration {start}")
     elif resume and is_main(rank):
-        print(f"--resume: no {last} yet, starting from scratch")
+        for f in ("log.csv", "val.csv"):
+            _drop_rows_after(work / f, 0)  # rows of a run killed before its first checkpoint
+        logger.info(f"--resume: no {last} yet, starting from scratch")
+    del state
 
     total, bs = int(t_cfg["iters"]), int(t_cfg["batch_size"])
     log_rows: list[dict[str, Any]] = []
@@ -381,10 +680,10 @@ def train(cfg: dict, rank: int, world: int, device: torch.device, resume: bool, 
                     _append_csv(work / "log.csv", log_rows, rate)
                     log_rows.clear()
                     if bar is None:
-                        print(f"it {step}/{total} loss {row['loss']:.4f} lr {lr:.2e} {rate:.2f} it/s", flush=True)
+                        logger.info(f"it {step}/{total} loss {row['loss']:.4f} lr {lr:.2e} {rate:.2f} it/s")
             if step % s_cfg["checkpoint_interval"] == 0 or step == total:
                 if is_main(rank):
-                    save_training_state(last, model, optimizer, scaler, step, best, cfg)
+                    save_training_state(last, model, optimizer, scaler, step, best, cfg, fingerprint)
             if (step % s_cfg["val_interval"] == 0 or step == total) and is_main(rank) and d_cfg.get("val_list"):
                 res = validate(model, cfg, class_names, device)
                 _append_csv(work / "val.csv", [{"iteration": step, "miou": res["miou"]}], None)
@@ -393,8 +692,8 @@ def train(cfg: dict, rank: int, world: int, device: torch.device, resume: bool, 
                     best = res["miou"]
                     weakclip.save_checkpoint(model, work / "best.safetensors", extra={"iteration": str(step)})
                     msg += " (best)"
-                    save_training_state(last, model, optimizer, scaler, step, best, cfg)  # keep `best` in sync
-                (bar.write if bar is not None else print)(msg)
+                    save_training_state(last, model, optimizer, scaler, step, best, cfg, fingerprint)  # keep `best`
+                bar.write(msg) if bar is not None else logger.info(msg)
             if world > 1:
                 dist.barrier()
     finally:
@@ -403,13 +702,15 @@ def train(cfg: dict, rank: int, world: int, device: torch.device, resume: bool, 
         if pool is not None:
             pool.shutdown()
     if dataset.bad_samples and is_main(rank):
-        print(f"{len(dataset.bad_samples)} bad sample(s) skipped:", file=sys.stderr)
-        for name, reason in dataset.bad_samples:
-            print(f"  {name}: {reason}", file=sys.stderr)
+        logger.warning(
+            "%d bad sample(s) skipped: %s",
+            len(dataset.bad_samples),
+            "; ".join(f"{name}: {reason}" for name, reason in dataset.bad_samples),
+        )
     if is_main(rank):
         weakclip.save_checkpoint(model, work / "final.safetensors", extra={"iteration": str(total)})
         save_text_embeddings(model, work / "text_embeddings.safetensors")
-        print(f"done: {work / 'final.safetensors'} (best val mIoU {100 * max(best, 0):.2f})")
+        logger.info(f"done: {work / 'final.safetensors'} (best val mIoU {100 * max(best, 0):.2f})")
     return model
 
 
