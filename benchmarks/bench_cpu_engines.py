@@ -22,7 +22,8 @@ Engines (``--engines``):
                      ``--calib`` images: random normal inputs here, since the weights are random too; calibrate on
                      real images for a trained model), then the ViT linears dynamically as above
 
-Writes ``benchmarks/results/cpu_engines.{json,md,png}`` and prints the machine (CPU model, cores, load average —
+Writes ``<out>/cpu_engines.{json,md,png}`` (``--out``, default ./weakclip_bench/; ``make bench-cpu`` writes the
+repository's ``benchmarks/results/``) and prints the machine (CPU model, cores, load average —
 this machine may be shared — and the torch / onnxruntime versions).
 """
 
@@ -45,7 +46,7 @@ if __package__ in (None, ""):  # run as a script
 
 import numpy as np
 
-from weakclip.benchmarks.common import machine_info, peak_rss_mib, usable_cores
+from weakclip.benchmarks.common import DEFAULT_OUT, machine_info, peak_rss_mib, usable_cores
 from weakclip.export import quantize
 
 ENGINES = ("torch-eager", "torch-engine", "onnxruntime", "onnxruntime-int8", "onnxruntime-int8-conv")
@@ -55,7 +56,6 @@ ONNX_FILES = {
     "onnxruntime-int8-conv": "weakclip_int8_conv.onnx",
 }
 DEFAULT_ENGINES = ENGINES
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 2.0  # ONNX Runtime crops/s over eager
 
 
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=1, help="measure every engine this many times, alternating")
     ap.add_argument("--threads", type=int, default=None, help="threads per engine (default: usable cores)")
     ap.add_argument("--engines", default=",".join(DEFAULT_ENGINES), help=f"comma list from {','.join(ENGINES)}")
-    ap.add_argument("--out", default=str(RESULTS), help="results folder")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default ./{DEFAULT_OUT}/)")
     ap.add_argument("--workdir", default=None, help="keep the checkpoint / ONNX files here (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calib", type=int, default=4, help="calibration inputs for the static int8 convolutions")

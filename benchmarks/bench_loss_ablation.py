@@ -1,10 +1,11 @@
 """Loss ablation on the synthetic set: seed only / seed + boundary / all three, tiny preset, CPU.
 
-    python -m benchmarks.bench_loss_ablation [--images 200] [--iters 600] [--out runs/ablation]
+    weakclip bench loss-ablation [--images 200] [--iters 600] [--out DIR] [--workdir DIR]
 
 For each setting: train (training/train.py), then single-scale pseudo masks for the training images with the
 trained model, scored against GT next to the seeds' own mIoU on the same images.  Results go to
-benchmarks/results/loss_ablation.{json,md}.
+<out>/loss_ablation.{json,md} (``--out``, default ./weakclip_bench/; ``make bench-ablation`` writes the repository's
+benchmarks/results/), the dataset and the training runs to ``--workdir`` (default <out>/loss_ablation_work).
 """
 
 from __future__ import annotations
@@ -46,14 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/ablation")
+    from weakclip.benchmarks.common import add_out_argument, machine_info, write_results
+
+    add_out_argument(ap)
+    ap.add_argument("--workdir", default=None, help="dataset and training runs (default <out>/loss_ablation_work)")
     args = ap.parse_args(argv)
-    from weakclip.benchmarks.common import machine_info, write_results
     from weakclip.training.train import main as train_main
+
     from weakclip.data.synthetic import make_synthetic_dataset
     from weakclip.evaluate import evaluate_dirs
 
-    out = Path(args.out)
+    out = Path(args.workdir) if args.workdir else Path(args.out) / "loss_ablation_work"
     data = out / "data"
     if not (data / "class_names.txt").is_file():
         make_synthetic_dataset(data, images=args.images, seed=args.seed, val_images=max(4, args.images // 5))
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                      "train_s": time.perf_counter() - t0})  # fmt: skip
         print(f"{label:24s} pseudo masks {miou:.2f}  seeds {seeds:.2f}  gain {miou - seeds:+.2f}", flush=True)
     info = machine_info()
-    cmd = f"python -m benchmarks.bench_loss_ablation --images {args.images} --iters {args.iters} --seed {args.seed}"
+    cmd = f"weakclip bench loss-ablation --images {args.images} --iters {args.iters} --seed {args.seed}"
     md = "| losses | pseudo-mask mIoU | seeds mIoU | gain | train+eval time (s) |\n|---|---|---|---|---|\n"
     md += "".join(f"| {r['losses']} | {r['pseudo_mask_miou']:.2f} | {r['seeds_miou']:.2f} | {r['gain']:+.2f} | "
                   f"{r['train_s']:.0f} |\n" for r in rows)  # fmt: skip
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
            f"iterations, single-scale masks on the training images.  Command: `{cmd}`.  Machine: {info['cpu']}, "
            f"{info['usable_cores']} cores.\n")  # fmt: skip
     print(md)
-    write_results("loss_ablation", {"machine": info, "command": cmd, "rows": rows}, md)
+    j, _ = write_results("loss_ablation", {"machine": info, "command": cmd, "rows": rows}, md, args.out)
+    print(f"wrote {j.with_suffix('')}.{{json,md}}")
     return 0
 
 

@@ -1,11 +1,12 @@
 """Training step time and peak memory: WeakCLIP (frozen CLIP) vs full fine-tuning of the same model.
 
-    python -m benchmarks.bench_training [--presets tiny vit_b16_voc] [--steps 3] [--batch 1]
+    weakclip bench training [--presets tiny vit_b16_voc] [--steps 3] [--batch 1] [--out DIR]
 
 Each (preset, mode) runs in its own subprocess so its peak RSS is separable; all run in the same invocation so the
 ratios compare like with like.  A step is forward + seed/aux losses + backward + AdamW step on random images and
 random seeds (the CRF boundary loss is identical CPU work in both modes and is left out).  Results go to
-benchmarks/results/training.{json,md,png}.
+<out>/training.{json,md,png} (``--out``, default ./weakclip_bench/; ``make bench-train`` writes the repository's
+benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 
 def child(preset: str, mode: str, steps: int, batch: int, crop: int | None) -> dict:
-    import weakclip
     from weakclip.benchmarks.common import peak_rss_mib
+
+    import weakclip
 
     torch.manual_seed(0)
     overrides = {"crop_size": crop} if crop else {}
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--crop", type=int, default=None, help="override the preset crop size")
     ap.add_argument("--child", nargs=2, metavar=("PRESET", "MODE"), help=argparse.SUPPRESS)
+    from weakclip.benchmarks.common import add_out_argument
+
+    add_out_argument(ap)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.steps, args.batch, args.crop)))
@@ -100,12 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             )
     md = "\n".join(lines) + f"\n\nMachine: {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}.\n"
     print(md)
-    write_results("training", {"machine": info, "rows": rows, "summary": summary}, md)
-    _plot(rows, args.presets)
+    j, _ = write_results("training", {"machine": info, "rows": rows, "summary": summary}, md, args.out)
+    _plot(rows, args.presets, Path(args.out))
+    print(f"wrote {j.with_suffix('')}.{{json,md,png}}")
     return 0
 
 
-def _plot(rows: list[dict], presets: list[str]) -> None:
+def _plot(rows: list[dict], presets: list[str], out: Path) -> None:
     try:
         import matplotlib
 
@@ -113,8 +120,6 @@ def _plot(rows: list[dict], presets: list[str]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    from weakclip.benchmarks.common import RESULTS
-
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key, label in ((axes[0], "step_s", "step time (s)"), (axes[1], "peak_rss_mib", "peak RSS (MiB)")):
         for j, mode in enumerate(("weakclip", "full")):
@@ -126,7 +131,7 @@ def _plot(rows: list[dict], presets: list[str]) -> None:
     axes[0].legend()
     fig.suptitle("Training step: WeakCLIP (frozen CLIP) vs full fine-tuning, CPU")
     fig.tight_layout()
-    fig.savefig(RESULTS / "training.png", dpi=100)
+    fig.savefig(out / "training.png", dpi=100)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
-"""Shared helpers for the benchmark scripts: machine description, subprocess runs, result files."""
+"""Shared helpers for the benchmark scripts: machine description, subprocess runs, result files.
+
+Results are written under ``--out`` (default ``./weakclip_bench/`` in the current directory), never into the
+installed package.  The committed results of this repository live in ``benchmarks/results/``: the Makefile's
+``bench-*`` targets pass ``--out benchmarks/results``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -10,7 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = "weakclip_bench"  # relative to the current directory
+
+
+def add_out_argument(ap: argparse.ArgumentParser) -> None:
+    """``--out DIR``: where the result files go (default ``./weakclip_bench/``)."""
+    ap.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"results folder (default ./{DEFAULT_OUT}/; the repository's committed results: benchmarks/results)",
+    )
 
 
 def usable_cores() -> int:
@@ -75,9 +90,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def write_results(stem: str, payload: dict, table_md: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    j, m = RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"
+def write_results(
+    stem: str, payload: dict, table_md: str, out: str | os.PathLike[str] = DEFAULT_OUT
+) -> tuple[Path, Path]:
+    """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (``out`` created)."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    j, m = folder / f"{stem}.json", folder / f"{stem}.md"
     j.write_text(json.dumps(payload, indent=2) + "\n")
     m.write_text(table_md)
     return j, m

@@ -1,0 +1,215 @@
+"""``weakclip <subcommand> [options]``: the one command.  Each subcommand hands the rest of the command line to the
+``main(argv)`` of its tool, imported only when that subcommand runs (``weakclip --help`` and ``--version`` import
+neither torch nor any tool).
+
+The ``weakclip-<name>`` console scripts are aliases of the subcommands (same code path, same exit statuses).
+Exit statuses: 0 success, 1 the work failed (including a missing optional dependency), 2 a usage error (one
+``error:`` line on stderr, e.g. an unknown subcommand), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
+PROG = "weakclip"
+
+# subcommand → (module whose main(argv) runs it, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("weakclip.training.train", "train WeakCLIP on CAM seeds (YAML/TOML config + KEY=VALUE overrides)"),
+    "export": ("weakclip.export.to_onnx", "export a checkpoint to ONNX (text side precomputed; fp16, int8, custom op)"),
+    "generate": ("weakclip.engines.generate", "pseudo masks for a dataset (torch / onnxruntime / tensorrt engines)"),
+    "evaluate": ("weakclip.evaluate", "mIoU of masks against ground truth (per-class table, FP/FN)"),
+    "convert": ("weakclip.convert_official", "official hustvl/WeakCLIP .pth checkpoint → our .safetensors"),
+    "synthetic": ("weakclip.data.synthetic", "write a synthetic VOC-layout dataset (images, GT, seeds, labels)"),
+    "check-data": ("weakclip.check_data", "check a dataset folder before a long run (counts, lists, classes)"),
+    "seeds": ("weakclip.seeds", "CLIP-ES seeds (CAMs) from image-level labels"),
+    "bench": ("weakclip.cli", "benchmarks: training, loss-ablation, cpu-engines, gpu-e2e, cuda-coattn"),
+    "demo": ("weakclip.demo", "end to end on synthetic data: train → ONNX → masks → mIoU, images/s"),
+}
+
+# `weakclip bench <name>` → module whose main(argv) runs it
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "training": ("weakclip.benchmarks.bench_training", "training step time and peak memory vs full fine-tuning"),
+    "loss-ablation": ("weakclip.benchmarks.bench_loss_ablation", "seed / +boundary / +aux losses on synthetic data"),
+    "cpu-engines": ("weakclip.benchmarks.bench_cpu_engines", "PyTorch eager vs ONNX Runtime (fp32, int8) on CPU"),
+    "gpu-e2e": ("weakclip.benchmarks.bench_gpu_e2e", "end-to-end GPU engines (torch, ORT CUDA, TensorRT)"),
+    "cuda-coattn": ("weakclip.benchmarks.bench_cuda_coattn", "fused CUDA co-attention kernel vs PyTorch"),
+}
+
+# Optional dependencies (top-level import name → the extra that installs it), for the one-line message.
+OPTIONAL_MODULES = {
+    "yaml": "train",
+    "pydensecrf": "train",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
+    "onnxslim": "export",
+    "onnxconverter_common": "export",
+    "matplotlib": "viz",
+    "tensorrt": "tensorrt",
+}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _table(entries: dict[str, tuple[str, str]]) -> str:
+    width = max(len(k) for k in entries) + 2
+    return "\n".join(f"  {k.ljust(width)}{desc}" for k, (_, desc) in entries.items())
+
+
+def usage() -> str:
+    return f"usage: {PROG} [-h] [--version] [-v | -q] <subcommand> [options]"
+
+
+def help_text() -> str:
+    return (
+        f"{usage()}\n\nWeakCLIP: train, export to ONNX, generate pseudo masks, evaluate, benchmark.\n\n"
+        f"subcommands:\n{_table(COMMANDS)}\n\n"
+        "options:\n"
+        "  -h, --help     show this help and exit\n"
+        "  --version      print the version and exit\n"
+        "  -v, --verbose  debug log lines\n"
+        "  -q, --quiet    warnings and errors only\n\n"
+        f"`{PROG} <subcommand> --help` shows a subcommand's options.  Progress: a bar on a terminal, otherwise one line\n"
+        "every 30 s (WEAKCLIP_PROGRESS_INTERVAL=SECONDS, WEAKCLIP_PROGRESS=auto|bar|lines|off)."
+    )
+
+
+def _usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _unknown(kind: str, name: str, choices: Sequence[str], prog: str) -> int:
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return _usage_error(f"unknown {kind} '{name}'{hint}; choose from {', '.join(choices)} (`{prog} --help`)")
+
+
+def _missing_extra(err: ModuleNotFoundError) -> str | None:
+    top = (err.name or "").split(".")[0]
+    return OPTIONAL_MODULES.get(top)
+
+
+def run_tool(module: str, argv: Sequence[str], prog: str) -> int:
+    """Import ``module`` and return ``module.main(argv)``, with one-line errors for what the tool cannot report
+    itself: a module absent from this installation, a missing optional dependency, an interrupt."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == module or module.startswith(e.name + ".")):
+            print(f"error: {prog} is not available in this installation (no module {module})", file=sys.stderr)
+            return EXIT_FAILURE
+        extra = _missing_extra(e)
+        if extra is None:
+            raise
+        print(f"error: {prog} needs the '{e.name}' module: pip install 'weakclip[{extra}]'", file=sys.stderr)
+        return EXIT_FAILURE
+    main: Callable[[Sequence[str] | None], int | None] | None = getattr(mod, "main", None)
+    if main is None:
+        print(f"error: {prog}: {module} has no main()", file=sys.stderr)
+        return EXIT_FAILURE
+    old_argv0 = sys.argv[0] if sys.argv else None
+    if sys.argv:
+        sys.argv[0] = prog  # argparse's default prog for tools that do not set one
+    try:
+        rc = main(list(argv))
+    except ModuleNotFoundError as e:  # an optional dependency imported lazily inside the tool
+        extra = _missing_extra(e)
+        if extra is None:
+            raise
+        print(f"error: {prog} needs the '{e.name}' module: pip install 'weakclip[{extra}]'", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"error: {prog}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if old_argv0 is not None:
+            sys.argv[0] = old_argv0
+    return EXIT_OK if rc is None else int(rc)
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """``weakclip bench <name> [options]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = f"{PROG} bench"
+    text = (
+        f"usage: {prog} <name> [options]\n\nbenchmarks (results under --out; default ./weakclip_bench/):\n"
+        f"{_table(BENCHMARKS)}\n\n`{prog} <name> --help` shows a benchmark's options."
+    )
+    if not args:
+        return _usage_error(f"name a benchmark: {', '.join(BENCHMARKS)} (`{prog} --help`)")
+    if args[0] in ("-h", "--help"):
+        print(text)
+        return EXIT_OK
+    name, rest = args[0], args[1:]
+    if name not in BENCHMARKS:
+        return _unknown("benchmark", name, list(BENCHMARKS), prog)
+    return run_tool(BENCHMARKS[name][0], rest, f"{prog} {name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    level = logging.INFO
+    while args and args[0].startswith("-"):
+        opt = args.pop(0)
+        if opt in ("-h", "--help"):
+            print(help_text())
+            return EXIT_OK
+        if opt in ("-V", "--version"):
+            print(f"{PROG} {_version()}")
+            return EXIT_OK
+        if opt in ("-v", "--verbose"):
+            level = logging.DEBUG
+        elif opt in ("-q", "--quiet"):
+            level = logging.WARNING
+        else:
+            return _usage_error(f"unknown option '{opt}' before the subcommand (`{PROG} --help`)")
+    if not args:
+        return _usage_error(f"name a subcommand: {', '.join(COMMANDS)} (`{PROG} --help`)")
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        return _unknown("subcommand", name, list(COMMANDS), PROG)
+    from .progress import setup_logging
+
+    setup_logging(level)
+    if name == "bench":
+        return bench_main(rest)
+    return run_tool(COMMANDS[name][0], rest, f"{PROG} {name}")
+
+
+def _alias(name: str) -> Callable[[], int]:
+    def entry() -> int:
+        from .progress import setup_logging
+
+        setup_logging()
+        return run_tool(COMMANDS[name][0], sys.argv[1:], f"{PROG}-{name}")
+
+    entry.__name__ = entry.__qualname__ = name.replace("-", "_")
+    entry.__doc__ = f"console script weakclip-{name} = weakclip {name}"
+    return entry
+
+
+# console-script aliases (pyproject.toml [project.scripts])
+train = _alias("train")
+export = _alias("export")
+generate = _alias("generate")
+evaluate = _alias("evaluate")
+convert = _alias("convert")
+synthetic = _alias("synthetic")
+check_data = _alias("check-data")
+seeds = _alias("seeds")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
