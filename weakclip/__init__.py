@@ -2,6 +2,8 @@
 
 The public names below are imported lazily, so light submodules (``weakclip.data``, ``weakclip.evaluate``,
 ``weakclip.io``) start without importing open_clip.
+
+Command line: ``weakclip <subcommand>`` (``weakclip.cli``; ``python -m weakclip``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version: pyproject.toml reads it (dynamic), `weakclip --version` prints it
 
 # The sub-packages ``weakclip.engines``, ``weakclip.export``, ``weakclip.training`` and ``weakclip.benchmarks`` are
 # the repository's top-level folders ``engines/``, ``export/``, ``training/`` and ``benchmarks/``: the wheel installs
