@@ -250,6 +250,11 @@ def test_progress_iterable_wrapper_initial_unknown_total_and_env(monkeypatch: py
         "[train] 6/10 it (60.0 %), 1.00 it/s, elapsed 2 s, ETA 4 s",
         "[train] done: 6/10 it in 2 s (1.00 it/s)",
     ]
+    out = _Stream(tty=False)
+    with progress.progress(total=10, desc="short", file=out, interval=30) as bar:  # shorter than the interval
+        clock.t += 29
+        bar.update(10)
+    assert out.getvalue() == ""  # no periodic line, so no final line either
     monkeypatch.setenv("WEAKCLIP_PROGRESS_INTERVAL", "soon")  # a bad value: the default, with a warning
     assert progress.progress(total=1, file=_Stream(tty=False)).interval == progress.DEFAULT_INTERVAL
 

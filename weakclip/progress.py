@@ -32,8 +32,9 @@ file=None, **tqdm_kwargs) -> Progress``
 * ``file``: where the bar / lines go (default ``sys.stderr``, like tqdm); ``.write(msg)`` goes to ``sys.stdout``.
 * ``**tqdm_kwargs`` (``dynamic_ncols``, ``mininterval``, ...) are passed to tqdm in bar mode and ignored otherwise.
 * ``Progress`` methods: ``update(n=1)``, ``set_postfix(**values)``, ``set_postfix_str(text)``, ``write(msg)``,
-  ``close()``; attributes ``n`` (items done, ``initial`` included) and ``total``.  A final ``done`` line is printed
-  by ``close()`` in lines mode.
+  ``close()``; attributes ``n`` (items done, ``initial`` included) and ``total``.  In lines mode ``close()`` prints
+  the final ``done`` line only when at least one periodic line was printed: a run shorter than the interval stays
+  silent (the tool's own summary says the rest), so tests that compare stderr exactly are not affected.
 
 :func:`add_progress_arguments` adds ``--progress-mode`` and ``--progress-interval`` to a tool's parser;
 :func:`progress_options` turns the parsed values into ``progress(...)`` keyword arguments.
@@ -169,6 +170,7 @@ class Progress:
         self.mode = "off" if disable else _resolve_mode(mode, self.file)
         self.postfix = ""
         self.closed = False
+        self.lines_printed = 0
         self._start = self._last = _now()
         self._bar = None
         if self.mode == "bar":
@@ -208,6 +210,7 @@ class Progress:
             now = _now()
             if now - self._last >= self.interval:
                 self._last = now
+                self.lines_printed += 1
                 self._print(self.line(now))
 
     def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **values: Any) -> None:
@@ -234,7 +237,7 @@ class Progress:
         self.closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.mode == "lines":
+        elif self.mode == "lines" and self.lines_printed:
             self._print(self.done_line(_now()))
 
     # -- the plain lines -----------------------------------------------------------------------------------------
