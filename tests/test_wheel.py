@@ -74,10 +74,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     src, dist, venv = base / "src", base / "dist", base / "venv"
     _copy_sources(src)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)]
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(dist), str(src)]
     if _setuptools_ok():
         build.insert(4, "--no-build-isolation")
-    _run(build, base, env)
+    log = _run(build, base, env)
+    for warning in ("absent from the `packages` configuration", "as an importable package", "license` as a TOML table"):
+        assert warning not in log.stdout + log.stderr, f"setuptools warns: ...{warning}..."
     (wheel,) = dist.glob("weakclip-*.whl")
 
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], base, env)
