@@ -570,14 +570,20 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
 def _startup_line(args: argparse.Namespace, engine: Engine, opts: InferenceOptions, todo: int, skipped: int) -> None:
     import torch
 
+    from weakclip.progress import print_startup
+
     d = engine.describe()
-    views = f"{opts.num_views} view(s): scales {','.join(f'{r:g}' for r in opts.scales)}{' × flip' if opts.flip else ''}"
-    print(
-        f"weakclip generate: engine {d.get('engine', engine.name)}, model {args.model}, precision "
-        f"{d.get('precision', args.precision or 'default')}, {views}, crop {opts.crop}/stride {opts.stride}, "
-        f"crf {args.crf}, device {d.get('device', 'cpu')}, threads {torch.get_num_threads()}; "
-        f"{todo} image(s) to do, {skipped} already finished",
-        flush=True,
+    scales = ",".join(f"{r:g}" for r in opts.scales)
+    print_startup(
+        "generate",
+        engine=d.get("engine", engine.name),
+        model=args.model,
+        precision=d.get("precision", args.precision or "default"),
+        views=f"{opts.num_views} (scales {scales}{' × flip' if opts.flip else ''}, crop {opts.crop}/stride {opts.stride})",
+        crf=args.crf,
+        device=d.get("device", "cpu"),
+        threads=torch.get_num_threads(),
+        note=f"{todo} image(s) to do, {skipped} already finished",
     )
 
 
@@ -603,7 +609,7 @@ def _generate(
     labels: dict[str, list[int]] | None,
     overlays: set[str],
 ) -> tuple[int, list[tuple[str, str]]]:
-    from tqdm import tqdm
+    from weakclip.progress import progress
 
     failures: list[tuple[str, str]] = []
     done = 0
@@ -613,7 +619,9 @@ def _generate(
     write_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="write") if workers else _Inline()
     writes: collections.deque = collections.deque()
     max_pending_writes = 2 * max(workers, 1) + args.chunk
-    bar = tqdm(total=len(todo), unit="img", disable=not args.progress, dynamic_ncols=True, mininterval=1.0)
+    # tqdm bar on a terminal; a line every 30 s (WEAKCLIP_PROGRESS_INTERVAL) with done/total, img/s and ETA otherwise
+    bar = progress(total=len(todo), desc="generate", unit="img", disable=not args.progress, dynamic_ncols=True,
+                   mininterval=1.0)  # fmt: skip
 
     def collect(block_until: int) -> None:
         nonlocal done

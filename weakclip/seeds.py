@@ -769,7 +769,7 @@ def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams
 
 
 def _seed_all(args, seeder: ClipSeeder, todo, outputs, labels, overlays: set[str]):
-    from tqdm import tqdm
+    from weakclip.progress import progress
 
     from weakclip.engines.generate import _Inline, _one_line, _prefetch
 
@@ -779,7 +779,8 @@ def _seed_all(args, seeder: ClipSeeder, todo, outputs, labels, overlays: set[str
     decode_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers else _Inline()
     write_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="write") if workers else _Inline()
     writes: collections.deque = collections.deque()
-    bar = tqdm(total=len(todo), unit="img", disable=not args.progress, dynamic_ncols=True, mininterval=1.0)
+    bar = progress(total=len(todo), desc="seeds", unit="img", disable=not args.progress, dynamic_ncols=True,
+                   mininterval=1.0)  # fmt: skip
 
     def collect(block_until: int) -> None:
         nonlocal done
