@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RuntimeFailure, cli
+from .io import atomic_path
 
 
 def step(title: str) -> None:
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=600, help="training iterations (tiny model, batch 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="seconds-long smoke run (24 images, 6 iterations)")
+    ap.add_argument("--route", choices=("seeds", "labels-only", "both"), default="seeds",
+                    help="seeds: the given CAM-like seeds → training → ONNX Runtime masks (default); labels-only: "
+                    "image labels only → CLIP-ES seeds (weakclip.seeds) → training → masks; both")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.iters = 24, 6
@@ -50,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k in ("train_images", "val_images", "seed_miou")}))
     else:
         print(f"reusing {data}")
+
+    if args.route in ("labels-only", "both"):
+        _labels_only_route(args, out, data)
+        if args.route == "labels-only":
+            return 0
 
     step("2/5 training the tiny model on the seeds (CPU)")
     final = run / "final.safetensors"
@@ -104,13 +113,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         "onnxruntime_cpu_images_per_s": fps,
         "total_s": time.perf_counter() - t_start,
     }
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    with atomic_path(out / "result.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nseeds mIoU                          {result['seeds_miou']:6.2f}")
     print(f"pseudo masks mIoU (single scale)    {result['pseudo_mask_miou']:6.2f}")
     print(f"pseudo masks mIoU + label masking   {result['pseudo_mask_miou_with_labels']:6.2f}")
     print(f"ONNX Runtime CPU throughput         {fps:6.2f} images/s  ({len(names)} images)")
     print(f"overlays: {masks / 'unmasked' / 'overlays'}   result: {out / 'result.json'}")
     return 0
+
+
+def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> dict[str, float]:
+    """Image-level labels only → CLIP-ES seeds → WeakCLIP training → masks.  With the tiny random-init CLIP of the
+    demo the seeds carry no knowledge: this shows the mechanics, not the quality (use --clip-weights openai on real
+    data, see the README)."""
+    from weakclip.engines.generate import main as generate_main
+    from weakclip.evaluate import evaluate_dirs
+    from weakclip.seeds import main as seeds_main
+    from weakclip.training.train import main as train_main
+
+    train_list = data / "ImageSets" / "Segmentation" / "train.txt"
+    names = [n.strip() for n in train_list.read_text().splitlines() if n.strip()]
+    clip_seeds, run, masks = data / "ClipSeeds", out / "run_clip_seeds", out / "masks" / "clip_seeds"
+    step("labels only 1/3: CLIP-ES seeds from the image-level labels (tiny random CLIP: mechanics only)")
+    if seeds_main(["--images", str(train_list), "--image-root", str(data / "JPEGImages"),
+                   "--labels", str(data / "cls_labels.json"), "--out", str(clip_seeds),
+                   "--preset", "tiny", "--clip-weights", "none", "--workers", "2"]) != 0:  # fmt: skip
+        raise RuntimeFailure(f"CLIP seed generation into {clip_seeds} failed (see the lines above)")
+    step("labels only 2/3: training the tiny model on the CLIP seeds")
+    final = run / "final.safetensors"
+    if not final.is_file():
+        if train_main([f"data.root={data}", "data.seed_dir=ClipSeeds", f"work_dir={run}", f"train.iters={args.iters}",
+                       "--resume", f"schedule.val_interval={max(args.iters // 3, 1)}",
+                       f"schedule.checkpoint_interval={max(args.iters // 6, 1)}"]) != 0:  # fmt: skip
+            raise RuntimeFailure(f"training into {run} failed (see the lines above)")
+    step("labels only 3/3: pseudo masks (torch engine) and evaluation")
+    if generate_main(["--images", str(train_list), "--image-root", str(data / "JPEGImages"), "--model", str(final),
+                      "--labels", str(data / "cls_labels.json"), "--out", str(masks), "--overwrite",
+                      "--workers", "2"]) != 0:  # fmt: skip
+        raise RuntimeFailure("pseudo-mask generation reported failures (see the lines above)")
+    K = len([n for n in (data / "class_names.txt").read_text().splitlines() if n.strip()])
+    gt = data / "SegmentationClass"
+    seeds_m, _ = evaluate_dirs(clip_seeds, gt, K, names)
+    masks_m, _ = evaluate_dirs(masks, gt, K, names)
+    result = {"clip_seeds_miou": 100 * seeds_m.miou, "masks_from_clip_seeds_miou": 100 * masks_m.miou}
+    with atomic_path(out / "result_labels_only.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nCLIP seeds mIoU (random tiny CLIP)   {result['clip_seeds_miou']:6.2f}")
+    print(f"masks trained on CLIP seeds mIoU     {result['masks_from_clip_seeds_miou']:6.2f}")
+    print("(random CLIP weights: these numbers show the route runs, not what pretrained CLIP gives)")
+    return result
 
 
 if __name__ == "__main__":
