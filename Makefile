@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml requirements/cpu.txt requirements/torch-cpu.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/weakclip demo
+	HF_HUB_OFFLINE=1 $(BIN)/weakclip demo $(ARGS)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
