@@ -47,9 +47,11 @@ from weakclip.engines.base import (
     check_model_file,
     get_engine,
 )
+
 from weakclip.errors import RuntimeFailure, UsageError, cli
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
 from weakclip.io import IMAGE_EXTS, atomic_path, read_image, save_mask_png, voc_palette
+
 # Temporaries of weakclip.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
 _TMP_RE = re.compile(r"^\.(?P<orig>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 _MAX_CONSECUTIVE_INFERENCE_FAILURES = 10

@@ -22,7 +22,7 @@ import torch
 from official_semantics import official_crf, official_probs
 
 import weakclip
-from weakclip.inference import InferenceOptions, OFFICIAL_SCALES, predict_probs
+from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, predict_probs
 from weakclip.io import read_image, read_mask
 
 # VOC-like sizes (H, W), plus one smaller than the crop on both sides.

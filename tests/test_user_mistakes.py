@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 from test_generate import StandInEngine, _make_images  # noqa: F401  (registers the "standin" engine)
+from weakclip.engines.generate import main
 
 import weakclip
-from weakclip.engines.generate import main
 from weakclip.io import atomic_path, save_mask_png
 
 

@@ -434,36 +434,11 @@ def _read_list(root: Path, name: str) -> list[str]:
 # main
 
 
-class _StdStream(logging.StreamHandler):
-    """A handler writing to whatever ``sys.stdout`` / ``sys.stderr`` is at emit time (not the one at creation)."""
-
-    def __init__(self, which: str, max_level: int | None = None) -> None:
-        self._which, self._max_level = which, max_level
-        super().__init__()
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return getattr(sys, self._which)
-
-    @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
-        pass
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return (self._max_level is None or record.levelno < self._max_level) and super().filter(record)
-
-
 def _show_log() -> None:
     """CLI output: the ``weakclip.training`` logger's INFO lines on stdout, warnings on stderr (once per process)."""
-    if any(isinstance(h, _StdStream) for h in logger.handlers):
-        return
-    out, err = _StdStream("stdout", max_level=logging.WARNING), _StdStream("stderr")
-    err.setLevel(logging.WARNING)
-    err.setFormatter(logging.Formatter("warning: %(message)s"))
-    logger.addHandler(out)
-    logger.addHandler(err)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    from weakclip.progress import setup_logging
+
+    setup_logging(logger=logger.name)
 
 
 @cli

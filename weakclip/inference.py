@@ -36,7 +36,6 @@ reference path (:func:`reference_predict_probs`) is the plain per-view, per-wind
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
