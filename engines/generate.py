@@ -602,6 +602,58 @@ def _write_config(
         tmp.write_text(json.dumps(cfg, indent=2, default=str) + "\n")
 
 
+class BatchJob:
+    """The loop shared by the batch tools (generate, seeds): decoding threads prefetch images, the caller does the
+    per-image work, writing threads write the outputs; failures are recorded with a reason, a progress bar counts
+    every image once.  Use as a context manager (closes the bar and the pools)."""
+
+    def __init__(self, total: int, workers: int, desc: str, show_progress: bool, max_pending_writes: int) -> None:
+        from weakclip.progress import progress
+
+        self.workers = max(workers, 0)
+        self.decode_pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers else _Inline()
+        self.write_pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="write") if self.workers else _Inline()
+        self.writes: collections.deque = collections.deque()
+        self.max_pending_writes = max_pending_writes
+        self.failures: list[tuple[str, str]] = []
+        self.done = 0
+        # tqdm bar on a terminal; a line every 30 s (WEAKCLIP_PROGRESS_INTERVAL) with done/total, img/s, ETA otherwise
+        self.bar = progress(total=total, desc=desc, unit="img", disable=not show_progress, dynamic_ncols=True,
+                            mininterval=1.0)  # fmt: skip
+
+    def images(self, items: Sequence[Item], depth: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:
+        """(item, decoded image or None, failure reason), decoding ``depth`` ahead."""
+        return _prefetch(self.decode_pool, items, depth)
+
+    def fail(self, item: Item, reason: str) -> None:
+        self.failures.append((item.name, reason))
+        self.bar.update(1)
+
+    def write(self, item: Item, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on a writing thread; a failure is recorded as ``what: reason``."""
+        self.writes.append((item, what, self.write_pool.submit(fn, *args)))
+        self.collect(self.max_pending_writes)
+
+    def collect(self, block_until: int = 0) -> None:
+        """Wait for finished writes until at most ``block_until`` are pending."""
+        while len(self.writes) > block_until:
+            item, what, fut = self.writes.popleft()
+            try:
+                fut.result()
+                self.done += 1
+            except Exception as e:  # noqa: BLE001 - a failed write is recorded, the run goes on
+                self.failures.append((item.name, f"{what}: {_one_line(e)}"))
+            self.bar.update(1)
+
+    def __enter__(self) -> BatchJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+        self.decode_pool.shutdown(wait=True)
+        self.write_pool.shutdown(wait=True)
+
+
 def _generate(
     args: argparse.Namespace,
     engine: Engine,
@@ -611,30 +663,10 @@ def _generate(
     labels: dict[str, list[int]] | None,
     overlays: set[str],
 ) -> tuple[int, list[tuple[str, str]]]:
-    from weakclip.progress import progress
-
-    failures: list[tuple[str, str]] = []
-    done = 0
+    depth = 2 * max(args.workers, 1) + args.chunk
+    job = BatchJob(len(todo), args.workers, "generate", args.progress, max_pending_writes=depth)
     consecutive_inference_failures = 0
-    workers = max(args.workers, 0)
-    decode_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers else _Inline()
-    write_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="write") if workers else _Inline()
-    writes: collections.deque = collections.deque()
-    max_pending_writes = 2 * max(workers, 1) + args.chunk
-    # tqdm bar on a terminal; a line every 30 s (WEAKCLIP_PROGRESS_INTERVAL) with done/total, img/s and ETA otherwise
-    bar = progress(total=len(todo), desc="generate", unit="img", disable=not args.progress, dynamic_ncols=True,
-                   mininterval=1.0)  # fmt: skip
-
-    def collect(block_until: int) -> None:
-        nonlocal done
-        while len(writes) > block_until:
-            item, fut = writes.popleft()
-            try:
-                fut.result()
-                done += 1
-            except Exception as e:  # noqa: BLE001 - a failed write is recorded, the run goes on
-                failures.append((item.name, f"writing outputs: {_one_line(e)}"))
-            bar.update(1)
+    crf = None if args.crf == "none" else args.crf
 
     def infer(batch: list[tuple[Item, np.ndarray]]) -> None:
         nonlocal consecutive_inference_failures
@@ -651,29 +683,23 @@ def _generate(
         for (item, image), probs in results:
             consecutive_inference_failures = 0
             lab = labels[item.name] if labels is not None else None
-            crf = None if args.crf == "none" else args.crf
-            fut = write_pool.submit(
-                _write_outputs, outputs, item, image, probs, lab, crf, args.palette, item.name in overlays
-            )
-            writes.append((item, fut))
-            collect(max_pending_writes)
+            job.write(item, "writing outputs", _write_outputs, outputs, item, image, probs, lab, crf, args.palette,
+                      item.name in overlays)  # fmt: skip
 
     def _record_inference_failure(item: Item, e: BaseException | None) -> None:
         nonlocal consecutive_inference_failures
-        failures.append((item.name, f"inference: {_one_line(e) if e else 'unknown error'}"))
-        bar.update(1)
+        job.fail(item, f"inference: {_one_line(e) if e else 'unknown error'}")
         consecutive_inference_failures += 1
         if consecutive_inference_failures >= _MAX_CONSECUTIVE_INFERENCE_FAILURES:
             raise EngineError(
-                f"inference failed on {consecutive_inference_failures} images in a row; last: {failures[-1][1]}"
+                f"inference failed on {consecutive_inference_failures} images in a row; last: {job.failures[-1][1]}"
             )
 
-    try:
+    with job:
         batch: list[tuple[Item, np.ndarray]] = []
-        for item, image, reason in _prefetch(decode_pool, todo, depth=2 * max(workers, 1) + args.chunk):
+        for item, image, reason in job.images(todo, depth):
             if image is None:
-                failures.append((item.name, reason or "unreadable"))
-                bar.update(1)
+                job.fail(item, reason or "unreadable")
                 continue
             batch.append((item, image))
             if len(batch) == args.chunk:
@@ -681,12 +707,8 @@ def _generate(
                 batch = []
         if batch:
             infer(batch)
-        collect(0)
-    finally:
-        bar.close()
-        decode_pool.shutdown(wait=True)
-        write_pool.shutdown(wait=True)
-    return done, failures
+        job.collect(0)
+    return job.done, job.failures
 
 
 if __name__ == "__main__":

@@ -56,8 +56,6 @@ OpenAI's CLIP weights (``clip_weights="openai"`` or a local ``ViT-B-16.pt``).
 from __future__ import annotations
 
 import argparse
-import collections
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
@@ -769,56 +767,29 @@ def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams
 
 
 def _seed_all(args, seeder: ClipSeeder, todo, outputs, labels, overlays: set[str]):
-    from weakclip.progress import progress
+    from weakclip.engines.generate import BatchJob, _one_line
 
-    from weakclip.engines.generate import _Inline, _one_line, _prefetch
-
-    failures: list[tuple[str, str]] = []
-    done = consecutive = 0
-    workers = max(args.workers, 0)
-    decode_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers else _Inline()
-    write_pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="write") if workers else _Inline()
-    writes: collections.deque = collections.deque()
-    bar = progress(total=len(todo), desc="seeds", unit="img", disable=not args.progress, dynamic_ncols=True,
-                   mininterval=1.0)  # fmt: skip
-
-    def collect(block_until: int) -> None:
-        nonlocal done
-        while len(writes) > block_until:
-            item, fut = writes.popleft()
-            try:
-                fut.result()
-                done += 1
-            except Exception as e:  # noqa: BLE001 - a failed CRF/write is recorded, the run goes on
-                failures.append((item.name, f"crf/writing: {_one_line(e)}"))
-            bar.update(1)
-
-    try:
-        for item, image, reason in _prefetch(decode_pool, todo, depth=2 * max(workers, 1)):
+    depth = 2 * max(args.workers, 1)
+    consecutive = 0
+    with BatchJob(len(todo), args.workers, "seeds", args.progress, max_pending_writes=depth) as job:
+        for item, image, reason in job.images(todo, depth):
             if image is None:
-                failures.append((item.name, reason or "unreadable"))
-                bar.update(1)
+                job.fail(item, reason or "unreadable")
                 continue
             try:
                 keys, cams, _ = seeder.cams(image, labels[item.name])
                 consecutive = 0
             except Exception as e:  # noqa: BLE001 - one image's failure is recorded, the run goes on
-                failures.append((item.name, f"cams: {_one_line(e)}"))
-                bar.update(1)
+                job.fail(item, f"cams: {_one_line(e)}")
                 consecutive += 1
                 if consecutive >= _MAX_CONSECUTIVE_FAILURES:
                     raise RuntimeFailure(f"CAM computation failed on {consecutive} images in a row; "
-                                         f"last: {failures[-1][1]}") from None  # fmt: skip
+                                         f"last: {job.failures[-1][1]}") from None  # fmt: skip
                 continue
-            writes.append((item, write_pool.submit(_write_seed, outputs, item, image, seeder, keys, cams,
-                                                   args.palette, item.name in overlays)))  # fmt: skip
-            collect(2 * max(workers, 1))
-        collect(0)
-    finally:
-        bar.close()
-        decode_pool.shutdown(wait=True)
-        write_pool.shutdown(wait=True)
-    return done, failures
+            job.write(item, "crf/writing", _write_seed, outputs, item, image, seeder, keys, cams, args.palette,
+                      item.name in overlays)  # fmt: skip
+        job.collect(0)
+    return job.done, job.failures
 
 
 if __name__ == "__main__":
