@@ -52,10 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     add_out_argument(ap)
     ap.add_argument("--workdir", default=None, help="dataset and training runs (default <out>/loss_ablation_work)")
     args = ap.parse_args(argv)
-    from weakclip.training.train import main as train_main
-
     from weakclip.data.synthetic import make_synthetic_dataset
     from weakclip.evaluate import evaluate_dirs
+    from weakclip.training.train import main as train_main
 
     out = Path(args.workdir) if args.workdir else Path(args.out) / "loss_ablation_work"
     data = out / "data"

@@ -22,9 +22,8 @@ import torch
 
 
 def child(preset: str, mode: str, steps: int, batch: int, crop: int | None) -> dict:
-    from weakclip.benchmarks.common import peak_rss_mib
-
     import weakclip
+    from weakclip.benchmarks.common import peak_rss_mib
 
     torch.manual_seed(0)
     overrides = {"crop_size": crop} if crop else {}

@@ -47,7 +47,6 @@ from weakclip.engines.base import (
     check_model_file,
     get_engine,
 )
-
 from weakclip.errors import RuntimeFailure, UsageError, cli
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
 from weakclip.io import IMAGE_EXTS, atomic_path, read_image, save_mask_png, voc_palette
@@ -318,8 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     en.add_argument("--model", help="checkpoint (torch), .onnx (onnxruntime) or engine/ONNX file (tensorrt)")
     en.add_argument("--device", help="engine device, e.g. cpu, cuda (cuda → cuda:$LOCAL_RANK under torchrun)")
-    en.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
-                    help="engine precision (fp16 needs CUDA; bf16 needs a bf16 CPU or GPU)")  # fmt: skip
+    en.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
+                    help="precision tier: torch engine fp32 / fp16 (CUDA) / bf16 (CPU with avx512_bf16 or amx_bf16, "
+                    "or a bf16 GPU); onnxruntime: the tier of the .onnx file (int8: weakclip_int8.onnx from "
+                    "export --int8); a tier the machine or file lacks is refused in one line")  # fmt: skip
     en.add_argument("--channels-last", action="store_true", help="torch engine: NHWC memory format")
     en.add_argument("--engine-opt", type=_engine_opt, action="append", default=[], metavar="KEY=VALUE",
                     help="extra engine option (value parsed as JSON when possible); repeatable")  # fmt: skip
@@ -466,9 +467,7 @@ def _check_crf_available(crf: str) -> None:
     try:
         import pydensecrf.densecrf  # noqa: F401
     except ImportError as e:
-        raise UsageError(
-            f"--crf {crf} needs pydensecrf (pip install pydensecrf2, or the [train] extra): {e}"
-        ) from None
+        raise UsageError(f"--crf {crf} needs pydensecrf (pip install pydensecrf2, or the [train] extra): {e}") from None
 
 
 def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
@@ -497,7 +496,9 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
         engine_name = engine.name or type(engine).__name__
     elif engine_name == "auto":
         if not args.model:
-            raise UsageError("--engine auto needs --model (a .safetensors checkpoint, an .onnx model or a TensorRT plan)")
+            raise UsageError(
+                "--engine auto needs --model (a .safetensors checkpoint, an .onnx model or a TensorRT plan)"
+            )
         engine_name = auto_engine(args.model)
     if engine is None:  # the wrong kind of model file or an unknown option: refused before anything is written
         check_model_file(engine_name, args.model)
@@ -611,7 +612,9 @@ class BatchJob:
         from weakclip.progress import progress
 
         self.workers = max(workers, 0)
-        self.decode_pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers else _Inline()
+        self.decode_pool = (
+            cf.ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers else _Inline()
+        )
         self.write_pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="write") if self.workers else _Inline()
         self.writes: collections.deque = collections.deque()
         self.max_pending_writes = max_pending_writes

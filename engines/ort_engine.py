@@ -164,6 +164,25 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
+def check_file_precision(name: str, model_precision: str, asked: str | None) -> None:
+    """ONNX Runtime's precision is a property of the .onnx file (metadata ``precision``: fp32, fp16, or one of the
+    int8 kinds ``int8``, ``int8-static-conv``, ``int8-dynamic-vit-linears``).  ``asked`` (None: any) is the tier the
+    user wants; a mismatch is one line saying which file gives that tier."""
+    if asked is None or asked == model_precision or (asked == "int8" and model_precision.startswith("int8")):
+        return
+    how = {
+        "fp16": "export with --fp16 and pass weakclip_fp16.onnx",
+        "int8": "export with --int8 IMAGES and pass weakclip_int8.onnx",
+        "fp32": "pass the fp32 weakclip.onnx",
+        "bf16": "ONNX Runtime has no bf16 CPU tier; use --engine torch --precision bf16, which needs avx512_bf16 or "
+        "amx_bf16",
+    }.get(asked, "")
+    raise EngineError(
+        f"onnxruntime engine: precision is a property of the .onnx file: {name} is {model_precision}, "
+        f"{asked} was asked for" + (f" ({how})" if how else "")
+    )
+
+
 class OrtEngine(Engine):
     """WeakCLIP end-to-end ONNX graph on ONNX Runtime (see module docstring for the options)."""
 
@@ -216,11 +235,7 @@ class OrtEngine(Engine):
                 f"onnxruntime engine: {path.name} has graph kind {kind!r}{hint}; give the end-to-end weakclip.onnx"
             )
         model_precision = meta.get("precision", "fp32")
-        if precision is not None and precision != model_precision:
-            raise EngineError(
-                f"onnxruntime engine: precision is a property of the .onnx file: {path.name} is {model_precision}, "
-                f"{precision} was asked for (export with --fp16 and pass weakclip_fp16.onnx)"
-            )
+        check_file_precision(path.name, model_precision, precision)
         disabled = list(_CPU_FP16_DISABLED_OPTIMIZERS) if (on_cpu and model_precision == "fp16") else []
 
         load_path = path

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+import weakclip
 from weakclip.export.wrappers import (
     ENCODER_OUTPUTS,
     TAP_NAMES,
@@ -38,8 +40,6 @@ from weakclip.export.wrappers import (
     EncoderOnnx,
     WeakCLIPOnnx,
 )
-
-import weakclip
 from weakclip.model import WeakCLIP
 
 logger = logging.getLogger("weakclip.export")

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from weakclip import plugin_names
 from weakclip.export import core
 from weakclip.export.core import GraphSpec
 from weakclip.export.wrappers import TAP_NAMES, CoAttentionPackedReference
-
-from weakclip import plugin_names
 from weakclip.model import WeakCLIP
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from weakclip.export import custom_op, fp16, quantize
 from weakclip.export.core import (
     EXPORTERS,
@@ -39,7 +40,6 @@ from weakclip.export.core import (
     text_embeddings,
     timed,
 )
-
 from weakclip.model import WeakCLIP
 
 

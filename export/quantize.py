@@ -43,6 +43,7 @@ def vit_linear_nodes(model: Any) -> list[str]:
 
 def _copy_metadata(src: Path, dst: Path, precision: str) -> None:
     import onnx
+
     from weakclip.export.core import set_metadata
 
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}

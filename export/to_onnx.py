@@ -41,6 +41,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: `python export/to_onnx.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from weakclip.errors import RuntimeFailure, UsageError, cli
 from weakclip.export.core import (  # noqa: F401  (re-exported: the library API used to live in this module)
     ATOL,
     DEFAULT_EXPORTER,
@@ -74,8 +75,6 @@ from weakclip.export.core import (  # noqa: F401  (re-exported: the library API 
     within,
 )
 from weakclip.export.pipeline import export_int8, export_model, validate_options  # noqa: F401
-
-from weakclip.errors import RuntimeFailure, UsageError, cli
 from weakclip.filekind import expect
 
 PROG = "weakclip-export"

@@ -62,7 +62,7 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     assert set(cli.COMMANDS) == {
         "train", "export", "generate", "evaluate", "convert", "synthetic", "check-data", "seeds", "bench", "demo",
     }  # fmt: skip
-    assert set(cli.BENCHMARKS) == {"training", "loss-ablation", "cpu-engines", "gpu-e2e", "cuda-coattn"}
+    assert set(cli.BENCHMARKS) == {"training", "loss-ablation", "cpu-engines", "tier-masks", "gpu-e2e", "cuda-coattn"}
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import torch
 from test_generate import _make_images
-from weakclip.engines.generate import main as generate
 
 import weakclip
 from weakclip.classes import COCO_OFFICIAL91_CLASSES
+from weakclip.engines.generate import main as generate
 from weakclip.evaluate import main as evaluate
 from weakclip.io import read_mask, save_mask_png
 

@@ -457,8 +457,8 @@ def test_int8_variant_calibrated_on_images(tmp_path: Path) -> None:
     """--int8 writes weakclip_int8.onnx (static int8 convs calibrated on real windows + dynamic int8 ViT linears)
     with the model metadata; the ORT engine runs it; its agreement with fp32 is measured and reported (int8 error has
     no arithmetic bound to assert, so only validity is asserted here)."""
-    from weakclip.engines.base import get_engine
     from weakclip.data.synthetic import make_synthetic_dataset
+    from weakclip.engines.base import get_engine
 
     torch.manual_seed(SEED)
     ckpt = tmp_path / "tiny.safetensors"

@@ -285,5 +285,7 @@ def test_missing_engine_module_is_a_clear_error(monkeypatch):
     import weakclip.engines.base as base
 
     monkeypatch.setitem(base._BUILTIN, "fake", "weakclip.engines.no_such_engine")
-    with pytest.raises(EngineError, match=r"engine 'fake' is not available: weakclip/engines/no_such_engine\.py is missing"):
+    with pytest.raises(
+        EngineError, match=r"engine 'fake' is not available: weakclip/engines/no_such_engine\.py is missing"
+    ):
         get_engine("fake", "model.onnx")

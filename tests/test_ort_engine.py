@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from weakclip.errors import UsageError
 import torch
 from PIL import Image
+
+from weakclip.errors import UsageError
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -193,8 +193,8 @@ def test_generate_with_the_ort_engine_matches_the_torch_engine(exported: tuple[P
 def test_generate_ort_matches_torch_on_the_synthetic_set(exported: tuple[Path, Path], tmp_path: Path) -> None:
     """The acceptance check of the ONNX Runtime engine: ≥ 99.5 % pixel agreement with the torch engine over a
     synthetic VOC-layout set (label masking on, as in the real pipeline)."""
-    from weakclip.engines.generate import main
     from weakclip.data.synthetic import make_synthetic_dataset
+    from weakclip.engines.generate import main
 
     data = tmp_path / "syn"
     make_synthetic_dataset(data, images=12, seed=3, val_images=1)

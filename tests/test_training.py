@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from weakclip.training import train as train_mod
-from weakclip.training.train import load_config, lr_at, main, sample_indices
 
 import weakclip
 from weakclip.data.synthetic import make_synthetic_dataset
 from weakclip.errors import UsageError
+from weakclip.training import train as train_mod
+from weakclip.training.train import load_config, lr_at, main, sample_indices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,6 @@ def test_evaluator_agrees_with_training_validation(data, tmp_path):
     import csv
 
     from weakclip.engines.generate import main as generate_main
-
     from weakclip.evaluate import evaluate_dirs
 
     work = tmp_path / "run"

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 from test_generate import StandInEngine, _make_images  # noqa: F401  (registers the "standin" engine)
-from weakclip.engines.generate import main
 
 import weakclip
+from weakclip.engines.generate import main
 from weakclip.io import atomic_path, save_mask_png
 
 
@@ -74,7 +74,7 @@ def test_unknown_engine_option_is_one_line(files, tmp_path, capsys):
                             "--out", str(tmp_path / "out"), "--engine-opt", "thread=4"])  # fmt: skip
     assert rc == 2
     line = _one_error_line(err)
-    assert "['thread'] are not options of the torch engine; it takes ['device', 'precision', 'channels_last']" in line
+    assert "['thread'] are not options of the torch engine; it takes ['device', 'precision', 'channels_last', 'check_isa', 'cast_weights']" in line
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("root", help="dataset root in VOC layout (e.g. VOCdevkit/VOC2012)")
     ap.add_argument("--image-dir", default="JPEGImages", help="images folder under root (default: %(default)s)")
     ap.add_argument("--image-ext", default=".jpg", help="image suffix used by list names (default: %(default)s)")
-    ap.add_argument("--seed-dir", help=f"seed masks under root (default: the first of {', '.join(SEED_DIR_CANDIDATES)})")
+    ap.add_argument(
+        "--seed-dir", help=f"seed masks under root (default: the first of {', '.join(SEED_DIR_CANDIDATES)})"
+    )
     ap.add_argument("--gt-dir", help=f"ground truth under root (default: the first of {', '.join(GT_DIR_CANDIDATES)})")
     ap.add_argument("--lists", help="comma list of list files (names under ImageSets/Segmentation or paths; "
                     "default: every .txt there)")  # fmt: skip
@@ -134,9 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     images.add(p.stem)
             else:
                 odd[p.suffix.lower() or "(no suffix)"] += 1
-        print(f"images: {sum(by_suffix.values())} in {image_dir} ({', '.join(f'{n} {s}' for s, n in by_suffix.items())})")
+        print(
+            f"images: {sum(by_suffix.values())} in {image_dir} ({', '.join(f'{n} {s}' for s, n in by_suffix.items())})"
+        )
         if odd:
-            rep.info(f"{sum(odd.values())} file(s) there are not images ({', '.join(f'{n} {s}' for s, n in odd.items())})")
+            rep.info(
+                f"{sum(odd.values())} file(s) there are not images ({', '.join(f'{n} {s}' for s, n in odd.items())})"
+            )
         if not by_suffix:
             rep.problem(f"{image_dir}: holds no images")
 
@@ -170,18 +176,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     for what, d in (("seeds", _first_dir(root, args.seed_dir, SEED_DIR_CANDIDATES)),
                     ("ground truth", _first_dir(root, args.gt_dir, GT_DIR_CANDIDATES))):  # fmt: skip
         if d is None:
-            print(f"{what}: none found (looked for {', '.join(SEED_DIR_CANDIDATES if what == 'seeds' else GT_DIR_CANDIDATES)})")
+            print(
+                f"{what}: none found (looked for {', '.join(SEED_DIR_CANDIDATES if what == 'seeds' else GT_DIR_CANDIDATES)})"
+            )
             continue
         if not d.is_dir():
             rep.problem(f"{d}: {what} folder not found")
             continue
         have = {p.stem for p in d.glob("*.png") if not p.name.startswith(".")}
         lacking = [n for n in wanted if n not in have]
-        print(f"{what}: {len(have)} PNG masks in {d}" + (f"; {len(lacking)} listed image(s) have none" if lacking else ""))
+        print(
+            f"{what}: {len(have)} PNG masks in {d}" + (f"; {len(lacking)} listed image(s) have none" if lacking else "")
+        )
         if lacking and what == "seeds":
             rep.problem(f"{d}: no seed for {len(lacking)} listed image(s) (training skips them): {_examples(lacking)}")
         elif lacking:
-            rep.info(f"no ground truth for {len(lacking)} listed image(s) (e.g. a train_aug list): {_examples(lacking)}")
+            rep.info(
+                f"no ground truth for {len(lacking)} listed image(s) (e.g. a train_aug list): {_examples(lacking)}"
+            )
         for n in _sample([n for n in wanted if n in have], args.sample):
             try:
                 m = read_mask(d / f"{n}.png")
@@ -200,12 +212,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rep.problem(str(e))
                     continue
                 if img.shape[:2] != m.shape:
-                    rep.problem(f"{d / (n + '.png')}: size {m.shape[1]}×{m.shape[0]} != image {img.shape[1]}×{img.shape[0]}")
+                    rep.problem(
+                        f"{d / (n + '.png')}: size {m.shape[1]}×{m.shape[0]} != image {img.shape[1]}×{img.shape[0]}"
+                    )
     if values:
-        print(f"class values found in masks: {min(values)}..{max(values)} ({len(values)} distinct) → {_layout_guess(values, K)}")
+        print(
+            f"class values found in masks: {min(values)}..{max(values)} ({len(values)} distinct) → {_layout_guess(values, K)}"
+        )
 
     # image-level labels
-    label_path = Path(args.labels) if args.labels else next((root / c for c in LABEL_CANDIDATES if (root / c).is_file()), None)
+    label_path = (
+        Path(args.labels) if args.labels else next((root / c for c in LABEL_CANDIDATES if (root / c).is_file()), None)
+    )
     if label_path is None:
         print("labels: none found (training derives them from the seeds; generation runs without label masking)")
     else:
@@ -217,9 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             rep.problem(" ".join(str(e).split()))
         else:
             lacking = [n for n in wanted if n not in labels]
-            print(f"labels: {len(labels)} images in {label_path}" + (f"; {len(lacking)} listed image(s) have none" if lacking else ""))
+            print(
+                f"labels: {len(labels)} images in {label_path}"
+                + (f"; {len(lacking)} listed image(s) have none" if lacking else "")
+            )
             if lacking:
-                rep.problem(f"{label_path}: no image-level label for {len(lacking)} listed image(s): {_examples(lacking)}")
+                rep.problem(
+                    f"{label_path}: no image-level label for {len(lacking)} listed image(s): {_examples(lacking)}"
+                )
 
     print(f"{rep.problems} problem(s)" if rep.problems else "OK: nothing here would fail a training or generation run")
     return 1 if rep.problems else 0

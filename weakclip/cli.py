@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthetic": ("weakclip.data.synthetic", "write a synthetic VOC-layout dataset (images, GT, seeds, labels)"),
     "check-data": ("weakclip.check_data", "check a dataset folder before a long run (counts, lists, classes)"),
     "seeds": ("weakclip.seeds", "CLIP-ES seeds (CAMs) from image-level labels"),
-    "bench": ("weakclip.cli", "benchmarks: training, loss-ablation, cpu-engines, gpu-e2e, cuda-coattn"),
+    "bench": ("weakclip.cli", "benchmarks: training, loss-ablation, cpu-engines, tier-masks, gpu-e2e, cuda-coattn"),
     "demo": ("weakclip.demo", "end to end on synthetic data: train → ONNX → masks → mIoU, images/s"),
 }
 
@@ -37,7 +37,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "training": ("weakclip.benchmarks.bench_training", "training step time and peak memory vs full fine-tuning"),
     "loss-ablation": ("weakclip.benchmarks.bench_loss_ablation", "seed / +boundary / +aux losses on synthetic data"),
-    "cpu-engines": ("weakclip.benchmarks.bench_cpu_engines", "PyTorch eager vs ONNX Runtime (fp32, int8) on CPU"),
+    "cpu-engines": (
+        "weakclip.benchmarks.bench_cpu_engines",
+        "CPU engines by tier (fp32, bf16, int8) vs PyTorch eager; torch.compile, OpenVINO peers",
+    ),
+    "tier-masks": ("weakclip.benchmarks.bench_tier_masks", "mIoU change of each CPU tier on the trained demo model"),
     "gpu-e2e": ("weakclip.benchmarks.bench_gpu_e2e", "end-to-end GPU engines (torch, ORT CUDA, TensorRT)"),
     "cuda-coattn": ("weakclip.benchmarks.bench_cuda_coattn", "fused CUDA co-attention kernel vs PyTorch"),
 }

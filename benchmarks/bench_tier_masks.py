@@ -1,0 +1,243 @@
+"""Does a precision tier change the pseudo masks?  The trained demo model's masks from every CPU tier, scored against
+the synthetic ground truth: mIoU per engine and its change from the PyTorch fp32 masks (goal: ≤ 0.3 points).
+
+    weakclip demo                                             # once: trains the tiny model into demo_out/
+    python benchmarks/bench_tier_masks.py --demo demo_out --out DIR
+
+Rows (each is ``weakclip generate`` on the demo's training images, single scale, with the engine's own options):
+
+  torch-fp32          [fp32] torch engine on demo_out/run/final.safetensors: the reference
+  onnxruntime-fp32    [fp32] ONNX Runtime on demo_out/onnx/weakclip.onnx
+  torch-bf16          [bf16] torch engine, precision bf16 (bf16 autocast, bf16 matmul weights).  On a CPU without
+                      avx512_bf16 / amx_bf16 generate refuses it; the row then runs with ``--engine-opt
+                      check_isa=false`` (oneDNN's emulated bf16: the same bf16 roundings, slower) and says so
+  onnxruntime-int8    [int8] what ``weakclip export --int8 data/JPEGImages`` writes (static int8 convs calibrated on
+                      the demo's training images + dynamic int8 ViT linears)
+  openvino-fp32       [fp32] OpenVINO on weakclip.onnx, f32 hint (candidate engine; when openvino is installed)
+  openvino-int8       [int8] OpenVINO, NNCF post-training int8 of weakclip.onnx calibrated on the same images
+                      (candidate; when openvino and nncf are installed)
+
+Besides mIoU: pixel agreement of every row's masks with the torch-fp32 masks, and images/s of the generate run (the
+tiny model: a mechanics figure, not a speed claim — bench_cpu_engines.py measures ViT-B/16).
+
+Writes ``<out>/tier_masks.{json,md}``; work files go to ``--workdir`` (default ``<demo>/tier_masks``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from weakclip import cpu_features
+from weakclip.benchmarks.common import DEFAULT_OUT, machine_info
+from weakclip.errors import UsageError, cli
+from weakclip.io import atomic_path
+
+MAX_MIOU_CHANGE = 0.3  # points; the tier goal on the trained demo model
+OV_ENGINE = "weakclip.engines.openvino_engine:OpenVINOEngine"
+ROWS = ("torch-fp32", "onnxruntime-fp32", "torch-bf16", "onnxruntime-int8", "openvino-fp32", "openvino-int8")
+TIER = {"torch-fp32": "fp32", "onnxruntime-fp32": "fp32", "torch-bf16": "bf16", "onnxruntime-int8": "int8",
+        "openvino-fp32": "fp32", "openvino-int8": "int8"}  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"[tier-masks] {msg}", flush=True)
+
+
+def mask_agreement(a_dir: Path, b_dir: Path, names: Sequence[str]) -> float:
+    """Fraction of pixels with the same label in ``a_dir/<name>.png`` and ``b_dir/<name>.png`` over ``names``."""
+    from weakclip.io import read_mask
+
+    same = total = 0
+    for n in names:
+        a, b = read_mask(a_dir / f"{n}.png"), read_mask(b_dir / f"{n}.png")
+        same += int((a == b).sum())
+        total += a.size
+    return same / total if total else float("nan")
+
+
+def rows_to_run(requested: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(rows that can run here, {row: why not}) — OpenVINO rows need their packages."""
+    run, skipped = [], {}
+    for r in requested:
+        need = ("openvino", "nncf") if r == "openvino-int8" else ("openvino",) if r.startswith("openvino") else ()
+        missing = [m for m in need if importlib.util.find_spec(m) is None]
+        if missing:
+            skipped[r] = f"{' and '.join(missing)} not installed (pip install {' '.join(missing)})"
+        else:
+            run.append(r)
+    return run, skipped
+
+
+def generate_args(row: str, files: dict[str, Path], emulate_bf16: bool) -> list[str]:
+    """The engine part of the ``weakclip generate`` command line of one row."""
+    if row == "torch-fp32":
+        return ["--engine", "torch", "--model", str(files["checkpoint"]), "--precision", "fp32"]
+    if row == "torch-bf16":
+        extra = ["--engine-opt", "check_isa=false"] if emulate_bf16 else []
+        return ["--engine", "torch", "--model", str(files["checkpoint"]), "--precision", "bf16", *extra]
+    if row == "onnxruntime-fp32":
+        return ["--engine", "onnxruntime", "--model", str(files["onnx"]), "--precision", "fp32"]
+    if row == "onnxruntime-int8":
+        return ["--engine", "onnxruntime", "--model", str(files["onnx_int8"]), "--precision", "int8"]
+    if row == "openvino-fp32":
+        return ["--engine", OV_ENGINE, "--model", str(files["onnx"]), "--engine-opt", "precision=fp32"]
+    if row == "openvino-int8":
+        return ["--engine", OV_ENGINE, "--model", str(files["openvino_int8"])]
+    raise ValueError(f"unknown row {row!r}; choose from {ROWS}")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cf = report["cpu_features"]
+    lines = [
+        f"# Pseudo masks by precision tier: the trained demo model ({report['images']} synthetic training images, "
+        "single scale)",
+        "",
+        f"Machine: **{cf['model']}** ({' '.join(cf['isas']) or 'no listed instruction sets'}; native bf16: "
+        f"{'yes' if cf['bf16'] else 'no'}).  Model: `{report['checkpoint']}`.  Goal: |ΔmIoU| ≤ {MAX_MIOU_CHANGE:g} "
+        "points against the torch fp32 masks.",
+        "",
+        "| tier | row | mIoU | ΔmIoU vs torch fp32 | within goal | pixel agreement with torch fp32 | images/s | note |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    for r in report["rows"]:
+        if r.get("skipped"):
+            lines.append(f"| {TIER[r['row']]} | {r['row']} | — | — | — | — | — | skipped: {r['skipped']} |")
+            continue
+        d = r["delta_miou"]
+        lines.append(
+            f"| {TIER[r['row']]} | {r['row']} | {r['miou']:.2f} | {d:+.2f} | "
+            f"{'yes' if abs(d) <= MAX_MIOU_CHANGE else 'NO'} | {100 * r['pixel_agreement']:.3f} % | "
+            f"{r['images_per_s']:.1f} | {r.get('note', '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="weakclip bench tier-masks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--demo", default="demo_out", help="a finished `weakclip demo` folder (default: demo_out)")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default ./{DEFAULT_OUT}/)")
+    ap.add_argument("--workdir", default=None, help="masks and int8 models (default: <demo>/tier_masks)")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list from {','.join(ROWS)}")
+    ap.add_argument("--calib", type=int, default=16, help="calibration images for the int8 rows (default 16)")
+    ap.add_argument("--limit", type=int, default=None, help="first N training images only (default: all)")
+    args = ap.parse_args(argv)
+
+    demo = Path(args.demo)
+    data = demo / "data"
+    files = {"checkpoint": demo / "run" / "final.safetensors", "onnx": demo / "onnx" / "weakclip.onnx"}
+    for what, p in (("trained checkpoint", files["checkpoint"]), ("ONNX export", files["onnx"]),
+                    ("class list", data / "class_names.txt")):  # fmt: skip
+        if not p.is_file():
+            raise UsageError(f"{p}: {what} not found; run `weakclip demo --out {demo}` first")
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    bad = sorted(set(rows) - set(ROWS))
+    if bad:
+        raise UsageError(f"--rows: unknown row(s) {bad}; choose from {ROWS}")
+    if "torch-fp32" not in rows:
+        rows.insert(0, "torch-fp32")  # the reference
+    work = Path(args.workdir) if args.workdir else demo / "tier_masks"
+    out = Path(args.out)
+    if out.resolve() == demo.resolve() or data.resolve() in (out.resolve(), *out.resolve().parents):
+        raise UsageError(f"--out {out}: must not be the demo folder or inside its data")
+    work.mkdir(parents=True, exist_ok=True)
+    train_list = data / "ImageSets" / "Segmentation" / "train.txt"
+    names = [n.strip() for n in train_list.read_text().splitlines() if n.strip()][: args.limit]
+    image_list = work / "images.txt"
+    with atomic_path(image_list) as tmp:
+        tmp.write_text("\n".join(names) + "\n")
+    K = len([n for n in (data / "class_names.txt").read_text().splitlines() if n.strip()])
+    feats = cpu_features.detect()
+    emulate_bf16 = cpu_features.missing_for("bf16", feats) is not None
+    runnable, skipped = rows_to_run(rows)
+    log(f"{feats.summary()}; {len(names)} images; rows {runnable}" + (f"; skipped {skipped}" if skipped else ""))
+
+    from weakclip.export import quantize
+
+    calib = None
+    if "onnxruntime-int8" in runnable or "openvino-int8" in runnable:
+        from weakclip.engines.base import engine_fields_from_metadata
+        from weakclip.engines.ort_engine import read_onnx_metadata
+
+        f = engine_fields_from_metadata(read_onnx_metadata(files["onnx"]))
+        calib = quantize.calibration_windows(data / "JPEGImages", f["crop_size"], f["mean"], f["std"], args.calib)
+    prep: dict[str, Any] = {}
+    if "onnxruntime-int8" in runnable:
+        files["onnx_int8"] = work / "weakclip_int8.onnx"
+        prep["onnxruntime_int8"] = quantize.quantize_int8(files["onnx"], files["onnx_int8"], calib)
+        log(f"int8 ONNX: {prep['onnxruntime_int8']}")
+    if "openvino-int8" in runnable:
+        from weakclip.engines.openvino_engine import quantize_nncf
+
+        files["openvino_int8"] = work / "openvino" / "weakclip_int8_ov.xml"
+        prep["openvino_int8"] = quantize_nncf(files["onnx"], files["openvino_int8"], calib)
+        log(f"OpenVINO NNCF int8: {prep['openvino_int8']}")
+
+    from weakclip.engines.generate import main as generate_main
+    from weakclip.evaluate import evaluate_dirs
+
+    results = []
+    gt = data / "SegmentationClass"
+    for row in rows:
+        if row in skipped:
+            results.append({"row": row, "tier": TIER[row], "skipped": skipped[row]})
+            continue
+        masks = work / "masks" / row
+        cmd = ["--images", str(image_list), "--image-root", str(data / "JPEGImages"), "--out", str(masks),
+               "--overwrite", "--workers", "2", "--no-progress", *generate_args(row, files, emulate_bf16)]  # fmt: skip
+        log(f"{row}: weakclip generate {' '.join(cmd)}")
+        t = time.perf_counter()
+        rc = generate_main(cmd)
+        seconds = time.perf_counter() - t
+        if rc != 0:
+            results.append({"row": row, "tier": TIER[row], "skipped": f"generate exited {rc}"})
+            continue
+        metrics, n = evaluate_dirs(masks, gt, K, names)
+        r: dict[str, Any] = {"row": row, "tier": TIER[row], "miou": 100 * metrics.miou, "images": n,
+                             "images_per_s": n / seconds, "masks": str(masks)}  # fmt: skip
+        if row == "torch-bf16" and emulate_bf16:
+            r["note"] = "emulated bf16 (this CPU has no avx512_bf16 / amx_bf16): same roundings, not a speed"
+        results.append(r)
+    ref = next((r for r in results if r["row"] == "torch-fp32" and not r.get("skipped")), None)
+    if ref is None:
+        log("the torch fp32 reference did not run")
+        return 1
+    for r in results:
+        if not r.get("skipped"):
+            r["delta_miou"] = r["miou"] - ref["miou"]
+            r["pixel_agreement"] = mask_agreement(Path(r["masks"]), Path(ref["masks"]), names)
+    report = {
+        "demo": str(demo),
+        "checkpoint": str(files["checkpoint"]),
+        "images": len(names),
+        "max_miou_change": MAX_MIOU_CHANGE,
+        "machine": machine_info(),
+        "cpu_features": feats.to_dict(),
+        "prepare": prep,
+        "rows": results,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(report)
+    with atomic_path(out / "tier_masks.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    with atomic_path(out / "tier_masks.md") as tmp:
+        tmp.write_text(md)
+    print(md)
+    failed = [r["row"] for r in results if not r.get("skipped") and abs(r["delta_miou"]) > MAX_MIOU_CHANGE]
+    log(f"wrote {out / 'tier_masks'}.{{json,md}}; " + (f"over the {MAX_MIOU_CHANGE:g}-point goal: {failed}" if failed
+                                                       else f"every row within {MAX_MIOU_CHANGE:g} points"))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Which CPU instruction sets this machine has, and so which precision tiers run natively on it.
+
+    from weakclip import cpu_features
+    f = cpu_features.detect()          # cached; CPUFeatures(model, vendor, flags, source)
+    f.has("avx512_vnni"), f.bf16, f.int8_isa
+    why = cpu_features.missing_for("bf16")   # None, or one line naming the missing instruction set
+
+Source: the ``flags`` line of ``/proc/cpuinfo`` (Linux; the kernel's names: ``avx2``, ``avx512f``,
+``avx512_vnni``, ``avx_vnni``, ``avx512_bf16``, ``amx_bf16``, ``amx_int8`` ...; on aarch64 the ``Features`` line,
+where bf16 is ``bf16``).  Fallback where that file cannot be read (macOS, Windows, a sandbox): torch's own cpuinfo
+queries (``torch.cpu._is_avx2_supported`` and friends), which cover avx2, avx512f (with bw/vl/dq), avx512_vnni,
+avx512_bf16 and AMX; ``source`` says which was used.
+
+Tiers (what each needs to run at full speed; the code refuses or skips a tier the CPU lacks, naming what is missing):
+
+* ``fp32``: nothing beyond what torch / ONNX Runtime need (AVX2 + FMA gives the fast kernels on x86).
+* ``bf16``: ``avx512_bf16`` or ``amx_bf16`` (x86; aarch64: ``bf16``).  Without them bf16 is emulated in software
+  (oneDNN's reference path) and is slower than fp32, so a bf16 engine is refused rather than silently slow.
+* ``int8_vnni``: ``amx_int8``, ``avx512_vnni`` or ``avx_vnni``.  int8 *runs* everywhere (ONNX Runtime's MLAS has an
+  AVX2 u8×s8 kernel), only slower without VNNI, so the int8 tier is never refused; this is reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+# The instruction sets the tiers depend on, in the order they are reported.
+ISAS: tuple[str, ...] = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+    "bf16",  # aarch64 (FEAT_BF16)
+    "i8mm",  # aarch64 int8 matrix multiply
+    "asimddp",  # aarch64 dot product
+)
+
+# tier → instruction sets any one of which makes the tier native (x86 first, then aarch64).
+TIER_ISAS: dict[str, tuple[str, ...]] = {
+    "fp32": (),
+    "bf16": ("avx512_bf16", "amx_bf16", "bf16"),
+    "int8_vnni": ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm", "asimddp"),
+}
+# How a tier's requirement is said in messages (x86 names: the CPUs CI and users have).
+TIER_NEEDS_TEXT: dict[str, str] = {
+    "bf16": "avx512_bf16 or amx_bf16",
+    "int8_vnni": "avx512_vnni, avx_vnni or amx_int8",
+}
+
+
+@dataclass(frozen=True)
+class CPUFeatures:
+    model: str  # "AMD EPYC 9R14", "Intel(R) Xeon(R) Platinum 8488C", ...
+    vendor: str  # "AuthenticAMD", "GenuineIntel", "" when unknown
+    flags: frozenset[str]  # every flag the source listed (not only ISAS)
+    source: str  # "/proc/cpuinfo", "torch.cpu" or "none"
+    arch: str = platform.machine()
+
+    def has(self, isa: str) -> bool:
+        return isa in self.flags
+
+    @property
+    def isas(self) -> list[str]:
+        """The instruction sets of :data:`ISAS` this CPU has, in that order."""
+        return [i for i in ISAS if i in self.flags]
+
+    @property
+    def bf16(self) -> bool:
+        """Native bf16 matrix arithmetic (avx512_bf16 / amx_bf16; aarch64 bf16)."""
+        return any(i in self.flags for i in TIER_ISAS["bf16"])
+
+    @property
+    def int8_isa(self) -> str:
+        """The best int8 dot-product instruction set: amx_int8, avx512_vnni, avx_vnni, avx512bw, avx2 (no VNNI:
+        int8 products through vpmaddubsw + vpmaddwd), or 'none'."""
+        for i in ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm", "asimddp", "avx512bw", "avx2"):
+            if i in self.flags:
+                return i
+        return "none"
+
+    def summary(self) -> str:
+        """One line: model and the relevant instruction sets, e.g. ``AMD EPYC (avx2 fma f16c)``."""
+        return f"{self.model or 'unknown CPU'} ({' '.join(self.isas) or 'none of ' + ', '.join(ISAS[:9])})"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "vendor": self.vendor,
+            "arch": self.arch,
+            "isas": self.isas,
+            "bf16": self.bf16,
+            "int8_isa": self.int8_isa,
+            "source": self.source,
+        }
+
+
+def parse_cpuinfo(text: str) -> tuple[str, str, frozenset[str]]:
+    """(model name, vendor, flags) from the text of /proc/cpuinfo (first processor block; x86 ``flags`` or aarch64
+    ``Features``)."""
+    model = vendor = ""
+    flags: frozenset[str] = frozenset()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key, value = key.strip().lower(), value.strip()
+        if key == "model name" and not model:
+            model = value
+        elif key == "vendor_id" and not vendor:
+            vendor = value
+        elif key in ("flags", "features") and not flags:
+            flags = frozenset(value.split())
+        elif key == "cpu implementer" and not vendor:  # aarch64
+            vendor = f"arm implementer {value}"
+    return model, vendor, flags
+
+
+def _from_torch() -> frozenset[str]:
+    """Flags from torch's cpuinfo queries (fallback when /proc/cpuinfo is unreadable)."""
+    try:
+        import torch
+    except ImportError:
+        return frozenset()
+    cpu = getattr(torch, "cpu", None)
+
+    def q(name: str) -> bool:
+        fn = getattr(cpu, name, None)
+        try:
+            return bool(fn()) if fn is not None else False
+        except Exception:  # noqa: BLE001 - a private query that may change between torch versions
+            return False
+
+    have: set[str] = set()
+    if q("_is_avx2_supported"):
+        have |= {"avx2", "fma"}
+    if q("_is_avx512_supported"):  # torch: avx512f + bw + vl + dq
+        have |= {"avx512f", "avx512bw", "avx512vl"}
+    if q("_is_vnni_supported"):  # torch: avx512_vnni
+        have.add("avx512_vnni")
+    if q("_is_avx512_bf16_supported"):
+        have.add("avx512_bf16")
+    if q("_is_amx_tile_supported"):  # every CPU with AMX tiles so far (Sapphire Rapids on) has AMX-BF16 and AMX-INT8
+        have |= {"amx_tile", "amx_bf16", "amx_int8"}
+    if q("_is_amx_fp16_supported"):
+        have.add("amx_fp16")
+    return frozenset(have)
+
+
+@functools.lru_cache(maxsize=1)
+def detect(cpuinfo: str = "/proc/cpuinfo") -> CPUFeatures:
+    """This machine's :class:`CPUFeatures` (cached)."""
+    try:
+        model, vendor, flags = parse_cpuinfo(Path(cpuinfo).read_text(errors="replace"))
+        if flags:
+            return CPUFeatures(model or platform.processor(), vendor, flags, "/proc/cpuinfo")
+    except OSError:
+        model = vendor = ""
+    flags = _from_torch()
+    return CPUFeatures(model or platform.processor(), vendor, flags, "torch.cpu" if flags else "none")
+
+
+def missing_for(tier: str, features: CPUFeatures | None = None) -> str | None:
+    """None when ``tier`` ('fp32', 'bf16', 'int8_vnni') runs natively here, else one line naming what is missing,
+    e.g. ``bf16 needs avx512_bf16 or amx_bf16, which this CPU (AMD EPYC: avx2 fma f16c) lacks``."""
+    if tier not in TIER_ISAS:
+        raise ValueError(f"unknown precision tier {tier!r}; one of {tuple(TIER_ISAS)}")
+    f = features or detect()
+    need = TIER_ISAS[tier]
+    if not need or any(f.has(i) for i in need):
+        return None
+    return (
+        f"{tier} needs {TIER_NEEDS_TEXT[tier]}, which this CPU ({f.model or 'unknown model'}: "
+        f"{' '.join(f.isas) or 'none of the listed instruction sets'}) lacks"
+    )
+
+
+def main() -> None:  # python -m weakclip.cpu_features
+    f = detect()
+    print(f.summary())
+    for tier in TIER_ISAS:
+        print(f"{tier:10s} {missing_for(tier, f) or 'native'}")
+
+
+if __name__ == "__main__":
+    main()
