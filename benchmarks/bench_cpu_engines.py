@@ -738,7 +738,56 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"**{report['openvino']['text']}**", ""]
     if report.get("notes"):
         lines += [f"- {n}" for n in report["notes"]] + [""]
+    lines += ["## Compact table (the README's)", "", readme_table(report), ""]
     return "\n".join(lines)
+
+
+def readme_table(report: dict[str, Any]) -> str:
+    """The README's table: the measured rows with the figures a user decides by."""
+    lines = [
+        "| tier | engine | shipped | windows/s | vs eager fp32 | GFLOP/s (% of tier peak) | images/s, 1 scale / 12 views "
+        "| VOC train_aug hours, 1 scale / 12 views | peak RSS (MB) | argmax agreement |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        if r.get("skipped"):
+            continue
+        row = ROWS[r["engine"]]
+        pf = r.get("peak_fraction")
+        agr = (r.get("parity") or {}).get("argmax_agreement")
+        shipped = "baseline" if r["engine"] == "torch-eager" else ("yes" if row.shipped else "peer")
+        lines.append(
+            f"| {row.tier} | {r['engine']} | {shipped} | {r['crops_per_s']:.3f} | {_f(r.get('speedup'), '.2f')}× "
+            f"| {r['gflop_per_s']:.0f} ({'n/a' if pf is None else f'{100 * pf:.0f} %'}) "
+            f"| {r['images_per_s_single_scale']:.3f} / {r['images_per_s_12_views']:.4f} "
+            f"| {r['voc_hours_single_scale']:.1f} / {r['voc_hours_12_views']:.0f} | {r['peak_rss_mb']:.0f} "
+            f"| {'n/a' if agr is None else f'{100 * agr:.2f} %'} |"
+        )
+    skipped = [r for r in report["results"] if r.get("skipped")]
+    if skipped:
+        by_reason: dict[str, list[str]] = {}
+        for r in skipped:
+            by_reason.setdefault(r["skipped"], []).append(r["engine"])
+        lines += ["", "Not run here: " + "; ".join(f"{', '.join(e)} ({why})" for why, e in by_reason.items()) + "."]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out: Path, stem: str) -> str:
+    """``<out>/<stem>.{json,md,png}`` from a report (each written to a temporary name, then renamed)."""
+    from weakclip.io import atomic_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(report)
+    with atomic_path(out / f"{stem}.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    with atomic_path(out / f"{stem}.md") as tmp:
+        tmp.write_text(md)
+    if importlib.util.find_spec("matplotlib") is None:
+        log("matplotlib not installed: no PNG")
+    else:
+        with atomic_path(out / f"{stem}.png") as tmp:
+            bar_chart(report, tmp)
+    return md
 
 
 def bar_chart(report: dict[str, Any], path: Path) -> bool:
@@ -814,6 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--probe-seconds", type=float, default=None, help="time per GEMM probe (default 2; 0.3 quick)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calib", type=int, default=None, help="calibration inputs for static int8 (default 4; 2 quick)")
+    ap.add_argument("--render", metavar="JSON", default=None,
+                    help="write the Markdown and plot of a finished run's JSON again under --out (no measuring)")  # fmt: skip
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: measure one row / the probe
     return ap
 
@@ -853,6 +904,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.iters = args.iters if args.iters is not None else (3 if args.quick else 5)
     args.calib = args.calib if args.calib is not None else (2 if args.quick else 4)
     args.probe_seconds = args.probe_seconds if args.probe_seconds is not None else (0.3 if args.quick else 2.0)
+    if args.render:  # re-render the Markdown / plot of a finished run (no measuring)
+        src = Path(args.render)
+        report = json.loads(src.read_text())
+        print(write_report(report, Path(args.out), src.stem))
+        return 0
     if args.worker:
         if args.worker == "gemm-probe":
             res = gemm_probe(args.threads, args.probe_seconds)
@@ -962,12 +1018,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elapsed_min": (time.perf_counter() - t_start) / 60,
     }
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "cpu_engines_quick" if args.quick else "cpu_engines"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    md = markdown(report)
-    (out / f"{stem}.md").write_text(md)
-    bar_chart(report, out / f"{stem}.png")
+    md = write_report(report, out, stem)
     print(md)
     for g in goals:
         log(f"goal {g['text']}")
