@@ -20,7 +20,7 @@ Rows (each is ``weakclip generate`` on the demo's training images, single scale,
 Besides mIoU: pixel agreement of every row's masks with the torch-fp32 masks, and images/s of the generate run (the
 tiny model: a mechanics figure, not a speed claim — bench_cpu_engines.py measures ViT-B/16).
 
-Writes ``<out>/tier_masks.{json,md}``; work files go to ``--workdir`` (default ``<demo>/tier_masks``).
+Writes ``<out>/tier_masks.{json,md,png}``; work files go to ``--workdir`` (default ``<demo>/tier_masks``).
 """
 
 from __future__ import annotations
@@ -120,6 +120,29 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['images_per_s']:.1f} | {r.get('note', '')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Bar chart: each row's ΔmIoU against torch fp32, the ±goal band shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if not r.get("skipped")]
+    colors = {"fp32": "tab:blue", "bf16": "tab:green", "int8": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.axhspan(-MAX_MIOU_CHANGE, MAX_MIOU_CHANGE, color="0.9", label=f"goal ±{MAX_MIOU_CHANGE:g}")
+    ax.bar([r["row"] for r in rows], [r["delta_miou"] for r in rows], color=[colors[r["tier"]] for r in rows])
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("ΔmIoU vs torch fp32 (points)")
+    ax.set_title(f"pseudo masks by tier, demo model ({report['images']} images); torch fp32 mIoU "
+                 f"{next(r['miou'] for r in rows if r['row'] == 'torch-fp32'):.2f}", fontsize=9)  # fmt: skip
+    ax.tick_params(axis="x", rotation=30, labelsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
 
 
 @cli
@@ -233,8 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with atomic_path(out / "tier_masks.md") as tmp:
         tmp.write_text(md)
     print(md)
+    if importlib.util.find_spec("matplotlib") is not None:
+        with atomic_path(out / "tier_masks.png") as tmp:
+            plot(report, tmp)
     failed = [r["row"] for r in results if not r.get("skipped") and abs(r["delta_miou"]) > MAX_MIOU_CHANGE]
-    log(f"wrote {out / 'tier_masks'}.{{json,md}}; " + (f"over the {MAX_MIOU_CHANGE:g}-point goal: {failed}" if failed
+    log(f"wrote {out / 'tier_masks'}.{{json,md,png}}; " + (f"over the {MAX_MIOU_CHANGE:g}-point goal: {failed}" if failed
                                                        else f"every row within {MAX_MIOU_CHANGE:g} points"))  # fmt: skip
     return 0
 

@@ -369,4 +369,5 @@ def test_tier_masks_benchmark_on_a_small_synthetic_set(tmp_path, tiny_export) ->
     for r in ("torch-bf16", "onnxruntime-int8"):
         assert rows[r]["images"] == 6 and 0 <= rows[r]["miou"] <= 100 and 0 < rows[r]["pixel_agreement"] <= 1
     assert "| int8 | onnxruntime-int8 |" in (tmp_path / "res" / "tier_masks.md").read_text()
+    assert (tmp_path / "res" / "tier_masks.png").stat().st_size > 0
     assert np.isfinite(rows["torch-bf16"]["delta_miou"])

@@ -74,7 +74,10 @@ def test_unknown_engine_option_is_one_line(files, tmp_path, capsys):
                             "--out", str(tmp_path / "out"), "--engine-opt", "thread=4"])  # fmt: skip
     assert rc == 2
     line = _one_error_line(err)
-    assert "['thread'] are not options of the torch engine; it takes ['device', 'precision', 'channels_last', 'check_isa', 'cast_weights']" in line
+    assert (
+        "['thread'] are not options of the torch engine; it takes ['device', 'precision', 'channels_last', 'check_isa', 'cast_weights']"
+        in line
+    )
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
