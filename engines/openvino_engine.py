@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from weakclip.engines.base import Engine, EngineError, engine_fields_from_metadata
+from weakclip.engines.ort_engine import read_onnx_metadata, usable_cores
 
 PRECISIONS = (None, "fp32", "bf16")
 _HINT = {"fp32": "f32", "bf16": "bf16"}
@@ -47,19 +48,10 @@ def _import_ov() -> Any:
     return ov
 
 
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 def read_metadata(path: Path, model: Any) -> dict[str, str]:
     """WeakCLIP metadata: ONNX ``metadata_props`` (.onnx) or the IR's ``rt_info['weakclip']`` (.xml from
     :func:`quantize_nncf`)."""
     if path.suffix.lower() == ".onnx":
-        from weakclip.engines.ort_engine import read_onnx_metadata
-
         return read_onnx_metadata(path)
     meta = {}
     for key in _META_KEYS:
@@ -113,7 +105,7 @@ class OpenVINOEngine(Engine):
         if meta.get("graph", "end_to_end") != "end_to_end":
             raise EngineError(f"openvino engine: {path.name} has graph kind {meta['graph']!r}; give weakclip.onnx")
         config: dict[str, Any] = {
-            "INFERENCE_NUM_THREADS": int(threads or _usable_cores()),
+            "INFERENCE_NUM_THREADS": int(threads or usable_cores()),
             "PERFORMANCE_HINT": performance_hint,
         }
         if precision is not None:
