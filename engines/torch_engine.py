@@ -100,8 +100,8 @@ class TorchEngine(Engine):
 
             why = missing_for("bf16")
             if why:
-                raise EngineError(f"torch engine: {why}; use precision='fp32' (check_isa=False runs bf16 emulated, "
-                                  f"slower than fp32)")  # fmt: skip
+                raise EngineError(f"torch engine: {why}; use fp32 (--precision fp32), or check_isa=False "
+                                  "(--engine-opt check_isa=false) to run bf16 emulated, slower than fp32")  # fmt: skip
         if precision == "bf16" and device.type == "cuda" and check_isa and not torch.cuda.is_bf16_supported():
             raise EngineError(f"torch engine: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
         if model is None:
