@@ -39,18 +39,12 @@ def machine_info() -> dict[str, Any]:
     """CPU model and the SIMD flags that matter for these kernels, cores, load, library versions, GPU."""
     import torch
 
-    cpu, flags = platform.processor() or "", ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        cpu = next(ln for ln in text.splitlines() if ln.startswith("model name")).split(":", 1)[1].strip()
-        have = set(next(ln for ln in text.splitlines() if ln.startswith("flags")).split(":", 1)[1].split())
-        wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-        flags = " ".join(f for f in wanted if f in have)
-    except (OSError, StopIteration):
-        pass
+    from weakclip.cpu_features import detect
+
+    cpu = detect()
     info: dict[str, Any] = {
-        "cpu": cpu,
-        "cpu_flags": flags,
+        "cpu": cpu.model,
+        "cpu_flags": " ".join(cpu.isas),  # weakclip.cpu_features: the instruction sets the precision tiers use
         "logical_cpus": os.cpu_count(),
         "usable_cores": usable_cores(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
