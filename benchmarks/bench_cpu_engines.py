@@ -85,7 +85,7 @@ if __package__ in (None, ""):  # run as a script
 import numpy as np
 
 from weakclip import cpu_features
-from weakclip.benchmarks.common import DEFAULT_OUT, machine_info, peak_rss_mib, usable_cores
+from weakclip.benchmarks.common import DEFAULT_OUT, machine_info, missing_packages, peak_rss_mib, usable_cores
 from weakclip.export import quantize
 
 TIERS = ("fp32", "bf16", "int8")
@@ -316,9 +316,9 @@ def _read_paths(work: Path) -> dict[str, str]:
 def row_unavailable(engine: str, args: argparse.Namespace) -> str | None:
     """Why a row cannot run on this machine (None: it can)."""
     row = ROWS[engine]
-    missing = [m for m in row.needs if importlib.util.find_spec(m) is None]
-    if missing:
-        return f"{' and '.join(missing)} not installed (pip install {' '.join(missing)})"
+    why = missing_packages(row.needs)
+    if why:
+        return why
     if row.tier == "bf16" and not args.force_bf16:
         why = cpu_features.missing_for("bf16")
         if why:

@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from weakclip import cpu_features
-from weakclip.benchmarks.common import DEFAULT_OUT, machine_info
+from weakclip.benchmarks.common import DEFAULT_OUT, machine_info, missing_packages
 from weakclip.errors import UsageError, cli
 from weakclip.io import atomic_path
 
@@ -70,9 +70,9 @@ def rows_to_run(requested: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     run, skipped = [], {}
     for r in requested:
         need = ("openvino", "nncf") if r == "openvino-int8" else ("openvino",) if r.startswith("openvino") else ()
-        missing = [m for m in need if importlib.util.find_spec(m) is None]
-        if missing:
-            skipped[r] = f"{' and '.join(missing)} not installed (pip install {' '.join(missing)})"
+        why = missing_packages(need)
+        if why:
+            skipped[r] = why
         else:
             run.append(r)
     return run, skipped

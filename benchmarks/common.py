@@ -28,6 +28,15 @@ def add_out_argument(ap: argparse.ArgumentParser) -> None:
     )
 
 
+def missing_packages(modules: tuple[str, ...] | list[str]) -> str | None:
+    """None when every module imports here, else why a benchmark row cannot run, e.g. ``nncf not installed (pip
+    install nncf)``."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed (pip install {' '.join(missing)})" if missing else None
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
