@@ -25,7 +25,6 @@ Writes ``<out>/tier_masks.{json,md,png}``; work files go to ``--workdir`` (defau
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import sys
@@ -39,7 +38,7 @@ if __package__ in (None, ""):  # run as a script
 
 from weakclip import cpu_features
 from weakclip.benchmarks.common import DEFAULT_OUT, machine_info, missing_packages
-from weakclip.errors import UsageError, cli
+from weakclip.errors import ArgumentParser, UsageError, cli
 from weakclip.io import atomic_path
 
 MAX_MIOU_CHANGE = 0.3  # points; the tier goal on the trained demo model
@@ -147,7 +146,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="weakclip bench tier-masks", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="weakclip bench tier-masks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", default="demo_out", help="a finished `weakclip demo` folder (default: demo_out)")
     ap.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default ./{DEFAULT_OUT}/)")
     ap.add_argument("--workdir", default=None, help="masks and int8 models (default: <demo>/tier_masks)")

@@ -47,7 +47,7 @@ from weakclip.engines.base import (
     check_model_file,
     get_engine,
 )
-from weakclip.errors import RuntimeFailure, UsageError, cli
+from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
 from weakclip.io import IMAGE_EXTS, atomic_path, read_image, save_mask_png, voc_palette
 
@@ -280,7 +280,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="weakclip-generate",
         description="Generate pseudo masks with multi-scale × flip sliding-window inference.",
     )
@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"one of {available_engines()}, or module:Factory (default: %(default)s)",
     )
     en.add_argument("--model", help="checkpoint (torch), .onnx (onnxruntime) or engine/ONNX file (tensorrt)")
-    en.add_argument("--device", help="engine device, e.g. cpu, cuda (cuda → cuda:$LOCAL_RANK under torchrun)")
+    en.add_argument("--device", help="engine device: cpu, cuda, or auto (cuda when torch sees a GPU, else cpu); "
+                    "cuda → cuda:$LOCAL_RANK under torchrun")  # fmt: skip
     en.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
                     help="precision tier: torch engine fp32 / fp16 (CUDA) / bf16 (CPU with avx512_bf16 or amx_bf16, "
                     "or a bf16 GPU); onnxruntime: the tier of the .onnx file (int8: weakclip_int8.onnx from "
@@ -363,6 +364,10 @@ def _engine_opts(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if args.device:
         dev = args.device
+        if dev == "auto":
+            import torch
+
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
         if dev == "cuda" and "LOCAL_RANK" in os.environ:
             dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         opts["device"] = dev

@@ -41,7 +41,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: `python export/to_onnx.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from weakclip.errors import RuntimeFailure, UsageError, cli
+from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
 from weakclip.export.core import (  # noqa: F401  (re-exported: the library API used to live in this module)
     ATOL,
     DEFAULT_EXPORTER,
@@ -81,7 +81,7 @@ PROG = "weakclip-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog=PROG, description="Export a WeakCLIP checkpoint to ONNX (text embeddings precomputed)."
     )
     ap.add_argument("--checkpoint", required=True, help="WeakCLIP .safetensors checkpoint (weights + config)")

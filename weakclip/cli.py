@@ -3,8 +3,8 @@
 neither torch nor any tool).
 
 The ``weakclip-<name>`` console scripts are aliases of the subcommands (same code path, same exit statuses).
-Exit statuses: 0 success, 1 the work failed (including a missing optional dependency), 2 a usage error (one
-``error:`` line on stderr, e.g. an unknown subcommand), 130 interrupted.
+Every failure is one ``error:`` line on stderr (weakclip/errors.py, the one boundary). Exit statuses: 0 success, 1
+the work failed (including a missing optional dependency), 2 a usage error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from .errors import EXIT_OK, EXIT_USAGE, RuntimeFailure, run_command
 
 PROG = "weakclip"
 
@@ -46,20 +47,6 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "cuda-coattn": ("weakclip.benchmarks.bench_cuda_coattn", "fused CUDA co-attention kernel vs PyTorch"),
 }
 
-# Optional dependencies (top-level import name → the extra that installs it), for the one-line message.
-OPTIONAL_MODULES = {
-    "yaml": "train",
-    "pydensecrf": "train",
-    "onnx": "export",
-    "onnxruntime": "export",
-    "onnxscript": "export",
-    "onnxslim": "export",
-    "onnxconverter_common": "export",
-    "matplotlib": "viz",
-    "tensorrt": "tensorrt",
-}
-
-
 def _version() -> str:
     from . import __version__
 
@@ -83,7 +70,8 @@ def help_text() -> str:
         "  -h, --help     show this help and exit\n"
         "  --version      print the version and exit\n"
         "  -v, --verbose  debug log lines\n"
-        "  -q, --quiet    warnings and errors only\n\n"
+        "  -q, --quiet    warnings and errors only\n"
+        "  --debug        print the traceback of a failure (also WEAKCLIP_DEBUG=1)\n\n"
         f"`{PROG} <subcommand> --help` shows a subcommand's options.  Progress: a bar on a terminal, otherwise one line\n"
         "every 30 s (WEAKCLIP_PROGRESS_INTERVAL=SECONDS, WEAKCLIP_PROGRESS=auto|bar|lines|off)."
     )
@@ -100,47 +88,30 @@ def _unknown(kind: str, name: str, choices: Sequence[str], prog: str) -> int:
     return _usage_error(f"unknown {kind} '{name}'{hint}; choose from {', '.join(choices)} (`{prog} --help`)")
 
 
-def _missing_extra(err: ModuleNotFoundError) -> str | None:
-    top = (err.name or "").split(".")[0]
-    return OPTIONAL_MODULES.get(top)
-
-
 def run_tool(module: str, argv: Sequence[str], prog: str) -> int:
-    """Import ``module`` and return ``module.main(argv)``, with one-line errors for what the tool cannot report
-    itself: a module absent from this installation, a missing optional dependency, an interrupt."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and (e.name == module or module.startswith(e.name + ".")):
-            print(f"error: {prog} is not available in this installation (no module {module})", file=sys.stderr)
-            return EXIT_FAILURE
-        extra = _missing_extra(e)
-        if extra is None:
+    """Import ``module`` and run its ``main(argv)`` inside the one error boundary (:func:`weakclip.errors.run_command`):
+    a module absent from this installation or a missing optional dependency is one line too."""
+
+    def tool(args: Sequence[str] | None) -> int | None:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and (e.name == module or module.startswith(e.name + ".")):
+                raise RuntimeFailure(f"{prog} is not available in this installation (no module {module})") from None
             raise
-        print(f"error: {prog} needs the '{e.name}' module: pip install 'weakclip[{extra}]'", file=sys.stderr)
-        return EXIT_FAILURE
-    main: Callable[[Sequence[str] | None], int | None] | None = getattr(mod, "main", None)
-    if main is None:
-        print(f"error: {prog}: {module} has no main()", file=sys.stderr)
-        return EXIT_FAILURE
+        main: Callable[[Sequence[str] | None], int | None] | None = getattr(mod, "main", None)
+        if main is None:
+            raise RuntimeFailure(f"{prog}: {module} has no main()")
+        return getattr(main, "__wrapped__", main)(args)  # the tool's own main, without a second boundary
+
     old_argv0 = sys.argv[0] if sys.argv else None
     if sys.argv:
         sys.argv[0] = prog  # argparse's default prog for tools that do not set one
     try:
-        rc = main(list(argv))
-    except ModuleNotFoundError as e:  # an optional dependency imported lazily inside the tool
-        extra = _missing_extra(e)
-        if extra is None:
-            raise
-        print(f"error: {prog} needs the '{e.name}' module: pip install 'weakclip[{extra}]'", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print(f"error: {prog}: interrupted", file=sys.stderr)
-        return 130
+        return run_command(tool, argv, prog)
     finally:
         if old_argv0 is not None:
             sys.argv[0] = old_argv0
-    return EXIT_OK if rc is None else int(rc)
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:
@@ -173,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opt in ("-V", "--version"):
             print(f"{PROG} {_version()}")
             return EXIT_OK
-        if opt in ("-v", "--verbose"):
+        if opt == "--debug":
+            os.environ["WEAKCLIP_DEBUG"] = "1"
+        elif opt in ("-v", "--verbose"):
             level = logging.DEBUG
         elif opt in ("-q", "--quiet"):
             level = logging.WARNING
