@@ -119,3 +119,27 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if bgr is None:
         raise ValueError(f"{path}: cannot decode image (not an image OpenCV reads, or corrupt/truncated)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield ``path``; if the block fails, remove the folders it created there that are still empty.
+
+    The folders are ``path`` and the parents of it that did not exist on entry (and any empty folder made below
+    them).  A folder that existed before, or holds a file, is never touched: a run that fails before writing anything
+    leaves no empty output folder behind, one that wrote something keeps it.
+    """
+    path = Path(path)
+    top = None  # the outermost folder of ``path`` that is missing now
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            break
+        top = p
+    try:
+        yield path
+    except BaseException:
+        if top is not None and top.is_dir():
+            for folder, _, _ in sorted(os.walk(top), key=lambda w: -len(Path(w[0]).parts)):  # deepest first
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)  # fails (kept) when something is inside
+        raise
