@@ -31,6 +31,7 @@ def root(clean, tmp_path):
 def test_clean_dataset_passes(root, capsys):
     assert main([str(root)]) == 0
     out = capsys.readouterr().out
+    assert "layout from config synthetic_tiny (its JPEGImages/ and SeedMasks/ are under root)" in out
     assert "images: 10 in" in out and "list train.txt: 8 names" in out and "labels: 10 images" in out
     assert "class values found in masks: 0..5" in out and "OK:" in out
 
@@ -50,11 +51,11 @@ def test_broken_dataset_is_reported(root, capsys):
     problems = [ln for ln in out.splitlines() if ln.startswith("problem:")]
     text = "\n".join(problems)
     assert "train.txt: 1 name(s) have no .jpg" in text and "train_000001" in text
-    assert "no seed for 1 listed image(s)" in text and "train_000002" in text
+    assert "no seeds mask for 1 name(s) of the training list: train_000002" in text
     assert "train_000003.png: class values [9] ≥ K = 6" in text
     assert "train_000004.png: size 12×10 != image 64×64" in text
     assert "train_000005.jpg: cannot decode image" in text
-    assert "no image-level label for 1 listed image(s): train_000006" in text
+    assert "no image-level label for 1 training image(s): train_000006" in text
     assert "1 file(s) there are not images (1 .txt)" in out
 
 

@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # `python training/train.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import weakclip
-from weakclip.data.datasets import SegmentationDataset, collate
+from weakclip.data.datasets import SegmentationDataset, collate, resolve_list
 from weakclip.errors import RuntimeFailure, UsageError, cli
 from weakclip.evaluate import ConfusionMatrix
 from weakclip.inference import InferenceOptions, predict
@@ -424,9 +424,9 @@ def validate(model, cfg: dict, class_names: tuple[str, ...], device: torch.devic
 
 
 def _read_list(root: Path, name: str) -> list[str]:
-    p = Path(name) if Path(name).is_absolute() else root / "ImageSets" / "Segmentation" / name
-    if not p.is_file():
-        raise UsageError(f"{p}: list file not found (data.val_list)")
+    p = resolve_list(root, name)  # ImageSets/Segmentation/<name>, else <name> under root (voc_format/val_5000.txt)
+    if p is None:
+        raise UsageError(f"{root / 'ImageSets' / 'Segmentation' / name}: list file not found (data.val_list)")
     return [ln.split()[0] for ln in p.read_text().splitlines() if ln.strip()]
 
 

@@ -6,9 +6,11 @@ from .datasets import (
     LabelIndexingError,
     SegmentationDataset,
     collate,
+    list_candidates,
     read_cam_npy,
     read_class_names,
     read_split_lists,
+    resolve_list,
 )
 from .labels import (
     RestrictedUnpickler,
@@ -33,6 +35,7 @@ __all__ = [
     "collate",
     "labels_from_mask",
     "labels_from_seed_dir",
+    "list_candidates",
     "load_labels",
     "multi_hot",
     "photometric_distortion",
@@ -42,6 +45,7 @@ __all__ = [
     "read_labels_json",
     "read_labels_txt",
     "read_split_lists",
+    "resolve_list",
     "restricted_load_npy",
     "test_transform",
 ]

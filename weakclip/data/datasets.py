@@ -57,10 +57,29 @@ def _coco_lut() -> np.ndarray:
     return lut
 
 
+def list_candidates(root: str | os.PathLike, entry: str | os.PathLike) -> list[Path]:
+    """Where a list entry may be, in order: ``root/ImageSets/Segmentation/<entry>[.txt]``, then ``root/<entry>``.
+
+    An absolute ``entry`` is itself (``root / entry`` is ``entry`` then)."""
+    root, s = Path(root), str(entry)
+    candidates = [root / "ImageSets" / "Segmentation" / s]
+    if not s.endswith(".txt"):
+        candidates.append(root / "ImageSets" / "Segmentation" / f"{s}.txt")
+    candidates.append(root / s)
+    return list(dict.fromkeys(candidates))
+
+
+def resolve_list(root: str | os.PathLike, entry: str | os.PathLike) -> Path | None:
+    """The first of :func:`list_candidates` that is a file, or None."""
+    return next((c for c in list_candidates(root, entry) if c.is_file()), None)
+
+
 def read_split_lists(root: str | os.PathLike, split_list: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Image names from one or several list files (union in order, no duplicates).
 
-    Each entry is a list name under ``root/ImageSets/Segmentation`` (``"train"`` or ``"train.txt"``) or a path.
+    Each entry is a list name under ``root/ImageSets/Segmentation`` (``"train"`` or ``"train.txt"``), a path under
+    ``root`` (``"voc_format/train.txt"``: the official COCO layout) or an absolute path; a relative entry is always
+    taken under ``root`` (config keys ``data.*`` are relative to the dataset root, never to the current directory).
     A line holds a name (``2007_000032``) or ``/JPEGImages/x.jpg /SegmentationClass/x.png`` (the name is taken).
     """
     entries = [split_list] if isinstance(split_list, (str, os.PathLike)) else list(split_list)
@@ -71,12 +90,11 @@ def read_split_lists(root: str | os.PathLike, split_list: str | os.PathLike | Se
     seen: set[str] = set()
     for entry in entries:
         s = str(entry)
-        candidates = [root / "ImageSets" / "Segmentation" / s, Path(s)]
-        if not s.endswith(".txt"):
-            candidates.insert(1, root / "ImageSets" / "Segmentation" / f"{s}.txt")
-        path = next((c for c in candidates if c.is_file()), None)
+        path = resolve_list(root, s)
         if path is None:
-            raise FileNotFoundError(f"split list {s!r} not found (tried {', '.join(str(c) for c in candidates)})")
+            raise FileNotFoundError(
+                f"split list {s!r} not found (tried {', '.join(map(str, list_candidates(root, s)))})"
+            )
         for line in path.read_text().splitlines():
             parts = line.split()
             if not parts:

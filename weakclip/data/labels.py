@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..classes import COCO_CATEGORY_IDS, COCO_OFFICIAL91_CLASSES
 from ..io import read_mask
 
 Labels = dict[str, list[int]]
@@ -119,7 +120,9 @@ def read_cls_labels_npy(path: str | os.PathLike, num_classes: int | None = None)
     """Read an IRN/MCTformer ``cls_labels.npy``: dict name -> (K-1)-dim multi-hot over the foreground classes.
 
     The multi-hot vector's entry j is foreground class j+1 in K-class indexing.  ``num_classes`` (K), if given,
-    must equal the vector length + 1.
+    must equal the vector length + 1, with one exception: MCTformer's COCO file holds 80-dim vectors (the 80 COCO
+    categories in category-id order); read with K = 91 (the official 91 category-id slots) entry j becomes class
+    ``COCO_CATEGORY_IDS[j]``, the slot of that category.
     """
     path = Path(path)
     obj = restricted_load_npy(path)
@@ -130,6 +133,9 @@ def read_cls_labels_npy(path: str | os.PathLike, num_classes: int | None = None)
         if not isinstance(name, str):
             raise ValueError(f"{path}: keys must be image names (str), got {type(name).__name__} {name!r}")
         v = np.asarray(vec, dtype=np.float64).reshape(-1)
+        if num_classes == len(COCO_OFFICIAL91_CLASSES) and v.size == len(COCO_CATEGORY_IDS):
+            out[name] = [COCO_CATEGORY_IDS[int(i)] for i in np.flatnonzero(v > 0.5)]
+            continue
         if num_classes is not None and v.size != num_classes - 1:
             raise ValueError(
                 f"{path}: image {name!r} has a {v.size}-dim label vector; expected {num_classes - 1} "
