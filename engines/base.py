@@ -47,6 +47,10 @@ class EngineError(RuntimeError):
     """An engine cannot be built or run (missing module/dependency, bad model file, wrong device)."""
 
 
+class PrecisionError(EngineError):
+    """A precision the engine, the model file or this machine cannot run (a usage error: exit status 2)."""
+
+
 class Engine(abc.ABC):
     """Base class: model metadata as attributes, ``__call__(windows) -> logits``, ``close()``."""
 
@@ -168,7 +172,7 @@ def auto_engine(model_path: str | os.PathLike) -> str:
     tensorrt; anything else is a one-line :class:`~weakclip.errors.UsageError` saying what the file is."""
     from weakclip.filekind import expect
 
-    return _AUTO[expect(model_path, tuple(_AUTO), "--engine auto")]
+    return _AUTO[expect(model_path, tuple(_AUTO), "--engine auto", option="--model")]
 
 
 def check_model_file(name: str, model_path: str | os.PathLike | None) -> None:
@@ -182,7 +186,7 @@ def check_model_file(name: str, model_path: str | os.PathLike | None) -> None:
         raise UsageError(f"the {name} engine needs --model (a {' or '.join(MODEL_KINDS[name])} file)")
     if not isinstance(model_path, (str, os.PathLike)):
         return  # an in-memory model (the torch engine takes an nn.Module)
-    expect(model_path, MODEL_KINDS[name], f"the {name} engine")
+    expect(model_path, MODEL_KINDS[name], f"the {name} engine", option="--model")
 
 
 def engine_option_names(name: str) -> list[str] | None:

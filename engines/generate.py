@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
@@ -41,15 +41,16 @@ if __package__ in (None, ""):  # `python engines/generate.py` from a checkout
 from weakclip.engines.base import (
     Engine,
     EngineError,
+    PrecisionError,
     auto_engine,
     available_engines,
     check_engine_options,
     check_model_file,
     get_engine,
 )
-from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
+from weakclip.errors import ArgumentParser, OutputError, RuntimeFailure, UsageError, cli
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
-from weakclip.io import IMAGE_EXTS, atomic_path, read_image, save_mask_png, voc_palette
+from weakclip.io import IMAGE_EXTS, FolderLock, atomic_path, read_image, save_mask_png, voc_palette
 
 # Temporaries of weakclip.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
 _TMP_RE = re.compile(r"^\.(?P<orig>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
@@ -84,20 +85,33 @@ class _Inline:
 def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None, ext: str = ".jpg") -> list[Item]:
     """Images of a folder (sorted by name), or of a list file (one name or relative path per line).
 
-    List entries without an image extension get ``ext``; relative entries are resolved against ``root`` (default:
-    the list file's folder).  Duplicate output names are an error.
+    List entries without an image extension get ``ext`` (``png`` and ``.png`` alike); relative entries are resolved
+    against ``root`` (default: the list file's folder).  Duplicate output names are an error; so is an image file
+    given where a folder or list is expected, a list that is not text, and no images at all.
     """
     images = Path(images)
+    ext = ext if ext.startswith(".") else f".{ext}"
     if images.is_dir():
         items = [
             Item(p.stem, p)
             for p in sorted(images.iterdir())
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
         ]
+        if not items:
+            raise RuntimeFailure(f"--images {images}: no images found in this folder (suffixes {', '.join(IMAGE_EXTS)})")
     elif images.is_file():
+        if images.suffix.lower() in IMAGE_EXTS:
+            raise UsageError(f"--images {images}: this is an image file; --images takes an image folder or a list "
+                             "file (one image name or path per line)")  # fmt: skip
+        if root is not None and not Path(root).is_dir():
+            raise UsageError(f"--image-root {root}: no such folder")
         base = Path(root) if root is not None else images.parent
+        try:
+            lines = images.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UsageError(f"--images {images}: not a text list file (one image name or path per line)") from None
         items = []
-        for line in images.read_text().splitlines():
+        for line in lines:
             if not line.strip():
                 continue
             entry = line.split()[0]
@@ -107,8 +121,14 @@ def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None
             else:
                 name, path = entry, Path(entry + ext)
             items.append(Item(name, path if path.is_absolute() else base / path))
+        if not items:
+            raise RuntimeFailure(f"--images {images}: the list names no images")
+        if not any(it.path.is_file() for it in items):  # stops at the first image found
+            where = f"--image-root {root}" if root is not None else f"{base} (the list's folder; set --image-root)"
+            raise UsageError(f"--images {images}: none of its {len(items)} images exist under {where}, e.g. "
+                             f"{items[0].path}")  # fmt: skip
     else:
-        raise UsageError(f"{images}: no such image folder or list file")
+        raise UsageError(f"--images {images}: no such image folder or list file")
     seen: dict[str, Path] = {}
     for it in items:
         if it.name in seen:
@@ -384,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (FileNotFoundError, ValueError) as e:  # bad inputs found while starting (labels, options)
+    except (ValueError, PrecisionError) as e:  # a bad input found by library code (labels, options, precision)
         raise UsageError(str(e)) from None
     except EngineError as e:
         raise RuntimeFailure(str(e)) from None
@@ -475,8 +495,51 @@ def _check_crf_available(crf: str) -> None:
         raise UsageError(f"--crf {crf} needs pydensecrf (pip install pydensecrf2, or the [train] extra): {e}") from None
 
 
+def _model_class_names(model: str | None, engine_name: str) -> list[str] | None:
+    """The class names recorded in the model file (checkpoint or ONNX metadata), read without loading the model;
+    None where the file records none (a TensorRT plan, a custom engine)."""
+    if not model:
+        return None
+    try:
+        if engine_name == "torch":
+            from weakclip.checkpoint import read_checkpoint_metadata
+
+            names = read_checkpoint_metadata(model).get("class_names")
+        elif engine_name in ("onnxruntime", "tensorrt") and Path(model).suffix.lower() == ".onnx":
+            from weakclip.engines.ort_engine import read_onnx_metadata
+
+            names = read_onnx_metadata(model).get("class_names")
+        else:
+            return None
+        return list(json.loads(names)) if names else None
+    except (OSError, ValueError, RuntimeError):
+        return None  # the engine's own loading reports what is wrong with the file
+
+
+def read_image_labels(path: str | os.PathLike, num_classes: int | None) -> dict[str, list[int]]:
+    """``--labels`` read for a ``num_classes``-class model (vector length and indices checked), as one usage line."""
+    from weakclip.data.labels import load_labels
+
+    try:
+        return load_labels(path, num_classes)
+    except FileNotFoundError:
+        raise UsageError(f"--labels {path}: no such file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--labels {path}: not a label file (JSON, text 'name idx ...' or cls_labels.npy)") from None
+    except (OSError, ValueError) as e:
+        msg = str(e)
+        raise UsageError(msg if msg.startswith(str(path)) else f"--labels {path}: {msg}") from None
+
+
 def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
-    """The generation loop (``engine`` may be given directly instead of built from ``args.engine``)."""
+    """The generation loop (``engine`` may be given directly instead of built from ``args.engine``).
+
+    Every check that needs no model runs first (inputs, output location, labels against the model file's class
+    count, a resume's settings); the output folder is then owned by this run (:class:`weakclip.io.FolderLock`), and
+    a failure that no later image can avoid (disk full, read-only, lock lost) stops the run at once.
+    """
+    from weakclip.io import owned_output_folder
+
     t0 = time.perf_counter()
     if args.threads:
         import torch
@@ -484,7 +547,7 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
         torch.set_num_threads(args.threads)
     for opt in ("batch", "chunk"):
         if getattr(args, opt) < 1:
-            raise ValueError(f"--{opt} must be >= 1")
+            raise UsageError(f"--{opt} must be >= 1")
     out = Path(args.out)
     all_items = list_inputs(args.images, args.image_root, args.ext)
     odd = unsupported_files(args.images)
@@ -506,65 +569,67 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
             )
         engine_name = auto_engine(args.model)
     if engine is None:  # the wrong kind of model file or an unknown option: refused before anything is written
+        if engine_name not in available_engines() and ":" not in engine_name:
+            raise UsageError(f"--engine {engine_name}: unknown engine; choose auto or one of {available_engines()}")
         check_model_file(engine_name, args.model)
         check_engine_options(engine_name, _engine_opts(args))
-    finished = [it for it in items if outputs.finished(it.name)]
-    settings = _settings(args, engine_name)
-    _check_resume(out, settings, len(finished), args.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    outputs.remove_stale_temporaries([it.name for it in items])
-    todo = items if args.overwrite else [it for it in items if not outputs.finished(it.name)]
-    skipped = len(items) - len(todo)
-    shard_note = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
-    fail_path = out / ("failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt")
 
     labels: dict[str, list[int]] | None = None
     if args.labels:
-        from weakclip.data.labels import load_labels
-
-        labels = load_labels(args.labels)
-        missing = [it.name for it in todo if it.name not in labels]
+        names = engine.class_names if engine is not None else _model_class_names(args.model, engine_name)
+        labels = read_image_labels(args.labels, len(names) if names else None)
+        missing = [it.name for it in items if it.name not in labels]
         if missing:
-            raise ValueError(f"{args.labels}: no image-level label for {len(missing)} image(s), e.g. {missing[:5]}")
-
+            raise UsageError(f"--labels {args.labels}: no image-level label for {len(missing)} image(s), e.g. "
+                             f"{missing[:5]}")  # fmt: skip
+    settings = _settings(args, engine_name)
+    shard_note = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
+    fail_name = "failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt"
+    fail_path = out / fail_name
     failures: list[tuple[str, str]] = []
-    done = 0
-    if todo:
-        own_engine = engine is None
-        if engine is None:
-            engine = get_engine(engine_name, args.model, **_engine_opts(args))
-        try:
-            if labels is not None:
-                for it in todo:
-                    bad = [c for c in labels[it.name] if not 1 <= c < engine.num_classes]
-                    if bad:
-                        raise ValueError(f"{args.labels}: image {it.name!r} has class {bad} outside 1..K-1 "
-                                         f"(K = {engine.num_classes})")  # fmt: skip
-            opts = InferenceOptions.for_engine(
-                engine,
-                crop=args.crop,
-                stride=args.stride,
-                base_size=args.base_size,
-                max_long=args.max_long,
-                scales=args.scales,
-                flip=args.flip,
-                max_batch=args.batch,
-                device=args.tta_device,
-            )
-            _write_config(out, args, engine, opts, settings)
-            _startup_line(args, engine, opts, len(todo), skipped)
-            done, failures = _generate(
-                args, engine, opts, todo, outputs, labels, overlay_names(all_items, args.overlays)
-            )
-        finally:
-            if own_engine:
-                engine.close()
+    done = skipped = 0
+    with owned_output_folder(out, "weakclip generate", own_files=("generate_config.json", fail_name)) as lock:
+        finished = [it for it in items if outputs.finished(it.name)]
+        _check_resume(out, settings, len(finished), args.overwrite)
+        outputs.remove_stale_temporaries([it.name for it in items])
+        todo = items if args.overwrite else [it for it in items if not outputs.finished(it.name)]
+        skipped = len(items) - len(todo)
+        if todo:
+            own_engine = engine is None
+            if engine is None:
+                engine = get_engine(engine_name, args.model, **_engine_opts(args))
+            try:
+                if labels is not None:
+                    for it in todo:
+                        bad = [c for c in labels[it.name] if not 1 <= c < engine.num_classes]
+                        if bad:
+                            raise UsageError(f"--labels {args.labels}: image {it.name!r} has class {bad} outside "
+                                             f"1..K-1 (K = {engine.num_classes})")  # fmt: skip
+                opts = InferenceOptions.for_engine(
+                    engine,
+                    crop=args.crop,
+                    stride=args.stride,
+                    base_size=args.base_size,
+                    max_long=args.max_long,
+                    scales=args.scales,
+                    flip=args.flip,
+                    max_batch=args.batch,
+                    device=args.tta_device,
+                )
+                _write_config(out, args, engine, opts, settings)
+                _startup_line(args, engine, opts, len(todo), skipped)
+                done, failures = _generate(
+                    args, engine, opts, todo, outputs, labels, overlay_names(all_items, args.overlays), lock
+                )
+            finally:
+                if own_engine:
+                    engine.close()
 
-    if failures:
-        with atomic_path(fail_path) as tmp:
-            tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in sorted(failures)))
-    elif fail_path.exists():
-        fail_path.unlink()  # all earlier failures have been retried successfully (or are finished)
+        if failures:
+            with atomic_path(fail_path) as tmp:
+                tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in sorted(failures)))
+        elif fail_path.exists():
+            fail_path.unlink()  # all earlier failures have been retried successfully (or are finished)
     elapsed = time.perf_counter() - t0
     print(
         f"summary{shard_note}: {done} images done, {skipped} skipped (already finished), {len(failures)} failed, "
@@ -611,11 +676,22 @@ def _write_config(
 class BatchJob:
     """The loop shared by the batch tools (generate, seeds): decoding threads prefetch images, the caller does the
     per-image work, writing threads write the outputs; failures are recorded with a reason, a progress bar counts
-    every image once.  Use as a context manager (closes the bar and the pools)."""
+    every image once.  A write failure that no later image can avoid (disk full, read-only, permission: a fatal
+    :class:`~weakclip.errors.OutputError`) or a lost output lock stops the run at once, with the images done so far
+    in the message.  Use as a context manager (closes the bar and the pools)."""
 
-    def __init__(self, total: int, workers: int, desc: str, show_progress: bool, max_pending_writes: int) -> None:
+    def __init__(
+        self,
+        total: int,
+        workers: int,
+        desc: str,
+        show_progress: bool,
+        max_pending_writes: int,
+        lock: FolderLock | None = None,
+    ) -> None:
         from weakclip.progress import progress
 
+        self.lock = lock  # checked every few images: a lost output lock stops the run
         self.workers = max(workers, 0)
         self.decode_pool = (
             cf.ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers else _Inline()
@@ -649,9 +725,22 @@ class BatchJob:
             try:
                 fut.result()
                 self.done += 1
+            except OutputError as e:
+                if e.fatal:
+                    self.stop(e)
+                self.failures.append((item.name, f"{what}: {_one_line(e)}"))
             except Exception as e:  # noqa: BLE001 - a failed write is recorded, the run goes on
                 self.failures.append((item.name, f"{what}: {_one_line(e)}"))
             self.bar.update(1)
+            if self.lock is not None and (self.done + len(self.failures)) % 16 == 0:
+                self.lock.check()
+
+    def stop(self, e: OutputError) -> NoReturn:
+        """End the run at a fatal output error: no later image could be written either."""
+        for _, _, fut in self.writes:
+            fut.cancel()
+        e.args = (f"{e}; stopped after {self.done} image(s) written (a rerun resumes from there)",)
+        raise e
 
     def __enter__(self) -> BatchJob:
         return self
@@ -670,9 +759,10 @@ def _generate(
     outputs: Outputs,
     labels: dict[str, list[int]] | None,
     overlays: set[str],
+    lock: FolderLock | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     depth = 2 * max(args.workers, 1) + args.chunk
-    job = BatchJob(len(todo), args.workers, "generate", args.progress, max_pending_writes=depth)
+    job = BatchJob(len(todo), args.workers, "generate", args.progress, max_pending_writes=depth, lock=lock)
     consecutive_inference_failures = 0
     crf = None if args.crf == "none" else args.crf
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from weakclip.engines.base import Engine, EngineError, engine_fields_from_metadata
+from weakclip.engines.base import Engine, EngineError, PrecisionError, engine_fields_from_metadata
 from weakclip.engines.ort_engine import read_onnx_metadata, usable_cores
 
 PRECISIONS = (None, "fp32", "bf16")
@@ -83,7 +83,7 @@ class OpenVINOEngine(Engine):
         if not path.is_file():
             raise EngineError(f"openvino engine: model {path} not found")
         if precision not in PRECISIONS:
-            raise EngineError(f"openvino engine: precision must be one of {PRECISIONS}, got {precision!r}")
+            raise PrecisionError(f"openvino engine: precision must be one of {PRECISIONS}, got {precision!r}")
         if str(device).upper() != "CPU":
             raise EngineError(f"openvino engine: only device 'CPU' is supported here, got {device!r}")
         if precision == "bf16" and check_isa:
@@ -91,7 +91,7 @@ class OpenVINOEngine(Engine):
 
             why = missing_for("bf16")
             if why:
-                raise EngineError(f"openvino engine: {why}; use precision='fp32' (or None)")
+                raise PrecisionError(f"openvino engine: {why}; use precision='fp32' (or None)")
         core = ov.Core()
         if cache_dir is not None:
             core.set_property({"CACHE_DIR": str(cache_dir)})

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from weakclip.engines.base import Engine, EngineError, engine_fields_from_metadata
+from weakclip.engines.base import Engine, EngineError, PrecisionError, engine_fields_from_metadata
 
 GRAPH_KINDS = ("end_to_end",)  # runnable here; the custom-op graphs need the TensorRT plugin
 _LEVELS = ("disable", "basic", "extended", "all")
@@ -177,7 +177,7 @@ def check_file_precision(name: str, model_precision: str, asked: str | None) -> 
         "bf16": "ONNX Runtime has no bf16 CPU tier; use --engine torch --precision bf16, which needs avx512_bf16 or "
         "amx_bf16",
     }.get(asked, "")
-    raise EngineError(
+    raise PrecisionError(
         f"onnxruntime engine: precision is a property of the .onnx file: {name} is {model_precision}, "
         f"{asked} was asked for" + (f" ({how})" if how else "")
     )

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from weakclip.engines.base import Engine, EngineError
+from weakclip.engines.base import Engine, EngineError, PrecisionError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -87,23 +87,23 @@ class TorchEngine(Engine):
     ) -> None:
         device = torch.device(device)
         if precision == "int8":
-            raise EngineError("torch engine: int8 is a model file, not a torch precision: `weakclip export --int8 "
+            raise PrecisionError("torch engine: int8 is a model file, not a torch precision: `weakclip export --int8 "
                               "IMAGES` writes weakclip_int8.onnx; run it with --engine onnxruntime")  # fmt: skip
         if precision not in PRECISIONS:
-            raise EngineError(f"torch engine: precision must be one of {PRECISIONS}, got {precision!r}")
+            raise PrecisionError(f"torch engine: precision must be one of {PRECISIONS}, got {precision!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise EngineError("torch engine: device 'cuda' was asked for but torch.cuda.is_available() is False")
         if precision == "fp16" and device.type != "cuda":
-            raise EngineError(f"torch engine: fp16 needs a CUDA device (got {device}); use precision='fp32' on CPU")
+            raise PrecisionError(f"torch engine: fp16 needs a CUDA device (got {device}); use precision='fp32' on CPU")
         if precision == "bf16" and device.type == "cpu" and check_isa:
             from weakclip.cpu_features import missing_for
 
             why = missing_for("bf16")
             if why:
-                raise EngineError(f"torch engine: {why}; use fp32 (--precision fp32), or check_isa=False "
+                raise PrecisionError(f"torch engine: {why}; use fp32 (--precision fp32), or check_isa=False "
                                   "(--engine-opt check_isa=false) to run bf16 emulated, slower than fp32")  # fmt: skip
         if precision == "bf16" and device.type == "cuda" and check_isa and not torch.cuda.is_bf16_supported():
-            raise EngineError(f"torch engine: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
+            raise PrecisionError(f"torch engine: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
         if model is None:
             raise EngineError("torch engine: give a checkpoint path (--model) or a model")
         given_module = isinstance(model, nn.Module)
@@ -136,7 +136,7 @@ class TorchEngine(Engine):
         self.autocast_dtype = _AUTOCAST_DTYPES.get(precision)
         self.cast_weights = bool(precision == "bf16" if cast_weights is None else cast_weights)
         if self.cast_weights and self.autocast_dtype is None:
-            raise EngineError("torch engine: cast_weights needs precision 'bf16' or 'fp16'")
+            raise PrecisionError("torch engine: cast_weights needs precision 'bf16' or 'fp16'")
         if self.cast_weights:
             # Cast a copy only when the caller handed us a module (never change the caller's model).
             if given_module:

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from weakclip.engines.base import Engine, EngineError, engine_fields_from_metadata
+from weakclip.engines.base import Engine, EngineError, PrecisionError, engine_fields_from_metadata
 
 PRECISIONS = ("fp32", "fp16")
 GRAPH_KINDS = ("end_to_end", "end_to_end_custom")  # image → logits (+ score_map); *_custom has the plugin node
@@ -176,7 +176,7 @@ def configure_precision(trt: Any, config: Any, precision: str, strongly_typed: b
     typed network (TensorRT 10) sets ``BuilderFlag.FP16``; strongly typed networks take the graph's types.
     """
     if precision not in PRECISIONS:
-        raise EngineError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
+        raise PrecisionError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     if precision == "fp16" and not strongly_typed:
@@ -328,7 +328,7 @@ def build_serialized(
 
     trt = trt_module
     if precision not in PRECISIONS:
-        raise EngineError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
+        raise PrecisionError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
     onnx_path = Path(onnx_path)
     strong = strongly_typed_only(trt)
     if strong:
@@ -477,7 +477,7 @@ class TrtEngine(Engine):
         max_batch, min_size, workspace_gb = int(max_batch), int(min_size), float(workspace_gb)  # CLI opts: strings
         opt_size = None if opt_size is None else int(opt_size)
         if precision not in PRECISIONS:
-            raise EngineError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
+            raise PrecisionError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
         if model_path is None:
             raise EngineError("tensorrt engine: give the exported weakclip.onnx or a built .engine (--model)")
         path = Path(model_path)

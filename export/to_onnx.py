@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Every input is checked before the checkpoint is loaded and before any graph is traced.
     ckpt = Path(args.checkpoint)
-    expect(ckpt, ("weakclip",), "export --checkpoint")
+    expect(ckpt, ("weakclip",), "export", option="--checkpoint")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"{args.out}: --out is a file; expected an output folder")
     try:

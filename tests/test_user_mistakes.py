@@ -55,8 +55,8 @@ def _one_error_line(err: str) -> str:
         ("torch", "last.pt", r"last.pt: this is a PyTorch checkpoint .*but the torch engine expects"),
         ("onnxruntime", "ckpt.safetensors", r"ckpt.safetensors: this is a WeakCLIP checkpoint \(.safetensors\), but "
                                             r"the onnxruntime engine expects an ONNX model; generate --engine torch"),
-        ("auto", "images", r"images: --engine auto is a directory"),
-        ("auto", "nope.safetensors", r"nope.safetensors: --engine auto is missing"),
+        ("auto", "images", r"--model \S*images: a directory; --engine auto expects"),
+        ("auto", "nope.safetensors", r"--model \S*nope.safetensors: missing; --engine auto expects"),
     ],
 )  # fmt: skip
 def test_wrong_model_file_is_one_line(files, tmp_path, capsys, engine, model, expected):

@@ -184,8 +184,8 @@ def _os_error_line(e: OSError, argv: Sequence[str]) -> tuple[str, int]:
     reason = _REASONS.get(e.errno or -1) or (e.strerror or str(e))
     input_side = isinstance(e, FileNotFoundError | IsADirectoryError | NotADirectoryError)
     status = EXIT_USAGE if input_side else EXIT_FAILURE
-    if filename is None:
-        return f"{reason}", status
+    if filename is None:  # raised by our own code with the file in the message
+        return (str(e) if e.args and not e.strerror else reason), status
     verb = "" if input_side else ("cannot write " if e.errno in FATAL_ERRNOS - {errno_.EIO} else "")
     return _prefixed(option_for(filename, argv), filename, f"{verb}{filename}: {reason}"), status
 
@@ -194,8 +194,12 @@ def _prog_of(fn: Callable[..., Any]) -> str:
     prog = current_prog.get()
     if prog:
         return prog
-    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    return name if name.startswith("weakclip") else f"python -m {fn.__module__}"
+    from .cli import COMMANDS, PROG  # the subcommand table (imported late: cli imports this module)
+
+    for name, (module, _) in COMMANDS.items():
+        if module == fn.__module__ or module.rsplit(".", 1)[-1] == fn.__module__.rsplit(".", 1)[-1]:
+            return f"{PROG} {name}"
+    return f"python -m {fn.__module__}"
 
 
 def _debug(argv: list[str]) -> bool:

@@ -12,6 +12,8 @@ kind                   how it is recognised                                 whic
 ``torch``              ``torch.save`` zip (``PK\\x03\\x04``) or a legacy       ``weakclip convert`` (official ``.pth``) or
                        pickle (``\\x80``): a training ``last.pt`` or an        ``train --resume`` (our ``last.pt``)
                        official mmseg checkpoint
+``truncated``          a safetensors header that lists more tensor bytes than the file holds, or a zip
+                       (``torch.save``) without its end-of-archive record: a cut-off copy or download
 ``unknown``            anything else
 =====================  ===================================================  ============================================
 """
@@ -37,6 +39,8 @@ DESCRIPTION = {
     "missing": "missing",
     "directory": "a directory",
     "empty": "an empty file",
+    "truncated": "a truncated or corrupt file (its header promises more bytes than it holds: an interrupted copy "
+    "or download?)",
     "unknown": "not a model file this project knows (not safetensors, ONNX, TensorRT or a PyTorch checkpoint)",
 }
 
@@ -84,9 +88,17 @@ def sniff(path: str | os.PathLike) -> str:
                 header = json.loads(f.read(n))
             except (ValueError, UnicodeDecodeError):
                 return "unknown"
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+                    and "data_offsets" in v]  # fmt: skip
+            if ends and max(ends) > size - 8 - n:
+                return "truncated"
             fmt = str((header.get("__metadata__") or {}).get("format", ""))
             return "weakclip" if fmt.startswith("weakclip-checkpoint") else "safetensors"
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+    if head[:4] == b"PK\x03\x04":
+        import zipfile
+
+        return "torch" if zipfile.is_zipfile(p) else "truncated"
+    if head[:1] == b"\x80":
         return "torch"
     if _is_onnx(head):
         return "onnx"
@@ -95,14 +107,15 @@ def sniff(path: str | os.PathLike) -> str:
     return "unknown"
 
 
-def expect(path: str | os.PathLike, kinds: tuple[str, ...], role: str) -> str:
+def expect(path: str | os.PathLike, kinds: tuple[str, ...], role: str, option: str | None = None) -> str:
     """Return the kind of ``path`` if it is one of ``kinds``; otherwise raise :class:`UsageError` with one line that
-    names the file, says what it is, what ``role`` expected and which command takes it."""
+    names the option and the file, says what it is, what ``role`` expected and which command takes it."""
     kind = sniff(path)
     if kind in kinds:
         return kind
     wanted = " or ".join(DESCRIPTION[k] for k in kinds)
-    if kind in ("missing", "directory", "empty"):
-        raise UsageError(f"{path}: {role} is {DESCRIPTION[kind]}; expected {wanted}")
+    where = f"{option} {path}" if option else f"{path}"
+    if kind in ("missing", "directory", "empty", "truncated"):
+        raise UsageError(f"{where}: {DESCRIPTION[kind]}; {role} expects {wanted}")
     hint = f"; {TAKEN_BY[kind]} takes it" if kind in TAKEN_BY else ""
-    raise UsageError(f"{path}: this is {DESCRIPTION[kind]}, but {role} expects {wanted}{hint}")
+    raise UsageError(f"{where}: this is {DESCRIPTION[kind]}, but {role} expects {wanted}{hint}")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .errors import FATAL_ERRNOS, LockHeld, OutputError, RuntimeFailure
 
 # Suffixes OpenCV decodes that image folders may hold (everything else in a folder is reported, not read).
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm", ".pnm")
@@ -55,22 +57,48 @@ def voc_palette(n: int = 256) -> list[int]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the destination folder; rename it onto ``path`` only if the block succeeds.
+    """Yield a temporary path in the destination folder; when the block succeeds, flush it to disk (fsync) and rename
+    it onto ``path``.  The one writer of every file the tools write.
 
-    A reader never sees a half-written ``path``: it is either absent, the old file, or the complete new file.
+    A reader never sees a half-written ``path``: it is either absent, the old file, or the complete new file.  An
+    ``OSError`` that means the output cannot be written (disk full, read-only, permission) becomes
+    :class:`weakclip.errors.OutputError` naming ``path``; the temporary is always removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _output_error(path, e) from e
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data is on disk before the name points at it
+        finally:
+            os.close(fd)
         os.chmod(tmp_path, _file_mode())  # mkstemp creates 0600; the result follows the umask like open() would
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.errno in FATAL_ERRNOS:
+            raise _output_error(path, e) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _output_error(path: Path, e: OSError) -> OSError | OutputError:
+    return OutputError(path, e) if e.errno in FATAL_ERRNOS else e
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def save_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: bool = True) -> None:
@@ -143,3 +171,85 @@ def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)  # fails (kept) when something is inside
         raise
+
+
+LOCK_NAME = ".weakclip.lock"
+
+
+class FolderLock:
+    """An exclusive ``fcntl.flock`` on ``<folder>/.weakclip.lock``: held by one process at a time and released by
+    the OS when that process ends (a killed run leaves no stale lock).  The file records the holder's PID and tool."""
+
+    def __init__(self, folder: str | os.PathLike, tool: str) -> None:
+        import fcntl
+
+        self.path = Path(folder) / LOCK_NAME
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _file_mode())
+            except OSError as e:
+                raise _output_error(self.path, e) from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+                os.close(fd)
+                who = f"PID {holder[0]} ({' '.join(holder[1:])})" if holder else "another process"
+                raise LockHeld(
+                    f"{Path(folder)}: another run owns this output folder: {who}; wait for it to finish, or use "
+                    "another output folder (several processes share one folder with --shard i/N)"
+                ) from None
+            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                break  # locked the file that is (still) there, not one its last holder just removed
+            os.close(fd)
+        self.fd = fd
+        self._ino = os.fstat(fd).st_ino
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {tool}\n".encode(), 0)
+
+    def check(self) -> None:
+        """Raise if the lock file was removed or replaced (the folder deleted or taken over): stop writing."""
+        try:
+            same = os.stat(self.path).st_ino == self._ino
+        except OSError:
+            same = False
+        if not same:
+            raise RuntimeFailure(f"{self.path.parent}: output lock lost ({self.path} removed or replaced); stopped")
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self._ino:
+                self.path.unlink()
+        os.close(self.fd)  # closing the descriptor releases the flock
+        self.fd = -1
+
+
+@contextlib.contextmanager
+def owned_output_folder(folder: str | os.PathLike, tool: str, own_files: Sequence[str] = ()) -> Iterator[FolderLock]:
+    """Create ``folder`` if needed and own it for the block (:class:`FolderLock`).
+
+    If the block fails, the files named in ``own_files`` (bookkeeping this run wrote, e.g. a settings record) are
+    removed when nothing else was written there, and folders this block created are removed if left empty: a
+    failed or refused run leaves the folder as it found it.
+    """
+    folder = Path(folder)
+    before = set(os.listdir(folder)) if folder.is_dir() else None
+    with removed_if_left_empty(folder):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _output_error(folder, e) from e
+        lock = FolderLock(folder, tool)
+        try:
+            yield lock
+        except BaseException:
+            new = set(os.listdir(folder)) - (before or set()) - {LOCK_NAME}
+            if new and new <= set(own_files):
+                for name in new:
+                    with contextlib.suppress(OSError):
+                        (folder / name).unlink()
+            raise
+        finally:
+            lock.release()
