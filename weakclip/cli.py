@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("weakclip.convert_official", "official hustvl/WeakCLIP .pth checkpoint → our .safetensors"),
     "synthetic": ("weakclip.data.synthetic", "write a synthetic VOC-layout dataset (images, GT, seeds, labels)"),
     "check-data": ("weakclip.check_data", "check a dataset folder before a long run (counts, lists, classes)"),
+    "report": ("weakclip.report", "one HTML page comparing mask runs: settings, per-class IoU, confusion, gallery"),
     "seeds": ("weakclip.seeds", "CLIP-ES seeds (CAMs) from image-level labels"),
     "bench": ("weakclip.cli", "benchmarks: training, loss-ablation, cpu-engines, tier-masks, gpu-e2e, cuda-coattn"),
     "demo": ("weakclip.demo", "end to end on synthetic data: train → ONNX → masks → mIoU, images/s"),

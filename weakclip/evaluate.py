@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .classes import COCO_CLASSES, COCO_OFFICIAL91_CLASSES, VOC_CLASSES
-from .errors import UsageError, cli
+from .errors import ArgumentParser, UsageError, cli
 from .io import atomic_path, read_mask
 
 # --classes NAME
@@ -89,47 +89,59 @@ class ConfusionMatrix:
 
     def update(self, pred: Any, gt: Any, name: str = "") -> None:
         """Add one prediction/GT pair (or a batch of them).  Values ≥ K other than 255 are an error."""
-        pred, gt = _as_numpy(pred), _as_numpy(gt)
-        where = f"{name}: " if name else ""
-        if pred.shape != gt.shape:
-            raise ValueError(f"{where}prediction shape {pred.shape} != ground-truth shape {gt.shape}")
-        K, ign = self.num_classes, self.ignore_index
-        valid = gt != ign
-        g = gt[valid].astype(np.int64)
-        p = pred[valid].astype(np.int64)
-        if g.size and (g.min() < 0 or g.max() >= K):
-            raise ValueError(f"{where}ground truth has class {int(g.max())} >= num_classes {K} (and != {ign})")
-        bad = (p != ign) & ((p < 0) | (p >= K))
-        if bad.any():
-            raise ValueError(f"{where}prediction has class {int(p[bad].max())} >= num_classes {K} (and != {ign})")
-        p = np.where(p == ign, K, p)  # 255 → the "unknown" column
-        self.matrix += np.bincount(g * (K + 1) + p, minlength=K * (K + 1)).reshape(K, K + 1)
+        self.matrix += confusion(pred, gt, self.num_classes, self.ignore_index, name)
 
     def merge(self, other: ConfusionMatrix) -> None:
         """Add another matrix (e.g. from another process)."""
         self.matrix += other.matrix
 
     def compute(self) -> SegMetrics:
-        m = self.matrix.astype(np.float64)
-        K = self.num_classes
-        tp = np.diag(m[:, :K])
-        fp = m[:, :K].sum(axis=0) - tp
-        fn = m.sum(axis=1) - tp  # includes GT pixels predicted 255
-        union = tp + fp + fn
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou, fp_r, fn_r = tp / union, fp / union, fn / union
-        total = m.sum()
-        with np.errstate(invalid="ignore"):
-            miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-        return SegMetrics(
-            iou=iou,
-            fp=fp_r,
-            fn=fn_r,
-            gt_pixels=self.matrix.sum(axis=1),
-            miou=miou,
-            pixel_acc=float(tp.sum() / total) if total else float("nan"),
-            unknown=float(m[:, K].sum() / total) if total else float("nan"),
-        )
+        return metrics_from_matrix(self.matrix)
+
+
+def confusion(pred: Any, gt: Any, num_classes: int, ignore_index: int = 255, name: str = "") -> np.ndarray:
+    """The (K, K+1) int64 confusion counts of one prediction/GT pair (numpy arrays or torch tensors of equal shape):
+    rows = GT class, columns = predicted class, last column = predicted ``ignore_index``; GT ``ignore_index`` pixels
+    are left out.  Values ≥ K other than ``ignore_index`` raise ValueError (prefixed with ``name``)."""
+    pred, gt = _as_numpy(pred), _as_numpy(gt)
+    where = f"{name}: " if name else ""
+    if pred.shape != gt.shape:
+        raise ValueError(f"{where}prediction shape {pred.shape} != ground-truth shape {gt.shape}")
+    K, ign = num_classes, ignore_index
+    valid = gt != ign
+    g = gt[valid].astype(np.int64)
+    p = pred[valid].astype(np.int64)
+    if g.size and (g.min() < 0 or g.max() >= K):
+        raise ValueError(f"{where}ground truth has class {int(g.max())} >= num_classes {K} (and != {ign})")
+    bad = (p != ign) & ((p < 0) | (p >= K))
+    if bad.any():
+        raise ValueError(f"{where}prediction has class {int(p[bad].max())} >= num_classes {K} (and != {ign})")
+    p = np.where(p == ign, K, p)  # 255 → the "unknown" column
+    return np.bincount(g * (K + 1) + p, minlength=K * (K + 1)).reshape(K, K + 1)
+
+
+def metrics_from_matrix(matrix: np.ndarray) -> SegMetrics:
+    """:class:`SegMetrics` of a (K, K+1) confusion matrix (one image's from :func:`confusion`, or a dataset's)."""
+    m = matrix.astype(np.float64)
+    K = m.shape[0]
+    tp = np.diag(m[:, :K])
+    fp = m[:, :K].sum(axis=0) - tp
+    fn = m.sum(axis=1) - tp  # includes GT pixels predicted 255
+    union = tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou, fp_r, fn_r = tp / union, fp / union, fn / union
+    total = m.sum()
+    with np.errstate(invalid="ignore"):
+        miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return SegMetrics(
+        iou=iou,
+        fp=fp_r,
+        fn=fn_r,
+        gt_pixels=np.asarray(matrix).sum(axis=1),
+        miou=miou,
+        pixel_acc=float(tp.sum() / total) if total else float("nan"),
+        unknown=float(m[:, K].sum() / total) if total else float("nan"),
+    )
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -218,7 +230,7 @@ def read_names(path: str | os.PathLike) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="weakclip-evaluate", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="weakclip-evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--pred", required=True, help="folder of predicted masks <name>.png")
     ap.add_argument("--gt", required=True, help="folder of ground-truth masks <name>.png (255 = ignore)")
     k = ap.add_mutually_exclusive_group()
@@ -233,30 +245,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_class_names(args: argparse.Namespace) -> tuple[list[str], str]:
-    """The class list and where it came from: a flag, else the predictions' ``generate_config.json`` (the model's
-    classes), else ``class_names.txt`` beside or above the ground truth; never a silent VOC default."""
-    if args.class_names:
-        return read_names_lines(args.class_names), args.class_names
-    if args.classes:
-        return list(NAMED_CLASS_LISTS[args.classes]), f"--classes {args.classes}"
-    if args.num_classes:
-        if args.num_classes == len(VOC_CLASSES):
+    """The class list and where it came from, for this command's options (see :func:`find_class_names`)."""
+    return find_class_names([args.pred], args.gt, class_names_file=args.class_names, classes=args.classes,
+                            num_classes=args.num_classes)  # fmt: skip
+
+
+# where a mask folder records its class list: file → keys down to the list
+_RECORDED_CLASS_NAMES = (
+    ("generate_config.json", ("engine", "class_names")),
+    ("seeds_config.json", ("settings", "class_names")),
+)
+
+
+def find_class_names(
+    pred_dirs: Sequence[str | os.PathLike],
+    gt_dir: str | os.PathLike,
+    *,
+    class_names_file: str | os.PathLike | None = None,
+    classes: str | None = None,
+    num_classes: int | None = None,
+) -> tuple[list[str], str]:
+    """The class list and where it came from: an option (``class_names_file``, ``classes`` = a built-in list name,
+    ``num_classes``), else the list recorded in the first prediction folder that has one (``generate_config.json``:
+    the model's classes; ``seeds_config.json``), else ``class_names.txt`` beside or above the ground truth; never a silent VOC default
+    (UsageError)."""
+    if class_names_file:
+        return read_names_lines(class_names_file), str(class_names_file)
+    if classes:
+        return list(NAMED_CLASS_LISTS[classes]), f"--classes {classes}"
+    if num_classes:
+        if num_classes == len(VOC_CLASSES):
             return list(VOC_CLASSES), "--num-classes 21 (VOC)"
-        return [str(i) for i in range(args.num_classes)], f"--num-classes {args.num_classes}"
-    cfg = Path(args.pred) / "generate_config.json"
-    if cfg.is_file():
-        try:
-            names = json.loads(cfg.read_text())["engine"]["class_names"]
-            return list(names), str(cfg)
-        except (ValueError, KeyError, TypeError):
-            pass
-    gt = Path(args.gt)
+        return [str(i) for i in range(num_classes)], f"--num-classes {num_classes}"
+    for pred in pred_dirs:
+        for filename, keys in _RECORDED_CLASS_NAMES:
+            cfg = Path(pred) / filename
+            if cfg.is_file():
+                try:
+                    node = json.loads(cfg.read_text())
+                    for k in keys:
+                        node = node[k]
+                    return [str(n) for n in node], str(cfg)
+                except (ValueError, KeyError, TypeError):
+                    pass
+    gt = Path(gt_dir)
     for cand in (gt / "class_names.txt", gt.parent / "class_names.txt"):
         if cand.is_file():
             return read_names_lines(cand), str(cand)
+    where = ", ".join(str(p) for p in pred_dirs)
     raise UsageError(
-        f"{args.pred}: cannot tell the class list (no generate_config.json with the model's classes, no "
-        f"class_names.txt beside {args.gt}); pass --classes voc|coco91|coco81, --class-names FILE or --num-classes K"
+        f"{where}: cannot tell the class list (no generate_config.json with the model's classes, no "
+        f"class_names.txt beside {gt_dir}); pass --classes voc|coco91|coco81, --class-names FILE or --num-classes K"
     )
 
 

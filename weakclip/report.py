@@ -1,0 +1,870 @@
+"""``weakclip report``: one HTML page that compares mask runs (seeds, generated masks, CRF output) against the ground
+truth, for judging pseudo masks by looking.
+
+    weakclip report --gt GT [--list L] RUN_A [RUN_B ...] --out report/ [--names A,B,...] [--image-root DIR]
+
+Each RUN is a folder of ``<name>.png`` masks.  ``--out`` receives ``index.html`` (no script, no network: the plots
+and thumbnails are files in ``assets/`` beside it), ``report.json`` (every number on the page) and
+``per_image.csv`` (each image's mIoU in each run).  The page shows:
+
+* the runs' settings side by side (read from ``generate_config.json`` / ``seeds_config.json``: model file hash,
+  engine, precision, views, CRF, label masking, date) with mIoU, pixel accuracy and the share predicted 255;
+* per-class IoU of every run in one chart (and a table), with the change between consecutive runs;
+* a row-normalised confusion matrix per run (log colour scale; the last column is "predicted 255");
+* a gallery: the N images that gain most and lose most between the first and the last run, and the N worst of the
+  last run: image, GT and each run's mask as palette overlays, a legend, each image's mIoU;
+* how many GT images have no mask in each run, and the images whose masks are mostly 255 (ignore-heavy seeds).
+
+The numbers come from the evaluation code (:func:`weakclip.evaluate.confusion`, one count per image and run, summed):
+a run's mIoU equals ``weakclip evaluate`` on the images it has.  Class slots with no pixel in the GT and in every run
+(COCO's unused category ids, say) are left out of the charts.  The computation streams over the images (one image's
+masks in memory at a time; progress from :mod:`weakclip.progress`); the page stays small on large datasets (a fixed
+number of thumbnails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import html
+import json
+import math
+import os
+import string
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError, cli
+from .evaluate import NAMED_CLASS_LISTS, SegMetrics, confusion, find_class_names, metrics_from_matrix, read_names
+from .io import IMAGE_EXTS, atomic_path, read_image, read_mask, voc_palette
+
+DEFAULT_GALLERY = 6  # images per gallery section
+DEFAULT_THUMB = 160  # longer side of a thumbnail, pixels
+DEFAULT_IGNORE_HEAVY = 0.5  # a mask with more than this share of 255 pixels is "ignore-heavy"
+ASSETS = "assets"
+LISTED_NAMES = 10  # names listed per coverage line (the rest is a count)
+
+
+@dataclass
+class RunInfo:
+    """One mask folder and what made it (from its config file, when it has one)."""
+
+    path: Path
+    name: str  # shown on the page
+    kind: str  # "generate", "seeds" or "masks" (a folder without a config file)
+    settings: dict[str, str]  # display rows: model, model sha256, engine, precision, views, CRF, labels, date
+    image_root: Path | None  # where the images that made the masks are, when the config says so
+
+
+@dataclass
+class RunStats:
+    """What the stream over the images found for one run."""
+
+    matrix: np.ndarray  # (K, K+1) confusion counts summed over the images this run has
+    image_miou: np.ndarray  # (N,) per-image mIoU, NaN where the run has no mask
+    ignore_share: np.ndarray  # (N,) share of the mask's pixels that are 255, NaN where no mask
+    missing: list[str] = field(default_factory=list)  # images with GT but no mask
+    metrics: SegMetrics | None = None
+
+    @property
+    def scored(self) -> int:
+        return int(np.isfinite(self.ignore_share).sum())
+
+
+@dataclass
+class Report:
+    """What :func:`make_report` wrote and computed."""
+
+    index: Path
+    runs: list[RunInfo]
+    stats: list[RunStats]
+    images: list[str]
+    class_names: list[str]
+    shown_classes: list[int]  # class indices drawn (present in the GT or some run)
+    files: list[Path]  # every file written (index.html last)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the runs' settings
+
+
+def _load_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _date(path: Path) -> str:
+    t = _dt.datetime.fromtimestamp(path.stat().st_mtime).astimezone()
+    return t.strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+def _views(scales: Sequence[Any], flip: bool) -> str:
+    n = len(scales) * (2 if flip else 1)
+    listed = ",".join(f"{float(s):g}" for s in scales)
+    return f"{n} (scales {listed}{' × flip' if flip else ''})"
+
+
+def _image_dir(args: dict[str, Any]) -> Path | None:
+    """The image folder a tool read, from its recorded arguments (``--image-root``, or ``--images`` when a folder)."""
+    for key in ("image_root", "images"):
+        value = args.get(key)
+        if value and Path(value).is_dir():
+            return Path(value)
+    return None
+
+
+def describe_run(path: str | os.PathLike) -> RunInfo:
+    """Name, settings and image folder of a mask folder, from ``generate_config.json`` (weakclip generate) or
+    ``seeds_config.json`` (weakclip seeds); a folder without either is shown by its name."""
+    path = Path(path)
+    gen, seeds = path / "generate_config.json", path / "seeds_config.json"
+    if gen.is_file() and (cfg := _load_json(gen)) is not None:
+        s, args = cfg.get("settings") or {}, cfg.get("args") or {}
+        engine = str(s.get("engine") or (cfg.get("engine") or {}).get("engine") or "?")
+        precision = str(s.get("precision") or "?")
+        scales, flip = s.get("scales") or [1.0], bool(s.get("flip"))
+        crf = s.get("crf") or "none"
+        labels = "yes" if s.get("labels_sha256") else "no"
+        model = args.get("model")
+        settings = {
+            "made by": "weakclip generate",
+            "model": Path(model).name if model else "?",
+            "model sha256": str(s.get("model_sha256") or "?")[:12],
+            "engine": engine,
+            "precision": precision,
+            "views": _views(scales, flip),
+            "CRF": str(crf),
+            "label masking": labels,
+            "date": _date(gen),
+        }
+        name = f"{engine} {precision}, {len(scales) * (2 if flip else 1)} view(s)"
+        name += (f", CRF {crf}" if crf != "none" else "") + (", labels" if labels == "yes" else "")
+        return RunInfo(path, name, "generate", settings, _image_dir(args))
+    if seeds.is_file() and (cfg := _load_json(seeds)) is not None:
+        s, args = cfg.get("settings") or {}, cfg.get("args") or {}
+        opts = s.get("options") or {}
+        crf = "CLIP-ES" if opts.get("crf") else "none"
+        settings = {
+            "made by": "weakclip seeds (CLIP-ES)",
+            "model": f"CLIP {s.get('preset', '?')}",
+            "model sha256": str(s.get("clip_weights") or "?")[:24],
+            "engine": "torch",
+            "precision": "fp32",
+            "views": _views(opts.get("scales") or [1.0], bool(opts.get("flip"))),
+            "CRF": crf + (f", 255 below {opts.get('ignore_threshold')}" if opts.get("crf") else ""),
+            "label masking": "yes (seeds use the image labels)",
+            "date": _date(seeds),
+        }
+        return RunInfo(path, f"CLIP-ES seeds ({s.get('preset', '?')})", "seeds", settings, _image_dir(args))
+    settings = {"made by": "? (no generate_config.json or seeds_config.json)", "date": _date(path)}
+    return RunInfo(path, path.name or str(path), "masks", settings, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pictures
+
+
+def _palette() -> np.ndarray:
+    return np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+
+
+def palette_blend(image: np.ndarray | None, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """(H, W, 3) uint8: the mask's palette colours blended over ``image`` where the mask is not background (0); 255
+    ("ignore" / "unknown") in its palette colour too.  Without an image, the palette mask itself."""
+    pal = _palette()
+    colour = pal[mask]
+    if image is None:
+        return colour
+    out = image.astype(np.float32)
+    fg = mask != 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colour[fg].astype(np.float32)
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def _thumb(rgb: np.ndarray, size: int) -> Any:
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)  # overlays are drawn at full size, then shrunk
+    return img
+
+
+def _save_jpeg(img: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="JPEG", quality=82, optimize=True)
+
+
+def _find_image(roots: Sequence[Path], name: str) -> Path | None:
+    for root in roots:
+        for ext in IMAGE_EXTS:
+            for cand in (root / f"{name}{ext}", root / f"{name}{ext.upper()}"):
+                if cand.is_file():
+                    return cand
+    return None
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_fig(fig: Any, path: Path, dpi: int) -> None:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
+def plot_iou_chart(runs: Sequence[RunInfo], stats: Sequence[RunStats], class_names: Sequence[str],
+                   shown: Sequence[int], path: Path) -> None:  # fmt: skip
+    """Per-class IoU of every run as grouped bars; below it, the change between consecutive runs."""
+    plt = _pyplot()
+    R, C = len(runs), len(shown)
+    labels = [class_names[c] for c in shown]
+    width = max(7.0, min(40.0, 0.22 * C * max(R, 2)))
+    rows = 2 if R > 1 else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(width, 3.2 * rows + 1.2), squeeze=False, sharex=True)
+    x = np.arange(C)
+    bar = 0.8 / R
+    colours = plt.get_cmap("tab10")
+    ax = axes[0, 0]
+    for r, (run, st) in enumerate(zip(runs, stats)):
+        iou = 100 * np.nan_to_num(st.metrics.iou[list(shown)], nan=0.0)
+        ax.bar(x - 0.4 + bar * (r + 0.5), iou, bar, color=colours(r % 10),
+               label=f"{run.name} (mIoU {100 * st.metrics.miou:.1f})")  # fmt: skip
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 1.0 + 0.12 * math.ceil(R / 2)), ncol=2, fontsize=8,
+              frameon=False)  # fmt: skip
+    if R > 1:
+        ax = axes[1, 0]
+        pairs = R - 1
+        dbar = 0.8 / pairs
+        for r in range(pairs):
+            a, b = stats[r].metrics.iou[list(shown)], stats[r + 1].metrics.iou[list(shown)]
+            delta = 100 * np.nan_to_num(b - a, nan=0.0)
+            ax.bar(x - 0.4 + dbar * (r + 0.5), delta, dbar, color=colours((r + 1) % 10),
+                   label=f"{runs[r + 1].name} − {runs[r].name}")  # fmt: skip
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("Δ IoU (points)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="best", fontsize=8, frameon=False)
+    bottom = axes[-1, 0]
+    bottom.set_xticks(x)
+    bottom.set_xticklabels(labels, rotation=60 if C > 8 else 0, ha="right" if C > 8 else "center",
+                           fontsize=8 if C <= 40 else 6)  # fmt: skip
+    fig.tight_layout()
+    _save_fig(fig, path, dpi=90 if C <= 40 else 72)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], shown: Sequence[int], title: str,
+                   path: Path) -> None:  # fmt: skip
+    """Row-normalised confusion matrix (rows: GT class, columns: predicted class + "255"), log colour scale."""
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    K = matrix.shape[0]
+    cols = [*shown, K]
+    m = matrix[np.ix_(list(shown), cols)].astype(np.float64)
+    rows_sum = matrix[list(shown)].sum(axis=1, keepdims=True).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(rows_sum > 0, m / rows_sum, np.nan)
+    shown_norm = np.ma.masked_where(~(norm > 0), norm)  # zero and NaN cells: blank
+    C = len(shown)
+    side = max(4.5, min(16.0, 0.28 * C + 2.5))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+    im = ax.imshow(shown_norm, cmap=cmap, norm=LogNorm(vmin=1e-4, vmax=1.0), interpolation="nearest")
+    fs = 8 if C <= 25 else (6 if C <= 50 else 4)
+    ax.set_xticks(range(C + 1))
+    ax.set_xticklabels([class_names[c] for c in shown] + ["255"], rotation=90, fontsize=fs)
+    ax.set_yticks(range(C))
+    ax.set_yticklabels([class_names[c] for c in shown], fontsize=fs)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title, fontsize=9)
+    if C <= 15:
+        for i in range(C):
+            for j in range(C + 1):
+                v = norm[i, j]
+                if v > 0:
+                    ax.text(j, i, f"{100 * v:.0f}" if v >= 0.01 else "<1", ha="center", va="center", fontsize=6,
+                            color="white" if v < 0.3 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the GT row")
+    fig.tight_layout()
+    _save_fig(fig, path, dpi=80 if C <= 50 else 64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the page
+
+PAGE = string.Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>$title</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1500px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.pos { color: #176317; } td.neg { color: #a11; }
+.scroll { overflow-x: auto; }
+.note { color: #555; font-size: 0.9em; }
+.legend span, .classes span { display: inline-block; margin: 0 0.9em 0.2em 0; white-space: nowrap; }
+.sw { display: inline-block; width: 0.9em; height: 0.9em; border: 1px solid #888; vertical-align: -0.1em;
+      margin-right: 0.3em; }
+.gallery-row { border-top: 1px solid #ddd; padding: 0.4em 0; }
+.gallery-row figure { display: inline-block; margin: 0 6px 4px 0; vertical-align: top; text-align: center; }
+.gallery-row figcaption { font-size: 0.8em; max-width: ${thumb}px; }
+.confusion-grid figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
+code { font-size: 0.92em; }
+</style>
+</head>
+<body>
+<h1>$title</h1>
+<p class="note">$summary</p>
+
+<h2 id="settings">Runs</h2>
+<div class="scroll"><table class="settings">
+$settings_table
+</table></div>
+<div class="scroll"><table class="scores">
+$scores_table
+</table></div>
+
+<h2 id="per-class">Per-class IoU</h2>
+<p class="note">$omitted</p>
+<div class="scroll"><img id="iou-chart" class="chart" src="$iou_chart" alt="per-class IoU of every run"></div>
+<div class="scroll"><table class="per-class">
+$per_class_table
+</table></div>
+
+<h2 id="confusion">Confusion matrices</h2>
+<p class="note">Rows: ground-truth class, normalised to 1; columns: predicted class, last column predicted 255
+(ignore / unknown, counted as wrong). Log colour scale; blank cells are 0.</p>
+<div class="confusion-grid scroll">
+$confusion_figures
+</div>
+
+<h2 id="gallery">Gallery</h2>
+<div class="legend">$legend</div>
+$gallery
+
+<h2 id="coverage">Coverage</h2>
+<div class="scroll"><table class="coverage">
+$coverage_table
+</table></div>
+<p class="note">Every number on this page is also in <code>report.json</code>; each image's mIoU in each run in
+<code>per_image.csv</code>.</p>
+</body>
+</html>
+""")
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _pct(v: float, digits: int = 2) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.{digits}f}"
+
+
+def _delta_cell(d: float) -> str:
+    if not math.isfinite(d):
+        return '<td class="num">n/a</td>'
+    cls = "pos" if d > 0 else ("neg" if d < 0 else "")
+    return f'<td class="num {cls}">{100 * d:+.2f}</td>'
+
+
+def _swatch(c: int, name: str) -> str:
+    r, g, b = _palette()[c]
+    return f'<span><i class="sw" style="background: rgb({r},{g},{b})"></i>{_e(name)}</span>'
+
+
+def _class_label(c: int, class_names: Sequence[str]) -> str:
+    return "255 (ignore / unknown)" if c == 255 else class_names[c]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the work
+
+
+def _check_inputs(gt_dir: Path, runs: Sequence[Path], out: Path, image_root: Path | None) -> None:
+    if not gt_dir.is_dir():
+        raise UsageError(f"--gt {gt_dir}: not a folder")
+    for r in runs:
+        if not r.is_dir():
+            raise UsageError(f"{r}: not a folder of masks")
+    seen: set[Path] = set()
+    for r in runs:
+        if r.resolve() in seen:
+            raise UsageError(f"{r}: given twice")
+        seen.add(r.resolve())
+    inputs = [("--gt", gt_dir), *(("a run", r) for r in runs)]
+    if image_root is not None:
+        inputs.append(("--image-root", image_root))
+    for what, p in inputs:
+        if out.resolve() == p.resolve():
+            raise UsageError(f"--out {out} is {what} folder; write the report elsewhere (e.g. {out / 'report'})")
+
+
+def make_report(
+    gt_dir: str | os.PathLike,
+    runs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    run_names: Sequence[str] | None = None,
+    images: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    class_source: str = "",
+    image_root: str | os.PathLike | None = None,
+    gallery: int = DEFAULT_GALLERY,
+    thumb: int = DEFAULT_THUMB,
+    ignore_heavy: float = DEFAULT_IGNORE_HEAVY,
+    ignore_index: int = 255,
+    progress_options: dict[str, Any] | None = None,
+) -> Report:
+    """Write ``out/index.html`` (+ ``assets/``, ``report.json``, ``per_image.csv``) comparing the mask folders
+    ``runs`` (in this order: the first and the last are the gallery's "before" and "after") against ``gt_dir``.
+
+    ``images``: the image names to use (default: every ``*.png`` in ``gt_dir``); ``class_names``: default from
+    the runs' config files or ``class_names.txt`` beside the GT (:func:`weakclip.evaluate.find_class_names`);
+    ``image_root``: the images (default: from the runs' config files, else ``JPEGImages`` beside the GT folder).
+    Bad input raises UsageError (naming the file); the masks are read once each."""
+    from .progress import progress
+
+    gt_dir, out = Path(gt_dir), Path(out)
+    run_dirs = [Path(r) for r in runs]
+    root = Path(image_root) if image_root is not None else None
+    if not run_dirs:
+        raise UsageError("name at least one folder of masks to report on")
+    _check_inputs(gt_dir, run_dirs, out, root)
+    if root is not None and not root.is_dir():
+        raise UsageError(f"--image-root {root}: not a folder")
+    if gallery < 0 or thumb < 16 or not 0 < ignore_heavy <= 1:
+        raise UsageError("--gallery must be >= 0, --thumb >= 16 and --ignore-heavy in (0, 1]")
+    infos = [describe_run(r) for r in run_dirs]
+    if run_names is not None:
+        if len(run_names) != len(infos):
+            raise UsageError(f"--names gives {len(run_names)} name(s) for {len(infos)} run(s)")
+        for info, n in zip(infos, run_names):
+            info.name = n
+    counts: dict[str, int] = {}
+    for info in infos:
+        counts[info.name] = counts.get(info.name, 0) + 1
+    for info in infos:  # two runs with the same description: tell them apart by folder
+        if counts[info.name] > 1:
+            info.name = f"{info.name} [{info.path.name or info.path}]"
+    if class_names is None:
+        found, class_source = find_class_names(run_dirs, gt_dir)
+        class_names = found
+    class_names = list(class_names)
+    K = len(class_names)
+    if not 1 <= K < ignore_index:
+        raise UsageError(f"{K} classes: expected 1..{ignore_index - 1}")
+    if images is None:
+        images = sorted(p.stem for p in gt_dir.glob("*.png") if not p.name.startswith("."))
+        if not images:
+            raise UsageError(f"--gt {gt_dir}: no .png ground-truth masks")
+    images = list(images)
+    absent = [n for n in images if not (gt_dir / f"{n}.png").is_file()]
+    if absent:
+        raise UsageError(f"--gt {gt_dir}: no ground truth for {len(absent)} listed image(s), e.g. {absent[:3]}")
+    N, R = len(images), len(infos)
+    for info in infos:
+        if not any((info.path / f"{n}.png").is_file() for n in images):
+            raise UsageError(f"{info.path}: none of the {N} images has a mask here (<name>.png)")
+
+    # one pass over the images: per-image confusion counts (the evaluation's), summed per run
+    stats = [
+        RunStats(np.zeros((K, K + 1), np.int64), np.full(N, np.nan), np.full(N, np.nan)) for _ in range(R)
+    ]  # fmt: skip
+    gt_pixels = np.zeros(K, np.int64)  # every listed image's, whichever run has a mask for it
+    for i, name in enumerate(progress(images, desc="report", unit="img", **(progress_options or {}))):
+        try:
+            gt = read_mask(gt_dir / f"{name}.png")
+            valid = gt[gt != ignore_index]
+            if valid.size and valid.max() >= K:
+                raise ValueError(f"{gt_dir / f'{name}.png'}: ground truth has class {int(valid.max())} >= {K} classes")
+            gt_pixels += np.bincount(valid, minlength=K)
+            for info, st in zip(infos, stats):
+                p = info.path / f"{name}.png"
+                if not p.is_file():
+                    st.missing.append(name)
+                    continue
+                pred = read_mask(p)
+                conf = confusion(pred, gt, K, ignore_index, name=str(p))
+                st.matrix += conf
+                st.image_miou[i] = metrics_from_matrix(conf).miou
+                st.ignore_share[i] = float((pred == ignore_index).mean())
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from None
+    for st in stats:
+        st.metrics = metrics_from_matrix(st.matrix)
+
+    used = gt_pixels > 0
+    for st in stats:
+        used |= st.matrix[:, :K].sum(axis=1) > 0  # in the GT
+        used |= st.matrix[:, :K].sum(axis=0) > 0  # predicted
+    shown = [c for c in range(K) if used[c]]
+
+    roots = [root] if root is not None else []
+    if root is None:
+        roots = [info.image_root for info in infos if info.image_root is not None]
+        if (gt_dir.parent / "JPEGImages").is_dir():
+            roots.append(gt_dir.parent / "JPEGImages")
+
+    assets = out / ASSETS
+    written: list[Path] = []
+    plot_iou_chart(infos, stats, class_names, shown, assets / "iou.png")
+    written.append(assets / "iou.png")
+    for r, (info, st) in enumerate(zip(infos, stats)):
+        p = assets / f"confusion_{r}.png"
+        plot_confusion(st.matrix, class_names, shown, f"{info.name}: mIoU {100 * st.metrics.miou:.2f}", p)
+        written.append(p)
+
+    sections = _gallery_sections(images, stats, gallery)
+    gallery_html, gallery_files, gallery_rows = _gallery(
+        sections, images, gt_dir, infos, stats, roots, assets, class_names, thumb
+    )
+    written += gallery_files
+
+    summary = {
+        "gt": str(gt_dir),
+        "images": N,
+        "class_names": class_names,
+        "class_names_from": class_source,
+        "shown_classes": shown,
+        "gt_pixels": gt_pixels.tolist(),
+        "runs": [
+            {
+                "name": info.name,
+                "path": str(info.path),
+                "settings": info.settings,
+                "images_scored": st.scored,
+                "gt_without_mask": len(st.missing),
+                "ignore_heavy": int((st.ignore_share > ignore_heavy).sum()),
+                **st.metrics.to_dict(class_names),
+            }
+            for info, st in zip(infos, stats)
+        ],
+        "gallery": gallery_rows,
+        "ignore_heavy_threshold": ignore_heavy,
+    }
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    written.append(out / "report.json")
+    with atomic_path(out / "per_image.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(
+                ["image", *(f"miou {info.name}" for info in infos), *(f"share 255 {info.name}" for info in infos)]
+            )
+            for i, name in enumerate(images):
+                w.writerow(
+                    [name, *(_num(st.image_miou[i]) for st in stats), *(_num(st.ignore_share[i]) for st in stats)]
+                )
+    written.append(out / "per_image.csv")
+
+    page = PAGE.substitute(
+        title=_e(f"Mask report: {', '.join(info.name for info in infos)}"),
+        thumb=thumb,
+        summary=_e(
+            f"{N} images with ground truth in {gt_dir}; {K} classes from {class_source or 'the caller'}; "
+            f"written {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}."
+        ),
+        settings_table=_settings_table(infos),
+        scores_table=_scores_table(infos, stats),
+        omitted=_e(
+            f"{K - len(shown)} class slot(s) with no pixel in the ground truth or any run are left out."
+            if len(shown) < K
+            else "Every class appears in the ground truth or a run."
+        ),
+        iou_chart=f"{ASSETS}/iou.png",
+        per_class_table=_per_class_table(infos, stats, class_names, shown, gt_pixels),
+        confusion_figures="\n".join(
+            f'<figure><img class="confusion" src="{ASSETS}/confusion_{r}.png" alt="confusion matrix of '
+            f'{_e(info.name)}"><figcaption>{_e(info.name)}</figcaption></figure>'
+            for r, info in enumerate(infos)
+        ),
+        legend=" ".join(_swatch(c, class_names[c]) for c in shown) + " " + _swatch(255, _class_label(255, class_names)),
+        gallery=gallery_html,
+        coverage_table=_coverage_table(infos, stats, images, ignore_heavy),
+    )
+    index = out / "index.html"
+    with atomic_path(index) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    written.append(index)
+    keep = {p.name for p in written if p.parent == assets}
+    for p in assets.iterdir():  # thumbnails of an earlier report in this folder
+        if p.is_file() and p.name not in keep and p.suffix in (".png", ".jpg"):
+            p.unlink()
+    return Report(index, infos, stats, images, class_names, shown, written)
+
+
+def _num(v: float) -> str:
+    return "" if not math.isfinite(v) else f"{v:.6f}"
+
+
+def _gallery_sections(images: Sequence[str], stats: Sequence[RunStats], n: int) -> list[tuple[str, str, list[int]]]:
+    """(id, title, image indices): most gained and most lost between the first and the last run, worst of the last."""
+    if n <= 0:
+        return []
+    first, last = stats[0].image_miou, stats[-1].image_miou
+    sections = []
+    if len(stats) > 1:
+        delta = last - first
+        ok = np.flatnonzero(np.isfinite(delta))
+        order = ok[np.argsort(-delta[ok], kind="stable")]
+        gain = [int(i) for i in order if delta[i] > 0][:n]
+        lose = [int(i) for i in order[::-1] if delta[i] < 0][:n]
+        sections.append(("gain", f"Most improved (first → last run), {len(gain)} image(s)", gain))
+        sections.append(("lose", f"Most worsened (first → last run), {len(lose)} image(s)", lose))
+    ok = np.flatnonzero(np.isfinite(last))
+    worst = [int(i) for i in ok[np.argsort(last[ok], kind="stable")][:n]]
+    sections.append(("worst", f"Lowest mIoU in the last run, {len(worst)} image(s)", worst))
+    return sections
+
+
+def _gallery(
+    sections: Sequence[tuple[str, str, list[int]]],
+    images: Sequence[str],
+    gt_dir: Path,
+    infos: Sequence[RunInfo],
+    stats: Sequence[RunStats],
+    roots: Sequence[Path],
+    assets: Path,
+    class_names: Sequence[str],
+    thumb: int,
+) -> tuple[str, list[Path], list[dict[str, Any]]]:
+    """The gallery's HTML, the thumbnails written (each image once, however many sections show it), JSON rows."""
+    done: dict[int, tuple[list[str], list[int], str]] = {}  # image index → (asset names, classes shown, note)
+    files: list[Path] = []
+    parts: list[str] = []
+    rows: list[dict[str, Any]] = []
+    if not roots:
+        parts.append('<p class="note">No image folder found (pass --image-root): masks are shown without the '
+                     "images.</p>")  # fmt: skip
+    for sec_id, title, idx in sections:
+        parts.append(f'<h3 id="gallery-{sec_id}">{_e(title)}</h3>')
+        if not idx:
+            parts.append('<p class="note">none</p>')
+        for i in idx:
+            name = images[i]
+            if i not in done:
+                done[i] = _gallery_assets(i, name, gt_dir, infos, roots, assets, thumb, files)
+            assets_i, classes, note = done[i]
+            captions = ["image" if note == "" else "no image", "ground truth"]
+            captions += [f"{info.name}: mIoU {_pct(st.image_miou[i], 1)}" for info, st in zip(infos, stats)]
+            figs = []
+            for a, cap in zip(assets_i, captions):
+                if a:
+                    figs.append(f'<figure><img class="thumb" src="{ASSETS}/{a}" alt="{_e(cap)}">'
+                                f"<figcaption>{_e(cap)}</figcaption></figure>")  # fmt: skip
+                else:
+                    figs.append(f"<figure><figcaption>{_e(cap)}</figcaption></figure>")
+            legend = " ".join(_swatch(c, _class_label(c, class_names)) for c in classes)
+            parts.append(
+                f'<div class="gallery-row" data-section="{sec_id}"><div><b>{_e(name)}</b>'
+                f"{(' <span class=note>(' + _e(note) + ')</span>') if note else ''}</div>"
+                f'{"".join(figs)}<div class="classes">{legend}</div></div>'
+            )
+            rows.append({"section": sec_id, "image": name,
+                         "miou": [None if not math.isfinite(st.image_miou[i]) else float(st.image_miou[i])
+                                  for st in stats]})  # fmt: skip
+    return "\n".join(parts), files, rows
+
+
+def _gallery_assets(
+    i: int,
+    name: str,
+    gt_dir: Path,
+    infos: Sequence[RunInfo],
+    roots: Sequence[Path],
+    assets: Path,
+    thumb: int,
+    files: list[Path],
+) -> tuple[list[str], list[int], str]:
+    """Thumbnails of one image: the image, the GT overlay, each run's overlay ("" where a run has no mask)."""
+    gt = read_mask(gt_dir / f"{name}.png")
+    image, note = None, ""
+    src = _find_image(roots, name) if roots else None
+    if src is None:
+        note = "image not found" if roots else ""
+    else:
+        try:
+            image = read_image(src)
+        except (OSError, ValueError) as e:
+            note = f"image unreadable: {e}"
+        else:
+            if image.shape[:2] != gt.shape:
+                note = f"{src.name} is {image.shape[1]}×{image.shape[0]}, the GT {gt.shape[1]}×{gt.shape[0]}"
+                image = None
+    masks = [read_mask(info.path / f"{name}.png") if (info.path / f"{name}.png").is_file() else None for info in infos]
+    classes = sorted(set(np.unique(gt).tolist()).union(*(np.unique(m).tolist() for m in masks if m is not None)))
+    classes = [c for c in classes if c != 0]  # background is not coloured over the image
+    out_names: list[str] = []
+
+    def save(rgb: np.ndarray, kind: str) -> str:
+        fname = f"i{i:07d}_{kind}.jpg"
+        _save_jpeg(_thumb(rgb, thumb), assets / fname)
+        files.append(assets / fname)
+        return fname
+
+    out_names.append(save(image, "image") if image is not None else "")
+    out_names.append(save(palette_blend(image, gt), "gt"))
+    for r, m in enumerate(masks):
+        out_names.append(save(palette_blend(image, m), f"run{r}") if m is not None else "")
+    return out_names, classes, note
+
+
+def _settings_table(infos: Sequence[RunInfo]) -> str:
+    keys: list[str] = []
+    for info in infos:
+        keys += [k for k in info.settings if k not in keys]
+    head = "<tr><th>setting</th>" + "".join(f"<th>{_e(info.name)}</th>" for info in infos) + "</tr>"
+    rows = [f"<tr><td>folder</td>{''.join(f'<td><code>{_e(info.path)}</code></td>' for info in infos)}</tr>"]
+    for k in keys:
+        rows.append(f"<tr><td>{_e(k)}</td>" + "".join(f"<td>{_e(info.settings.get(k, '–'))}</td>" for info in infos)
+                    + "</tr>")  # fmt: skip
+    return "\n".join([head, *rows])
+
+
+def _scores_table(infos: Sequence[RunInfo], stats: Sequence[RunStats]) -> str:
+    head = ("<tr><th>run</th><th>images scored</th><th>GT without mask</th><th>mIoU (%)</th><th>Δ mIoU</th>"
+            "<th>pixel accuracy (%)</th><th>predicted 255 (%)</th></tr>")  # fmt: skip
+    rows = [head]
+    for r, (info, st) in enumerate(zip(infos, stats)):
+        m = st.metrics
+        delta = _delta_cell(m.miou - stats[r - 1].metrics.miou) if r else '<td class="num">–</td>'
+        rows.append(
+            f'<tr data-run="{r}"><td>{_e(info.name)}</td><td class="num">{st.scored}</td>'
+            f'<td class="num">{len(st.missing)}</td><td class="num miou">{_pct(m.miou)}</td>{delta}'
+            f'<td class="num pixel-acc">{_pct(m.pixel_acc)}</td><td class="num">{_pct(m.unknown)}</td></tr>'
+        )
+    return "\n".join(rows)
+
+
+def _per_class_table(infos: Sequence[RunInfo], stats: Sequence[RunStats], class_names: Sequence[str],
+                     shown: Sequence[int], gt_pixels: np.ndarray) -> str:  # fmt: skip
+    head = "<tr><th>class</th><th>GT pixels</th>" + "".join(f"<th>{_e(i.name)}</th>" for i in infos)
+    head += "".join(f"<th>Δ {r + 1}−{r}</th>" for r in range(len(infos) - 1)) + "</tr>"
+    rows = [head]
+    for c in shown:
+        ious = [st.metrics.iou[c] for st in stats]
+        cells = "".join(f'<td class="num iou" data-run="{r}">{_pct(v)}</td>' for r, v in enumerate(ious))
+        deltas = "".join(_delta_cell(ious[r + 1] - ious[r]) for r in range(len(ious) - 1))
+        rows.append(f'<tr data-class="{c}"><td>{_swatch(c, class_names[c])}</td>'
+                    f'<td class="num gt-pixels">{int(gt_pixels[c])}</td>{cells}{deltas}</tr>')  # fmt: skip
+    return "\n".join(rows)
+
+
+def _coverage_table(infos: Sequence[RunInfo], stats: Sequence[RunStats], images: Sequence[str],
+                    ignore_heavy: float) -> str:  # fmt: skip
+    def listing(names: Sequence[str]) -> str:
+        shown = ", ".join(names[:LISTED_NAMES])
+        more = f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else ""
+        return _e(shown + more) if names else "–"
+
+    head = (f"<tr><th>run</th><th>GT images without a mask</th><th>masks more than {100 * ignore_heavy:.0f} % "
+            "255 (ignore-heavy)</th></tr>")  # fmt: skip
+    rows = [head]
+    for r, (info, st) in enumerate(zip(infos, stats)):
+        heavy_idx = np.flatnonzero(np.nan_to_num(st.ignore_share, nan=0.0) > ignore_heavy)
+        heavy_idx = heavy_idx[np.argsort(-st.ignore_share[heavy_idx], kind="stable")]
+        heavy = [f"{images[i]} ({100 * st.ignore_share[i]:.0f} %)" for i in heavy_idx]
+        rows.append(
+            f'<tr data-run="{r}"><td>{_e(info.name)}</td>'
+            f'<td><b class="missing">{len(st.missing)}</b> of {len(images)}: {listing(st.missing)}</td>'
+            f'<td><b class="ignore-heavy">{len(heavy)}</b>: {listing(heavy)}</td></tr>'
+        )
+    return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .progress import add_progress_arguments
+
+    ap = argparse.ArgumentParser(prog="weakclip report", description=__doc__.split("\n\n")[0].replace("``", ""))
+    ap.add_argument("runs", nargs="+", metavar="RUN", help="folders of masks <name>.png, in order (first → last)")
+    ap.add_argument("--gt", required=True, help="folder of ground-truth masks <name>.png (255 = ignore)")
+    ap.add_argument("--out", required=True, help="folder for index.html, assets/, report.json, per_image.csv")
+    ap.add_argument("--list", help="image names, one per line (default: every .png in --gt)")
+    ap.add_argument("--names", help="comma-separated run names (default: from their config files, else folder names)")
+    ap.add_argument("--image-root", help="folder of the images (default: from the runs' config files, else "
+                    "JPEGImages beside --gt)")  # fmt: skip
+    k = ap.add_mutually_exclusive_group()
+    k.add_argument("--classes", choices=sorted(NAMED_CLASS_LISTS), help="a built-in class list")
+    k.add_argument("--class-names", help="text file, one class name per line (index 0 = background)")
+    k.add_argument("--num-classes", type=int, help="K (21 = the VOC names)")
+    ap.add_argument("--gallery", type=int, default=DEFAULT_GALLERY, metavar="N",
+                    help=f"images per gallery section (default {DEFAULT_GALLERY})")  # fmt: skip
+    ap.add_argument("--thumb", type=int, default=DEFAULT_THUMB, metavar="PX",
+                    help=f"thumbnail size, longer side (default {DEFAULT_THUMB})")  # fmt: skip
+    ap.add_argument("--ignore-heavy", type=float, default=DEFAULT_IGNORE_HEAVY, metavar="SHARE",
+                    help=f"a mask with more than this share of 255 pixels is listed (default {DEFAULT_IGNORE_HEAVY})")  # fmt: skip
+    ap.add_argument("--ignore-index", type=int, default=255)
+    add_progress_arguments(ap)
+    return ap
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    from .progress import progress_options
+
+    args = build_parser().parse_args(argv)
+    try:
+        class_names, source = find_class_names(args.runs, args.gt, class_names_file=args.class_names,
+                                               classes=args.classes, num_classes=args.num_classes)  # fmt: skip
+        images = read_names(args.list) if args.list else None
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    report = make_report(
+        args.gt,
+        args.runs,
+        args.out,
+        run_names=names,
+        images=images,
+        class_names=class_names,
+        class_source=source,
+        image_root=args.image_root,
+        gallery=args.gallery,
+        thumb=args.thumb,
+        ignore_heavy=args.ignore_heavy,
+        ignore_index=args.ignore_index,
+        progress_options=progress_options(args),
+    )
+    for info, st in zip(report.runs, report.stats):
+        print(
+            f"{info.name:<40} mIoU {100 * st.metrics.miou:6.2f}  ({st.scored} images, {len(st.missing)} without mask)"
+        )
+    print(f"report: {report.index} ({len(report.files)} files, {report.size_bytes / 1024:.0f} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
