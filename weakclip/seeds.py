@@ -71,7 +71,7 @@ from typing import Any
 import numpy as np
 
 from .crf import CRFParams
-from .errors import RuntimeFailure, UsageError, cli
+from .errors import ArgumentParser, RuntimeFailure, UsageError, cli
 
 # CLIP's own input statistics (0-1 RGB); CLIP-ES generate_cams_*.py: _transform_resize → Normalize(...).
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -527,7 +527,7 @@ def build_seeder(
 def build_parser() -> argparse.ArgumentParser:
     from weakclip.engines.generate import parse_scales, parse_shard
 
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m weakclip.seeds",
         description="CLIP-ES seeds from image-level labels (no CAM network): Softmax-GradCAM + class-aware "
         "attention affinity + CRF with an ignore threshold.",
@@ -552,8 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = ap.add_argument_group("CLIP")
     m.add_argument("--preset", default="vit_b16_voc", help="tower architecture preset (default: %(default)s)")
     m.add_argument("--clip-weights", default="openai",
-                   help="'openai' (open_clip download cache), a local ViT-B-16.pt / .safetensors, or 'none' = random "
-                   "towers (tests only: meaningless seeds) (default: %(default)s)")  # fmt: skip
+                   help="'openai' (open_clip download cache), a local ViT-B-16.pt (OpenAI's TorchScript file, read "
+                   "as data: no code from it runs) / .safetensors, or 'none' = random towers (tests only: meaningless "
+                   "seeds) (default: %(default)s)")  # fmt: skip
     m.add_argument("--prompts", default="auto", help="auto | voc | coco | generic | a JSON prompt set (default: auto)")
     m.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
 
@@ -653,6 +654,7 @@ def run(args: argparse.Namespace, seeder: ClipSeeder | None = None) -> int:
         shard_items,
         unsupported_files,
     )
+    from weakclip.io import owned_output_folder
 
     t0 = time.perf_counter()
     if args.threads:
@@ -697,42 +699,45 @@ def run(args: argparse.Namespace, seeder: ClipSeeder | None = None) -> int:
     }
     settings = json.loads(json.dumps(settings))  # tuples → lists: compares equal to what a resumed run reads back
     cfg_path = out / "seeds_config.json"
-    finished = [it for it in items if outputs.finished(it.name)]
-    _check_resume(cfg_path, settings, len(finished), args.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    outputs.remove_stale_temporaries([it.name for it in items])
-    todo = items if args.overwrite else [it for it in items if not outputs.finished(it.name)]
-    skipped = len(items) - len(todo)
-    shard_note = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
-    fail_path = out / ("failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt")
+    fail_name = "failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt"
+    with owned_output_folder(out, "weakclip seeds", own_files=(cfg_path.name, fail_name)) as lock:
+        finished = [it for it in items if outputs.finished(it.name)]
+        _check_resume(cfg_path, settings, len(finished), args.overwrite)
+        outputs.remove_stale_temporaries([it.name for it in items])
+        todo = items if args.overwrite else [it for it in items if not outputs.finished(it.name)]
+        skipped = len(items) - len(todo)
+        shard_note = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
+        fail_path = out / ("failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt")
 
-    failures: list[tuple[str, str]] = []
-    done = 0
-    if todo:
-        if seeder is None:
-            if clip_weights is None:
-                print("warning: --clip-weights none: random CLIP towers, the seeds are meaningless (tests only)")
-            seeder = build_seeder(args.preset, clip_weights=clip_weights, class_names=class_names,
-                                  prompts=prompt_set, options=options, device=args.device)  # fmt: skip
-        from .io import atomic_path
+        failures: list[tuple[str, str]] = []
+        done = 0
+        if todo:
+            if seeder is None:
+                if clip_weights is None:
+                    print("warning: --clip-weights none: random CLIP towers, the seeds are meaningless (tests only)")
+                seeder = build_seeder(args.preset, clip_weights=clip_weights, class_names=class_names,
+                                      prompts=prompt_set, options=options, device=args.device)  # fmt: skip
+            from .io import atomic_path
 
-        with atomic_path(cfg_path) as tmp:
-            tmp.write_text(json.dumps({"settings": settings, "args": {k: v for k, v in vars(args).items()
-                                       if k != "shard"}}, indent=2, default=str) + "\n")  # fmt: skip
-        print(f"weakclip seeds: {args.clip_weights} CLIP ({args.preset}), prompts {prompt_set.name} "
-              f"({len(prompt_set.background)} background texts), views {len(options.scales) * (1 + options.flip)}, "
-              f"box threshold {seeder.box_threshold}, crf {'off' if options.crf is None else 'clip_es'}, "
-              f"ignore < {options.ignore_threshold if options.crf else '-'}, threads {torch.get_num_threads()}; "
-              f"{len(todo)} image(s) to do, {skipped} already finished{shard_note}", flush=True)  # fmt: skip
-        done, failures = _seed_all(args, seeder, todo, outputs, labels, overlay_names(all_items, args.overlays))
+            with atomic_path(cfg_path) as tmp:
+                tmp.write_text(json.dumps({"settings": settings, "args": {k: v for k, v in vars(args).items()
+                                           if k != "shard"}}, indent=2, default=str) + "\n")  # fmt: skip
+            print(f"weakclip seeds: {args.clip_weights} CLIP ({args.preset}), prompts {prompt_set.name} "
+                  f"({len(prompt_set.background)} background texts), views {len(options.scales) * (1 + options.flip)}, "
+                  f"box threshold {seeder.box_threshold}, crf {'off' if options.crf is None else 'clip_es'}, "
+                  f"ignore < {options.ignore_threshold if options.crf else '-'}, threads {torch.get_num_threads()}; "
+                  f"{len(todo)} image(s) to do, {skipped} already finished{shard_note}", flush=True)  # fmt: skip
+            done, failures = _seed_all(
+                args, seeder, todo, outputs, labels, overlay_names(all_items, args.overlays), lock
+            )
 
-    if failures:
-        from .io import atomic_path
+        if failures:
+            from .io import atomic_path
 
-        with atomic_path(fail_path) as tmp:
-            tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in sorted(failures)))
-    elif fail_path.exists():
-        fail_path.unlink()
+            with atomic_path(fail_path) as tmp:
+                tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in sorted(failures)))
+        elif fail_path.exists():
+            fail_path.unlink()
     elapsed = time.perf_counter() - t0
     print(f"summary{shard_note}: {done} images done, {skipped} skipped (already finished), {len(failures)} failed, "
           f"{done / max(elapsed, 1e-9):.2f} images/s ({elapsed:.1f} s)")  # fmt: skip
@@ -766,12 +771,12 @@ def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams
     save_mask_png(outputs.mask(item.name), mask, palette=palette)
 
 
-def _seed_all(args, seeder: ClipSeeder, todo, outputs, labels, overlays: set[str]):
+def _seed_all(args, seeder: ClipSeeder, todo, outputs, labels, overlays: set[str], lock=None):
     from weakclip.engines.generate import BatchJob, _one_line
 
     depth = 2 * max(args.workers, 1)
     consecutive = 0
-    with BatchJob(len(todo), args.workers, "seeds", args.progress, max_pending_writes=depth) as job:
+    with BatchJob(len(todo), args.workers, "seeds", args.progress, max_pending_writes=depth, lock=lock) as job:
         for item, image, reason in job.images(todo, depth):
             if image is None:
                 job.fail(item, reason or "unreadable")
