@@ -6,7 +6,6 @@ Both towers are frozen (requires_grad False) inside WeakCLIP; only their forward
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _buil
 from torch import nn
 
 from .config import WeakCLIPConfig
+from .torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -131,7 +131,9 @@ class WeightsUnavailableError(RuntimeError):
 def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     """Read CLIP weights from an OpenAI TorchScript archive, a safetensors file or a plain tensor state dict.
 
-    Plain state dicts are read with ``torch.load(weights_only=True)`` (no arbitrary pickle).
+    No code from the file runs: TorchScript archives (OpenAI's released ``.pt`` files) are read as data by
+    :func:`weakclip.torchscript_weights.read_torchscript_state_dict` (never ``torch.jit.load``, which executes the
+    archive; its floating-point tensors come back float32), plain state dicts with ``torch.load(weights_only=True)``.
     """
     p = Path(path)
     if not p.is_file():
@@ -140,11 +142,9 @@ def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(p))
-    if zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as zf:
-            is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-        if is_torchscript:  # OpenAI's released .pt files are TorchScript archives
-            return {k: v.float() for k, v in torch.jit.load(str(p), map_location="cpu").state_dict().items()}
+    if is_torchscript_archive(p):
+        sd = read_torchscript_state_dict(p)
+        return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     try:
         sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unpickling refusal as one clear line
