@@ -120,7 +120,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"pseudo masks mIoU + label masking   {result['pseudo_mask_miou_with_labels']:6.2f}")
     print(f"ONNX Runtime CPU throughput         {fps:6.2f} images/s  ({len(names)} images)")
     print(f"overlays: {masks / 'unmasked' / 'overlays'}   result: {out / 'result.json'}")
+    print(f"report: {_write_report(out, data, masks, names)}")
     return 0
+
+
+def _write_report(out: Path, data: Path, masks: Path, names: list[str]) -> str:
+    """The HTML report of seeds → pseudo masks → masks with label masking (``<out>/report/index.html``; weakclip
+    report); its path, or why it was not written."""
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        return "not written (it needs matplotlib: pip install 'weakclip[viz]')"
+    from weakclip.report import make_report
+
+    runs = [data / "SeedMasks", masks / "unmasked", masks / "labels"]
+    report = make_report(data / "SegmentationClass", runs, out / "report", images=names,
+                         run_names=["seeds", "pseudo masks", "pseudo masks + label masking"],
+                         image_root=data / "JPEGImages")  # fmt: skip
+    return str(report.index)
 
 
 def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> dict[str, float]:
