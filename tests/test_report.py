@@ -227,6 +227,16 @@ def test_run_settings_from_config_files(tmp_path):
     assert info.name == "onnxruntime fp32, 4 view(s), CRF voc, labels"
     assert info.settings["model sha256"] == "ab" * 6 and info.settings["views"] == "4 (scales 0.5,1 × flip)"
     assert info.settings["model"] == "weakclip.onnx" and info.image_root == tmp_path
+    seeds = tmp_path / "ClipSeeds"
+    seeds.mkdir()
+    (seeds / "seeds_config.json").write_text(json.dumps({
+        "settings": {"preset": "vit_b16", "clip_weights": "openai", "class_names": ["background", "cat"],
+                     "options": {"scales": [1.0], "flip": False, "crf": {"sxy": 3}, "ignore_threshold": 0.95}},
+        "args": {"images": "nowhere/list.txt", "image_root": None},
+    }))  # fmt: skip
+    info = describe_run(seeds)
+    assert (info.name, info.kind, info.image_root) == ("CLIP-ES seeds (vit_b16)", "seeds", None)
+    assert info.settings["views"] == "1 (scales 1)" and info.settings["CRF"] == "CLIP-ES, 255 below 0.95"
     plain = tmp_path / "SeedMasks"
     plain.mkdir()
     assert describe_run(plain).name == "SeedMasks" and describe_run(plain).kind == "masks"
@@ -247,6 +257,7 @@ def test_command_line_and_errors(dataset, tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("error: ")
         return err[0]
 
+    assert "--gt" in error([seeds, "--out", str(out)])  # argparse's own mistakes: one line too
     assert "--out" in error(["--gt", gt, seeds, second, "--out", second])
     assert "--out" in error(["--gt", gt, seeds, "--out", gt])
     assert "--names gives 1 name(s) for 2 run(s)" in error(

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError, cli
+from .errors import ArgumentParser, UsageError, cli
 from .evaluate import NAMED_CLASS_LISTS, SegMetrics, confusion, find_class_names, metrics_from_matrix, read_names
 from .io import IMAGE_EXTS, atomic_path, read_image, read_mask, voc_palette
 
@@ -808,7 +808,7 @@ def _coverage_table(infos: Sequence[RunInfo], stats: Sequence[RunStats], images:
 def build_parser() -> argparse.ArgumentParser:
     from .progress import add_progress_arguments
 
-    ap = argparse.ArgumentParser(prog="weakclip report", description=__doc__.split("\n\n")[0].replace("``", ""))
+    ap = ArgumentParser(prog="weakclip report", description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("runs", nargs="+", metavar="RUN", help="folders of masks <name>.png, in order (first → last)")
     ap.add_argument("--gt", required=True, help="folder of ground-truth masks <name>.png (255 = ignore)")
     ap.add_argument("--out", required=True, help="folder for index.html, assets/, report.json, per_image.csv")
