@@ -96,10 +96,11 @@ def peak_rss_mib() -> float:
 def write_results(
     stem: str, payload: dict, table_md: str, out: str | os.PathLike[str] = DEFAULT_OUT
 ) -> tuple[Path, Path]:
-    """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (``out`` created)."""
+    """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (``out`` created), each written atomically."""
+    from weakclip.io import write_text_atomic
+
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     j, m = folder / f"{stem}.json", folder / f"{stem}.md"
-    j.write_text(json.dumps(payload, indent=2) + "\n")
-    m.write_text(table_md)
+    write_text_atomic(j, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(m, table_md)
     return j, m

@@ -349,17 +349,31 @@ def simplify(model_proto: Any) -> Any:
 
 
 def save_model(model_proto: Any, path: Path) -> Path:
-    """Write a single-file model (< 2 GB) or the model plus ``<name>.data`` beside it, then run the full check."""
+    """Write a single-file model (< 2 GB) or the model plus ``<name>.data`` beside it, atomically: the files are
+    written and fully checked in a hidden temporary folder beside ``path``, flushed to disk, then renamed into place
+    (the data file first, the model last), so a full disk or a kill never leaves a truncated model under its name."""
+    import tempfile
+
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from weakclip.io import commit_file, output_error
+
     size = model_proto.ByteSize()
     big = size >= TWO_GB - 64 * 2**20
     data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()
-    onnx.save_model(model_proto, str(path), save_as_external_data=big, location=data.name if big else None)
-    onnx.checker.check_model(str(path), full_check=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as tmpdir:
+            tmp = Path(tmpdir) / path.name
+            onnx.save_model(model_proto, str(tmp), save_as_external_data=big, location=data.name if big else None)
+            onnx.checker.check_model(str(tmp), full_check=True)
+            if big:
+                commit_file(tmp.with_name(data.name), data)
+            commit_file(tmp, path)
+            if not big and data.exists():
+                data.unlink()  # a stale external-data file of an earlier, larger model of that name
+    except OSError as e:
+        raise output_error(path, e) from e
     return path
 
 

@@ -40,6 +40,7 @@ from weakclip.export.core import (
     text_embeddings,
     timed,
 )
+from weakclip.io import write_text_atomic
 from weakclip.model import WeakCLIP
 
 
@@ -153,7 +154,7 @@ def export_model(
                         "reshapes, so other H, W fail; use --exporter dynamo")  # fmt: skip
     report["ok"] = not failures
     report["failures"] = failures
-    (out / "export.json").write_text(json.dumps(report, indent=1))
+    write_text_atomic(out / "export.json", json.dumps(report, indent=1))
     if failures:
         raise CheckFailed(" | ".join(failures))
     return report

@@ -42,14 +42,20 @@ def vit_linear_nodes(model: Any) -> list[str]:
 
 
 def _copy_metadata(src: Path, dst: Path, precision: str) -> None:
+    """Rewrite ``dst`` (atomically) with the metadata of ``src`` and ``precision``."""
     import onnx
 
-    from weakclip.export.core import set_metadata
+    from weakclip.export.core import save_model, set_metadata
 
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     m = onnx.load(str(dst))
     set_metadata(m, {**meta, "precision": precision})
-    onnx.save_model(m, str(dst))
+    save_model(m, dst)
+
+
+def _hidden(dst: Path, tag: str) -> Path:
+    """A hidden intermediate file beside ``dst`` (removed by the caller)."""
+    return dst.with_name(f".{dst.stem}.{tag}.tmp.onnx")
 
 
 def quantize_vit_linears(src: Path, dst: Path) -> dict[str, Any]:
@@ -89,7 +95,7 @@ def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray
             return next(self.items, None)
 
     t0 = time.perf_counter()
-    pre = dst.with_name(dst.stem + "_pre.onnx")
+    pre = _hidden(dst, "pre")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     try:
         quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
@@ -103,14 +109,24 @@ def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray
 
 
 def quantize_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Static int8 convolutions + dynamic int8 ViT linears: ``src`` (fp32 end-to-end graph) → ``dst``."""
-    mid = dst.with_name(dst.stem + "_conv.onnx")
+    """Static int8 convolutions + dynamic int8 ViT linears: ``src`` (fp32 end-to-end graph) → ``dst``.
+
+    The quantiser writes hidden intermediates; ``dst`` itself is written once, atomically, with its metadata."""
+    import onnx
+
+    from weakclip.export.core import save_model, set_metadata
+
+    mid, lin_out = _hidden(dst, "conv"), _hidden(dst, "int8")
     try:
         conv = quantize_convs_static(src, mid, calibration)
-        lin = quantize_vit_linears(mid, dst)
+        lin = quantize_vit_linears(mid, lin_out)
+        meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+        m = onnx.load(str(lin_out))
+        set_metadata(m, {**meta, "precision": "int8"})
+        save_model(m, dst)
     finally:
-        mid.unlink(missing_ok=True)
-    _copy_metadata(src, dst, "int8")
+        for p in (mid, lin_out):
+            p.unlink(missing_ok=True)
     return {"convs": conv, "vit_linears": lin, "mb": round(dst.stat().st_size / 2**20, 2)}
 
 

@@ -67,6 +67,12 @@ class StateDictMismatchError(KeyError):
         return str(self.args[0])
 
 
+def _few(names: list[str], n: int = 5) -> str:
+    """At most ``n`` names and the count: a mismatch of hundreds of keys stays one readable line."""
+    shown = ", ".join(names[:n])
+    return f"{len(names)} ({shown}{', …' if len(names) > n else ''})" if names else "none"
+
+
 def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
@@ -75,7 +81,7 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
                  and sd[k].shape != expected[k].shape]  # fmt: skip
     if missing or unexpected or bad_shape:
         raise StateDictMismatchError(
-            f"{source}: state dict does not match the model: missing keys {missing}, unexpected keys {unexpected}, "
-            f"shape mismatches {bad_shape}"
+            f"{source}: state dict does not match the model: missing keys {_few(missing)}, unexpected keys "
+            f"{_few(unexpected)}, shape mismatches {_few(bad_shape, 3)}"
         )
     model.load_state_dict(sd, strict=True)

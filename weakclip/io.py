@@ -70,27 +70,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
         os.close(fd)
     except OSError as e:
-        raise _output_error(path, e) from e
+        raise output_error(path, e) from e
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        fd = os.open(tmp_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the data is on disk before the name points at it
-        finally:
-            os.close(fd)
-        os.chmod(tmp_path, _file_mode())  # mkstemp creates 0600; the result follows the umask like open() would
-        os.replace(tmp_path, path)
+        commit_file(tmp_path, path)
     except OSError as e:
         if e.errno in FATAL_ERRNOS:
-            raise _output_error(path, e) from e
+            raise output_error(path, e) from e
         raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-def _output_error(path: Path, e: OSError) -> OSError | OutputError:
+def commit_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Flush the finished temporary ``tmp`` to disk (fsync), give it the mode ``open()`` would (umask), and rename it
+    onto ``path`` (same folder): the last step of every atomic write."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the data is on disk before the name points at it
+    finally:
+        os.close(fd)
+    os.chmod(tmp, _file_mode())  # mkstemp creates 0600; the result follows the umask like open() would
+    os.replace(tmp, path)
+
+
+def output_error(path: str | os.PathLike, e: OSError) -> OSError | OutputError:
+    """``e`` as an :class:`~weakclip.errors.OutputError` naming ``path`` when it means the output cannot be written
+    (disk full, read-only, permission), else ``e`` itself."""
     return OutputError(path, e) if e.errno in FATAL_ERRNOS else e
 
 
@@ -188,7 +196,7 @@ class FolderLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _file_mode())
             except OSError as e:
-                raise _output_error(self.path, e) from e
+                raise output_error(self.path, e) from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -240,7 +248,7 @@ def owned_output_folder(folder: str | os.PathLike, tool: str, own_files: Sequenc
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _output_error(folder, e) from e
+            raise output_error(folder, e) from e
         lock = FolderLock(folder, tool)
         try:
             yield lock
