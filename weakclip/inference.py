@@ -12,11 +12,18 @@ Semantics follow the official pipeline (mmseg 0.19 ``MultiScaleFlipAug`` + ``Res
 * **Sliding windows** (per view, crop c, stride s): ``h_grids = max(h - c + s - 1, 0) // s + 1`` (same for w); window
   starts ``y1 = i·s``, ends clamped to the view, starts pulled back to ``max(y2 - c, 0)``.  A side shorter than the
   crop is run whole at its own size (no padding to the crop).
-* **Windows are never padded.**  The official network runs a window of any size: its patch convolution (kernel =
+* **Windows are not padded.**  The official network runs a window of any size: its patch convolution (kernel =
   stride = 16, no padding) ignores the last ``h mod 16`` rows and ``w mod 16`` columns.  So the engine gets the
   window cropped to the floor multiple of ``size_divisor`` (exactly the pixels the official network uses), and the
   engine's logits (any resolution) are resized bilinearly (``align_corners=False``) to the **full** window, as
   mmseg ``encode_decode`` does.  Windows never exceed the crop, so the engine sees at most ``crop × crop``.
+* **The one exception: sides under the network's minimum.**  The network needs at least :data:`MIN_TOKENS` tokens
+  per side (the adapter's stride-32 level max-pools 2×2 tokens), so a window side shorter than
+  ``MIN_TOKENS · size_divisor`` pixels (a very thin image's view) cannot run at all — the official code crashes on
+  it.  Such a side (only that side; the other keeps the rule above) is instead taken whole and zero-padded at the
+  bottom/right to ``MIN_TOKENS · size_divisor`` (zero after normalisation = the mean colour, what training pads
+  crops with); the logits are resized to the padded size and cropped back to the window.  Every other window is
+  untouched, and all engines get the same padded windows from here.
 * **Merge.**  Window logits are summed into the view and divided by the count matrix; the view logits are resized
   bilinearly to the original H×W, softmaxed over K, un-flipped; the probability maps of all views are averaged;
   argmax gives the mask.
@@ -53,6 +60,10 @@ OFFICIAL_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 EngineFn = Callable[[torch.Tensor], torch.Tensor]
 Window = tuple[int, int, int, int]  # (y1, y2, x1, x2), end-exclusive, in view pixels
 
+# Smallest token-grid side WeakCLIP runs: the pyramid adapter's stride-32 level is MaxPool2d(2) over the token grid,
+# which has no output for a side of 1 token.  Window sides below MIN_TOKENS · size_divisor pixels are zero-padded.
+MIN_TOKENS = 2
+
 
 @dataclass(frozen=True)
 class InferenceOptions:
@@ -77,6 +88,8 @@ class InferenceOptions:
             raise ValueError(f"stride {self.stride} > crop {self.crop} would leave pixels uncovered")
         if self.crop % self.size_divisor:
             raise ValueError(f"crop {self.crop} must be a multiple of size_divisor {self.size_divisor}")
+        if self.crop < MIN_TOKENS * self.size_divisor:
+            raise ValueError(f"crop {self.crop} is under the network's minimum {MIN_TOKENS} × {self.size_divisor}")
         if not self.scales or any(r <= 0 for r in self.scales):
             raise ValueError(f"scales must be positive ratios, got {self.scales}")
         if self.max_batch < 1:
@@ -143,11 +156,30 @@ def window_grid(h: int, w: int, crop: int, stride: int) -> list[Window]:
 
 def engine_size(h: int, w: int, divisor: int) -> tuple[int, int]:
     """Engine input size of an h×w window: each side floored to a multiple of ``divisor`` (the pixels a patch
-    convolution with kernel = stride = divisor and no padding reads)."""
-    fh, fw = h // divisor * divisor, w // divisor * divisor
-    if fh == 0 or fw == 0:
-        raise ValueError(f"window {h}×{w} is smaller than the patch size {divisor}")
-    return fh, fw
+    convolution with kernel = stride = divisor and no padding reads), or, for a side whose floor is under
+    ``MIN_TOKENS · divisor``, that minimum (the side is then zero-padded, see :func:`window_input`)."""
+    if h <= 0 or w <= 0:
+        raise ValueError(f"empty window {h}×{w}")
+    least = MIN_TOKENS * divisor
+    return max(h // divisor * divisor, least), max(w // divisor * divisor, least)
+
+
+def window_input(view: torch.Tensor, win: Window, size: tuple[int, int]) -> torch.Tensor:
+    """The engine input (3, *size) of window ``win`` of a normalised view (3, h, w), ``size`` = :func:`engine_size`:
+    the window's top-left ``size`` pixels (the floor crop), except that a side longer than the window is the whole
+    side zero-padded at the end."""
+    y1, y2, x1, x2 = win
+    eh, ew = size
+    x = view[:, y1 : y1 + min(eh, y2 - y1), x1 : x1 + min(ew, x2 - x1)]
+    if tuple(x.shape[-2:]) != (eh, ew):
+        x = F.pad(x, (0, ew - x.shape[-1], 0, eh - x.shape[-2]))
+    return x
+
+
+def _logit_size(win_hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """What a window's logits are resized to before cropping to the window: the full window side (official), or the
+    padded engine side where the window was padded."""
+    return max(win_hw[0], size[0]), max(win_hw[1], size[1])
 
 
 def _as_uint8_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -210,11 +242,13 @@ def reference_predict_probs(run: EngineFn, image: np.ndarray, opts: InferenceOpt
         for flip in (False, True) if opts.flip else (False,):
             x = make_view(img, (vh, vw), flip, opts)  # (3, h, w)
             preds, count = None, torch.zeros(1, vh, vw, device=x.device)
-            for y1, y2, x1, x2 in window_grid(vh, vw, opts.crop, opts.stride):
-                fh, fw = engine_size(y2 - y1, x2 - x1, opts.size_divisor)
-                logits = run(x[None, :, y1 : y1 + fh, x1 : x1 + fw])  # (1, K, h', w')
+            for win in window_grid(vh, vw, opts.crop, opts.stride):
+                y1, y2, x1, x2 = win
+                size = engine_size(y2 - y1, x2 - x1, opts.size_divisor)
+                logits = run(window_input(x, win, size)[None])  # (1, K, h', w')
                 _check_logits(logits, 1)
-                logits = _resize_logits(logits.to(x.device), (y2 - y1, x2 - x1))[0]  # (K, y2-y1, x2-x1)
+                logits = _resize_logits(logits.to(x.device), _logit_size((y2 - y1, x2 - x1), size))
+                logits = logits[0, :, : y2 - y1, : x2 - x1]  # (K, y2-y1, x2-x1)
                 if preds is None:
                     preds = x.new_zeros(logits.shape[0], vh, vw)
                 preds[:, y1:y2, x1:x2] += logits
@@ -241,8 +275,8 @@ class _View:
 def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOptions) -> list[torch.Tensor]:
     """Probabilities (K, H, W) float32 per image; identical (up to float summation order) to the reference loop.
 
-    All windows of all views of ``images`` are grouped by engine input size (the window floored to multiples of
-    ``size_divisor``) and sent ``opts.max_batch`` at a time.  Memory
+    All windows of all views of ``images`` are grouped by engine input size (:func:`engine_size`: the window floored
+    to multiples of ``size_divisor``) and sent ``opts.max_batch`` at a time.  Memory
     grows with the number of images per call (every view's logit accumulator of size K×h×w is alive until its last
     window ran), so callers pass a handful of images at a time.
     """
@@ -269,17 +303,17 @@ def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOp
     for key, jobs in groups.items():
         for start in range(0, len(jobs), opts.max_batch):
             chunk = jobs[start : start + opts.max_batch]
-            fh, fw = key
-            batch = torch.stack([views[v].x[:, y1 : y1 + fh, x1 : x1 + fw] for v, (y1, _, x1, _) in chunk])
+            batch = torch.stack([window_input(views[v].x, win, key) for v, win in chunk])
             raw = run(batch)  # (B, K, h', w')
             _check_logits(raw, len(chunk))
             raw = raw.to(opts.device)
-            # Each window's logits are resized to its full (unfloored) size; windows of one batch share the floored
-            # size but not always the full one, so resize once per distinct full size.
-            full_sizes = [(y2 - y1, x2 - x1) for _, (y1, y2, x1, x2) in chunk]
+            # Each window's logits are resized to its full (unfloored) size, or to the padded size and cropped back;
+            # windows of one batch share the engine size but not always the window size, so resize once per
+            # distinct target size.
+            targets = [_logit_size((y2 - y1, x2 - x1), key) for _, (y1, y2, x1, x2) in chunk]
             resized: list[torch.Tensor | None] = [None] * len(chunk)
-            for size in dict.fromkeys(full_sizes):
-                idx = [j for j, s in enumerate(full_sizes) if s == size]
+            for size in dict.fromkeys(targets):
+                idx = [j for j, s in enumerate(targets) if s == size]
                 out = _resize_logits(raw[idx], size)
                 for n, j in enumerate(idx):
                     resized[j] = out[n]
@@ -287,7 +321,7 @@ def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOp
                 view = views[v]
                 if view.logit_sum is None:
                     view.logit_sum = view.x.new_zeros(raw.shape[1], *view.x.shape[-2:])
-                view.logit_sum[:, y1:y2, x1:x2] += resized[j]
+                view.logit_sum[:, y1:y2, x1:x2] += resized[j][:, : y2 - y1, : x2 - x1]
                 view.pending -= 1
                 if view.pending == 0:
                     probs = _finish_view(view.logit_sum, view.count, shapes[view.image], view.flip)

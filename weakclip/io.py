@@ -161,9 +161,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
     """Yield ``path``; if the block fails, remove the folders it created there that are still empty.
 
-    The folders are ``path`` and the parents of it that did not exist on entry (and any empty folder made below
-    them).  A folder that existed before, or holds a file, is never touched: a run that fails before writing anything
-    leaves no empty output folder behind, one that wrote something keeps it.
+    The folders are ``path`` and those of its parents that did not exist on entry, or, when ``path`` existed, the
+    entries of ``path`` that are new (with every empty folder below them, deepest first).  A folder that existed
+    before, or holds a file, is never touched: a run that fails before writing anything leaves no empty output folder
+    behind, one that wrote something keeps it.
     """
     path = Path(path)
     top = None  # the outermost folder of ``path`` that is missing now
@@ -171,13 +172,22 @@ def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
         if p.exists() or p.is_symlink():
             break
         top = p
+    before: set[str] | None = None
+    if top is None:
+        with contextlib.suppress(OSError):
+            before = set(os.listdir(path))
     try:
         yield path
     except BaseException:
-        if top is not None and top.is_dir():
-            for folder, _, _ in sorted(os.walk(top), key=lambda w: -len(Path(w[0]).parts)):  # deepest first
-                with contextlib.suppress(OSError):
-                    os.rmdir(folder)  # fails (kept) when something is inside
+        roots = [top] if top is not None else []
+        if before is not None:
+            with contextlib.suppress(OSError):
+                roots = [path / name for name in sorted(set(os.listdir(path)) - before)]
+        for root in roots:
+            if root.is_dir() and not root.is_symlink():
+                for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(Path(w[0]).parts)):  # deepest first
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder)  # fails (kept) when something is inside
         raise
 
 
