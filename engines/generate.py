@@ -98,7 +98,9 @@ def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
         ]
         if not items:
-            raise RuntimeFailure(f"--images {images}: no images found in this folder (suffixes {', '.join(IMAGE_EXTS)})")
+            raise RuntimeFailure(
+                f"--images {images}: no images found in this folder (suffixes {', '.join(IMAGE_EXTS)})"
+            )
     elif images.is_file():
         if images.suffix.lower() in IMAGE_EXTS:
             raise UsageError(f"--images {images}: this is an image file; --images takes an image folder or a list "
@@ -719,8 +721,9 @@ class BatchJob:
         self.collect(self.max_pending_writes)
 
     def collect(self, block_until: int = 0) -> None:
-        """Wait for finished writes until at most ``block_until`` are pending."""
-        while len(self.writes) > block_until:
+        """Wait for writes until at most ``block_until`` are pending (finished ones are taken at once, so a fatal
+        write error stops the run at the next image)."""
+        while self.writes and (len(self.writes) > block_until or self.writes[0][2].done()):
             item, what, fut = self.writes.popleft()
             try:
                 fut.result()

@@ -81,9 +81,7 @@ PROG = "weakclip-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = ArgumentParser(
-        prog=PROG, description="Export a WeakCLIP checkpoint to ONNX (text embeddings precomputed)."
-    )
+    ap = ArgumentParser(prog=PROG, description="Export a WeakCLIP checkpoint to ONNX (text embeddings precomputed).")
     ap.add_argument("--checkpoint", required=True, help="WeakCLIP .safetensors checkpoint (weights + config)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}, pinned)")
@@ -153,36 +151,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Every input is checked before the checkpoint is loaded and before any graph is traced.
     ckpt = Path(args.checkpoint)
-    expect(ckpt, ("weakclip",), "export", option="--checkpoint")
+    expect(ckpt, ("weakclip",), "export --checkpoint")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"{args.out}: --out is a file; expected an output folder")
     try:
         validate_options(opts)
     except ExportInputError as e:
         raise UsageError(_one_line(e)) from None
-    import weakclip
+    from weakclip.io import ensure_writable, removed_if_left_empty
 
-    try:
-        model = weakclip.load_checkpoint(ckpt)
-    except Exception as e:  # noqa: BLE001 - a WeakCLIP file that does not load is one clear line, not a traceback
-        msg = _one_line(e)
-        raise UsageError(msg if str(ckpt) in msg else f"{ckpt}: cannot load checkpoint: {msg}") from None
-    _show_progress()
-    cfg = model.config
-    import torch
+    with removed_if_left_empty(args.out):  # a failed export leaves no empty --out behind
+        ensure_writable(args.out)
+        import weakclip
 
-    log(
-        f"checkpoint {ckpt} (K = {cfg.num_classes}, crop {cfg.crop_size}, ViT width {cfg.vision_width} × "
-        f"{cfg.vision_layers}); torch {torch.__version__}"
-    )
-    try:
-        export_model(model, args.out, opts, source=str(ckpt))
-    except ExportInputError as e:  # e.g. a calibration image that cannot be decoded (read before the export)
-        raise UsageError(_one_line(e)) from None
-    except CheckFailed as e:
-        raise RuntimeFailure(f"check failed: {_one_line(e)}") from None
-    except ExportError as e:
-        raise RuntimeFailure(_one_line(e)) from None
+        try:
+            model = weakclip.load_checkpoint(ckpt)
+        except Exception as e:  # noqa: BLE001 - a WeakCLIP file that does not load is one clear line, not a traceback
+            msg = _one_line(e)
+            raise UsageError(msg if str(ckpt) in msg else f"{ckpt}: cannot load checkpoint: {msg}") from None
+        _show_progress()
+        cfg = model.config
+        import torch
+
+        log(
+            f"checkpoint {ckpt} (K = {cfg.num_classes}, crop {cfg.crop_size}, ViT width {cfg.vision_width} × "
+            f"{cfg.vision_layers}); torch {torch.__version__}"
+        )
+        try:
+            export_model(model, args.out, opts, source=str(ckpt))
+        except ExportInputError as e:  # e.g. a calibration image that cannot be decoded (read before the export)
+            raise UsageError(_one_line(e)) from None
+        except CheckFailed as e:
+            raise RuntimeFailure(f"check failed: {_one_line(e)}") from None
+        except ExportError as e:
+            raise RuntimeFailure(_one_line(e)) from None
     log(f"done in {time.perf_counter() - t0:.1f} s → {args.out}")
     return 0
 

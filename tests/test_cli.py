@@ -60,7 +60,7 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     for name in ("train", "export", "generate", "evaluate", "convert", "synthetic", "check-data", "seeds", "bench"):
         assert re.search(rf"^  {re.escape(name)}\s", out, re.M), name
     assert set(cli.COMMANDS) == {
-        "train", "export", "generate", "evaluate", "convert", "synthetic", "check-data", "seeds", "bench", "demo",
+        "train", "export", "generate", "evaluate", "convert", "synthetic", "check-data", "seeds", "bench", "demo", "report",
     }  # fmt: skip
     assert set(cli.BENCHMARKS) == {"training", "loss-ablation", "cpu-engines", "tier-masks", "gpu-e2e", "cuda-coattn"}
 

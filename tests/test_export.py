@@ -349,7 +349,7 @@ def _torch_file(path: Path, obj) -> None:
         ("weakclip_voc.pth", lambda p: _torch_file(p, {"state_dict": {"decode_head.conv_seg.weight": torch.zeros(1)}}),
          "this is a PyTorch checkpoint (torch.save: a training last.pt or an official mmseg .pth), but export "
          "--checkpoint expects a WeakCLIP checkpoint (.safetensors)"),
-        ("nope.safetensors", None, "export --checkpoint is missing; expected a WeakCLIP checkpoint (.safetensors)"),
+        ("nope.safetensors", None, "missing; export --checkpoint expects a WeakCLIP checkpoint (.safetensors)"),
     ],
     ids=["onnx", "last.pt", "official.pth", "missing"],
 )  # fmt: skip

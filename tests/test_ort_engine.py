@@ -151,7 +151,7 @@ def test_refuses_graphs_it_cannot_run(exported: tuple[Path, Path], tmp_path: Pat
     with pytest.raises(EngineError, match="encoder"):
         get_engine("onnxruntime", out / "encoder.onnx")
     # a file that is missing or not ONNX at all is refused by the registry's file check (one usage line)
-    with pytest.raises(UsageError, match="missing.onnx: the onnxruntime engine is missing; expected an ONNX model"):
+    with pytest.raises(UsageError, match="missing.onnx: missing; the onnxruntime engine expects an ONNX model"):
         get_engine("onnxruntime", tmp_path / "missing.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\xff\xff\xff\xff garbage")

@@ -14,6 +14,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _buil
 from torch import nn
 
 from .config import WeakCLIPConfig
+from .errors import WeightsUnavailable
 from .torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
 
 
@@ -124,8 +125,8 @@ class CLIPTextEncoder(nn.Module):
 # Pretrained CLIP weights
 
 
-class WeightsUnavailableError(RuntimeError):
-    pass
+class WeightsUnavailableError(WeightsUnavailable, RuntimeError):
+    """Pretrained CLIP weights cannot be obtained (offline without a cache) or read: one ``error:`` line."""
 
 
 def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:

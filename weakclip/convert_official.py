@@ -18,7 +18,6 @@ checkpoint (one ``error:`` line saying what the file is and which command takes 
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,7 @@ import torch
 from .checkpoint import StateDictMismatchError, load_state_dict_strict, save_checkpoint
 from .classes import CLASS_LISTS
 from .config import PRESETS, get_config
-from .errors import RuntimeFailure, UsageError, cli
+from .errors import ArgumentParser, RuntimeFailure, UsageError, cli
 from .filekind import DESCRIPTION, TAKEN_BY, sniff
 from .model import WeakCLIP, build_model
 
@@ -72,7 +71,7 @@ def check_input_kind(path: str | Path) -> None:
     kind = sniff(path)
     if kind == "torch":
         return
-    if kind in ("missing", "directory", "empty"):
+    if kind in ("missing", "directory", "empty", "truncated"):
         raise UsageError(f"{path}: the input checkpoint is {DESCRIPTION[kind]}; expected {ROLE}")
     if kind == "weakclip":
         raise _not_official(path, DESCRIPTION[kind], "it needs no conversion: export --checkpoint and generate "
@@ -261,7 +260,7 @@ def _read_names(path: str) -> list[str]:
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m weakclip.convert_official", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m weakclip.convert_official", description=__doc__.split("\n\n")[0])
     ap.add_argument("input", help="official checkpoint (.pth with 'state_dict')")
     ap.add_argument("output", help="output WeakCLIP checkpoint (.safetensors)")
     ap.add_argument("--preset", default=None, help="architecture preset (default: recognised from the shapes)")

@@ -240,6 +240,7 @@ def run_command(fn: MainFn, argv: Sequence[str] | None, prog: str | None = None)
 
     try:
         rc = fn(args)
+        sys.stdout.flush()  # a closed pipe (`… | head -1`) fails here, inside the boundary, not at exit
         return EXIT_OK if rc is None else int(rc)
     except OutputError as e:
         return line(_prefixed(option_for(e.path, args), e.path, str(e)), e.exit_status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -55,6 +56,9 @@ def voc_palette(n: int = 256) -> list[int]:
     return pal
 
 
+_OS_ERROR_IN_MESSAGE = re.compile(r"\(os error (\d+)\)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; when the block succeeds, flush it to disk (fsync) and rename
@@ -79,6 +83,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if e.errno in FATAL_ERRNOS:
             raise output_error(path, e) from e
         raise
+    except Exception as e:  # writers in other languages (safetensors) report the OS error in their message
+        m = _OS_ERROR_IN_MESSAGE.search(str(e))
+        if m and int(m.group(1)) in FATAL_ERRNOS:
+            raise OutputError(path, OSError(int(m.group(1)), os.strerror(int(m.group(1))))) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -100,6 +109,24 @@ def output_error(path: str | os.PathLike, e: OSError) -> OSError | OutputError:
     """``e`` as an :class:`~weakclip.errors.OutputError` naming ``path`` when it means the output cannot be written
     (disk full, read-only, permission), else ``e`` itself."""
     return OutputError(path, e) if e.errno in FATAL_ERRNOS else e
+
+
+def ensure_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there (a temporary, removed at once): a
+    read-only or full output fails with one :class:`~weakclip.errors.OutputError` before any slow work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        try:
+            os.write(fd, b"0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise output_error(folder, e) from e
+    return folder
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -222,8 +249,12 @@ class FolderLock:
             os.close(fd)
         self.fd = fd
         self._ino = os.fstat(fd).st_ino
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {tool}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {tool}\n".encode(), 0)
+        except OSError as e:
+            self.release()
+            raise output_error(self.path, e) from e
 
     def check(self) -> None:
         """Raise if the lock file was removed or replaced (the folder deleted or taken over): stop writing."""
