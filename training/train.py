@@ -17,7 +17,12 @@ iteration are dropped so none is repeated; with no ``last.pt`` yet the run start
 (delete this program's outputs listed in ``OUTPUTS`` first; other files are left alone).  A resume is refused when the
 resolved config differs from the one recorded in ``last.pt`` in anything but ``RESUME_MAY_CHANGE`` (the total
 ``train.iters``, ``schedule.*`` intervals, ``data.num_workers``, ``data.root``, ``device``, ``work_dir``), or when
-the training list or class names differ.  Exit status: 0 done, 2 a usage error (one ``error:`` line: bad option,
+the training list or class names differ, and when the run is already at ``train.iters`` (raise it to continue).
+``data.labels`` is read for the model's K classes before any model work (a wrong vector length is refused with the
+line ``weakclip check-data`` prints).  A run that fails before writing anything leaves no empty
+work_dir.  Progress: a tqdm bar on a terminal, otherwise a line every ``WEAKCLIP_PROGRESS_INTERVAL`` seconds
+(default 30; ``WEAKCLIP_PROGRESS=auto|bar|lines|off``); ``--no-progress``: a log line every
+``schedule.log_interval`` iterations instead.  Exit status: 0 done, 2 a usage error (one ``error:`` line: bad option,
 config value or work_dir), 1 the run failed.
 """
 
@@ -48,12 +53,15 @@ if __package__ in (None, ""):  # `python training/train.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import weakclip
+from weakclip.config import get_config
 from weakclip.data.datasets import SegmentationDataset, collate, resolve_list
-from weakclip.errors import RuntimeFailure, UsageError, cli
+from weakclip.data.labels import load_labels
+from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
 from weakclip.evaluate import ConfusionMatrix
 from weakclip.inference import InferenceOptions, predict
-from weakclip.io import atomic_path, read_image, read_mask
+from weakclip.io import atomic_path, read_image, read_mask, removed_if_left_empty
 from weakclip.losses import WeakCLIPLoss
+from weakclip.progress import progress as progress_meter
 
 logger = logging.getLogger("weakclip.training")
 
@@ -443,7 +451,7 @@ def _show_log() -> None:
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="weakclip-train", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     ap.add_argument("--config", help=f"YAML/TOML config file or a packaged config name ({DEFAULT_CONFIG} by default)")
@@ -457,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _show_log()
     rank, world, device = setup_distributed(cfg["device"])
     try:
-        train(cfg, rank, world, device, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+        with removed_if_left_empty(cfg["work_dir"]):  # a run that fails before writing leaves no empty work_dir
+            train(cfg, rank, world, device, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
         return 0
     except RuntimeError as e:
         if "max_bad_fraction" in str(e):  # the dataset's "too many bad samples" stop: a failure, not a bug
@@ -468,10 +477,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+def _labels_path(cfg: dict) -> Path | None:
+    """``data.labels`` (relative to ``data.root`` unless absolute), or None when the labels come from the seeds."""
+    labels = cfg["data"].get("labels")
+    if not labels:
+        return None
+    return Path(labels) if Path(labels).is_absolute() else Path(cfg["data"]["root"]) / labels
+
+
+def _check_labels(cfg: dict, num_classes: int) -> None:
+    """Read ``data.labels`` for a ``num_classes``-class model: a wrong vector length or class index, or a file that
+    cannot be parsed, is a UsageError with the line ``weakclip check-data`` prints for it.  A missing file is left to
+    the dataset, which reports it after the lists."""
+    path = _labels_path(cfg)
+    if path is None or not path.is_file():
+        return
+    try:
+        load_labels(path, num_classes)
+    except ValueError as e:
+        raise UsageError(" ".join(str(e).split())) from None
+
+
 def _build_dataset(cfg: dict, class_names: tuple[str, ...], crop: int, seed: int) -> SegmentationDataset:
     d_cfg = cfg["data"]
     root = Path(d_cfg["root"])
-    labels = d_cfg.get("labels")
+    labels = _labels_path(cfg)
     try:
         return SegmentationDataset(
             root,
@@ -482,7 +512,7 @@ def _build_dataset(cfg: dict, class_names: tuple[str, ...], crop: int, seed: int
             class_names=class_names,
             crop_size=crop,
             train=True,
-            labels=(root / labels) if labels and not Path(labels).is_absolute() else labels,
+            labels=labels,
             max_bad_fraction=float(d_cfg["max_bad_fraction"]),
             seed=seed,
         )
@@ -543,6 +573,12 @@ def train(
     last = work / "last.pt"
     check_work_dir(work, resume, overwrite)
     state = _resume_state(last, cfg) if resume and last.is_file() else None
+    if state is not None:
+        reached, wanted = int(state["iteration"]), int(t_cfg["iters"])
+        # at train.iters with no final model yet (stopped after its last checkpoint): the run only writes its outputs
+        if reached > wanted or (reached == wanted and (work / "final.safetensors").is_file()):
+            raise UsageError(f"{last}: --resume: the run is already at iteration {reached} ≥ train.iters={wanted}; "
+                             "raise train.iters to continue")  # fmt: skip
 
     seed = int(t_cfg["seed"])
     torch.manual_seed(seed + rank)
@@ -554,8 +590,10 @@ def train(
     overrides = dict(cfg["model"].get("overrides") or {})
     if names_file.is_file() and "class_names" not in overrides:
         overrides["class_names"] = tuple(n.strip() for n in names_file.read_text().splitlines() if n.strip())
-    torch.manual_seed(seed)  # identical initial weights on every rank
     try:
+        num_classes = get_config(cfg["model"]["preset"], **overrides).num_classes
+        torch.manual_seed(seed)  # identical initial weights on every rank
+        _check_labels(cfg, num_classes)  # before any model work (CLIP weights may be downloaded)
         model = weakclip.build_model(cfg["model"]["preset"], clip_weights=cfg["model"]["clip_weights"], **overrides)
     except (KeyError, ValueError, TypeError) as e:  # unknown preset / config key, bad class name
         raise UsageError(f"model: {' '.join(str(e).strip(chr(39)).split())}") from None
@@ -613,11 +651,9 @@ def train(
 
     total, bs = int(t_cfg["iters"]), int(t_cfg["batch_size"])
     log_rows: list[dict[str, Any]] = []
-    bar = None
-    if progress and is_main(rank):
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=start, desc="train", unit="it", dynamic_ncols=True)
+    # a tqdm bar on a terminal, a line every WEAKCLIP_PROGRESS_INTERVAL s otherwise; off: the log lines below
+    bar = progress_meter(total=total, initial=start, desc="train", unit="it", disable=not (progress and is_main(rank)))
+    log_lines = bar.mode == "off"
     pool = _loader_pool(dataset, int(d_cfg["num_workers"]))
     t0, done_since = time.perf_counter(), 0
     try:
@@ -646,15 +682,15 @@ def train(
             if is_main(rank):
                 row = {"iteration": step, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
                 log_rows.append(row)
-                if bar is not None:
-                    bar.update(1)
+                if not log_lines:  # before update(): a progress line shows this iteration's losses
                     bar.set_postfix(loss=f"{row['loss']:.3f}", seed=f"{row['seed']:.3f}",
-                                    bd=f"{row['boundary']:.3f}", aux=f"{row['aux']:.3f}")  # fmt: skip
+                                    bd=f"{row['boundary']:.3f}", aux=f"{row['aux']:.3f}", refresh=False)  # fmt: skip
+                bar.update(1)
                 if step % s_cfg["log_interval"] == 0 or step == total:
                     rate = done_since / (time.perf_counter() - t0)
                     _append_csv(work / "log.csv", log_rows, rate)
                     log_rows.clear()
-                    if bar is None:
+                    if log_lines:
                         logger.info(f"it {step}/{total} loss {row['loss']:.4f} lr {lr:.2e} {rate:.2f} it/s")
             if step % s_cfg["checkpoint_interval"] == 0 or step == total:
                 if is_main(rank):
@@ -668,12 +704,11 @@ def train(
                     weakclip.save_checkpoint(model, work / "best.safetensors", extra={"iteration": str(step)})
                     msg += " (best)"
                     save_training_state(last, model, optimizer, scaler, step, best, cfg, fingerprint)  # keep `best`
-                bar.write(msg) if bar is not None else logger.info(msg)
+                bar.write(msg) if bar.mode == "bar" else logger.info(msg)
             if world > 1:
                 dist.barrier()
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if pool is not None:
             pool.shutdown()
     if dataset.bad_samples and is_main(rank):

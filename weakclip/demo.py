@@ -3,10 +3,12 @@ ONNX Runtime pseudo masks (CPU) → mIoU against GT and the seeds, images/s, and
 
     weakclip demo [--out demo_out] [--images 200] [--iters 600] [--quick]      (or: python demo.py ...)
 
-Everything is written under ``--out`` (default ``./demo_out``).
-
-Re-running reuses finished steps (the dataset, a finished training run, a finished export); pseudo masks are
-always regenerated so the images/s figure is measured.  ``--quick`` is a seconds-long smoke version.
+Everything is written under ``--out`` (default ``./demo_out``).  The settings that change the results (``--images``,
+``--iters``, ``--seed``; ``--quick`` sets the first two) are recorded in ``<out>/demo_settings.json``.  A rerun with
+the same settings reuses the finished steps (the dataset, a finished training run, a finished export; pseudo masks
+are always regenerated so the images/s figure is measured).  A rerun with other settings is refused with one line
+naming the differences unless ``--overwrite``, which deletes the demo's outputs (``DEMO_OUTPUTS``; other files are
+left alone) and runs every step again.  ``--quick`` is a seconds-long smoke version.
 """
 
 from __future__ import annotations
@@ -14,35 +16,86 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import RuntimeFailure, cli
-from .io import atomic_path
+from .errors import ArgumentParser, RuntimeFailure, UsageError, cli
+from .io import atomic_path, removed_if_left_empty
+
+SETTINGS_FILE = "demo_settings.json"
+# What the demo writes under --out (--overwrite deletes these, nothing else).
+DEMO_OUTPUTS = ("data", "run", "run_clip_seeds", "onnx", "masks", "report", "result.json", "result_labels_only.json",
+                SETTINGS_FILE)  # fmt: skip
 
 
 def step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
+def demo_settings(args: argparse.Namespace) -> dict[str, int]:
+    """The options that change the demo's results, as recorded in ``SETTINGS_FILE`` (``--quick`` resolved)."""
+    return {"images": int(args.images), "iters": int(args.iters), "seed": int(args.seed)}
+
+
+def prepare_out(out: Path, settings: dict[str, int], overwrite: bool) -> None:
+    """Check ``out`` against the recorded settings (UsageError naming ``--out`` and the differences), delete the
+    demo's outputs on ``overwrite``, then record ``settings``.  Nothing is written before the checks pass."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; expected a folder")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    ours = [name for name in present if name in DEMO_OUTPUTS]
+    shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+    redo = "pass --overwrite to run the demo again there (deletes only the demo's outputs) or choose another --out"
+    if overwrite:
+        for name in ours:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        if ours:
+            print(f"--overwrite: deleted {', '.join(ours)} from {out}")
+    elif ours:
+        try:
+            recorded = json.loads((out / SETTINGS_FILE).read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise UsageError(f"--out {out} holds demo outputs ({shown}) but no readable {SETTINGS_FILE} to compare the "
+                             f"settings with; {redo}")  # fmt: skip
+        diff = [f"--{k} {recorded.get(k)} → {v}" for k, v in settings.items() if recorded.get(k) != v]
+        if diff:
+            raise UsageError(f"--out {out} holds a demo run with other settings ({', '.join(diff)}); {redo}")
+        print(f"{out}: same settings as recorded ({', '.join(f'--{k} {v}' for k, v in settings.items())}): "
+              "reusing the finished steps")  # fmt: skip
+    elif present:
+        raise UsageError(f"--out {out} is not empty ({shown}) and holds no demo run; choose a new or empty folder")
+    with atomic_path(out / SETTINGS_FILE) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+
+
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny model needs no download; never try one
-    ap = argparse.ArgumentParser(prog="weakclip demo", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="weakclip demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo_out", help="working folder (default: demo_out)")
     ap.add_argument("--images", type=int, default=200, help="synthetic training images")
     ap.add_argument("--iters", type=int, default=600, help="training iterations (tiny model, batch 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="seconds-long smoke run (24 images, 6 iterations)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="run every step again in an --out that holds a demo run (deletes the demo's outputs there)")  # fmt: skip
     ap.add_argument("--route", choices=("seeds", "labels-only", "both"), default="seeds",
                     help="seeds: the given CAM-like seeds → training → ONNX Runtime masks (default); labels-only: "
                     "image labels only → CLIP-ES seeds (weakclip.seeds) → training → masks; both")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.iters = 24, 6
+    if args.images < 1 or args.iters < 1:
+        raise UsageError(f"--images and --iters must be >= 1, got --images {args.images} --iters {args.iters}")
     out = Path(args.out)
+    with removed_if_left_empty(out):  # a refused run leaves no empty --out behind
+        prepare_out(out, demo_settings(args), args.overwrite)
     data, run, onnx_dir, masks = out / "data", out / "run", out / "onnx", out / "masks"
     t_start = time.perf_counter()
 
@@ -50,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     step("1/5 synthetic VOC-layout dataset")
     if not (data / "class_names.txt").is_file():
-        summary = make_synthetic_dataset(data, images=args.images, seed=args.seed, val_images=max(4, args.images // 5))
+        summary = make_synthetic_dataset(data, images=args.images, seed=args.seed, val_images=max(4, args.images // 5),
+                                         show_progress=True)  # fmt: skip
         print(json.dumps({k: v for k, v in summary.items() if k in ("train_images", "val_images", "seed_miou")}))
     else:
         print(f"reusing {data}")

@@ -14,15 +14,17 @@ Layout written under ``out``::
     synthetic_meta.json    (the generator's arguments and the seeds' mIoU)
 
 Usage: ``python -m weakclip.data.synthetic --out DIR --images N --seed S [--classes C] [--size H W]
-[--max-size H W] [--val N]``.
+[--max-size H W] [--val N] [--overwrite]``.  A non-empty ``--out`` is refused unless ``--overwrite``, which deletes
+the files of the layout above (``<split>_NNNNNN`` images and masks, the lists, labels, class names and meta file) and
+writes the set again; other files there are left alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -33,8 +35,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..classes import VOC_CLASSES
-from ..errors import UsageError, cli
-from ..io import atomic_path, save_mask_png
+from ..errors import ArgumentParser, UsageError, cli
+from ..io import atomic_path, removed_if_left_empty, save_mask_png
+from ..progress import progress
 
 IGNORE = 255
 TEXTURES = ("stripes", "checker", "dots", "rings", "waves", "blotches")
@@ -306,6 +309,55 @@ def _iou(conf: np.ndarray, num_classes: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # dataset writer
 # ----------------------------------------------------------------------------------------------------------------
+# What make_synthetic_dataset writes under ``out``: the per-image files (SAMPLE_NAME) in SAMPLE_DIRS and the files
+# LAYOUT_FILES.  ``--overwrite`` deletes these (and temporaries of a killed write), nothing else.
+SAMPLE_DIRS = ("JPEGImages", "SegmentationClass", "SeedMasks")
+SAMPLE_NAME = re.compile(r"(train|val)_\d{6}\.(jpg|png)")
+LAYOUT_FILES = ("ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt", "cls_labels.json",
+                "class_names.txt", "synthetic_meta.json")  # fmt: skip
+
+
+def dataset_files(out: str | os.PathLike) -> list[Path]:
+    """The files of a synthetic dataset present under ``out`` (and temporaries of a killed write), sorted."""
+    out = Path(out)
+    found = [out / f for f in LAYOUT_FILES if (out / f).is_file()]
+    for folder in (out, out / "ImageSets" / "Segmentation", *(out / d for d in SAMPLE_DIRS)):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                temp = p.name.startswith(".") and ".tmp" in p.name
+                if p.is_file() and (temp or (folder.name in SAMPLE_DIRS and SAMPLE_NAME.fullmatch(p.name))):
+                    found.append(p)
+    return sorted(set(found))
+
+
+def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder unless ``overwrite`` (UsageError naming ``--out``)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; expected a folder")
+    if overwrite or not out.is_dir():
+        return
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return
+    shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+    what = "already holds a synthetic dataset" if dataset_files(out) else "is not empty"
+    raise UsageError(f"--out {out}: {what} ({shown}); choose a new or empty folder, or pass --overwrite to write the "
+                     "set again (deletes only the files this program writes there)")  # fmt: skip
+
+
+def clear_dataset(out: str | os.PathLike) -> list[Path]:
+    """Delete :func:`dataset_files` and the layout folders they leave empty; return the deleted files."""
+    out = Path(out)
+    files = dataset_files(out)
+    for p in files:
+        p.unlink()
+    for folder in (*(out / d for d in SAMPLE_DIRS), out / "ImageSets" / "Segmentation", out / "ImageSets"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    return files
+
+
 def _write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -320,12 +372,14 @@ def make_synthetic_dataset(
     val_images: int | None = None,
     max_size: tuple[int, int] | None = None,
     jpeg_quality: int = 92,
+    show_progress: bool = False,
 ) -> dict:
     """Write a synthetic VOC-layout dataset under ``out`` and return a summary (incl. the seeds' mIoU).
 
     ``images`` training images and ``val_images`` (default max(1, images // 4)) validation images, each (H, W) with
     H, W drawn uniformly from ``size`` .. ``max_size`` (fixed ``size`` when ``max_size`` is None).  K = num_fg + 1
-    classes named by the first ``num_fg`` VOC classes.
+    classes named by the first ``num_fg`` VOC classes.  Files already under ``out`` are replaced or left as they are
+    (see :func:`check_out_dir` / :func:`clear_dataset`).  ``show_progress``: :func:`weakclip.progress.progress`.
     """
     if not 1 <= num_fg <= len(VOC_CLASSES) - 1:
         raise ValueError(f"num_fg must be in 1..{len(VOC_CLASSES) - 1} (named by VOC classes), got {num_fg}")
@@ -344,6 +398,7 @@ def make_synthetic_dataset(
     labels: dict[str, list[int]] = {}
     conf = {"train": 0, "val": 0}
     split_names: dict[str, list[str]] = {}
+    bar = progress(total=images + val_images, desc="synthetic", unit="img", disable=not show_progress)
     for split_id, (split, n) in enumerate((("train", images), ("val", val_images))):
         names = []
         for i in range(n):
@@ -358,8 +413,10 @@ def make_synthetic_dataset(
             labels[name] = [int(v) for v in np.unique(gt) if v not in (0, IGNORE)]
             conf[split] = conf[split] + _confusion(gt, seed_mask, K)
             names.append(name)
+            bar.update(1)
         split_names[split] = names
         _write_text(out / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{n}\n" for n in names))
+    bar.close()
     _write_text(out / "cls_labels.json", json.dumps(labels, indent=0, sort_keys=True) + "\n")
     _write_text(out / "class_names.txt", "".join(f"{c}\n" for c in class_names))
     iou_train = _iou(np.asarray(conf["train"]), K)
@@ -385,7 +442,7 @@ def make_synthetic_dataset(
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m weakclip.data.synthetic")
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m weakclip.data.synthetic")
     p.add_argument("--out", required=True, help="output folder (VOC layout)")
     p.add_argument("--images", type=int, default=200, help="number of training images")
     p.add_argument("--val", type=int, default=None, help="number of validation images (default images // 4)")
@@ -395,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--max-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="if set, sizes vary in size..max-size"
     )
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out: deletes the files of a synthetic set there first, nothing else")  # fmt: skip
     args = p.parse_args(argv)
     max_fg = len(VOC_CLASSES) - 1
     if not 1 <= args.classes <= max_fg:
@@ -407,12 +466,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--size {lo[0]} {lo[1]} / --max-size {hi[0]} {hi[1]}: sides must be >= 16 and --max-size "
                          ">= --size")  # fmt: skip
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: --out is a file; expected a folder")
-    s = make_synthetic_dataset(
-        args.out, args.images, args.seed, num_fg=args.classes, size=tuple(args.size), val_images=args.val,
-        max_size=tuple(args.max_size) if args.max_size else None,
-    )  # fmt: skip
+    check_out_dir(out, args.overwrite)
+    with removed_if_left_empty(out):  # a run that fails before writing leaves no empty --out
+        if args.overwrite and out.is_dir():
+            removed = clear_dataset(out)
+            if removed:
+                print(f"--overwrite: deleted the {len(removed)} file(s) of the synthetic set in {out}")
+        s = make_synthetic_dataset(
+            out, args.images, args.seed, num_fg=args.classes, size=tuple(args.size), val_images=args.val,
+            max_size=tuple(args.max_size) if args.max_size else None, show_progress=True,
+        )  # fmt: skip
     print(
         f"wrote {s['train_images']} train + {s['val_images']} val images ({s['num_classes']} classes) to {s['out']} "
         f"in {s['seconds']:.1f} s"
