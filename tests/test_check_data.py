@@ -63,3 +63,46 @@ def test_missing_root_is_a_usage_error(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no such dataset folder" in err and "\n" not in err
+
+
+def test_official_layouts_and_the_path_rule(tmp_path, monkeypatch, capsys):
+    """Official VOC / COCO layouts are found through the shipped configs; command-line paths are relative to the
+    current directory (a root-relative --labels is a usage error naming the option), config paths to the root."""
+    from test_readme_route import make_coco, make_voc
+
+    make_voc(tmp_path / "data" / "VOCdevkit" / "VOC2012")
+    make_coco(tmp_path / "data" / "COCO14")
+    monkeypatch.chdir(tmp_path)
+    voc = "data/VOCdevkit/VOC2012"
+    assert main([voc, "--labels", "cls_labels.npy"]) == 2  # the old, root-relative spelling
+    err = capsys.readouterr().err
+    assert "--labels cls_labels.npy: file not found" in err and "current directory" in err
+    assert main([voc, "--labels", f"{voc}/cls_labels.npy"]) == 0
+    out = capsys.readouterr().out
+    assert "layout from config voc_vit_b16" in out and "SegmentationClassAugPseudoMaskMCT" in out
+    assert "list train.txt: 2 names" in out and "list trainaug.txt: 3 names" in out and "list val.txt: 1 names" in out
+    assert "labels: 5 images in" in out and "21 classes from model.preset vit_b16_voc" in out
+    # COCO: detected without --config; the 80-dim MCTformer vectors read for the 91 slots with --classes coco91
+    assert main(["data/COCO14", "--labels", "data/COCO14/cls_labels.npy"]) == 0
+    out = capsys.readouterr().out
+    assert "layout from config coco_vit_b16" in out and "81 classes from model.preset vit_b16_coco" in out
+    assert "list val_5000.txt: 1 names" in out and "voc_format/cocoPGTMCT" in out
+    assert main(["data/COCO14", "--config", "coco_vit_b16", "--classes", "coco91", "--labels",
+                 "data/COCO14/cls_labels.npy"]) == 0  # fmt: skip
+    assert "labels: 3 images in data/COCO14/cls_labels.npy" in capsys.readouterr().out
+    # a command-line folder that is only valid under the root is refused
+    assert main(["data/COCO14", "--seed-dir", "voc_format/cocoPGTMCT"]) == 2
+    assert "--seed-dir voc_format/cocoPGTMCT: no such folder" in capsys.readouterr().err
+    # a wrong layout is reported against the config key it came from
+    (tmp_path / voc / "ImageSets/Segmentation/trainaug.txt").unlink()
+    assert main([voc, "--config", "voc_vit_b16"]) == 1
+    assert "problem: list 'trainaug.txt' not found under data/VOCdevkit/VOC2012 (data.train_lists)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_help_states_the_path_rule(capsys):
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "every path given on this command line" in text and "relative to the current directory" in text
+    assert "relative to ROOT" in text
