@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # PyTorch's CPU-only wheels: used by the set-up on machines without an NVIDIA GPU (no CUDA libraries, no triton).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo test test-all lint format cuda gpu-check bench-cpu bench-train bench-ablation clean
+.PHONY: setup demo test test-all lint format cuda gpu-check gpu-wheels gpu-results bench-cpu bench-train bench-ablation clean
 
 setup: $(STAMP)
 
@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml requirements/cpu.txt requirements/torch-cpu.txt
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/weakclip demo $(ARGS)
 
-test: $(STAMP)
+# gpu-wheels first: tests/test_gpu_image_dryrun.py installs them the way benchmarks/gpu_check.sh does.
+test: $(STAMP) gpu-wheels
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
 test-all: $(STAMP)
@@ -48,8 +49,31 @@ format: $(STAMP)
 cuda:
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2
 
-gpu-check:  # no set-up: a GPU machine brings its own torch
+gpu-check:  # no set-up: a GPU machine brings its own torch (and gpu_check.sh installs .whl/ when it is there)
 	bash benchmarks/gpu_check.sh --out $(or $(OUT),runs/gpu_check)
+
+# The wheels the lent GPU image lacks (benchmarks/gpu_wheels.txt, pinned; cp312 manylinux, no dependencies) into
+# .whl/ (ignored), for `carry: [".whl"]`: gpu_check.sh installs them with pip --no-index --no-deps --target.
+# Fails when they pass GPU_WHEELS_MAX_MIB (the device tool carries 64 MiB of untracked files in all).
+GPU_WHEELS_MAX_MIB ?= 48
+gpu-wheels: .whl/.complete
+
+.whl/.complete: benchmarks/gpu_wheels.txt
+	rm -rf .whl.partial && mkdir -p .whl.partial
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	    -d .whl.partial -r benchmarks/gpu_wheels.txt
+	@want=$$(grep -cE '^[A-Za-z0-9]' benchmarks/gpu_wheels.txt); got=$$(ls .whl.partial/*.whl | wc -l); \
+	bytes=$$(cat .whl.partial/*.whl | wc -c); \
+	if [ "$$got" -ne "$$want" ]; then echo "gpu-wheels: $$got wheels for $$want pins"; exit 1; fi; \
+	if [ "$$bytes" -gt $$(( $(GPU_WHEELS_MAX_MIB) * 1048576 )) ]; then \
+	    echo "gpu-wheels: $$bytes bytes > $(GPU_WHEELS_MAX_MIB) MiB"; exit 1; fi; \
+	echo "gpu-wheels: $$got wheels, $$(( bytes / 1024 )) KiB: $$(cd .whl.partial && echo *.whl)"
+	rm -rf .whl && mv .whl.partial .whl && touch .whl/.complete
+
+# $(OUT) from the device tool (gpu_check.json, logs, results) -> benchmarks/results/gpu_* and the README's GPU rows.
+gpu-results: $(STAMP)
+	$(BIN)/python -m weakclip.benchmarks.gpu_results $(OUT)
 
 # The benchmarks write the repository's committed results (benchmarks/results/); run from elsewhere they default
 # to ./weakclip_bench/.

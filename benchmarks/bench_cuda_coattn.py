@@ -4,7 +4,9 @@ Default problem: the VOC deployment shape — E = 512, W = 256, 4 heads, 3 chain
 token grid (N = 1 + h·w = 1025, a 512 crop) — for B in {1, 8}, fp32 and fp16.  Also times the attention kernel alone
 against ``torch.nn.functional.scaled_dot_product_attention`` on the image self-attention shape (B, N, 4, 64).
 
-Warm-up, CUDA-event timing, medians; prints the device; writes JSON + a markdown table to ``--out`` (required).
+Warm-up, CUDA-event timing, medians; prints the device; writes JSON + a markdown table to ``--out`` (required), after
+every row.  ``--time-budget S``: a row that would start after S seconds is cut; the JSON then names the cut rows
+(``"cut"``) and the exit status is 6.
 Run on a GPU machine (``benchmarks/gpu_check.sh --out DIR`` does build + tests + this)::
 
     python -m weakclip.benchmarks.bench_cuda_coattn --out DIR [--batch 1 8] [--dtype fp32 fp16] [--iters 50]
@@ -59,12 +61,15 @@ def peak_memory_mb(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def bench_coattention(ops, args) -> list[dict]:
+class OutOfTime(Exception):
+    """The --time-budget is spent: the rows measured so far are kept."""
+
+
+def bench_coattention(ops, args, emit: Callable[[dict], None], check_time: Callable[[str], None]) -> None:
     from weakclip.coattention import CoAttentionMatching
 
     torch.manual_seed(0)
     base = CoAttentionMatching(args.embed_dim, args.width, args.heads, args.layers).eval()
-    rows = []
     for dname in args.dtype:
         dtype = DTYPES[dname]
         module = CoAttentionMatching(args.embed_dim, args.width, args.heads, args.layers).eval()
@@ -72,6 +77,7 @@ def bench_coattention(ops, args) -> list[dict]:
         module = module.to(device="cuda", dtype=dtype)
         prepared = ops.prepare_weights(module, dtype, "cuda")
         for B in args.batch:
+            check_time(f"coattention {dname} B={B}")
             gen = torch.Generator(device="cuda").manual_seed(B)
             E, h, w = args.embed_dim, args.grid, args.grid
             g = torch.randn(B, E, device="cuda", generator=gen).to(dtype)
@@ -105,23 +111,22 @@ def bench_coattention(ops, args) -> list[dict]:
                 "fused_peak_mb": peak_memory_mb(fused_fn),
                 "max_abs_diff_S": max_diff,
             }
-            rows.append(row)
+            emit(row)
             print(
                 f"coattention {dname} B={B}: torch {row['torch_ms']:.3f} ms, fused {row['fused_ms']:.3f} ms "
                 f"(x{row['speedup']:.2f}), peak MiB {row['torch_peak_mb']:.1f} / {row['fused_peak_mb']:.1f}, "
                 f"max |dS| {max_diff:.2e}",
                 flush=True,
             )
-    return rows
 
 
-def bench_attention(ops, args) -> list[dict]:
-    rows = []
+def bench_attention(ops, args, emit: Callable[[dict], None], check_time: Callable[[str], None]) -> None:
     hd = args.width // args.heads
     N = 1 + args.grid * args.grid
     for dname in args.dtype:
         dtype = DTYPES[dname]
         for B in args.batch:
+            check_time(f"attention {dname} B={B}")
             gen = torch.Generator(device="cuda").manual_seed(10 + B)
             q, k, v = (torch.randn(B, N, args.heads, hd, device="cuda", generator=gen).to(dtype) for _ in range(3))
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, N, Dh) views, as the module passes them
@@ -135,7 +140,7 @@ def bench_attention(ops, args) -> list[dict]:
             diff = (sdpa().transpose(1, 2).float() - fused().float()).abs().max().item()
             t_ref = time_cuda(sdpa, args.warmup, args.iters)
             t_fused = time_cuda(fused, args.warmup, args.iters)
-            rows.append(
+            emit(
                 {
                     "op": "self-attention (B, N, H, Dh)",
                     "dtype": dname,
@@ -152,7 +157,6 @@ def bench_attention(ops, args) -> list[dict]:
                 f"max |d| {diff:.2e}",
                 flush=True,
             )
-    return rows
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
@@ -190,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--lib", default=None, help="path to libweakclip_coattn.so (default: $WEAKCLIP_CUDA_LIB or build/)")
     p.add_argument("--out", required=True, help="folder for cuda_coattn_<gpu>.json / .md (created)")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds; rows that would start later are cut")
     args = p.parse_args(argv)
+    t_start = time.perf_counter()
+
+    def check_time(what: str) -> None:
+        if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
+            raise OutOfTime(what)
 
     if not torch.cuda.is_available():
         print("bench_cuda_coattn: no CUDA GPU visible to torch; nothing to benchmark", file=sys.stderr)
@@ -215,12 +225,33 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {k: v for k, v in vars(args).items() if k not in ("lib", "out")},
     }
-    rows = bench_coattention(ops, args) + bench_attention(ops, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", device).strip("_").lower()
-    (out / f"cuda_coattn_{slug}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    (out / f"cuda_coattn_{slug}.md").write_text(markdown(meta, rows))
+    rows: list[dict] = []
+    cut: list[str] = []
+
+    def save() -> None:
+        from weakclip.io import atomic_path
+
+        for suffix, text in ((".json", json.dumps({"meta": meta, "results": rows, "cut": cut}, indent=2) + "\n"),
+                             (".md", markdown(meta, rows) + (f"\nCut by --time-budget: {cut[0]} and later.\n"
+                                                            if cut else ""))):  # fmt: skip
+            with atomic_path(out / f"cuda_coattn_{slug}{suffix}") as tmp:
+                tmp.write_text(text)
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        save()
+
+    try:
+        bench_coattention(ops, args, emit, check_time)
+        bench_attention(ops, args, emit, check_time)
+    except OutOfTime as e:
+        cut.append(str(e))
+        save()
+        print(f"bench_cuda_coattn: --time-budget {args.time_budget:g} s spent; cut at {e}", file=sys.stderr)
+        return 6
     print(f"wrote {out / f'cuda_coattn_{slug}.json'} and .md")
     return 0
 

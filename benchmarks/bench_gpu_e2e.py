@@ -10,10 +10,13 @@ Rows (the official-style row is the anchor every speed-up is relative to):
 4. ``fused-fp16``      (3) with the fused CUDA co-attention kernels (``engines/cuda_ops.py``, fp16) in place of the
                        PyTorch co-attention;  ``fused-bf16``: bf16 autocast, co-attention fused in fp16 (the kernels
                        have no bf16 path)
-5. ``compile-fp16``    ``torch.compile`` of (3) (compile time reported, not counted)
-6. ``ort-cuda-fp32``   ONNX Runtime, CUDA execution provider, the exported fp32 graph;  ``trt-fp16``: TensorRT fp16.
-                       These take CPU windows and return CPU logits (host↔device copies included).  When the
-                       package is missing the row says "not installed" (never a number it did not measure).
+5. ``graph-fp16``      (3) captured once in a CUDA graph and replayed (static input / output buffers; autocast's
+                       weight cache off, as capture needs); a model that cannot be captured says why instead
+6. ``compile-fp16``    ``torch.compile`` of (3) (compile time reported, not counted)
+7. ``ort-cuda-fp32``   ONNX Runtime, CUDA execution provider, the exported fp32 graph;  ``trt-fp16``: TensorRT fp16.
+                       These take CPU windows and return CPU logits (host↔device copies included).  Where the
+                       package or the provider is missing the row says "not available on this machine" (never a
+                       number it did not measure).
 
 Per row: windows/s (median of ``--repeats`` timed repeats of ``--iters`` calls each, after ``--warmup`` calls;
 CUDA-synchronised), speed-up vs the anchor, images/s at the official 12-view protocol on a 500×375 image (52
@@ -23,7 +26,12 @@ train_aug (10,582 images), GFLOP/s at 325.5 GFLOP per 512² window (T precompute
 ``torch.utils.flop_counter`` and recorded) and the fraction of the GPU's dense fp16 tensor-core peak (table below; an
 unknown GPU says so), peak GPU memory (``torch.cuda.max_memory_allocated`` during the row, plus the process's NVML
 figure after the row when pynvml or nvidia-smi can give it, else "unavailable"), and argmax agreement + max
-|Δlogit| vs the fp32 reference (our engine, true fp32: TF32 off for matmuls and cuDNN).
+|Δlogit| vs the fp32 reference (our engine, true fp32: TF32 off for matmuls and cuDNN).  Peak GPU memory per row:
+``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` (the caching allocator's pool) during the row.
+
+``--time-budget``: every row first checks the time left against what it needs (``ROW_NEEDS_S``); a row that no
+longer fits is *cut* (status ``cut``, with the reason), the rows before it are kept (the JSON is written after every
+row).
 
 Goals printed at the end: fp16 batched ≥ 10× the official-style row (windows/s); best engine ≥ 35 % of dense fp16
 peak; VOC train_aug at 12 views ≤ 10 min of model time on one H100.
@@ -43,6 +51,7 @@ import argparse
 import contextlib
 import copy
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -82,6 +91,7 @@ ROWS = (
     "engine-bf16",
     "fused-fp16",
     "fused-bf16",
+    "graph-fp16",
     "compile-fp16",
     "ort-cuda-fp32",
     "trt-fp16",
@@ -93,16 +103,25 @@ DESCRIPTIONS = {
     "engine-bf16": "torch engine bf16 autocast, batched",
     "fused-fp16": "fp16 autocast + fused CUDA co-attention (fp16)",
     "fused-bf16": "bf16 autocast + fused CUDA co-attention (fp16; no bf16 kernel)",
+    "graph-fp16": "CUDA graph replay of the fp16 autocast forward, batched",
     "compile-fp16": "torch.compile, fp16 autocast, batched",
     "ort-cuda-fp32": "ONNX Runtime CUDA EP, fp32 graph (CPU in/out)",
     "trt-fp16": "TensorRT fp16 (CPU in/out)",
 }
-# Rough wall-time needs (s) of the expensive rows on an H100, for the --time-budget check.
-ROW_NEEDS_S = {"compile-fp16": 150.0, "export": 120.0, "ort-cuda-fp32": 45.0, "trt-fp16": 200.0}
+# Rough wall-time needs (s) of each row on an H100 / H200 (ViT-B/16, batch 16), for the --time-budget check; rows
+# not named need ROW_NEEDS_DEFAULT_S.
+ROW_NEEDS_S = {"official-fp32": 20.0, "engine-fp32": 15.0, "graph-fp16": 20.0, "compile-fp16": 120.0,
+               "export": 120.0, "ort-cuda-fp32": 45.0, "trt-fp16": 200.0}  # fmt: skip
+ROW_NEEDS_DEFAULT_S = 10.0
+NOT_AVAILABLE = "not available on this machine"
 
 
 class RowSkipped(Exception):
     """The row cannot run here; the message is the reason shown in its place."""
+
+
+class RowCut(RowSkipped):
+    """The row no longer fits the time budget (status ``cut``)."""
 
 
 def log(msg: str) -> None:
@@ -309,12 +328,16 @@ class Ctx:
 
     def need(self, seconds: float, what: str) -> None:
         if self.left() < seconds:
-            raise RowSkipped(f"time budget: {max(self.left(), 0):.0f} s left of --time-budget "
+            raise RowCut(f"time budget: {max(self.left(), 0):.0f} s left of --time-budget "
                              f"{self.args.time_budget:g} s, {what} needs about {seconds:.0f} s")  # fmt: skip
 
     def gpu(self, what: str) -> None:
         if self.device.type != "cuda":
             raise RowSkipped(f"needs a CUDA GPU ({what}); CPU smoke mode")
+
+    def need_row(self, row: dict) -> None:
+        """Cut the row when what it needs (ROW_NEEDS_S) is no longer left."""
+        self.need(ROW_NEEDS_S.get(row["key"], ROW_NEEDS_DEFAULT_S), f"the {row['key']} row")
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -335,6 +358,7 @@ def _measure(ctx: Ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
 
 
 def row_official(ctx: Ctx, row: dict) -> None:
+    ctx.need_row(row)
     model, n = ctx.model, ctx.args.official_windows
 
     def one(x1: torch.Tensor) -> torch.Tensor:
@@ -352,6 +376,7 @@ def row_engine(ctx: Ctx, row: dict, precision: str) -> None:
 
     if precision != "fp32":
         ctx.gpu(f"{precision} autocast")
+    ctx.need_row(row)
     eng = TorchEngine(ctx.model, device=ctx.device, precision=precision)
     _measure(ctx, eng, ctx.x, ctx.x.shape[0], row)
 
@@ -369,6 +394,7 @@ def _autocast_runner(ctx: Ctx, model: Any, dtype: torch.dtype, no_grad: bool = F
 
 def row_bf16(ctx: Ctx, row: dict) -> None:
     ctx.gpu("bf16 autocast")
+    ctx.need_row(row)
     _measure(ctx, _autocast_runner(ctx, ctx.model, torch.bfloat16), ctx.x, ctx.x.shape[0], row)
 
 
@@ -391,8 +417,46 @@ def fused_coattention(ctx: Ctx):
 
 def row_fused(ctx: Ctx, row: dict, dtype: torch.dtype) -> None:
     ctx.gpu("the fused CUDA co-attention kernels")
+    ctx.need_row(row)
     with fused_coattention(ctx) as model:
         _measure(ctx, _autocast_runner(ctx, model, dtype), ctx.x, ctx.x.shape[0], row)
+
+
+def row_graph(ctx: Ctx, row: dict) -> None:
+    """The fp16 autocast forward captured once in a CUDA graph, then replayed (input copied into the static buffer
+    when it is another tensor).  Autocast's weight-cast cache is off: a capture must not keep casts made outside it."""
+    ctx.gpu("CUDA graph capture")
+    ctx.need_row(row)
+    model, T, device = ctx.model, ctx.T, ctx.device
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, cache_enabled=False):
+            return model(x, text_embeddings=T).logits.float()
+
+    static_x = ctx.x.clone()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires
+        for _ in range(2):
+            forward(static_x)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    t0 = time.perf_counter()
+    try:
+        with torch.cuda.graph(graph):
+            static_out = forward(static_x)
+    except Exception as e:  # noqa: BLE001 - a model that cannot be captured: say why instead of a number
+        raise RowSkipped(f"CUDA graph capture does not apply: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200]}") from None  # fmt: skip
+    row["capture_s"] = time.perf_counter() - t0
+
+    def replay(x: torch.Tensor) -> torch.Tensor:
+        if x.data_ptr() != static_x.data_ptr():
+            static_x.copy_(x)
+        graph.replay()
+        return static_out
+
+    _measure(ctx, replay, static_x, static_x.shape[0], row)
 
 
 def row_compile(ctx: Ctx, row: dict) -> None:
@@ -437,11 +501,11 @@ def row_ort(ctx: Ctx, row: dict) -> None:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise RowSkipped("not installed: onnxruntime (pip install onnxruntime-gpu)") from None
+        raise RowSkipped(f"{NOT_AVAILABLE}: onnxruntime not installed (pip install onnxruntime-gpu)") from None
     have = ort.get_available_providers()
     if "CUDAExecutionProvider" not in have:
-        raise RowSkipped(f"not installed: onnxruntime-gpu (onnxruntime {ort.__version__} has {have}, no "
-                         "CUDAExecutionProvider)")  # fmt: skip
+        raise RowSkipped(f"{NOT_AVAILABLE}: onnxruntime {ort.__version__} has no CUDAExecutionProvider ({have}; "
+                         "pip install onnxruntime-gpu)")  # fmt: skip
     ctx.gpu("the ONNX Runtime CUDA execution provider")
     path = _export(ctx)
     ctx.need(ROW_NEEDS_S["ort-cuda-fp32"], "the ONNX Runtime row")
@@ -462,8 +526,10 @@ def row_trt(ctx: Ctx, row: dict) -> None:
         trt = te.import_tensorrt("tensorrt")
     except EngineError as e:
         if importlib.util.find_spec("tensorrt") is None:
-            raise RowSkipped("not installed: tensorrt (pip install tensorrt, TensorRT >= 10)") from None
-        raise RowSkipped(f"TensorRT is installed but does not load: {e}") from None
+            raise RowSkipped(
+                f"{NOT_AVAILABLE}: tensorrt not installed (pip install tensorrt, TensorRT >= 10)"
+            ) from None
+        raise RowSkipped(f"{NOT_AVAILABLE}: TensorRT is installed but does not load: {e}") from None
     ctx.gpu("TensorRT")
     path = _export(ctx)  # TensorRT 10: FP16 builder flag on this graph; 11: its weakclip_fp16.onnx sibling
     ctx.need(ROW_NEEDS_S["trt-fp16"], "the TensorRT fp16 engine build")
@@ -485,6 +551,7 @@ RUNNERS: dict[str, Callable[[Ctx, dict], None]] = {
     "engine-bf16": row_bf16,
     "fused-fp16": lambda c, r: row_fused(c, r, torch.float16),
     "fused-bf16": lambda c, r: row_fused(c, r, torch.bfloat16),
+    "graph-fp16": row_graph,
     "compile-fp16": row_compile,
     "ort-cuda-fp32": row_ort,
     "trt-fp16": row_trt,
@@ -547,12 +614,13 @@ def markdown(report: dict) -> str:
         f"window); single scale: {proto['single_scale']}. fp32 rows: TF32 off. {report['timestamp']}.",
         "",
         "| row | what | status | windows/s | × official | img/s (12 views) | img/s (1 scale) | VOC train_aug 12 views "
-        "(min) | GFLOP/s | % fp16 peak | peak alloc MiB | process GPU MiB | argmax agree | max Δlogit |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(min) | GFLOP/s | % fp16 peak | peak alloc MiB | peak reserved MiB | process GPU MiB | argmax agree | "
+        "max Δlogit |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['key']} | {r['description']} | {r['status']}: {r['reason']} |" + " |" * 11)
+            lines.append(f"| {r['key']} | {r['description']} | {r['status']}: {r['reason']} |" + " |" * 12)
             continue
         frac = r.get("fraction_of_dense_fp16_peak")
         lines.append(
@@ -560,7 +628,7 @@ def markdown(report: dict) -> str:
             f"{r['images_per_s_12_views']:.3f} | {r['images_per_s_single_scale']:.2f} | "
             f"{r['voc_train_aug_minutes_12_views']:.1f} | {r['gflop_per_s']:.4g} | "
             f"{'–' if frac is None else f'{100 * frac:.1f}'} | {_fmt(r.get('peak_allocated_mib'), '.0f')} | "
-            f"{_fmt(r.get('process_gpu_mib'), '.0f')} | {_fmt(r.get('argmax_agreement'), '.4%')} | "
+            f"{_fmt(r.get('peak_reserved_mib'), '.0f')} | {_fmt(r.get('process_gpu_mib'), '.0f')} | {_fmt(r.get('argmax_agreement'), '.4%')} | "
             f"{_fmt(r.get('max_abs_logit_diff'), '.2e')} |"
         )
     lines += ["", "Goals:", ""]
@@ -585,6 +653,7 @@ def plot(report: dict, path: Path) -> str | None:
     names = [r["key"] for r in rows]
     wps = [r.get("windows_per_s", 0.0) if r["status"] == "ok" else 0.0 for r in rows]
     mem = [r.get("peak_allocated_mib") or r.get("peak_rss_mib_process") or 0.0 for r in rows]
+    reserved = [r.get("peak_reserved_mib") or 0.0 for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     bars = axes[0].bar(names, wps, color=["tab:gray" if r["status"] != "ok" else "tab:blue" for r in rows])
     for b, r in zip(bars, rows):
@@ -592,7 +661,11 @@ def plot(report: dict, path: Path) -> str | None:
             axes[0].text(b.get_x() + b.get_width() / 2, 0, r["status"], rotation=90, ha="center", va="bottom",
                          fontsize=7)  # fmt: skip
     axes[0].set_ylabel("windows / s (higher is better)")
-    axes[1].bar(names, mem, color="tab:orange")
+    if any(reserved):
+        axes[1].bar(names, reserved, color="tab:olive", label="max_memory_reserved")
+    axes[1].bar(names, mem, color="tab:orange", label="max_memory_allocated" if any(reserved) else None)
+    if any(reserved):
+        axes[1].legend(fontsize=7)
     axes[1].set_ylabel("peak GPU MiB (torch)" if report["device"]["device"] != "cpu" else "peak RSS MiB (process)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=35, labelsize=7)
@@ -612,7 +685,9 @@ def summary_line(report: dict, failed: int) -> str:
     verdict = {True: "MET", False: "NOT MET", None: "not evaluated"}
     goals = "; ".join(f"G{i + 1} {verdict[g['met']]}" for i, g in enumerate(report["goals"]))
     png = report["png"] or f"no PNG ({report['png_missing_reason']})"
-    return (f"summary: {len(ok)} ok, {sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed; best "
+    cut = [r["key"] for r in rows if r["status"] == "cut"]
+    return (f"summary: {len(ok)} ok, {sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed"
+            f"{'; cut by the time budget: ' + ' '.join(cut) if cut else ''}; best "
             f"{best_text}; goals {goals}; wrote gpu_e2e.json, gpu_e2e.md, {png}")  # fmt: skip
 
 
@@ -631,8 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--official-windows", type=int, default=None, help="windows per timed repeat of the "
                    "official-style row (default 4; 1 in smoke)")  # fmt: skip
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default all)")
-    p.add_argument("--time-budget", type=float, default=240.0, help="seconds for all rows; an expensive row "
-                   "(compile, ONNX export, TensorRT build) that no longer fits is skipped with that reason")  # fmt: skip
+    p.add_argument("--time-budget", type=float, default=240.0, help="seconds for all rows, counted from the start; "
+                   "a row that no longer fits (ROW_NEEDS_S) is cut (status cut, with the reason)")  # fmt: skip
     p.add_argument("--gflop-per-window", type=float, default=None, help="work per window for GFLOP/s (default "
                    f"{GFLOP_VIT_B16_512} for vit_b16_voc at 512, else the flop counter's)")  # fmt: skip
     p.add_argument("--cuda-lib", default=None, help="libweakclip_coattn.so (default $WEAKCLIP_CUDA_LIB or build/)")
@@ -664,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     import weakclip
+    from weakclip.io import atomic_path
 
     # True fp32 for the fp32 rows and the reference (PyTorch's cuDNN default would allow TF32 convolutions).
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -717,7 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path, png_path = out / "gpu_e2e.json", out / "gpu_e2e.md", out / "gpu_e2e.png"
 
     def save() -> None:
-        json_path.write_text(json.dumps(report, indent=1) + "\n")
+        with atomic_path(json_path) as tmp_json:
+            tmp_json.write_text(json.dumps(report, indent=1) + "\n")
 
     failed = 0
     with tempfile.TemporaryDirectory(prefix="weakclip_gpu_e2e_") as tmp:
@@ -731,6 +808,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     RUNNERS[key](ctx, row)
                     row["status"] = "ok"
+                except RowCut as e:
+                    row.update(status="cut", cut=True, reason=str(e))
                 except RowSkipped as e:
                     row.update(status="skipped", reason=str(e))
                 except Exception as e:  # noqa: BLE001 - one failing row is reported, the others still run
@@ -744,7 +823,9 @@ def main(argv: list[str] | None = None) -> int:
             if row["status"] == "ok":
                 row.update(derived(row["windows_per_s"], protocol, gflop, peak[1]))
             report["rows"].append(row)
-            msg = (f"{row['windows_per_s']:.2f} windows/s, agreement {_fmt(row.get('argmax_agreement'), '.4%')}"
+            mem = (f", peak {row['peak_allocated_mib']:.0f} MiB allocated / {row['peak_reserved_mib']:.0f} MiB reserved"
+                   if "peak_reserved_mib" in row else "")  # fmt: skip
+            msg = (f"{row['windows_per_s']:.2f} windows/s, agreement {_fmt(row.get('argmax_agreement'), '.4%')}{mem}"
                    if row["status"] == "ok" else row["reason"])  # fmt: skip
             log(f"{key:14s} {row['status']:8s} {msg}")
             save()
@@ -754,10 +835,16 @@ def main(argv: list[str] | None = None) -> int:
             r["speedup"] = r["windows_per_s"] / anchor["windows_per_s"]
     report["goals"] = evaluate_goals(report["rows"], info["name"], peak, smoke)
     report["wall_s"] = time.perf_counter() - t_start
-    report["png"] = None if (why := plot(report, png_path)) else png_path.name
+    if importlib.util.find_spec("matplotlib") is None:
+        why: str | None = "matplotlib not installed"
+    else:
+        with atomic_path(png_path) as tmp_png:
+            why = plot(report, tmp_png)
+    report["png"] = None if why else png_path.name
     report["png_missing_reason"] = why
     save()
-    md_path.write_text(markdown(report))
+    with atomic_path(md_path) as tmp_md:
+        tmp_md.write_text(markdown(report))
     print(md_path.read_text())
     log(summary_line(report, failed))
     return 1 if failed else 0

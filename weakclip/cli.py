@@ -46,6 +46,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "tier-masks": ("weakclip.benchmarks.bench_tier_masks", "mIoU change of each CPU tier on the trained demo model"),
     "gpu-e2e": ("weakclip.benchmarks.bench_gpu_e2e", "end-to-end GPU engines (torch, ORT CUDA, TensorRT)"),
     "cuda-coattn": ("weakclip.benchmarks.bench_cuda_coattn", "fused CUDA co-attention kernel vs PyTorch"),
+    "gpu-results": ("weakclip.benchmarks.gpu_results", "gpu_check.sh output -> results/gpu_*, README GPU rows"),
 }
 
 def _version() -> str:
