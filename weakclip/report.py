@@ -740,7 +740,7 @@ def _gallery_assets(
 
 def _settings_table(infos: Sequence[RunInfo]) -> str:
     keys: list[str] = []
-    for info in infos:
+    for info in sorted(infos, key=lambda i: -len(i.settings)):  # the fullest description sets the row order
         keys += [k for k in info.settings if k not in keys]
     head = "<tr><th>setting</th>" + "".join(f"<th>{_e(info.name)}</th>" for info in infos) + "</tr>"
     rows = [f"<tr><td>folder</td>{''.join(f'<td><code>{_e(info.path)}</code></td>' for info in infos)}</tr>"]
