@@ -196,10 +196,14 @@ def _prog_of(fn: Callable[..., Any]) -> str:
         return prog
     from .cli import COMMANDS, PROG  # the subcommand table (imported late: cli imports this module)
 
-    for name, (module, _) in COMMANDS.items():
-        if module == fn.__module__ or module.rsplit(".", 1)[-1] == fn.__module__.rsplit(".", 1)[-1]:
+    module = fn.__module__
+    if module == "__main__":  # python -m weakclip.x: the module's real name is on its spec
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else module
+    for name, (mod, _) in COMMANDS.items():
+        if mod == module or mod.rsplit(".", 1)[-1] == module.rsplit(".", 1)[-1]:
             return f"{PROG} {name}"
-    return f"python -m {fn.__module__}"
+    return f"python -m {module}"
 
 
 def _debug(argv: list[str]) -> bool:
