@@ -101,7 +101,7 @@ run_limited() {
 }
 # The kernel steps leave E2E_RESERVE seconds to the end-to-end benchmark.  fits STEP NEED [RESERVE]: true when NEED
 # seconds are left for STEP beyond RESERVE, else STEP is marked cut (named in the summary and gpu_check.json).
-E2E_RESERVE=$(( SKIP_E2E == 1 ? 0 : 150 ))
+E2E_RESERVE=$(( SKIP_E2E == 1 ? 0 : 180 ))
 fits() {
   local avail=$(( $(left) - ${3:-$E2E_RESERVE} ))
   if (( avail >= $2 )); then return 0; fi

@@ -247,7 +247,7 @@ def test_e2e_rows_cut_by_the_time_budget(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_gpu_check_time_limit_keeps_what_finished(tmp_path: Path) -> None:
-    """--time-limit 30: the build (which leaves 150 s to the e2e benchmark) is cut, named, and the run says PARTIAL."""
+    """--time-limit 30: the build (which leaves 180 s to the e2e benchmark) is cut, named, and the run says PARTIAL."""
     proc = subprocess.run([_bash(), str(GPU_CHECK), "--out", str(tmp_path / "o"), "--dry-run", "--time-limit", "30"],
                           capture_output=True, text=True, env=dict(os.environ, PY=sys.executable), timeout=300)  # fmt: skip
     assert proc.returncode == 6, proc.stdout[-3000:] + proc.stderr[-2000:]

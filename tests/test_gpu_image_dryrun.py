@@ -164,6 +164,9 @@ def image_venv() -> dict:
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)
     assert (venv / ".complete").is_file()
+    for old in CACHE.iterdir():  # environments of earlier lists / torch pairs
+        if old.name != key and not old.name.startswith(f"{key}.partial-"):
+            shutil.rmtree(old, ignore_errors=True)
     return info
 
 
