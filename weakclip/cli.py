@@ -49,6 +49,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "gpu-results": ("weakclip.benchmarks.gpu_results", "gpu_check.sh output -> results/gpu_*, README GPU rows"),
 }
 
+
 def _version() -> str:
     from . import __version__
 
