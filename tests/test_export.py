@@ -420,7 +420,8 @@ def test_int8_needs_the_end_to_end_graph(tmp_path: Path, capsys, tiny_ckpt: Path
                        "--int8", str(tmp_path)])  # fmt: skip
     assert rc == 2
     assert capsys.readouterr().err == (
-        "error: --int8 quantises the end_to_end graph (weakclip.onnx); include end_to_end in --graphs\n"
+        "error: --int8 quantises the end_to_end graph (weakclip.onnx); include end_to_end in --graphs "
+        "(see weakclip export --help)\n"
     )
 
 
@@ -477,8 +478,7 @@ def test_int8_variant_calibrated_on_images(tmp_path: Path) -> None:
     with get_engine("onnxruntime", out / "weakclip_int8.onnx") as eng:
         logits = eng(torch.randn(2, 3, 64, 96))
     assert logits.shape == (2, eng.num_classes, 16, 24) and torch.isfinite(logits).all()
-    with pytest.raises(SystemExit):
-        to_onnx.main(["--checkpoint", str(ckpt), "--out", str(out), "--int8"])  # missing IMAGES argument
+    assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(out), "--int8"]) == 2  # missing IMAGES argument
     (data / "JPEGImages" / "train_000000.jpg").write_bytes(b"broken")  # decoded before the fp32 export
     assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o3"), "--graphs", "end_to_end",
                          "--int8", str(data / "JPEGImages"), "--int8-count", "100"]) == 2  # fmt: skip

@@ -157,26 +157,27 @@ def test_tiny_pipeline_outside_the_checkout(installed: dict) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return _run([wk, *args], work, env)
 
-    run("synthetic", "--out", d, "--images", "4", "--val", "2", "--size", "64", "64")
+    # the whole route from the wheel (synthetic → train → export → masks → mIoU → report), then a rerun that reuses it
+    run("demo", "--quick", "--out", "demo")
+    assert (work / "demo" / "result.json").is_file() and (work / "demo" / "report" / "index.html").is_file()
+    assert "reusing" in run("demo", "--quick", "--out", "demo").stdout
+    # each tool's console entry on the demo's files
+    run("synthetic", "--out", "syn", "--images", "2", "--val", "1", "--size", "48", "48")
     run(
         "train",
         f"data.root={d}",
-        "work_dir=demo/run",
+        "work_dir=run2",
         "train.iters=2",
         "train.batch_size=2",
         "data.num_workers=0",
         "schedule.val_interval=2",
         "--no-progress",
     )  # fmt: skip  (the packaged default config)
-    run("export", "--checkpoint", "demo/run/final.safetensors", "--out", "demo/onnx", "--graphs", "end_to_end")
     gen = run("generate", "--model", "demo/onnx/weakclip.onnx", "--images", f"{d}/ImageSets/Segmentation/train.txt",
               "--image-root", f"{d}/JPEGImages", "--out", "masks", "--no-progress")  # fmt: skip
     assert "weakclip generate:" in gen.stdout
     run("evaluate", "--pred", "masks", "--gt", f"{d}/SegmentationClass", "--json", "eval.json")
     assert 0.0 <= json.loads((work / "eval.json").read_text())["miou"] <= 1.0
-    # the demo module from the wheel, reusing the data, the training run and the export above
-    demo = run("demo", "--quick", "--out", "demo")
-    assert "reusing" in demo.stdout and (work / "demo" / "result.json").is_file()
     assert _package_files(installed["pkg"]) == before  # nothing written into the installed package
 
 
