@@ -590,7 +590,9 @@ def run(args: argparse.Namespace, engine: Engine | None = None) -> int:
     fail_path = out / fail_name
     failures: list[tuple[str, str]] = []
     done = skipped = 0
-    with owned_output_folder(out, "weakclip generate", own_files=("generate_config.json", fail_name)) as lock:
+    with owned_output_folder(
+        out, "weakclip generate", own_files=("generate_config.json", fail_name), shard=(shard_i, shard_n)
+    ) as lock:
         finished = [it for it in items if outputs.finished(it.name)]
         _check_resume(out, settings, len(finished), args.overwrite)
         outputs.remove_stale_temporaries([it.name for it in items])

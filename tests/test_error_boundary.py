@@ -299,6 +299,29 @@ def test_a_second_run_into_a_held_folder_is_refused_with_the_pid(data, tmp_path,
     assert not (out / ".weakclip.lock").exists()
 
 
+def test_shards_share_a_folder_but_not_a_shard(data, tmp_path, capsys) -> None:
+    """Shard 0/2 is running: shard 1/2 may write beside it; a second 0/2 or an unsharded run is refused."""
+    out = tmp_path / "o"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from weakclip.io import FolderLock; "
+         f"FolderLock({str(out)!r}, 'weakclip generate', (0, 2)); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for extra in (["--shard", "0/2"], []):
+            rc, err = _cmd(capsys, *_gen(data, out, *extra))
+            assert rc == 1 and f"PID {holder.pid} (weakclip generate --shard 0/2)" in _line(err), err
+        rc, err = _cmd(capsys, *_gen(data, out, "--shard", "1/2"))
+        assert rc == 0, err
+        assert len(list(out.glob("*.png"))) == 1  # shard 1 of 3 images
+        assert sorted(p.name for p in out.glob(".weakclip*")) == [".weakclip-0-of-2.lock", ".weakclip.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_generate_stops_at_the_first_disk_full_write(data, tmp_path, capsys, monkeypatch) -> None:
     """OSError-injecting writer: the 2nd file fails with ENOSPC; the run stops there instead of computing the rest."""
     import weakclip.io as wio

@@ -221,62 +221,95 @@ def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
 LOCK_NAME = ".weakclip.lock"
 
 
-class FolderLock:
-    """An exclusive ``fcntl.flock`` on ``<folder>/.weakclip.lock``: held by one process at a time and released by
-    the OS when that process ends (a killed run leaves no stale lock).  The file records the holder's PID and tool."""
+def shard_lock_name(index: int, count: int) -> str:
+    return f".weakclip-{index}-of-{count}.lock"
 
-    def __init__(self, folder: str | os.PathLike, tool: str) -> None:
+
+class FolderLock:
+    """Ownership of an output folder through ``fcntl.flock``, released by the OS when the process ends (a killed
+    run leaves no stale lock).  An unsharded run holds ``<folder>/.weakclip.lock`` exclusively; the shards of one
+    sharded run (``--shard i/N``, torchrun) hold it shared, each with ``.weakclip-<i>-of-<N>.lock`` exclusively, so
+    shards share the folder while a second copy of any of them, or an unsharded run, is refused.  The files record
+    the holder's PID and tool, which the refusal names."""
+
+    def __init__(self, folder: str | os.PathLike, tool: str, shard: tuple[int, int] | None = None) -> None:
+        self.folder = Path(folder)
+        self._held: list[tuple[Path, int, int, bool]] = []  # (path, fd, inode, exclusive)
+        who = f"{os.getpid()} {tool}" + (f" --shard {shard[0]}/{shard[1]}" if shard and shard[1] > 1 else "")
+        try:
+            if shard is None or shard[1] == 1:
+                self._take(self.folder / LOCK_NAME, exclusive=True, who=who)
+            else:
+                self._take(self.folder / LOCK_NAME, exclusive=False, who=None)
+                self._take(self.folder / shard_lock_name(*shard), exclusive=True, who=who)
+        except BaseException:
+            self.release()
+            raise
+
+    def _holders(self) -> str:
+        found = []
+        for p in sorted(self.folder.glob(".weakclip*.lock")):
+            with contextlib.suppress(OSError):
+                text = p.read_text("utf-8", "replace").split()
+                if text:
+                    found.append(f"PID {text[0]} ({' '.join(text[1:])})")
+        return ", ".join(found) or "another process"
+
+    def _take(self, path: Path, exclusive: bool, who: str | None) -> None:
         import fcntl
 
-        self.path = Path(folder) / LOCK_NAME
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _file_mode())
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, _file_mode())
             except OSError as e:
-                raise output_error(self.path, e) from e
+                raise output_error(path, e) from e
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
                 os.close(fd)
-                who = f"PID {holder[0]} ({' '.join(holder[1:])})" if holder else "another process"
                 raise LockHeld(
-                    f"{Path(folder)}: another run owns this output folder: {who}; wait for it to finish, or use "
-                    "another output folder (several processes share one folder with --shard i/N)"
+                    f"{self.folder}: another run owns this output folder: {self._holders()}; wait for it to finish, "
+                    "or use another output folder (the shards of one run share a folder with --shard i/N)"
                 ) from None
-            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+            if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break  # locked the file that is (still) there, not one its last holder just removed
             os.close(fd)
-        self.fd = fd
-        self._ino = os.fstat(fd).st_ino
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {tool}\n".encode(), 0)
-        except OSError as e:
-            self.release()
-            raise output_error(self.path, e) from e
+        self._held.append((path, fd, os.fstat(fd).st_ino, exclusive))
+        if who is not None:
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{who}\n".encode(), 0)
+            except OSError as e:
+                raise output_error(path, e) from e
 
     def check(self) -> None:
-        """Raise if the lock file was removed or replaced (the folder deleted or taken over): stop writing."""
-        try:
-            same = os.stat(self.path).st_ino == self._ino
-        except OSError:
-            same = False
-        if not same:
-            raise RuntimeFailure(f"{self.path.parent}: output lock lost ({self.path} removed or replaced); stopped")
+        """Raise if a lock file was removed or replaced (the folder deleted or taken over): stop writing."""
+        for path, _, ino, _ in self._held:
+            try:
+                same = os.stat(path).st_ino == ino
+            except OSError:
+                same = False
+            if not same:
+                raise RuntimeFailure(f"{self.folder}: output lock lost ({path} removed or replaced); stopped")
 
     def release(self) -> None:
-        if self.fd < 0:
-            return
-        with contextlib.suppress(OSError):
-            if os.stat(self.path).st_ino == self._ino:
-                self.path.unlink()
-        os.close(self.fd)  # closing the descriptor releases the flock
-        self.fd = -1
+        """Give the folder back: lock files this run alone holds are removed, then the locks are released."""
+        import fcntl
+
+        for path, fd, ino, exclusive in reversed(self._held):
+            with contextlib.suppress(OSError):
+                if not exclusive:  # the last shard out removes the shared file
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.stat(path).st_ino == ino:
+                    path.unlink()
+            os.close(fd)  # closing the descriptor releases the flock
+        self._held.clear()
 
 
 @contextlib.contextmanager
-def owned_output_folder(folder: str | os.PathLike, tool: str, own_files: Sequence[str] = ()) -> Iterator[FolderLock]:
+def owned_output_folder(
+    folder: str | os.PathLike, tool: str, own_files: Sequence[str] = (), shard: tuple[int, int] | None = None
+) -> Iterator[FolderLock]:
     """Create ``folder`` if needed and own it for the block (:class:`FolderLock`).
 
     If the block fails, the files named in ``own_files`` (bookkeeping this run wrote, e.g. a settings record) are
@@ -290,11 +323,11 @@ def owned_output_folder(folder: str | os.PathLike, tool: str, own_files: Sequenc
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise output_error(folder, e) from e
-        lock = FolderLock(folder, tool)
+        lock = FolderLock(folder, tool, shard)
         try:
             yield lock
         except BaseException:
-            new = set(os.listdir(folder)) - (before or set()) - {LOCK_NAME}
+            new = {n for n in set(os.listdir(folder)) - (before or set()) if not n.startswith(".weakclip")}
             if new and new <= set(own_files):
                 for name in new:
                     with contextlib.suppress(OSError):

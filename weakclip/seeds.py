@@ -700,7 +700,9 @@ def run(args: argparse.Namespace, seeder: ClipSeeder | None = None) -> int:
     settings = json.loads(json.dumps(settings))  # tuples → lists: compares equal to what a resumed run reads back
     cfg_path = out / "seeds_config.json"
     fail_name = "failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt"
-    with owned_output_folder(out, "weakclip seeds", own_files=(cfg_path.name, fail_name)) as lock:
+    with owned_output_folder(
+        out, "weakclip seeds", own_files=(cfg_path.name, fail_name), shard=(shard_i, shard_n)
+    ) as lock:
         finished = [it for it in items if outputs.finished(it.name)]
         _check_resume(cfg_path, settings, len(finished), args.overwrite)
         outputs.remove_stale_temporaries([it.name for it in items])
