@@ -50,7 +50,7 @@ from weakclip.engines.base import (
 )
 from weakclip.errors import ArgumentParser, OutputError, RuntimeFailure, UsageError, cli
 from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, postprocess, predict_probs
-from weakclip.io import IMAGE_EXTS, FolderLock, atomic_path, read_image, save_mask_png, voc_palette
+from weakclip.io import IMAGE_EXTS, FolderLock, atomic_path, file_sha256, read_image, save_mask_png, voc_palette
 
 # Temporaries of weakclip.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
 _TMP_RE = re.compile(r"^\.(?P<orig>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Settings that decide what a mask is; a resume into a folder made with other values is refused.
 def _settings(args: argparse.Namespace, engine_name: str) -> dict[str, Any]:
     return {
-        "model_sha256": _file_sha256(args.model) if args.model else None,
+        "model_sha256": file_sha256(args.model) if args.model else None,
         "engine": engine_name,
         "precision": args.precision or "engine default",
         "scales": list(args.scales),
@@ -425,24 +425,11 @@ def _settings(args: argparse.Namespace, engine_name: str) -> dict[str, Any]:
         "base_size": args.base_size,
         "max_long": args.max_long,
         "crf": args.crf,
-        "labels_sha256": _file_sha256(args.labels) if args.labels else None,
+        "labels_sha256": file_sha256(args.labels) if args.labels else None,
         "palette": bool(args.palette),
         "save_probs": bool(args.save_probs),
         "probs_dtype": args.probs_dtype if args.save_probs else None,
     }
-
-
-def _file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, plus its ``<file>.data`` external-weights sibling when there is one (large ONNX)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in (Path(path), Path(str(path) + ".data")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
-    return h.hexdigest()
 
 
 def _check_resume(out: Path, settings: dict[str, Any], finished: int, overwrite: bool) -> None:

@@ -129,6 +129,20 @@ def ensure_writable(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def file_sha256(path: str | os.PathLike, *, with_data: bool = True) -> str:
+    """sha256 (hex) of a file, plus its ``<file>.data`` external-weights sibling when there is one (large ONNX
+    models) and ``with_data``: the one digest behind every settings record, cache key and metadata field."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in (Path(path), Path(f"{path}.data") if with_data else None):
+        if p is not None and p.is_file():
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:

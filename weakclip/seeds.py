@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -618,11 +617,9 @@ def _class_names(args: argparse.Namespace) -> tuple[str, ...]:
 def _weights_id(weights: str | None) -> str | None:
     if weights is None or weights == "openai":
         return weights
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return f"sha256:{h.hexdigest()}"
+    from .io import file_sha256
+
+    return f"sha256:{file_sha256(weights, with_data=False)}"
 
 
 def _check_resume(cfg_path: Path, settings: dict[str, Any], finished: int, overwrite: bool) -> None:
@@ -654,7 +651,7 @@ def run(args: argparse.Namespace, seeder: ClipSeeder | None = None) -> int:
         shard_items,
         unsupported_files,
     )
-    from weakclip.io import owned_output_folder
+    from weakclip.io import file_sha256, owned_output_folder
 
     t0 = time.perf_counter()
     if args.threads:
@@ -693,7 +690,7 @@ def run(args: argparse.Namespace, seeder: ClipSeeder | None = None) -> int:
         "class_names": list(class_names),
         "prompts": dataclasses.asdict(prompt_set),
         "options": options.to_dict(),
-        "labels_sha256": hashlib.sha256(Path(args.labels).read_bytes()).hexdigest(),
+        "labels_sha256": file_sha256(args.labels, with_data=False),
         "palette": bool(args.palette),
         "save_scores": bool(args.save_scores),
     }
