@@ -364,7 +364,8 @@ def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[st
         if args.onnx:
             fp32 = Path(args.onnx).resolve()
         else:
-            from weakclip.export.to_onnx import ExportOptions, export_model
+            from weakclip.export.core import ExportOptions
+            from weakclip.export.pipeline import export_model
 
             t = time.perf_counter()
             export_model(weakclip.load_checkpoint(ckpt).eval(), onnx_dir, ExportOptions(graphs=("end_to_end",),

@@ -482,7 +482,8 @@ def _tensorrt_strongly_typed() -> bool:
 def _export(ctx: Ctx) -> Path:
     """``weakclip.onnx`` of ctx.model in the temporary folder, exported once for the ORT and TensorRT rows (plus
     ``weakclip_fp16.onnx`` when TensorRT is strongly typed only)."""
-    from weakclip.export.to_onnx import ExportOptions, export_model
+    from weakclip.export.core import ExportOptions
+    from weakclip.export.pipeline import export_model
 
     if "fp32" not in ctx.exported:
         ctx.need(ROW_NEEDS_S["export"], "the ONNX export of the model")

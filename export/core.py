@@ -11,13 +11,12 @@ Every export variant imports from here and nothing imports back, so the export l
     pipeline.py   export_model: the whole export, calling the variants (imports all of the above)
     to_onnx.py    the weakclip-export command line (imports pipeline, core)
 
-Progress goes to the ``weakclip.export`` logger (the command line prints it as ``[weakclip-export] ...`` lines).
+Progress goes to the ``weakclip.export`` logger (the command line prints its INFO lines on stdout).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -510,7 +509,7 @@ def text_embeddings(model: WeakCLIP) -> torch.Tensor:
         return model.text_embeddings().detach().float().clone()
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     v = {"weakclip": weakclip.__version__, "torch": torch.__version__}
     for mod in ("onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxconverter_common"):
         try:
@@ -518,11 +517,3 @@ def _versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001 - optional packages
             pass
     return v
-
-
-def sha256(path: str | os.PathLike, limit: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:limit]

@@ -23,7 +23,6 @@ from weakclip.export.core import (
     ExportError,
     ExportInputError,
     ExportOptions,
-    _versions,
     check_graph,
     check_shapes,
     example_images,
@@ -35,12 +34,12 @@ from weakclip.export.core import (
     ort_session,
     save_model,
     set_metadata,
-    sha256,
     simplify,
     text_embeddings,
     timed,
+    versions,
 )
-from weakclip.io import write_text_atomic
+from weakclip.io import file_sha256, write_text_atomic
 from weakclip.model import WeakCLIP
 
 
@@ -93,7 +92,7 @@ def export_model(
     shapes = check_shapes(crop, patch)
     provenance = {}
     if source and Path(source).is_file():
-        provenance = {"source_checkpoint": Path(source).name, "source_checkpoint_sha256": sha256(source)}
+        provenance = {"source_checkpoint": Path(source).name, "source_checkpoint_sha256": file_sha256(source, with_data=False)}
     report: dict[str, Any] = {
         "source": source,
         **provenance,
@@ -103,7 +102,7 @@ def export_model(
         "example_shape": list(example.shape),
         "check_shapes": [list(s) for s in shapes],
         "config": cfg.to_dict(),
-        "versions": _versions(),
+        "versions": versions(),
         "graphs": {},
     }
     tol = dict(atol=opts.atol, rtol=opts.rtol, min_agreement=opts.min_agreement)

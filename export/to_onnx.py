@@ -1,9 +1,5 @@
 """weakclip-export: a WeakCLIP checkpoint → ONNX graphs with the text side precomputed (SPEC §6).
 
-    python export/to_onnx.py --checkpoint runs/voc/final.safetensors --out onnx/ \\
-        [--opset 18] [--exporter dynamo|torchscript] [--simplify] [--fp16] [--custom-op] [--int8 IMAGES]
-        [--skip-check]
-
 Writes to ``--out`` (graph split and names: :mod:`weakclip.export.wrappers`)::
 
     encoder.onnx      image → tap0..tap3, g, dense            (CLIP image tower only)
@@ -25,14 +21,13 @@ Metadata in every file: class_names (JSON), mean, std (JSON), crop_size, size_di
 version, opset, exporter, precision and the graph kind.  Exit status: 0 ok, 1 a check or the exporter failed,
 2 a usage error (wrong --checkpoint file, bad --int8 images, unknown --graphs), reported before any slow work.
 
-This file is only the command line (``python export/to_onnx.py`` or ``python -m weakclip.export.to_onnx``); the work
-is done by :mod:`weakclip.export.pipeline` and :mod:`weakclip.export.core`, whose public names are re-exported here.
+This module is only the command line; the library API is :mod:`weakclip.export.pipeline` (``export_model``) and
+:mod:`weakclip.export.core`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: `python export/to_onnx.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
-from weakclip.export.core import (  # noqa: F401  (re-exported: the library API used to live in this module)
+from weakclip.export.core import (
     ATOL,
     DEFAULT_EXPORTER,
     EXPORTERS,
@@ -54,28 +49,11 @@ from weakclip.export.core import (  # noqa: F401  (re-exported: the library API 
     ExportError,
     ExportInputError,
     ExportOptions,
-    GraphSpec,
-    check_graph,
-    check_shapes,
-    compare_outputs,
-    example_images,
-    export_graph,
-    file_mb,
-    graph_specs,
     log,
-    model_metadata,
-    name_io_dims,
-    ort_session,
-    read_metadata,
-    save_model,
-    set_metadata,
-    sha256,
-    simplify,
-    text_embeddings,
-    within,
 )
-from weakclip.export.pipeline import export_int8, export_model, validate_options  # noqa: F401
+from weakclip.export.pipeline import export_model, validate_options
 from weakclip.filekind import expect
+from weakclip.progress import setup_logging
 
 PROG = "weakclip-export"
 
@@ -97,38 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--int8-count", type=int, default=16, help="calibration windows for --int8 (default 16)")
     ap.add_argument("--skip-check", action="store_true", help="skip ONNX Runtime vs PyTorch (checker still runs)")
-    ap.add_argument("--graphs", default=",".join(FILES), help=f"comma list of graphs to write (default all: {','.join(FILES)})")  # fmt: skip
+    graphs = ",".join(FILES)
+    ap.add_argument("--graphs", default=graphs, help=f"comma list of graphs to write (default all: {graphs})")
     ap.add_argument("--atol", type=float, default=ATOL, help="fp32 check: max |Δ| ≤ atol + rtol·max|ref|")
     ap.add_argument("--rtol", type=float, default=RTOL)
     ap.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT, help="fp32 check: argmax agreement")
     return ap
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-class _Stdout(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is at emit time (not the one at creation)."""
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
-        pass
-
-
-def _show_progress() -> None:
-    """Print the export's progress lines (logger ``weakclip.export``) on stdout, once per process."""
-    lg = logging.getLogger("weakclip.export")
-    if not any(isinstance(h, _Stdout) for h in lg.handlers):
-        h = _Stdout()
-        h.setFormatter(logging.Formatter(f"[{PROG}] %(message)s"))
-        lg.addHandler(h)
-    lg.setLevel(logging.INFO)
-    lg.propagate = False
 
 
 @cli
@@ -157,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         validate_options(opts)
     except ExportInputError as e:
-        raise UsageError(_one_line(e)) from None
+        raise UsageError(str(e)) from None
     from weakclip.io import ensure_writable, removed_if_left_empty
 
     with removed_if_left_empty(args.out):  # a failed export leaves no empty --out behind
@@ -167,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             model = weakclip.load_checkpoint(ckpt)
         except Exception as e:  # noqa: BLE001 - a WeakCLIP file that does not load is one clear line, not a traceback
-            msg = _one_line(e)
+            msg = " ".join(str(e).split()) or type(e).__name__
             raise UsageError(msg if str(ckpt) in msg else f"{ckpt}: cannot load checkpoint: {msg}") from None
-        _show_progress()
+        setup_logging(logger="weakclip.export")  # the progress lines on stdout
         cfg = model.config
         import torch
 
@@ -180,11 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             export_model(model, args.out, opts, source=str(ckpt))
         except ExportInputError as e:  # e.g. a calibration image that cannot be decoded (read before the export)
-            raise UsageError(_one_line(e)) from None
+            raise UsageError(str(e)) from None
         except CheckFailed as e:
-            raise RuntimeFailure(f"check failed: {_one_line(e)}") from None
+            raise RuntimeFailure(f"check failed: {e}") from None
         except ExportError as e:
-            raise RuntimeFailure(_one_line(e)) from None
+            raise RuntimeFailure(str(e)) from None
     log(f"done in {time.perf_counter() - t0:.1f} s → {args.out}")
     return 0
 

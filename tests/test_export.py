@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 
 from conftest import tiny_model  # noqa: E402  (tests/ is on sys.path under pytest)
 
-from weakclip.export import custom_op, fp16, to_onnx  # noqa: E402
+from weakclip.export import core, custom_op, fp16, pipeline, to_onnx  # noqa: E402
 
 SEED = 0
 TINY = dict(crop_size=512)  # see module docstring
@@ -56,7 +56,7 @@ def model() -> weakclip.WeakCLIP:
 
 @pytest.fixture(scope="module")
 def session(exported: Path):
-    return to_onnx.ort_session(exported / "weakclip.onnx")
+    return core.ort_session(exported / "weakclip.onnx")
 
 
 def run(sess, **inputs: torch.Tensor) -> list[np.ndarray]:
@@ -89,13 +89,13 @@ def test_export_writes_every_graph_with_metadata(exported: Path, model: weakclip
         assert int(meta["crop_size"]) == 512
         assert json.loads(meta["config"]) == model.config.to_dict()
         assert meta["weakclip_version"] == weakclip.__version__
-        assert meta["opset"] == str(to_onnx.OPSET)
-        assert {o.domain: o.version for o in m.opset_import}[""] == to_onnx.OPSET
+        assert meta["opset"] == str(core.OPSET)
+        assert {o.domain: o.version for o in m.opset_import}[""] == core.OPSET
         assert meta["precision"] == ("fp16" if name in FP16 else "fp32")
-    kinds = {f: to_onnx.read_metadata(exported / f)["graph"] for f in STANDARD}
+    kinds = {f: core.read_metadata(exported / f)["graph"] for f in STANDARD}
     assert kinds == dict(zip(STANDARD, ("encoder", "coattention", "decoder", "end_to_end"), strict=True))
     report = json.loads((exported / "export.json").read_text())
-    assert report["ok"] and report["exporter"] == "dynamo" and report["opset"] == to_onnx.OPSET
+    assert report["ok"] and report["exporter"] == "dynamo" and report["opset"] == core.OPSET
 
 
 def test_no_text_tower_in_graphs(exported: Path, model: weakclip.WeakCLIP) -> None:
@@ -138,7 +138,7 @@ def test_end_to_end_matches_pytorch(session, model: weakclip.WeakCLIP, batch: in
 
 
 def test_chained_parts_equal_end_to_end(exported: Path, session) -> None:
-    enc, co, dec = (to_onnx.ort_session(exported / f) for f in STANDARD[:3])
+    enc, co, dec = (core.ort_session(exported / f) for f in STANDARD[:3])
     x = torch.randn(2, 3, 384, 320, generator=torch.Generator().manual_seed(7))
     taps_g_dense = dict(zip((o.name for o in enc.get_outputs()), run(enc, image=x), strict=True))
     (score,) = co.run(None, {"g": taps_g_dense["g"], "dense": taps_g_dense["dense"]})
@@ -149,19 +149,19 @@ def test_chained_parts_equal_end_to_end(exported: Path, session) -> None:
 
 
 def test_torchscript_exporter_is_rejected_by_the_self_check(model: weakclip.WeakCLIP, tmp_path: Path) -> None:
-    """Why dynamo is the default: the TorchScript graph only runs at its example size (see to_onnx.EXPORTERS)."""
-    opts = to_onnx.ExportOptions(exporter="torchscript", graphs=("end_to_end",))
-    with pytest.raises(to_onnx.CheckFailed):
-        to_onnx.export_model(model, tmp_path, opts)
+    """Why dynamo is the default: the TorchScript graph only runs at its example size (see core.EXPORTERS)."""
+    opts = core.ExportOptions(exporter="torchscript", graphs=("end_to_end",))
+    with pytest.raises(core.CheckFailed):
+        pipeline.export_model(model, tmp_path, opts)
     assert json.loads((tmp_path / "export.json").read_text())["ok"] is False
 
 
 def test_simplified_graph_keeps_parity_and_dynamic_axes(exported: Path, model: weakclip.WeakCLIP, tmp_path) -> None:
     pytest.importorskip("onnxslim")
-    slim = to_onnx.simplify(onnx.load(str(exported / "weakclip.onnx")))
-    path = to_onnx.save_model(slim, tmp_path / "weakclip.onnx")
-    assert to_onnx.read_metadata(path)["graph"] == "end_to_end"
-    sess = to_onnx.ort_session(path)
+    slim = core.simplify(onnx.load(str(exported / "weakclip.onnx")))
+    path = core.save_model(slim, tmp_path / "weakclip.onnx")
+    assert core.read_metadata(path)["graph"] == "end_to_end"
+    sess = core.ort_session(path)
     for shape in ((2, 3, 256, 384), (1, 3, 512, 512)):
         x = torch.randn(*shape)
         with torch.no_grad():
@@ -261,7 +261,7 @@ def test_custom_graph_swapped_back_equals_standard_graph(exported: Path, session
     assert [o.name for o in m.graph.output] == ["logits", "score_map"]
     assert not _plugin_nodes(m)
     assert custom_op.CUSTOM_DOMAIN not in {o.domain for o in m.opset_import}
-    sess = to_onnx.ort_session(decomposed)
+    sess = core.ort_session(decomposed)
     for shape in ((2, 3, 320, 448), (1, 3, 512, 512)):
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[2]))
         logits, score = run(sess, image=x)
@@ -293,7 +293,7 @@ def test_fp16_graph_runs_on_ort_cpu(exported: Path, session) -> None:
     # normalisation / softmax stay fp32: their inputs are Casts to float (or fp32 tensors)
     ops = {n.op_type for n in m.graph.node}
     assert "Cast" in ops and "LayerNormalization" in ops
-    sess = to_onnx.ort_session(
+    sess = core.ort_session(
         exported / "weakclip_fp16.onnx", disabled_optimizers=fp16.ORT_CPU_FP16_DISABLED_OPTIMIZERS
     )
     x = torch.randn(2, 3, 384, 512, generator=torch.Generator().manual_seed(3))
@@ -408,9 +408,9 @@ def test_int8_images_are_checked_before_the_fp32_export(tmp_path: Path, capsys, 
     assert err.startswith(expected) and err.count("\n") == 1, err
     assert not out.exists()  # nothing was exported
     # the library path refuses too, before writing anything
-    opts = to_onnx.ExportOptions(int8_calibration=str(src))
-    with pytest.raises(to_onnx.ExportInputError):
-        to_onnx.export_model(weakclip.load_checkpoint(tiny_ckpt), out, opts)
+    opts = core.ExportOptions(int8_calibration=str(src))
+    with pytest.raises(core.ExportInputError):
+        pipeline.export_model(weakclip.load_checkpoint(tiny_ckpt), out, opts)
     assert not out.exists()
 
 
@@ -440,9 +440,9 @@ def test_vit_b16_end_to_end_parity_512() -> None:
     torch.manual_seed(SEED)
     model = weakclip.build_model("vit_b16_voc").eval()
     with tempfile.TemporaryDirectory() as tmp:
-        report = to_onnx.export_model(model, tmp, to_onnx.ExportOptions(graphs=("end_to_end",), check=False))
+        report = pipeline.export_model(model, tmp, core.ExportOptions(graphs=("end_to_end",), check=False))
         assert report["ok"]
-        sess = to_onnx.ort_session(Path(tmp) / "weakclip.onnx")
+        sess = core.ort_session(Path(tmp) / "weakclip.onnx")
         x = torch.randn(2, 3, 512, 512, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             ref = model(x)
@@ -473,7 +473,7 @@ def test_int8_variant_calibrated_on_images(tmp_path: Path) -> None:
     report = json.loads((out / "export.json").read_text())["int8"]
     assert report["convs"]["calibration_windows"] == 4 and report["vit_linears"]["quantized_nodes"] > 0
     assert 0.0 <= report["argmax_agreement_vs_fp32"] <= 1.0 and np.isfinite(report["max_abs_dlogit_vs_fp32"])
-    meta = to_onnx.read_metadata(out / "weakclip_int8.onnx")
+    meta = core.read_metadata(out / "weakclip_int8.onnx")
     assert meta["precision"] == "int8" and json.loads(meta["class_names"])[0] == "background"
     with get_engine("onnxruntime", out / "weakclip_int8.onnx") as eng:
         logits = eng(torch.randn(2, 3, 64, 96))
