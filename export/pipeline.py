@@ -92,7 +92,10 @@ def export_model(
     shapes = check_shapes(crop, patch)
     provenance = {}
     if source and Path(source).is_file():
-        provenance = {"source_checkpoint": Path(source).name, "source_checkpoint_sha256": file_sha256(source, with_data=False)}
+        provenance = {
+            "source_checkpoint": Path(source).name,
+            "source_checkpoint_sha256": file_sha256(source, with_data=False),
+        }
     report: dict[str, Any] = {
         "source": source,
         **provenance,

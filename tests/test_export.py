@@ -293,9 +293,7 @@ def test_fp16_graph_runs_on_ort_cpu(exported: Path, session) -> None:
     # normalisation / softmax stay fp32: their inputs are Casts to float (or fp32 tensors)
     ops = {n.op_type for n in m.graph.node}
     assert "Cast" in ops and "LayerNormalization" in ops
-    sess = core.ort_session(
-        exported / "weakclip_fp16.onnx", disabled_optimizers=fp16.ORT_CPU_FP16_DISABLED_OPTIMIZERS
-    )
+    sess = core.ort_session(exported / "weakclip_fp16.onnx", disabled_optimizers=fp16.ORT_CPU_FP16_DISABLED_OPTIMIZERS)
     x = torch.randn(2, 3, 384, 512, generator=torch.Generator().manual_seed(3))
     logits16 = run(sess, image=x)[0]
     logits32 = run(session, image=x)[0]
