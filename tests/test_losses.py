@@ -151,7 +151,7 @@ def test_crf_postprocess_only_predicted_classes():
     assert set(np.unique(labels).tolist()) <= {2, 4}
     assert (q[[0, 1, 3]] == 0).all()
     np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-5)
-    one, q1 = crf.crf_postprocess(image, probs, crf.COCO_POSTPROC_CRF, classes=[3])
+    one, q1 = crf.crf_postprocess(image, probs, crf.CLIP_ES_CRF, classes=[3])
     assert (one == 3).all() and (q1[3] == 1).all()
 
 

@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from .crf import CRFParams
+from .crf import CLIP_ES_CRF, CRFParams
 from .errors import ArgumentParser, RuntimeFailure, UsageError, cli
 
 # CLIP's own input statistics (0-1 RGB); CLIP-ES generate_cams_*.py: _transform_resize → Normalize(...).
@@ -77,8 +77,6 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 # eval_cam_with_crf.py: mean_bgr subtracted from the cv2 (BGR) image before the CRF, then cast to uint8.
 CAFFE_MEAN_BGR: tuple[float, float, float] = (104.008, 116.669, 122.675)
-# eval_cam_with_crf.py DenseCRF(iter_max=10, pos_xy_std=1, pos_w=3, bi_xy_std=67, bi_rgb_std=3, bi_w=4).
-CLIP_ES_CRF = CRFParams(gauss_sxy=1, gauss_compat=3, bi_sxy=67, bi_srgb=3, bi_compat=4, iterations=10)
 CRF_UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip, used by eval_cam_with_crf.py
 
 
