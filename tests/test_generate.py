@@ -24,7 +24,8 @@ from PIL import Image
 from torch import nn
 
 from weakclip.engines.base import Engine, EngineError, get_engine, register_engine
-from weakclip.engines.generate import list_inputs, main, overlay_names, shard_items
+from weakclip.batch import list_inputs, overlay_names, shard_items
+from weakclip.engines.generate import main
 from weakclip.io import read_mask
 
 REPO = Path(__file__).resolve().parents[1]

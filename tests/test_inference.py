@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from weakclip.config import DEFAULT_SCALES, OFFICIAL_SCALES
 from weakclip.inference import (
-    OFFICIAL_SCALES,
     InferenceOptions,
     predict,
     predict_probs,
@@ -87,8 +87,9 @@ def test_window_grid_matches_slide_inference():
 
 def test_options_scale_with_crop():
     o = InferenceOptions.for_crop(512)
-    assert (o.stride, o.base_size, o.max_long, o.scales, o.flip) == (341, 512, 2048, OFFICIAL_SCALES, True)
-    assert o.num_views == 12
+    assert (o.stride, o.base_size, o.max_long, o.scales, o.flip) == (341, 512, 2048, DEFAULT_SCALES, False)
+    o = InferenceOptions.for_crop(512, scales="official", flip=True)
+    assert o.scales == OFFICIAL_SCALES and o.num_views == 12
     o = InferenceOptions.for_crop(128, scales=[1.0], flip=False)
     assert (o.stride, o.base_size, o.max_long, o.scales, o.num_views) == (85, 128, 512, (1.0,), 1)
 

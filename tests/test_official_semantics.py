@@ -22,7 +22,8 @@ import torch
 from official_semantics import official_crf, official_probs
 
 import weakclip
-from weakclip.inference import OFFICIAL_SCALES, InferenceOptions, predict_probs
+from weakclip.config import OFFICIAL_SCALES
+from weakclip.inference import InferenceOptions, predict_probs
 from weakclip.io import read_image, read_mask
 
 # VOC-like sizes (H, W), plus one smaller than the crop on both sides.

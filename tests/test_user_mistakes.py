@@ -118,7 +118,7 @@ def test_foreign_masks_without_a_record_are_refused(files, tmp_path, capsys):
     out = tmp_path / "out"
     save_mask_png(out / "img_0000.png", np.zeros((4, 4), np.uint8))
     rc, err = _run(capsys, ["--engine", "standin", "--images", str(files / "images"), "--out", str(out)])
-    assert rc == 2 and "no generate_config.json" in _one_error_line(err)
+    assert rc == 2 and "no readable generate_config.json" in _one_error_line(err)
 
 
 def test_crf_without_pydensecrf_fails_before_the_first_image(files, tmp_path, capsys, monkeypatch):

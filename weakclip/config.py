@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .classes import COCO_CLASSES, VOC_CLASSES
+
+# View ratios of test-time inference (generate, seeds): the official six (× flip = the paper's 12 views) and
+# the one default of every tool: a single view at ratio 1.
+OFFICIAL_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+DEFAULT_SCALES: tuple[float, ...] = (1.0,)
+
+
+def scales_from(value: str | Sequence[float]) -> tuple[float, ...]:
+    """The one validation of view ratios: ``"official"``, ``"0.5,1.0"`` or a sequence of positive numbers."""
+    if isinstance(value, str):
+        if value.strip().lower() == "official":
+            return OFFICIAL_SCALES
+        try:
+            value = [float(s) for s in value.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"scales: expected 'official' or a comma list of ratios, got {value!r}") from None
+    scales = tuple(float(r) for r in value)
+    if not scales or any(not r > 0 for r in scales):
+        raise ValueError(f"scales must be positive ratios, got {value!r}")
+    return scales
+
 
 # Input normalisation of the official code: ImageNet mean/std in 0-255 RGB (not CLIP's own statistics).
 IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)

@@ -138,18 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reusing {model_onnx}")
 
     step("4/5 pseudo masks for the training set with ONNX Runtime (CPU)")
-    from weakclip.engines.generate import main as generate_main
+    from weakclip.engines.generate import EngineSpec, RunOptions, generate
 
     train_list = data / "ImageSets" / "Segmentation" / "train.txt"
     names = [n.strip() for n in train_list.read_text().splitlines() if n.strip()]
-    common = ["--images", str(train_list), "--image-root", str(data / "JPEGImages"), "--engine", "onnxruntime",
-              "--model", str(model_onnx), "--overwrite", "--workers", "2"]  # fmt: skip
+    ort = EngineSpec(str(model_onnx), "onnxruntime")
     t0 = time.perf_counter()
-    rc = generate_main([*common, "--out", str(masks / "unmasked"), "--overlays", "8"])
+    generate(train_list, masks / "unmasked", ort, image_root=data / "JPEGImages",
+             run=RunOptions(workers=2, overwrite=True, overlays=8))  # fmt: skip
     fps = len(names) / (time.perf_counter() - t0)
-    rc |= generate_main([*common, "--out", str(masks / "labels"), "--labels", str(data / "cls_labels.json")])
-    if rc != 0:
-        raise RuntimeFailure("pseudo-mask generation reported failures (see the lines above)")
+    generate(train_list, masks / "labels", ort, image_root=data / "JPEGImages", labels=data / "cls_labels.json",
+             run=RunOptions(workers=2, overwrite=True))  # fmt: skip
 
     step("5/5 evaluation against the synthetic ground truth")
     from weakclip.evaluate import evaluate_dirs
@@ -198,19 +197,20 @@ def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> dict[
     """Image-level labels only → CLIP-ES seeds → WeakCLIP training → masks.  With the tiny random-init CLIP of the
     demo the seeds carry no knowledge: this shows the mechanics, not the quality (use --clip-weights openai on real
     data, see the README)."""
-    from weakclip.engines.generate import main as generate_main
+    from weakclip.engines.generate import EngineSpec, RunOptions, generate
     from weakclip.evaluate import evaluate_dirs
-    from weakclip.seeds import main as seeds_main
+    from weakclip.seeds import SeedOptions, make_seeds
     from weakclip.training.train import main as train_main
 
     train_list = data / "ImageSets" / "Segmentation" / "train.txt"
     names = [n.strip() for n in train_list.read_text().splitlines() if n.strip()]
     clip_seeds, run, masks = data / "ClipSeeds", out / "run_clip_seeds", out / "masks" / "clip_seeds"
     step("labels only 1/3: CLIP-ES seeds from the image-level labels (tiny random CLIP: mechanics only)")
-    if seeds_main(["--images", str(train_list), "--image-root", str(data / "JPEGImages"),
-                   "--labels", str(data / "cls_labels.json"), "--out", str(clip_seeds),
-                   "--preset", "tiny", "--clip-weights", "none", "--workers", "2"]) != 0:  # fmt: skip
-        raise RuntimeFailure(f"CLIP seed generation into {clip_seeds} failed (see the lines above)")
+    from weakclip.data.datasets import read_class_names
+
+    make_seeds(train_list, data / "cls_labels.json", clip_seeds, image_root=data / "JPEGImages",
+               class_names=read_class_names(data / "class_names.txt"), preset="tiny", clip_weights=None,
+               options=SeedOptions(), workers=2)  # fmt: skip
     step("labels only 2/3: training the tiny model on the CLIP seeds")
     final = run / "final.safetensors"
     if not final.is_file():
@@ -219,10 +219,8 @@ def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> dict[
                        f"schedule.checkpoint_interval={max(args.iters // 6, 1)}"]) != 0:  # fmt: skip
             raise RuntimeFailure(f"training into {run} failed (see the lines above)")
     step("labels only 3/3: pseudo masks (torch engine) and evaluation")
-    if generate_main(["--images", str(train_list), "--image-root", str(data / "JPEGImages"), "--model", str(final),
-                      "--labels", str(data / "cls_labels.json"), "--out", str(masks), "--overwrite",
-                      "--workers", "2"]) != 0:  # fmt: skip
-        raise RuntimeFailure("pseudo-mask generation reported failures (see the lines above)")
+    generate(train_list, masks, EngineSpec(str(final)), image_root=data / "JPEGImages",
+             labels=data / "cls_labels.json", run=RunOptions(workers=2, overwrite=True))  # fmt: skip
     K = len([n for n in (data / "class_names.txt").read_text().splitlines() if n.strip()])
     gt = data / "SegmentationClass"
     seeds_m, _ = evaluate_dirs(clip_seeds, gt, K, names)

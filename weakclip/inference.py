@@ -12,18 +12,14 @@ Semantics follow the official pipeline (mmseg 0.19 ``MultiScaleFlipAug`` + ``Res
 * **Sliding windows** (per view, crop c, stride s): ``h_grids = max(h - c + s - 1, 0) // s + 1`` (same for w); window
   starts ``y1 = i·s``, ends clamped to the view, starts pulled back to ``max(y2 - c, 0)``.  A side shorter than the
   crop is run whole at its own size (no padding to the crop).
-* **Windows are not padded.**  The official network runs a window of any size: its patch convolution (kernel =
-  stride = 16, no padding) ignores the last ``h mod 16`` rows and ``w mod 16`` columns.  So the engine gets the
-  window cropped to the floor multiple of ``size_divisor`` (exactly the pixels the official network uses), and the
-  engine's logits (any resolution) are resized bilinearly (``align_corners=False``) to the **full** window, as
-  mmseg ``encode_decode`` does.  Windows never exceed the crop, so the engine sees at most ``crop × crop``.
-* **The one exception: sides under the network's minimum.**  The network needs at least :data:`MIN_TOKENS` tokens
-  per side (the adapter's stride-32 level max-pools 2×2 tokens), so a window side shorter than
-  ``MIN_TOKENS · size_divisor`` pixels (a very thin image's view) cannot run at all — the official code crashes on
-  it.  Such a side (only that side; the other keeps the rule above) is instead taken whole and zero-padded at the
-  bottom/right to ``MIN_TOKENS · size_divisor`` (zero after normalisation = the mean colour, what training pads
-  crops with); the logits are resized to the padded size and cropped back to the window.  Every other window is
-  untouched, and all engines get the same padded windows from here.
+* **Windows are not padded.**  The official patch convolution (kernel = stride = 16, no padding) ignores the last
+  ``h mod 16`` rows and ``w mod 16`` columns, so the engine gets the window cropped to the floor multiple of
+  ``size_divisor`` and its logits (any resolution) are resized bilinearly (``align_corners=False``) to the **full**
+  window, as mmseg ``encode_decode`` does.  The engine sees at most ``crop × crop``.
+* **Except under the network's minimum.**  A window side shorter than ``MIN_TOKENS · size_divisor`` pixels cannot run
+  (the adapter's stride-32 level max-pools 2×2 tokens; the official code crashes on it): that side alone is taken
+  whole and zero-padded at the end (zero after normalisation = the mean colour, as training pads crops), its logits
+  resized to the padded size and cropped back.  Every engine gets the same windows.
 * **Merge.**  Window logits are summed into the view and divided by the count matrix; the view logits are resized
   bilinearly to the original H×W, softmaxed over K, un-flipped; the probability maps of all views are averaged;
   argmax gives the mask.
@@ -34,10 +30,9 @@ Semantics follow the official pipeline (mmseg 0.19 ``MultiScaleFlipAug`` + ``Res
   keys = the classes that win the argmax somewhere, unary ``-log(clip(P[keys], 1e-5, 1))`` on the averaged
   probabilities without renormalisation, mask = ``keys[argmax Q]``; the label rule above is then applied to it.
 
-The engine is any callable ``run(windows (B, 3, h, w) float32 normalised) -> logits (B, K, h', w')``.  The fast path
-(:func:`predict_probs`) batches the windows of several images and views by engine input size, ``max_batch`` per
-call; the
-reference path (:func:`reference_predict_probs`) is the plain per-view, per-window loop and is the test oracle.
+The engine is any callable ``run(windows (B, 3, h, w) float32 normalised) -> logits (B, K, h', w')``.
+:func:`predict_probs` batches the windows of several images and views by engine input size;
+:func:`reference_predict_probs` is the plain per-view, per-window loop, the test oracle.
 """
 
 from __future__ import annotations
@@ -52,10 +47,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import IMAGENET_MEAN, IMAGENET_STD
+from .config import DEFAULT_SCALES, IMAGENET_MEAN, IMAGENET_STD, scales_from
 
 # The official test-time ratios (× flip = 12 views).
-OFFICIAL_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 EngineFn = Callable[[torch.Tensor], torch.Tensor]
 Window = tuple[int, int, int, int]  # (y1, y2, x1, x2), end-exclusive, in view pixels
@@ -67,14 +61,15 @@ MIN_TOKENS = 2
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How an image becomes views and windows.  Defaults are the official VOC/COCO setting for a 512 crop."""
+    """How an image becomes views and windows.  The geometry defaults are the official VOC/COCO setting for a 512
+    crop; the views default to one (``DEFAULT_SCALES``, no flip)."""
 
     crop: int = 512  # sliding-window size c (square)
     stride: int = 341  # sliding-window stride (official: round(2c/3))
     base_size: int = 512  # short side of the ratio-1 view (mmseg img_scale (2048, 512) → 512)
     max_long: int = 2048  # long-side limit of the ratio-1 view
-    scales: tuple[float, ...] = OFFICIAL_SCALES  # view ratios r
-    flip: bool = True  # also run every view horizontally flipped
+    scales: tuple[float, ...] = DEFAULT_SCALES  # view ratios r (OFFICIAL_SCALES + flip = the paper's 12 views)
+    flip: bool = False  # also run every view horizontally flipped
     max_batch: int = 16  # windows per engine call
     size_divisor: int = 16  # engine input H, W must be multiples of this (ViT patch); windows are floored to it
     mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB 0-255 normalisation mean
@@ -90,8 +85,7 @@ class InferenceOptions:
             raise ValueError(f"crop {self.crop} must be a multiple of size_divisor {self.size_divisor}")
         if self.crop < MIN_TOKENS * self.size_divisor:
             raise ValueError(f"crop {self.crop} is under the network's minimum {MIN_TOKENS} × {self.size_divisor}")
-        if not self.scales or any(r <= 0 for r in self.scales):
-            raise ValueError(f"scales must be positive ratios, got {self.scales}")
+        object.__setattr__(self, "scales", scales_from(self.scales))
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
 
@@ -100,8 +94,6 @@ class InferenceOptions:
         """Options scaled to a model crop c: stride round(2c/3), base size c, long side ≤ 4c (c=512 → official)."""
         d: dict[str, Any] = dict(crop=crop, stride=round(crop * 2 / 3), base_size=crop, max_long=4 * crop)
         d.update({k: v for k, v in overrides.items() if v is not None})
-        if "scales" in d:
-            d["scales"] = tuple(float(r) for r in d["scales"])
         return cls(**d)
 
     @classmethod

@@ -60,15 +60,15 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from .batch import Item, Outputs, Summary
+from .config import DEFAULT_SCALES, get_config, scales_from
 from .crf import CLIP_ES_CRF, CRFParams
 from .errors import ArgumentParser, RuntimeFailure, UsageError, cli
 
@@ -84,7 +84,7 @@ CRF_UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip, use
 class SeedOptions:
     """Every knob of the seed pipeline with its CLIP-ES source."""
 
-    scales: tuple[float, ...] = (1.0,)  # view scales; generate_cams_voc12.py runs scale 1.0 only (img_ms_and_flip)
+    scales: tuple[float, ...] = DEFAULT_SCALES  # view scales; generate_cams_voc12.py runs 1.0 only (img_ms_and_flip)
     flip: bool = False  # add flipped views; CLIP-ES builds one and drops it (ms_imgs = [ms_imgs[0]])
     patch_multiple: int = 16  # view sides rounded *up* to this multiple (img_ms_and_flip: ceil(s·H/16)·16)
     logit_scale: float = 100.0  # 1/τ of the softmax: OpenAI CLIP's logit_scale.exp() (clip/model.py forward_last_layer)
@@ -98,8 +98,7 @@ class SeedOptions:
     crf_image: str = "clip_es"  # "clip_es": BGR − Caffe mean wrapped to uint8 (eval_cam_with_crf.py); "rgb": plain
 
     def __post_init__(self) -> None:
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"scales must be positive, got {self.scales}")
+        object.__setattr__(self, "scales", scales_from(self.scales))
         if self.attn_layers < 1 or self.sinkhorn_rounds < 0 or self.power_steps < 0:
             raise ValueError("attn_layers must be >= 1, sinkhorn_rounds and power_steps >= 0")
         if self.box_threshold is not None and not 0.0 <= self.box_threshold <= 1.0:
@@ -521,8 +520,20 @@ def build_seeder(
 # CLI: python -m weakclip.seeds
 
 
+def _arg(parse: Any) -> Any:
+    """An argparse ``type`` from a library parser that raises ValueError."""
+
+    def f(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return f
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from weakclip.engines.generate import parse_scales, parse_shard
+    from .batch import shard_from
 
     ap = ArgumentParser(
         prog="python -m weakclip.seeds",
@@ -544,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L PNGs, no VOC palette")
     io.add_argument("--overlays", type=int, default=0, metavar="N", help="image | seed | blend panels for N images")
     io.add_argument("--overwrite", action="store_true", help="recompute finished seeds (also under other settings)")
-    io.add_argument("--shard", type=parse_shard, help="i/N: every N-th image from i (default: RANK/WORLD_SIZE)")
+    io.add_argument("--shard", type=_arg(shard_from), help="i/N: every N-th image from i (default: RANK/WORLD_SIZE)")
 
     m = ap.add_argument_group("CLIP")
     m.add_argument("--preset", default="vit_b16_voc", help="tower architecture preset (default: %(default)s)")
@@ -556,7 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
 
     a = ap.add_argument_group("algorithm (defaults = the released CLIP-ES code)")
-    a.add_argument("--scales", type=parse_scales, default=(1.0,), help="view scales (default: 1.0, as CLIP-ES)")
+    a.add_argument("--scales", type=_arg(scales_from), default=DEFAULT_SCALES,
+                   help="view scales, or 'official' (default: 1.0, as CLIP-ES)")  # fmt: skip
     a.add_argument("--flip", action="store_true", help="add flipped views (CLIP-ES: off)")
     a.add_argument(
         "--box-threshold", type=float, help="CAA box threshold (default: the prompt set's; VOC 0.4, COCO 0.7)"
@@ -580,36 +592,43 @@ def build_parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as e:  # bad inputs found while starting
-        raise UsageError(str(e)) from None
-
-
-def _options(args: argparse.Namespace) -> SeedOptions:
     if args.ignore_threshold is not None and args.crf == "none":
         raise UsageError("--ignore-threshold is a threshold on the CRF's confidence (CLIP-ES eval_cam_with_crf.py); "
                          "it needs --crf clip_es")  # fmt: skip
-    return SeedOptions(
-        scales=tuple(args.scales),
-        flip=bool(args.flip),
-        attn_layers=args.attn_layers,
-        box_threshold=args.box_threshold,
-        bg_power=args.bg_power,
-        crf=None if args.crf == "none" else CLIP_ES_CRF,
-        ignore_threshold=0.95 if args.ignore_threshold is None else args.ignore_threshold,
-        crf_image=args.crf_image,
-    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    clip_weights = None if str(args.clip_weights).lower() == "none" else args.clip_weights
+    try:
+        make_seeds(
+            args.images, args.labels, args.out, image_root=args.image_root, ext=args.ext,
+            class_names=_class_names(args.class_names, args.labels, args.preset), preset=args.preset,
+            clip_weights=clip_weights, prompts=args.prompts, device=args.device,
+            options=SeedOptions(
+                scales=tuple(args.scales), flip=bool(args.flip), attn_layers=args.attn_layers,
+                box_threshold=args.box_threshold, bg_power=args.bg_power,
+                crf=None if args.crf == "none" else CLIP_ES_CRF,
+                ignore_threshold=0.95 if args.ignore_threshold is None else args.ignore_threshold,
+                crf_image=args.crf_image,
+            ),
+            save_scores=args.save_scores, palette=args.palette, overlays=args.overlays, overwrite=args.overwrite,
+            shard=args.shard, workers=args.workers, progress=args.progress,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as e:  # bad inputs found while starting
+        raise UsageError(str(e)) from None
+    return 0
 
 
-def _class_names(args: argparse.Namespace) -> tuple[str, ...]:
+def _class_names(class_names: str | None, labels: str, preset: str) -> tuple[str, ...]:
+    """``--class-names``, else class_names.txt beside the labels, else the preset's classes."""
     from .config import get_config
     from .data.datasets import read_class_names
 
-    path = Path(args.class_names) if args.class_names else Path(args.labels).parent / "class_names.txt"
-    if args.class_names or path.is_file():
+    path = Path(class_names) if class_names else Path(labels).parent / "class_names.txt"
+    if class_names or path.is_file():
         return read_class_names(path)
-    return tuple(get_config(args.preset).class_names)
+    return tuple(get_config(preset).class_names)
 
 
 def _weights_id(weights: str | None) -> str | None:
@@ -620,41 +639,41 @@ def _weights_id(weights: str | None) -> str | None:
     return f"sha256:{file_sha256(weights, with_data=False)}"
 
 
-def _check_resume(cfg_path: Path, settings: dict[str, Any], finished: int, overwrite: bool) -> None:
-    """Refuse to add seeds to a folder whose finished seeds were made with other settings."""
-    if overwrite or finished == 0:
-        return
-    try:
-        recorded = json.loads(cfg_path.read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{cfg_path.parent}: holds {finished} of this run's seeds but no readable {cfg_path.name}; "
-                         "choose another --out, or --overwrite to redo them") from None  # fmt: skip
-    diff = [f"{k} {recorded.get(k)!r} → {v!r}" for k, v in settings.items() if recorded.get(k) != v]
-    if diff:
-        raise UsageError(f"{cfg_path.parent}: {finished} seeds there were made with other settings "
-                         f"({'; '.join(diff)}); choose another --out, or --overwrite to redo them all")  # fmt: skip
-
-
-def run(args: argparse.Namespace, seeder: ClipSeeder | None = None) -> int:
-    """The seed loop (``seeder`` may be given directly instead of built from the arguments)."""
+def make_seeds(
+    images: str | os.PathLike,
+    labels: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    ext: str = ".jpg",
+    class_names: Sequence[str] | None = None,
+    preset: str = "vit_b16_voc",
+    clip_weights: str | None = "openai",
+    prompts: str = "auto",
+    device: str = "cpu",
+    options: SeedOptions = SeedOptions(),
+    seeder: ClipSeeder | None = None,
+    save_scores: bool = False,
+    palette: bool = True,
+    overlays: int = 0,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> Summary:
+    """CLIP-ES seeds for ``images`` (folder or list) from image-level ``labels`` into ``out`` (``<name>.png``), on
+    the batch frame of :func:`weakclip.batch.run_batch` (owned folder, resume check against ``seeds_config.json``,
+    shards, failures).  ``seeder`` may be given instead of built from ``preset``/``clip_weights``/``prompts``;
+    ``clip_weights=None`` is random towers (tests only: meaningless seeds)."""
     import torch
 
-    from weakclip.data.labels import load_labels
-    from weakclip.engines.generate import (
-        Outputs,
-        _check_out_location,
-        list_inputs,
-        overlay_names,
-        resolve_shard,
-        shard_items,
-        unsupported_files,
-    )
-    from weakclip.io import file_sha256, owned_output_folder
+    from .batch import check_out_location, list_inputs, overlay_names, run_batch, unsupported_files, write_record
+    from .data.labels import load_labels
+    from .io import file_sha256
 
-    t0 = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    options = _options(args) if seeder is None else seeder.options
+    if seeder is not None:
+        options, class_names = seeder.options, seeder.class_names
+    class_names = tuple(class_names or get_config(preset).class_names)
     if options.crf is not None:
         try:
             import pydensecrf.densecrf  # noqa: F401
@@ -662,97 +681,65 @@ def run(args: argparse.Namespace, seeder: ClipSeeder | None = None) -> int:
             raise UsageError(
                 f"--crf clip_es needs pydensecrf (pip install pydensecrf2), or use --crf none: {e}"
             ) from None
-    clip_weights = None if str(args.clip_weights).lower() == "none" else args.clip_weights
     if clip_weights not in (None, "openai") and not Path(clip_weights).is_file():
         raise UsageError(f"--clip-weights {clip_weights}: no such file (or pass 'openai')")
-    class_names = seeder.class_names if seeder is not None else _class_names(args)
-    out = Path(args.out)
-    all_items = list_inputs(args.images, args.image_root, args.ext)
-    odd = unsupported_files(args.images)
+    all_items = list_inputs(images, image_root, ext)
+    odd = unsupported_files(images)
     if odd:
         listing = ", ".join(f"{n} × {suffix}" for suffix, n in sorted(odd.items()))
-        print(f"{args.images}: {sum(odd.values())} file(s) are not images and are not read ({listing})")
-    shard_i, shard_n = resolve_shard(args.shard)
-    items = shard_items(all_items, shard_i, shard_n)
-    outputs = Outputs(out, args.save_scores)
-    _check_out_location(out, SimpleNamespace(images=args.images, model=clip_weights if clip_weights != "openai"
-                                             else None, labels=args.labels), all_items, outputs)  # fmt: skip
-    labels = load_labels(args.labels, num_classes=len(class_names))
-    missing = [it.name for it in items if it.name not in labels]
+        print(f"{images}: {sum(odd.values())} file(s) are not images and are not read ({listing})")
+    outputs = Outputs(Path(out), save_scores, record="seeds_config.json")
+    weights_file = clip_weights if clip_weights != "openai" else None
+    check_out_location(Path(out), images, all_items, outputs, {"--clip-weights": weights_file, "--labels": labels})
+    image_labels = load_labels(labels, num_classes=len(class_names))
+    missing = [it.name for it in all_items if it.name not in image_labels]
     if missing:
-        raise UsageError(f"{args.labels}: no image-level label for {len(missing)} image(s), e.g. {missing[:5]}")
-    prompt_set = seeder.prompts if seeder is not None else resolve_prompts(class_names, args.prompts)
+        raise UsageError(f"{labels}: no image-level label for {len(missing)} image(s), e.g. {missing[:5]}")
+    prompt_set = seeder.prompts if seeder is not None else resolve_prompts(class_names, prompts)
     settings = {
-        "preset": args.preset,
+        "preset": preset,
         "clip_weights": _weights_id(clip_weights),
         "class_names": list(class_names),
         "prompts": dataclasses.asdict(prompt_set),
         "options": options.to_dict(),
-        "labels_sha256": file_sha256(args.labels, with_data=False),
-        "palette": bool(args.palette),
-        "save_scores": bool(args.save_scores),
+        "labels_sha256": file_sha256(labels, with_data=False),
+        "palette": bool(palette),
+        "save_scores": bool(save_scores),
     }
     settings = json.loads(json.dumps(settings))  # tuples → lists: compares equal to what a resumed run reads back
-    cfg_path = out / "seeds_config.json"
-    fail_name = "failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt"
-    with owned_output_folder(
-        out, "weakclip seeds", own_files=(cfg_path.name, fail_name), shard=(shard_i, shard_n)
-    ) as lock:
-        finished = [it for it in items if outputs.finished(it.name)]
-        _check_resume(cfg_path, settings, len(finished), args.overwrite)
-        outputs.remove_stale_temporaries([it.name for it in items])
-        todo = items if args.overwrite else [it for it in items if not outputs.finished(it.name)]
-        skipped = len(items) - len(todo)
-        shard_note = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
-        fail_path = out / ("failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt")
+    record_args = {"images": str(images), "image_root": image_root and str(image_root), "ext": ext,
+                   "labels": str(labels), "out": str(out), "preset": preset, "clip_weights": clip_weights,
+                   "prompts": prompts, "device": device}  # fmt: skip
+    samples = overlay_names(all_items, overlays)
 
-        failures: list[tuple[str, str]] = []
-        done = 0
-        if todo:
-            if seeder is None:
-                if clip_weights is None:
-                    print("warning: --clip-weights none: random CLIP towers, the seeds are meaningless (tests only)")
-                seeder = build_seeder(args.preset, clip_weights=clip_weights, class_names=class_names,
-                                      prompts=prompt_set, options=options, device=args.device)  # fmt: skip
-            from .io import atomic_path
+    def work(todo: list[Item], skipped: int, lock: Any) -> tuple[int, list[tuple[str, str]]]:
+        nonlocal seeder
+        if seeder is None:
+            if clip_weights is None:
+                print("warning: --clip-weights none: random CLIP towers, the seeds are meaningless (tests only)")
+            seeder = build_seeder(preset, clip_weights=clip_weights, class_names=class_names, prompts=prompt_set,
+                                  options=options, device=device)  # fmt: skip
+        write_record(outputs, settings, args=record_args)
+        print(f"weakclip seeds: {clip_weights or 'random'} CLIP ({preset}), prompts {prompt_set.name} "
+              f"({len(prompt_set.background)} background texts), views {len(options.scales) * (1 + options.flip)}, "
+              f"box threshold {seeder.box_threshold}, crf {'off' if options.crf is None else 'clip_es'}, "
+              f"ignore < {options.ignore_threshold if options.crf else '-'}, threads {torch.get_num_threads()}; "
+              f"{len(todo)} image(s) to do, {skipped} already finished", flush=True)  # fmt: skip
+        return _seed_all(seeder, todo, outputs, image_labels, samples, palette, workers, progress, lock)
 
-            with atomic_path(cfg_path) as tmp:
-                tmp.write_text(json.dumps({"settings": settings, "args": {k: v for k, v in vars(args).items()
-                                           if k != "shard"}}, indent=2, default=str) + "\n")  # fmt: skip
-            print(f"weakclip seeds: {args.clip_weights} CLIP ({args.preset}), prompts {prompt_set.name} "
-                  f"({len(prompt_set.background)} background texts), views {len(options.scales) * (1 + options.flip)}, "
-                  f"box threshold {seeder.box_threshold}, crf {'off' if options.crf is None else 'clip_es'}, "
-                  f"ignore < {options.ignore_threshold if options.crf else '-'}, threads {torch.get_num_threads()}; "
-                  f"{len(todo)} image(s) to do, {skipped} already finished{shard_note}", flush=True)  # fmt: skip
-            done, failures = _seed_all(
-                args, seeder, todo, outputs, labels, overlay_names(all_items, args.overlays), lock
-            )
-
-        if failures:
-            from .io import atomic_path
-
-            with atomic_path(fail_path) as tmp:
-                tmp.write_text("".join(f"{name}\t{reason}\n" for name, reason in sorted(failures)))
-        elif fail_path.exists():
-            fail_path.unlink()
-    elapsed = time.perf_counter() - t0
-    print(f"summary{shard_note}: {done} images done, {skipped} skipped (already finished), {len(failures)} failed, "
-          f"{done / max(elapsed, 1e-9):.2f} images/s ({elapsed:.1f} s)")  # fmt: skip
-    if failures:
-        raise RuntimeFailure(f"{len(failures)} image(s) failed; names and reasons in {fail_path}")
-    return 0
+    return run_batch("weakclip seeds", all_items, outputs, settings, work, overwrite=overwrite, shard=shard,
+                     noun="seeds")  # fmt: skip
 
 
 _MAX_CONSECUTIVE_FAILURES = 10
 
 
-def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams, palette: bool, overlay: bool):
+def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams, palette: bool, overlay: bool) -> None:
     """Background/CRF step and the atomic writes (probabilities and overlay first, the seed PNG last: it marks the
     image finished)."""
     from PIL import Image
 
-    from weakclip.engines.generate import make_overlay
-
+    from .batch import make_overlay
     from .io import atomic_path, save_mask_png
 
     mask, scores = seed_from_cams(image, cams, keys, seeder.options)
@@ -768,12 +755,13 @@ def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams
     save_mask_png(outputs.mask(item.name), mask, palette=palette)
 
 
-def _seed_all(args, seeder: ClipSeeder, todo, outputs, labels, overlays: set[str], lock=None):
-    from weakclip.engines.generate import BatchJob, _one_line
+def _seed_all(seeder: ClipSeeder, todo, outputs, labels, overlays: set[str], palette: bool, workers: int,
+              progress: bool, lock=None):  # fmt: skip
+    from .batch import BatchJob, one_line
 
-    depth = 2 * max(args.workers, 1)
+    depth = 2 * max(workers, 1)
     consecutive = 0
-    with BatchJob(len(todo), args.workers, "seeds", args.progress, max_pending_writes=depth, lock=lock) as job:
+    with BatchJob(len(todo), workers, "seeds", progress, max_pending_writes=depth, lock=lock) as job:
         for item, image, reason in job.images(todo, depth):
             if image is None:
                 job.fail(item, reason or "unreadable")
@@ -782,13 +770,13 @@ def _seed_all(args, seeder: ClipSeeder, todo, outputs, labels, overlays: set[str
                 keys, cams, _ = seeder.cams(image, labels[item.name])
                 consecutive = 0
             except Exception as e:  # noqa: BLE001 - one image's failure is recorded, the run goes on
-                job.fail(item, f"cams: {_one_line(e)}")
+                job.fail(item, f"cams: {one_line(e)}")
                 consecutive += 1
                 if consecutive >= _MAX_CONSECUTIVE_FAILURES:
                     raise RuntimeFailure(f"CAM computation failed on {consecutive} images in a row; "
                                          f"last: {job.failures[-1][1]}") from None  # fmt: skip
                 continue
-            job.write(item, "crf/writing", _write_seed, outputs, item, image, seeder, keys, cams, args.palette,
+            job.write(item, "crf/writing", _write_seed, outputs, item, image, seeder, keys, cams, palette,
                       item.name in overlays)  # fmt: skip
         job.collect(0)
     return job.done, job.failures

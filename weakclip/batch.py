@@ -1,0 +1,416 @@
+"""The one frame of the batch tools (``weakclip generate``, ``weakclip seeds``): inputs, shards, an owned output
+folder, the resume check against the settings record, per-image failures, fatal stops and the summary.
+
+A tool describes its work as ``work(todo, lock) -> (done, failures)`` (usually a :class:`BatchJob` loop) and hands
+it to :func:`run_batch` with its settings; everything around it is here, once.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from .errors import OutputError, RuntimeFailure, UsageError
+from .io import IMAGE_EXTS, FolderLock, owned_output_folder, read_image, voc_palette, write_text_atomic
+
+# Temporaries of weakclip.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
+_TMP_RE = re.compile(r"^\.(?P<orig>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str  # output name (no extension; may contain '/')
+    path: Path  # input image
+
+
+class _Inline:
+    """An executor that runs the task at submit time (``--workers 0``)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            fut.set_exception(e)
+        return fut
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+# inputs, shards, outputs
+
+
+def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None, ext: str = ".jpg") -> list[Item]:
+    """Images of a folder (sorted by name), or of a list file (one name or relative path per line).
+
+    List entries without an image extension get ``ext`` (``png`` and ``.png`` alike); relative entries are resolved
+    against ``root`` (default: the list file's folder).  Duplicate output names are an error; so is an image file
+    given where a folder or list is expected, a list that is not text, and no images at all.
+    """
+    images = Path(images)
+    ext = ext if ext.startswith(".") else f".{ext}"
+    if images.is_dir():
+        items = [
+            Item(p.stem, p)
+            for p in sorted(images.iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
+        ]
+        if not items:
+            raise RuntimeFailure(
+                f"--images {images}: no images found in this folder (suffixes {', '.join(IMAGE_EXTS)})"
+            )
+    elif images.is_file():
+        if images.suffix.lower() in IMAGE_EXTS:
+            raise UsageError(f"--images {images}: this is an image file; --images takes an image folder or a list "
+                             "file (one image name or path per line)")  # fmt: skip
+        if root is not None and not Path(root).is_dir():
+            raise UsageError(f"--image-root {root}: no such folder")
+        base = Path(root) if root is not None else images.parent
+        try:
+            lines = images.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UsageError(f"--images {images}: not a text list file (one image name or path per line)") from None
+        items = []
+        for line in lines:
+            if not line.strip():
+                continue
+            entry = line.split()[0]
+            p = Path(entry)
+            if p.suffix.lower() in IMAGE_EXTS:
+                name, path = str(p.with_suffix("")), p
+            else:
+                name, path = entry, Path(entry + ext)
+            items.append(Item(name, path if path.is_absolute() else base / path))
+        if not items:
+            raise RuntimeFailure(f"--images {images}: the list names no images")
+        if not any(it.path.is_file() for it in items):  # stops at the first image found
+            where = f"--image-root {root}" if root is not None else f"{base} (the list's folder; set --image-root)"
+            raise UsageError(f"--images {images}: none of its {len(items)} images exist under {where}, e.g. "
+                             f"{items[0].path}")  # fmt: skip
+    else:
+        raise UsageError(f"--images {images}: no such image folder or list file")
+    seen: dict[str, Path] = {}
+    for it in items:
+        if it.name in seen:
+            raise UsageError(f"two inputs map to the output name {it.name!r}: {seen[it.name]} and {it.path}")
+        seen[it.name] = it.path
+    return items
+
+
+def unsupported_files(images: str | os.PathLike) -> collections.Counter:
+    """Files of an image folder that are not read as images, counted by suffix (reported, never silently skipped)."""
+    folder = Path(images)
+    if not folder.is_dir():
+        return collections.Counter()
+    return collections.Counter(
+        p.suffix.lower() or "(no suffix)"
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_EXTS
+    )
+
+
+def shard_from(text: str) -> tuple[int, int]:
+    """``"i/N"`` → (i, N) with 0 <= i < N (ValueError otherwise)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"--shard must be i/N with 0 <= i < N, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def resolve_shard(shard: tuple[int, int] | None, env: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """``shard`` if given, else RANK/WORLD_SIZE (torchrun), else 0/1."""
+    if shard is not None:
+        return shard
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return shard_from(f"{env['RANK']}/{env['WORLD_SIZE']}")
+    return 0, 1
+
+
+def shard_items(items: Sequence[Item], index: int, count: int) -> list[Item]:
+    """Every ``count``-th item starting at ``index`` (interleaved: balanced when image sizes vary along the list)."""
+    return list(items[index::count])
+
+
+class Outputs:
+    """Where the files of one image go."""
+
+    def __init__(self, out: Path, save_probs: bool, probs_dtype: str = "float16", record: str = "settings.json"):
+        self.out, self.save_probs, self.probs_dtype, self.record = Path(out), save_probs, probs_dtype, record
+
+    def all_paths(self, names: Sequence[str]) -> set[Path]:
+        """Every file this run may write (masks, probabilities, overlays, settings record, failure lists)."""
+        per_image = {p for n in names for p in (self.mask(n), self.probs(n), self.overlay(n))}
+        return per_image | {self.out / self.record, self.out / "failures.txt"}
+
+    def mask(self, name: str) -> Path:
+        return self.out / f"{name}.png"
+
+    def probs(self, name: str) -> Path:
+        return self.out / "probs" / f"{name}.npy"
+
+    def overlay(self, name: str) -> Path:
+        return self.out / "overlays" / f"{name}.png"
+
+    def finished(self, name: str) -> bool:
+        return self.mask(name).is_file() and (not self.save_probs or self.probs(name).is_file())
+
+    def remove_stale_temporaries(self, names: Sequence[str]) -> int:
+        """Delete leftover atomic-write temporaries of ``names`` (from a killed run); other shards' are untouched."""
+        mine = {p for n in names for p in (self.mask(n), self.probs(n), self.overlay(n))}
+        removed = 0
+        for d in {p.parent for p in mine}:
+            if not d.is_dir():
+                continue
+            for entry in d.iterdir():
+                m = _TMP_RE.match(entry.name)
+                if m and d / m.group("orig") in mine:
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+
+def overlay_names(items: Sequence[Item], n: int) -> set[str]:
+    """``n`` names spread evenly over the whole (unsharded) list: the same sample whatever the sharding."""
+    if n <= 0 or not items:
+        return set()
+    idx = np.unique(np.linspace(0, len(items) - 1, num=min(n, len(items))).round().astype(int))
+    return {items[i].name for i in idx}
+
+
+def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, 3W + 2·gap, 3) uint8 panel: the image | the palette mask | palette colours blended over the image where
+    the mask is not background (255 "unknown" included).  Panels are separated by white gaps."""
+    pal = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
+    blend = image.astype(np.float32)
+    fg = mask != 0
+    blend[fg] = (1 - alpha) * blend[fg] + alpha * pal[mask[fg]]
+    gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
+    colour = pal[mask].astype(np.uint8)
+    return np.concatenate([image, gap, colour, gap, blend.round().clip(0, 255).astype(np.uint8)], axis=1)
+
+
+def _prefetch(pool: Any, items: Sequence[Item], depth: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:
+    """Decode ``items`` in ``pool`` keeping ``depth`` in flight; yields (item, image or None, failure reason)."""
+    it = iter(items)
+    pending: collections.deque = collections.deque()
+    for item in it:
+        pending.append((item, pool.submit(read_image, item.path)))
+        if len(pending) >= depth:
+            break
+    while pending:
+        item, fut = pending.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append((nxt, pool.submit(read_image, nxt.path)))
+        try:
+            yield item, fut.result(), None
+        except (OSError, ValueError) as e:
+            yield item, None, one_line(e)
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: message`` on one line (a failure reason in a failures file or a summary)."""
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+class BatchJob:
+    """The loop shared by the batch tools (generate, seeds): decoding threads prefetch images, the caller does the
+    per-image work, writing threads write the outputs; failures are recorded with a reason, a progress bar counts
+    every image once.  A write failure that no later image can avoid (disk full, read-only, permission: a fatal
+    :class:`~weakclip.errors.OutputError`) or a lost output lock stops the run at once, with the images done so far
+    in the message.  Use as a context manager (closes the bar and the pools)."""
+
+    def __init__(
+        self,
+        total: int,
+        workers: int,
+        desc: str,
+        show_progress: bool,
+        max_pending_writes: int,
+        lock: FolderLock | None = None,
+    ) -> None:
+        from weakclip.progress import progress
+
+        self.lock = lock  # checked every few images: a lost output lock stops the run
+        self.workers = max(workers, 0)
+        self.decode_pool = (
+            cf.ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers else _Inline()
+        )
+        self.write_pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="write") if self.workers else _Inline()
+        self.writes: collections.deque = collections.deque()
+        self.max_pending_writes = max_pending_writes
+        self.failures: list[tuple[str, str]] = []
+        self.done = 0
+        # tqdm bar on a terminal; a line every 30 s (WEAKCLIP_PROGRESS_INTERVAL) with done/total, img/s, ETA otherwise
+        self.bar = progress(total=total, desc=desc, unit="img", disable=not show_progress, dynamic_ncols=True,
+                            mininterval=1.0)  # fmt: skip
+
+    def images(self, items: Sequence[Item], depth: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:
+        """(item, decoded image or None, failure reason), decoding ``depth`` ahead."""
+        return _prefetch(self.decode_pool, items, depth)
+
+    def fail(self, item: Item, reason: str) -> None:
+        self.failures.append((item.name, reason))
+        self.bar.update(1)
+
+    def write(self, item: Item, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on a writing thread; a failure is recorded as ``what: reason``."""
+        self.writes.append((item, what, self.write_pool.submit(fn, *args)))
+        self.collect(self.max_pending_writes)
+
+    def collect(self, block_until: int = 0) -> None:
+        """Wait for writes until at most ``block_until`` are pending (finished ones are taken at once, so a fatal
+        write error stops the run at the next image)."""
+        while self.writes and (len(self.writes) > block_until or self.writes[0][2].done()):
+            item, what, fut = self.writes.popleft()
+            try:
+                fut.result()
+                self.done += 1
+            except OutputError as e:
+                if e.fatal:
+                    self.stop(e)
+                self.failures.append((item.name, f"{what}: {one_line(e)}"))
+            except Exception as e:  # noqa: BLE001 - a failed write is recorded, the run goes on
+                self.failures.append((item.name, f"{what}: {one_line(e)}"))
+            self.bar.update(1)
+            if self.lock is not None and (self.done + len(self.failures)) % 16 == 0:
+                self.lock.check()
+
+    def stop(self, e: OutputError) -> NoReturn:
+        """End the run at a fatal output error: no later image could be written either."""
+        for _, _, fut in self.writes:
+            fut.cancel()
+        e.args = (f"{e}; stopped after {self.done} image(s) written (a rerun resumes from there)",)
+        raise e
+
+    def __enter__(self) -> BatchJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+        self.decode_pool.shutdown(wait=True)
+        self.write_pool.shutdown(wait=True)
+
+
+def check_out_location(out: Path, images: str | os.PathLike, items: Sequence[Item], outputs: Outputs,
+                       protected: Mapping[str, str | os.PathLike | None]) -> None:  # fmt: skip
+    """No output folder may equal or contain an input folder, and no output file may be one of ``protected``
+    (option → input file, e.g. ``{"--model": path}``)."""
+    o = out.resolve()
+    folders = {it.path.parent.resolve() for it in items}
+    if Path(images).is_dir():
+        folders.add(Path(images).resolve())
+    for folder in sorted(folders):
+        if folder == o or folder.is_relative_to(o):
+            where = "is" if folder == o else "contains"
+            raise UsageError(
+                f"--out {out} {where} the input image folder {folder}: outputs would be written among (or over) "
+                "the images; choose an output folder outside the inputs"
+            )
+    written = {p.resolve() for p in outputs.all_paths([])}
+    for option, given in protected.items():
+        if given and Path(given).resolve() in written:
+            raise UsageError(f"--out {out} would overwrite the {option} file {given}; choose another output folder")
+
+
+def check_resume(
+    out: Path, record: str, settings: Mapping[str, Any], finished: int, overwrite: bool, noun: str = "outputs"
+) -> None:
+    """Refuse to add outputs to a folder whose finished ones were made with other settings (one line)."""
+    if overwrite or finished == 0:
+        return
+    path = out / record
+    try:
+        recorded = json.loads(path.read_text())["settings"]
+        if not isinstance(recorded, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(
+            f"{out}: holds {finished} of this run's {noun} but no readable {record} (made by another program or "
+            "an older version); choose another --out, or --overwrite to redo them"
+        ) from None
+    diff = [f"{k} {recorded.get(k)!r} → {v!r}" for k, v in settings.items() if recorded.get(k) != v]
+    if diff:
+        raise UsageError(
+            f"{out}: {finished} {noun} there were made with other settings ({'; '.join(diff)}); resuming would mix "
+            "them: choose another --out, or --overwrite to redo them all"
+        )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a batch run did (printed as its summary line)."""
+
+    done: int
+    skipped: int
+    failures: tuple[tuple[str, str], ...]
+    seconds: float
+    failures_file: Path | None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / max(self.seconds, 1e-9)
+
+
+Work = Callable[[list[Item], int, FolderLock], tuple[int, list[tuple[str, str]]]]
+
+
+def run_batch(
+    tool: str,
+    items: Sequence[Item],
+    outputs: Outputs,
+    settings: Mapping[str, Any],
+    work: Work,
+    *,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    noun: str = "outputs",
+) -> Summary:
+    """Run ``work(todo, skipped, lock) -> (done, failures)`` over this shard's unfinished ``items`` in an owned
+    output folder: lock, resume check, stale temporaries, the failures file, the summary line.  A run with failures
+    raises :class:`RuntimeFailure` after the summary (exit status 1); fatal output errors propagate at once."""
+    t0 = time.perf_counter()
+    shard_i, shard_n = resolve_shard(shard)
+    mine = shard_items(items, shard_i, shard_n)
+    out = outputs.out
+    fail_name = "failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt"
+    fail_path = out / fail_name
+    done, failures = 0, []
+    with owned_output_folder(out, tool, own_files=(outputs.record, fail_name), shard=(shard_i, shard_n)) as lock:
+        finished = sum(outputs.finished(it.name) for it in mine)
+        check_resume(out, outputs.record, settings, finished, overwrite, noun)
+        outputs.remove_stale_temporaries([it.name for it in mine])
+        todo = list(mine) if overwrite else [it for it in mine if not outputs.finished(it.name)]
+        skipped = len(mine) - len(todo)
+        if todo:
+            done, failures = work(todo, skipped, lock)
+        if failures:
+            write_text_atomic(fail_path, "".join(f"{name}\t{reason}\n" for name, reason in sorted(failures)))
+        elif fail_path.exists():
+            fail_path.unlink()  # all earlier failures have been retried successfully (or are finished)
+    summary = Summary(done, skipped, tuple(failures), time.perf_counter() - t0, fail_path if failures else None)
+    note = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
+    print(
+        f"summary{note}: {done} images done, {skipped} skipped (already finished), {len(failures)} failed, "
+        f"{summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s)"
+    )
+    if failures:
+        raise RuntimeFailure(f"{len(failures)} image(s) failed; names and reasons in {fail_path}")
+    return summary
+
+
+def write_record(outputs: Outputs, settings: Mapping[str, Any], **extra: Any) -> None:
+    """The settings record (``{"settings": …, **extra}``) a resume is checked against."""
+    write_text_atomic(outputs.out / outputs.record, json.dumps({"settings": settings, **extra}, indent=2,
+                                                               default=str) + "\n")  # fmt: skip
