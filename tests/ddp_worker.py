@@ -9,12 +9,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from weakclip.training.train import load_config, setup_distributed, train  # noqa: E402
+from weakclip.training.config import read_config  # noqa: E402
+from weakclip.training.train import setup_distributed, train  # noqa: E402
 
 
 def main() -> None:
     data_root, work_dir, out_dir = sys.argv[1:4]
-    cfg = load_config(None, [f"data.root={data_root}", f"work_dir={work_dir}", "train.iters=2", "train.batch_size=2",
+    cfg = read_config(None, [f"data.root={data_root}", f"work_dir={work_dir}", "train.iters=2", "train.batch_size=2",
                              "schedule.val_interval=1000", "data.num_workers=0", "device=cpu"])  # fmt: skip
     rank, world, device = setup_distributed("cpu")
     model = train(cfg, rank, world, device, resume=False, progress=False)

@@ -1,6 +1,7 @@
 """Training program: smoke run through main([...]), SIGKILL + --resume, 2-process torchrun on CPU."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import torch
 import weakclip
 from weakclip.data.synthetic import make_synthetic_dataset
 from weakclip.errors import UsageError
-from weakclip.training import train as train_mod
+from weakclip.training import config as config_mod
+from weakclip.training.config import TrainConfig, read_config
 from weakclip.training.train import load_config, lr_at, main, sample_indices
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +35,8 @@ def one_line(err: str) -> str:
 
 
 def test_schedule_and_sampling():
-    cfg = load_config(None, ["train.iters=100", "train.warmup_iters=10", "train.lr=1e-3", "train.min_lr=1e-6"])
-    assert lr_at(0, cfg) == pytest.approx(1e-3 * cfg["train"]["warmup_ratio"])
+    cfg = read_config(None, ["train.iters=100", "train.warmup_iters=10", "train.lr=1e-3", "train.min_lr=1e-6"])
+    assert lr_at(0, cfg) == pytest.approx(1e-3 * cfg.train.warmup_ratio)
     assert lr_at(10, cfg) == pytest.approx(1e-3)
     assert lr_at(100, cfg) == pytest.approx(1e-6)
     assert lr_at(55, cfg) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6))
@@ -47,7 +49,7 @@ def test_schedule_and_sampling():
 
 def test_unknown_override_is_rejected():
     with pytest.raises(UsageError, match="unknown config key"):
-        load_config(None, ["train.no_such=1"])
+        read_config(None, ["train.no_such=1"])
 
 
 @pytest.mark.parametrize(
@@ -66,23 +68,42 @@ def test_override_of_the_wrong_type_is_one_usage_line(tmp_path, capsys, override
 
 
 def test_config_values_are_typed_and_packaged_configs_read_when_used(tmp_path, monkeypatch):
-    cfg = load_config(None, ["train.iters=1e3", "train.lr=1", "work_dir=123", "data.train_lists=train.txt"])
-    assert cfg["train"]["iters"] == 1000 and cfg["train"]["lr"] == 1.0 and cfg["work_dir"] == "123"
-    assert cfg["data"]["train_lists"] == ["train.txt"]
-    assert load_config(None, ["schedule.val_max_images=null"])["schedule"]["val_max_images"] is None
+    cfg = read_config(None, ["train.iters=1e3", "train.lr=1", "work_dir=123", "data.train_lists=train.txt"])
+    assert cfg.train.iters == 1000 and cfg.train.lr == 1.0 and cfg.work_dir == "123"
+    assert cfg.data.train_lists == ["train.txt"]
+    assert read_config(None, ["schedule.val_max_images=null"]).schedule.val_max_images is None
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  batch_size: [8]\n")
     with pytest.raises(UsageError, match=r"bad\.yaml: train\.batch_size takes an integer, got \[8\] \(list\)"):
-        load_config(str(bad), [])
-    # a packaged config by name; the files are read when load_config runs (not at import)
-    assert load_config("voc_vit_b16", [])["model"]["preset"] == "vit_b16_voc"
-    assert not hasattr(train_mod, "DEFAULTS")
+        read_config(str(bad), [])
+    toml = tmp_path / "run.toml"
+    toml.write_text('work_dir = "runs/t"\n[train]\niters = 3\n[model.overrides]\ncoattn_layers = 1\n')
+    cfg = read_config(str(toml), ["model.overrides.n_contexts=4"])
+    assert (cfg.train.iters, cfg.work_dir, cfg.model.overrides) == (3, "runs/t", {"coattn_layers": 1, "n_contexts": 4})
+    toml.write_text("[train]\nepochs = 3\n")
+    with pytest.raises(UsageError, match=r"run\.toml: unknown config key 'train\.epochs'"):
+        read_config(str(toml), [])
+    # the defaults are the dataclass; synthetic_tiny is their shipped name; check-data reads the same config as data
+    assert read_config("synthetic_tiny") == read_config(None) == TrainConfig()
+    assert load_config(None, ["train.iters=5"]) == read_config(None, ["train.iters=5"]).to_dict()
+    # a packaged config by name; the files are read when the config is read (not at import)
+    assert read_config("voc_vit_b16", []).model.preset == "vit_b16_voc"
     fake = tmp_path / "configs"
     fake.mkdir()
-    (fake / "synthetic_tiny.yaml").write_text((REPO / "training/configs/synthetic_tiny.yaml").read_text()
-                                              .replace("iters: 600", "iters: 7"))  # fmt: skip
-    monkeypatch.setattr(train_mod, "packaged_configs", lambda: {"synthetic_tiny": fake / "synthetic_tiny.yaml"})
-    assert load_config(None, [])["train"]["iters"] == 7
+    (fake / "voc_vit_b16.yaml").write_text("train:\n  iters: 7\n")
+    monkeypatch.setattr(config_mod, "packaged_configs", lambda: {"voc_vit_b16": fake / "voc_vit_b16.yaml"})
+    assert read_config("voc_vit_b16", []).train.iters == 7
+
+
+def test_help_lists_every_config_key(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  train\.iters +int +600 +total iterations$", out, re.M), out
+    assert re.search(r"^  data\.labels +str \| null +cls_labels\.json +image-level labels", out, re.M), out
+    keys = re.findall(r"^  ([a-z_]+(?:\.[a-z_]+)?) ", out.split("\nconfig keys", 1)[1], re.M)
+    sections = {k: v for k, v in TrainConfig().to_dict().items() if isinstance(v, dict)}
+    expected = {"device", "work_dir"} | {f"{sec}.{key}" for sec, v in sections.items() for key in v}
+    assert set(keys) == expected, set(keys) ^ expected
 
 
 def test_train_smoke(data, tmp_path):

@@ -135,3 +135,18 @@ def test_refused_run_leaves_no_new_folder(tmp_path, capsys):
     assert main([f"data.root={tmp_path / 'nowhere'}", f"work_dir={work}", "train.iters=1", "--no-progress"]) == 2
     one_error_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_too_many_bad_samples_is_a_failure_line(tmp_path, capsys):
+    """More than data.max_bad_fraction of the samples unreadable: exit status 1 and one line (not a traceback)."""
+    root = tmp_path / "syn"
+    make_synthetic_dataset(root, images=12, seed=3, size=(64, 64), val_images=2)
+    names = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    for name in names[:2]:
+        (root / "SeedMasks" / f"{name}.png").unlink()
+    work = tmp_path / "run"
+    assert main([*common(root, work), "train.iters=1", "--no-progress"]) == 1
+    err = one_error_line(capsys.readouterr().err)
+    assert err.startswith(f"error: 2 of {len(names)} samples "), err
+    assert "are bad, more than max_bad_fraction=0.01: " in err and names[0] in err, err
+    assert not work.exists()

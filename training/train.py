@@ -1,35 +1,25 @@
-"""Train WeakCLIP on CAM seeds.
+"""Train WeakCLIP on CAM seeds (one process, or DDP under torchrun: gloo on CPU, nccl on GPU).
 
-    python training/train.py --config training/configs/synthetic_tiny.yaml [KEY=VALUE ...] [--resume | --overwrite]
-    torchrun --nproc_per_node 2 training/train.py --config ... (DDP: gloo on CPU, nccl on GPU)
-
-``--config`` takes a YAML/TOML file or the name of a packaged config (``synthetic_tiny``, ``voc_vit_b16``; read when
-used, from ``weakclip.training/configs``).  KEY=VALUE overrides use dotted keys of the config (``train.iters=200
-data.root=/data/voc``); values are parsed as YAML and must have the key's type (an integer for ``train.iters``, a
-number for ``train.lr``, ...).  The resolved config is written to ``<work_dir>/config.yaml``.  Checkpoints are written
-atomically (temporary name, then rename) to ``<work_dir>/last.pt`` every ``schedule.checkpoint_interval`` iterations;
-the best validation model goes to ``best.safetensors``, the final one to ``final.safetensors`` with the precomputed
-text embeddings beside it (``text_embeddings.safetensors``).
+The config (:mod:`weakclip.training.config`; ``--help`` lists its keys) is written to ``<work_dir>/config.yaml``.
+Checkpoints are written atomically to ``<work_dir>/last.pt`` every ``schedule.checkpoint_interval`` iterations; the
+best validation model goes to ``best.safetensors``, the final one to ``final.safetensors`` with the precomputed text
+embeddings beside it (``text_embeddings.safetensors``).
 
 work_dir rules: a new or empty work_dir starts a run.  A non-empty one is refused unless ``--resume`` (continue the
 run from ``last.pt``: model, optimiser, scaler, RNG state and iteration; ``log.csv``/``val.csv`` rows after that
 iteration are dropped so none is repeated; with no ``last.pt`` yet the run starts from scratch) or ``--overwrite``
 (delete this program's outputs listed in ``OUTPUTS`` first; other files are left alone).  A resume is refused when the
-resolved config differs from the one recorded in ``last.pt`` in anything but ``RESUME_MAY_CHANGE`` (the total
-``train.iters``, ``schedule.*`` intervals, ``data.num_workers``, ``data.root``, ``device``, ``work_dir``), or when
-the training list or class names differ, and when the run is already at ``train.iters`` (raise it to continue).
-``data.labels`` is read for the model's K classes before any model work (a wrong vector length is refused with the
-line ``weakclip check-data`` prints).  A run that fails before writing anything leaves no empty
-work_dir.  Progress: a tqdm bar on a terminal, otherwise a line every ``WEAKCLIP_PROGRESS_INTERVAL`` seconds
-(default 30; ``WEAKCLIP_PROGRESS=auto|bar|lines|off``); ``--no-progress``: a log line every
-``schedule.log_interval`` iterations instead.  Exit status: 0 done, 2 a usage error (one ``error:`` line: bad option,
-config value or work_dir), 1 the run failed.
+resolved config differs from the one recorded in ``last.pt`` in anything but ``RESUME_MAY_CHANGE``, when the training
+list or class names differ, and when the run is already at ``train.iters`` (raise it to continue).  ``data.labels`` is
+read for the model's K classes before any model work (a wrong vector length is refused with the line ``weakclip
+check-data`` prints).  A run that fails before writing anything leaves no empty work_dir.  ``--no-progress``: a log
+line every ``schedule.log_interval`` iterations instead of the progress bar / lines.  Exit status: 0 done, 2 a usage
+error (bad option, config value or work_dir), 1 the run failed (e.g. more than ``data.max_bad_fraction`` bad samples).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import hashlib
 import json
@@ -40,7 +30,6 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -56,153 +45,40 @@ import weakclip
 from weakclip.config import get_config
 from weakclip.data.datasets import SegmentationDataset, collate, resolve_list
 from weakclip.data.labels import load_labels
-from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
+from weakclip.errors import ArgumentParser, UsageError, cli
 from weakclip.evaluate import ConfusionMatrix
 from weakclip.inference import InferenceOptions, predict
 from weakclip.io import atomic_path, read_image, read_mask, removed_if_left_empty
 from weakclip.losses import WeakCLIPLoss
 from weakclip.progress import progress as progress_meter
+from weakclip.progress import setup_logging
+from weakclip.training.config import DEFAULT_CONFIG, TrainConfig, config_help, read_config
 
 logger = logging.getLogger("weakclip.training")
 
-DEFAULT_CONFIG = "synthetic_tiny"  # packaged config holding every key (the defaults of every other config)
-
 # What this program writes into work_dir (``--overwrite`` deletes these and its temporaries, nothing else).
-OUTPUTS = ("config.yaml", "last.pt", "best.safetensors", "final.safetensors", "text_embeddings.safetensors",
-           "log.csv", "val.csv")  # fmt: skip
+OUTPUTS = (
+    "config.yaml",
+    "last.pt",
+    "best.safetensors",
+    "final.safetensors",
+    "text_embeddings.safetensors",
+    "log.csv",
+    "val.csv",
+)
 
 # Config keys a --resume may change (dotted; "schedule.*" = the whole section).  Everything else (model, data
 # lists/folders/labels, losses, optimiser and schedule shape, seed, batch size) must equal the recorded run.
 RESUME_MAY_CHANGE = ("train.iters", "schedule.*", "data.num_workers", "data.root", "device", "work_dir")
-
-# Keys that may be null (their default is a value): anything else keeps the type of its default.
-NULLABLE = ("model.clip_weights", "data.labels", "data.val_list", "schedule.val_max_images")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # config
 
 
-def packaged_configs() -> dict[str, Any]:
-    """name → resource of every config shipped with the package (``training/configs/*.yaml``)."""
-    folder = resources.files("weakclip.training") / "configs"
-    return {p.name[: -len(".yaml")]: p for p in folder.iterdir() if p.name.endswith(".yaml")}
-
-
-def default_config() -> dict[str, Any]:
-    """The defaults (every key of the config), read from the packaged ``synthetic_tiny.yaml`` when called."""
-    return yaml.safe_load(packaged_configs()[DEFAULT_CONFIG].read_text(encoding="utf-8"))
-
-
-def _read_config_file(path: str) -> tuple[dict[str, Any], str]:
-    p = Path(path)
-    if not p.is_file():
-        shipped = packaged_configs()
-        name = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
-        if p.parent == Path(".") and name in shipped:  # a bare name: the packaged config
-            return yaml.safe_load(shipped[name].read_text(encoding="utf-8")) or {}, f"config {name}"
-        raise UsageError(f"{p}: config file not found (packaged configs: {', '.join(sorted(shipped))})")
-    try:
-        if p.suffix == ".toml":
-            import tomllib
-
-            return tomllib.loads(p.read_text()), str(p)
-        return yaml.safe_load(p.read_text()) or {}, str(p)
-    except Exception as e:  # noqa: BLE001 - YAML / TOML syntax errors: one line
-        raise UsageError(f"{p}: cannot parse the config ({' '.join(str(e).split())})") from None
-
-
 def load_config(path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
-    """Defaults ← config file ← KEY=VALUE overrides; unknown keys and wrongly typed values are UsageErrors."""
-    defaults = default_config()
-    cfg = copy.deepcopy(defaults)
-    if path:
-        user, where = _read_config_file(path)
-        if not isinstance(user, dict):
-            raise UsageError(f"{where}: expected a mapping of config sections, got {type(user).__name__}")
-        _merge(cfg, user, where, defaults)
-    for item in overrides:
-        if "=" not in item:
-            raise UsageError(f"override {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        node, ref = cfg, defaults
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                raise UsageError(f"unknown config section {part!r} in override {item!r}")
-            node, ref = node[part], (ref.get(part) if isinstance(ref, dict) else None)
-        in_overrides = len(parts) >= 2 and parts[-2] == "overrides"
-        if parts[-1] not in node and not in_overrides:
-            raise UsageError(f"unknown config key {key!r}; known: {sorted(node)}")
-        parsed = _parse_value(value)
-        if not in_overrides:
-            parsed = _typed(key, parsed, ref.get(parts[-1]) if isinstance(ref, dict) else None, f"override {item}")
-        node[parts[-1]] = parsed
-    return cfg
-
-
-def _parse_value(text: str) -> Any:
-    """YAML value, with ``1e-3``-style floats accepted (YAML 1.1 reads them as strings)."""
-    try:
-        v = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
-
-
-_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
-               dict: "a mapping"}  # fmt: skip
-
-
-def _typed(key: str, value: Any, default: Any, where: str) -> Any:
-    """``value`` checked against the type of the key's default (ints accepted for numbers, integral numbers for
-    integers, anything written as text for strings); UsageError naming the key, the value and the type otherwise."""
-    if value is None:
-        if default is None or key in NULLABLE:
-            return None
-        raise UsageError(f"{where}: {key} cannot be null; it takes {_TYPE_NAMES.get(type(default), 'a value')}")
-    if default is None:
-        return value
-    want = type(default)
-    if want is bool:
-        ok = isinstance(value, bool)
-    elif want is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif want is list and isinstance(value, str):
-        value, ok = [value], True
-    elif want is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif want is str:
-        ok = not isinstance(value, (dict, list))
-        value = str(value) if ok and not isinstance(value, bool) else value
-        ok = ok and isinstance(value, str)
-    else:
-        ok = isinstance(value, want)
-    if not ok:
-        raise UsageError(f"{where}: {key} takes {_TYPE_NAMES.get(want, want.__name__)}, got {value!r} "
-                         f"({type(value).__name__})")  # fmt: skip
-    return value
-
-
-def _merge(dst: dict, src: dict, where: str, ref: dict | None, prefix: str = "") -> None:
-    for k, v in src.items():
-        key = f"{prefix}{k}"
-        if k not in dst and prefix.rstrip(".") != "model.overrides":
-            raise UsageError(f"{where}: unknown config key {key!r}")
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and k != "overrides":
-            _merge(dst[k], v, where, ref.get(k) if isinstance(ref, dict) else None, f"{key}.")
-        elif prefix.startswith("model.overrides") or k == "overrides":
-            dst[k] = v
-        else:
-            dst[k] = _typed(key, v, ref.get(k) if isinstance(ref, dict) else None, where)
+    """The resolved config as plain data (what ``config.yaml`` holds): :func:`read_config`'s, for check-data."""
+    return read_config(path, overrides).to_dict()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -257,8 +133,10 @@ def check_work_dir(work: Path, resume: bool, overwrite: bool) -> None:
     ours = [p.name for p in our_files(work)]
     shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
     if ours:
-        raise UsageError(f"{work}: work_dir already holds a training run ({shown}); pass --resume to continue it or "
-                         "--overwrite to start again (deletes this program's outputs there)")  # fmt: skip
+        raise UsageError(
+            f"{work}: work_dir already holds a training run ({shown}); pass --resume to continue it or "
+            "--overwrite to start again (deletes this program's outputs there)"
+        )
     raise UsageError(f"{work}: work_dir is not empty ({shown}); choose a new or empty folder")
 
 
@@ -304,15 +182,15 @@ def is_main(rank: int) -> bool:
 # schedule, sampling, RNG
 
 
-def lr_at(it: int, cfg: dict) -> float:
+def lr_at(it: int, cfg: TrainConfig) -> float:
     """Linear warm-up from lr·warmup_ratio to lr, then cosine from lr to min_lr at ``iters``."""
-    t = cfg["train"]
-    lr, warm, total = t["lr"], t["warmup_iters"], t["iters"]
+    t = cfg.train
+    lr, warm, total = t.lr, t.warmup_iters, t.iters
     if it < warm:
-        r = t["warmup_ratio"]
+        r = t.warmup_ratio
         return lr * (r + (1 - r) * it / max(warm, 1))
     progress = (it - warm) / max(total - warm, 1)
-    return t["min_lr"] + 0.5 * (lr - t["min_lr"]) * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return t.min_lr + 0.5 * (lr - t.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def sample_indices(n: int, seed: int, start: int, count: int, rank: int, world: int) -> list[int]:
@@ -341,7 +219,7 @@ def rng_state() -> dict[str, Any]:
             int(np_state[2]),
             int(np_state[3]),
             float(np_state[4]),
-        ],  # fmt: skip
+        ],
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
     }
     if torch.cuda.is_available():
@@ -364,8 +242,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(
-    path: Path, model, optimizer, scaler, it: int, best: float, cfg: dict, data_sha256: str = ""
+    path: Path, model, optimizer, scaler, it: int, best: float, config: dict[str, Any], data_sha256: str = ""
 ) -> None:
+    """``config``: :meth:`TrainConfig.to_dict` (what a --resume compares with)."""
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -373,7 +252,7 @@ def save_training_state(
         "iteration": it,
         "best_miou": best,
         "rng": rng_state(),
-        "config": json.dumps(cfg),
+        "config": json.dumps(config),
         "data_sha256": data_sha256,
     }
     with atomic_path(path) as tmp:
@@ -406,21 +285,21 @@ def save_text_embeddings(model, path: Path) -> None:
 
 
 @torch.no_grad()
-def validate(model, cfg: dict, class_names: tuple[str, ...], device: torch.device) -> dict[str, Any]:
+def validate(model, cfg: TrainConfig, class_names: tuple[str, ...], device: torch.device) -> dict[str, Any]:
     """Single-scale (ratio 1, no flip) sliding-window mIoU on the validation list against GT."""
-    d = cfg["data"]
-    root = Path(d["root"])
-    names = _read_list(root, d["val_list"])
-    if cfg["schedule"].get("val_max_images"):
-        names = names[: int(cfg["schedule"]["val_max_images"])]
+    d = cfg.data
+    root = Path(d.root)
+    names = _read_list(root, d.val_list or "")
+    if cfg.schedule.val_max_images:
+        names = names[: cfg.schedule.val_max_images]
     model.eval()
     T = model.text_embeddings()
     opts = InferenceOptions.for_engine(model.config, scales=(1.0,), flip=False, device=str(device))
     conf = ConfusionMatrix(len(class_names))
     for name in names:
         try:
-            image = read_image(root / d["image_dir"] / f"{name}.jpg")
-            gt = read_mask(root / d["gt_dir"] / f"{name}.png")
+            image = read_image(root / d.image_dir / f"{name}.jpg")
+            gt = read_mask(root / d.gt_dir / f"{name}.png")
         except (ValueError, FileNotFoundError) as e:
             logger.warning("validation skips %s", e)
             continue
@@ -442,17 +321,13 @@ def _read_list(root: Path, name: str) -> list[str]:
 # main
 
 
-def _show_log() -> None:
-    """CLI output: the ``weakclip.training`` logger's INFO lines on stdout, warnings on stderr (once per process)."""
-    from weakclip.progress import setup_logging
-
-    setup_logging(logger=logger.name)
-
-
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     ap = ArgumentParser(
-        prog="weakclip-train", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        prog="weakclip-train",
+        description=__doc__.split("\n\n")[0],
+        epilog=config_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--config", help=f"YAML/TOML config file or a packaged config name ({DEFAULT_CONFIG} by default)")
     group = ap.add_mutually_exclusive_group()
@@ -461,31 +336,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides, e.g. train.iters=200")
     args = ap.parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    _show_log()
-    rank, world, device = setup_distributed(cfg["device"])
+    cfg = read_config(args.config, args.overrides)
+    setup_logging(logger=logger.name)  # INFO lines on stdout, warnings on stderr
+    rank, world, device = setup_distributed(cfg.device)
     try:
-        with removed_if_left_empty(cfg["work_dir"]):  # a run that fails before writing leaves no empty work_dir
+        with removed_if_left_empty(cfg.work_dir):  # a run that fails before writing leaves no empty work_dir
             train(cfg, rank, world, device, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
         return 0
-    except RuntimeError as e:
-        if "max_bad_fraction" in str(e):  # the dataset's "too many bad samples" stop: a failure, not a bug
-            raise RuntimeFailure(" ".join(str(e).split())) from None
-        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _labels_path(cfg: dict) -> Path | None:
+def _labels_path(cfg: TrainConfig) -> Path | None:
     """``data.labels`` (relative to ``data.root`` unless absolute), or None when the labels come from the seeds."""
-    labels = cfg["data"].get("labels")
+    labels = cfg.data.labels
     if not labels:
         return None
-    return Path(labels) if Path(labels).is_absolute() else Path(cfg["data"]["root"]) / labels
+    return Path(labels) if Path(labels).is_absolute() else Path(cfg.data.root) / labels
 
 
-def _check_labels(cfg: dict, num_classes: int) -> None:
+def _check_labels(cfg: TrainConfig, num_classes: int) -> None:
     """Read ``data.labels`` for a ``num_classes``-class model: a wrong vector length or class index, or a file that
     cannot be parsed, is a UsageError with the line ``weakclip check-data`` prints for it.  A missing file is left to
     the dataset, which reports it after the lists."""
@@ -498,29 +369,27 @@ def _check_labels(cfg: dict, num_classes: int) -> None:
         raise UsageError(" ".join(str(e).split())) from None
 
 
-def _build_dataset(cfg: dict, class_names: tuple[str, ...], crop: int, seed: int) -> SegmentationDataset:
-    d_cfg = cfg["data"]
-    root = Path(d_cfg["root"])
-    labels = _labels_path(cfg)
+def _build_dataset(cfg: TrainConfig, class_names: tuple[str, ...], crop: int, seed: int) -> SegmentationDataset:
+    d = cfg.data
     try:
         return SegmentationDataset(
-            root,
-            split_list=list(d_cfg["train_lists"]),
-            image_dir=d_cfg["image_dir"],
-            seed_dir=d_cfg["seed_dir"],
-            gt_dir=d_cfg["gt_dir"],
+            Path(d.root),
+            split_list=list(d.train_lists),
+            image_dir=d.image_dir,
+            seed_dir=d.seed_dir,
+            gt_dir=d.gt_dir,
             class_names=class_names,
             crop_size=crop,
             train=True,
-            labels=labels,
-            max_bad_fraction=float(d_cfg["max_bad_fraction"]),
+            labels=_labels_path(cfg),
+            max_bad_fraction=d.max_bad_fraction,
             seed=seed,
         )
     except (FileNotFoundError, ValueError) as e:  # lists, labels, class indexing: the data config is wrong
         raise UsageError(f"data: {' '.join(str(e).split())}") from None
 
 
-def _resume_state(last: Path, cfg: dict) -> dict[str, Any]:
+def _resume_state(last: Path, cfg: TrainConfig) -> dict[str, Any]:
     """last.pt, after checking that the recorded config equals ``cfg`` up to RESUME_MAY_CHANGE."""
     state = load_training_state(last)
     try:
@@ -529,7 +398,7 @@ def _resume_state(last: Path, cfg: dict) -> dict[str, Any]:
         recorded = None
     if not isinstance(recorded, dict):
         raise UsageError(f"{last}: records no config to compare with; --overwrite starts again")
-    diff = config_differences(recorded, cfg)
+    diff = config_differences(recorded, cfg.to_dict())
     if diff:
         more = f" (and {len(diff) - 1} more: {', '.join(d.split()[0] for d in diff[1:])})" if len(diff) > 1 else ""
         raise UsageError(
@@ -555,7 +424,7 @@ def _drop_rows_after(path: Path, iteration: int) -> None:
 
 
 def train(
-    cfg: dict,
+    cfg: TrainConfig,
     rank: int,
     world: int,
     device: torch.device,
@@ -568,43 +437,47 @@ def train(
     Inputs are checked before anything is written (work_dir rules, the data, a resume's config); see the module
     docstring.  Every rank checks (read-only), then rank 0 writes.
     """
-    t_cfg, d_cfg, s_cfg = cfg["train"], cfg["data"], cfg["schedule"]
-    work = Path(cfg["work_dir"])
+    t_cfg, d_cfg, s_cfg = cfg.train, cfg.data, cfg.schedule
+    work = Path(cfg.work_dir)
     last = work / "last.pt"
     check_work_dir(work, resume, overwrite)
     state = _resume_state(last, cfg) if resume and last.is_file() else None
     if state is not None:
-        reached, wanted = int(state["iteration"]), int(t_cfg["iters"])
+        reached, wanted = int(state["iteration"]), t_cfg.iters
         # at train.iters with no final model yet (stopped after its last checkpoint): the run only writes its outputs
         if reached > wanted or (reached == wanted and (work / "final.safetensors").is_file()):
-            raise UsageError(f"{last}: --resume: the run is already at iteration {reached} ≥ train.iters={wanted}; "
-                             "raise train.iters to continue")  # fmt: skip
+            raise UsageError(
+                f"{last}: --resume: the run is already at iteration {reached} ≥ train.iters={wanted}; "
+                "raise train.iters to continue"
+            )
 
-    seed = int(t_cfg["seed"])
+    seed = t_cfg.seed
     torch.manual_seed(seed + rank)
     np.random.seed((seed + rank) % 2**32)
     random.seed(seed + rank)
 
-    root = Path(d_cfg["root"])
+    root = Path(d_cfg.root)
     names_file = root / "class_names.txt"
-    overrides = dict(cfg["model"].get("overrides") or {})
+    overrides = dict(cfg.model.overrides)
     if names_file.is_file() and "class_names" not in overrides:
         overrides["class_names"] = tuple(n.strip() for n in names_file.read_text().splitlines() if n.strip())
     try:
-        num_classes = get_config(cfg["model"]["preset"], **overrides).num_classes
+        num_classes = get_config(cfg.model.preset, **overrides).num_classes
         torch.manual_seed(seed)  # identical initial weights on every rank
         _check_labels(cfg, num_classes)  # before any model work (CLIP weights may be downloaded)
-        model = weakclip.build_model(cfg["model"]["preset"], clip_weights=cfg["model"]["clip_weights"], **overrides)
+        model = weakclip.build_model(cfg.model.preset, clip_weights=cfg.model.clip_weights, **overrides)
     except (KeyError, ValueError, TypeError) as e:  # unknown preset / config key, bad class name
         raise UsageError(f"model: {' '.join(str(e).strip(chr(39)).split())}") from None
     class_names = model.class_names
     dataset = _build_dataset(cfg, class_names, model.config.crop_size, seed + rank)
     fingerprint = data_fingerprint(dataset.names, class_names)
     if state is not None and state.get("data_sha256") and state["data_sha256"] != fingerprint:
-        raise UsageError(f"{last}: --resume with other training data: the training list or the class names differ "
-                         "from the recorded run (use a new work_dir, or --overwrite)")  # fmt: skip
-    if d_cfg.get("val_list"):
-        _read_list(root, d_cfg["val_list"])  # a missing validation list fails now, not at the first validation
+        raise UsageError(
+            f"{last}: --resume with other training data: the training list or the class names differ "
+            "from the recorded run (use a new work_dir, or --overwrite)"
+        )
+    if d_cfg.val_list:
+        _read_list(root, d_cfg.val_list)  # a missing validation list fails now, not at the first validation
     if world > 1:
         dist.barrier()  # every rank has checked the work_dir before rank 0 writes into it
     if is_main(rank):
@@ -616,21 +489,22 @@ def train(
         for stale in work.glob(".*.tmp*"):  # temporaries of a run killed mid-write; never a valid checkpoint
             stale.unlink()
         with atomic_path(work / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     model.to(device).train()
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t_cfg["lr"], weight_decay=t_cfg["weight_decay"])
-    use_amp = bool(t_cfg["amp"]) and device.type == "cuda"
+    optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
+    use_amp = t_cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else
-                                                    None, find_unused_parameters=False) if world > 1 else None  # fmt: skip
-    forward = ddp if ddp is not None else model
-    criterion = WeakCLIPLoss(model.config.mean, model.config.std, cfg["loss"]["seed"], cfg["loss"]["boundary"],
-                             cfg["loss"]["aux"])  # fmt: skip
+    forward = model
+    if world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+    criterion = WeakCLIPLoss(model.config.mean, model.config.std, cfg.loss.seed, cfg.loss.boundary, cfg.loss.aux)
 
+    recorded = cfg.to_dict()  # what last.pt records (a --resume compares with it)
     start, best = 0, -1.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -649,12 +523,12 @@ def train(
         logger.info(f"--resume: no {last} yet, starting from scratch")
     del state
 
-    total, bs = int(t_cfg["iters"]), int(t_cfg["batch_size"])
+    total, bs = t_cfg.iters, t_cfg.batch_size
     log_rows: list[dict[str, Any]] = []
     # a tqdm bar on a terminal, a line every WEAKCLIP_PROGRESS_INTERVAL s otherwise; off: the log lines below
     bar = progress_meter(total=total, initial=start, desc="train", unit="it", disable=not (progress and is_main(rank)))
     log_lines = bar.mode == "off"
-    pool = _loader_pool(dataset, int(d_cfg["num_workers"]))
+    pool = _loader_pool(dataset, d_cfg.num_workers)
     t0, done_since = time.perf_counter(), 0
     try:
         for it in range(start, total):
@@ -683,19 +557,24 @@ def train(
                 row = {"iteration": step, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
                 log_rows.append(row)
                 if not log_lines:  # before update(): a progress line shows this iteration's losses
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", seed=f"{row['seed']:.3f}",
-                                    bd=f"{row['boundary']:.3f}", aux=f"{row['aux']:.3f}", refresh=False)  # fmt: skip
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.3f}",
+                        seed=f"{row['seed']:.3f}",
+                        bd=f"{row['boundary']:.3f}",
+                        aux=f"{row['aux']:.3f}",
+                        refresh=False,
+                    )
                 bar.update(1)
-                if step % s_cfg["log_interval"] == 0 or step == total:
+                if step % s_cfg.log_interval == 0 or step == total:
                     rate = done_since / (time.perf_counter() - t0)
                     _append_csv(work / "log.csv", log_rows, rate)
                     log_rows.clear()
                     if log_lines:
                         logger.info(f"it {step}/{total} loss {row['loss']:.4f} lr {lr:.2e} {rate:.2f} it/s")
-            if step % s_cfg["checkpoint_interval"] == 0 or step == total:
+            if step % s_cfg.checkpoint_interval == 0 or step == total:
                 if is_main(rank):
-                    save_training_state(last, model, optimizer, scaler, step, best, cfg, fingerprint)
-            if (step % s_cfg["val_interval"] == 0 or step == total) and is_main(rank) and d_cfg.get("val_list"):
+                    save_training_state(last, model, optimizer, scaler, step, best, recorded, fingerprint)
+            if (step % s_cfg.val_interval == 0 or step == total) and is_main(rank) and d_cfg.val_list:
                 res = validate(model, cfg, class_names, device)
                 _append_csv(work / "val.csv", [{"iteration": step, "miou": res["miou"]}], None)
                 msg = f"iteration {step}: val mIoU {100 * res['miou']:.2f} on {res['images']} images"
@@ -703,7 +582,8 @@ def train(
                     best = res["miou"]
                     weakclip.save_checkpoint(model, work / "best.safetensors", extra={"iteration": str(step)})
                     msg += " (best)"
-                    save_training_state(last, model, optimizer, scaler, step, best, cfg, fingerprint)  # keep `best`
+                    # last.pt records the new `best`
+                    save_training_state(last, model, optimizer, scaler, step, best, recorded, fingerprint)
                 bar.write(msg) if bar.mode == "bar" else logger.info(msg)
             if world > 1:
                 dist.barrier()

@@ -1,9 +1,5 @@
-"""Which CPU instruction sets this machine has, and so which precision tiers run natively on it.
-
-    from weakclip import cpu_features
-    f = cpu_features.detect()          # cached; CPUFeatures(model, vendor, flags, source)
-    f.has("avx512_vnni"), f.bf16, f.int8_isa
-    why = cpu_features.missing_for("bf16")   # None, or one line naming the missing instruction set
+"""Which CPU instruction sets this machine has, and so which precision tiers run natively on it
+(``python -m weakclip.cpu_features`` prints both).
 
 Source: the ``flags`` line of ``/proc/cpuinfo`` (Linux; the kernel's names: ``avx2``, ``avx512f``,
 ``avx512_vnni``, ``avx_vnni``, ``avx512_bf16``, ``amx_bf16``, ``amx_int8`` ...; on aarch64 the ``Features`` line,

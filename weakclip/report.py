@@ -1,19 +1,7 @@
 """``weakclip report``: one HTML page that compares mask runs (seeds, generated masks, CRF output) against the ground
-truth, for judging pseudo masks by looking.
-
-    weakclip report --gt GT [--list L] RUN_A [RUN_B ...] --out report/ [--names A,B,...] [--image-root DIR]
-
-Each RUN is a folder of ``<name>.png`` masks.  ``--out`` receives ``index.html`` (no script, no network: the plots
-and thumbnails are files in ``assets/`` beside it), ``report.json`` (every number on the page) and
-``per_image.csv`` (each image's mIoU in each run).  The page shows:
-
-* the runs' settings side by side (read from ``generate_config.json`` / ``seeds_config.json``: model file hash,
-  engine, precision, views, CRF, label masking, date) with mIoU, pixel accuracy and the share predicted 255;
-* per-class IoU of every run in one chart (and a table), with the change between consecutive runs;
-* a row-normalised confusion matrix per run (log colour scale; the last column is "predicted 255");
-* a gallery: the N images that gain most and lose most between the first and the last run, and the N worst of the
-  last run: image, GT and each run's mask as palette overlays, a legend, each image's mIoU;
-* how many GT images have no mask in each run, and the images whose masks are mostly 255 (ignore-heavy seeds).
+truth, for judging pseudo masks by looking: the runs' settings and scores side by side, per-class IoU and its change
+between consecutive runs, a confusion matrix per run, a gallery of the images that gain and lose most, missing and
+ignore-heavy masks.  The page has no script and fetches nothing (plots and thumbnails are files in ``assets/``).
 
 The numbers come from the evaluation code (:func:`weakclip.evaluate.confusion`, one count per image and run, summed):
 a run's mIoU equals ``weakclip evaluate`` on the images it has.  Class slots with no pixel in the GT and in every run

@@ -8,8 +8,8 @@ Several lists may be given; their union (in order, without duplicates) is used, 
 Bad samples (missing or corrupt image/seed/GT, seed of another size than its image, label values >= K other than
 255, no image-level label) are reported once as a single warning line naming the file and the problem, recorded in
 ``dataset.bad_samples`` as (name, reason), and skipped (the next good sample is returned instead).  When more than
-``max_bad_fraction`` of the samples are bad a RuntimeError with a summary stops the run.  With DataLoader workers
-each worker keeps its own ``bad_samples`` list (the threshold still applies per worker).
+``max_bad_fraction`` of the samples are bad, :class:`TooManyBadSamples` (a summary) stops the run.  With DataLoader
+workers each worker keeps its own ``bad_samples`` list (the threshold still applies per worker).
 
 COCO in VOC layout needs an explicit class indexing: ``coco_layout="contiguous81"`` (mask values 0..80) or
 ``"official91"`` (mask values are COCO category ids 1..90, mapped to contiguous indices with COCO_CATEGORY_IDS).
@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from ..classes import COCO_CATEGORY_IDS, COCO_CLASSES, VOC_CLASSES
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import RuntimeFailure
 from ..io import read_image, read_mask
 from .labels import Labels, labels_from_mask, load_labels, multi_hot, restricted_load_npy
 from .transforms import IGNORE_INDEX, TrainTransform, test_transform
@@ -42,6 +43,10 @@ COCO_LAYOUTS = ("contiguous81", "official91")
 
 class BadSample(Exception):
     """A sample that cannot be used (the message names the file and the problem)."""
+
+
+class TooManyBadSamples(RuntimeFailure, RuntimeError):
+    """More than ``max_bad_fraction`` of the samples are bad: the run stops (exit status 1 at the command line)."""
 
 
 class LabelIndexingError(ValueError):
@@ -221,7 +226,7 @@ class SegmentationDataset(Dataset):
                 if self._labels is not None and name not in self._labels:
                     problems.append((name, f"{self.labels_source}: no image-level label for {name!r}"))
         if len(problems) > self.max_bad_fraction * len(self.names):
-            raise RuntimeError(self._summary(problems))
+            raise TooManyBadSamples(self._summary(problems))
         for name, reason in problems:
             self._record_bad(name, reason)
 
@@ -257,7 +262,7 @@ class SegmentationDataset(Dataset):
         self.bad_samples.append((name, reason))
         logger.warning("skipping sample %s: %s", name, reason)
         if len(self.bad_samples) > self.max_bad_fraction * len(self.names):
-            raise RuntimeError(self._summary(self.bad_samples))
+            raise TooManyBadSamples(self._summary(self.bad_samples))
 
     def _map_labels(self, mask: np.ndarray, path: Path) -> np.ndarray:
         """Check the mask's values against K (and the COCO indexing) and map them to contiguous indices."""
@@ -357,7 +362,7 @@ class SegmentationDataset(Dataset):
                 return self.load(j)
             except BadSample as e:
                 self._record_bad(name, str(e))
-        raise RuntimeError(self._summary(self.bad_samples))
+        raise TooManyBadSamples(self._summary(self.bad_samples))
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

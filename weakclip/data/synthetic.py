@@ -1,6 +1,6 @@
 """Synthetic VOC-layout dataset: textured shapes, GT masks, CAM-like degraded seeds and image-level labels.
 
-VOC/COCO cannot be downloaded on our machines, so tests and the demo train on this.  Each foreground class has its
+Tests and the demo train on this (no dataset download needed).  Each foreground class has its
 own colour + texture family (with per-image jitter, so it is learnable but not trivial); 1-3 objects per image on
 textured backgrounds.  Seeds are degraded from the GT the way CAM seeds are: under-segmented cores around a
 "discriminative" point, blobby spills outside the object, shifted boundaries, small objects missed, occasional class
@@ -13,10 +13,8 @@ Layout written under ``out``::
     SeedMasks/<name>.png   ImageSets/Segmentation/{train,val}.txt   cls_labels.json   class_names.txt
     synthetic_meta.json    (the generator's arguments and the seeds' mIoU)
 
-Usage: ``python -m weakclip.data.synthetic --out DIR --images N --seed S [--classes C] [--size H W]
-[--max-size H W] [--val N] [--overwrite]``.  A non-empty ``--out`` is refused unless ``--overwrite``, which deletes
-the files of the layout above (``<split>_NNNNNN`` images and masks, the lists, labels, class names and meta file) and
-writes the set again; other files there are left alone.
+A non-empty ``--out`` is refused unless ``--overwrite``, which deletes only the files of this layout
+(``<split>_NNNNNN`` images and masks, the lists, labels, class names and meta file) and writes the set again.
 """
 
 from __future__ import annotations
