@@ -381,9 +381,13 @@ def export_custom_op(
     core.log(f"custom op: exporting the standard decomposition → {dpath}")
     t0 = time.perf_counter()
     dproto = core.export_graph(
-        dspec, dspec.make_inputs(example), exporter=opts.exporter, opset=opts.opset, crop=model.config.crop_size,
+        dspec,
+        dspec.make_inputs(example),
+        exporter=opts.exporter,
+        opset=opts.opset,
+        crop=model.config.crop_size,
         patch=model.config.patch_size,
-    )  # fmt: skip
+    )
     core.set_metadata(dproto, {**core.model_metadata(model, kind=dspec.kind, **meta), **extra_meta})
     core.save_model(dproto, dpath)
     t_export = time.perf_counter() - t0
@@ -397,17 +401,23 @@ def export_custom_op(
 
         try:
             report["graphs"][dspec.kind]["check"] = core.check_graph(
-                dpath, dspec, decomp_reference, shapes, atol=opts.atol, rtol=opts.rtol,
+                dpath,
+                dspec,
+                decomp_reference,
+                shapes,
+                atol=opts.atol,
+                rtol=opts.rtol,
                 min_agreement=opts.min_agreement,
-            )  # fmt: skip
+            )
         except core.CheckFailed as e:
             failures.append(str(e))
 
     # 2. the plugin graphs
     custom = {"coattention_custom": custom_coattention_graph(model, T, opset=opts.opset)}
     if "encoder" in protos and "decoder" in protos:
-        custom["end_to_end_custom"] = custom_end_to_end(protos["encoder"], custom["coattention_custom"],
-                                                        protos["decoder"])  # fmt: skip
+        custom["end_to_end_custom"] = custom_end_to_end(
+            protos["encoder"], custom["coattention_custom"], protos["decoder"]
+        )
     else:
         core.log("custom op: weakclip_custom.onnx needs the encoder and decoder graphs; not written")
     for kind, proto in custom.items():
@@ -422,9 +432,14 @@ def export_custom_op(
             try:
                 with tempfile.TemporaryDirectory() as tmp:
                     report["graphs"][kind]["check"] = core.check_graph(
-                        decomposed_copy(path, dpath, tmp), spec, spec.module, shapes, atol=opts.atol,
-                        rtol=opts.rtol, min_agreement=opts.min_agreement,
-                    )  # fmt: skip
+                        decomposed_copy(path, dpath, tmp),
+                        spec,
+                        spec.module,
+                        shapes,
+                        atol=opts.atol,
+                        rtol=opts.rtol,
+                        min_agreement=opts.min_agreement,
+                    )
             except core.CheckFailed as e:
                 failures.append(f"custom op (decomposed): {e}")
     return report

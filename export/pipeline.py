@@ -54,8 +54,9 @@ def validate_options(opts: ExportOptions) -> None:
         raise ExportInputError(f"unknown graph(s) {unknown}; choose from {', '.join(FILES)}")
     if opts.int8_calibration is not None:
         if "end_to_end" not in opts.graphs:
-            raise ExportInputError("--int8 quantises the end_to_end graph (weakclip.onnx); include end_to_end in "
-                                   "--graphs")  # fmt: skip
+            raise ExportInputError(
+                "--int8 quantises the end_to_end graph (weakclip.onnx); include end_to_end in --graphs"
+            )
         if opts.int8_calibration_count < 1:
             raise ExportInputError(f"--int8-count must be >= 1, got {opts.int8_calibration_count}")
         try:
@@ -75,8 +76,9 @@ def export_model(
     windows = None
     if opts.int8_calibration is not None:  # decoded up front: a bad image fails before the fp32 export
         try:
-            windows = quantize.calibration_windows(opts.int8_calibration, cfg.crop_size, cfg.mean, cfg.std,
-                                                   opts.int8_calibration_count)  # fmt: skip
+            windows = quantize.calibration_windows(
+                opts.int8_calibration, cfg.crop_size, cfg.mean, cfg.std, opts.int8_calibration_count
+            )
         except ValueError as e:
             raise ExportInputError(str(e)) from None
     out = Path(out_dir)
@@ -117,8 +119,9 @@ def export_model(
         log(f"{kind}: exporting with {opts.exporter} (opset {opts.opset}) → {path}")
         t0 = time.perf_counter()
         try:
-            proto = export_graph(spec, spec.make_inputs(example), exporter=opts.exporter, opset=opts.opset,
-                                 crop=crop, patch=patch)  # fmt: skip
+            proto = export_graph(
+                spec, spec.make_inputs(example), exporter=opts.exporter, opset=opts.opset, crop=crop, patch=patch
+            )
         except ExportError:
             raise
         except Exception as e:  # noqa: BLE001 - exporter internals: one line for the CLI, the cause chained
@@ -144,16 +147,26 @@ def export_model(
 
     if opts.custom_op:
         report["custom_op"] = custom_op.export_custom_op(
-            model, T, out, opts, specs=specs, protos=protos, shapes=shapes, failures=failures, example=example,
+            model,
+            T,
+            out,
+            opts,
+            specs=specs,
+            protos=protos,
+            shapes=shapes,
+            failures=failures,
+            example=example,
             provenance=provenance,
-        )  # fmt: skip
+        )
     if opts.fp16:
         report["fp16"] = fp16.export_fp16(out, opts, specs=specs, shapes=shapes, failures=failures)
     if windows is not None:
         report["int8"] = export_int8(model, out, opts, windows)
     if failures and opts.exporter == "torchscript":
-        failures.append("hint: the TorchScript exporter bakes the example token count into open_clip's attention "
-                        "reshapes, so other H, W fail; use --exporter dynamo")  # fmt: skip
+        failures.append(
+            "hint: the TorchScript exporter bakes the example token count into open_clip's attention "
+            "reshapes, so other H, W fail; use --exporter dynamo"
+        )
     report["ok"] = not failures
     report["failures"] = failures
     write_text_atomic(out / "export.json", json.dumps(report, indent=1))
@@ -174,8 +187,9 @@ def export_int8(
     if windows is None:
         cfg = model.config
         try:
-            windows = quantize.calibration_windows(opts.int8_calibration, cfg.crop_size, cfg.mean, cfg.std,
-                                                   opts.int8_calibration_count)  # fmt: skip
+            windows = quantize.calibration_windows(
+                opts.int8_calibration, cfg.crop_size, cfg.mean, cfg.std, opts.int8_calibration_count
+            )
         except ValueError as e:
             raise ExportInputError(str(e)) from None
     with timed(f"int8: static convolutions ({len(windows)} calibration windows) + dynamic ViT linears"):
@@ -188,6 +202,8 @@ def export_int8(
         agree.append(float((a.argmax(1) == b.argmax(1)).mean()))
         max_abs = max(max_abs, float(np.abs(a - b).max()))
     info.update(argmax_agreement_vs_fp32=float(np.mean(agree)), max_abs_dlogit_vs_fp32=max_abs)
-    log(f"int8: {dst.name} {info['mb']:.1f} MB; on the calibration windows vs fp32: argmax agreement "
-        f"{100 * info['argmax_agreement_vs_fp32']:.3f} %, max |Δlogit| {max_abs:.3g}")  # fmt: skip
+    log(
+        f"int8: {dst.name} {info['mb']:.1f} MB; on the calibration windows vs fp32: argmax agreement "
+        f"{100 * info['argmax_agreement_vs_fp32']:.3f} %, max |Δlogit| {max_abs:.3g}"
+    )
     return info

@@ -65,11 +65,21 @@ def quantize_vit_linears(src: Path, dst: Path) -> dict[str, Any]:
 
     nodes = vit_linear_nodes(onnx.load(str(src), load_external_data=False))
     t0 = time.perf_counter()
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     nodes_to_quantize=nodes, per_channel=True, extra_options={"MatMulConstBOnly": True})  # fmt: skip
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_quantize=nodes,
+        per_channel=True,
+        extra_options={"MatMulConstBOnly": True},
+    )
     _copy_metadata(src, dst, "int8-dynamic-vit-linears")
-    return {"quantized_nodes": len(nodes), "seconds": round(time.perf_counter() - t0, 1),
-            "mb": dst.stat().st_size / 2**20}  # fmt: skip
+    return {
+        "quantized_nodes": len(nodes),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "mb": dst.stat().st_size / 2**20,
+    }
 
 
 def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -98,10 +108,17 @@ def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray
     pre = _hidden(dst, "pre")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     try:
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv", "ConvTranspose"], per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+        quantize_static(
+            str(pre),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "ConvTranspose"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
     finally:
         pre.unlink(missing_ok=True)
     _copy_metadata(src, dst, "int8-static-conv")
@@ -140,8 +157,11 @@ def calibration_paths(images: str | Path, count: int = 16) -> list[Path]:
     folder, a folder without images or a list naming missing files is a ValueError with one line."""
     src = Path(images)
     if src.is_dir():
-        paths = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and
-                       not p.name.startswith("."))  # fmt: skip
+        paths = sorted(
+            p
+            for p in src.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+        )
         if not paths:
             what = "is empty" if not any(src.iterdir()) else "holds no images"
             raise ValueError(f"{src}: the calibration folder {what}; {USAGE}")
@@ -157,8 +177,9 @@ def calibration_paths(images: str | Path, count: int = 16) -> list[Path]:
         paths = [p if p.is_absolute() else src.parent / p for p in map(Path, entries)]
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise ValueError(f"{src}: {len(missing)} of {len(paths)} listed calibration images do not exist "
-                             f"(first: {missing[0]})")  # fmt: skip
+            raise ValueError(
+                f"{src}: {len(missing)} of {len(paths)} listed calibration images do not exist (first: {missing[0]})"
+            )
     else:
         raise ValueError(f"{src}: calibration images not found; {USAGE}")
     step = max(1, len(paths) // max(count, 1))
