@@ -8,54 +8,36 @@ line every N seconds (default 30) with items done / total, items/s and the ETA::
     [generate] 120/500 img (24.0 %), 3.21 img/s, elapsed 37 s, ETA 1 min 58 s, loss=0.412
     [generate] done: 500/500 img in 2 min 36 s (3.20 img/s)
 
-The object has the tqdm names the tools already call, so adopting it is replacing ``tqdm(`` by ``progress(``::
+:func:`progress` has tqdm's names (iterable wrapper, ``update``, ``set_postfix``, ``write``, ``close``, context
+manager), so adopting it is replacing ``tqdm(`` by ``progress(``.  Beyond tqdm:
 
-    from weakclip.progress import progress
-
-    for item in progress(items, desc="generate", unit="img"):        # iterable wrapper
-        ...
-
-    bar = progress(total=len(todo), desc="generate", unit="img", disable=not args.progress)   # object
-    bar.update(1); bar.set_postfix(loss=f"{x:.3f}"); bar.write("a message that does not break the bar")
-    bar.close()
-
-    with progress(total=iters, initial=start, desc="train", unit="it") as bar:   # context object (closes itself)
-        ...
-
-``progress(iterable=None, *, total=None, desc="", unit="it", initial=0, disable=False, interval=None, mode=None,
-file=None, **tqdm_kwargs) -> Progress``
-
-* ``total`` defaults to ``len(iterable)`` when it has one; unknown totals print counts and rates without ETA.
+* unknown totals print counts and rates without ETA;
 * ``mode``: ``"auto"`` (default: ``"bar"`` when ``file`` is a terminal, else ``"lines"``), ``"bar"``, ``"lines"`` or
-  ``"off"``; environment ``WEAKCLIP_PROGRESS``.  ``disable=True`` is ``"off"`` (the count is still kept in ``.n``).
-* ``interval``: seconds between lines in ``"lines"`` mode; environment ``WEAKCLIP_PROGRESS_INTERVAL``, default 30.
-* ``file``: where the bar / lines go (default ``sys.stderr``, like tqdm); ``.write(msg)`` goes to ``sys.stdout``.
-* ``**tqdm_kwargs`` (``dynamic_ncols``, ``mininterval``, ...) are passed to tqdm in bar mode and ignored otherwise.
-* ``Progress`` methods: ``update(n=1)``, ``set_postfix(**values)``, ``set_postfix_str(text)``, ``write(msg)``,
-  ``close()``; attributes ``n`` (items done, ``initial`` included) and ``total``.  In lines mode ``close()`` prints
-  the final ``done`` line only when at least one periodic line was printed: a run shorter than the interval stays
-  silent (the tool's own summary says the rest), so tests that compare stderr exactly are not affected.
+  ``"off"``; environment ``WEAKCLIP_PROGRESS``.  ``disable=True`` is ``"off"`` (the count is still kept in ``.n``);
+* ``interval``: seconds between lines in ``"lines"`` mode; environment ``WEAKCLIP_PROGRESS_INTERVAL``, default 30;
+* the bar / lines go to ``sys.stderr`` (like tqdm), ``.write(msg)`` to ``sys.stdout``; extra keyword arguments go to
+  tqdm in bar mode and are ignored otherwise;
+* in lines mode ``close()`` prints the final ``done`` line only when at least one periodic line was printed: a run
+  shorter than the interval stays silent (the tool's own summary says the rest).
 
 :func:`add_progress_arguments` adds ``--progress-mode`` and ``--progress-interval`` to a tool's parser;
 :func:`progress_options` turns the parsed values into ``progress(...)`` keyword arguments.
 
 Start-up line
 -------------
-Every tool that runs a model prints one line before the work starts, in one format::
+Every tool that runs a model prints one line before the work starts, in one format (:func:`startup_line`,
+:func:`print_startup`; fields given as ``None`` are left out, ``threads`` defaults to torch's intra-op threads)::
 
     weakclip generate: engine onnxruntime, model runs/syn/onnx/weakclip.onnx, precision fp32, views 1 (scale 1),
     device cpu, threads 2; 6 image(s) to do, 0 already finished
 
-``startup_line(tool, *, engine=None, model=None, precision=None, views=None, device=None, threads=None, note=None,
-**extra) -> str`` builds it (fields given as ``None`` are left out; ``threads`` defaults to torch's intra-op threads
-when torch is already imported; ``extra`` keys are appended as ``key value`` with ``_`` shown as a space, ``note``
-after a ``;``) and ``print_startup(...)`` prints it on stdout.
-
 Logging
 -------
 Library code logs through ``logging.getLogger("weakclip.<module>")`` and never configures handlers.
-:func:`setup_logging` is called by the command-line entry (``weakclip`` and its aliases) only: INFO lines on stdout as
-they are, warnings and errors on stderr as ``warning: ...`` / ``error: ...``.
+:func:`setup_logging` (the one handler: INFO lines on stdout as they are, warnings and errors on stderr as
+``warning: ...`` / ``error: ...``) is called by the command-line entry (``weakclip`` and its aliases), and by
+``train`` and ``export`` for their own logger (``weakclip.training``, ``weakclip.export``) so that their progress
+lines show when they run as scripts.
 """
 
 from __future__ import annotations
@@ -376,7 +358,7 @@ class _Stream(logging.StreamHandler):
         super().__init__()
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return getattr(sys, self._which)
 
     @stream.setter
