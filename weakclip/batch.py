@@ -386,7 +386,8 @@ def run_batch(
     out = outputs.out
     fail_name = "failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt"
     fail_path = out / fail_name
-    done, failures = 0, []
+    done = 0
+    failures: list[tuple[str, str]] = []  # (name, reason)
     with owned_output_folder(out, tool, own_files=(outputs.record, fail_name), shard=(shard_i, shard_n)) as lock:
         finished = sum(outputs.finished(it.name) for it in mine)
         check_resume(out, outputs.record, settings, finished, overwrite, noun)

@@ -32,7 +32,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -226,6 +226,12 @@ def _silence_stdout() -> None:
 MainFn = Callable[[Sequence[str] | None], int | None]
 
 
+class MainEntry(Protocol):
+    """A tool's decorated ``main``: ``main()`` reads ``sys.argv``, ``main(argv)`` the given arguments."""
+
+    def __call__(self, argv: Sequence[str] | None = None, /) -> int: ...
+
+
 def run_command(fn: MainFn, argv: Sequence[str] | None, prog: str | None = None) -> int:
     """Run ``fn(argv)`` inside the boundary and return the exit status (never raises, except with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -279,12 +285,12 @@ def run_command(fn: MainFn, argv: Sequence[str] | None, prog: str | None = None)
         current_prog.reset(token)
 
 
-def cli(fn: MainFn) -> Callable[[Sequence[str] | None], int]:
+def cli(fn: MainFn) -> MainEntry:
     """Decorate a tool's ``main(argv)``: it runs inside :func:`run_command` (one ``error:`` line, exit status)."""
 
     @functools.wraps(fn)
     def wrapper(argv: Sequence[str] | None = None) -> int:
         return run_command(fn, argv)
 
-    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+    wrapper.__wrapped__ = fn
     return wrapper

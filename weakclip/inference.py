@@ -228,12 +228,13 @@ def reference_predict_probs(run: EngineFn, image: np.ndarray, opts: InferenceOpt
     """The per-view, per-window loop of mmseg ``aug_test``/``slide_inference``: (K, H, W) float32 probabilities."""
     img = _as_uint8_image(image)
     H, W = img.shape[:2]
-    total = None
+    total: torch.Tensor | None = None
     for ratio in opts.scales:
         vh, vw = view_size((H, W), ratio, opts.base_size, opts.max_long)
         for flip in (False, True) if opts.flip else (False,):
             x = make_view(img, (vh, vw), flip, opts)  # (3, h, w)
-            preds, count = None, torch.zeros(1, vh, vw, device=x.device)
+            preds: torch.Tensor | None = None
+            count = torch.zeros(1, vh, vw, device=x.device)
             for win in window_grid(vh, vw, opts.crop, opts.stride):
                 y1, y2, x1, x2 = win
                 size = engine_size(y2 - y1, x2 - x1, opts.size_divisor)
@@ -245,8 +246,10 @@ def reference_predict_probs(run: EngineFn, image: np.ndarray, opts: InferenceOpt
                     preds = x.new_zeros(logits.shape[0], vh, vw)
                 preds[:, y1:y2, x1:x2] += logits
                 count[:, y1:y2, x1:x2] += 1
+            assert preds is not None  # every view has at least one window
             probs = _finish_view(preds, count, (H, W), flip)
             total = probs if total is None else total + probs
+    assert total is not None  # at least one view
     return (total / opts.num_views).float()
 
 
@@ -262,6 +265,10 @@ class _View:
     count: torch.Tensor  # (1, h, w) windows covering each pixel
     pending: int  # windows not yet run
     logit_sum: torch.Tensor | None = None  # (K, h, w), allocated on the first result
+
+    def input(self) -> torch.Tensor:
+        assert self.x is not None, "the view's windows all ran"
+        return self.x
 
 
 def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOptions) -> list[torch.Tensor]:
@@ -295,7 +302,7 @@ def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOp
     for key, jobs in groups.items():
         for start in range(0, len(jobs), opts.max_batch):
             chunk = jobs[start : start + opts.max_batch]
-            batch = torch.stack([window_input(views[v].x, win, key) for v, win in chunk])
+            batch = torch.stack([window_input(views[v].input(), win, key) for v, win in chunk])
             raw = run(batch)  # (B, K, h', w')
             _check_logits(raw, len(chunk))
             raw = raw.to(opts.device)
@@ -303,7 +310,7 @@ def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOp
             # windows of one batch share the engine size but not always the window size, so resize once per
             # distinct target size.
             targets = [_logit_size((y2 - y1, x2 - x1), key) for _, (y1, y2, x1, x2) in chunk]
-            resized: list[torch.Tensor | None] = [None] * len(chunk)
+            resized: dict[int, torch.Tensor] = {}
             for size in dict.fromkeys(targets):
                 idx = [j for j, s in enumerate(targets) if s == size]
                 out = _resize_logits(raw[idx], size)
@@ -312,7 +319,7 @@ def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOp
             for j, (v, (y1, y2, x1, x2)) in enumerate(chunk):
                 view = views[v]
                 if view.logit_sum is None:
-                    view.logit_sum = view.x.new_zeros(raw.shape[1], *view.x.shape[-2:])
+                    view.logit_sum = view.input().new_zeros(raw.shape[1], *view.input().shape[-2:])
                 view.logit_sum[:, y1:y2, x1:x2] += resized[j][:, : y2 - y1, : x2 - x1]
                 view.pending -= 1
                 if view.pending == 0:
@@ -320,7 +327,9 @@ def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOp
                     t = totals[view.image]
                     totals[view.image] = probs if t is None else t + probs
                     view.x = view.logit_sum = None  # free
-    return [(t / opts.num_views).float() for t in totals]
+    done = [t for t in totals if t is not None]
+    assert len(done) == len(totals)  # every image has at least one view
+    return [(t / opts.num_views).float() for t in done]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def boundary_loss(
     probs: (B, K, H/8, W/8).  images: (B, 3, H, W) normalised with ``mean``/``std`` (0-255 RGB); de-normalised and
     downscaled bilinearly to H/8 × W/8 for the CRF.
     """
-    imgs = denormalize_to_uint8(images, mean, std, tuple(probs.shape[-2:]))
+    imgs = denormalize_to_uint8(images, mean, std, (probs.shape[-2], probs.shape[-1]))
     return clipped_kl(crf_targets(probs, imgs, params), probs)
 
 

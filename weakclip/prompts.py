@@ -42,6 +42,8 @@ class PromptLearner(nn.Module):
     forward(token_embedding) -> (prompts (K, 5 + M, W), eot_index (K,)).
     """
 
+    name_tokens: torch.Tensor  # (K, name_context_length) buffer
+
     def __init__(self, class_names: tuple[str, ...], n_contexts: int, width: int, name_context_length: int = 5):
         super().__init__()
         self.register_buffer("name_tokens", tokenize_names(class_names, name_context_length), persistent=False)

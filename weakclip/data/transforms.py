@@ -225,7 +225,7 @@ class TrainTransform:
     @property
     def scale(self) -> tuple[int, int]:
         if self.base_scale is not None:
-            return tuple(self.base_scale)
+            return self.base_scale[0], self.base_scale[1]
         return int(2048 * self.crop_size / 512), int(512 * self.crop_size / 512)
 
     def __call__(
@@ -243,4 +243,4 @@ class TrainTransform:
         return pad_to(img_t, lab_t, crop, self.ignore_index)
 
 
-test_transform.__test__ = False  # not a pytest test, despite its name
+vars(test_transform)["__test__"] = False  # not a pytest test, despite its name
