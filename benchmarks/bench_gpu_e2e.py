@@ -470,11 +470,11 @@ def row_compile(ctx: Ctx, row: dict) -> None:
 
 def _tensorrt_strongly_typed() -> bool:
     """True when an importable TensorRT builds strongly typed networks only (11+: needs the fp16 ONNX graph)."""
-    from weakclip.engines import trt_engine as te
     from weakclip.engines.base import EngineError
+    from weakclip.engines.trt_build import import_tensorrt, strongly_typed_only
 
     try:
-        return te.strongly_typed_only(te.import_tensorrt("tensorrt"))
+        return strongly_typed_only(import_tensorrt("tensorrt"))
     except EngineError:
         return False
 
@@ -520,11 +520,12 @@ def row_ort(ctx: Ctx, row: dict) -> None:
 def row_trt(ctx: Ctx, row: dict) -> None:
     import importlib.util
 
-    from weakclip.engines import trt_engine as te
     from weakclip.engines.base import EngineError
+    from weakclip.engines.trt_build import import_tensorrt, trt_identity
+    from weakclip.engines.trt_engine import TrtEngine
 
     try:
-        trt = te.import_tensorrt("tensorrt")
+        trt = import_tensorrt("tensorrt")
     except EngineError as e:
         if importlib.util.find_spec("tensorrt") is None:
             raise RowSkipped(
@@ -536,9 +537,9 @@ def row_trt(ctx: Ctx, row: dict) -> None:
     ctx.need(ROW_NEEDS_S["trt-fp16"], "the TensorRT fp16 engine build")
     size, batch = ctx.x.shape[-1], ctx.x.shape[0]
     t0 = time.perf_counter()
-    eng = te.TrtEngine(path, precision="fp16", cache_dir=ctx.tmp / "trt_cache", max_batch=batch, opt_size=size,
+    eng = TrtEngine(path, precision="fp16", cache_dir=ctx.tmp / "trt_cache", max_batch=batch, opt_size=size,
                        min_size=min(size, 256), device=ctx.device.index or 0)  # fmt: skip
-    row.update(build_s=time.perf_counter() - t0, tensorrt=te.trt_identity(trt))
+    row.update(build_s=time.perf_counter() - t0, tensorrt=trt_identity(trt))
     try:
         _measure(ctx, eng, ctx.x.cpu(), batch, row)
     finally:

@@ -110,6 +110,14 @@ class Engine(abc.ABC):
         self.close()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may use (its affinity mask; all cores off Linux)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def engine_fields_from_metadata(meta: dict[str, str]) -> dict[str, Any]:
     """``Engine.__init__`` keyword arguments from an exported ONNX model's metadata_props (see export/to_onnx.py)."""
     return dict(

@@ -5,8 +5,8 @@ The library is built from ``engines/csrc/coattn_kernel.cu`` by the top-level ``C
     cmake -S . -B build && cmake --build build -j        # -> build/libweakclip_coattn.so
 
 and found at ``build/libweakclip_coattn.so`` or at ``$WEAKCLIP_CUDA_LIB``.  Nothing here touches CUDA at import time:
-the JSON helpers (``plugin_spec``, ``packed_weight_names``, ``pack_coattention_weights``) work on any machine and are
-what the ONNX exporter uses to build the TensorRT custom-op node; the tensor wrappers need the library and a GPU.
+the plugin-layout helpers (``plugin_spec``, ``packed_weight_names``, ``pack_coattention_weights``, from
+:mod:`weakclip.plugin_names`) work on any machine; the tensor wrappers need the library and a GPU.
 
 Wrappers (tensors on one CUDA device, fp32 or fp16, work enqueued on the current torch stream):
 
@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+# Plugin identity and packed-weight layout (plugin_names.json, no CUDA needed): shared with the exporter, which does
+# not import engines, and re-exported here (listed in __all__).
 from weakclip.plugin_names import (
     CoAttnDims,
     coattention_dims,
@@ -36,11 +38,9 @@ from weakclip.plugin_names import (
     packed_weight_names,
     packed_weight_shapes,
     plugin_spec,
+    state_dict_of,
 )
-from weakclip.plugin_names import state_dict_of as _state_dict  # noqa: F401  (old private name)
 
-CSRC_DIR = Path(__file__).resolve().parent / "csrc"
-PLUGIN_JSON = CSRC_DIR / "plugin_names.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIB_ENV = "WEAKCLIP_CUDA_LIB"
 BUILD_COMMAND = "cmake -S . -B build && cmake --build build -j"
@@ -51,14 +51,6 @@ _DTYPES = {torch.float32: 0, torch.float16: 1}
 
 class CudaOpsUnavailable(RuntimeError):
     """The CUDA co-attention library is missing or unusable (the message says how to build it)."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Plugin identity and packed-weight layout (plugin_names.json; no CUDA needed).
-
-
-# CoAttnDims, plugin_spec, packed_weight_*, ordered_weights, pack_coattention_weights: imported above from
-# weakclip.plugin_names (shared with the exporter, which does not import engines) and re-exported here.
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -433,7 +425,7 @@ class FusedCoAttention(torch.nn.Module):
             raise TypeError(f"FusedCoAttention: dtype {dtype} not supported (float32 or float16)")
         self.ops = ops if ops is not None else load()
         self.dtype, self.eps = dtype, float(eps)
-        device = next(iter(_state_dict(module).values())).device
+        device = next(iter(state_dict_of(module).values())).device
         self.prepared = self.ops.prepare_weights(module, dtype, device, getattr(module, "heads", None))
 
     def forward(self, g: torch.Tensor, dense: torch.Tensor, T: torch.Tensor):

@@ -1,37 +1,24 @@
-"""The ONNX Runtime engine: an end-to-end graph written by ``weakclip-export`` (``weakclip.onnx``), CPU by default.
+"""The ONNX Runtime engine: the end-to-end graph written by ``weakclip-export`` (``weakclip.onnx``), CPU by default.
 
-    engine = get_engine("onnxruntime", "onnx/weakclip.onnx")                 # CPU EP, all cores
-    engine = get_engine("onnxruntime", "onnx/weakclip_fp16.onnx", device="cuda")
-    logits = engine(windows)   # (B, 3, H, W) float32 normalised → (B, K, H/4, W/4) float32, CPU tensors
+Windows (B, 3, H, W) float32 normalised → logits (B, K, H/4, W/4) float32, CPU tensors.  Everything the engine needs
+(class_names, mean, std, crop_size, size_divisor, precision, graph kind) comes from the model's metadata, so a .onnx
+file is self-contained like a checkpoint.
 
-Everything the engine needs comes from the model's metadata (class_names, mean, std, crop_size, size_divisor,
-precision, graph kind), so a .onnx file is self-contained like a checkpoint.
-
-* **Providers** (``device``): "cpu" (default) → CPUExecutionProvider; "cuda" / "cuda:N" → CUDAExecutionProvider (an
-  error when this onnxruntime build lacks it); "auto" → CUDA when ``onnxruntime.get_available_providers()`` has it,
-  else CPU.  CPU stays in the list as the fallback for nodes the CUDA EP does not take.  The CUDA EP uses cuDNN's
-  HEURISTIC convolution-algorithm search (window sizes vary, an EXHAUSTIVE search per new shape costs seconds).
-  When CUDA was asked for but the session came up without the CUDA EP (ONNX Runtime then falls back to the CPU
-  silently: missing CUDA / cuDNN libraries, a driver or version mismatch), the engine raises instead of running on
-  the CPU (:func:`check_session_providers`).
-* **Threads**: ``intra_op_threads`` (default: the cores this process may use) and ``inter_op_threads`` (default 1,
-  sequential execution: the graph is one chain, parallel branches would only fight for the same cores).
-* **Graph optimisation**: ``graph_optimization`` "all" (default: constant folding, fusions, NCHWc layouts for the
-  CPU), "extended", "basic" or "disable".  ``optimized_model_cache`` (a folder): the optimised graph is saved there
-  on first use and loaded (without re-optimising) next time; the file name carries the model's hash, the ORT version,
-  the level and the providers, so a changed model, ORT upgrade or other device never reuses a stale file.
-* **I/O binding**: inputs are bound from the caller's memory and the logits are written by ORT straight into a
-  torch tensor we allocate (no copy on the way out).  The output shape of each input shape is learnt on its first
-  run; with ``reuse_outputs=True`` the same output tensor is reused while the input shape repeats — the returned
-  tensor is then only valid until the next call (for callers that consume it at once, e.g. benchmarks).  The
-  default (False) returns an independent tensor per call.
+* ``device``: "cpu" (default), "cuda" / "cuda:N" (CUDA EP, CPU kept as the fallback for nodes it does not take;
+  cuDNN's HEURISTIC conv-algorithm search, as window sizes vary) or "auto".  When CUDA was asked for but the session
+  came up without it (ONNX Runtime then falls back to the CPU silently), the engine raises instead.
+* ``intra_op_threads`` (default: the cores this process may use), ``inter_op_threads`` (default 1: the graph is one
+  chain).  ``graph_optimization`` "all" (default), "extended", "basic" or "disable".
+* ``optimized_model_cache`` (a folder): the optimised graph is saved there on first use and loaded next time; the
+  file name carries the model's hash, the ORT version, the level and the provider, so nothing stale is reused.
+* I/O binding: logits are written by ORT straight into a torch tensor we allocate.  With ``reuse_outputs=True`` the
+  same output tensor is reused while the input shape repeats (valid only until the next call; for benchmarks).
 
 Not thread-safe: one engine per thread (ORT parallelises inside a call).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -39,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from weakclip.engines.base import Engine, EngineError, PrecisionError, engine_fields_from_metadata
+from weakclip.engines.base import Engine, EngineError, PrecisionError, engine_fields_from_metadata, usable_cores
+from weakclip.io import file_sha256
 
 GRAPH_KINDS = ("end_to_end",)  # runnable here; the custom-op graphs need the TensorRT plugin
 _LEVELS = ("disable", "basic", "extended", "all")
@@ -53,13 +41,6 @@ def _import_ort() -> Any:
     except ImportError:
         raise EngineError("onnxruntime engine: pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
     return ort
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def select_providers(device: str | torch.device, available: list[str]) -> list[Any]:
@@ -105,21 +86,12 @@ def check_session_providers(session: Any, requested: list[Any]) -> list[str]:
     return active
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in (path, path.with_name(path.name + ".data")):
-        if p.exists():
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+def read_onnx_metadata(path: str | os.PathLike, *, who: str = "onnxruntime engine") -> dict[str, str]:
     """``metadata_props`` of an .onnx file without reading its graph or weights (and without the onnx package).
 
     Walks the top-level protobuf fields of the ModelProto and skips every length-delimited field but
     ``metadata_props`` (field 14) with a seek, so a 500 MB model costs a few reads, not a parse into memory.
+    ``who`` starts the EngineError message of an unreadable file.
     """
     import io
 
@@ -160,7 +132,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
                 else:
                     raise ValueError(f"unexpected protobuf wire type {wire}")
     except (OSError, ValueError) as e:
-        raise EngineError(f"onnxruntime engine: cannot read {path}: {e}") from None
+        raise EngineError(f"{who}: cannot read {path}: {e}") from None
     return meta
 
 
@@ -244,7 +216,7 @@ class OrtEngine(Engine):
             cache = Path(optimized_model_cache)
             cache.mkdir(parents=True, exist_ok=True)
             prov = "cpu" if on_cpu else "cuda"
-            key = f"{_file_digest(path)}.ort{ort.__version__}.{graph_optimization}.{prov}"
+            key = f"{file_sha256(path)[:16]}.ort{ort.__version__}.{graph_optimization}.{prov}"
             self.cache_file = cache / f"{path.stem}.{key}.onnx"
             if self.cache_file.exists():
                 load_path = self.cache_file
@@ -278,8 +250,9 @@ class OrtEngine(Engine):
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != ["image"] or "logits" not in outputs:
-            raise EngineError(f"onnxruntime engine: {path.name} has inputs {inputs}, outputs {outputs}; expected "
-                              f"image → logits")  # fmt: skip
+            raise EngineError(
+                f"onnxruntime engine: {path.name} has inputs {inputs}, outputs {outputs}; expected image → logits"
+            )
         self._binding: Any = self.session.io_binding() if io_binding else None
         self._out_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._reused: torch.Tensor | None = None

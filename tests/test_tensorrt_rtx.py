@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from weakclip.engines import trt_engine as te
+from weakclip.engines import trt_build as tb
 
 pytestmark = pytest.mark.tensorrt
 
@@ -61,14 +61,14 @@ CUSTOM_OP = "WeakCLIPCoAttention"
 
 
 class _LogView:
-    """The messages of the shared module-level logger (``trt_engine.get_logger``) since this view was made.
+    """The messages of the shared module-level logger (``trt_build.get_logger``) since this view was made.
 
     TensorRT keeps one process-wide logger (the first one given; later ones are ignored), so a fresh logger per test
     would miss the builder's messages after the first test; every TensorRT-RTX user in this process shares one.
     """
 
     def __init__(self) -> None:
-        self.logger = te.get_logger(trt)
+        self.logger = tb.get_logger(trt)
         self.mark = self.logger.count
 
     @property

@@ -1,4 +1,4 @@
-"""engines/trt_engine.py: cache key, engine cache, builds and (on a GPU with TensorRT) parity with the torch engine.
+"""engines/trt_build.py and trt_engine.py: cache key, engine cache, builds and (on a GPU with TensorRT) parity with the torch engine.
 
 What runs where:
 
@@ -22,12 +22,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from weakclip.engines import trt_build as tb
 from weakclip.engines import trt_engine as te
 from weakclip.engines.base import EngineError, get_engine
+from weakclip.io import file_sha256
 
 RTX_HINT = "pip install tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116"
 # A small profile keeps the AOT builds short (the tiny model's crop is 512).
-PROFILE = te.make_profile(512, max_batch=2, min_size=64, opt_size=128)
+PROFILE = tb.make_profile(512, max_batch=2, min_size=64, opt_size=128)
 GPU = ("Test GPU name", (8, 6))  # key material only: the AOT build does not target a particular GPU
 
 
@@ -46,7 +48,7 @@ def _rtx():
 
 def _tensorrt_installed() -> bool:
     try:
-        te.import_tensorrt("tensorrt")
+        tb.import_tensorrt("tensorrt")
     except EngineError:
         return False
     return True
@@ -58,12 +60,12 @@ def _key(**changes):
         "trt_version": "tensorrt-10.13.0",
         "gpu": ("NVIDIA H100 80GB HBM3", (9, 0)),
         "precision": "fp32",
-        "profile": te.make_profile(512),
+        "profile": tb.make_profile(512),
         "strongly_typed": False,
         "plugin_digest": None,
     }
     args.update(changes)
-    return te.cache_key(args.pop("onnx_digest"), **args)[0]
+    return tb.cache_key(args.pop("onnx_digest"), **args)[0]
 
 
 def test_cache_key_depends_on_everything_that_makes_the_engine(tmp_path: Path) -> None:
@@ -73,36 +75,36 @@ def test_cache_key_depends_on_everything_that_makes_the_engine(tmp_path: Path) -
     a.write_bytes(b"onnx bytes one")
     b.write_bytes(b"onnx bytes two")
     variants = {
-        "onnx bytes": _key(onnx_digest=te.onnx_sha256(a)),
-        "onnx bytes 2": _key(onnx_digest=te.onnx_sha256(b)),
+        "onnx bytes": _key(onnx_digest=file_sha256(a)),
+        "onnx bytes 2": _key(onnx_digest=file_sha256(b)),
         "precision": _key(precision="fp16"),
         "trt version": _key(trt_version="tensorrt-10.14.1"),
         "trt module": _key(trt_version="tensorrt_rtx-10.13.0"),
         "gpu name": _key(gpu=("NVIDIA A100-SXM4-80GB", (9, 0))),
         "compute capability": _key(gpu=("NVIDIA H100 80GB HBM3", (8, 9))),
-        "profile batch": _key(profile=te.make_profile(512, max_batch=4)),
-        "profile size": _key(profile=te.make_profile(512, min_size=128)),
-        "profile opt": _key(profile=te.make_profile(512, opt_size=256)),
+        "profile batch": _key(profile=tb.make_profile(512, max_batch=4)),
+        "profile size": _key(profile=tb.make_profile(512, min_size=128)),
+        "profile opt": _key(profile=tb.make_profile(512, opt_size=256)),
         "typing": _key(strongly_typed=True),
         "plugin": _key(plugin_digest="b" * 64),
     }
     keys = [base, *variants.values()]
     assert len(set(keys)) == len(keys), variants
     # external data is part of the graph's bytes
-    digest = te.onnx_sha256(a)
+    digest = file_sha256(a)
     (tmp_path / "a.onnx.data").write_bytes(b"weights")
-    assert te.onnx_sha256(a) != digest
+    assert file_sha256(a) != digest
 
 
 def test_make_profile() -> None:
-    assert te.make_profile(512, max_batch=8, min_size=64) == {
+    assert tb.make_profile(512, max_batch=8, min_size=64) == {
         "min": (1, 3, 64, 64),
         "opt": (8, 3, 512, 512),
         "max": (8, 3, 512, 512),
     }
     for bad in ({"min_size": 40}, {"min_size": 1024}, {"opt_size": 32}, {"max_batch": 0}):
         with pytest.raises(EngineError):
-            te.make_profile(512, **bad)
+            tb.make_profile(512, **bad)
 
 
 def test_get_engine_without_tensorrt_names_the_install(tmp_path: Path) -> None:
@@ -136,34 +138,34 @@ def test_fp32_clears_tf32_fake_tensorrt_10() -> None:
     """TensorRT 10 (weakly typed): fp32 clears TF32 (on by default), fp16 sets FP16 and leaves TF32 alone."""
     fake = SimpleNamespace(BuilderFlag=SimpleNamespace(TF32="TF32", FP16="FP16"))
     cfg = _FakeConfig({"TF32"})  # NvInfer.h: kTF32 "Enabled by default"
-    te.configure_precision(fake, cfg, "fp32", strongly_typed=False)
+    tb.configure_precision(fake, cfg, "fp32", strongly_typed=False)
     assert cfg.calls == [("clear", "TF32")] and cfg.flags == set()
     cfg = _FakeConfig({"TF32"})
-    te.configure_precision(fake, cfg, "fp16", strongly_typed=False)
+    tb.configure_precision(fake, cfg, "fp16", strongly_typed=False)
     assert cfg.calls == [("set", "FP16")] and cfg.flags == {"TF32", "FP16"}
     cfg = _FakeConfig({"TF32"})  # strongly typed fp16: the graph's types, no FP16 flag
-    te.configure_precision(fake, cfg, "fp16", strongly_typed=True)
+    tb.configure_precision(fake, cfg, "fp16", strongly_typed=True)
     assert cfg.calls == []
     with pytest.raises(EngineError, match="precision"):
-        te.configure_precision(fake, _FakeConfig(set()), "bf16", strongly_typed=False)
+        tb.configure_precision(fake, _FakeConfig(set()), "bf16", strongly_typed=False)
 
 
 @pytest.mark.tensorrt
 def test_fp32_clears_tf32_on_a_real_builder_config() -> None:
     trt = _rtx()
-    builder = trt.Builder(te.get_logger(trt))
+    builder = trt.Builder(tb.get_logger(trt))
     config = builder.create_builder_config()
     assert config.get_flag(trt.BuilderFlag.TF32), "TF32 is expected to be on by default (what the fix is about)"
-    te.configure_precision(trt, config, "fp32", te.strongly_typed_only(trt))
+    tb.configure_precision(trt, config, "fp32", tb.strongly_typed_only(trt))
     assert not config.get_flag(trt.BuilderFlag.TF32)
     config = builder.create_builder_config()
-    te.configure_precision(trt, config, "fp16", te.strongly_typed_only(trt))
+    tb.configure_precision(trt, config, "fp16", tb.strongly_typed_only(trt))
     assert config.get_flag(trt.BuilderFlag.TF32)
 
 
 def test_cache_key_records_tf32() -> None:
-    _, fp32 = te.cache_key("a" * 64, trt_version="t", gpu=GPU, precision="fp32", profile=PROFILE, strongly_typed=True)
-    _, fp16 = te.cache_key("a" * 64, trt_version="t", gpu=GPU, precision="fp16", profile=PROFILE, strongly_typed=True)
+    _, fp32 = tb.cache_key("a" * 64, trt_version="t", gpu=GPU, precision="fp32", profile=PROFILE, strongly_typed=True)
+    _, fp16 = tb.cache_key("a" * 64, trt_version="t", gpu=GPU, precision="fp16", profile=PROFILE, strongly_typed=True)
     assert fp32["tf32"] is False and fp16["tf32"] is True and fp32["format"] >= 2  # old TF32 "fp32" engines rebuilt
 
 
@@ -173,16 +175,16 @@ def test_build_serialized_with_tensorrt_rtx(
     tiny_export: tuple[Path, Path], graph: str, precision: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trt = _rtx()
-    assert te.strongly_typed_only(trt), "TensorRT-RTX only builds strongly typed networks"
+    assert tb.strongly_typed_only(trt), "TensorRT-RTX only builds strongly typed networks"
     seen = []
-    real = te.configure_precision
+    real = tb.configure_precision
 
     def spy(trt_, config, precision_, strong):  # the flags as the build will see them
         real(trt_, config, precision_, strong)
         seen.append((precision_, config.get_flag(trt.BuilderFlag.TF32)))
 
-    monkeypatch.setattr(te, "configure_precision", spy)
-    blob = te.build_serialized(tiny_export[0] / graph, trt, precision, PROFILE)
+    monkeypatch.setattr(tb, "configure_precision", spy)
+    blob = tb.build_serialized(tiny_export[0] / graph, trt, precision, PROFILE)
     assert isinstance(blob, bytes) and len(blob) > 0
     assert b"logits" in blob and b"image" in blob  # the plan carries the I/O tensor names
     assert seen == [(precision, precision != "fp32")], "fp32 builds must run with TF32 cleared"
@@ -196,12 +198,12 @@ def test_one_logger_per_tensorrt_module_keeps_the_second_engines_errors() -> Non
     _rtx()
     script = textwrap.dedent(
         """
-        from weakclip.engines import trt_engine as te
-        trt = te.import_tensorrt("tensorrt_rtx")
-        logger = te.get_logger(trt)
-        assert logger is te.get_logger(trt)
-        first = trt.Builder(te.get_logger(trt))            # engine 1
-        second = trt.Builder(te.get_logger(trt))           # engine 2
+        from weakclip.engines import trt_build as tb
+        trt = tb.import_tensorrt("tensorrt_rtx")
+        logger = tb.get_logger(trt)
+        assert logger is tb.get_logger(trt)
+        first = trt.Builder(tb.get_logger(trt))            # engine 1
+        second = trt.Builder(tb.get_logger(trt))           # engine 2
         mark = logger.count
         plan = second.build_serialized_network(second.create_network(0), second.create_builder_config())
         assert plan is None
@@ -219,20 +221,20 @@ def test_one_logger_per_tensorrt_module_keeps_the_second_engines_errors() -> Non
 @pytest.mark.tensorrt
 def test_tensorrt_rtx_refuses_sm90() -> None:
     trt = _rtx()
-    targets = te.rtx_targets(trt)
+    targets = tb.rtx_targets(trt)
     assert (8, 6) in targets and (9, 0) not in targets, targets
-    te.check_rtx_gpu(trt, ("NVIDIA GeForce RTX 3090", (8, 6)))
-    te.check_rtx_gpu(trt, ("NVIDIA GeForce RTX 5090", (12, 0)))
+    tb.check_rtx_gpu(trt, ("NVIDIA GeForce RTX 3090", (8, 6)))
+    tb.check_rtx_gpu(trt, ("NVIDIA GeForce RTX 5090", (12, 0)))
     for gpu in (("NVIDIA H100 80GB HBM3", (9, 0)), ("NVIDIA H200", (9, 0))):
         with pytest.raises(EngineError, match=r"sm_90.*backend='tensorrt'"):
-            te.check_rtx_gpu(trt, gpu)
+            tb.check_rtx_gpu(trt, gpu)
 
 
 def test_tensorrt_rtx_targets_without_the_enum() -> None:
     fake = SimpleNamespace(__name__="tensorrt_rtx", __version__="1.0")
-    assert (9, 0) not in te.rtx_targets(fake) and (8, 9) in te.rtx_targets(fake)
+    assert (9, 0) not in tb.rtx_targets(fake) and (8, 9) in tb.rtx_targets(fake)
     with pytest.raises(EngineError, match="sm_90"):
-        te.check_rtx_gpu(fake, ("NVIDIA H100 PCIe", (9, 0)))
+        tb.check_rtx_gpu(fake, ("NVIDIA H100 PCIe", (9, 0)))
 
 
 @pytest.mark.tensorrt
@@ -250,12 +252,12 @@ def test_engine_checks_the_gpu_before_using_tensorrt_rtx(tmp_path: Path, monkeyp
 def test_strongly_typed_precision_is_the_graphs(tiny_export: tuple[Path, Path]) -> None:
     trt = _rtx()
     with pytest.raises(EngineError, match="strongly typed"):
-        te.build_serialized(tiny_export[0] / "weakclip.onnx", trt, "fp16", PROFILE)
+        tb.build_serialized(tiny_export[0] / "weakclip.onnx", trt, "fp16", PROFILE)
     with pytest.raises(EngineError, match="fp16 graph, fp32 was asked for"):
-        te.TrtEngine._graph_for(tiny_export[0] / "weakclip_fp16.onnx", {"precision": "fp16"}, "fp32", True)
-    fp16 = te.TrtEngine._graph_for(tiny_export[0] / "weakclip.onnx", {"precision": "fp32"}, "fp16", True)
+        tb.graph_for(tiny_export[0] / "weakclip_fp16.onnx", {"precision": "fp16"}, "fp32", True)
+    fp16 = tb.graph_for(tiny_export[0] / "weakclip.onnx", {"precision": "fp32"}, "fp16", True)
     assert fp16.name == "weakclip_fp16.onnx"
-    assert te.TrtEngine._graph_for(tiny_export[0] / "weakclip.onnx", {"precision": "fp32"}, "fp16", False).name == (
+    assert tb.graph_for(tiny_export[0] / "weakclip.onnx", {"precision": "fp32"}, "fp16", False).name == (
         "weakclip.onnx"
     )  # TensorRT 10: BuilderFlag.FP16 on the fp32 graph
 
@@ -264,9 +266,9 @@ def test_strongly_typed_precision_is_the_graphs(tiny_export: tuple[Path, Path]) 
 def test_engine_cache_rebuilds_stale_or_corrupt_engines(tiny_export: tuple[Path, Path], tmp_path: Path) -> None:
     trt = _rtx()
     onnx_path = tiny_export[0] / "weakclip.onnx"
-    key, material = te.cache_key(
-        te.onnx_sha256(onnx_path),
-        trt_version=te.trt_identity(trt),
+    key, material = tb.cache_key(
+        file_sha256(onnx_path),
+        trt_version=tb.trt_identity(trt),
         gpu=GPU,
         precision="fp32",
         profile=PROFILE,
@@ -275,36 +277,36 @@ def test_engine_cache_rebuilds_stale_or_corrupt_engines(tiny_export: tuple[Path,
     builds = []
 
     def build() -> bytes:
-        blob = te.build_serialized(onnx_path, trt, "fp32", PROFILE)
+        blob = tb.build_serialized(onnx_path, trt, "fp32", PROFILE)
         builds.append(len(blob))
         return blob
 
     engine_path = tmp_path / "cache" / "weakclip.fp32.engine"
-    blob, rebuilt = te.cached_build(engine_path, key, material, build, metadata={"graph": "end_to_end"})
+    blob, rebuilt = tb.cached_build(engine_path, key, material, build, metadata={"graph": "end_to_end"})
     assert rebuilt and len(builds) == 1 and blob and engine_path.read_bytes() == blob
-    side = json.loads(te.sidecar_path(engine_path).read_text())
+    side = json.loads(tb.sidecar_path(engine_path).read_text())
     assert side["key"] == key and side["material"] == material and side["metadata"] == {"graph": "end_to_end"}
     assert sorted(p.name for p in engine_path.parent.iterdir()) == ["weakclip.fp32.engine", "weakclip.fp32.engine.json"]
 
-    again, rebuilt = te.cached_build(engine_path, key, material, build)
+    again, rebuilt = tb.cached_build(engine_path, key, material, build)
     assert not rebuilt and again == blob and len(builds) == 1, "a matching cache entry must be reused"
 
     # a sidecar with another key (other TensorRT / GPU / ONNX / ...) → rebuilt, never used
-    other_key, other_material = te.cache_key(
-        te.onnx_sha256(onnx_path),
-        trt_version=te.trt_identity(trt),
+    other_key, other_material = tb.cache_key(
+        file_sha256(onnx_path),
+        trt_version=tb.trt_identity(trt),
         gpu=("Another GPU", (8, 9)),
         precision="fp32",
         profile=PROFILE,
         strongly_typed=True,
     )
-    _, rebuilt = te.cached_build(engine_path, other_key, other_material, build)
+    _, rebuilt = tb.cached_build(engine_path, other_key, other_material, build)
     assert rebuilt and len(builds) == 2
-    assert json.loads(te.sidecar_path(engine_path).read_text())["key"] == other_key
+    assert json.loads(tb.sidecar_path(engine_path).read_text())["key"] == other_key
 
     # a truncated engine under a matching sidecar → rebuilt
     engine_path.write_bytes(engine_path.read_bytes()[:100])
-    _, rebuilt = te.cached_build(engine_path, other_key, other_material, build)
+    _, rebuilt = tb.cached_build(engine_path, other_key, other_material, build)
     assert rebuilt and len(builds) == 3 and len(engine_path.read_bytes()) == builds[-1]
 
 
@@ -315,7 +317,7 @@ def test_gpu_parity_with_torch_engine(tiny_export: tuple[Path, Path], tmp_path: 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     if not _tensorrt_installed():
-        pytest.skip(f"needs TensorRT ({te.INSTALL_HINT})")
+        pytest.skip(f"needs TensorRT ({tb.INSTALL_HINT})")
     onnx_dir, ckpt = tiny_export
     ref = get_engine("torch", ckpt, device="cuda")
     with get_engine("tensorrt", onnx_dir / "weakclip.onnx", precision=precision, cache_dir=tmp_path, max_batch=4) as e:
