@@ -249,6 +249,8 @@ def export_graph(
                 optimize=True,
                 verbose=False,
             )
+        if prog is None:  # torch returns None only when given no model
+            raise ExportError(f"{spec.kind}: the dynamo exporter returned no program")
         proto = prog.model_proto
         name_io_dims(proto, patch)
         return proto
@@ -265,7 +267,7 @@ def export_graph(
             torch.onnx.export(
                 spec.module,
                 args,
-                buf,
+                buf,  # type: ignore[arg-type]  # a file object is accepted
                 dynamo=False,
                 opset_version=opset,
                 input_names=list(spec.input_names),
@@ -421,7 +423,7 @@ def compare_outputs(
 
 
 def within(stats: dict[str, float], atol: float, rtol: float, min_agreement: float, agreement: bool = True) -> bool:
-    ok = stats["finite"] and stats["max_abs_diff"] <= atol + rtol * stats["max_abs_ref"]
+    ok = bool(stats["finite"]) and stats["max_abs_diff"] <= atol + rtol * stats["max_abs_ref"]
     return ok and (not agreement or stats.get("argmax_agreement", 1.0) >= min_agreement)
 
 
@@ -447,7 +449,8 @@ def check_graph(
     """
     sess = ort_session(path, disabled_optimizers=disabled_optimizers)
     gen = torch.Generator().manual_seed(seed)
-    results, failures = [], []
+    results: list[dict[str, Any]] = []
+    failures: list[str] = []
     for B, H, W in shapes:
         images = torch.randn(B, 3, H, W, generator=gen)
         inputs = spec.make_inputs(images)

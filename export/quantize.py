@@ -204,7 +204,7 @@ def calibration_windows(
             raise ValueError(str(e)) from None
         scale = crop / min(img.size)
         w, h = max(crop, round(img.width * scale)), max(crop, round(img.height * scale))
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
         x0, y0 = (w - crop) // 2, (h - crop) // 2
         arr = (np.asarray(img.crop((x0, y0, x0 + crop, y0 + crop)), np.float32) - m) / s
         out.append(np.ascontiguousarray(arr.transpose(2, 0, 1)[None]))

@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -198,7 +198,7 @@ def sample_indices(n: int, seed: int, start: int, count: int, rank: int, world: 
 
     Deterministic in (seed, position), so a resumed run continues the exact sample order.
     """
-    out = []
+    out: list[int] = []
     pos = start * world + rank  # global position of this rank's first sample
     while len(out) < count:
         epoch, offset = divmod(pos, n)
@@ -210,8 +210,8 @@ def sample_indices(n: int, seed: int, start: int, count: int, rank: int, world: 
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
+    np_state = cast("tuple[Any, ...]", np.random.get_state())  # the legacy tuple (the default)
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [
             np_state[0],
