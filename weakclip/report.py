@@ -58,7 +58,7 @@ class RunStats:
     image_miou: np.ndarray  # (N,) per-image mIoU, NaN where the run has no mask
     ignore_share: np.ndarray  # (N,) share of the mask's pixels that are 255, NaN where no mask
     missing: list[str] = field(default_factory=list)  # images with GT but no mask
-    metrics: SegMetrics | None = None
+    metrics: SegMetrics = field(init=False)  # of ``matrix``, set once the stream is over
 
     @property
     def scored(self) -> int:
@@ -780,7 +780,7 @@ def _coverage_table(infos: Sequence[RunInfo], stats: Sequence[RunStats], images:
     for r, (info, st) in enumerate(zip(infos, stats)):
         heavy_idx = np.flatnonzero(np.nan_to_num(st.ignore_share, nan=0.0) > ignore_heavy)
         heavy_idx = heavy_idx[np.argsort(-st.ignore_share[heavy_idx], kind="stable")]
-        heavy = [f"{images[i]} ({100 * st.ignore_share[i]:.0f} %)" for i in heavy_idx]
+        heavy = [f"{images[i]} ({100 * st.ignore_share[i]:.0f} %)" for i in heavy_idx.tolist()]
         rows.append(
             f'<tr data-run="{r}"><td>{_e(info.name)}</td>'
             f'<td><b class="missing">{len(st.missing)}</b> of {len(images)}: {listing(st.missing)}</td>'

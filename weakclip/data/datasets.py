@@ -329,17 +329,19 @@ class SegmentationDataset(Dataset):
         hw = image.shape[:2]
         seed = self._read_mask(self.seed_path(name), hw) if self.seed_dir is not None else None
         gt = None if self.train else self._read_mask(self.gt_path(name), hw)
+        mask = seed if seed is not None else gt
+        assert mask is not None  # train mode has seed_dir, eval mode gt_dir (checked in __init__)
         if self._labels is not None:
             if name not in self._labels:
                 raise BadSample(f"{self.labels_source}: no image-level label for {name!r}")
             present = self._labels[name]
         else:
-            present = labels_from_mask(seed if seed is not None else gt)
+            present = labels_from_mask(mask)
         if any(c >= self.num_classes for c in present):
             raise BadSample(f"{self.labels_source}: label of {name!r} has class index >= K={self.num_classes}")
         sample: dict[str, Any] = {"name": name, "labels": torch.from_numpy(multi_hot(present, self.num_classes))}
-        if self.train:
-            img_t, seed_t = self.transform(image, seed, self._rng(idx))
+        if gt is None:  # train mode: mask is the seed
+            img_t, seed_t = self.transform(image, mask, self._rng(idx))
             sample["image"], sample["seed"] = img_t, seed_t
         else:
             sample["image"] = test_transform(image, self.mean, self.std)

@@ -84,7 +84,7 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 def _smooth_noise(rng: np.random.Generator, hw: tuple[int, int], cells: int) -> np.ndarray:
     """Smooth random field in [0, 1] of shape (H, W): a small random grid upsampled bilinearly."""
     grid = (rng.random((cells, cells)) * 255).astype(np.uint8)
-    img = Image.fromarray(grid, mode="L").resize((hw[1], hw[0]), Image.BILINEAR)
+    img = Image.fromarray(grid, mode="L").resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
@@ -394,7 +394,7 @@ def make_synthetic_dataset(
     class_names = list(VOC_CLASSES[:K])
     styles = make_class_styles(num_fg, np.random.default_rng([seed, 7777]))
     labels: dict[str, list[int]] = {}
-    conf = {"train": 0, "val": 0}
+    conf: dict[str, np.ndarray | int] = {"train": 0, "val": 0}  # confusion counts summed over the split
     split_names: dict[str, list[str]] = {}
     bar = progress(total=images + val_images, desc="synthetic", unit="img", disable=not show_progress)
     for split_id, (split, n) in enumerate((("train", images), ("val", val_images))):

@@ -218,8 +218,8 @@ class TrainTransform:
     crop_retries: int = 10  # re-draws for cat_max_ratio
     flip_prob: float = 0.5  # horizontal flip probability
     photometric: bool = True  # apply PhotoMetricDistortion
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB mean (0-255)
-    std: tuple[float, float, float] = IMAGENET_STD  # RGB std (0-255)
+    mean: tuple[float, ...] = IMAGENET_MEAN  # RGB mean (0-255)
+    std: tuple[float, ...] = IMAGENET_STD  # RGB std (0-255)
     ignore_index: int = IGNORE_INDEX  # label value of ignored / padded pixels
 
     @property
