@@ -34,14 +34,23 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/weakclip demo $(ARGS)
 
 # gpu-wheels first: tests/test_gpu_image_dryrun.py installs them the way benchmarks/gpu_check.sh does.
+# TEST_WORKERS pytest-xdist workers (default 2, the CI machine's cores; 0 runs in this process); --dist loadgroup
+# with the groups of tests/conftest.py: a module's tests run in one worker, and the modules that read the same
+# export share one.  `make test` leaves out the tests marked slow (pyproject addopts).
+TEST_WORKERS ?= 2
+PYTEST := HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 test: $(STAMP) gpu-wheels
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	$(PYTEST) tests
 
-test-all: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "slow or not slow" tests
+# `make test` plus the tests marked slow: the full-size (ViT-B/16) checks and the heavy forms of checks that
+# `make test` runs in a cheaper form (e.g. predict_probs against the official 12-view oracle on all five image
+# sizes instead of two).
+test-all: $(STAMP) gpu-wheels
+	$(PYTEST) -m "slow or not slow" tests
 
+# What CI checks before the tests: ruff (lint + format) and mypy (settings in pyproject.toml [tool.mypy]).
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -206,12 +206,12 @@ def test_generate_bf16_end_to_end(tmp_path, ckpt, capsys, cpu_as) -> None:
     assert cfg["settings"]["precision"] == "bf16" and cfg["engine"]["precision"] == "bf16"
 
 
-def test_generate_int8_tier_needs_an_int8_file(tmp_path, ckpt, capsys, tiny_export) -> None:
+def test_generate_int8_tier_needs_an_int8_file(tmp_path, ckpt, capsys, tiny_onnx) -> None:
     _make_images(tmp_path / "img", 2)
     common = ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "m"), "--precision", "int8"]
     rc, err = _generate(capsys, [*common, "--model", str(ckpt)])
     assert rc == 2 and err.count("\n") == 0 and "int8 is a model file" in err, err
-    onnx_dir, _ = tiny_export
+    onnx_dir, _ = tiny_onnx
     rc, err = _generate(capsys, [*common, "--model", str(onnx_dir / "weakclip.onnx")])
     assert rc == 2 and err.count("\n") == 0 and "export with --int8 IMAGES" in err, err
     from weakclip.export import quantize
@@ -286,10 +286,10 @@ def test_probe_peak_is_the_best_run() -> None:
     assert p["int8"]["gflop_per_s"] == 61.0 and p["bf16"]["gflop_per_s"] is None and p["threads"] == 2
 
 
-def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path, tiny_export) -> None:
+def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path, tiny_onnx) -> None:
     """The benchmark's mechanics on the tiny export: every row in its own process, the GEMM probe, FLOPs, parity,
     the three result files (the numbers of a tiny model say nothing about ViT-B/16)."""
-    onnx_dir, ckpt = tiny_export
+    onnx_dir, ckpt = tiny_onnx
     engines = "torch-engine,onnxruntime,onnxruntime-int8,torch-bf16"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cpu_engines.py"), "--quick", "--checkpoint",
@@ -322,11 +322,11 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path, tiny_export) ->
 # ------------------------------------------------------------------------------------------------ OpenVINO
 
 
-def test_openvino_engine_matches_onnxruntime(tiny_export) -> None:
+def test_openvino_engine_matches_onnxruntime(tiny_onnx) -> None:
     pytest.importorskip("openvino", reason="openvino not installed (pip install openvino): candidate engine")
     from weakclip.engines.openvino_engine import OpenVINOEngine
 
-    onnx_dir, _ = tiny_export
+    onnx_dir, _ = tiny_onnx
     x = torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(2))
     ov = OpenVINOEngine(onnx_dir / "weakclip.onnx", precision="fp32")
     ort = get_engine("onnxruntime", onnx_dir / "weakclip.onnx")
@@ -341,13 +341,13 @@ def test_openvino_engine_matches_onnxruntime(tiny_export) -> None:
 # ------------------------------------------------------------------------------------------------ tier masks
 
 
-def test_tier_masks_benchmark_on_a_small_synthetic_set(tmp_path, tiny_export) -> None:
+def test_tier_masks_benchmark_on_a_small_synthetic_set(tmp_path, tiny_onnx) -> None:
     """bench_tier_masks on a demo-like folder (tiny untrained model, 6 synthetic images): every tier row generates
     masks, is scored, and is compared with the torch fp32 masks; ONNX Runtime fp32 gives the same masks."""
     from weakclip.benchmarks import bench_tier_masks
     from weakclip.data.synthetic import make_synthetic_dataset
 
-    onnx_dir, ckpt = tiny_export
+    onnx_dir, ckpt = tiny_onnx
     demo = tmp_path / "demo"
     make_synthetic_dataset(demo / "data", images=6, seed=0, val_images=1)
     # the untrained tiny export predicts VOC's 21 classes; the synthetic GT uses ids 0-5 of the same 21-slot list

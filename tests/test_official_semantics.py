@@ -8,6 +8,9 @@ recomputed per window, the image decoded and resized by OpenCV.  The public path
 engine, and ``weakclip-generate`` with the torch and the ONNX Runtime engines) must give argmax agreement ≥ 99.99 %
 and max |Δprob| ≤ 1e-5: both sides compute in fp32 and differ only in summation order and in the engine's fp32
 arithmetic (|Δlogit| ≲ 1e-6 for ONNX Runtime, see test_export), far below 1e-5 after the softmax.
+
+``predict_probs`` is compared on a landscape and a portrait image by default and on all five sizes under
+``-m slow`` (`make test-all`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from weakclip.io import read_image, read_mask
 
 # VOC-like sizes (H, W), plus one smaller than the crop on both sides.
 SIZES = [(375, 500), (500, 333), (281, 500), (500, 500), (200, 150)]
+# The public path's default check (each image costs the oracle's 12 full views); all of SIZES under `-m slow`.
+QUICK_SIZES = [(375, 500), (500, 333)]
 GENERATE_SIZES = [(281, 500)]  # 281 = 17·16 + 9: every view has windows whose sides are not multiples of 16
 MAX_DPROB = 1e-5
 MIN_AGREEMENT = 0.9999
@@ -73,15 +78,21 @@ def _compare(probs: np.ndarray, ref: np.ndarray, what: str) -> tuple[float, floa
     return dprob, agree
 
 
-def test_geometry_is_the_official_one(tiny_export):
+def test_geometry_is_the_official_one():
     opts = InferenceOptions.for_crop(512, scales=OFFICIAL_SCALES, flip=True)
     assert (opts.crop, opts.stride, opts.base_size, opts.max_long, opts.num_views) == (512, 341, 512, 2048, 12)
 
 
-def test_public_path_equals_official(images, small_model):
+@pytest.mark.parametrize(
+    "sizes",
+    [pytest.param(QUICK_SIZES, id="landscape-portrait"), pytest.param(SIZES, id="all-sizes", marks=pytest.mark.slow)],
+)
+def test_public_path_equals_official(images, small_model, sizes):
     from weakclip.engines.torch_engine import TorchEngine
 
     _, paths = images
+    paths = [p for p in paths if p.stem in {f"img{h}x{w}" for h, w in sizes}]
+    assert len(paths) == len(sizes)
     model = small_model
     oracle = _oracle(model, paths)
     engine = TorchEngine(model)
@@ -94,18 +105,18 @@ def test_public_path_equals_official(images, small_model):
 
 
 @pytest.fixture(scope="module")
-def _generate_oracle(images, tiny_export):
-    _, ckpt = tiny_export
+def _generate_oracle(images, tiny_onnx):
+    _, ckpt = tiny_onnx
     root, _ = images
     model = weakclip.load_checkpoint(ckpt).eval()
     return _oracle(model, [root / "images" / f"img{h}x{w}.jpg" for h, w in GENERATE_SIZES])
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
-def test_generate_equals_official(images, tiny_export, tmp_path, engine, _generate_oracle):
+def test_generate_equals_official(images, tiny_onnx, tmp_path, engine, _generate_oracle):
     from weakclip.engines.generate import main
 
-    onnx_dir, ckpt = tiny_export
+    onnx_dir, ckpt = tiny_onnx
     root, _ = images
     oracle = _generate_oracle
     names = [f"img{h}x{w}" for h, w in GENERATE_SIZES]

@@ -158,12 +158,12 @@ def test_generate_with_the_torch_engine_writes_full_masks(tmp_path, model):
     assert not (out / "failures.txt").exists()
 
 
-def test_onnxruntime_engine_runs_the_padded_windows(tiny_export):
+def test_onnxruntime_engine_runs_the_padded_windows(tiny_onnx):
     """The exported graph takes the padded 2-token windows and agrees with the torch engine on them."""
     pytest.importorskip("onnxruntime")
     from weakclip.engines.base import get_engine
 
-    onnx_dir, ckpt = tiny_export  # crop 512: a 10×1000 image has 10-20-pixel-high views at these ratios
+    onnx_dir, ckpt = tiny_onnx  # crop 512: a 10×1000 image has 10-20-pixel-high views at these ratios
     img = _image(10, 1000, seed=3)
     with get_engine("onnxruntime", onnx_dir / "weakclip.onnx") as ort, get_engine("torch", ckpt) as ref:
         opts = InferenceOptions.for_engine(ort, scales=SCALES, flip=False)
