@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from weakclip.engines.base import Engine, EngineError, get_engine, register_engine
 from weakclip.batch import list_inputs, overlay_names, shard_items
+from weakclip.engines.base import Engine, EngineError, get_engine, register_engine
 from weakclip.engines.generate import main
 from weakclip.io import read_mask
 
