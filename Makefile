@@ -89,7 +89,6 @@ gpu-results: $(STAMP)
 # CPU engines by tier (ViT-B/16, ~40 min on 2 cores; run it alone on the machine), then the tiers' mask mIoU on the
 # trained demo model (trains it first if demo_out/ has none).
 bench-cpu: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[openvino]"
 	HF_HUB_OFFLINE=1 $(BIN)/weakclip bench cpu-engines --rounds 2 --out benchmarks/results
 	test -f demo_out/run/final.safetensors -a -f demo_out/onnx/weakclip.onnx || HF_HUB_OFFLINE=1 $(BIN)/weakclip demo
 	HF_HUB_OFFLINE=1 $(BIN)/weakclip bench tier-masks --demo demo_out --out benchmarks/results

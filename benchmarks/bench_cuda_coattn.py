@@ -6,10 +6,8 @@ against ``torch.nn.functional.scaled_dot_product_attention`` on the image self-a
 
 Warm-up, CUDA-event timing, medians; prints the device; writes JSON + a markdown table to ``--out`` (required), after
 every row.  ``--time-budget S``: a row that would start after S seconds is cut; the JSON then names the cut rows
-(``"cut"``) and the exit status is 6.
-Run on a GPU machine (``benchmarks/gpu_check.sh --out DIR`` does build + tests + this)::
-
-    python -m weakclip.benchmarks.bench_cuda_coattn --out DIR [--batch 1 8] [--dtype fp32 fp16] [--iters 50]
+(``"cut"``) and the exit status is 6.  Runs on a GPU machine (``benchmarks/gpu_check.sh --out DIR`` does build +
+tests + this).
 """
 
 from __future__ import annotations
@@ -192,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--lib", default=None, help="path to libweakclip_coattn.so (default: $WEAKCLIP_CUDA_LIB or build/)")
+    p.add_argument("--lib", help="path to libweakclip_coattn.so (default: $WEAKCLIP_CUDA_LIB or build/)")
     p.add_argument("--out", required=True, help="folder for cuda_coattn_<gpu>.json / .md (created)")
-    p.add_argument("--time-budget", type=float, default=None, help="seconds; rows that would start later are cut")
+    p.add_argument("--time-budget", type=float, help="seconds; rows that would start later are cut")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -234,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         from weakclip.io import atomic_path
 
-        for suffix, text in ((".json", json.dumps({"meta": meta, "results": rows, "cut": cut}, indent=2) + "\n"),
-                             (".md", markdown(meta, rows) + (f"\nCut by --time-budget: {cut[0]} and later.\n"
-                                                            if cut else ""))):  # fmt: skip
+        for suffix, text in (
+            (".json", json.dumps({"meta": meta, "results": rows, "cut": cut}, indent=2) + "\n"),
+            (".md", markdown(meta, rows) + (f"\nCut by --time-budget: {cut[0]} and later.\n" if cut else "")),
+        ):
             with atomic_path(out / f"cuda_coattn_{slug}{suffix}") as tmp:
                 tmp.write_text(text)
 

@@ -22,12 +22,13 @@ Per row: windows/s (median of ``--repeats`` timed repeats of ``--iters`` calls e
 CUDA-synchronised), speed-up vs the anchor, images/s at the official 12-view protocol on a 500×375 image (52
 windows: ``weakclip.inference.view_size`` / ``window_grid``; every window counted as a full 512² window, so this is
 conservative: the 0.5× and 0.75× views are smaller) and at single scale (2 windows), the projected model time for VOC
-train_aug (10,582 images), GFLOP/s at 325.5 GFLOP per 512² window (T precomputed; also counted with
-``torch.utils.flop_counter`` and recorded) and the fraction of the GPU's dense fp16 tensor-core peak (table below; an
-unknown GPU says so), peak GPU memory (``torch.cuda.max_memory_allocated`` during the row, plus the process's NVML
-figure after the row when pynvml or nvidia-smi can give it, else "unavailable"), and argmax agreement + max
-|Δlogit| vs the fp32 reference (our engine, true fp32: TF32 off for matmuls and cuDNN).  Peak GPU memory per row:
-``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` (the caching allocator's pool) during the row.
+train_aug (10,582 images), GFLOP/s at the work per window counted with attention (``benchmarks/common.py``
+``count_gflop``: 325.5 GFLOP per 512² window, T precomputed) and the fraction of the GPU's dense fp16 tensor-core
+peak (table below; an unknown GPU says so), peak GPU memory (``torch.cuda.max_memory_allocated`` during the row, plus
+the process's NVML figure after the row when pynvml or nvidia-smi can give it, else "unavailable"), and argmax
+agreement + max |Δlogit| vs the fp32 reference (our engine, true fp32: TF32 off for matmuls and cuDNN).  Peak GPU
+memory per row: ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` (the caching allocator's pool)
+during the row.
 
 ``--time-budget``: every row first checks the time left against what it needs (``ROW_NEEDS_S``); a row that no
 longer fits is *cut* (status ``cut``, with the reason), the rows before it are kept (the JSON is written after every
@@ -39,10 +40,7 @@ peak; VOC train_aug at 12 views ≤ 10 min of model time on one H100.
 ``--cpu-smoke`` (automatic without a CUDA GPU): tiny preset at its crop, a few iterations, GPU rows skipped with their
 reason; checks the script end to end in CI.  Outputs (``gpu_e2e.json`` written after every row, ``gpu_e2e.md``,
 ``gpu_e2e.png``) go to ``--out`` only; large temporaries (the ONNX export, TensorRT engines) go to a temporary folder
-that is removed at the end.
-
-    python -m benchmarks.bench_gpu_e2e --out results/            # on a GPU machine (benchmarks/gpu_check.sh runs it)
-    python -m benchmarks.bench_gpu_e2e --out /tmp/e2e --cpu-smoke
+that is removed at the end.  ``benchmarks/gpu_check.sh`` runs it on a GPU machine.
 """
 
 from __future__ import annotations
@@ -69,9 +67,8 @@ from typing import Any
 
 import torch
 
-VOC_TRAIN_AUG = 10_582
-PROTOCOL_IMAGE_HW = (375, 500)  # a 500×375 VOC image
-GFLOP_VIT_B16_512 = 325.5  # per 512² window, T precomputed (FlopCounterMode count of vit_b16_voc: 325.54)
+from weakclip.benchmarks.common import VOC_TRAIN_AUG, count_gflop, protocol_windows
+
 # Dense (no sparsity) fp16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets; first matching name wins.
 DENSE_FP16_PEAK_TFLOPS: tuple[tuple[str, str, float], ...] = (
     ("H200 NVL", "H200 NVL", 835.5),
@@ -110,8 +107,15 @@ DESCRIPTIONS = {
 }
 # Rough wall-time needs (s) of each row on an H100 / H200 (ViT-B/16, batch 16), for the --time-budget check; rows
 # not named need ROW_NEEDS_DEFAULT_S.
-ROW_NEEDS_S = {"official-fp32": 20.0, "engine-fp32": 15.0, "graph-fp16": 20.0, "compile-fp16": 120.0,
-               "export": 120.0, "ort-cuda-fp32": 45.0, "trt-fp16": 200.0}  # fmt: skip
+ROW_NEEDS_S = {
+    "official-fp32": 20.0,
+    "engine-fp32": 15.0,
+    "graph-fp16": 20.0,
+    "compile-fp16": 120.0,
+    "export": 120.0,
+    "ort-cuda-fp32": 45.0,
+    "trt-fp16": 200.0,
+}
 ROW_NEEDS_DEFAULT_S = 10.0
 NOT_AVAILABLE = "not available on this machine"
 
@@ -130,17 +134,6 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pure helpers (tested on CPU)
-
-
-def protocol_windows(crop: int = 512) -> dict[str, int]:
-    """Windows per 500×375 image: the official 12 views (6 ratios × flip) and single scale, mmseg geometry."""
-    from weakclip.inference import InferenceOptions, view_size, window_grid
-
-    o = InferenceOptions.for_crop(crop)
-    per_ratio = {r: len(window_grid(*view_size(PROTOCOL_IMAGE_HW, r, o.base_size, o.max_long), o.crop, o.stride))
-                 for r in o.scales}  # fmt: skip
-    single = len(window_grid(*view_size(PROTOCOL_IMAGE_HW, 1.0, o.base_size, o.max_long), o.crop, o.stride))
-    return {"views_12": 2 * sum(per_ratio.values()), "single_scale": single, "crop": crop, "stride": o.stride}
 
 
 def dense_fp16_peak(device_name: str) -> tuple[str | None, float | None]:
@@ -184,15 +177,20 @@ def evaluate_goals(rows: list[dict], device: str, peak: tuple[str | None, float 
     if best is None:
         g2.update(value=None, met=None, note="no row measured")
     elif peak[1] is None:
-        g2.update(value=None, met=None, note=f"no dense fp16 peak known for {device!r} (table: "
-                  f"{', '.join(lbl for _, lbl, _ in DENSE_FP16_PEAK_TFLOPS)})")  # fmt: skip
+        g2.update(
+            value=None,
+            met=None,
+            note=f"no dense fp16 peak known for {device!r} (table: "
+            f"{', '.join(lbl for _, lbl, _ in DENSE_FP16_PEAK_TFLOPS)})",
+        )
     else:
         frac = best["fraction_of_dense_fp16_peak"]
         g2.update(value=f"{frac:.1%} ({best['key']})", met=frac >= GOAL_PEAK_FRACTION, note=f"peak {peak[0]}")
     goals.append(g2)
 
-    g3: dict[str, Any] = {"goal": f"VOC train_aug (10,582 images) at 12 views <= {GOAL_VOC_MINUTES:g} min of model "
-                          "time on one H100"}  # fmt: skip
+    g3: dict[str, Any] = {
+        "goal": f"VOC train_aug (10,582 images) at 12 views <= {GOAL_VOC_MINUTES:g} min of model time on one H100"
+    }
     if best is None:
         g3.update(value=None, met=None, note="no row measured")
     else:
@@ -200,8 +198,11 @@ def evaluate_goals(rows: list[dict], device: str, peak: tuple[str | None, float 
         if "H100" in device and not smoke:
             g3.update(value=f"{minutes:.1f} min ({best['key']})", met=minutes <= GOAL_VOC_MINUTES, note=device)
         else:
-            g3.update(value=f"{minutes:.1f} min ({best['key']})", met=None,
-                      note=f"measured on {device!r}, not an H100: projection only")  # fmt: skip
+            g3.update(
+                value=f"{minutes:.1f} min ({best['key']})",
+                met=None,
+                note=f"measured on {device!r}, not an H100: projection only",
+            )
     goals.append(g3)
     return goals
 
@@ -211,7 +212,7 @@ def process_gpu_memory_mib() -> tuple[float | None, str]:
     ONNX Runtime / TensorRT allocate outside torch), or (None, why not)."""
     pid = os.getpid()
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
 
         pynvml.nvmlInit()
         try:
@@ -234,8 +235,12 @@ def process_gpu_memory_mib() -> tuple[float | None, str]:
     if smi is None:
         return None, "unavailable: neither pynvml nor nvidia-smi"
     try:
-        out = subprocess.run([smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout  # fmt: skip
+        out = subprocess.run(
+            [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"unavailable: nvidia-smi failed ({e})"
     mib = [float(b) for a, b in (ln.split(",")[:2] for ln in out.splitlines() if "," in ln) if a.strip() == str(pid)]
@@ -270,8 +275,15 @@ def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int, repe
             fn()
         sync(device)
         per.append((time.perf_counter() - t0) / iters)
-    return {"median_s": statistics.median(per), "min_s": min(per), "max_s": max(per), "first_call_s": first,
-            "repeats": repeats, "iters": iters, "warmup": max(warmup, 1)}  # fmt: skip
+    return {
+        "median_s": statistics.median(per),
+        "min_s": min(per),
+        "max_s": max(per),
+        "first_call_s": first,
+        "repeats": repeats,
+        "iters": iters,
+        "warmup": max(warmup, 1),
+    }
 
 
 @contextlib.contextmanager
@@ -328,8 +340,10 @@ class Ctx:
 
     def need(self, seconds: float, what: str) -> None:
         if self.left() < seconds:
-            raise RowCut(f"time budget: {max(self.left(), 0):.0f} s left of --time-budget "
-                             f"{self.args.time_budget:g} s, {what} needs about {seconds:.0f} s")  # fmt: skip
+            raise RowCut(
+                f"time budget: {max(self.left(), 0):.0f} s left of --time-budget "
+                f"{self.args.time_budget:g} s, {what} needs about {seconds:.0f} s"
+            )
 
     def gpu(self, what: str) -> None:
         if self.device.type != "cuda":
@@ -346,8 +360,14 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _measure(ctx: Ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int, row: dict,
-             iters: int | None = None) -> None:  # fmt: skip
+def _measure(
+    ctx: Ctx,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    batch: int,
+    row: dict,
+    iters: int | None = None,
+) -> None:
     a = ctx.args
     with memory_probe(ctx.device, row):
         t = time_calls(lambda: fn(x), ctx.device, warmup=a.warmup, repeats=a.repeats, iters=iters or a.iters)
@@ -446,8 +466,9 @@ def row_graph(ctx: Ctx, row: dict) -> None:
         with torch.cuda.graph(graph):
             static_out = forward(static_x)
     except Exception as e:  # noqa: BLE001 - a model that cannot be captured: say why instead of a number
-        raise RowSkipped(f"CUDA graph capture does not apply: {type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0][:200]}") from None  # fmt: skip
+        raise RowSkipped(
+            f"CUDA graph capture does not apply: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+        ) from None
     row["capture_s"] = time.perf_counter() - t0
 
     def replay(x: torch.Tensor) -> torch.Tensor:
@@ -505,8 +526,10 @@ def row_ort(ctx: Ctx, row: dict) -> None:
         raise RowSkipped(f"{NOT_AVAILABLE}: onnxruntime not installed (pip install onnxruntime-gpu)") from None
     have = ort.get_available_providers()
     if "CUDAExecutionProvider" not in have:
-        raise RowSkipped(f"{NOT_AVAILABLE}: onnxruntime {ort.__version__} has no CUDAExecutionProvider ({have}; "
-                         "pip install onnxruntime-gpu)")  # fmt: skip
+        raise RowSkipped(
+            f"{NOT_AVAILABLE}: onnxruntime {ort.__version__} has no CUDAExecutionProvider ({have}; "
+            "pip install onnxruntime-gpu)"
+        )
     ctx.gpu("the ONNX Runtime CUDA execution provider")
     path = _export(ctx)
     ctx.need(ROW_NEEDS_S["ort-cuda-fp32"], "the ONNX Runtime row")
@@ -537,8 +560,15 @@ def row_trt(ctx: Ctx, row: dict) -> None:
     ctx.need(ROW_NEEDS_S["trt-fp16"], "the TensorRT fp16 engine build")
     size, batch = ctx.x.shape[-1], ctx.x.shape[0]
     t0 = time.perf_counter()
-    eng = TrtEngine(path, precision="fp16", cache_dir=ctx.tmp / "trt_cache", max_batch=batch, opt_size=size,
-                       min_size=min(size, 256), device=ctx.device.index or 0)  # fmt: skip
+    eng = TrtEngine(
+        path,
+        precision="fp16",
+        cache_dir=ctx.tmp / "trt_cache",
+        max_batch=batch,
+        opt_size=size,
+        min_size=min(size, 256),
+        device=ctx.device.index or 0,
+    )
     row.update(build_s=time.perf_counter() - t0, tensorrt=trt_identity(trt))
     try:
         _measure(ctx, eng, ctx.x.cpu(), batch, row)
@@ -560,33 +590,22 @@ RUNNERS: dict[str, Callable[[Ctx, dict], None]] = {
 }
 
 
-def count_gflop(preset: str, overrides: dict, size: int) -> float:
-    """GFLOP of one size² window with T precomputed (torch.utils.flop_counter on the meta device: no memory)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    import weakclip
-
-    with torch.device("meta"):
-        m = weakclip.build_model(preset, **overrides).eval()
-    with torch.inference_mode():
-        T = m.text_embeddings()
-        counter = FlopCounterMode(display=False)
-        with counter:
-            m(torch.zeros(1, 3, size, size, device="meta"), text_embeddings=T)
-    return counter.get_total_flops() / 1e9
-
-
 def device_info(device: torch.device) -> dict:
     info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update(name=p.name, capability=list(torch.cuda.get_device_capability(device)),
-                    memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())  # fmt: skip
+        info.update(
+            name=p.name,
+            capability=list(torch.cuda.get_device_capability(device)),
+            memory_gib=round(p.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
         smi = shutil.which("nvidia-smi")
         if smi:
-            q = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                               text=True, timeout=20)  # fmt: skip
+            q = subprocess.run(
+                [smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+            )
             info["driver"] = q.stdout.strip().splitlines()[0] if q.stdout.strip() else None
     else:
         from weakclip.benchmarks.common import machine_info
@@ -604,7 +623,7 @@ def markdown(report: dict) -> str:
     d, proto = report["device"], report["protocol_windows"]
     lines = [
         f"# WeakCLIP end-to-end inference — {d['name']}"
-        + (" (CPU SMOKE RUN: not a benchmark)" if report["smoke"] else ""),  # fmt: skip
+        + (" (CPU SMOKE RUN: not a benchmark)" if report["smoke"] else ""),
         "",
         f"{report['preset']} (random weights) at {report['size']}² windows, batch {report['batch']}; torch "
         f"{d['torch']}{', CUDA ' + str(d.get('cuda')) if d.get('cuda') else ''}; every row in one process on this "
@@ -660,8 +679,9 @@ def plot(report: dict, path: Path) -> str | None:
     bars = axes[0].bar(names, wps, color=["tab:gray" if r["status"] != "ok" else "tab:blue" for r in rows])
     for b, r in zip(bars, rows):
         if r["status"] != "ok":
-            axes[0].text(b.get_x() + b.get_width() / 2, 0, r["status"], rotation=90, ha="center", va="bottom",
-                         fontsize=7)  # fmt: skip
+            axes[0].text(
+                b.get_x() + b.get_width() / 2, 0, r["status"], rotation=90, ha="center", va="bottom", fontsize=7
+            )
     axes[0].set_ylabel("windows / s (higher is better)")
     if any(reserved):
         axes[1].bar(names, reserved, color="tab:olive", label="max_memory_reserved")
@@ -688,31 +708,46 @@ def summary_line(report: dict, failed: int) -> str:
     goals = "; ".join(f"G{i + 1} {verdict[g['met']]}" for i, g in enumerate(report["goals"]))
     png = report["png"] or f"no PNG ({report['png_missing_reason']})"
     cut = [r["key"] for r in rows if r["status"] == "cut"]
-    return (f"summary: {len(ok)} ok, {sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed"
-            f"{'; cut by the time budget: ' + ' '.join(cut) if cut else ''}; best "
-            f"{best_text}; goals {goals}; wrote gpu_e2e.json, gpu_e2e.md, {png}")  # fmt: skip
+    return (
+        f"summary: {len(ok)} ok, {sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed"
+        f"{'; cut by the time budget: ' + ' '.join(cut) if cut else ''}; best "
+        f"{best_text}; goals {goals}; wrote gpu_e2e.json, gpu_e2e.md, {png}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for gpu_e2e.json / .md / .png (created)")
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny preset, few iterations, GPU rows skipped (auto "
-                   "without a CUDA GPU)")  # fmt: skip
-    p.add_argument("--preset", default=None, help="model preset (default vit_b16_voc; tiny in CPU smoke mode)")
-    p.add_argument("--size", type=int, default=None, help="window side (default: the preset's crop, 512)")
-    p.add_argument("--batch", type=int, default=None, help="windows per batched call (default 16; 2 in smoke)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls per row (default 3; 1 in smoke)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per row; the median is reported "
-                   "(default 5; 2 in smoke)")  # fmt: skip
-    p.add_argument("--iters", type=int, default=None, help="calls per timed repeat (default 2; 1 in smoke)")
-    p.add_argument("--official-windows", type=int, default=None, help="windows per timed repeat of the "
-                   "official-style row (default 4; 1 in smoke)")  # fmt: skip
+    p.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="tiny preset, few iterations, GPU rows skipped (auto without a CUDA GPU)",
+    )
+    p.add_argument("--preset", help="model preset (default vit_b16_voc; tiny in CPU smoke mode)")
+    p.add_argument("--size", type=int, help="window side (default: the preset's crop, 512)")
+    p.add_argument("--batch", type=int, help="windows per batched call (default 16; 2 in smoke)")
+    p.add_argument("--warmup", type=int, help="untimed calls per row (default 3; 1 in smoke)")
+    p.add_argument("--repeats", type=int, help="timed repeats per row; the median is reported (default 5; 2 in smoke)")
+    p.add_argument("--iters", type=int, help="calls per timed repeat (default 2; 1 in smoke)")
+    p.add_argument(
+        "--official-windows",
+        type=int,
+        help="windows per timed repeat of the official-style row (default 4; 1 in smoke)",
+    )
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default all)")
-    p.add_argument("--time-budget", type=float, default=240.0, help="seconds for all rows, counted from the start; "
-                   "a row that no longer fits (ROW_NEEDS_S) is cut (status cut, with the reason)")  # fmt: skip
-    p.add_argument("--gflop-per-window", type=float, default=None, help="work per window for GFLOP/s (default "
-                   f"{GFLOP_VIT_B16_512} for vit_b16_voc at 512, else the flop counter's)")  # fmt: skip
-    p.add_argument("--cuda-lib", default=None, help="libweakclip_coattn.so (default $WEAKCLIP_CUDA_LIB or build/)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=240.0,
+        help="seconds for all rows, counted from the start; "
+        "a row that no longer fits (ROW_NEEDS_S) is cut (status cut, with the reason)",
+    )
+    p.add_argument(
+        "--gflop-per-window",
+        type=float,
+        help="work per window for GFLOP/s (default: the flop counter's, 325.5 for vit_b16_voc at 512)",
+    )
+    p.add_argument("--cuda-lib", help="libweakclip_coattn.so (default $WEAKCLIP_CUDA_LIB or build/)")
     p.add_argument("--device", default="cuda", help="CUDA device (default cuda = cuda:0)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -725,8 +760,11 @@ def main(argv: list[str] | None = None) -> int:
     if smoke and not args.cpu_smoke:
         log("no CUDA GPU visible to torch: CPU smoke mode (tiny preset, GPU rows skipped); not a benchmark")
     preset = args.preset or ("tiny" if smoke else "vit_b16_voc")
-    defaults = dict(batch=2, warmup=1, repeats=2, iters=1, official_windows=1) if smoke else dict(
-        batch=16, warmup=3, repeats=5, iters=2, official_windows=4)  # fmt: skip
+    defaults = (
+        dict(batch=2, warmup=1, repeats=2, iters=1, official_windows=1)
+        if smoke
+        else dict(batch=16, warmup=3, repeats=5, iters=2, official_windows=4)
+    )
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -753,8 +791,8 @@ def main(argv: list[str] | None = None) -> int:
     if overrides:
         torch.manual_seed(args.seed)
         model = weakclip.build_model(preset, **overrides).eval()
-    counted = count_gflop(preset, overrides, size)
-    gflop = args.gflop_per_window or (GFLOP_VIT_B16_512 if (preset, size) == ("vit_b16_voc", 512) else counted)
+    counted = count_gflop(model.config, size)["total"]
+    gflop = args.gflop_per_window or round(counted, 1)
     if abs(gflop - counted) > 0.02 * counted:
         log(f"note: --gflop-per-window {gflop:g} differs from the counted {counted:.1f} GFLOP per window")
     model = model.to(device)
@@ -767,8 +805,10 @@ def main(argv: list[str] | None = None) -> int:
     info = device_info(device)
     peak = dense_fp16_peak(info["name"]) if device.type == "cuda" else (None, None)
     protocol = protocol_windows(model.config.crop_size)
-    log(f"{info['name']}: {preset} at {size}², batch {args.batch}, {gflop:g} GFLOP/window, protocol {protocol}, "
-        f"dense fp16 peak {peak[1] or 'unknown'}")  # fmt: skip
+    log(
+        f"{info['name']}: {preset} at {size}², batch {args.batch}, {gflop:g} GFLOP/window, protocol {protocol}, "
+        f"dense fp16 peak {peak[1] or 'unknown'}"
+    )
 
     report: dict[str, Any] = {
         "smoke": smoke,
@@ -816,8 +856,11 @@ def main(argv: list[str] | None = None) -> int:
                     row.update(status="skipped", reason=str(e))
                 except Exception as e:  # noqa: BLE001 - one failing row is reported, the others still run
                     failed += 1
-                    row.update(status="failed", reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}",
-                               traceback=traceback.format_exc()[-3000:])  # fmt: skip
+                    row.update(
+                        status="failed",
+                        reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}",
+                        traceback=traceback.format_exc()[-3000:],
+                    )
                 row["row_wall_s"] = time.perf_counter() - t0
                 gc.collect()
                 if device.type == "cuda":
@@ -825,10 +868,16 @@ def main(argv: list[str] | None = None) -> int:
             if row["status"] == "ok":
                 row.update(derived(row["windows_per_s"], protocol, gflop, peak[1]))
             report["rows"].append(row)
-            mem = (f", peak {row['peak_allocated_mib']:.0f} MiB allocated / {row['peak_reserved_mib']:.0f} MiB reserved"
-                   if "peak_reserved_mib" in row else "")  # fmt: skip
-            msg = (f"{row['windows_per_s']:.2f} windows/s, agreement {_fmt(row.get('argmax_agreement'), '.4%')}{mem}"
-                   if row["status"] == "ok" else row["reason"])  # fmt: skip
+            mem = (
+                f", peak {row['peak_allocated_mib']:.0f} MiB allocated / {row['peak_reserved_mib']:.0f} MiB reserved"
+                if "peak_reserved_mib" in row
+                else ""
+            )
+            msg = (
+                f"{row['windows_per_s']:.2f} windows/s, agreement {_fmt(row.get('argmax_agreement'), '.4%')}{mem}"
+                if row["status"] == "ok"
+                else row["reason"]
+            )
             log(f"{key:14s} {row['status']:8s} {msg}")
             save()
     anchor = next((r for r in report["rows"] if r["key"] == "official-fp32" and r["status"] == "ok"), None)

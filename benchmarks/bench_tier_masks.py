@@ -1,8 +1,6 @@
 """Does a precision tier change the pseudo masks?  The trained demo model's masks from every CPU tier, scored against
 the synthetic ground truth: mIoU per engine and its change from the PyTorch fp32 masks (goal: ≤ 0.3 points).
-
-    weakclip demo                                             # once: trains the tiny model into demo_out/
-    python benchmarks/bench_tier_masks.py --demo demo_out --out DIR
+Needs a finished ``weakclip demo`` folder (``--demo``, default demo_out/).
 
 Rows (each is ``weakclip generate`` on the demo's training images, single scale, with the engine's own options):
 
@@ -13,9 +11,6 @@ Rows (each is ``weakclip generate`` on the demo's training images, single scale,
                       check_isa=false`` (oneDNN's emulated bf16: the same bf16 roundings, slower) and says so
   onnxruntime-int8    [int8] what ``weakclip export --int8 data/JPEGImages`` writes (static int8 convs calibrated on
                       the demo's training images + dynamic int8 ViT linears)
-  openvino-fp32       [fp32] OpenVINO on weakclip.onnx, f32 hint (candidate engine; when openvino is installed)
-  openvino-int8       [int8] OpenVINO, NNCF post-training int8 of weakclip.onnx calibrated on the same images
-                      (candidate; when openvino and nncf are installed)
 
 Besides mIoU: pixel agreement of every row's masks with the torch-fp32 masks, and images/s of the generate run (the
 tiny model: a mechanics figure, not a speed claim — bench_cpu_engines.py measures ViT-B/16).
@@ -26,7 +21,6 @@ Writes ``<out>/tier_masks.{json,md,png}``; work files go to ``--workdir`` (defau
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -37,15 +31,13 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from weakclip import cpu_features
-from weakclip.benchmarks.common import DEFAULT_OUT, machine_info, missing_packages
+from weakclip.benchmarks.common import add_out_argument, machine_info, write_results
 from weakclip.errors import ArgumentParser, UsageError, cli
 from weakclip.io import atomic_path
 
 MAX_MIOU_CHANGE = 0.3  # points; the tier goal on the trained demo model
-OV_ENGINE = "weakclip.engines.openvino_engine:OpenVINOEngine"
-ROWS = ("torch-fp32", "onnxruntime-fp32", "torch-bf16", "onnxruntime-int8", "openvino-fp32", "openvino-int8")
-TIER = {"torch-fp32": "fp32", "onnxruntime-fp32": "fp32", "torch-bf16": "bf16", "onnxruntime-int8": "int8",
-        "openvino-fp32": "fp32", "openvino-int8": "int8"}  # fmt: skip
+TIER = {"torch-fp32": "fp32", "onnxruntime-fp32": "fp32", "torch-bf16": "bf16", "onnxruntime-int8": "int8"}
+ROWS = tuple(TIER)
 
 
 def log(msg: str) -> None:
@@ -64,19 +56,6 @@ def mask_agreement(a_dir: Path, b_dir: Path, names: Sequence[str]) -> float:
     return same / total if total else float("nan")
 
 
-def rows_to_run(requested: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """(rows that can run here, {row: why not}) — OpenVINO rows need their packages."""
-    run, skipped = [], {}
-    for r in requested:
-        need = ("openvino", "nncf") if r == "openvino-int8" else ("openvino",) if r.startswith("openvino") else ()
-        why = missing_packages(need)
-        if why:
-            skipped[r] = why
-        else:
-            run.append(r)
-    return run, skipped
-
-
 def generate_args(row: str, files: dict[str, Path], emulate_bf16: bool) -> list[str]:
     """The engine part of the ``weakclip generate`` command line of one row."""
     if row == "torch-fp32":
@@ -88,10 +67,6 @@ def generate_args(row: str, files: dict[str, Path], emulate_bf16: bool) -> list[
         return ["--engine", "onnxruntime", "--model", str(files["onnx"]), "--precision", "fp32"]
     if row == "onnxruntime-int8":
         return ["--engine", "onnxruntime", "--model", str(files["onnx_int8"]), "--precision", "int8"]
-    if row == "openvino-fp32":
-        return ["--engine", OV_ENGINE, "--model", str(files["onnx"]), "--engine-opt", "precision=fp32"]
-    if row == "openvino-int8":
-        return ["--engine", OV_ENGINE, "--model", str(files["openvino_int8"])]
     raise ValueError(f"unknown row {row!r}; choose from {ROWS}")
 
 
@@ -135,8 +110,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.bar([r["row"] for r in rows], [r["delta_miou"] for r in rows], color=[colors[r["tier"]] for r in rows])
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("ΔmIoU vs torch fp32 (points)")
-    ax.set_title(f"pseudo masks by tier, demo model ({report['images']} images); torch fp32 mIoU "
-                 f"{next(r['miou'] for r in rows if r['row'] == 'torch-fp32'):.2f}", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"pseudo masks by tier, demo model ({report['images']} images); torch fp32 mIoU "
+        f"{next(r['miou'] for r in rows if r['row'] == 'torch-fp32'):.2f}",
+        fontsize=9,
+    )
     ax.tick_params(axis="x", rotation=30, labelsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -148,18 +126,21 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = ArgumentParser(prog="weakclip bench tier-masks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", default="demo_out", help="a finished `weakclip demo` folder (default: demo_out)")
-    ap.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default ./{DEFAULT_OUT}/)")
-    ap.add_argument("--workdir", default=None, help="masks and int8 models (default: <demo>/tier_masks)")
+    add_out_argument(ap)
+    ap.add_argument("--workdir", help="masks and int8 models (default: <demo>/tier_masks)")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list from {','.join(ROWS)}")
     ap.add_argument("--calib", type=int, default=16, help="calibration images for the int8 rows (default 16)")
-    ap.add_argument("--limit", type=int, default=None, help="first N training images only (default: all)")
+    ap.add_argument("--limit", type=int, help="first N training images only (default: all)")
     args = ap.parse_args(argv)
 
     demo = Path(args.demo)
     data = demo / "data"
     files = {"checkpoint": demo / "run" / "final.safetensors", "onnx": demo / "onnx" / "weakclip.onnx"}
-    for what, p in (("trained checkpoint", files["checkpoint"]), ("ONNX export", files["onnx"]),
-                    ("class list", data / "class_names.txt")):  # fmt: skip
+    for what, p in (
+        ("trained checkpoint", files["checkpoint"]),
+        ("ONNX export", files["onnx"]),
+        ("class list", data / "class_names.txt"),
+    ):
         if not p.is_file():
             raise UsageError(f"{p}: {what} not found; run `weakclip demo --out {demo}` first")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -181,29 +162,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     K = len([n for n in (data / "class_names.txt").read_text().splitlines() if n.strip()])
     feats = cpu_features.detect()
     emulate_bf16 = cpu_features.missing_for("bf16", feats) is not None
-    runnable, skipped = rows_to_run(rows)
-    log(f"{feats.summary()}; {len(names)} images; rows {runnable}" + (f"; skipped {skipped}" if skipped else ""))
+    log(f"{feats.summary()}; {len(names)} images; rows {rows}")
 
     from weakclip.export import quantize
 
-    calib = None
-    if "onnxruntime-int8" in runnable or "openvino-int8" in runnable:
+    prep: dict[str, Any] = {}
+    if "onnxruntime-int8" in rows:
         from weakclip.engines.base import engine_fields_from_metadata
         from weakclip.engines.ort_engine import read_onnx_metadata
 
         f = engine_fields_from_metadata(read_onnx_metadata(files["onnx"]))
         calib = quantize.calibration_windows(data / "JPEGImages", f["crop_size"], f["mean"], f["std"], args.calib)
-    prep: dict[str, Any] = {}
-    if "onnxruntime-int8" in runnable:
         files["onnx_int8"] = work / "weakclip_int8.onnx"
         prep["onnxruntime_int8"] = quantize.quantize_int8(files["onnx"], files["onnx_int8"], calib)
         log(f"int8 ONNX: {prep['onnxruntime_int8']}")
-    if "openvino-int8" in runnable:
-        from weakclip.engines.openvino_engine import quantize_nncf
-
-        files["openvino_int8"] = work / "openvino" / "weakclip_int8_ov.xml"
-        prep["openvino_int8"] = quantize_nncf(files["onnx"], files["openvino_int8"], calib)
-        log(f"OpenVINO NNCF int8: {prep['openvino_int8']}")
 
     from weakclip.engines.generate import main as generate_main
     from weakclip.evaluate import evaluate_dirs
@@ -211,12 +183,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     gt = data / "SegmentationClass"
     for row in rows:
-        if row in skipped:
-            results.append({"row": row, "tier": TIER[row], "skipped": skipped[row]})
-            continue
         masks = work / "masks" / row
-        cmd = ["--images", str(image_list), "--image-root", str(data / "JPEGImages"), "--out", str(masks),
-               "--overwrite", "--workers", "2", "--no-progress", *generate_args(row, files, emulate_bf16)]  # fmt: skip
+        cmd = [
+            "--images",
+            str(image_list),
+            "--image-root",
+            str(data / "JPEGImages"),
+            "--out",
+            str(masks),
+            "--overwrite",
+            "--workers",
+            "2",
+            "--no-progress",
+            *generate_args(row, files, emulate_bf16),
+        ]
         log(f"{row}: weakclip generate {' '.join(cmd)}")
         t = time.perf_counter()
         rc = generate_main(cmd)
@@ -225,8 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append({"row": row, "tier": TIER[row], "skipped": f"generate exited {rc}"})
             continue
         metrics, n = evaluate_dirs(masks, gt, K, names)
-        r: dict[str, Any] = {"row": row, "tier": TIER[row], "miou": 100 * metrics.miou, "images": n,
-                             "images_per_s": n / seconds, "masks": str(masks)}  # fmt: skip
+        r: dict[str, Any] = {
+            "row": row,
+            "tier": TIER[row],
+            "miou": 100 * metrics.miou,
+            "images": n,
+            "images_per_s": n / seconds,
+            "masks": str(masks),
+        }
         if row == "torch-bf16" and emulate_bf16:
             r["note"] = "emulated bf16 (this CPU has no avx512_bf16 / amx_bf16): same roundings, not a speed"
         results.append(r)
@@ -248,19 +234,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prepare": prep,
         "rows": results,
     }
-    out.mkdir(parents=True, exist_ok=True)
     md = markdown(report)
-    with atomic_path(out / "tier_masks.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-    with atomic_path(out / "tier_masks.md") as tmp:
-        tmp.write_text(md)
+    write_results("tier_masks", report, md, out)
     print(md)
     if importlib.util.find_spec("matplotlib") is not None:
         with atomic_path(out / "tier_masks.png") as tmp:
             plot(report, tmp)
     failed = [r["row"] for r in results if not r.get("skipped") and abs(r["delta_miou"]) > MAX_MIOU_CHANGE]
-    log(f"wrote {out / 'tier_masks'}.{{json,md,png}}; " + (f"over the {MAX_MIOU_CHANGE:g}-point goal: {failed}" if failed
-                                                       else f"every row within {MAX_MIOU_CHANGE:g} points"))  # fmt: skip
+    log(
+        f"wrote {out / 'tier_masks'}.{{json,md,png}}; "
+        + (
+            f"over the {MAX_MIOU_CHANGE:g}-point goal: {failed}"
+            if failed
+            else f"every row within {MAX_MIOU_CHANGE:g} points"
+        )
+    )
     return 0
 
 

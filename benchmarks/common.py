@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: machine description, subprocess runs, result files.
+"""Shared helpers for the benchmark scripts: machine description, work per window, protocol windows, subprocess runs,
+result files.
 
 Results are written under ``--out`` (default ``./weakclip_bench/`` in the current directory), never into the
 installed package.  The committed results of this repository live in ``benchmarks/results/``: the Makefile's
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT = "weakclip_bench"  # relative to the current directory
+VOC_TRAIN_AUG = 10_582  # images in VOC train_aug: the projections of "time to pseudo-label the training set"
+PROTOCOL_IMAGE_HW = (375, 500)  # a 500×375 VOC image
 
 
 def add_out_argument(ap: argparse.ArgumentParser) -> None:
@@ -29,19 +32,12 @@ def add_out_argument(ap: argparse.ArgumentParser) -> None:
 
 
 def missing_packages(modules: tuple[str, ...] | list[str]) -> str | None:
-    """None when every module imports here, else why a benchmark row cannot run, e.g. ``nncf not installed (pip
-    install nncf)``."""
+    """None when every module imports here, else why a benchmark row cannot run, e.g. ``onnxruntime not installed
+    (pip install onnxruntime)``."""
     import importlib.util
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     return f"{' and '.join(missing)} not installed (pip install {' '.join(missing)})" if missing else None
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def machine_info() -> dict[str, Any]:
@@ -49,6 +45,7 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     from weakclip.cpu_features import detect
+    from weakclip.engines.base import usable_cores
 
     cpu = detect()
     info: dict[str, Any] = {
@@ -70,6 +67,54 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def count_gflop(config: Any, size: int) -> dict[str, Any]:
+    """GFLOP of one size² window (text embeddings precomputed) with attention counted: the model is built on the meta
+    device (no memory, no arithmetic) and run under no_grad with nn.MultiheadAttention's fused fast path off and SDPA
+    on its math backend, so every attention matmul is an aten op torch.utils.flop_counter sees (under inference_mode
+    the fused kernels hide them: 225 instead of 325.5 GFLOP for ViT-B/16 at 512²).  ``config``: a WeakCLIPConfig or a
+    preset name.  Returns {"total": GFLOP, "parts": {component: GFLOP}}."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import weakclip
+
+    cfg = weakclip.get_config(config) if isinstance(config, str) else config
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.device("meta"):
+            m = weakclip.build_from_config(cfg).eval()
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            T = m.text_embeddings()
+            counter = FlopCounterMode(display=False)
+            with counter:
+                m(torch.zeros(1, 3, size, size, device="meta"), text_embeddings=T)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    parts = {k.split(".")[-1]: sum(v.values()) / 1e9 for k, v in counter.get_flop_counts().items() if k.count(".") == 1}
+    return {"total": counter.get_total_flops() / 1e9, "parts": parts}
+
+
+def protocol_windows(crop: int) -> dict[str, int]:
+    """Windows per 500×375 image for a model of crop c: single scale and the official 12 views (6 ratios × flip),
+    mmseg geometry (weakclip.inference.view_size / window_grid; c = 512 → 2 and 52)."""
+    from weakclip.config import OFFICIAL_SCALES
+    from weakclip.inference import InferenceOptions, view_size, window_grid
+
+    o = InferenceOptions.for_crop(crop)
+
+    def windows(ratio: float) -> int:
+        return len(window_grid(*view_size(PROTOCOL_IMAGE_HW, ratio, o.base_size, o.max_long), o.crop, o.stride))
+
+    return {
+        "single_scale": windows(1.0),
+        "views_12": 2 * sum(windows(r) for r in OFFICIAL_SCALES),
+        "crop": crop,
+        "stride": o.stride,
+    }
 
 
 def run_child(module: str, args: list[str], timeout: float = 3600) -> dict:

@@ -352,6 +352,7 @@ class CudaOps:
         if (V is None) == (g is None or dense is None):
             raise ValueError("give either V or both g and dense")
         x = V if V is not None else dense
+        assert x is not None  # checked above
         self._device_tensor(x, "V" if V is not None else "dense")
         dtype, device = x.dtype, x.device
         if V is not None:
@@ -367,6 +368,7 @@ class CudaOps:
             visual = V.contiguous()
             g_ptr = dense_ptr = None
         else:
+            assert g is not None and dense is not None  # checked above
             B, E, gh, gw = dense.shape
             if tuple(g.shape) != (B, E) or g.dtype != dtype or g.device != device:
                 raise ValueError(f"g must be ({B}, {E}) {dtype} on {device}")
@@ -405,7 +407,9 @@ class CudaOps:
         with self._guard(device):
             st = self.lib.weakclip_coattn_forward(ctypes.byref(p), self._stream(device))
         self._check(st, "weakclip_coattn_forward")
-        return (S, v_star, t_star) if return_stars else S
+        if v_star is None or t_star is None:
+            return S
+        return S, v_star, t_star
 
 
 class FusedCoAttention(torch.nn.Module):

@@ -261,10 +261,7 @@ class OrtEngine(Engine):
         if self.session is None:
             raise EngineError("onnxruntime engine: used after close()")
         self.check_windows(windows)
-        x = windows.detach()
-        if x.device.type != "cpu":
-            x = x.cpu()
-        x = x.contiguous().numpy()  # (B, 3, H, W) float32, shares memory with the caller's tensor
+        x = windows.detach().cpu().contiguous().numpy()  # (B, 3, H, W) float32, the caller's memory when on the CPU
         if self._binding is None:
             return torch.from_numpy(self.session.run(["logits"], {"image": x})[0])
         b = self._binding

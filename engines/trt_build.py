@@ -252,9 +252,9 @@ def cache_key(
 ) -> tuple[str, dict[str, Any]]:
     """(key, material): the key is the sha256 of the canonical JSON of everything that determines the engine.
 
-    ``onnx_digest``: :func:`weakclip.io.file_sha256` of the graph actually parsed (with its ``.data`` file); ``trt_version``: :func:`trt_identity`;
-    ``gpu``: (device name, (major, minor) compute capability); ``plugin_digest``: sha256 of the plugin library or
-    None when the graph has no plugin node.
+    ``onnx_digest``: :func:`weakclip.io.file_sha256` of the graph actually parsed (with its ``.data`` file);
+    ``trt_version``: :func:`trt_identity`; ``gpu``: (device name, (major, minor) compute capability);
+    ``plugin_digest``: sha256 of the plugin library or None when the graph has no plugin node.
     """
     name, cc = gpu
     material = {
@@ -414,7 +414,7 @@ class Plan:
     key: str | None  # the cache key (None: a built engine whose sidecar has none)
     onnx_path: Path | None  # the graph built (None: a built engine was given)
     metadata: dict[str, str]  # WeakCLIP metadata of the graph
-    profile: dict[str, tuple[int, ...]]
+    profile: Mapping[str, Sequence[int]]
     plugin: Path | None  # the plugin library to load before deserialising (None: no plugin node)
     rebuilt: bool
 

@@ -1,10 +1,6 @@
-"""The TensorRT engine: an exported end-to-end graph (``weakclip.onnx`` / ``weakclip_custom.onnx``) or a built
-``.engine``, run on a CUDA GPU.
-
-    engine = get_engine("tensorrt", "onnx/weakclip.onnx")                      # fp32, cache in onnx/trt_cache/
-    engine = get_engine("tensorrt", "onnx/weakclip_custom.onnx", precision="fp16")   # + the co-attention plugin
-    engine = get_engine("tensorrt", "trt_cache/weakclip.fp32.engine")          # a built engine + its .json sidecar
-    logits = engine(windows)   # (B, 3, H, W) float32 normalised, CPU → (B, K, H/4, W/4) float32, CPU
+"""The TensorRT engine: an exported end-to-end graph (``weakclip.onnx``, or ``weakclip_custom.onnx`` with the
+co-attention plugin), built once into ``<onnx folder>/trt_cache/``, or a built ``.engine`` with its JSON sidecar; runs
+on a CUDA GPU.  Windows (B, 3, H, W) float32 normalised, CPU → logits (B, K, H/4, W/4) float32, CPU.
 
 Needs the ``tensorrt`` Python package (TensorRT >= 10) and a CUDA GPU; ``backend="tensorrt_rtx"`` uses TensorRT for
 RTX instead.  Building, the profile and the engine cache are :mod:`weakclip.engines.trt_build`; this module runs the
@@ -42,7 +38,8 @@ def current_gpu(device: int) -> tuple[str, tuple[int, int]]:
         raise EngineError("tensorrt engine: needs a CUDA GPU (torch.cuda.is_available() is False)")
     if device >= torch.cuda.device_count():
         raise EngineError(f"tensorrt engine: device {device} asked for, {torch.cuda.device_count()} GPU(s) visible")
-    return torch.cuda.get_device_name(device), tuple(torch.cuda.get_device_capability(device))
+    major, minor = torch.cuda.get_device_capability(device)
+    return torch.cuda.get_device_name(device), (major, minor)
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
@@ -199,8 +196,9 @@ class TrtEngine(Engine):
         }
 
     def close(self) -> None:
-        if getattr(self, "stream", None) is not None:
-            self.stream.synchronize()
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.synchronize()
         self.context = None
         self.engine = None
         self.runtime = None

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from weakclip.benchmarks import bench_gpu_e2e as e2e
+from weakclip.benchmarks import common
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_ROWS = ("engine-fp16", "engine-bf16", "fused-fp16", "fused-bf16", "graph-fp16", "compile-fp16", "ort-cuda-fp32",
@@ -32,7 +33,7 @@ def _tree(path: Path) -> set[str]:
 
 
 def test_protocol_windows_official_geometry() -> None:
-    p = e2e.protocol_windows(512)
+    p = common.protocol_windows(512)
     assert p["views_12"] == 52 and p["single_scale"] == 2 and p["stride"] == 341
 
 

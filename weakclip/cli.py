@@ -41,7 +41,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "loss-ablation": ("weakclip.benchmarks.bench_loss_ablation", "seed / +boundary / +aux losses on synthetic data"),
     "cpu-engines": (
         "weakclip.benchmarks.bench_cpu_engines",
-        "CPU engines by tier (fp32, bf16, int8) vs PyTorch eager; torch.compile, OpenVINO peers",
+        "CPU engines by tier (fp32, bf16, int8) vs PyTorch eager; torch.compile, TorchScript peers",
     ),
     "tier-masks": ("weakclip.benchmarks.bench_tier_masks", "mIoU change of each CPU tier on the trained demo model"),
     "gpu-e2e": ("weakclip.benchmarks.bench_gpu_e2e", "end-to-end GPU engines (torch, ORT CUDA, TensorRT)"),

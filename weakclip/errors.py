@@ -47,8 +47,6 @@ OPTIONAL_MODULES = {
     "onnxconverter_common": "export",
     "matplotlib": "viz",
     "tensorrt": "tensorrt",
-    "openvino": "openvino",
-    "nncf": "openvino",
 }
 
 # errno values after which no later item of a batch can succeed: the batch stops at the first one.
