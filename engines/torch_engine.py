@@ -44,6 +44,7 @@ def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     n = 0
     for m in model.modules():
+        names: tuple[str, ...]
         if isinstance(m, kinds):
             names = ("weight", "bias")
         elif isinstance(m, nn.MultiheadAttention):  # out_proj is a Linear (above); the packed / split in-projections
@@ -107,13 +108,15 @@ class TorchEngine(Engine):
         if model is None:
             raise EngineError("torch engine: give a checkpoint path (--model) or a model")
         given_module = isinstance(model, nn.Module)
-        if not given_module:
+        if isinstance(model, nn.Module):
+            module: Any = model
+        else:
             from weakclip import load_checkpoint
 
             if not os.path.exists(model):
                 raise EngineError(f"torch engine: checkpoint {model} not found")
-            model = load_checkpoint(model)
-        cfg = model.config
+            module = load_checkpoint(model)
+        cfg: Any = module.config
         super().__init__(
             class_names=cfg.class_names,
             crop_size=cfg.crop_size,
@@ -124,26 +127,26 @@ class TorchEngine(Engine):
         self.device = device
         self.precision = precision
         self.channels_last = channels_last
-        model = model.eval().to(device)
+        module = module.eval().to(device)
         if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model: nn.Module | None = model
+            module = module.to(memory_format=torch.channels_last)
+        self.model: nn.Module | None = module
         # Text side precomputed once (SPEC §6), like the exported graphs: T (K, E), fp32 (before any weight cast).
         self.text: torch.Tensor | None = None
-        if hasattr(model, "text_embeddings"):
+        if hasattr(module, "text_embeddings"):
             with torch.inference_mode():
-                self.text = model.text_embeddings()
+                self.text = module.text_embeddings()
         self.autocast_dtype = _AUTOCAST_DTYPES.get(precision)
         self.cast_weights = bool(precision == "bf16" if cast_weights is None else cast_weights)
         if self.cast_weights and self.autocast_dtype is None:
             raise PrecisionError("torch engine: cast_weights needs precision 'bf16' or 'fp16'")
-        if self.cast_weights:
+        if self.cast_weights and self.autocast_dtype is not None:
             # Cast a copy only when the caller handed us a module (never change the caller's model).
             if given_module:
                 import copy
 
-                model = self.model = copy.deepcopy(model)
-            cast_matmul_weights(model, self.autocast_dtype)
+                module = self.model = copy.deepcopy(module)
+            cast_matmul_weights(module, self.autocast_dtype)
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
         if self.model is None:

@@ -194,7 +194,7 @@ def preprocess(image: np.ndarray, size: tuple[int, int], flip: bool = False):
     from PIL import Image
 
     h, w = size
-    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BICUBIC))
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BICUBIC))
     x = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
@@ -488,7 +488,7 @@ def build_seeder(
     *,
     clip_weights: str | None = "openai",
     class_names: Sequence[str] | None = None,
-    prompts: str | os.PathLike = "auto",
+    prompts: str | os.PathLike | PromptSet = "auto",
     options: SeedOptions = SeedOptions(),
     device: str = "cpu",
     dtype=None,
