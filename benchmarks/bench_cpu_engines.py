@@ -21,7 +21,7 @@ Rows (``--engines``; tier in brackets; "shipped" rows are engines users get toda
                        [int8] what ``weakclip-export --int8`` writes: static QDQ int8 convolutions (calibrated) +
                        dynamic int8 ViT linears (export/quantize.quantize_int8) (shipped)
 
-A bf16 row runs only on a CPU with avx512_bf16 or amx_bf16 (weakclip.cpu_features); elsewhere it is listed with
+A bf16 row runs only on a CPU with avx512_bf16 or amx_bf16 (weakclip.masks.cpu_features); elsewhere it is listed with
 that reason (``--force-bf16`` runs it emulated: mechanics only, never a bf16 speed).  Rows whose package is missing
 (onnxruntime, a C++ compiler for torch.compile) are listed with the reason.  ``--quick`` leaves out
 the torch.compile rows (inductor needs minutes even for the tiny model) unless ``--engines`` names them.
@@ -43,7 +43,7 @@ host's load only ever lowers a probe; both are recorded).  Each row shows GFLOP/
 windows/s) and its fraction of its tier's peak.
 
 The wait a user faces: images/s for a 500×375 image at single scale and at the official 12 views (windows from
-weakclip.inference.view_size / window_grid at the model's crop: 2 and 52 at 512; every window counted as a full
+weakclip.masks.inference.view_size / window_grid at the model's crop: 2 and 52 at 512; every window counted as a full
 one, which is conservative for the smaller views), and the projected hours for VOC train_aug (10,582 images).
 
 Goals (speed-up over PyTorch eager fp32, each at ≥ 99.5 % argmax agreement): fp32 ≥ 1.3×, bf16 ≥ 2.5×, int8 ≥ 3×.
@@ -72,9 +72,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -714,7 +711,7 @@ def current_rows(report: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(report: dict[str, Any], out: Path, stem: str) -> str:
     """``<out>/<stem>.{json,md,png}`` from a report (each written atomically)."""
-    from weakclip.io import atomic_path
+    from weakclip.data.io import atomic_path
 
     md = markdown(report)
     write_results(stem, report, md, out)

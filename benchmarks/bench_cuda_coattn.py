@@ -64,7 +64,7 @@ class OutOfTime(Exception):
 
 
 def bench_coattention(ops, args, emit: Callable[[dict], None], check_time: Callable[[str], None]) -> None:
-    from weakclip.coattention import CoAttentionMatching
+    from weakclip.model.coattention import CoAttentionMatching
 
     torch.manual_seed(0)
     base = CoAttentionMatching(args.embed_dim, args.width, args.heads, args.layers).eval()
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     cut: list[str] = []
 
     def save() -> None:
-        from weakclip.io import atomic_path
+        from weakclip.data.io import atomic_path
 
         for suffix, text in (
             (".json", json.dumps({"meta": meta, "results": rows, "cut": cut}, indent=2) + "\n"),

@@ -20,7 +20,7 @@ Rows (the official-style row is the anchor every speed-up is relative to):
 
 Per row: windows/s (median of ``--repeats`` timed repeats of ``--iters`` calls each, after ``--warmup`` calls;
 CUDA-synchronised), speed-up vs the anchor, images/s at the official 12-view protocol on a 500×375 image (52
-windows: ``weakclip.inference.view_size`` / ``window_grid``; every window counted as a full 512² window, so this is
+windows: ``weakclip.masks.inference.view_size`` / ``window_grid``; every window counted as a full 512² window, so this is
 conservative: the 0.5× and 0.75× views are smaller) and at single scale (2 windows), the projected model time for VOC
 train_aug (10,582 images), GFLOP/s at the work per window counted with attention (``benchmarks/common.py``
 ``count_gflop``: 325.5 GFLOP per 512² window, T precomputed) and the fraction of the GPU's dense fp16 tensor-core
@@ -779,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     import weakclip
-    from weakclip.io import atomic_path
+    from weakclip.data.io import atomic_path
 
     # True fp32 for the fp32 rows and the reference (PyTorch's cuDNN default would allow TF32 convolutions).
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -26,9 +26,9 @@ SETTINGS = {
 
 def pseudo_mask_miou(checkpoint: Path, data: Path, names: list[str]) -> float:
     import weakclip
-    from weakclip.evaluate import ConfusionMatrix
-    from weakclip.inference import InferenceOptions, predict
-    from weakclip.io import read_image, read_mask
+    from weakclip.data.io import read_image, read_mask
+    from weakclip.masks.evaluate import ConfusionMatrix
+    from weakclip.masks.inference import InferenceOptions, predict
 
     model = weakclip.load_checkpoint(checkpoint).eval()
     T = model.text_embeddings().detach()
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="dataset and training runs (default <out>/loss_ablation_work)")
     args = ap.parse_args(argv)
     from weakclip.data.synthetic import make_synthetic_dataset
-    from weakclip.evaluate import evaluate_dirs
+    from weakclip.masks.evaluate import evaluate_dirs
     from weakclip.training.train import main as train_main
 
     out = Path(args.workdir) if args.workdir else Path(args.out) / "loss_ablation_work"

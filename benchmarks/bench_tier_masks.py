@@ -27,13 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from weakclip import cpu_features
 from weakclip.benchmarks.common import add_out_argument, machine_info, write_results
+from weakclip.data.io import atomic_path
 from weakclip.errors import ArgumentParser, UsageError, cli
-from weakclip.io import atomic_path
 
 MAX_MIOU_CHANGE = 0.3  # points; the tier goal on the trained demo model
 TIER = {"torch-fp32": "fp32", "onnxruntime-fp32": "fp32", "torch-bf16": "bf16", "onnxruntime-int8": "int8"}
@@ -46,7 +43,7 @@ def log(msg: str) -> None:
 
 def mask_agreement(a_dir: Path, b_dir: Path, names: Sequence[str]) -> float:
     """Fraction of pixels with the same label in ``a_dir/<name>.png`` and ``b_dir/<name>.png`` over ``names``."""
-    from weakclip.io import read_mask
+    from weakclip.data.io import read_mask
 
     same = total = 0
     for n in names:
@@ -178,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"int8 ONNX: {prep['onnxruntime_int8']}")
 
     from weakclip.engines.generate import main as generate_main
-    from weakclip.evaluate import evaluate_dirs
+    from weakclip.masks.evaluate import evaluate_dirs
 
     results = []
     gt = data / "SegmentationClass"

@@ -44,13 +44,13 @@ def machine_info() -> dict[str, Any]:
     """CPU model and the SIMD flags that matter for these kernels, cores, load, library versions, GPU."""
     import torch
 
-    from weakclip.cpu_features import detect
     from weakclip.engines.base import usable_cores
+    from weakclip.masks.cpu_features import detect
 
     cpu = detect()
     info: dict[str, Any] = {
         "cpu": cpu.model,
-        "cpu_flags": " ".join(cpu.isas),  # weakclip.cpu_features: the instruction sets the precision tiers use
+        "cpu_flags": " ".join(cpu.isas),  # weakclip.masks.cpu_features: the instruction sets the precision tiers use
         "logical_cpus": os.cpu_count(),
         "usable_cores": usable_cores(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -100,9 +100,9 @@ def count_gflop(config: Any, size: int) -> dict[str, Any]:
 
 def protocol_windows(crop: int) -> dict[str, int]:
     """Windows per 500×375 image for a model of crop c: single scale and the official 12 views (6 ratios × flip),
-    mmseg geometry (weakclip.inference.view_size / window_grid; c = 512 → 2 and 52)."""
-    from weakclip.config import OFFICIAL_SCALES
-    from weakclip.inference import InferenceOptions, view_size, window_grid
+    mmseg geometry (weakclip.masks.inference.view_size / window_grid; c = 512 → 2 and 52)."""
+    from weakclip.masks.inference import InferenceOptions, view_size, window_grid
+    from weakclip.model.config import OFFICIAL_SCALES
 
     o = InferenceOptions.for_crop(crop)
 
@@ -142,7 +142,7 @@ def write_results(
     stem: str, payload: dict, table_md: str, out: str | os.PathLike[str] = DEFAULT_OUT
 ) -> tuple[Path, Path]:
     """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (``out`` created), each written atomically."""
-    from weakclip.io import write_text_atomic
+    from weakclip.data.io import write_text_atomic
 
     folder = Path(out)
     j, m = folder / f"{stem}.json", folder / f"{stem}.md"

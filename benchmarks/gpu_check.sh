@@ -209,7 +209,7 @@ import weakclip
 where = Path(weakclip.__file__).resolve().parent
 if where != root / "weakclip":
     fail(f"weakclip imported from {where}, not from the working tree {root}")
-for mod in ("weakclip.model", "weakclip.inference", "weakclip.engines.torch_engine", "weakclip.engines.cuda_ops",
+for mod in ("weakclip.model.model", "weakclip.masks.inference", "weakclip.engines.torch_engine", "weakclip.engines.cuda_ops",
             "weakclip.benchmarks.bench_gpu_e2e", "weakclip.benchmarks.bench_cuda_coattn"):
     try:
         importlib.import_module(mod)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weakclip.data.io import atomic_path
 from weakclip.errors import ArgumentParser, UsageError, cli
-from weakclip.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = "gpu-results"

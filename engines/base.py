@@ -34,7 +34,7 @@ _BUILTIN: dict[str, str] = {
 }
 _REGISTERED: dict[str, Callable[..., Engine]] = {}
 
-# Which model files (kinds of weakclip.filekind.sniff) each built-in engine reads; ``auto`` picks by this table.
+# Which model files (kinds of weakclip.data.filekind.sniff) each built-in engine reads; ``auto`` picks by this table.
 MODEL_KINDS: dict[str, tuple[str, ...]] = {
     "torch": ("weakclip",),
     "onnxruntime": ("onnx",),
@@ -178,15 +178,15 @@ def _resolve(name: str) -> Callable[..., Engine]:
 def auto_engine(model_path: str | os.PathLike) -> str:
     """The engine for a model file: ``.safetensors`` checkpoint → torch, ``.onnx`` → onnxruntime, TensorRT plan →
     tensorrt; anything else is a one-line :class:`~weakclip.errors.UsageError` saying what the file is."""
-    from weakclip.filekind import expect
+    from weakclip.data.filekind import expect
 
     return _AUTO[expect(model_path, tuple(_AUTO), "--engine auto", option="--model")]
 
 
 def check_model_file(name: str, model_path: str | os.PathLike | None) -> None:
     """Refuse (one-line UsageError) a model file of the wrong kind for a built-in engine, before building it."""
+    from weakclip.data.filekind import expect
     from weakclip.errors import UsageError
-    from weakclip.filekind import expect
 
     if name not in MODEL_KINDS:
         return

@@ -6,7 +6,7 @@ The library is built from ``engines/csrc/coattn_kernel.cu`` by the top-level ``C
 
 and found at ``build/libweakclip_coattn.so`` or at ``$WEAKCLIP_CUDA_LIB``.  Nothing here touches CUDA at import time:
 the plugin-layout helpers (``plugin_spec``, ``packed_weight_names``, ``pack_coattention_weights``, from
-:mod:`weakclip.plugin_names`) work on any machine; the tensor wrappers need the library and a GPU.
+:mod:`weakclip.model.plugin_names`) work on any machine; the tensor wrappers need the library and a GPU.
 
 Wrappers (tensors on one CUDA device, fp32 or fp16, work enqueued on the current torch stream):
 
@@ -29,7 +29,7 @@ import torch
 
 # Plugin identity and packed-weight layout (plugin_names.json, no CUDA needed): shared with the exporter, which does
 # not import engines, and re-exported here (listed in __all__).
-from weakclip.plugin_names import (
+from weakclip.model.plugin_names import (
     CoAttnDims,
     coattention_dims,
     ordered_weights,
@@ -342,7 +342,7 @@ class CudaOps:
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fused co-attention matching -> S (B, K, h, w) [, V* (B, N, E), T* (B, K, E)].
 
-        weights: a ``weakclip.coattention.CoAttentionMatching``, its state dict (then ``heads`` is required) or
+        weights: a ``weakclip.model.coattention.CoAttentionMatching``, its state dict (then ``heads`` is required) or
         ``prepare_weights(...)``.  Visual input: V (B, 1 + h·w, E) tokens with ``grid=(h, w)`` (a square grid is
         inferred when omitted), or g (B, E) with dense F (B, E, h, w).  T (K, E).  The dtype of the visual input
         selects fp32 / fp16; the weights are converted to it.
@@ -413,7 +413,7 @@ class CudaOps:
 
 
 class FusedCoAttention(torch.nn.Module):
-    """Inference drop-in for ``weakclip.coattention.CoAttentionMatching`` running the fused kernels:
+    """Inference drop-in for ``weakclip.model.coattention.CoAttentionMatching`` running the fused kernels:
     ``forward(g (B, E), dense (B, E, h, w), T (K, E)) -> (S (B, K, h, w), T* (B, K, E), F* (B, E, h, w))``.
 
     The weights are converted once to ``dtype`` (float16 or float32; the kernels have no bfloat16 path) on the

@@ -5,15 +5,14 @@
 
 :func:`generate` is the library entry (typed options, the project's exceptions); :func:`main` only parses.
 Decoding threads prefetch images → batched multi-view sliding-window inference on the engine
-(:func:`weakclip.inference.predict_probs`) → writing threads do label masking, the optional CRF and the atomic writes
+(:func:`weakclip.masks.inference.predict_probs`) → writing threads do label masking, the optional CRF and the atomic writes
 (``probs/<name>.npy`` (K, H, W), ``overlays/<name>.png``, and last the mask ``<name>.png``, which marks the image
 finished).  The frame around it (owned output folder, resume check against ``generate_config.json``, shards,
-failures file, fatal stops, summary) is :func:`weakclip.batch.run_batch`.
+failures file, fatal stops, summary) is :func:`weakclip.masks.batch.run_batch`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from weakclip.batch import (
+from weakclip.data.io import FolderLock, atomic_path, file_sha256, save_mask_png
+from weakclip.engines.base import (
+    Engine,
+    EngineError,
+    auto_engine,
+    available_engines,
+    check_engine_options,
+    check_model_file,
+    get_engine,
+)
+from weakclip.errors import UsageError
+from weakclip.masks.batch import (
     BatchJob,
     Item,
     Outputs,
@@ -36,24 +46,11 @@ from weakclip.batch import (
     one_line,
     overlay_names,
     run_batch,
-    shard_from,
     unsupported_files,
     write_record,
 )
-from weakclip.config import DEFAULT_SCALES, scales_from
-from weakclip.engines.base import (
-    Engine,
-    EngineError,
-    PrecisionError,
-    auto_engine,
-    available_engines,
-    check_engine_options,
-    check_model_file,
-    get_engine,
-)
-from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
-from weakclip.inference import InferenceOptions, postprocess, predict_probs
-from weakclip.io import FolderLock, atomic_path, file_sha256, save_mask_png
+from weakclip.masks.inference import InferenceOptions, postprocess, predict_probs
+from weakclip.model.config import DEFAULT_SCALES, scales_from
 
 _MAX_CONSECUTIVE_INFERENCE_FAILURES = 10
 RECORD = "generate_config.json"
@@ -136,7 +133,7 @@ def _model_class_names(model: str | None, engine_name: str) -> list[str] | None:
         return None
     try:
         if engine_name == "torch":
-            from weakclip.checkpoint import read_checkpoint_metadata
+            from weakclip.model.checkpoint import read_checkpoint_metadata
 
             names = read_checkpoint_metadata(model).get("class_names")
         elif engine_name in ("onnxruntime", "tensorrt") and Path(model).suffix.lower() == ".onnx":
@@ -349,159 +346,3 @@ def _generate(
 
 # ----------------------------------------------------------------------------------------------------------------
 # command line
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        return shard_from(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        return scales_from(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--{e}") from None
-
-
-def _engine_opt(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--engine-opt expects KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = ArgumentParser(
-        prog="weakclip-generate",
-        description="Generate pseudo masks with multi-scale × flip sliding-window inference.",
-    )
-    io = ap.add_argument_group("inputs and outputs")
-    io.add_argument("--images", required=True, help="image folder, or a list file (one name or path per line)")
-    io.add_argument("--image-root", help="folder that list-file entries are relative to (default: the list's folder)")
-    io.add_argument(
-        "--ext", default=".jpg", help="extension added to list entries that have none (default: %(default)s)"
-    )
-    io.add_argument("--out", required=True, help="output folder: <name>.png masks (+ probs/, overlays/)")
-    io.add_argument("--labels", help="image-level labels (JSON name->[idx], text 'name idx ...', or cls_labels.npy): "
-                    "pixels predicted as an absent class become 255")  # fmt: skip
-    io.add_argument("--save-probs", action="store_true", help="also write probs/<name>.npy (K, H, W)")
-    io.add_argument("--probs-dtype", choices=("float16", "float32"), default="float16",
-                    help="dtype of the saved probabilities (default: %(default)s; float32 = the official .npy)")  # fmt: skip
-    io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L masks, no VOC palette")
-    io.add_argument(
-        "--overlays",
-        type=int,
-        default=0,
-        metavar="N",
-        help="write colour overlays for N sample images into OUT/overlays/",
-    )
-    io.add_argument("--overwrite", action="store_true",
-                    help="recompute images whose outputs already exist, also when they were made with other settings")  # fmt: skip
-    io.add_argument("--shard", type=_shard, help="i/N: process every N-th image from i (default: RANK/WORLD_SIZE)")
-
-    en = ap.add_argument_group("engine")
-    en.add_argument(
-        "--engine",
-        default="auto",
-        help=f"auto (from the model file: .safetensors → torch, .onnx → onnxruntime, TensorRT plan → tensorrt), "
-        f"one of {available_engines()}, or module:Factory (default: %(default)s)",
-    )
-    en.add_argument("--model", help="checkpoint (torch), .onnx (onnxruntime) or engine/ONNX file (tensorrt)")
-    en.add_argument("--device", help="engine device: cpu, cuda, or auto (cuda when torch sees a GPU, else cpu); "
-                    "cuda → cuda:$LOCAL_RANK under torchrun")  # fmt: skip
-    en.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
-                    help="precision tier: torch engine fp32 / fp16 (CUDA) / bf16 (CPU with avx512_bf16 or amx_bf16, "
-                    "or a bf16 GPU); onnxruntime: the tier of the .onnx file (int8: weakclip_int8.onnx from "
-                    "export --int8); a tier the machine or file lacks is refused in one line")  # fmt: skip
-    en.add_argument("--channels-last", action="store_true", help="torch engine: NHWC memory format")
-    en.add_argument("--engine-opt", type=_engine_opt, action="append", default=[], metavar="KEY=VALUE",
-                    help="extra engine option (value parsed as JSON when possible); repeatable")  # fmt: skip
-
-    inf = ap.add_argument_group("inference (defaults follow the engine's crop c: stride round(2c/3), base size c)")
-    inf.add_argument("--scales", type=_scales, default=None,
-                     help="comma list of view ratios, or 'official' = 0.5,0.75,1.0,1.25,1.5,1.75 (default: 1.0)")  # fmt: skip
-    inf.add_argument("--flip", action="store_true", help="add horizontally flipped views (official: on)")
-    inf.add_argument(
-        "--crf",
-        choices=("none", "voc", "coco"),
-        default="none",
-        help="dense CRF post-processing (default: %(default)s)",
-    )
-    inf.add_argument("--crop", type=int, help="sliding-window size")
-    inf.add_argument("--stride", type=int, help="sliding-window stride")
-    inf.add_argument("--base-size", type=int, help="short side of the ratio-1 view")
-    inf.add_argument("--max-long", type=int, help="long-side limit of the ratio-1 view (default 4 × base size)")
-    inf.add_argument("--batch", type=int, default=16, help="windows per engine call (default: %(default)s)")
-    inf.add_argument(
-        "--chunk", type=int, default=4, help="images whose windows are batched together (default: %(default)s)"
-    )
-    inf.add_argument(
-        "--tta-device",
-        default="cpu",
-        help="where views are resized and merged; cuda only with engines that take device tensors (torch) (default: %(default)s)",
-    )
-
-    ex = ap.add_argument_group("execution")
-    ex.add_argument(
-        "--workers", type=int, default=4, help="decoding threads and writing threads, 0 = inline (default: %(default)s)"
-    )
-    ex.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); 1-2 per process "
-                     "when several shards share a CPU")  # fmt: skip
-    ex.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return ap
-
-
-def engine_options(device: str | None, precision: str | None, channels_last: bool, extra: Mapping[str, Any]) -> dict:
-    """The engine keywords of the command line: ``--device auto`` → cuda when torch sees a GPU, ``cuda`` →
-    ``cuda:$LOCAL_RANK`` under torchrun."""
-    opts: dict[str, Any] = {}
-    if device:
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and "LOCAL_RANK" in os.environ:
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        opts["device"] = device
-    if precision:
-        opts["precision"] = precision
-    if channels_last:
-        opts["channels_last"] = True
-    opts.update(extra)
-    return opts
-
-
-@cli
-def main(argv: Sequence[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        generate(
-            a.images,
-            a.out,
-            EngineSpec(a.model, a.engine, engine_options(a.device, a.precision, a.channels_last, dict(a.engine_opt))),
-            image_root=a.image_root,
-            ext=a.ext,
-            labels=a.labels,
-            masks=MaskOptions(
-                scales=a.scales or DEFAULT_SCALES, flip=a.flip, crop=a.crop, stride=a.stride, base_size=a.base_size,
-                max_long=a.max_long, crf=a.crf, palette=a.palette, save_probs=a.save_probs, probs_dtype=a.probs_dtype,
-            ),
-            run=RunOptions(
-                batch=a.batch, chunk=a.chunk, workers=a.workers, tta_device=a.tta_device, overlays=a.overlays,
-                progress=a.progress, overwrite=a.overwrite, shard=a.shard, threads=a.threads,
-            ),
-        )  # fmt: skip
-    except (ValueError, PrecisionError) as e:  # a bad input found by library code (labels, options, precision)
-        raise UsageError(str(e)) from None
-    except EngineError as e:
-        raise RuntimeFailure(str(e)) from None
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

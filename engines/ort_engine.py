@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from weakclip.data.io import file_sha256
 from weakclip.engines.base import Engine, EngineError, PrecisionError, engine_fields_from_metadata, usable_cores
-from weakclip.io import file_sha256
 
 GRAPH_KINDS = ("end_to_end",)  # runnable here; the custom-op graphs need the TensorRT plugin
 _LEVELS = ("disable", "basic", "extended", "all")

@@ -6,7 +6,7 @@ Precision (``precision``):
 * ``fp16``: CUDA autocast; refused on CPU.
 * ``bf16``: autocast to bfloat16 (CPU or CUDA; LayerNorm, softmax and the other ops outside autocast's
   lower-precision list stay fp32).  On a CPU it needs native bf16 arithmetic (avx512_bf16 or amx_bf16, see
-  :mod:`weakclip.cpu_features`): without it oneDNN emulates bf16 and runs slower than fp32, so the engine refuses with
+  :mod:`weakclip.masks.cpu_features`): without it oneDNN emulates bf16 and runs slower than fp32, so the engine refuses with
   one line naming the missing instruction set; ``check_isa=False`` runs it anyway (tests, numerics checks).  With
   ``cast_weights`` (default on for bf16) the weights of every Linear / Conv / MultiheadAttention are stored in bf16
   once at construction, so autocast does not re-cast the ~107 M fp32 weights of the ViT-B/16 window path on every
@@ -97,7 +97,7 @@ class TorchEngine(Engine):
         if precision == "fp16" and device.type != "cuda":
             raise PrecisionError(f"torch engine: fp16 needs a CUDA device (got {device}); use precision='fp32' on CPU")
         if precision == "bf16" and device.type == "cpu" and check_isa:
-            from weakclip.cpu_features import missing_for
+            from weakclip.masks.cpu_features import missing_for
 
             why = missing_for("bf16")
             if why:

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weakclip.data.io import atomic_path, file_sha256
 from weakclip.engines.base import EngineError, PrecisionError
 from weakclip.engines.ort_engine import read_onnx_metadata
-from weakclip.io import atomic_path, file_sha256
-from weakclip.plugin_names import plugin_spec
+from weakclip.model.plugin_names import plugin_spec
 
 PRECISIONS = ("fp32", "fp16")
 GRAPH_KINDS = ("end_to_end", "end_to_end_custom")  # image → logits (+ score_map); *_custom has the plugin node
@@ -252,7 +252,7 @@ def cache_key(
 ) -> tuple[str, dict[str, Any]]:
     """(key, material): the key is the sha256 of the canonical JSON of everything that determines the engine.
 
-    ``onnx_digest``: :func:`weakclip.io.file_sha256` of the graph actually parsed (with its ``.data`` file);
+    ``onnx_digest``: :func:`weakclip.data.io.file_sha256` of the graph actually parsed (with its ``.data`` file);
     ``trt_version``: :func:`trt_identity`; ``gpu``: (device name, (major, minor) compute capability);
     ``plugin_digest``: sha256 of the plugin library or None when the graph has no plugin node.
     """

@@ -5,7 +5,7 @@ Every export variant imports from here and nothing imports back, so the export l
     wrappers.py   torch modules the graphs are traced from (imports the model only)
     core.py       GraphSpec + the four standard graphs, export_graph, metadata, save_model, check_graph,
                   ExportOptions (imports wrappers)
-    custom_op.py  TensorRT custom-op variant (imports core, wrappers, weakclip.plugin_names)
+    custom_op.py  TensorRT custom-op variant (imports core, wrappers, weakclip.model.plugin_names)
     fp16.py       fp16 graphs (imports core, custom_op)
     quantize.py   int8 graph for ONNX Runtime on CPU (imports core)
     pipeline.py   export_model: the whole export, calling the variants (imports all of the above)
@@ -39,7 +39,7 @@ from weakclip.export.wrappers import (
     EncoderOnnx,
     WeakCLIPOnnx,
 )
-from weakclip.model import WeakCLIP
+from weakclip.model.model import WeakCLIP
 
 logger = logging.getLogger("weakclip.export")
 
@@ -357,7 +357,7 @@ def save_model(model_proto: Any, path: Path) -> Path:
 
     import onnx
 
-    from weakclip.io import commit_file, output_error
+    from weakclip.data.io import commit_file, output_error
 
     size = model_proto.ByteSize()
     big = size >= TWO_GB - 64 * 2**20

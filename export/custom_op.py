@@ -1,7 +1,7 @@
 """TensorRT custom-op variant: the co-attention matching as ONE plugin node, and its standard decomposition.
 
 **The node** (identity and layout from ``engines/csrc/plugin_names.json``, the one source of truth shared with the
-C++ plugin through the generated ``weakclip_plugin_names.h``; read here through :mod:`weakclip.plugin_names`)::
+C++ plugin through the generated ``weakclip_plugin_names.h``; read here through :mod:`weakclip.model.plugin_names`)::
 
     score_map (B, K, h, w) = <op_type>(g (B, E), dense (B, E, h, w), text (K, E), weights (P,))
         domain "trt.plugins" (ignored by TensorRT's parser, needed by ONNX), attributes:
@@ -13,7 +13,7 @@ Why (g, dense) and not (V, T): it is the encoder's output as is (channel-first F
 between the encoder and the plugin, and the C launcher reads g + F directly (``WeakclipCoAttnParams.global_emb`` /
 ``dense``).  **How the weights reach the plugin**: as constant *inputs* (initializers), not attributes — ``text`` is
 T (K, E) and ``weights`` the packed blob (state-dict tensors flattened and concatenated in the ``packed_weights``
-order, per-layer runs repeated layer-major; :func:`weakclip.plugin_names.pack_coattention_weights`).  Initializers keep
+order, per-layer runs repeated layer-major; :func:`weakclip.model.plugin_names.pack_coattention_weights`).  Initializers keep
 the weights out of the node attributes (ONNX attributes are copied per node and capped in size by some tools) and
 make the fp16 variant convert them like any other weight.
 
@@ -41,7 +41,7 @@ from weakclip import plugin_names
 from weakclip.export import core
 from weakclip.export.core import GraphSpec
 from weakclip.export.wrappers import TAP_NAMES, CoAttentionPackedReference
-from weakclip.model import WeakCLIP
+from weakclip.model.model import WeakCLIP
 
 if TYPE_CHECKING:
     from weakclip.export.core import ExportOptions

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from weakclip.data.io import file_sha256, write_text_atomic
 from weakclip.export import custom_op, fp16, quantize
 from weakclip.export.core import (
     EXPORTERS,
@@ -39,8 +40,7 @@ from weakclip.export.core import (
     timed,
     versions,
 )
-from weakclip.io import file_sha256, write_text_atomic
-from weakclip.model import WeakCLIP
+from weakclip.model.model import WeakCLIP
 
 
 def validate_options(opts: ExportOptions) -> None:

@@ -193,7 +193,7 @@ def calibration_windows(
     the crop, centre crop) — the inputs the deployed model sees.  An unreadable image is a ValueError naming it."""
     from PIL import Image
 
-    from weakclip.io import read_image
+    from weakclip.data.io import read_image
 
     out = []
     m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)

@@ -33,9 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: `python export/to_onnx.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from weakclip.data.filekind import expect
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
 from weakclip.export.core import (
     ATOL,
@@ -52,7 +50,6 @@ from weakclip.export.core import (
     log,
 )
 from weakclip.export.pipeline import export_model, validate_options
-from weakclip.filekind import expect
 from weakclip.progress import setup_logging
 
 PROG = "weakclip-export"
@@ -110,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_options(opts)
     except ExportInputError as e:
         raise UsageError(str(e)) from None
-    from weakclip.io import ensure_writable, removed_if_left_empty
+    from weakclip.data.io import ensure_writable, removed_if_left_empty
 
     with removed_if_left_empty(args.out):  # a failed export leaves no empty --out behind
         ensure_writable(args.out)

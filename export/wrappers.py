@@ -18,7 +18,7 @@ is 16× larger than a tap) and leaves the encoder a pure ViT that TensorRT/ORT f
 
 ``CoAttentionPackedReference`` is the standard-ONNX decomposition of the custom co-attention node of the TensorRT
 variant (see :mod:`weakclip.export.custom_op`): same inputs as the plugin (g, dense, text, packed weights), computed with the
-plain reference :func:`weakclip.coattention.coattention_reference` from the unpacked weights.
+plain reference :func:`weakclip.model.coattention.coattention_reference` from the unpacked weights.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from weakclip.coattention import coattention_reference
-from weakclip.model import WeakCLIP
+from weakclip.model.coattention import coattention_reference
+from weakclip.model.model import WeakCLIP
 
 ENCODER_OUTPUTS = ("tap0", "tap1", "tap2", "tap3", "g", "dense")
 TAP_NAMES = ENCODER_OUTPUTS[:4]
@@ -99,7 +99,7 @@ class CoAttentionPackedReference(nn.Module):
 
     g (B, E), dense (B, E, h, w), text T (K, E), weights (P,) = the packed blob (layout: ``packed_weights`` of
     ``engines/csrc/plugin_names.json``, expanded per layer) → S (B, K, h, w).  The blob is sliced back into the
-    state-dict tensors and fed to :func:`weakclip.coattention.coattention_reference` (explicit attention, no dropout),
+    state-dict tensors and fed to :func:`weakclip.model.coattention.coattention_reference` (explicit attention, no dropout),
     so the decomposition depends on nothing but the node's inputs and attributes.
     """
 

@@ -1,6 +1,6 @@
 """A plain restatement of the official test-time pipeline, the oracle of the pseudo-mask tests (SPEC §5).
 
-Written from the official code paths, independently of :mod:`weakclip.inference`, one step per line:
+Written from the official code paths, independently of :mod:`weakclip.masks.inference`, one step per line:
 
 * mmcv 1.4 ``LoadImageFromFile``: ``cv2.imdecode(bytes, IMREAD_COLOR)`` (BGR, EXIF orientation applied);
 * ``MultiScaleFlipAug(img_scale=(2048, 512), img_ratios, flip)``: scale ``(int(2048·r), int(512·r))``, for each

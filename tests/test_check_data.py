@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from weakclip.check_data import main
+from weakclip.cli.check_data import main
+from weakclip.data.io import save_mask_png
 from weakclip.data.synthetic import make_synthetic_dataset
-from weakclip.io import save_mask_png
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from torch import nn
 
 import weakclip
 from weakclip.errors import UsageError
-from weakclip.torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
+from weakclip.model.torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # torch.jit.* deprecation notices
 
@@ -182,7 +182,7 @@ def test_build_model_reads_openai_archive_without_jit_load(openai_like, no_jit_l
 
 
 def test_seeder_reads_openai_archive_without_jit_load(openai_like, no_jit_load):
-    from weakclip.seeds import build_seeder
+    from weakclip.masks.seeds import build_seeder
 
     path, src = openai_like
     seeder = build_seeder("tiny", clip_weights=str(path))
@@ -228,7 +228,7 @@ def test_setstate_payload_is_refused_by_every_loading_path(tmp_path, no_jit_load
         weakclip.build_model("tiny", clip_weights=str(path))
     _check_refusal(str(e.value), path, target)
 
-    from weakclip.seeds import main
+    from weakclip.masks.seeds import main
 
     images = tmp_path / "images"
     images.mkdir()

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import weakclip
-from weakclip.checkpoint import read_checkpoint_metadata
-from weakclip.classes import COCO_OFFICIAL91_CLASSES, VOC_CLASSES
-from weakclip.coattention import _layer_ref, _lin, _ln
-from weakclip.convert_official import convert, main
+from weakclip.data.classes import COCO_OFFICIAL91_CLASSES, VOC_CLASSES
 from weakclip.errors import UsageError
+from weakclip.model.checkpoint import read_checkpoint_metadata
+from weakclip.model.coattention import _layer_ref, _lin, _ln
+from weakclip.model.convert_official import convert, main
 
 OFFICIAL_LAYERS = 3  # ContextDecoder(transformer_layers=3) in the official config
 

@@ -55,7 +55,7 @@ def _features(text: str) -> cpu_features.CPUFeatures:
 
 @pytest.fixture
 def cpu_as(monkeypatch):
-    """cpu_as(text): make weakclip.cpu_features.detect() report the CPU described by a /proc/cpuinfo excerpt."""
+    """cpu_as(text): make weakclip.masks.cpu_features.detect() report the CPU described by a /proc/cpuinfo excerpt."""
 
     def set_cpu(text: str) -> cpu_features.CPUFeatures:
         f = _features(text)

@@ -180,7 +180,7 @@ def test_library_weight_table_matches_python(cuda_build):
 
 
 def test_pack_matches_state_dict_and_is_strict():
-    coattention = pytest.importorskip("weakclip.coattention")
+    coattention = pytest.importorskip("weakclip.model.coattention")
     m = coattention.CoAttentionMatching(64, 32, 2, 2)
     sd = m.state_dict()
     packed = cuda_ops.pack_coattention_weights(m)
@@ -255,7 +255,7 @@ def test_flash_attention_broadcast_kv(gpu_ops, dtype):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_score_map_matches_reference(gpu_ops, dtype):
-    coattention = pytest.importorskip("weakclip.coattention")
+    coattention = pytest.importorskip("weakclip.model.coattention")
     g = torch.Generator(device="cuda").manual_seed(2)
     B, K, E, h, w = 2, 21, 512, 32, 32
     v_star = torch.randn(B, 1 + h * w, E, device="cuda", generator=g).to(dtype)
@@ -284,7 +284,7 @@ def _perturbed_module(coattention, E, W, heads, layers):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("layout", ["tokens", "split"])
 def test_coattention_matches_reference(gpu_ops, dtype, layout):
-    coattention = pytest.importorskip("weakclip.coattention")
+    coattention = pytest.importorskip("weakclip.model.coattention")
     E, W, heads, L, K, B, h, w = 512, 256, 4, 3, 21, 2, 16, 16
     m = _perturbed_module(coattention, E, W, heads, L).cuda()
     gen = torch.Generator(device="cuda").manual_seed(3)

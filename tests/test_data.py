@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from weakclip.data import datasets, labels, synthetic, transforms
-from weakclip.io import read_mask, save_mask_png
+from weakclip.data.io import read_mask, save_mask_png
 
 SMALL = dict(images=10, num_fg=4, size=(64, 64), val_images=3)
 

@@ -24,7 +24,7 @@ from test_generate import K, StandInEngine, _make_images  # noqa: F401  (registe
 
 import weakclip
 from weakclip import cli, errors
-from weakclip.io import save_mask_png
+from weakclip.data.io import save_mask_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,7 +279,7 @@ def test_a_second_run_into_a_held_folder_is_refused_with_the_pid(data, tmp_path,
     out = tmp_path / "o"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from weakclip.io import FolderLock; "
+        [sys.executable, "-c", "import sys, time; from weakclip.data.io import FolderLock; "
          f"FolderLock({str(out)!r}, 'weakclip generate'); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -304,7 +304,7 @@ def test_shards_share_a_folder_but_not_a_shard(data, tmp_path, capsys) -> None:
     out = tmp_path / "o"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from weakclip.io import FolderLock; "
+        [sys.executable, "-c", "import time; from weakclip.data.io import FolderLock; "
          f"FolderLock({str(out)!r}, 'weakclip generate', (0, 2)); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -324,7 +324,7 @@ def test_shards_share_a_folder_but_not_a_shard(data, tmp_path, capsys) -> None:
 
 def test_generate_stops_at_the_first_disk_full_write(data, tmp_path, capsys, monkeypatch) -> None:
     """OSError-injecting writer: the 2nd file fails with ENOSPC; the run stops there instead of computing the rest."""
-    import weakclip.io as wio
+    import weakclip.data.io as wio
 
     _make_images(tmp_path / "many", 12)
     real, calls = wio.commit_file, []

@@ -60,7 +60,7 @@ def test_export_modules_form_no_import_circle() -> None:
 def test_export_does_not_import_the_engines() -> None:
     for m in MODULES:
         engines = sorted(d for d in _imports(EXPORT / f"{m}.py") if d.startswith("weakclip.engines"))
-        assert not engines, f"export/{m}.py imports {engines} (plugin identity lives in weakclip.plugin_names)"
+        assert not engines, f"export/{m}.py imports {engines} (plugin identity lives in weakclip.model.plugin_names)"
 
 
 def test_each_export_module_imports_fresh_by_itself() -> None:
@@ -68,7 +68,7 @@ def test_each_export_module_imports_fresh_by_itself() -> None:
     imported first (a circle that only works in one import order fails here)."""
     code = (
         "import importlib, json, sys\n"
-        "import torch, weakclip.model\n"
+        "import torch, weakclip.model.model\n"
         f"mods = {MODULES!r}\n"
         "loaded = {}\n"
         "for m in mods:\n"

@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from weakclip.batch import list_inputs, overlay_names, shard_items
+from weakclip.data.io import read_mask
 from weakclip.engines.base import Engine, EngineError, get_engine, register_engine
 from weakclip.engines.generate import main
-from weakclip.io import read_mask
+from weakclip.masks.batch import list_inputs, overlay_names, shard_items
 
 REPO = Path(__file__).resolve().parents[1]
 K = 4

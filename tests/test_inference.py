@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from weakclip.config import DEFAULT_SCALES, OFFICIAL_SCALES
-from weakclip.inference import (
+from weakclip.masks.inference import (
     InferenceOptions,
     predict,
     predict_probs,
@@ -18,6 +17,7 @@ from weakclip.inference import (
     view_size,
     window_grid,
 )
+from weakclip.model.config import DEFAULT_SCALES, OFFICIAL_SCALES
 
 K = 5
 
@@ -172,7 +172,7 @@ def test_engine_output_is_checked():
 
 def test_crf_postprocess_then_label_masking():
     pytest.importorskip("pydensecrf", reason="pydensecrf2 not installed")
-    from weakclip.inference import postprocess
+    from weakclip.masks.inference import postprocess
 
     img = np.zeros((24, 32, 3), np.uint8)
     img[:, 16:] = 255

@@ -58,8 +58,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from weakclip.coattention import CoAttentionMatching, coattention_reference
 from weakclip.engines import cuda_ops
+from weakclip.model.coattention import CoAttentionMatching, coattention_reference
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:

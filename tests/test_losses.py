@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from weakclip import losses
-from weakclip.config import IMAGENET_MEAN, IMAGENET_STD
+from weakclip.data.classes import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _np_smooth_softmax(z: np.ndarray) -> np.ndarray:
@@ -126,7 +126,7 @@ def _edge_case(K=2, H=24, W=32, edge=16, cross=22):
 
 
 def test_crf_is_a_distribution_and_snaps_to_the_colour_edge():
-    crf = pytest.importorskip("weakclip.crf")
+    crf = pytest.importorskip("weakclip.model.crf")
     pytest.importorskip("pydensecrf")
     image, probs = _edge_case()
     q = crf.dense_crf(image, probs, **crf.BOUNDARY_LOSS_CRF.as_kwargs())
@@ -141,7 +141,7 @@ def test_crf_is_a_distribution_and_snaps_to_the_colour_edge():
 
 
 def test_crf_postprocess_only_predicted_classes():
-    crf = pytest.importorskip("weakclip.crf")
+    crf = pytest.importorskip("weakclip.model.crf")
     pytest.importorskip("pydensecrf")
     image, p2 = _edge_case()
     probs = np.full((5, *p2.shape[1:]), 0.01, np.float32)

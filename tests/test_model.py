@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import weakclip
-from weakclip.coattention import CoAttentionMatching, _layer_ref, coattention_reference
-from weakclip.model import parameter_table
+from weakclip.model.coattention import CoAttentionMatching, _layer_ref, coattention_reference
+from weakclip.model.model import parameter_table
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_local_clip_weights_file_is_loaded(tmp_path):
         m.text_encoder.tower.positional_embedding, src.text_encoder.tower.positional_embedding[:13]
     )
     # the resized grid reproduces the source when sampled back at the source size
-    from weakclip.clip import resize_pos_embed
+    from weakclip.model.clip import resize_pos_embed
 
     back = resize_pos_embed(m.image_encoder.visual.positional_embedding, 8, (4, 4))
     assert back.shape == src.image_encoder.visual.positional_embedding.shape
@@ -170,7 +170,7 @@ def test_local_clip_weights_file_is_loaded(tmp_path):
 
 def test_openai_weights_unavailable_gives_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from weakclip.clip import WeightsUnavailableError, openai_weights_path
+    from weakclip.model.clip import WeightsUnavailableError, openai_weights_path
 
     with pytest.raises(WeightsUnavailableError, match="clip_weights="):
         openai_weights_path("ViT-B-16")

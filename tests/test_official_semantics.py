@@ -25,9 +25,9 @@ import torch
 from official_semantics import official_crf, official_probs
 
 import weakclip
-from weakclip.config import OFFICIAL_SCALES
-from weakclip.inference import InferenceOptions, predict_probs
-from weakclip.io import read_image, read_mask
+from weakclip.data.io import read_image, read_mask
+from weakclip.masks.inference import InferenceOptions, predict_probs
+from weakclip.model.config import OFFICIAL_SCALES
 
 # VOC-like sizes (H, W), plus one smaller than the crop on both sides.
 SIZES = [(375, 500), (500, 333), (281, 500), (500, 500), (200, 150)]
@@ -140,8 +140,8 @@ def test_generate_equals_official(images, tiny_onnx, tmp_path, engine, _generate
 @pytest.mark.parametrize("preset", ["voc", "coco"])
 def test_crf_equals_official_make_crf(images, _generate_oracle, preset):
     pytest.importorskip("pydensecrf", reason="the dense CRF needs pydensecrf2")
-    from weakclip.crf import CRF_PRESETS
-    from weakclip.inference import postprocess
+    from weakclip.masks.inference import postprocess
+    from weakclip.model.crf import CRF_PRESETS
 
     root, _ = images
     (name, probs), P = next(iter(_generate_oracle.items())), CRF_PRESETS[preset]

@@ -28,8 +28,8 @@ import pytest
 import torch
 from test_convert_official import official_state_dict
 
-from weakclip.classes import COCO_OFFICIAL91_CLASSES, VOC_CLASSES
-from weakclip.io import save_mask_png
+from weakclip.data.classes import COCO_OFFICIAL91_CLASSES, VOC_CLASSES
+from weakclip.data.io import save_mask_png
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## From a real dataset to masks"

@@ -1,4 +1,4 @@
-"""CLIP-ES seeds (weakclip/seeds.py) against plain restatements of the CLIP-ES code, and the seeds CLI.
+"""CLIP-ES seeds (weakclip/masks/seeds.py) against plain restatements of the CLIP-ES code, and the seeds CLI.
 
 Every test runs the *tiny* preset with random CLIP weights: they prove the mechanics (the arithmetic equals the
 restated original, shapes, labels, the ignore threshold, resume/shard/failure handling), not seed quality, which
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from weakclip import seeds
-from weakclip.seeds import SeedOptions, box_mask, build_seeder, preprocess, seed_from_cams, view_size
+from weakclip.masks.seeds import SeedOptions, box_mask, build_seeder, preprocess, seed_from_cams, view_size
 
 REPO = Path(__file__).resolve().parents[1]
 EPS64 = float(np.finfo(np.float64).eps)
@@ -312,7 +312,7 @@ def test_crf_image_wraps_like_numpys_cast():
 
 
 def test_prompt_sets():
-    from weakclip.classes import COCO_CLASSES, VOC_CLASSES
+    from weakclip.data.classes import COCO_CLASSES, VOC_CLASSES
 
     voc = seeds.resolve_prompts(VOC_CLASSES)
     assert voc.name == "voc" and len(voc.background) == 25 and voc.box_threshold == 0.4
@@ -358,7 +358,7 @@ def test_cli_sigkill_resume_equals_clean_run_and_training_reads_the_seeds(syn, t
     out = syn / "ClipSeeds"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "weakclip.seeds", *_args(syn, out, "--workers", "1")],
+    proc = subprocess.Popen([sys.executable, "-m", "weakclip", "seeds", *_args(syn, out, "--workers", "1")],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.time() + 60
     while time.time() < deadline and len(_finished(out)) < 3:

@@ -183,11 +183,11 @@ def test_torchrun_two_processes_cpu(data, tmp_path):
 
 
 def test_evaluator_agrees_with_training_validation(data, tmp_path):
-    """generate.py + weakclip.evaluate on the val list reproduce the mIoU that training validation logged."""
+    """generate.py + weakclip.masks.evaluate on the val list reproduce the mIoU that training validation logged."""
     import csv
 
     from weakclip.engines.generate import main as generate_main
-    from weakclip.evaluate import evaluate_dirs
+    from weakclip.masks.evaluate import evaluate_dirs
 
     work = tmp_path / "run"
     main([f"data.root={data}", f"work_dir={work}", "train.iters=2", "train.batch_size=2", "schedule.val_interval=2",

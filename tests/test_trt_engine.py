@@ -22,10 +22,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from weakclip.data.io import file_sha256
 from weakclip.engines import trt_build as tb
 from weakclip.engines import trt_engine as te
 from weakclip.engines.base import EngineError, get_engine
-from weakclip.io import file_sha256
 
 RTX_HINT = "pip install tensorrt-rtx-cu13-libs==1.7.1.116 tensorrt-rtx-cu13-bindings==1.7.1.116"
 # A small profile keeps the AOT builds short (the tiny model's crop is 512).

@@ -13,8 +13,8 @@ from PIL import Image
 from test_generate import StandInEngine, _make_images  # noqa: F401  (registers the "standin" engine)
 
 import weakclip
+from weakclip.data.io import atomic_path, save_mask_png
 from weakclip.engines.generate import main
-from weakclip.io import atomic_path, save_mask_png
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import weakclip
-from weakclip.check_data import main as check_data_main
+from weakclip.cli.check_data import main as check_data_main
 from weakclip.data.synthetic import make_synthetic_dataset
 from weakclip.training.train import main
 

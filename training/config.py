@@ -4,7 +4,7 @@ A run's config is the defaults below ← a YAML/TOML file or a shipped config na
 read when used) ← dotted ``KEY=VALUE`` overrides (``train.iters=200 data.root=/data/voc``, values parsed as YAML).
 A value must have its field's type: ints are accepted for numbers, integral numbers for integers, scalars for
 strings, one string for a list of strings; only ``… | None`` fields may be null.  ``model.overrides`` is a free
-mapping of :class:`weakclip.config.WeakCLIPConfig` fields, checked when the model is built.  Every mistake is one
+mapping of :class:`weakclip.model.config.WeakCLIPConfig` fields, checked when the model is built.  Every mistake is one
 :class:`UsageError` line naming the key, the value and the type.
 """
 
@@ -29,7 +29,7 @@ DEFAULT_CONFIG = "synthetic_tiny"  # the shipped name of the defaults (its file 
 
 @dataclass
 class ModelCfg:
-    preset: str = "tiny"  # weakclip.config preset: tiny, vit_b16_voc, vit_b16_coco
+    preset: str = "tiny"  # weakclip.model.config preset: tiny, vit_b16_voc, vit_b16_coco
     clip_weights: str | None = None  # openai, or a local ViT-B-16.pt / .safetensors state dict; null = random init
     overrides: dict[str, Any] = field(default_factory=dict)  # WeakCLIPConfig fields replacing the preset's
 

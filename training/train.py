@@ -38,18 +38,15 @@ import torch
 import torch.distributed as dist
 import yaml
 
-if __package__ in (None, ""):  # `python training/train.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import weakclip
-from weakclip.config import get_config
 from weakclip.data.datasets import SegmentationDataset, collate, resolve_list
+from weakclip.data.io import atomic_path, read_image, read_mask, removed_if_left_empty
 from weakclip.data.labels import load_labels
 from weakclip.errors import ArgumentParser, UsageError, cli
-from weakclip.evaluate import ConfusionMatrix
-from weakclip.inference import InferenceOptions, predict
-from weakclip.io import atomic_path, read_image, read_mask, removed_if_left_empty
-from weakclip.losses import WeakCLIPLoss
+from weakclip.masks.evaluate import ConfusionMatrix
+from weakclip.masks.inference import InferenceOptions, predict
+from weakclip.model.config import get_config
+from weakclip.model.losses import WeakCLIPLoss
 from weakclip.progress import progress as progress_meter
 from weakclip.progress import setup_logging
 from weakclip.training.config import DEFAULT_CONFIG, TrainConfig, config_help, read_config

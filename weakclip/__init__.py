@@ -1,7 +1,7 @@
 """WeakCLIP: CLIP adapted for weakly-supervised semantic segmentation.
 
-The public names below are imported lazily, so light submodules (``weakclip.data``, ``weakclip.evaluate``,
-``weakclip.io``) start without importing open_clip.
+The public names below are imported lazily, so light submodules (``weakclip.data``, ``weakclip.masks.evaluate``,
+``weakclip.data.io``) start without importing open_clip.
 
 Command line: ``weakclip <subcommand>`` (``weakclip.cli``; ``python -m weakclip``).
 """
@@ -9,32 +9,29 @@ Command line: ``weakclip <subcommand>`` (``weakclip.cli``; ``python -m weakclip`
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"  # the one version: pyproject.toml reads it (dynamic), `weakclip --version` prints it
 
 # The sub-packages ``weakclip.engines``, ``weakclip.export``, ``weakclip.training`` and ``weakclip.benchmarks`` are
-# the repository's top-level folders ``engines/``, ``export/``, ``training/`` and ``benchmarks/``: the wheel installs
-# them under ``weakclip/`` (``[tool.setuptools.package-dir]`` in pyproject.toml), and in a source checkout the same
-# names resolve to the folders beside this one.
-_CHECKOUT = Path(__file__).resolve().parent.parent
-if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "engines" / "__init__.py").is_file():
-    __path__.append(str(_CHECKOUT))  # noqa: F821  (the package's own __path__)
-
+# the repository's top-level folders ``engines/``, ``export/``, ``training/`` and ``benchmarks/``, mapped by
+# ``[tool.setuptools.package-dir]`` (the wheel installs them under ``weakclip/``; ``pip install -e .`` maps them for
+# a checkout).  The library itself: ``weakclip.model`` (the network and its checkpoints), ``weakclip.data`` (datasets,
+# labels, file I/O), ``weakclip.masks`` (inference, CRF, seeds, evaluation, the batch frame), ``weakclip.cli`` (the
+# commands); ``errors`` and ``progress`` are shared by all.
 _LAZY = {
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "IMAGENET_MEAN": "config",
-    "IMAGENET_STD": "config",
-    "PRESETS": "config",
-    "WeakCLIPConfig": "config",
-    "get_config": "config",
-    "WeakCLIP": "model",
-    "WeakCLIPOutput": "model",
-    "build_from_config": "model",
-    "build_model": "model",
-    "parameter_table": "model",
+    "load_checkpoint": "model.checkpoint",
+    "save_checkpoint": "model.checkpoint",
+    "IMAGENET_MEAN": "data.classes",
+    "IMAGENET_STD": "data.classes",
+    "PRESETS": "model.config",
+    "WeakCLIPConfig": "model.config",
+    "get_config": "model.config",
+    "WeakCLIP": "model.model",
+    "WeakCLIPOutput": "model.model",
+    "build_from_config": "model.model",
+    "build_model": "model.model",
+    "parameter_table": "model.model",
 }
 
 __all__ = sorted(_LAZY)

@@ -192,15 +192,14 @@ def _prog_of(fn: Callable[..., Any]) -> str:
     prog = current_prog.get()
     if prog:
         return prog
-    from .cli import COMMANDS, PROG  # the subcommand table (imported late: cli imports this module)
-
     module = fn.__module__
-    if module == "__main__":  # python -m weakclip.x: the module's real name is on its spec
+    if module == "__main__":  # python -m weakclip.cli.x: the module's real name is on its spec
         spec = getattr(sys.modules.get("__main__"), "__spec__", None)
         module = spec.name if spec is not None else module
-    for name, (mod, _) in COMMANDS.items():
-        if mod == module or mod.rsplit(".", 1)[-1] == module.rsplit(".", 1)[-1]:
-            return f"{PROG} {name}"
+    if module.startswith("weakclip.cli."):  # the command modules are named after their subcommands
+        return f"weakclip {module.rsplit('.', 1)[-1].replace('_', '-')}"
+    if module.startswith("weakclip.") and module.rsplit(".", 1)[-1] in ("train", "to_onnx"):
+        return "weakclip train" if module.endswith("train") else "weakclip export"
     return f"python -m {module}"
 
 

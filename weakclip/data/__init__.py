@@ -1,6 +1,6 @@
 """Data: VOC-layout datasets, the training augmentation, image-level label readers and the synthetic generator."""
 
-from .datasets import (
+from weakclip.data.datasets import (
     COCO_LAYOUTS,
     BadSample,
     LabelIndexingError,
@@ -12,7 +12,7 @@ from .datasets import (
     read_split_lists,
     resolve_list,
 )
-from .labels import (
+from weakclip.data.labels import (
     RestrictedUnpickler,
     labels_from_mask,
     labels_from_seed_dir,
@@ -23,7 +23,7 @@ from .labels import (
     read_labels_txt,
     restricted_load_npy,
 )
-from .transforms import TrainTransform, photometric_distortion, test_transform
+from weakclip.data.transforms import TrainTransform, photometric_distortion, test_transform
 
 __all__ = [
     "COCO_LAYOUTS",

@@ -29,12 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..classes import COCO_CATEGORY_IDS, COCO_CLASSES, VOC_CLASSES
-from ..config import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import RuntimeFailure
-from ..io import read_image, read_mask
-from .labels import Labels, labels_from_mask, load_labels, multi_hot, restricted_load_npy
-from .transforms import IGNORE_INDEX, TrainTransform, test_transform
+from weakclip.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
+from weakclip.data.io import read_image, read_mask
+from weakclip.data.labels import Labels, labels_from_mask, load_labels, multi_hot, restricted_load_npy
+from weakclip.data.transforms import IGNORE_INDEX, TrainTransform, test_transform
+from weakclip.errors import RuntimeFailure
 
 logger = logging.getLogger(__name__)
 

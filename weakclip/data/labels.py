@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..classes import COCO_CATEGORY_IDS, COCO_OFFICIAL91_CLASSES
-from ..io import read_mask
+from weakclip.data.classes import COCO_CATEGORY_IDS, COCO_OFFICIAL91_CLASSES
+from weakclip.data.io import read_mask
 
 Labels = dict[str, list[int]]
 

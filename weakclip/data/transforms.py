@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
+from weakclip.data.classes import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE_INDEX = 255
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from .classes import COCO_CLASSES, COCO_OFFICIAL91_CLASSES, VOC_CLASSES
-from .errors import ArgumentParser, UsageError, cli
-from .io import IMAGE_EXTS, read_image, read_mask
+from weakclip.data.classes import COCO_CLASSES, COCO_OFFICIAL91_CLASSES, VOC_CLASSES
+from weakclip.data.io import IMAGE_EXTS, read_image, read_mask
+from weakclip.errors import ArgumentParser, UsageError, cli
 
 # Shipped training configs tried, in order, when --config is not given (the first whose folders exist wins).
 DETECT_ORDER = ("voc_vit_b16", "coco_vit_b16", "synthetic_tiny")
@@ -143,8 +143,8 @@ def layout_from_config(
     """The layout to check: each given path (relative to the current directory) replaces its config key; the
     config's ``data.*`` paths are taken under ``root``.  Classes: ``class_names_file`` > ``classes`` (a name of
     :data:`CLASS_LISTS`) > ``root/class_names.txt`` > the config's model preset."""
-    from .config import get_config
-    from .data.datasets import resolve_list
+    from weakclip.data.datasets import resolve_list
+    from weakclip.model.config import get_config
 
     root = Path(root)
     d = cfg["data"]
@@ -319,7 +319,7 @@ def check_dataset(lay: DataLayout, sample: int = 300) -> int:
     if lay.labels is None:
         print("labels: none found (training derives them from the seeds; generation runs without label masking)")
     else:
-        from .data.labels import load_labels
+        from weakclip.data.labels import load_labels
 
         try:
             labels = load_labels(lay.labels, K)

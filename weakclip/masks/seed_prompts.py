@@ -1,9 +1,9 @@
-"""Prompt sets for CLIP seed generation (:mod:`weakclip.seeds`): data only, transcribed from CLIP-ES.
+"""Prompt sets for CLIP seed generation (:mod:`weakclip.masks.seeds`): data only, transcribed from CLIP-ES.
 
 Source: linyq2117/CLIP-ES (Lin et al., "CLIP Is Also an Efficient Segmenter", CVPR 2023), ``clip_text.py`` (class
 and background names), ``generate_cams_voc12.py`` / ``generate_cams_coco14.py`` (template, box thresholds).
 
-Each set maps *our* class names (``weakclip.classes``: mmseg VOC spelling, COCO 2014 names) to the text CLIP-ES
+Each set maps *our* class names (``weakclip.data.classes``: mmseg VOC spelling, COCO 2014 names) to the text CLIP-ES
 puts in the template.  CLIP-ES renames a few classes to help CLIP ("bird avian", "chair seat",
 "person with clothes,people,human", "tvmonitor screen", ...); those strings are kept verbatim, commas included.
 A class missing from a set's ``classes`` is prompted with its own name.
@@ -37,7 +37,7 @@ VOC_CLASS_PROMPTS: dict[str, str] = {
     "pottedplant": "pottedplant", "sheep": "sheep", "sofa": "sofa", "train": "train", "tvmonitor": "tvmonitor screen",
 }  # fmt: skip
 
-# clip_text.py new_class_names_coco, keyed by our COCO 2014 names (weakclip.classes.COCO_CLASSES; the two lists are in
+# clip_text.py new_class_names_coco, keyed by our COCO 2014 names (weakclip.data.classes.COCO_CLASSES; the two lists are in
 # the same category order, CLIP-ES spells some VOC-style: motorbike, aeroplane, sofa, pottedplant, diningtable,
 # tvmonitor).  "sknowboard" is CLIP-ES's spelling and is kept.
 COCO_CLASS_PROMPTS: dict[str, str] = {

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .errors import UsageError
+from weakclip.errors import UsageError
 
 __all__ = ["is_torchscript_archive", "read_torchscript_state_dict"]
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _build_vision_tower
 from torch import nn
 
-from .config import WeakCLIPConfig
-from .errors import WeightsUnavailable
-from .torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
+from weakclip.errors import WeightsUnavailable
+from weakclip.model.config import WeakCLIPConfig
+from weakclip.model.torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -133,7 +133,7 @@ def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     """Read CLIP weights from an OpenAI TorchScript archive, a safetensors file or a plain tensor state dict.
 
     No code from the file runs: TorchScript archives (OpenAI's released ``.pt`` files) are read as data by
-    :func:`weakclip.torchscript_weights.read_torchscript_state_dict` (never ``torch.jit.load``, which executes the
+    :func:`weakclip.model.torchscript_weights.read_torchscript_state_dict` (never ``torch.jit.load``, which executes the
     archive; its floating-point tensors come back float32), plain state dicts with ``torch.load(weights_only=True)``.
     """
     p = Path(path)

@@ -20,10 +20,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import OutputError, RuntimeFailure, UsageError
-from .io import IMAGE_EXTS, FolderLock, owned_output_folder, read_image, voc_palette, write_text_atomic
+from weakclip.data.io import IMAGE_EXTS, FolderLock, owned_output_folder, read_image, voc_palette, write_text_atomic
+from weakclip.errors import OutputError, RuntimeFailure, UsageError
 
-# Temporaries of weakclip.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
+# Temporaries of weakclip.data.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
 _TMP_RE = re.compile(r"^\.(?P<orig>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 
 

@@ -37,7 +37,7 @@ BOUNDARY_LOSS_CRF = CRFParams(gauss_sxy=3, gauss_compat=3, bi_sxy=80, bi_srgb=13
 # Pseudo-mask post-processing at full resolution (SPEC §5).
 VOC_POSTPROC_CRF = CRFParams(gauss_sxy=3, gauss_compat=3, bi_sxy=83, bi_srgb=5, bi_compat=3, iterations=10)
 # CLIP-ES eval_cam_with_crf.py DenseCRF(iter_max=10, pos_xy_std=1, pos_w=3, bi_xy_std=67, bi_rgb_std=3, bi_w=4): the
-# CRF of the CLIP-ES seeds (weakclip.seeds) and the COCO post-processing preset.
+# CRF of the CLIP-ES seeds (weakclip.masks.seeds) and the COCO post-processing preset.
 CLIP_ES_CRF = CRFParams(gauss_sxy=1, gauss_compat=3, bi_sxy=67, bi_srgb=3, bi_compat=4, iterations=10)
 CRF_PRESETS: dict[str, CRFParams] = {"boundary": BOUNDARY_LOSS_CRF, "voc": VOC_POSTPROC_CRF, "coco": CLIP_ES_CRF}
 

@@ -3,7 +3,7 @@ truth, for judging pseudo masks by looking: the runs' settings and scores side b
 between consecutive runs, a confusion matrix per run, a gallery of the images that gain and lose most, missing and
 ignore-heavy masks.  The page has no script and fetches nothing (plots and thumbnails are files in ``assets/``).
 
-The numbers come from the evaluation code (:func:`weakclip.evaluate.confusion`, one count per image and run, summed):
+The numbers come from the evaluation code (:func:`weakclip.masks.evaluate.confusion`, one count per image and run, summed):
 a run's mIoU equals ``weakclip evaluate`` on the images it has.  Class slots with no pixel in the GT and in every run
 (COCO's unused category ids, say) are left out of the charts.  The computation streams over the images (one image's
 masks in memory at a time; progress from :mod:`weakclip.progress`); the page stays small on large datasets (a fixed
@@ -12,7 +12,6 @@ number of thumbnails).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as _dt
 import html
@@ -20,7 +19,6 @@ import json
 import math
 import os
 import string
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArgumentParser, UsageError, cli
-from .evaluate import NAMED_CLASS_LISTS, SegMetrics, confusion, find_class_names, metrics_from_matrix, read_names
-from .io import IMAGE_EXTS, atomic_path, read_image, read_mask, voc_palette
+from weakclip.data.io import IMAGE_EXTS, atomic_path, read_image, read_mask, voc_palette
+from weakclip.errors import UsageError
+from weakclip.masks.evaluate import (
+    SegMetrics,
+    confusion,
+    find_class_names,
+    metrics_from_matrix,
+)
 
 DEFAULT_GALLERY = 6  # images per gallery section
 DEFAULT_THUMB = 160  # longer side of a thumbnail, pixels
@@ -436,10 +439,10 @@ def make_report(
     ``runs`` (in this order: the first and the last are the gallery's "before" and "after") against ``gt_dir``.
 
     ``images``: the image names to use (default: every ``*.png`` in ``gt_dir``); ``class_names``: default from
-    the runs' config files or ``class_names.txt`` beside the GT (:func:`weakclip.evaluate.find_class_names`);
+    the runs' config files or ``class_names.txt`` beside the GT (:func:`weakclip.masks.evaluate.find_class_names`);
     ``image_root``: the images (default: from the runs' config files, else ``JPEGImages`` beside the GT folder).
     Bad input raises UsageError (naming the file); the masks are read once each."""
-    from .progress import progress
+    from weakclip.progress import progress
 
     gt_dir, out = Path(gt_dir), Path(out)
     run_dirs = [Path(r) for r in runs]
@@ -791,68 +794,3 @@ def _coverage_table(infos: Sequence[RunInfo], stats: Sequence[RunStats], images:
 
 # ----------------------------------------------------------------------------------------------------------------
 # command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .progress import add_progress_arguments
-
-    ap = ArgumentParser(prog="weakclip report", description=__doc__.split("\n\n")[0].replace("``", ""))
-    ap.add_argument("runs", nargs="+", metavar="RUN", help="folders of masks <name>.png, in order (first → last)")
-    ap.add_argument("--gt", required=True, help="folder of ground-truth masks <name>.png (255 = ignore)")
-    ap.add_argument("--out", required=True, help="folder for index.html, assets/, report.json, per_image.csv")
-    ap.add_argument("--list", help="image names, one per line (default: every .png in --gt)")
-    ap.add_argument("--names", help="comma-separated run names (default: from their config files, else folder names)")
-    ap.add_argument("--image-root", help="folder of the images (default: from the runs' config files, else "
-                    "JPEGImages beside --gt)")  # fmt: skip
-    k = ap.add_mutually_exclusive_group()
-    k.add_argument("--classes", choices=sorted(NAMED_CLASS_LISTS), help="a built-in class list")
-    k.add_argument("--class-names", help="text file, one class name per line (index 0 = background)")
-    k.add_argument("--num-classes", type=int, help="K (21 = the VOC names)")
-    ap.add_argument("--gallery", type=int, default=DEFAULT_GALLERY, metavar="N",
-                    help=f"images per gallery section (default {DEFAULT_GALLERY})")  # fmt: skip
-    ap.add_argument("--thumb", type=int, default=DEFAULT_THUMB, metavar="PX",
-                    help=f"thumbnail size, longer side (default {DEFAULT_THUMB})")  # fmt: skip
-    ap.add_argument("--ignore-heavy", type=float, default=DEFAULT_IGNORE_HEAVY, metavar="SHARE",
-                    help=f"a mask with more than this share of 255 pixels is listed (default {DEFAULT_IGNORE_HEAVY})")  # fmt: skip
-    ap.add_argument("--ignore-index", type=int, default=255)
-    add_progress_arguments(ap)
-    return ap
-
-
-@cli
-def main(argv: Sequence[str] | None = None) -> int:
-    from .progress import progress_options
-
-    args = build_parser().parse_args(argv)
-    try:
-        class_names, source = find_class_names(args.runs, args.gt, class_names_file=args.class_names,
-                                               classes=args.classes, num_classes=args.num_classes)  # fmt: skip
-        images = read_names(args.list) if args.list else None
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
-    names = [n.strip() for n in args.names.split(",")] if args.names else None
-    report = make_report(
-        args.gt,
-        args.runs,
-        args.out,
-        run_names=names,
-        images=images,
-        class_names=class_names,
-        class_source=source,
-        image_root=args.image_root,
-        gallery=args.gallery,
-        thumb=args.thumb,
-        ignore_heavy=args.ignore_heavy,
-        ignore_index=args.ignore_index,
-        progress_options=progress_options(args),
-    )
-    for info, st in zip(report.runs, report.stats):
-        print(
-            f"{info.name:<40} mIoU {100 * st.metrics.miou:6.2f}  ({st.scored} images, {len(st.missing)} without mask)"
-        )
-    print(f"report: {report.index} ({len(report.files)} files, {report.size_bytes / 1024:.0f} KiB)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

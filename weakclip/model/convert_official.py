@@ -1,6 +1,6 @@
 """Convert an official hustvl/WeakCLIP (mmseg 0.19) checkpoint into a WeakCLIP checkpoint.
 
-    python -m weakclip.convert_official IN.pth OUT.safetensors [--preset NAME] [--class-names FILE]
+    weakclip convert IN.pth OUT.safetensors [--preset NAME] [--class-names FILE]
 
 VOC (21 classes) and COCO (91 classes: the official ``COCODataset.CLASSES``, the 91 COCO category-id slots with
 background first and the unused slots such as "street sign" kept) convert with no options: the architecture preset
@@ -19,19 +19,18 @@ checkpoint (one ``error:`` line saying what the file is and which command takes 
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import StateDictMismatchError, load_state_dict_strict, save_checkpoint
-from .classes import CLASS_LISTS
-from .config import PRESETS, get_config
-from .errors import ArgumentParser, RuntimeFailure, UsageError, cli
-from .filekind import DESCRIPTION, TAKEN_BY, sniff
-from .model import WeakCLIP, build_model
+from weakclip.data.classes import CLASS_LISTS
+from weakclip.data.filekind import DESCRIPTION, TAKEN_BY, sniff
+from weakclip.errors import UsageError
+from weakclip.model.checkpoint import StateDictMismatchError, load_state_dict_strict
+from weakclip.model.config import PRESETS, get_config
+from weakclip.model.model import WeakCLIP, build_model
 
 ROLE = "an official hustvl/WeakCLIP checkpoint (.pth: mmseg state_dict)"
 
@@ -246,39 +245,3 @@ def convert(in_path: str | Path, preset: str | None = None, class_names: Sequenc
 
 # ----------------------------------------------------------------------------------------------------------------
 # command line
-
-
-def _read_names(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: --class-names file not found")
-    names = [n.strip() for n in p.read_text().splitlines() if n.strip()]
-    if not names or names[0] != "background":
-        raise UsageError(f"{p}: --class-names must list one name per line with 'background' first")
-    return names
-
-
-@cli
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = ArgumentParser(prog="python -m weakclip.convert_official", description=__doc__.split("\n\n")[0])
-    ap.add_argument("input", help="official checkpoint (.pth with 'state_dict')")
-    ap.add_argument("output", help="output WeakCLIP checkpoint (.safetensors)")
-    ap.add_argument("--preset", default=None, help="architecture preset (default: recognised from the shapes)")
-    ap.add_argument("--class-names", default=None, help="text file, one class name per line (default: from the "
-                    "checkpoint's meta.CLASSES or the head size: 21 VOC, 81/91 COCO)")  # fmt: skip
-    args = ap.parse_args(argv)
-    names = _read_names(args.class_names) if args.class_names else None
-    if Path(args.output).suffix != ".safetensors":
-        raise UsageError(f"{args.output}: the output must be a .safetensors file")
-    model, info = convert_with_info(args.input, args.preset, names)
-    try:
-        save_checkpoint(model, args.output, extra=info)
-    except OSError as e:
-        raise RuntimeFailure(f"{args.output}: cannot write the checkpoint ({e.strerror or e})") from None
-    print(f"wrote {args.output} ({model.config.num_classes} classes from {info['class_list']}, preset "
-          f"{info['preset']}, crop {model.config.crop_size})")  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

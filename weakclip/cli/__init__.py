@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import EXIT_OK, EXIT_USAGE, RuntimeFailure, run_command
+from weakclip.errors import EXIT_OK, EXIT_USAGE, RuntimeFailure, run_command
 
 PROG = "weakclip"
 
@@ -24,15 +24,15 @@ PROG = "weakclip"
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("weakclip.training.train", "train WeakCLIP on CAM seeds (YAML/TOML config + KEY=VALUE overrides)"),
     "export": ("weakclip.export.to_onnx", "export a checkpoint to ONNX (text side precomputed; fp16, int8, custom op)"),
-    "generate": ("weakclip.engines.generate", "pseudo masks for a dataset (torch / onnxruntime / tensorrt engines)"),
-    "evaluate": ("weakclip.evaluate", "mIoU of masks against ground truth (per-class table, FP/FN)"),
-    "convert": ("weakclip.convert_official", "official hustvl/WeakCLIP .pth checkpoint → our .safetensors"),
-    "synthetic": ("weakclip.data.synthetic", "write a synthetic VOC-layout dataset (images, GT, seeds, labels)"),
-    "check-data": ("weakclip.check_data", "check a dataset folder before a long run (counts, lists, classes)"),
-    "report": ("weakclip.report", "one HTML page comparing mask runs: settings, per-class IoU, confusion, gallery"),
-    "seeds": ("weakclip.seeds", "CLIP-ES seeds (CAMs) from image-level labels"),
+    "generate": ("weakclip.cli.generate", "pseudo masks for a dataset (torch / onnxruntime / tensorrt engines)"),
+    "evaluate": ("weakclip.cli.evaluate", "mIoU of masks against ground truth (per-class table, FP/FN)"),
+    "convert": ("weakclip.cli.convert", "official hustvl/WeakCLIP .pth checkpoint → our .safetensors"),
+    "synthetic": ("weakclip.cli.synthetic", "write a synthetic VOC-layout dataset (images, GT, seeds, labels)"),
+    "check-data": ("weakclip.cli.check_data", "check a dataset folder before a long run (counts, lists, classes)"),
+    "report": ("weakclip.cli.report", "one HTML page comparing mask runs: settings, per-class IoU, confusion, gallery"),
+    "seeds": ("weakclip.cli.seeds", "CLIP-ES seeds (CAMs) from image-level labels"),
     "bench": ("weakclip.cli", "benchmarks: training, loss-ablation, cpu-engines, tier-masks, gpu-e2e, cuda-coattn"),
-    "demo": ("weakclip.demo", "end to end on synthetic data: train → ONNX → masks → mIoU, images/s"),
+    "demo": ("weakclip.cli.demo", "end to end on synthetic data: train → ONNX → masks → mIoU, images/s"),
 }
 
 # `weakclip bench <name>` → module whose main(argv) runs it
@@ -51,7 +51,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 
 
 def _version() -> str:
-    from . import __version__
+    from weakclip import __version__
 
     return __version__
 
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         return _unknown("subcommand", name, list(COMMANDS), PROG)
-    from .progress import setup_logging
+    from weakclip.progress import setup_logging
 
     setup_logging(level)
     if name == "bench":
@@ -170,25 +170,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _alias(name: str) -> Callable[[], int]:
     def entry() -> int:
-        from .progress import setup_logging
+        from weakclip.progress import setup_logging
 
         setup_logging()
         return run_tool(COMMANDS[name][0], sys.argv[1:], f"{PROG}-{name}")
 
-    entry.__name__ = entry.__qualname__ = name.replace("-", "_")
+    entry.__name__ = entry.__qualname__ = f"alias_{name.replace('-', '_')}"
     entry.__doc__ = f"console script weakclip-{name} = weakclip {name}"
     return entry
 
 
-# console-script aliases (pyproject.toml [project.scripts])
-train = _alias("train")
-export = _alias("export")
-generate = _alias("generate")
-evaluate = _alias("evaluate")
-convert = _alias("convert")
-synthetic = _alias("synthetic")
-check_data = _alias("check-data")
-seeds = _alias("seeds")
+# console-script aliases (pyproject.toml [project.scripts]); named alias_* beside the command modules weakclip.cli.*
+alias_train = _alias("train")
+alias_export = _alias("export")
+alias_generate = _alias("generate")
+alias_evaluate = _alias("evaluate")
+alias_convert = _alias("convert")
+alias_synthetic = _alias("synthetic")
+alias_check_data = _alias("check-data")
+alias_seeds = _alias("seeds")
 
 
 if __name__ == "__main__":

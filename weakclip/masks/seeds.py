@@ -1,13 +1,13 @@
 """CLIP seeds from image-level labels alone (CLIP-ES; Lin et al., CVPR 2023): no separately trained CAM network.
 
-    python -m weakclip.seeds --images VOC2012/JPEGImages --labels cls_labels.npy --out VOC2012/ClipSeeds \\
+    weakclip seeds --images VOC2012/JPEGImages --labels cls_labels.npy --out VOC2012/ClipSeeds \\
         [--clip-weights openai|/path/ViT-B-16.pt] [--crf clip_es|none] [--shard i/N]
 
 writes ``OUT/<name>.png`` seed masks (palette; 0 background, class indices, 255 = low confidence) in the layout
 ``training/train.py`` reads (``data.seed_dir`` = the folder's name under ``data.root``).
 
 The algorithm follows the released CLIP-ES code (linyq2117/CLIP-ES; files named below), over the CLIP towers of
-:mod:`weakclip.clip` (open_clip), per image and per class present in its label:
+:mod:`weakclip.model.clip` (open_clip), per image and per class present in its label:
 
 1. **Views** (``generate_cams_voc12.py: img_ms_and_flip``): the image is resized (PIL bicubic) to
    ``ceil(s·H/16)·16 × ceil(s·W/16)·16`` for each scale s and normalised with *CLIP's* mean/std (not ImageNet's).
@@ -43,7 +43,7 @@ The algorithm follows the released CLIP-ES code (linyq2117/CLIP-ES; files named 
    nothing is ignored (``eval_cam.py``).
 
 Deliberate differences (not bugs followed): fp32 instead of CLIP-ES's fp16 (``clip.load`` on CUDA); the image is
-decoded with :func:`weakclip.io.read_image` (OpenCV, EXIF orientation applied) so seeds align with what training
+decoded with :func:`weakclip.data.io.read_image` (OpenCV, EXIF orientation applied) so seeds align with what training
 reads; CLIP-ES's vision ``Transformer.forward`` decides "text or image" by ``x.shape[0] == 77`` and so would run an
 image of exactly 76 patches through all 12 blocks before the last block runs again — not reproduced; an image
 whose label lists no foreground class gets an all-background seed (CLIP-ES returns from its worker there, which
@@ -55,11 +55,9 @@ OpenAI's CLIP weights (``clip_weights="openai"`` or a local ``ViT-B-16.pt``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,10 +65,10 @@ from typing import Any
 
 import numpy as np
 
-from .batch import Item, Outputs, Summary
-from .config import DEFAULT_SCALES, get_config, scales_from
-from .crf import CLIP_ES_CRF, CRFParams
-from .errors import ArgumentParser, RuntimeFailure, UsageError, cli
+from weakclip.errors import RuntimeFailure, UsageError
+from weakclip.masks.batch import Item, Outputs, Summary
+from weakclip.model.config import DEFAULT_SCALES, get_config, scales_from
+from weakclip.model.crf import CLIP_ES_CRF, CRFParams
 
 # CLIP's own input statistics (0-1 RGB); CLIP-ES generate_cams_*.py: _transform_resize → Normalize(...).
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -139,7 +137,7 @@ def resolve_prompts(class_names: Sequence[str], prompts: str | os.PathLike = "au
     else ``generic``.  Classes missing from a set's ``classes`` are prompted with their own name; background entries
     equal to a class name are dropped (a class must never compete against itself).
     """
-    from .seed_prompts import PROMPT_SETS
+    from weakclip.masks.seed_prompts import PROMPT_SETS
 
     fg = [str(n) for n in class_names[1:]]
     if not fg:
@@ -290,7 +288,7 @@ def seed_from_cams(
         return np.zeros((H, W), np.uint8), scores
     if options.crf is None:
         return full_keys[scores.argmax(0)].astype(np.uint8), scores
-    from .crf import dense_crf
+    from weakclip.model.crf import dense_crf
 
     q = dense_crf(crf_input_image(image, options.crf_image), scores, min_prob=CRF_UNARY_CLIP, **options.crf.as_kwargs())
     mask = full_keys[q.argmax(0)].astype(np.uint8)
@@ -342,7 +340,7 @@ class SeedResult:
 
 
 class ClipSeeder:
-    """CLIP-ES seeds over a :class:`weakclip.clip.CLIPImageEncoder` and a full-context CLIPTextEncoder.
+    """CLIP-ES seeds over a :class:`weakclip.model.clip.CLIPImageEncoder` and a full-context CLIPTextEncoder.
 
     ``seed(image (H, W, 3) uint8 RGB, labels [K-class indices]) -> SeedResult``; ``cams(...)`` stops before the
     background/CRF step.  Text features are computed once at construction.
@@ -392,7 +390,7 @@ class ClipSeeder:
         """Patch embedding + CLS + positional table resized to the grid (bilinear) + ln_pre → (1, 1 + n, D)."""
         import torch
 
-        from .clip import resize_pos_embed
+        from weakclip.model.clip import resize_pos_embed
 
         v = self.visual
         x = v.conv1(x)  # (1, D, h, w)
@@ -503,8 +501,8 @@ def build_seeder(
     """
     import torch
 
-    from .clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
-    from .config import get_config
+    from weakclip.model.clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
+    from weakclip.model.config import get_config
 
     cfg = get_config(preset, **({"class_names": tuple(class_names)} if class_names is not None else {}))
     vision_cfg = dataclasses.replace(cfg, crop_size=cfg.pretrain_image_size)
@@ -517,124 +515,12 @@ def build_seeder(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# CLI: python -m weakclip.seeds
-
-
-def _arg(parse: Any) -> Any:
-    """An argparse ``type`` from a library parser that raises ValueError."""
-
-    def f(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    return f
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .batch import shard_from
-
-    ap = ArgumentParser(
-        prog="python -m weakclip.seeds",
-        description="CLIP-ES seeds from image-level labels (no CAM network): Softmax-GradCAM + class-aware "
-        "attention affinity + CRF with an ignore threshold.",
-    )
-    io = ap.add_argument_group("inputs and outputs")
-    io.add_argument("--images", required=True, help="image folder, or a list file (one name or path per line)")
-    io.add_argument("--image-root", help="folder that list-file entries are relative to (default: the list's folder)")
-    io.add_argument("--ext", default=".jpg", help="extension added to list entries without one (default: %(default)s)")
-    io.add_argument("--labels", required=True, help="image-level labels: cls_labels.npy, JSON name→[idx] or text "
-                    "'name idx ...' (1-based foreground indices)")  # fmt: skip
-    io.add_argument("--class-names", help="one class per line, 'background' first (default: class_names.txt beside "
-                    "--labels if present, else the preset's classes)")  # fmt: skip
-    io.add_argument("--out", required=True, help="output folder of <name>.png seeds (the training seed_dir)")
-    io.add_argument("--save-scores", action="store_true",
-                    help="also write probs/<name>.npy float16 (K, H, W): row 0 background score, rows of the labelled "
-                    "classes their refined CAMs, other rows 0")  # fmt: skip
-    io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L PNGs, no VOC palette")
-    io.add_argument("--overlays", type=int, default=0, metavar="N", help="image | seed | blend panels for N images")
-    io.add_argument("--overwrite", action="store_true", help="recompute finished seeds (also under other settings)")
-    io.add_argument("--shard", type=_arg(shard_from), help="i/N: every N-th image from i (default: RANK/WORLD_SIZE)")
-
-    m = ap.add_argument_group("CLIP")
-    m.add_argument("--preset", default="vit_b16_voc", help="tower architecture preset (default: %(default)s)")
-    m.add_argument("--clip-weights", default="openai",
-                   help="'openai' (open_clip download cache), a local ViT-B-16.pt (OpenAI's TorchScript file, read "
-                   "as data: no code from it runs) / .safetensors, or 'none' = random towers (tests only: meaningless "
-                   "seeds) (default: %(default)s)")  # fmt: skip
-    m.add_argument("--prompts", default="auto", help="auto | voc | coco | generic | a JSON prompt set (default: auto)")
-    m.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-
-    a = ap.add_argument_group("algorithm (defaults = the released CLIP-ES code)")
-    a.add_argument("--scales", type=_arg(scales_from), default=DEFAULT_SCALES,
-                   help="view scales, or 'official' (default: 1.0, as CLIP-ES)")  # fmt: skip
-    a.add_argument("--flip", action="store_true", help="add flipped views (CLIP-ES: off)")
-    a.add_argument(
-        "--box-threshold", type=float, help="CAA box threshold (default: the prompt set's; VOC 0.4, COCO 0.7)"
-    )
-    a.add_argument("--attn-layers", type=int, default=8, help="last blocks averaged into the affinity (default: 8)")
-    a.add_argument("--bg-power", type=float, default=1.0, help="background score (1 − max CAM)^α (default: 1)")
-    a.add_argument("--crf", choices=("clip_es", "none"), default="clip_es",
-                   help="dense CRF with CLIP-ES's parameters, or none = argmax (default: %(default)s)")  # fmt: skip
-    a.add_argument("--ignore-threshold", type=float,
-                   help="CRF confidence below which a pixel becomes 255 (default: 0.95; needs the CRF)")  # fmt: skip
-    a.add_argument("--crf-image", choices=("clip_es", "rgb"), default="clip_es",
-                   help="clip_es: CLIP-ES's mean-subtracted, uint8-wrapped BGR image; rgb: the plain image")  # fmt: skip
-
-    ex = ap.add_argument_group("execution")
-    ex.add_argument("--workers", type=int, default=2, help="decoding and writing (CRF) threads, 0 = inline")
-    ex.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    ex.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return ap
-
-
-@cli
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.ignore_threshold is not None and args.crf == "none":
-        raise UsageError("--ignore-threshold is a threshold on the CRF's confidence (CLIP-ES eval_cam_with_crf.py); "
-                         "it needs --crf clip_es")  # fmt: skip
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    clip_weights = None if str(args.clip_weights).lower() == "none" else args.clip_weights
-    try:
-        make_seeds(
-            args.images, args.labels, args.out, image_root=args.image_root, ext=args.ext,
-            class_names=_class_names(args.class_names, args.labels, args.preset), preset=args.preset,
-            clip_weights=clip_weights, prompts=args.prompts, device=args.device,
-            options=SeedOptions(
-                scales=tuple(args.scales), flip=bool(args.flip), attn_layers=args.attn_layers,
-                box_threshold=args.box_threshold, bg_power=args.bg_power,
-                crf=None if args.crf == "none" else CLIP_ES_CRF,
-                ignore_threshold=0.95 if args.ignore_threshold is None else args.ignore_threshold,
-                crf_image=args.crf_image,
-            ),
-            save_scores=args.save_scores, palette=args.palette, overlays=args.overlays, overwrite=args.overwrite,
-            shard=args.shard, workers=args.workers, progress=args.progress,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError) as e:  # bad inputs found while starting
-        raise UsageError(str(e)) from None
-    return 0
-
-
-def _class_names(class_names: str | None, labels: str, preset: str) -> tuple[str, ...]:
-    """``--class-names``, else class_names.txt beside the labels, else the preset's classes."""
-    from .config import get_config
-    from .data.datasets import read_class_names
-
-    path = Path(class_names) if class_names else Path(labels).parent / "class_names.txt"
-    if class_names or path.is_file():
-        return read_class_names(path)
-    return tuple(get_config(preset).class_names)
 
 
 def _weights_id(weights: str | None) -> str | None:
     if weights is None or weights == "openai":
         return weights
-    from .io import file_sha256
+    from weakclip.data.io import file_sha256
 
     return f"sha256:{file_sha256(weights, with_data=False)}"
 
@@ -662,14 +548,21 @@ def make_seeds(
     progress: bool = True,
 ) -> Summary:
     """CLIP-ES seeds for ``images`` (folder or list) from image-level ``labels`` into ``out`` (``<name>.png``), on
-    the batch frame of :func:`weakclip.batch.run_batch` (owned folder, resume check against ``seeds_config.json``,
+    the batch frame of :func:`weakclip.masks.batch.run_batch` (owned folder, resume check against ``seeds_config.json``,
     shards, failures).  ``seeder`` may be given instead of built from ``preset``/``clip_weights``/``prompts``;
     ``clip_weights=None`` is random towers (tests only: meaningless seeds)."""
     import torch
 
-    from .batch import check_out_location, list_inputs, overlay_names, run_batch, unsupported_files, write_record
-    from .data.labels import load_labels
-    from .io import file_sha256
+    from weakclip.data.io import file_sha256
+    from weakclip.data.labels import load_labels
+    from weakclip.masks.batch import (
+        check_out_location,
+        list_inputs,
+        overlay_names,
+        run_batch,
+        unsupported_files,
+        write_record,
+    )
 
     if seeder is not None:
         options, class_names = seeder.options, seeder.class_names
@@ -739,8 +632,8 @@ def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams
     image finished)."""
     from PIL import Image
 
-    from .batch import make_overlay
-    from .io import atomic_path, save_mask_png
+    from weakclip.data.io import atomic_path, save_mask_png
+    from weakclip.masks.batch import make_overlay
 
     mask, scores = seed_from_cams(image, cams, keys, seeder.options)
     if outputs.save_probs:
@@ -757,7 +650,7 @@ def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams
 
 def _seed_all(seeder: ClipSeeder, todo, outputs, labels, overlays: set[str], palette: bool, workers: int,
               progress: bool, lock=None):  # fmt: skip
-    from .batch import BatchJob, one_line
+    from weakclip.masks.batch import BatchJob, one_line
 
     depth = 2 * max(workers, 1)
     consecutive = 0
@@ -780,7 +673,3 @@ def _seed_all(seeder: ClipSeeder, todo, outputs, labels, overlays: set[str], pal
                       item.name in overlays)  # fmt: skip
         job.collect(0)
     return job.done, job.failures
-
-
-if __name__ == "__main__":
-    sys.exit(main())

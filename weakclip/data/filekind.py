@@ -25,7 +25,7 @@ import os
 import struct
 from pathlib import Path
 
-from .errors import UsageError
+from weakclip.errors import UsageError
 
 TENSORRT_SUFFIXES = (".engine", ".plan", ".trt")
 

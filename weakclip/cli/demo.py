@@ -22,8 +22,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ArgumentParser, RuntimeFailure, UsageError, cli
-from .io import atomic_path, removed_if_left_empty
+from weakclip.data.io import atomic_path, removed_if_left_empty
+from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
 
 SETTINGS_FILE = "demo_settings.json"
 # What the demo writes under --out (--overwrite deletes these, nothing else).
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="run every step again in an --out that holds a demo run (deletes the demo's outputs there)")  # fmt: skip
     ap.add_argument("--route", choices=("seeds", "labels-only", "both"), default="seeds",
                     help="seeds: the given CAM-like seeds → training → ONNX Runtime masks (default); labels-only: "
-                    "image labels only → CLIP-ES seeds (weakclip.seeds) → training → masks; both")  # fmt: skip
+                    "image labels only → CLIP-ES seeds (weakclip.masks.seeds) → training → masks; both")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.iters = 24, 6
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              run=RunOptions(workers=2, overwrite=True))  # fmt: skip
 
     step("5/5 evaluation against the synthetic ground truth")
-    from weakclip.evaluate import evaluate_dirs
+    from weakclip.masks.evaluate import evaluate_dirs
 
     K = len([n for n in (data / "class_names.txt").read_text().splitlines() if n.strip()])
     gt = data / "SegmentationClass"
@@ -184,7 +184,7 @@ def _write_report(out: Path, data: Path, masks: Path, names: list[str]) -> str:
         import matplotlib  # noqa: F401
     except ModuleNotFoundError:
         return "not written (it needs matplotlib: pip install 'weakclip[viz]')"
-    from weakclip.report import make_report
+    from weakclip.masks.report import make_report
 
     runs = [data / "SeedMasks", masks / "unmasked", masks / "labels"]
     report = make_report(data / "SegmentationClass", runs, out / "report", images=names,
@@ -198,8 +198,8 @@ def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> dict[
     demo the seeds carry no knowledge: this shows the mechanics, not the quality (use --clip-weights openai on real
     data, see the README)."""
     from weakclip.engines.generate import EngineSpec, RunOptions, generate
-    from weakclip.evaluate import evaluate_dirs
-    from weakclip.seeds import SeedOptions, make_seeds
+    from weakclip.masks.evaluate import evaluate_dirs
+    from weakclip.masks.seeds import SeedOptions, make_seeds
     from weakclip.training.train import main as train_main
 
     train_list = data / "ImageSets" / "Segmentation" / "train.txt"

@@ -26,7 +26,7 @@ Semantics follow the official pipeline (mmseg 0.19 ``MultiScaleFlipAug`` + ``Res
 * **Image-level label masking** (the paper's rule, on when labels are given): argmax over *all* K classes, then pixels
   whose argmax is a foreground class absent from the image's labels become 255 ("unknown").  Probabilities are
   returned unmasked.
-* **Dense CRF** (optional, full resolution, lazy import of :mod:`weakclip.crf`), as the official ``tools/make_crf.py``:
+* **Dense CRF** (optional, full resolution, lazy import of :mod:`weakclip.model.crf`), as the official ``tools/make_crf.py``:
   keys = the classes that win the argmax somewhere, unary ``-log(clip(P[keys], 1e-5, 1))`` on the averaged
   probabilities without renormalisation, mask = ``keys[argmax Q]``; the label rule above is then applied to it.
 
@@ -47,7 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DEFAULT_SCALES, IMAGENET_MEAN, IMAGENET_STD, scales_from
+from weakclip.data.classes import IMAGENET_MEAN, IMAGENET_STD
+from weakclip.model.config import DEFAULT_SCALES, scales_from
 
 # The official test-time ratios (× flip = 12 views).
 
@@ -364,7 +365,7 @@ def apply_crf(image: np.ndarray, probs: np.ndarray, preset: str) -> np.ndarray:
     """Dense CRF at full resolution (preset ``voc`` or ``coco`` of SPEC §5) as the official ``make_crf``: unary over
     the classes that win the argmax somewhere, their probabilities clipped at 1e-5 and not renormalised; returns
     (H, W) int64 class indices.  Lazy import: pydensecrf is optional."""
-    from .crf import CRF_PRESETS, crf_postprocess
+    from weakclip.model.crf import CRF_PRESETS, crf_postprocess
 
     if preset not in ("voc", "coco"):
         raise ValueError(f"unknown CRF preset {preset!r}; choose voc, coco or none")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .crf import BOUNDARY_LOSS_CRF, CRFParams, dense_crf
+from weakclip.model.crf import BOUNDARY_LOSS_CRF, CRFParams, dense_crf
 
 IGNORE_INDEX = 255
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import FATAL_ERRNOS, LockHeld, OutputError, RuntimeFailure
+from weakclip.errors import FATAL_ERRNOS, LockHeld, OutputError, RuntimeFailure
 
 # Suffixes OpenCV decodes that image folders may hold (everything else in a folder is reported, not read).
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm", ".pnm")

@@ -48,9 +48,14 @@ COCO_OFFICIAL91_CLASSES: tuple[str, ...] = _coco_official91()
 assert len(VOC_CLASSES) == 21 and len(COCO_CLASSES) == 81 and len(COCO_CATEGORY_IDS) == 80
 assert len(COCO_OFFICIAL91_CLASSES) == 91
 
-# Built-in class lists by head size K (what weakclip.convert_official picks when the checkpoint names none).
+# Built-in class lists by head size K (what weakclip.model.convert_official picks when the checkpoint names none).
 CLASS_LISTS: dict[str, tuple[str, ...]] = {
     "voc21": VOC_CLASSES,
     "coco81": COCO_CLASSES,
     "coco_official91": COCO_OFFICIAL91_CLASSES,
 }
+
+
+# Input normalisation of the official code: ImageNet mean/std in 0-255 RGB (not CLIP's own statistics).
+IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)

@@ -1,5 +1,5 @@
 """Which CPU instruction sets this machine has, and so which precision tiers run natively on it
-(``python -m weakclip.cpu_features`` prints both).
+(``python -m weakclip.cli.cpu_features`` prints both).
 
 Source: the ``flags`` line of ``/proc/cpuinfo`` (Linux; the kernel's names: ``avx2``, ``avx512f``,
 ``avx512_vnni``, ``avx_vnni``, ``avx512_bf16``, ``amx_bf16``, ``amx_int8`` ...; on aarch64 the ``Features`` line,
@@ -181,14 +181,3 @@ def missing_for(tier: str, features: CPUFeatures | None = None) -> str | None:
         f"{tier} needs {TIER_NEEDS_TEXT[tier]}, which this CPU ({f.model or 'unknown model'}: "
         f"{' '.join(f.isas) or 'none of the listed instruction sets'}) lacks"
     )
-
-
-def main() -> None:  # python -m weakclip.cpu_features
-    f = detect()
-    print(f.summary())
-    for tier in TIER_ISAS:
-        print(f"{tier:10s} {missing_for(tier, f) or 'native'}")
-
-
-if __name__ == "__main__":
-    main()

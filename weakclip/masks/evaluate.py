@@ -11,17 +11,15 @@ Conventions (SPEC §5):
   FN_c = FN / (TP + FP + FN), so IoU_c + FP_c + FN_c = 1 and each term is bounded (the other convention, FP/TP, blows
   up for classes with few true positives).
 
-CLI: ``python -m weakclip.evaluate --pred DIR --gt DIR [--num-classes K | --class-names FILE] [--list FILE]
+CLI: ``weakclip evaluate --pred DIR --gt DIR [--num-classes K | --class-names FILE] [--list FILE]
 [--json OUT] [--plot OUT.png]``.  Without ``--list`` every ``*.png`` in ``--pred`` is evaluated.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .classes import COCO_CLASSES, COCO_OFFICIAL91_CLASSES, VOC_CLASSES
-from .errors import ArgumentParser, UsageError, cli
-from .io import atomic_path, read_mask
+from weakclip.data.classes import COCO_CLASSES, COCO_OFFICIAL91_CLASSES, VOC_CLASSES
+from weakclip.data.io import atomic_path, read_mask
+from weakclip.errors import UsageError
 
 # --classes NAME
 NAMED_CLASS_LISTS: dict[str, tuple[str, ...]] = {
@@ -229,27 +227,6 @@ def read_names(path: str | os.PathLike) -> list[str]:
     return [ln.split()[0] for ln in lines if ln.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = ArgumentParser(prog="weakclip-evaluate", description=__doc__.split("\n")[0])
-    ap.add_argument("--pred", required=True, help="folder of predicted masks <name>.png")
-    ap.add_argument("--gt", required=True, help="folder of ground-truth masks <name>.png (255 = ignore)")
-    k = ap.add_mutually_exclusive_group()
-    k.add_argument("--num-classes", type=int, help="K (21 = the VOC names)")
-    k.add_argument("--class-names", help="text file, one class name per line (index 0 = background)")
-    k.add_argument("--classes", choices=sorted(NAMED_CLASS_LISTS), help="a built-in class list")
-    ap.add_argument("--list", help="names to evaluate, one per line (default: every .png in --pred)")
-    ap.add_argument("--ignore-index", type=int, default=255)
-    ap.add_argument("--json", help="write the metrics as JSON here")
-    ap.add_argument("--plot", help="write a per-class IoU bar chart (PNG) here")
-    return ap
-
-
-def resolve_class_names(args: argparse.Namespace) -> tuple[list[str], str]:
-    """The class list and where it came from, for this command's options (see :func:`find_class_names`)."""
-    return find_class_names([args.pred], args.gt, class_names_file=args.class_names, classes=args.classes,
-                            num_classes=args.num_classes)  # fmt: skip
-
-
 # where a mask folder records its class list: file → keys down to the list
 _RECORDED_CLASS_NAMES = (
     ("generate_config.json", ("engine", "class_names")),
@@ -299,33 +276,6 @@ def find_class_names(
     )
 
 
-@cli
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        class_names, source = resolve_class_names(args)
-        names = read_names(args.list) if args.list else None
-        metrics, n = evaluate_dirs(args.pred, args.gt, len(class_names), names, args.ignore_index)
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
-    gt_names = {p.stem for p in Path(args.gt).glob("*.png") if not p.name.startswith(".")}
-    pred_names = set(names) if names is not None else {
-        p.stem for p in Path(args.pred).glob("*.png") if not p.name.startswith(".")}  # fmt: skip
-    unscored = len(gt_names - pred_names)
-    print(format_table(metrics, class_names))
-    print(f"{n} images scored; {len(class_names)} classes from {source}")
-    if unscored:
-        print(f"note: {unscored} of {len(gt_names)} ground-truth images have no prediction and are not scored")
-    if args.json:
-        with atomic_path(args.json) as tmp:
-            report = {**metrics.to_dict(class_names), "num_images": n, "gt_without_prediction": unscored,
-                      "class_names_from": source}  # fmt: skip
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
-    if args.plot:
-        plot_iou(metrics, class_names, args.plot)
-    return 0
-
-
 def read_names_lines(path: str | os.PathLike) -> list[str]:
     """Class names, one per line (whole line stripped: COCO names contain spaces)."""
     try:
@@ -336,7 +286,3 @@ def read_names_lines(path: str | os.PathLike) -> list[str]:
     if not names:
         raise ValueError(f"{path}: no class names")
     return names
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import WeakCLIPConfig
-from .io import atomic_path
-from .model import WeakCLIP, build_from_config
+from weakclip.data.io import atomic_path
+from weakclip.model.config import WeakCLIPConfig
+from weakclip.model.model import WeakCLIP, build_from_config
 
 FORMAT = "weakclip-checkpoint-1"
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .classes import COCO_CLASSES, VOC_CLASSES
+from weakclip.data.classes import COCO_CLASSES, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
 
 # View ratios of test-time inference (generate, seeds): the official six (× flip = the paper's 12 views) and
 # the one default of every tool: a single view at ratio 1.
@@ -28,11 +28,6 @@ def scales_from(value: str | Sequence[float]) -> tuple[float, ...]:
     if not scales or any(not r > 0 for r in scales):
         raise ValueError(f"scales must be positive ratios, got {value!r}")
     return scales
-
-
-# Input normalisation of the official code: ImageNet mean/std in 0-255 RGB (not CLIP's own statistics).
-IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 
 @dataclass

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapter import PyramidAdapter
-from .clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
-from .coattention import CoAttentionMatching
-from .config import WeakCLIPConfig, get_config
-from .decoder import TextGuidedDecoder
-from .prompts import PromptLearner
+from weakclip.model.adapter import PyramidAdapter
+from weakclip.model.clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
+from weakclip.model.coattention import CoAttentionMatching
+from weakclip.model.config import WeakCLIPConfig, get_config
+from weakclip.model.decoder import TextGuidedDecoder
+from weakclip.model.prompts import PromptLearner
 
 
 @dataclass

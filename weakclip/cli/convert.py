@@ -1,0 +1,47 @@
+"""weakclip convert: an official hustvl/WeakCLIP .pth checkpoint to our .safetensors (the command)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
+from weakclip.model.checkpoint import save_checkpoint
+from weakclip.model.convert_official import convert_with_info
+
+
+def _read_names(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: --class-names file not found")
+    names = [n.strip() for n in p.read_text().splitlines() if n.strip()]
+    if not names or names[0] != "background":
+        raise UsageError(f"{p}: --class-names must list one name per line with 'background' first")
+    return names
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = ArgumentParser(prog="weakclip convert", description=__doc__.split("\n\n")[0])
+    ap.add_argument("input", help="official checkpoint (.pth with 'state_dict')")
+    ap.add_argument("output", help="output WeakCLIP checkpoint (.safetensors)")
+    ap.add_argument("--preset", default=None, help="architecture preset (default: recognised from the shapes)")
+    ap.add_argument("--class-names", default=None, help="text file, one class name per line (default: from the "
+                    "checkpoint's meta.CLASSES or the head size: 21 VOC, 81/91 COCO)")  # fmt: skip
+    args = ap.parse_args(argv)
+    names = _read_names(args.class_names) if args.class_names else None
+    if Path(args.output).suffix != ".safetensors":
+        raise UsageError(f"{args.output}: the output must be a .safetensors file")
+    model, info = convert_with_info(args.input, args.preset, names)
+    try:
+        save_checkpoint(model, args.output, extra=info)
+    except OSError as e:
+        raise RuntimeFailure(f"{args.output}: cannot write the checkpoint ({e.strerror or e})") from None
+    print(f"wrote {args.output} ({model.config.num_classes} classes from {info['class_list']}, preset "
+          f"{info['preset']}, crop {model.config.crop_size})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
