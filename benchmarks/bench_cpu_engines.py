@@ -75,7 +75,6 @@ from typing import Any
 
 import numpy as np
 
-from weakclip import cpu_features
 from weakclip.benchmarks.common import (
     VOC_TRAIN_AUG,
     add_out_argument,
@@ -88,6 +87,7 @@ from weakclip.benchmarks.common import (
 )
 from weakclip.engines.base import usable_cores
 from weakclip.export import quantize
+from weakclip.masks import cpu_features
 
 TIERS = ("fp32", "bf16", "int8")
 GOALS = {"fp32": 1.3, "bf16": 2.5, "int8": 3.0}  # speed-up over eager fp32

@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from weakclip import cpu_features
 from weakclip.benchmarks.common import add_out_argument, machine_info, write_results
 from weakclip.data.io import atomic_path
+from weakclip.engines.generate import EngineSpec
 from weakclip.errors import ArgumentParser, UsageError, cli
+from weakclip.masks import cpu_features
 
 MAX_MIOU_CHANGE = 0.3  # points; the tier goal on the trained demo model
 TIER = {"torch-fp32": "fp32", "onnxruntime-fp32": "fp32", "torch-bf16": "bf16", "onnxruntime-int8": "int8"}
@@ -53,17 +54,17 @@ def mask_agreement(a_dir: Path, b_dir: Path, names: Sequence[str]) -> float:
     return same / total if total else float("nan")
 
 
-def generate_args(row: str, files: dict[str, Path], emulate_bf16: bool) -> list[str]:
-    """The engine part of the ``weakclip generate`` command line of one row."""
+def engine_spec(row: str, files: dict[str, Path], emulate_bf16: bool) -> EngineSpec:
+    """The engine of one row (what ``weakclip generate --engine … --model … --precision …`` would build)."""
     if row == "torch-fp32":
-        return ["--engine", "torch", "--model", str(files["checkpoint"]), "--precision", "fp32"]
+        return EngineSpec(str(files["checkpoint"]), "torch", {"precision": "fp32"})
     if row == "torch-bf16":
-        extra = ["--engine-opt", "check_isa=false"] if emulate_bf16 else []
-        return ["--engine", "torch", "--model", str(files["checkpoint"]), "--precision", "bf16", *extra]
+        extra = {"check_isa": False} if emulate_bf16 else {}
+        return EngineSpec(str(files["checkpoint"]), "torch", {"precision": "bf16", **extra})
     if row == "onnxruntime-fp32":
-        return ["--engine", "onnxruntime", "--model", str(files["onnx"]), "--precision", "fp32"]
+        return EngineSpec(str(files["onnx"]), "onnxruntime", {"precision": "fp32"})
     if row == "onnxruntime-int8":
-        return ["--engine", "onnxruntime", "--model", str(files["onnx_int8"]), "--precision", "int8"]
+        return EngineSpec(str(files["onnx_int8"]), "onnxruntime", {"precision": "int8"})
     raise ValueError(f"unknown row {row!r}; choose from {ROWS}")
 
 
@@ -174,33 +175,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         prep["onnxruntime_int8"] = quantize.quantize_int8(files["onnx"], files["onnx_int8"], calib)
         log(f"int8 ONNX: {prep['onnxruntime_int8']}")
 
-    from weakclip.engines.generate import main as generate_main
+    from weakclip.engines.generate import RunOptions, generate
+    from weakclip.errors import WeakclipError
     from weakclip.masks.evaluate import evaluate_dirs
 
     results = []
     gt = data / "SegmentationClass"
     for row in rows:
         masks = work / "masks" / row
-        cmd = [
-            "--images",
-            str(image_list),
-            "--image-root",
-            str(data / "JPEGImages"),
-            "--out",
-            str(masks),
-            "--overwrite",
-            "--workers",
-            "2",
-            "--no-progress",
-            *generate_args(row, files, emulate_bf16),
-        ]
-        log(f"{row}: weakclip generate {' '.join(cmd)}")
+        spec = engine_spec(row, files, emulate_bf16)
+        log(f"{row}: generate with {spec.engine} {spec.model} {dict(spec.options)}")
         t = time.perf_counter()
-        rc = generate_main(cmd)
-        seconds = time.perf_counter() - t
-        if rc != 0:
-            results.append({"row": row, "tier": TIER[row], "skipped": f"generate exited {rc}"})
+        try:
+            generate(image_list, masks, spec, image_root=data / "JPEGImages",
+                     run=RunOptions(workers=2, overwrite=True, progress=False))  # fmt: skip
+        except WeakclipError as e:
+            results.append({"row": row, "tier": TIER[row], "skipped": f"generate failed: {e}"})
             continue
+        seconds = time.perf_counter() - t
         metrics, n = evaluate_dirs(masks, gt, K, names)
         r: dict[str, Any] = {
             "row": row,

@@ -78,9 +78,15 @@ if [[ -z "${PY:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi
 fi
 WHEELS=${WEAKCLIP_WHEELS:-$ROOT/.whl}
-# The package runs from this working tree (weakclip/__init__.py maps weakclip.engines, .benchmarks, ... to the
-# top-level folders of a checkout); the wheels' folder comes after it.
-export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+# The package runs from this working tree without an install: $WORK/pkg/weakclip links weakclip/'s entries and the
+# top-level folders engines/, export/, training/, benchmarks/ as weakclip.engines, ... (the layout pyproject.toml's
+# package-dir gives the wheel); the wheels' folder comes after it.
+PKG=$WORK/pkg/weakclip
+mkdir -p "$PKG" || exit 64
+for entry in "$ROOT"/weakclip/*; do ln -s "$entry" "$PKG/"; done
+for folder in engines export training benchmarks; do ln -s "$ROOT/$folder" "$PKG/$folder"; done
+export PYTHONPATH="$WORK/pkg:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONSAFEPATH=1  # the repository root (the current folder) must not shadow $WORK/pkg's weakclip
 export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 
 LOG=$OUT/gpu_check.log

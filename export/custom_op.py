@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from weakclip import plugin_names
 from weakclip.export import core
 from weakclip.export.core import GraphSpec
 from weakclip.export.wrappers import TAP_NAMES, CoAttentionPackedReference
+from weakclip.model import plugin_names
 from weakclip.model.model import WeakCLIP
 
 if TYPE_CHECKING:

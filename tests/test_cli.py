@@ -143,10 +143,10 @@ def test_every_subcommand_module_has_a_main_and_every_alias_is_a_subcommand() ->
         parts = module.split(".")[1:]
         src = ROOT.joinpath(*parts) if parts[0] in folders else ROOT.joinpath("weakclip", *parts)
         src = src.with_suffix(".py")
-        tree = ast.parse(src.read_text())
-        names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         if src.name == "cli.py":  # weakclip.cli is the package weakclip/cli/
             src = src.with_suffix("") / "__init__.py"
+        tree = ast.parse(src.read_text())
+        names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert "main" in names or module == "weakclip.cli", module
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts.pop("weakclip") == "weakclip.cli:main"

@@ -228,7 +228,7 @@ def test_setstate_payload_is_refused_by_every_loading_path(tmp_path, no_jit_load
         weakclip.build_model("tiny", clip_weights=str(path))
     _check_refusal(str(e.value), path, target)
 
-    from weakclip.masks.seeds import main
+    from weakclip.cli.seeds import main
 
     images = tmp_path / "images"
     images.mkdir()

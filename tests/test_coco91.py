@@ -10,10 +10,10 @@ import torch
 from test_generate import _make_images
 
 import weakclip
+from weakclip.cli.evaluate import main as evaluate
+from weakclip.cli.generate import main as generate
 from weakclip.data.classes import COCO_OFFICIAL91_CLASSES
 from weakclip.data.io import read_mask, save_mask_png
-from weakclip.engines.generate import main as generate
-from weakclip.masks.evaluate import main as evaluate
 
 
 def test_coco91_generate_and_evaluate(tmp_path, capsys):

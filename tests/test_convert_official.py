@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import weakclip
+from weakclip.cli.convert import main
 from weakclip.data.classes import COCO_OFFICIAL91_CLASSES, VOC_CLASSES
 from weakclip.errors import UsageError
 from weakclip.model.checkpoint import read_checkpoint_metadata
 from weakclip.model.coattention import _layer_ref, _lin, _ln
-from weakclip.model.convert_official import convert, main
+from weakclip.model.convert_official import convert
 
 OFFICIAL_LAYERS = 3  # ContextDecoder(transformer_layers=3) in the official config
 

@@ -16,12 +16,12 @@ import torch
 from test_generate import _make_images
 
 import weakclip
-from weakclip import cpu_features
 from weakclip.benchmarks import bench_cpu_engines as bench
 from weakclip.benchmarks import common
+from weakclip.cli.generate import main as generate_main
 from weakclip.engines.base import EngineError, get_engine
-from weakclip.engines.generate import main as generate_main
 from weakclip.engines.ort_engine import check_file_precision
+from weakclip.masks import cpu_features
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from weakclip.cli.synthetic import main as synthetic_main
 from weakclip.data import datasets, labels, synthetic, transforms
 from weakclip.data.io import read_mask, save_mask_png
 
@@ -70,7 +71,7 @@ def test_synthetic_layout_and_seed_miou_in_range(tmp_path):
 
 
 def test_synthetic_cli(tmp_path, capsys):
-    rc = synthetic.main(["--out", str(tmp_path), "--images", "4", "--seed", "1", "--size", "48", "48", "--val", "1"])
+    rc = synthetic_main(["--out", str(tmp_path), "--images", "4", "--seed", "1", "--size", "48", "48", "--val", "1"])
     assert rc == 0
     s = json.loads((tmp_path / "synthetic_meta.json").read_text())
     printed = capsys.readouterr().out

@@ -87,9 +87,9 @@ def test_each_export_module_imports_fresh_by_itself() -> None:
 
 
 def test_plugin_identity_is_shared_and_reexported() -> None:
-    from weakclip import plugin_names
     from weakclip.engines import cuda_ops
     from weakclip.export import custom_op
+    from weakclip.model import plugin_names
 
     on_disk = json.loads((REPO / "engines" / "csrc" / "plugin_names.json").read_text())
     assert plugin_names.plugin_spec() == on_disk

@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from weakclip.cli.generate import main
 from weakclip.data.io import read_mask
 from weakclip.engines.base import Engine, EngineError, get_engine, register_engine
-from weakclip.engines.generate import main
 from weakclip.masks.batch import list_inputs, overlay_names, shard_items
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def _summary(text: str) -> dict[str, int]:
 
 
 def _cli(images: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "weakclip.engines.generate", "--images", str(images), "--out", str(out), "--no-progress",
+    return [sys.executable, "-m", "weakclip", "generate", "--images", str(images), "--out", str(out), "--no-progress",
             "--engine", "test_generate:StandInEngine", *extra]  # fmt: skip
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from weakclip import losses
 from weakclip.data.classes import IMAGENET_MEAN, IMAGENET_STD
+from weakclip.model import losses
 
 
 def _np_smooth_softmax(z: np.ndarray) -> np.ndarray:
@@ -187,7 +187,7 @@ def test_weakclip_loss_terms_weights_and_backward():
 def test_crf_missing_pydensecrf_is_a_clear_import_error(monkeypatch):
     import sys
 
-    from weakclip import crf
+    from weakclip.model import crf
 
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)  # makes the import fail
     monkeypatch.setitem(sys.modules, "pydensecrf", None)

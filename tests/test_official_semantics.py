@@ -114,7 +114,7 @@ def _generate_oracle(images, tiny_onnx):
 
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
 def test_generate_equals_official(images, tiny_onnx, tmp_path, engine, _generate_oracle):
-    from weakclip.engines.generate import main
+    from weakclip.cli.generate import main
 
     onnx_dir, ckpt = tiny_onnx
     root, _ = images

@@ -171,7 +171,7 @@ def test_rejects_bad_windows(engine: Engine) -> None:
 
 
 def test_generate_with_the_ort_engine_matches_the_torch_engine(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    from weakclip.engines.generate import main
+    from weakclip.cli.generate import main
 
     out_dir, ckpt = exported
     images = tmp_path / "images"
@@ -193,8 +193,8 @@ def test_generate_with_the_ort_engine_matches_the_torch_engine(exported: tuple[P
 def test_generate_ort_matches_torch_on_the_synthetic_set(exported: tuple[Path, Path], tmp_path: Path) -> None:
     """The acceptance check of the ONNX Runtime engine: ≥ 99.5 % pixel agreement with the torch engine over a
     synthetic VOC-layout set (label masking on, as in the real pipeline)."""
+    from weakclip.cli.generate import main
     from weakclip.data.synthetic import make_synthetic_dataset
-    from weakclip.engines.generate import main
 
     data = tmp_path / "syn"
     make_synthetic_dataset(data, images=12, seed=3, val_images=1)

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from weakclip.cli.report import main
 from weakclip.data.classes import COCO_OFFICIAL91_CLASSES
 from weakclip.data.io import read_mask, save_mask_png
 from weakclip.data.synthetic import make_synthetic_dataset
 from weakclip.masks.evaluate import ConfusionMatrix, confusion, evaluate_dirs, metrics_from_matrix
-from weakclip.masks.report import describe_run, main, make_report
+from weakclip.masks.report import describe_run, make_report
 
 # ----------------------------------------------------------------------------------------------------------------
 # data: the synthetic set's seeds and a second run (GT with blocks of wrong classes, some images left out, some half

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from weakclip import seeds
+from weakclip.cli.seeds import main as seeds_main
+from weakclip.masks import seeds
 from weakclip.masks.seeds import SeedOptions, box_mask, build_seeder, preprocess, seed_from_cams, view_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -372,13 +373,13 @@ def test_cli_sigkill_resume_equals_clean_run_and_training_reads_the_seeds(syn, t
 
     threads = torch.get_num_threads()
     try:
-        assert seeds.main(_args(syn, out)) == 0
+        assert seeds_main(_args(syn, out)) == 0
         s = _summary(capsys.readouterr().out)
         assert s == {"done": N_SYN - len(finished), "skipped": len(finished), "failed": 0}
         assert {p.name: p.stat().st_mtime_ns for p in finished} == before  # finished seeds not redone
         assert not [p.name for p in out.rglob(".*")], "temporary files left behind"
         clean = tmp_path / "clean"
-        assert seeds.main(_args(syn, clean)) == 0
+        assert seeds_main(_args(syn, clean)) == 0
     finally:
         torch.set_num_threads(threads)
     for p in _finished(clean):
@@ -399,7 +400,7 @@ def test_cli_sigkill_resume_equals_clean_run_and_training_reads_the_seeds(syn, t
     assert sample["seed"].shape == (64, 64) and not ds.bad_samples
 
     # other settings into the same folder are refused (one line, exit 2); --overwrite is the way
-    assert seeds.main(_args(syn, out, "--bg-power", "2")) == 2
+    assert seeds_main(_args(syn, out, "--bg-power", "2")) == 2
     assert "other settings" in capsys.readouterr().err
 
 
@@ -416,7 +417,7 @@ def test_cli_shards_failures_and_usage_errors(syn, tmp_path, capsys):
     base = ["--images", str(images), "--labels", str(tmp_path / "labels.json"), "--preset", "tiny",
             "--clip-weights", "none", "--no-progress", "--crf", "none", "--workers", "0"]  # fmt: skip
     out = tmp_path / "out"
-    rcs = [seeds.main([*base, "--out", str(out), "--shard", f"{i}/2", "--save-scores", "--overlays", "3"])
+    rcs = [seeds_main([*base, "--out", str(out), "--shard", f"{i}/2", "--save-scores", "--overlays", "3"])
            for i in range(2)]  # fmt: skip
     assert sorted(rcs) == [0, 1]  # the shard holding the broken image fails, the other succeeds
     assert sorted(p.stem for p in _finished(out)) == names
@@ -434,8 +435,8 @@ def test_cli_shards_failures_and_usage_errors(syn, tmp_path, capsys):
     # usage mistakes: one line, exit 2, before any work
     del labels[names[0]]
     (tmp_path / "labels.json").write_text(json.dumps(labels))
-    assert seeds.main([*base, "--out", str(tmp_path / "o2")]) == 2
+    assert seeds_main([*base, "--out", str(tmp_path / "o2")]) == 2
     assert "no image-level label" in capsys.readouterr().err
-    assert seeds.main([*base, "--out", str(tmp_path / "o3"), "--ignore-threshold", "0.9"]) == 2
+    assert seeds_main([*base, "--out", str(tmp_path / "o3"), "--ignore-threshold", "0.9"]) == 2
     assert "needs --crf" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import weakclip
-from weakclip import inference
+from weakclip.masks import inference
 from weakclip.masks.inference import MIN_TOKENS, InferenceOptions, make_view, predict_probs, reference_predict_probs
 
 SCALES = (0.5, 0.75, 1.0)
@@ -138,8 +138,8 @@ def test_normal_images_are_bit_identical_to_the_unpadded_path(run, model, hw, mo
 
 
 def test_generate_with_the_torch_engine_writes_full_masks(tmp_path, model):
+    from weakclip.cli.generate import main
     from weakclip.data.io import read_mask
-    from weakclip.engines.generate import main
 
     ckpt = tmp_path / "tiny.safetensors"
     weakclip.save_checkpoint(model, ckpt)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from weakclip.cli.synthetic import main
 from weakclip.data import synthetic
-from weakclip.data.synthetic import main
 
 
 @pytest.mark.parametrize(

@@ -186,7 +186,7 @@ def test_evaluator_agrees_with_training_validation(data, tmp_path):
     """generate.py + weakclip.masks.evaluate on the val list reproduce the mIoU that training validation logged."""
     import csv
 
-    from weakclip.engines.generate import main as generate_main
+    from weakclip.cli.generate import main as generate_main
     from weakclip.masks.evaluate import evaluate_dirs
 
     work = tmp_path / "run"

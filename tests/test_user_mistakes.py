@@ -13,8 +13,8 @@ from PIL import Image
 from test_generate import StandInEngine, _make_images  # noqa: F401  (registers the "standin" engine)
 
 import weakclip
+from weakclip.cli.generate import main
 from weakclip.data.io import atomic_path, save_mask_png
-from weakclip.engines.generate import main
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 from weakclip.masks.cpu_features import TIER_ISAS, detect, missing_for
 
 
-def main() -> None:  # python -m weakclip.cli.cpu_features
+def main() -> None:
     f = detect()
     print(f.summary())
     for tier in TIER_ISAS:
@@ -15,4 +13,4 @@ def main() -> None:  # python -m weakclip.cli.cpu_features
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
