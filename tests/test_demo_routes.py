@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from weakclip.demo import SETTINGS_FILE, main, prepare_out
+from weakclip.cli.demo import SETTINGS_FILE, main, prepare_out
 
 
 def listing(folder: Path) -> dict[str, tuple[int, int]]:

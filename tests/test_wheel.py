@@ -119,9 +119,14 @@ def test_wheel_contents(installed: dict) -> None:
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     for must in (
         "weakclip/py.typed",
-        "weakclip/cli.py",
+        "weakclip/cli/__init__.py",
+        "weakclip/cli/demo.py",
+        "weakclip/cli/generate.py",
         "weakclip/progress.py",
-        "weakclip/demo.py",
+        "weakclip/errors.py",
+        "weakclip/data/io.py",
+        "weakclip/model/model.py",
+        "weakclip/masks/batch.py",
         "weakclip/training/configs/synthetic_tiny.yaml",
         "weakclip/training/configs/voc_vit_b16.yaml",
         "weakclip/engines/csrc/plugin_names.json",

@@ -9,12 +9,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engines.generate import EngineSpec, MaskOptions, RunOptions, generate
 from weakclip.engines.base import (
     EngineError,
     PrecisionError,
     available_engines,
 )
+from weakclip.engines.generate import EngineSpec, MaskOptions, RunOptions, generate
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
 from weakclip.masks.batch import (
     shard_from,
