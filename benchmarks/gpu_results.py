@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weakclip.benchmarks.common import VOC_TRAIN_AUG
 from weakclip.data.io import atomic_path
 from weakclip.errors import ArgumentParser, UsageError, cli
 
@@ -32,7 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCK = "gpu-results"
 TIME_TABLE_HEADING = "Time to expect per 500×375 image"
 TIME_ROW_PREFIX = "| GPU"
-VOC_TRAIN_AUG = 10_582
 SHIPPED_ROW = "engine-fp16"  # what `weakclip generate --device cuda --precision fp16` runs
 
 

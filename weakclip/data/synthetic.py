@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from weakclip.data.classes import VOC_CLASSES
-from weakclip.data.io import atomic_path, save_mask_png
+from weakclip.data.io import atomic_path, save_mask_png, write_text_atomic
 from weakclip.errors import UsageError
 from weakclip.progress import progress
 
@@ -355,11 +355,6 @@ def clear_dataset(out: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def make_synthetic_dataset(
     out: str | os.PathLike,
     images: int,
@@ -412,10 +407,10 @@ def make_synthetic_dataset(
             names.append(name)
             bar.update(1)
         split_names[split] = names
-        _write_text(out / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{n}\n" for n in names))
+        write_text_atomic(out / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{n}\n" for n in names))
     bar.close()
-    _write_text(out / "cls_labels.json", json.dumps(labels, indent=0, sort_keys=True) + "\n")
-    _write_text(out / "class_names.txt", "".join(f"{c}\n" for c in class_names))
+    write_text_atomic(out / "cls_labels.json", json.dumps(labels, indent=0, sort_keys=True) + "\n")
+    write_text_atomic(out / "class_names.txt", "".join(f"{c}\n" for c in class_names))
     iou_train = _iou(np.asarray(conf["train"]), K)
     iou_val = _iou(np.asarray(conf["val"]), K) if val_images else np.full(K, np.nan)
     summary = {
@@ -432,6 +427,6 @@ def make_synthetic_dataset(
         "seed_iou_per_class": {c: round(float(v), 4) for c, v in zip(class_names, iou_train)},
     }
     meta = {k: v for k, v in summary.items() if k != "out"}  # no absolute path: same seed → same bytes
-    _write_text(out / "synthetic_meta.json", json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out / "synthetic_meta.json", json.dumps(meta, indent=2) + "\n")
     summary["seconds"] = time.perf_counter() - t0
     return summary
