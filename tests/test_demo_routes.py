@@ -6,23 +6,10 @@ the same settings reuses the finished steps, one with other settings is refused 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from folder_state import listing, one_error_line
 
 from weakclip.cli.demo import SETTINGS_FILE, main, prepare_out
-
-
-def listing(folder: Path) -> dict[str, tuple[int, int]]:
-    """relative path → (size, mtime_ns) of everything under ``folder`` (the folder's own entry included)."""
-    out = {".": (0, folder.stat().st_mtime_ns)}
-    for p in sorted(folder.rglob("*")):
-        st = p.stat()
-        out[str(p.relative_to(folder))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
-    return out
-
-
-def one_error_line(err: str) -> str:
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_labels_only_route_runs_end_to_end(tmp_path, capsys):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from folder_state import listing
 from test_generate import K, StandInEngine, _make_images  # noqa: F401  (registers the "standin" engine)
 
 import weakclip
@@ -46,15 +47,6 @@ def _line(err: str) -> str:
     assert lines[0].startswith("error: "), err
     assert "Traceback" not in err
     return lines[0]
-
-
-def _listing(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``folder`` with its size and mtime: 'nothing changed' is this mapping unchanged."""
-    if not folder.exists():
-        return {}
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
-    }
 
 
 def _mount(target: Path, *opts: str) -> None:
@@ -285,12 +277,12 @@ def test_a_second_run_into_a_held_folder_is_refused_with_the_pid(data, tmp_path,
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        before = _listing(out)
+        before = listing(out, folders=False)
         rc, err = _cmd(capsys, *_gen(data, out))
         assert rc == 1
         assert _line(err).startswith(f"error: {out}: another run owns this output folder: PID {holder.pid} "
                                      "(weakclip generate)")  # fmt: skip
-        assert _listing(out) == before
+        assert listing(out, folders=False) == before
     finally:
         holder.kill()
         holder.wait()
@@ -348,19 +340,19 @@ def test_generate_stops_at_the_first_disk_full_write(data, tmp_path, capsys, mon
 
 def test_generate_into_a_full_disk(data, mounts, capsys) -> None:
     out = mounts.full() / "masks"
-    before = _listing(out.parent)
+    before = listing(out.parent, folders=False)
     rc, err = _cmd(capsys, *_gen(data, out))
     assert rc == 1
     assert "disk full (no space left on device)" in _line(err) and f"--out {out}" in err
-    assert _listing(out.parent) == before and not out.exists()
+    assert listing(out.parent, folders=False) == before and not out.exists()
 
 
 def test_generate_into_a_read_only_folder(data, mounts, capsys) -> None:
     ro = mounts.readonly(populate=lambda d: (d / "old.txt").write_text("x"))
-    before = _listing(ro)
+    before = listing(ro, folders=False)
     rc, err = _cmd(capsys, *_gen(data, ro / "masks"))
     assert rc == 1 and "read-only file system" in _line(err) and f"--out {ro / 'masks'}" in err
-    assert _listing(ro) == before
+    assert listing(ro, folders=False) == before
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -406,13 +398,13 @@ def test_train_read_only_and_full_work_dir(data, mounts, capsys) -> None:
         assert cli.main(["synthetic", "--out", str(syn), "--images", "4", "--size", "64", "64", "--classes", "2"]) == 0
     for d in (mounts.readonly(), mounts.full()):
         work = d / "run"
-        before = _listing(d)
+        before = listing(d, folders=False)
         rc, err = _cmd(capsys, "train", f"data.root={syn}", f"work_dir={work}", "train.iters=2", "device=cpu")
         assert rc == 1, err
         line = _line(err)
         assert line.startswith(f"error: work_dir={work}: "), line
         assert ("read-only" in line) or ("disk full" in line), line
-        assert _listing(d) == before
+        assert listing(d, folders=False) == before
 
 
 def test_synthetic_read_only_out(mounts, capsys) -> None:

@@ -8,6 +8,7 @@ import errno
 from pathlib import Path
 
 import pytest
+from folder_state import listing
 
 from weakclip.cli.synthetic import main
 from weakclip.data import synthetic
@@ -37,15 +38,6 @@ def test_smallest_valid_set_is_written(tmp_path: Path) -> None:
     out = tmp_path / "syn"
     assert main(["--out", str(out), "--images", "1", "--val", "0", "--classes", "20", "--size", "32", "32"]) == 0
     assert len((out / "class_names.txt").read_text().split("\n")) == 22  # background + 20 + trailing newline
-
-
-def listing(folder: Path) -> dict[str, tuple[int, int]]:
-    """relative path → (size, mtime_ns) of everything under ``folder`` (the folder's own entry included)."""
-    out = {".": (0, folder.stat().st_mtime_ns)}
-    for p in sorted(folder.rglob("*")):
-        st = p.stat()
-        out[str(p.relative_to(folder))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
-    return out
 
 
 SMALL = ["--val", "1", "--size", "64", "64", "--classes", "3"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from folder_state import listing, one_error_line
 
 import weakclip
 from weakclip.cli.check_data import main as check_data_main
@@ -29,22 +30,6 @@ def data(tmp_path_factory) -> Path:
 def common(data: Path, work: Path) -> list[str]:
     return [f"data.root={data}", f"work_dir={work}", "train.batch_size=2", "data.val_list=null", "data.num_workers=0",
             "schedule.checkpoint_interval=1", "schedule.log_interval=1", "loss.boundary=0"]  # fmt: skip
-
-
-def listing(folder: Path) -> dict[str, tuple[int, int]]:
-    """relative path → (size, mtime_ns) of everything under ``folder`` (the folder's own entry included)."""
-    if not folder.exists():
-        return {}
-    out = {".": (0, folder.stat().st_mtime_ns)}
-    for p in sorted(folder.rglob("*")):
-        st = p.stat()
-        out[str(p.relative_to(folder))] = (st.st_size if p.is_file() else 0, st.st_mtime_ns)
-    return out
-
-
-def one_error_line(err: str) -> str:
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("length", [3, 20])
