@@ -59,6 +59,23 @@ def voc_palette(n: int = 256) -> list[int]:
 _OS_ERROR_IN_MESSAGE = re.compile(r"\(os error (\d+)\)")
 
 
+def voc_palette_array() -> np.ndarray:
+    """The VOC colour map as a (256, 3) uint8 array (index = class, 255 = unknown)."""
+    return np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+
+
+def palette_blend(image: np.ndarray | None, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """(H, W, 3) uint8: the mask's palette colours blended over ``image`` where the mask is not background (0); 255
+    ("ignore" / "unknown") in its palette colour too.  Without an image, the palette mask itself."""
+    colour = voc_palette_array()[mask]
+    if image is None:
+        return colour
+    out = image.astype(np.float32)
+    fg = mask != 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colour[fg].astype(np.float32)
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; when the block succeeds, flush it to disk (fsync) and rename

@@ -20,7 +20,14 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from weakclip.data.io import IMAGE_EXTS, FolderLock, owned_output_folder, read_image, voc_palette, write_text_atomic
+from weakclip.data.io import (
+    IMAGE_EXTS,
+    FolderLock,
+    owned_output_folder,
+    palette_blend,
+    read_image,
+    write_text_atomic,
+)
 from weakclip.errors import OutputError, RuntimeFailure, UsageError
 
 # Temporaries of weakclip.data.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
@@ -191,13 +198,8 @@ def overlay_names(items: Sequence[Item], n: int) -> set[str]:
 def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """(H, 3W + 2·gap, 3) uint8 panel: the image | the palette mask | palette colours blended over the image where
     the mask is not background (255 "unknown" included).  Panels are separated by white gaps."""
-    pal = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
-    blend = image.astype(np.float32)
-    fg = mask != 0
-    blend[fg] = (1 - alpha) * blend[fg] + alpha * pal[mask[fg]]
     gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-    colour = pal[mask].astype(np.uint8)
-    return np.concatenate([image, gap, colour, gap, blend.round().clip(0, 255).astype(np.uint8)], axis=1)
+    return np.concatenate([image, gap, palette_blend(None, mask), gap, palette_blend(image, mask, alpha)], axis=1)
 
 
 def _prefetch(pool: Any, items: Sequence[Item], depth: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from weakclip.data.io import IMAGE_EXTS, atomic_path, read_image, read_mask, voc_palette
+from weakclip.data.io import IMAGE_EXTS, atomic_path, palette_blend, read_image, read_mask, voc_palette_array
 from weakclip.errors import UsageError
 from weakclip.masks.evaluate import (
     SegMetrics,
@@ -166,23 +166,6 @@ def describe_run(path: str | os.PathLike) -> RunInfo:
 
 # ----------------------------------------------------------------------------------------------------------------
 # pictures
-
-
-def _palette() -> np.ndarray:
-    return np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
-
-
-def palette_blend(image: np.ndarray | None, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """(H, W, 3) uint8: the mask's palette colours blended over ``image`` where the mask is not background (0); 255
-    ("ignore" / "unknown") in its palette colour too.  Without an image, the palette mask itself."""
-    pal = _palette()
-    colour = pal[mask]
-    if image is None:
-        return colour
-    out = image.astype(np.float32)
-    fg = mask != 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * colour[fg].astype(np.float32)
-    return out.round().clip(0, 255).astype(np.uint8)
 
 
 def _thumb(rgb: np.ndarray, size: int) -> Any:
@@ -388,7 +371,7 @@ def _delta_cell(d: float) -> str:
 
 
 def _swatch(c: int, name: str) -> str:
-    r, g, b = _palette()[c]
+    r, g, b = voc_palette_array()[c]
     return f'<span><i class="sw" style="background: rgb({r},{g},{b})"></i>{_e(name)}</span>'
 
 
