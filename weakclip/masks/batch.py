@@ -391,10 +391,10 @@ def run_batch(
     done = 0
     failures: list[tuple[str, str]] = []  # (name, reason)
     with owned_output_folder(out, tool, own_files=(outputs.record, fail_name), shard=(shard_i, shard_n)) as lock:
-        finished = sum(outputs.finished(it.name) for it in mine)
-        check_resume(out, outputs.record, settings, finished, overwrite, noun)
+        unfinished = [it for it in mine if not outputs.finished(it.name)]  # one look at the folder per image
+        check_resume(out, outputs.record, settings, len(mine) - len(unfinished), overwrite, noun)
         outputs.remove_stale_temporaries([it.name for it in mine])
-        todo = list(mine) if overwrite else [it for it in mine if not outputs.finished(it.name)]
+        todo = list(mine) if overwrite else unfinished
         skipped = len(mine) - len(todo)
         if todo:
             done, failures = work(todo, skipped, lock)
