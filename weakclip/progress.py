@@ -1,43 +1,16 @@
-"""Progress and start-up output shared by every command-line tool.
+"""Progress, start-up line and logging shared by every command-line tool.
 
-Progress
---------
-A long loop shows a tqdm bar when its output is a terminal and, when it is not (a log file, a batch job), one plain
-line every N seconds (default 30) with items done / total, items/s and the ETA::
+:func:`progress` is a drop-in for ``tqdm(``: a tqdm bar when its output is a terminal, otherwise one plain line every
+``interval`` seconds (``WEAKCLIP_PROGRESS_INTERVAL``, default 30) and a final ``done`` line::
 
     [generate] 120/500 img (24.0 %), 3.21 img/s, elapsed 37 s, ETA 1 min 58 s, loss=0.412
     [generate] done: 500/500 img in 2 min 36 s (3.20 img/s)
 
-:func:`progress` has tqdm's names (iterable wrapper, ``update``, ``set_postfix``, ``write``, ``close``, context
-manager), so adopting it is replacing ``tqdm(`` by ``progress(``.  Beyond tqdm:
+``mode`` (or ``WEAKCLIP_PROGRESS``): ``auto``, ``bar``, ``lines`` or ``off``; ``disable=True`` is ``off`` (``.n`` still
+counts).  A run shorter than the interval prints nothing: the tool's own summary says the rest.
 
-* unknown totals print counts and rates without ETA;
-* ``mode``: ``"auto"`` (default: ``"bar"`` when ``file`` is a terminal, else ``"lines"``), ``"bar"``, ``"lines"`` or
-  ``"off"``; environment ``WEAKCLIP_PROGRESS``.  ``disable=True`` is ``"off"`` (the count is still kept in ``.n``);
-* ``interval``: seconds between lines in ``"lines"`` mode; environment ``WEAKCLIP_PROGRESS_INTERVAL``, default 30;
-* the bar / lines go to ``sys.stderr`` (like tqdm), ``.write(msg)`` to ``sys.stdout``; extra keyword arguments go to
-  tqdm in bar mode and are ignored otherwise;
-* in lines mode ``close()`` prints the final ``done`` line only when at least one periodic line was printed: a run
-  shorter than the interval stays silent (the tool's own summary says the rest).
-
-:func:`add_progress_arguments` adds ``--progress-mode`` and ``--progress-interval`` to a tool's parser;
-:func:`progress_options` turns the parsed values into ``progress(...)`` keyword arguments.
-
-Start-up line
--------------
-Every tool that runs a model prints one line before the work starts, in one format (:func:`startup_line`,
-:func:`print_startup`; fields given as ``None`` are left out, ``threads`` defaults to torch's intra-op threads)::
-
-    weakclip generate: engine onnxruntime, model runs/syn/onnx/weakclip.onnx, precision fp32, views 1 (scale 1),
-    device cpu, threads 2; 6 image(s) to do, 0 already finished
-
-Logging
--------
-Library code logs through ``logging.getLogger("weakclip.<module>")`` and never configures handlers.
-:func:`setup_logging` (the one handler: INFO lines on stdout as they are, warnings and errors on stderr as
-``warning: ...`` / ``error: ...``) is called by the command-line entry (``weakclip`` and its aliases), and by
-``train`` and ``export`` for their own logger (``weakclip.training``, ``weakclip.export``) so that their progress
-lines show when they run as scripts.
+Library code logs through ``logging.getLogger("weakclip.<module>")``; only the command-line entries (and ``train`` /
+``export`` run as scripts) call :func:`setup_logging`.
 """
 
 from __future__ import annotations
@@ -50,18 +23,6 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
-
-__all__ = [
-    "DEFAULT_INTERVAL",
-    "Progress",
-    "add_progress_arguments",
-    "format_duration",
-    "print_startup",
-    "progress",
-    "progress_options",
-    "setup_logging",
-    "startup_line",
-]
 
 DEFAULT_INTERVAL = 30.0
 MODES = ("auto", "bar", "lines", "off")
@@ -85,10 +46,8 @@ def format_duration(seconds: float) -> str:
 
 def _env_interval() -> float:
     raw = os.environ.get(ENV_INTERVAL, "").strip()
-    if not raw:
-        return DEFAULT_INTERVAL
     try:
-        value = float(raw)
+        value = float(raw) if raw else DEFAULT_INTERVAL
     except ValueError:
         value = -1.0
     if not value >= 0:
@@ -119,8 +78,12 @@ def _resolve_mode(mode: str | None, file: IO[str]) -> str:
     return mode
 
 
+def _fmt(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) and not x.is_integer() else f"{int(x)}"
+
+
 class Progress:
-    """A tqdm bar on a terminal, periodic plain lines otherwise (see the module docstring)."""
+    """A tqdm bar on a terminal, periodic plain lines otherwise; extra keyword arguments go to tqdm."""
 
     def __init__(
         self,
@@ -141,12 +104,8 @@ class Progress:
                 total = len(iterable)  # type: ignore[arg-type]
             except TypeError:
                 total = None
-        self.iterable = iterable
-        self.total = total
-        self.desc = desc
-        self.unit = unit
-        self.initial = initial
-        self.n = initial
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.initial = self.n = initial
         self.file = file if file is not None else sys.stderr
         self.interval = _env_interval() if interval is None else float(interval)
         self.mode = "off" if disable else _resolve_mode(mode, self.file)
@@ -161,8 +120,6 @@ class Progress:
             kw = {"dynamic_ncols": True, "mininterval": 1.0, **tqdm_kwargs}
             self._bar = tqdm(total=total, desc=desc or None, unit=unit, initial=initial, file=self.file, **kw)
 
-    # -- tqdm-compatible surface ----------------------------------------------------------------------------------
-
     def __iter__(self) -> Iterator[Any]:
         if self.iterable is None:
             raise TypeError("progress(total=...) without an iterable is not iterable; call .update() instead")
@@ -172,11 +129,6 @@ class Progress:
                 self.update(1)
         finally:
             self.close()
-
-    def __len__(self) -> int:
-        if self.total is None:
-            raise TypeError("progress without a total has no len()")
-        return int(self.total)
 
     def __enter__(self) -> Progress:
         return self
@@ -201,11 +153,6 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix(items, refresh=refresh)
 
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
-        self.postfix = s
-        if self._bar is not None:
-            self._bar.set_postfix_str(s, refresh=refresh)
-
     def write(self, msg: str, file: IO[str] | None = None) -> None:
         """Print ``msg`` (on stdout by default) without breaking a bar."""
         if self._bar is not None:
@@ -220,48 +167,24 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
         elif self.mode == "lines" and self.lines_printed:
-            self._print(self.done_line(_now()))
+            self._print(self.line(_now(), final=True))
 
-    # -- the plain lines -----------------------------------------------------------------------------------------
-
-    @property
-    def rate(self) -> float:
-        """Items per second since the start (``initial`` items excluded)."""
-        elapsed = _now() - self._start
-        return (self.n - self.initial) / elapsed if elapsed > 0 else float("nan")
-
-    def _fmt(self, x: float) -> str:
-        return f"{x:g}" if isinstance(x, float) and not x.is_integer() else f"{int(x)}"
-
-    def line(self, now: float | None = None) -> str:
-        """The periodic line: ``[desc] n/total unit (pct %), rate unit/s, elapsed E, ETA T, postfix``."""
-        now = _now() if now is None else now
-        elapsed = now - self._start
-        done = self.n - self.initial
-        rate = done / elapsed if elapsed > 0 else float("nan")
+    def line(self, now: float | None = None, final: bool = False) -> str:
+        """``[desc] n/total unit (pct %), rate unit/s, elapsed E, ETA T, postfix``; when ``final``
+        ``[desc] done: n/total unit in E (rate unit/s), postfix``."""
+        elapsed = (_now() if now is None else now) - self._start
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 else float("nan")
+        speed = f"{rate:.2f} {self.unit}/s" if math.isfinite(rate) else f"? {self.unit}/s"
+        count = f"{_fmt(self.n)}/{_fmt(self.total)}" if self.total else _fmt(self.n)
         head = f"[{self.desc}] " if self.desc else ""
+        post = [self.postfix] if self.postfix else []
+        if final:
+            return head + ", ".join([f"done: {count} {self.unit} in {format_duration(elapsed)} ({speed})", *post])
+        parts = [f"{count} {self.unit}", speed, f"elapsed {format_duration(elapsed)}"]
         if self.total:
-            count = f"{self._fmt(self.n)}/{self._fmt(self.total)} {self.unit} ({100 * self.n / self.total:.1f} %)"
-        else:
-            count = f"{self._fmt(self.n)} {self.unit}"
-        parts = [count, f"{rate:.2f} {self.unit}/s" if math.isfinite(rate) else f"? {self.unit}/s"]
-        parts.append(f"elapsed {format_duration(elapsed)}")
-        if self.total:
-            eta = (self.total - self.n) / rate if rate > 0 else float("nan")
-            parts.append(f"ETA {format_duration(eta)}")
-        if self.postfix:
-            parts.append(self.postfix)
-        return head + ", ".join(parts)
-
-    def done_line(self, now: float | None = None) -> str:
-        now = _now() if now is None else now
-        elapsed = now - self._start
-        done = self.n - self.initial
-        rate = f"{done / elapsed:.2f} {self.unit}/s" if elapsed > 0 else f"? {self.unit}/s"
-        head = f"[{self.desc}] " if self.desc else ""
-        count = f"{self._fmt(self.n)}/{self._fmt(self.total)}" if self.total else self._fmt(self.n)
-        tail = f", {self.postfix}" if self.postfix else ""
-        return f"{head}done: {count} {self.unit} in {format_duration(elapsed)} ({rate}){tail}"
+            parts[0] += f" ({100 * self.n / self.total:.1f} %)"
+            parts.append(f"ETA {format_duration((self.total - self.n) / rate if rate > 0 else math.nan)}")
+        return head + ", ".join(parts + post)
 
     def _print(self, text: str) -> None:
         try:
@@ -276,35 +199,18 @@ def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> Progress:
 
 
 def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--progress-mode {auto,bar,lines,off}`` and ``--progress-interval SECONDS`` (defaults from the environment)."""
+    """``--progress-mode`` and ``--progress-interval`` (defaults from the environment)."""
     g = parser.add_argument_group("progress output")
-    g.add_argument(
-        "--progress-mode",
-        choices=MODES,
-        default=None,
-        help=f"bar on a terminal, periodic lines in a log file (auto; ${ENV_MODE})",
-    )
-    g.add_argument(
-        "--progress-interval",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help=f"seconds between progress lines when not on a terminal (default ${ENV_INTERVAL} or {DEFAULT_INTERVAL:g})",
-    )
+    mode_help = f"bar on a terminal, periodic lines in a log file (auto; ${ENV_MODE})"
+    g.add_argument("--progress-mode", choices=MODES, help=mode_help)
+    every = f"seconds between progress lines when not on a terminal (default ${ENV_INTERVAL} or {DEFAULT_INTERVAL:g})"
+    g.add_argument("--progress-interval", type=float, metavar="SECONDS", help=every)
 
 
 def progress_options(args: argparse.Namespace) -> dict[str, Any]:
     """``progress(...)`` keyword arguments from :func:`add_progress_arguments`' values (absent ones left out)."""
-    out: dict[str, Any] = {}
-    if getattr(args, "progress_mode", None):
-        out["mode"] = args.progress_mode
-    if getattr(args, "progress_interval", None) is not None:
-        out["interval"] = args.progress_interval
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the start-up line
+    given = {"mode": getattr(args, "progress_mode", None), "interval": getattr(args, "progress_interval", None)}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def startup_line(
@@ -319,22 +225,16 @@ def startup_line(
     note: str | None = None,
     **extra: Any,
 ) -> str:
-    """``weakclip <tool>: engine E, model M, precision P, views V, device D, threads T[, key value ...][; note]``."""
+    """``weakclip <tool>: engine E, model M, precision P, views V, device D, threads T[, key value ...][; note]``;
+    fields given as None are left out, ``threads`` defaults to torch's intra-op threads."""
     if threads is None and "torch" in sys.modules:
         try:
             threads = sys.modules["torch"].get_num_threads()
         except Exception:  # noqa: BLE001 - a half-imported torch: leave the field out
             threads = None
-    fields: list[tuple[str, Any]] = [
-        ("engine", engine),
-        ("model", os.fspath(model) if model is not None else None),
-        ("precision", precision),
-        ("views", views),
-        ("device", device),
-        ("threads", threads),
-        *extra.items(),
-    ]
-    body = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields if v is not None)
+    model = None if model is None else os.fspath(model)
+    fields = dict(engine=engine, model=model, precision=precision, views=views, device=device, threads=threads, **extra)
+    body = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items() if v is not None)
     name = tool if tool.startswith("weakclip") else f"weakclip {tool}"
     return f"{name}: {body}" + (f"; {note}" if note else "")
 
@@ -344,10 +244,6 @@ def print_startup(tool: str, **fields: Any) -> str:
     text = startup_line(tool, **fields)
     print(text, flush=True)
     return text
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# logging (command-line entries only)
 
 
 class _Stream(logging.StreamHandler):
@@ -383,10 +279,9 @@ def setup_logging(level: int = logging.INFO, logger: str = "weakclip") -> loggin
     if not any(isinstance(h, _Stream) for h in lg.handlers):
         out, err = _Stream("stdout", below=logging.WARNING), _Stream("stderr")
         err.setLevel(logging.WARNING)
-        out.setFormatter(_LevelPrefix("%(message)s"))
-        err.setFormatter(_LevelPrefix("%(message)s"))
-        lg.addHandler(out)
-        lg.addHandler(err)
+        for h in (out, err):
+            h.setFormatter(_LevelPrefix("%(message)s"))
+            lg.addHandler(h)
     lg.setLevel(level)
     lg.propagate = False
     return lg
