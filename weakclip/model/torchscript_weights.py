@@ -1,33 +1,25 @@
 """Tensors of a TorchScript archive (OpenAI's released CLIP ``.pt`` files) read without running any code from it.
 
-``torch.jit.load`` executes the archive: it compiles the TorchScript in ``code/`` and calls every class's
-``__setstate__``, so a crafted file can write files or run ops while it is being loaded.  This reader never does:
-
-* The archive is a zip with one top folder ``<name>/``: ``data.pkl`` (the module tree, pickled), ``data/<key>``
-  (raw little-endian storages), ``code/__torch__/…/<module>.py`` (TorchScript source), ``constants.pkl``,
-  ``version``.  OpenAI's files have exactly this layout (``ViT-B-16/data.pkl``, ``ViT-B-16/data/0…N``, …).
-* ``data.pkl`` is read by a restricted unpickler that resolves only these globals: ``__torch__.*`` classes (each
-  becomes an inert attribute container), ``torch._utils._rebuild_tensor_v2`` (a tensor rebuilt here from its storage
-  record), the ``torch.<Type>Storage`` names (a dtype), ``collections.OrderedDict`` and the list/type-tag helpers of
-  ``torch.jit._pickle`` (identity functions).  Any other global (``os.system``, ``builtins.exec``, …) is refused.
-* Which attributes are parameters and buffers is read from the ``__parameters__ = [...]`` and ``__buffers__ =
-  [...]`` lines of the class definitions in ``code/`` (text matching and ``ast.literal_eval``, never executed).
-* A class that defines ``__setstate__`` restores its state with code, so its state cannot be known without running
-  it: such an archive is refused.
-
-The result has the names and values of ``torch.jit.load(path).state_dict()``: per module its parameters, then its
-buffers (in attribute order), then its submodules, dotted; ``None`` slots and plain tensor attributes are left out.
+``torch.jit.load`` compiles the archive's ``code/`` and calls every class's ``__setstate__``, so a crafted file runs
+code while it loads.  Here ``<name>/data.pkl`` is read by an unpickler that resolves only ``__torch__.*`` classes
+(inert attribute containers), ``_rebuild_tensor_v2``, the ``torch.<Type>Storage`` names, ``OrderedDict`` and the
+identity helpers of ``torch.jit._pickle``; tensors come from the raw ``<name>/data/<key>`` records.  Which attributes
+are parameters and buffers is read as text from the ``__parameters__``/``__buffers__`` lines in ``code/``; a class
+with its own ``__setstate__`` cannot be read without running it and is refused.  The result has the names and values
+of ``torch.jit.load(path).state_dict()`` (``None`` slots and plain tensor attributes left out).
 """
 
 from __future__ import annotations
 
 import ast
 import collections
+import io
 import os
 import pickle
 import re
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -64,7 +56,7 @@ _SETSTATE_LINE = re.compile(r"^\s+def\s+__setstate__\s*\(")
 
 
 class _Refused(Exception):
-    """Internal: the archive asks for something this reader does not do (the message says what)."""
+    """The archive asks for something this reader does not do (the message says what)."""
 
 
 class _ScriptObject:
@@ -79,23 +71,21 @@ class _ScriptObject:
         self.__dict__["_state"] = state
 
 
+@dataclass
 class _StorageType:
-    def __init__(self, name: str, dtype: torch.dtype) -> None:
-        self.name, self.dtype = name, dtype
+    dtype: torch.dtype
 
 
+@dataclass
 class _ClassInfo:
-    def __init__(self) -> None:
-        self.is_module = True
-        self.parameters: list[str] | None = None
-        self.buffers: list[str] | None = None
-        self.has_setstate = False
+    is_module: bool
+    parameters: list[str] | None = None
+    buffers: list[str] | None = None
+    has_setstate: bool = False
 
 
 class _ArchiveUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str):
-        import io
-
         super().__init__(io.BytesIO(data))
         self._zf, self._prefix = zf, prefix
         self._classes: dict[str, type] = {}
@@ -104,15 +94,12 @@ class _ArchiveUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
             qualname = f"{module}.{name}"
-            cls = self._classes.get(qualname)
-            if cls is None:
-                cls = self._classes[qualname] = type(name, (_ScriptObject,), {"qualname": qualname})
-            return cls
+            return self._classes.setdefault(qualname, type(name, (_ScriptObject,), {"qualname": qualname}))
         # A fresh callable per GLOBAL: a BUILD opcode applied to it cannot alter a shared object.
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return lambda *args: _rebuild_tensor(*args)
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name, _STORAGE_DTYPES[name])
+            return _StorageType(_STORAGE_DTYPES[name])
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
         if module == "torch.jit._pickle" and name in _JIT_PICKLE_IDENTITY:
@@ -130,7 +117,7 @@ class _ArchiveUnpickler(pickle.Unpickler):
         flat = self._storages.get(key)
         if flat is None:
             name = f"{self._prefix}data/{key}"
-            nbytes = numel * torch.empty(0, dtype=stype.dtype).element_size()
+            nbytes = numel * stype.dtype.itemsize
             try:
                 info = self._zf.getinfo(name)
             except KeyError:
@@ -146,8 +133,7 @@ class _ArchiveUnpickler(pickle.Unpickler):
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> torch.Tensor:
-    """``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])``, with the
-    bounds checked by ``as_strided``; requires_grad, hooks and metadata are dropped."""
+    """``_rebuild_tensor_v2`` with the bounds checked by ``as_strided``; requires_grad, hooks and metadata dropped."""
     if not isinstance(storage, torch.Tensor):
         raise _Refused("a tensor is rebuilt from something that is not a storage record")
     try:
@@ -157,7 +143,7 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) 
 
 
 def is_torchscript_archive(path: str | os.PathLike) -> bool:
-    """True for a zip with TorchScript code (``<name>/code/…`` or ``<name>/constants.pkl``): a ``torch.jit.save``."""
+    """True for a ``torch.jit.save`` zip (``<name>/code/…`` or ``<name>/constants.pkl``)."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as zf:
@@ -165,7 +151,6 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
 
 
 def _archive_prefix(zf: zipfile.ZipFile) -> str:
-    """The top folder ``<name>/`` holding ``data.pkl``."""
     tops = [n[: -len("data.pkl")] for n in zf.namelist() if PurePosixPath(n).name == "data.pkl" and n.count("/") == 1]
     if len(tops) != 1:
         raise _Refused("no single <name>/data.pkl record (not a TorchScript archive)")
@@ -184,8 +169,7 @@ def _class_table(zf: zipfile.ZipFile, prefix: str) -> dict[str, _ClassInfo]:
         for line in zf.read(name).decode("utf-8", errors="replace").splitlines():
             m = _CLASS_LINE.match(line)
             if m:
-                current = table[f"{module}.{m.group(1)}"] = _ClassInfo()
-                current.is_module = m.group(2) == "Module"
+                current = table[f"{module}.{m.group(1)}"] = _ClassInfo(is_module=m.group(2) == "Module")
                 continue
             if line and not line[0].isspace():
                 current = None
@@ -214,24 +198,14 @@ def _collect(obj: _ScriptObject, prefix: str, classes: dict[str, _ClassInfo], ou
         names = [k for k, v in state.items() if isinstance(v, torch.Tensor)]  # no declaration: every tensor
     else:
         names = [*(info.parameters or []), *(info.buffers or [])]
-    for k in names:
-        v = state.get(k)
-        if isinstance(v, torch.Tensor):
-            out[prefix + k] = v
+    out.update({prefix + k: v for k in names if isinstance(v := state.get(k), torch.Tensor)})
     for k, v in state.items():
-        if isinstance(v, _ScriptObject):
-            sub = classes.get(v.qualname)
-            if sub is None or sub.is_module:
-                _collect(v, f"{prefix}{k}.", classes, out)
+        if isinstance(v, _ScriptObject) and getattr(classes.get(v.qualname), "is_module", True):
+            _collect(v, f"{prefix}{k}.", classes, out)
 
 
 def read_torchscript_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The parameters and buffers of a TorchScript archive, as ``torch.jit.load(path).state_dict()`` names them
-    (same dtypes, CPU), read without running any code from the file.
-
-    Raises :class:`UsageError` (one line naming the file) for a file this reader refuses: a global other than the
-    tensor-rebuilding ones, a class with its own ``__setstate__``, missing or mis-sized storage records.
-    """
+    """``torch.jit.load(path).state_dict()`` (same dtypes, CPU) without running code; one-line UsageError if refused."""
     where = os.fspath(path)
     try:
         with zipfile.ZipFile(where) as zf:
