@@ -1,19 +1,9 @@
 """VOC-layout segmentation datasets (VOC2012 + SBD train_aug, COCO 2014 ``voc_format``, the synthetic set).
 
-Layout under ``root``: ``JPEGImages/<name>.jpg``, seeds ``<seed_dir>/<name>.png`` (palette or L; MCTformer pseudo
-masks are the usual seeds), GT ``SegmentationClass(Aug)/<name>.png`` and ``ImageSets/Segmentation/<list>.txt``.
-Several lists may be given; their union (in order, without duplicates) is used, e.g. the official training list
-``["train", "trainaug"]``.
-
-Bad samples (missing or corrupt image/seed/GT, seed of another size than its image, label values >= K other than
-255, no image-level label) are reported once as a single warning line naming the file and the problem, recorded in
-``dataset.bad_samples`` as (name, reason), and skipped (the next good sample is returned instead).  When more than
-``max_bad_fraction`` of the samples are bad, :class:`TooManyBadSamples` (a summary) stops the run.  With DataLoader
-workers each worker keeps its own ``bad_samples`` list (the threshold still applies per worker).
-
-COCO in VOC layout needs an explicit class indexing: ``coco_layout="contiguous81"`` (mask values 0..80) or
-``"official91"`` (mask values are COCO category ids 1..90, mapped to contiguous indices with COCO_CATEGORY_IDS).
-A mask whose values do not fit the chosen indexing is an error, not a skipped sample.
+Bad samples (missing or corrupt files, a mask of another size than its image, label values >= K other than 255, no
+image-level label) are logged once, recorded in ``dataset.bad_samples`` as (name, reason) and skipped; more than
+``max_bad_fraction`` of them stops the run (:class:`TooManyBadSamples`; per DataLoader worker).  A COCO mask whose
+values do not fit the chosen ``coco_layout`` is an error, not a skipped sample.
 """
 
 from __future__ import annotations
@@ -31,7 +21,7 @@ from torch.utils.data import Dataset
 
 from weakclip.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
 from weakclip.data.io import read_image, read_mask
-from weakclip.data.labels import Labels, labels_from_mask, load_labels, multi_hot, restricted_load_npy
+from weakclip.data.labels import Labels, labels_from_mask, load_labels, multi_hot, npy_dtype, restricted_load_npy
 from weakclip.data.transforms import IGNORE_INDEX, TrainTransform, test_transform
 from weakclip.errors import RuntimeFailure
 
@@ -62,15 +52,10 @@ def _coco_lut() -> np.ndarray:
 
 
 def list_candidates(root: str | os.PathLike, entry: str | os.PathLike) -> list[Path]:
-    """Where a list entry may be, in order: ``root/ImageSets/Segmentation/<entry>[.txt]``, then ``root/<entry>``.
-
-    An absolute ``entry`` is itself (``root / entry`` is ``entry`` then)."""
+    """Where a list entry may be, in order: ``root/ImageSets/Segmentation/<entry>[.txt]``, then ``root/<entry>``."""
     root, s = Path(root), str(entry)
-    candidates = [root / "ImageSets" / "Segmentation" / s]
-    if not s.endswith(".txt"):
-        candidates.append(root / "ImageSets" / "Segmentation" / f"{s}.txt")
-    candidates.append(root / s)
-    return list(dict.fromkeys(candidates))
+    lists = root / "ImageSets" / "Segmentation"
+    return list(dict.fromkeys([lists / s, *([] if s.endswith(".txt") else [lists / f"{s}.txt"]), root / s]))
 
 
 def resolve_list(root: str | os.PathLike, entry: str | os.PathLike) -> Path | None:
@@ -79,35 +64,20 @@ def resolve_list(root: str | os.PathLike, entry: str | os.PathLike) -> Path | No
 
 
 def read_split_lists(root: str | os.PathLike, split_list: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Image names from one or several list files (union in order, no duplicates).
-
-    Each entry is a list name under ``root/ImageSets/Segmentation`` (``"train"`` or ``"train.txt"``), a path under
-    ``root`` (``"voc_format/train.txt"``: the official COCO layout) or an absolute path; a relative entry is always
-    taken under ``root`` (config keys ``data.*`` are relative to the dataset root, never to the current directory).
-    A line holds a name (``2007_000032``) or ``/JPEGImages/x.jpg /SegmentationClass/x.png`` (the name is taken).
+    """Image names from one or several list files (:func:`list_candidates`, relative entries always under ``root``),
+    their union in order.  A line holds a name or ``/JPEGImages/x.jpg /SegmentationClass/x.png`` (the name is taken).
     """
     entries = [split_list] if isinstance(split_list, (str, os.PathLike)) else list(split_list)
     if not entries:
         raise ValueError("split_list is empty")
-    root = Path(root)
-    names: list[str] = []
-    seen: set[str] = set()
-    for entry in entries:
-        s = str(entry)
-        path = resolve_list(root, s)
+    names: dict[str, None] = {}
+    for entry in map(str, entries):
+        path = resolve_list(root, entry)
         if path is None:
-            raise FileNotFoundError(
-                f"split list {s!r} not found (tried {', '.join(map(str, list_candidates(root, s)))})"
-            )
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if not parts:
-                continue
-            name = Path(parts[0]).stem
-            if name not in seen:
-                seen.add(name)
-                names.append(name)
-    return names
+            tried = ", ".join(map(str, list_candidates(root, entry)))
+            raise FileNotFoundError(f"split list {entry!r} not found (tried {tried})")
+        names.update((Path(line.split()[0]).stem, None) for line in path.read_text().splitlines() if line.split())
+    return list(names)
 
 
 def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
@@ -121,9 +91,9 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
 class SegmentationDataset(Dataset):
     """Images + seeds (train) or images + GT (val) in VOC layout.
 
-    A sample is a dict: ``image`` (3, H, W) float32 normalised, ``seed`` (H, W) int64 with 255 ignore,
-    ``labels`` (K,) float32 multi-hot (background always 1), ``name`` str; in val mode also ``gt`` (H, W) int64
-    and no random augmentation (``seed`` only when ``seed_dir`` is set).  In train mode H = W = crop_size.
+    A sample is a dict: ``image`` (3, H, W) float32 normalised, ``seed`` (H, W) int64 with 255 ignore, ``labels``
+    (K,) float32 multi-hot (background always 1), ``name``; in val mode also ``gt`` (H, W) int64, no augmentation
+    (``seed`` only with ``seed_dir``).  In train mode H = W = crop_size.
     """
 
     def __init__(
@@ -158,12 +128,9 @@ class SegmentationDataset(Dataset):
         if coco_layout is not None and coco_layout not in COCO_LAYOUTS:
             raise ValueError(f"coco_layout must be one of {COCO_LAYOUTS} or None, got {coco_layout!r}")
         self.coco_layout = coco_layout
-        if class_names is None:
-            if (self.root / "class_names.txt").is_file():
-                class_names = read_class_names(self.root / "class_names.txt")
-            else:
-                class_names = COCO_CLASSES if coco_layout else VOC_CLASSES
-        self.class_names = tuple(class_names)
+        if class_names is None and (self.root / "class_names.txt").is_file():
+            class_names = read_class_names(self.root / "class_names.txt")
+        self.class_names = tuple((COCO_CLASSES if coco_layout else VOC_CLASSES) if class_names is None else class_names)
         self.num_classes = len(self.class_names)
         if coco_layout and self.num_classes != len(COCO_CLASSES):
             raise ValueError(f"coco_layout={coco_layout!r} needs K=81 class names, got {self.num_classes}")
@@ -192,7 +159,6 @@ class SegmentationDataset(Dataset):
         if coco_layout:
             self._check_coco_indexing()
 
-    # ------------------------------------------------------------------------------------------------ paths
     def image_path(self, name: str) -> Path:
         return self.image_dir / f"{name}{self.image_suffix}"
 
@@ -205,14 +171,8 @@ class SegmentationDataset(Dataset):
         return self.gt_dir / f"{name}{self.mask_suffix}"
 
     def _mask_paths(self, name: str) -> list[Path]:
-        paths = []
-        if self.seed_dir is not None:
-            paths.append(self.seed_path(name))
-        if not self.train:
-            paths.append(self.gt_path(name))
-        return paths
+        return ([] if self.seed_dir is None else [self.seed_path(name)]) + ([] if self.train else [self.gt_path(name)])
 
-    # ------------------------------------------------------------------------------------------------ checks
     def _check_files(self) -> None:
         """Cheap up-front check (stat only): missing files and missing image-level labels are bad samples."""
         problems = []
@@ -231,27 +191,20 @@ class SegmentationDataset(Dataset):
 
     def _check_coco_indexing(self, max_masks: int = 16) -> None:
         """Read the first few masks and check their values against the chosen COCO indexing (fail early)."""
-        checked = 0
-        for name in self.names:
-            if name in self._bad_names:
-                continue
+        for name in [n for n in self.names if n not in self._bad_names][:max_masks]:
             for p in self._mask_paths(name):
                 try:
                     mask = read_mask(p)
                 except (OSError, ValueError):
                     continue  # reported as a bad sample when it is loaded
                 self._map_labels(mask, p)
-            checked += 1
-            if checked >= max_masks:
-                break
 
     def _summary(self, problems: list[tuple[str, str]]) -> str:
         n, total = len(problems), len(self.names)
-        head = "; ".join(f"{n_}: {r}" for n_, r in problems[:5])
-        more = f" (and {n - 5} more)" if n > 5 else ""
+        head = "; ".join(f"{name}: {r}" for name, r in problems[:5]) + (f" (and {n - 5} more)" if n > 5 else "")
         return (
             f"{n} of {total} samples ({100 * n / total:.1f} %) under {self.root} are bad, more than "
-            f"max_bad_fraction={self.max_bad_fraction:g}: {head}{more}"
+            f"max_bad_fraction={self.max_bad_fraction:g}: {head}"
         )
 
     def _record_bad(self, name: str, reason: str) -> None:
@@ -289,7 +242,6 @@ class SegmentationDataset(Dataset):
             raise BadSample(f"{path}: label value(s) {bad} >= K={self.num_classes} (only 255 may exceed K-1)")
         return mask
 
-    # ------------------------------------------------------------------------------------------------ loading
     def _read_mask(self, path: Path, image_hw: tuple[int, int]) -> np.ndarray:
         try:
             mask = read_mask(path)
@@ -308,12 +260,8 @@ class SegmentationDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, idx, draw])
 
     def set_epoch(self, epoch: int) -> None:
-        """Mix the epoch into the augmentation randomness (keeps DataLoader workers from repeating draws).
-
-        Draw counts restart with every new epoch value, so the augmentation of a sample is a function of
-        (seed, epoch, index, draw within the epoch) only: a trainer that calls ``set_epoch(iteration)`` gets the same
-        augmentations after a resume.
-        """
+        """Mix the epoch into the augmentation randomness.  Draw counts restart with every new epoch value, so a
+        trainer that calls ``set_epoch(iteration)`` gets the same augmentations after a resume."""
         if int(epoch) != self.epoch:
             self._draws.clear()
         self.epoch = int(epoch)
@@ -330,18 +278,14 @@ class SegmentationDataset(Dataset):
         gt = None if self.train else self._read_mask(self.gt_path(name), hw)
         mask = seed if seed is not None else gt
         assert mask is not None  # train mode has seed_dir, eval mode gt_dir (checked in __init__)
-        if self._labels is not None:
-            if name not in self._labels:
-                raise BadSample(f"{self.labels_source}: no image-level label for {name!r}")
-            present = self._labels[name]
-        else:
-            present = labels_from_mask(mask)
+        if self._labels is not None and name not in self._labels:
+            raise BadSample(f"{self.labels_source}: no image-level label for {name!r}")
+        present = labels_from_mask(mask) if self._labels is None else self._labels[name]
         if any(c >= self.num_classes for c in present):
             raise BadSample(f"{self.labels_source}: label of {name!r} has class index >= K={self.num_classes}")
         sample: dict[str, Any] = {"name": name, "labels": torch.from_numpy(multi_hot(present, self.num_classes))}
         if gt is None:  # train mode: mask is the seed
-            img_t, seed_t = self.transform(image, mask, self._rng(idx))
-            sample["image"], sample["seed"] = img_t, seed_t
+            sample["image"], sample["seed"] = self.transform(image, mask, self._rng(idx))
         else:
             sample["image"] = test_transform(image, self.mean, self.std)
             sample["gt"] = torch.from_numpy(gt.astype(np.int64))
@@ -354,15 +298,13 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         n = len(self.names)
-        for step in range(n):
-            j = (idx + step) % n
-            name = self.names[j]
-            if name in self._bad_names:
+        for j in ((idx + step) % n for step in range(n)):
+            if self.names[j] in self._bad_names:
                 continue
             try:
                 return self.load(j)
             except BadSample as e:
-                self._record_bad(name, str(e))
+                self._record_bad(self.names[j], str(e))
         raise TooManyBadSamples(self._summary(self.bad_samples))
 
 
@@ -370,13 +312,10 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch sample dicts: ``image`` (B, 3, H, W), ``seed``/``gt`` (B, H, W), ``labels`` (B, K), ``name`` list,
     ``size`` (B, 2) int64 original (H, W).  Samples of different sizes (val mode) are padded at the bottom/right
     (image 0, masks 255) to the largest H and W."""
-    out: dict[str, Any] = {"name": [b["name"] for b in batch]}
-    sizes = [tuple(b["image"].shape[-2:]) for b in batch]
-    out["size"] = torch.tensor(sizes, dtype=torch.int64)
-    H, W = max(s[0] for s in sizes), max(s[1] for s in sizes)
-    for key in batch[0]:
-        if key == "name":
-            continue
+    sizes = torch.tensor([tuple(b["image"].shape[-2:]) for b in batch], dtype=torch.int64)
+    out: dict[str, Any] = {"name": [b["name"] for b in batch], "size": sizes}
+    H, W = sizes.max(0).values.tolist()
+    for key in (k for k in batch[0] if k != "name"):
         vals = [b[key] for b in batch]
         if key in ("image", "seed", "gt"):
             fill = 0.0 if key == "image" else IGNORE_INDEX
@@ -388,20 +327,15 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 def read_cam_npy(path: str | os.PathLike, *, allow_pickle_cams: bool = False) -> dict[int, np.ndarray] | np.ndarray:
     """Read an MCTformer (or IRN) CAM ``.npy``.
 
-    These files are pickles (``np.save`` of a dict); they are only read with ``allow_pickle_cams=True``, and even
-    then through the restricted unpickler (numpy arrays, dicts, lists, strings and numbers only).
+    These files are pickles, read only with ``allow_pickle_cams=True`` and then through the restricted unpickler.
     MCTformer ``{fg_index (0-based): cam (H, W)}`` and IRN ``{"keys": fg indices, "cam" or "high_res": (C, H, W)}``
-    dicts are returned as ``{k: cam (H, W) float32}`` keyed by **K-class** index (the file's 0-based foreground
-    index + 1).  A plain numeric array (no pickle) is returned as is, without the flag.
+    dicts are returned as ``{k: cam (H, W) float32}`` keyed by **K-class** index (0-based foreground index + 1).  A
+    plain numeric array (no pickle) is returned as is, without the flag.
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            _, _, dtype = read_header(f)
+            dtype = npy_dtype(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except (OSError, ValueError) as e:
@@ -426,9 +360,7 @@ def read_cam_npy(path: str | os.PathLike, *, allow_pickle_cams: bool = False) ->
         if cams.shape[0] != len(keys):
             raise ValueError(f"{path}: {len(keys)} keys but {cams.shape[0]} CAMs")
         return {int(k) + 1: cams[i] for i, k in enumerate(keys)}
-    out = {}
-    for k, v in obj.items():
+    for k in obj:
         if not isinstance(k, (int, np.integer)):
             raise ValueError(f"{path}: CAM dict keys must be class indices, got {k!r}")
-        out[int(k) + 1] = np.asarray(v, dtype=np.float32)
-    return out
+    return {int(k) + 1: np.asarray(v, dtype=np.float32) for k, v in obj.items()}

@@ -1,20 +1,20 @@
 """Image-level label readers: ``cls_labels.npy`` (IRN/MCTformer), JSON, text, and labels derived from seed masks.
 
-Every reader returns ``dict name -> sorted list of foreground class indices`` in K-class indexing (1-based: index 0
-is background and never listed).  ``cls_labels.npy`` is a pickle (a 0-d object array holding a dict), so it is read
-with :class:`RestrictedUnpickler`, which can rebuild numpy arrays, dicts, lists, strings and numbers and nothing else:
-a file that asks for any other global (``os.system``, ``builtins.eval`` ...) is refused before anything runs.
+Every reader returns ``dict name -> sorted list of foreground class indices`` (1-based: background 0 is never
+listed).  ``cls_labels.npy`` is a pickle, so it is read with :class:`RestrictedUnpickler`: a file that asks for any
+global but numpy arrays and builtin containers (``os.system``, ``builtins.eval`` ...) is refused before anything runs.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -27,26 +27,17 @@ Labels = dict[str, list[int]]
 def _numpy_global(module: str, name: str) -> Any:
     """Resolve a numpy internal by its numpy-2 location, falling back to the numpy-1 one."""
     for mod in (module, module.replace("numpy.core", "numpy._core"), module.replace("numpy._core", "numpy.core")):
-        try:
-            obj = __import__(mod, fromlist=[name])
-            return getattr(obj, name)
-        except (ImportError, AttributeError):
-            continue
+        with contextlib.suppress(ImportError, AttributeError):
+            return getattr(__import__(mod, fromlist=[name]), name)
     return None
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    reconstruct = _numpy_global("numpy._core.multiarray", "_reconstruct")
-    scalar = _numpy_global("numpy._core.multiarray", "scalar")
-    frombuffer = _numpy_global("numpy._core.numeric", "_frombuffer")
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for core in ("numpy.core", "numpy._core"):
-        if reconstruct is not None:
-            allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        if scalar is not None:
-            allowed[(f"{core}.multiarray", "scalar")] = scalar
-        if frombuffer is not None:
-            allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer")):
+        obj = _numpy_global(f"numpy._core.{module}", name)
+        if obj is not None:
+            allowed |= {(f"{core}.{module}", name): obj for core in ("numpy.core", "numpy._core")}
     # Python-2 era pickles (protocol 2) encode raw array bytes as latin-1 text through _codecs.encode.
     allowed[("_codecs", "encode")] = codecs.encode
     for mod in ("builtins", "__builtin__"):
@@ -56,10 +47,8 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that only rebuilds numpy arrays/dtypes/scalars and builtin containers, strings and numbers.
-
-    Any other global named by the pickle raises :class:`pickle.UnpicklingError` *before* it is imported or called.
-    """
+    """An unpickler that only rebuilds numpy arrays/dtypes/scalars and builtin containers, strings and numbers; any
+    other global raises :class:`pickle.UnpicklingError` *before* it is imported or called."""
 
     _ALLOWED = _allowed_globals()
 
@@ -73,22 +62,22 @@ class RestrictedUnpickler(pickle.Unpickler):
         return obj
 
 
+def npy_dtype(f: BinaryIO) -> np.dtype:
+    """The dtype in the header of the open ``.npy`` file ``f`` (left just past the header)."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise ValueError(f"unsupported .npy format version {version}")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(f)[2]
+
+
 def restricted_load_npy(path: str | os.PathLike) -> Any:
     """Read a ``.npy`` file; object arrays (pickles) go through :class:`RestrictedUnpickler`, never ``allow_pickle``.
-
-    A 0-d object array (what ``np.save(path, some_dict)`` writes) is returned as the object itself.
-    """
+    A 0-d object array (what ``np.save(path, some_dict)`` writes) is returned as the object itself."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
-            if not dtype.hasobject:
+            if not npy_dtype(f).hasobject:
                 f.seek(0)
                 return np.load(f, allow_pickle=False)
             # Old (Python-2) pickles need encoding="latin1" to rebuild numpy's raw byte strings.
@@ -117,12 +106,10 @@ def _check_indices(path: Path, name: str, idx: Iterable[int], num_classes: int |
 
 
 def read_cls_labels_npy(path: str | os.PathLike, num_classes: int | None = None) -> Labels:
-    """Read an IRN/MCTformer ``cls_labels.npy``: dict name -> (K-1)-dim multi-hot over the foreground classes.
+    """Read an IRN/MCTformer ``cls_labels.npy``: dict name -> (K-1)-dim multi-hot, entry j = class j+1.
 
-    The multi-hot vector's entry j is foreground class j+1 in K-class indexing.  ``num_classes`` (K), if given,
-    must equal the vector length + 1, with one exception: MCTformer's COCO file holds 80-dim vectors (the 80 COCO
-    categories in category-id order); read with K = 91 (the official 91 category-id slots) entry j becomes class
-    ``COCO_CATEGORY_IDS[j]``, the slot of that category.
+    ``num_classes`` (K), if given, must be the vector length + 1, except that MCTformer's COCO file (80-dim vectors in
+    category-id order) read with K = 91 (the official category-id slots) maps entry j to ``COCO_CATEGORY_IDS[j]``.
     """
     path = Path(path)
     obj = restricted_load_npy(path)
@@ -188,31 +175,22 @@ def read_labels_txt(path: str | os.PathLike, num_classes: int | None = None) -> 
 
 def labels_from_mask(mask: np.ndarray) -> list[int]:
     """Foreground classes present in a label mask (H, W): unique values except 0 (background) and 255 (ignore)."""
-    vals = np.unique(np.asarray(mask))
-    return [int(v) for v in vals if v != 0 and v != 255]
+    return [int(v) for v in np.unique(np.asarray(mask)) if v != 0 and v != 255]
 
 
 def labels_from_seed_dir(seed_dir: str | os.PathLike, names: Iterable[str], suffix: str = ".png") -> Labels:
     """Derive labels for ``names`` from the seed masks ``seed_dir/<name><suffix>``."""
-    seed_dir = Path(seed_dir)
-    return {n: labels_from_mask(read_mask(seed_dir / f"{n}{suffix}")) for n in names}
+    return {n: labels_from_mask(read_mask(Path(seed_dir) / f"{n}{suffix}")) for n in names}
 
 
 def load_labels(path: str | os.PathLike, num_classes: int | None = None) -> Labels:
     """Read an image-level label file, choosing the reader by suffix (``.npy``, ``.json``, anything else = text)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return read_cls_labels_npy(path, num_classes)
-    if suffix == ".json":
-        return read_labels_json(path, num_classes)
-    return read_labels_txt(path, num_classes)
+    readers = {".npy": read_cls_labels_npy, ".json": read_labels_json}
+    return readers.get(Path(path).suffix.lower(), read_labels_txt)(Path(path), num_classes)
 
 
 def multi_hot(indices: Iterable[int], num_classes: int) -> np.ndarray:
     """(K,) float32 multi-hot with background (index 0) always 1."""
     v = np.zeros(num_classes, dtype=np.float32)
-    v[0] = 1.0
-    for i in indices:
-        v[int(i)] = 1.0
+    v[[0, *map(int, indices)]] = 1.0
     return v

@@ -1,20 +1,9 @@
 """Synthetic VOC-layout dataset: textured shapes, GT masks, CAM-like degraded seeds and image-level labels.
 
-Tests and the demo train on this (no dataset download needed).  Each foreground class has its
-own colour + texture family (with per-image jitter, so it is learnable but not trivial); 1-3 objects per image on
-textured backgrounds.  Seeds are degraded from the GT the way CAM seeds are: under-segmented cores around a
-"discriminative" point, blobby spills outside the object, shifted boundaries, small objects missed, occasional class
-confusion and some 255 (uncertain) regions.  Degradation is random per image (a network trained on many images can
-beat the seeds) and deterministic per ``seed``: image i of a split depends only on (seed, split, i).
-
-Layout written under ``out``::
-
-    JPEGImages/<name>.jpg  SegmentationClass/<name>.png (GT, palette, 255 on thin borders)
-    SeedMasks/<name>.png   ImageSets/Segmentation/{train,val}.txt   cls_labels.json   class_names.txt
-    synthetic_meta.json    (the generator's arguments and the seeds' mIoU)
-
-A non-empty ``--out`` is refused unless ``--overwrite``, which deletes only the files of this layout
-(``<split>_NNNNNN`` images and masks, the lists, labels, class names and meta file) and writes the set again.
+Tests and the demo train on it (no download).  Each foreground class has its own colour + texture family, jittered
+per image so it is learnable but not trivial.  Seeds are degraded from the GT the way CAM seeds are (cores around a
+"discriminative" point, spills, shifted boundaries, missed small objects, class confusion, 255 patches), randomly per
+image so a network trained on many images can beat them.  Image i of a split depends only on (seed, split, i).
 """
 
 from __future__ import annotations
@@ -40,9 +29,6 @@ IGNORE = 255
 TEXTURES = ("stripes", "checker", "dots", "rings", "waves", "blotches")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# class appearance families
-# ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class ClassStyle:
     hue: float  # base hue in [0, 1)
@@ -59,21 +45,19 @@ def make_class_styles(num_fg: int, rng: np.random.Generator) -> list[ClassStyle]
     """One distinct colour + texture family per foreground class (evenly spaced hues, cycling textures)."""
     offset = rng.random()
     tex_order = rng.permutation(len(TEXTURES))
-    styles = []
-    for c in range(num_fg):
-        styles.append(
-            ClassStyle(
-                hue=(offset + c / num_fg) % 1.0,
-                sat=float(rng.uniform(0.55, 0.9)),
-                val=float(rng.uniform(0.55, 0.95)),
-                hue2=float(rng.uniform(-0.08, 0.08)),
-                dark=float(rng.uniform(0.35, 0.7)),
-                texture=TEXTURES[tex_order[c % len(TEXTURES)]],
-                period=float(rng.uniform(6.0, 16.0)),
-                angle=float(rng.uniform(0, np.pi)),
-            )
+    return [
+        ClassStyle(
+            hue=(offset + c / num_fg) % 1.0,
+            sat=float(rng.uniform(0.55, 0.9)),
+            val=float(rng.uniform(0.55, 0.95)),
+            hue2=float(rng.uniform(-0.08, 0.08)),
+            dark=float(rng.uniform(0.35, 0.7)),
+            texture=TEXTURES[tex_order[c % len(TEXTURES)]],
+            period=float(rng.uniform(6.0, 16.0)),
+            angle=float(rng.uniform(0, np.pi)),
         )
-    return styles
+        for c in range(num_fg)
+    ]
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -110,9 +94,6 @@ def _pattern(kind: str, yy: np.ndarray, xx: np.ndarray, period: float, angle: fl
     return (_smooth_noise(rng, (h, w), cells) > 0.5).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# shapes (all drawn as polygons so they rotate and shrink uniformly)
-# ----------------------------------------------------------------------------------------------------------------
 def _random_shape(rng: np.random.Generator, hw: tuple[int, int]) -> dict:
     h, w = hw
     short = min(h, w)
@@ -163,18 +144,13 @@ def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
 def _label_borders(gt: np.ndarray) -> np.ndarray:
     """Pixels that touch (4-neighbourhood) a pixel of another label: a ~2-pixel band on every object outline."""
     diff = np.zeros(gt.shape, dtype=bool)
-    d = gt[1:, :] != gt[:-1, :]
-    diff[1:, :] |= d
-    diff[:-1, :] |= d
-    d = gt[:, 1:] != gt[:, :-1]
-    diff[:, 1:] |= d
-    diff[:, :-1] |= d
+    for g, out in ((gt, diff), (gt.T, diff.T)):  # rows, then columns (diff.T is a view)
+        d = g[1:] != g[:-1]
+        out[1:] |= d
+        out[:-1] |= d
     return diff
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# one image
-# ----------------------------------------------------------------------------------------------------------------
 def _background(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
     h, w = hw
     c1 = _hsv(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.3, 0.85))
@@ -216,21 +192,16 @@ def make_sample(
         hue = st.hue + float(rng.uniform(-0.03, 0.03))
         sat = st.sat + float(rng.uniform(-0.1, 0.1))
         val = st.val + float(rng.uniform(-0.12, 0.12))
-        c1 = _hsv(hue, sat, val)
-        c2 = _hsv(hue + st.hue2, sat * 0.8, val * st.dark)
-        tex = c1 * pat + c2 * (1 - pat)
         g = rng.uniform(-0.25, 0.25, 2)  # shading gradient across the object
         shade = 1 + g[0] * (yy - yy.mean()) / max(y1 - y0, 1) + g[1] * (xx - xx.mean()) / max(x1 - x0, 1)
-        tex = tex * shade[..., None]
+        tex = (_hsv(hue, sat, val) * pat + _hsv(hue + st.hue2, sat * 0.8, val * st.dark) * (1 - pat)) * shade[..., None]
         m = mask[y0:y1, x0:x1]
         img[y0:y1, x0:x1][m] = tex[m]
         gt[mask] = cls
         shapes.append((int(cls), shape))
     img = img + rng.normal(0, rng.uniform(3, 9), img.shape)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
-
     seed = _degrade(rng, hw, gt, shapes, num_fg)
-    gt = gt.copy()
     gt[_label_borders(gt)] = IGNORE
     return image, gt, seed
 
@@ -247,12 +218,10 @@ def _degrade(
         area = visible.mean()
         if area == 0 or rng.random() < (0.6 if area < 0.015 else 0.08):
             continue  # missed object: stays background in the seeds
-        r = shape["radius"]
-        offsets = shape["offsets"]
+        r, offsets = shape["radius"], shape["offsets"]
         # Under-segmented core around an off-centre "discriminative" point.
         core_scale = float(rng.uniform(0.55, 0.95))
-        shift_c = rng.uniform(-0.3, 0.3, 2) * r
-        region = _draw_polygon(hw, shape["center"] + shift_c, offsets, core_scale)
+        region = _draw_polygon(hw, shape["center"] + rng.uniform(-0.3, 0.3, 2) * r, offsets, core_scale)
         # Blobby spills across the outline.
         n_spill = int(rng.integers(0, 4))
         if n_spill:
@@ -283,9 +252,6 @@ def _degrade(
     return seed
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# evaluation of the seeds (dataset-level confusion; 255 in the GT ignored, 255 in the seeds counts as a miss)
-# ----------------------------------------------------------------------------------------------------------------
 def _confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """(K, K+1) confusion: rows GT class, columns predicted class plus one 'no prediction' (255) column."""
     valid = gt != IGNORE
@@ -303,15 +269,11 @@ def _iou(conf: np.ndarray, num_classes: int) -> np.ndarray:
     return np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# dataset writer
-# ----------------------------------------------------------------------------------------------------------------
-# What make_synthetic_dataset writes under ``out``: the per-image files (SAMPLE_NAME) in SAMPLE_DIRS and the files
-# LAYOUT_FILES.  ``--overwrite`` deletes these (and temporaries of a killed write), nothing else.
+# What make_synthetic_dataset writes under ``out``; ``--overwrite`` deletes these (and temporaries), nothing else.
 SAMPLE_DIRS = ("JPEGImages", "SegmentationClass", "SeedMasks")
 SAMPLE_NAME = re.compile(r"(train|val)_\d{6}\.(jpg|png)")
-LAYOUT_FILES = ("ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt", "cls_labels.json",
-                "class_names.txt", "synthetic_meta.json")  # fmt: skip
+LISTS = ("ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt")
+LAYOUT_FILES = (*LISTS, "cls_labels.json", "class_names.txt", "synthetic_meta.json")
 
 
 def dataset_files(out: str | os.PathLike) -> list[Path]:
@@ -339,8 +301,10 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
         return
     shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
     what = "already holds a synthetic dataset" if dataset_files(out) else "is not empty"
-    raise UsageError(f"--out {out}: {what} ({shown}); choose a new or empty folder, or pass --overwrite to write the "
-                     "set again (deletes only the files this program writes there)")  # fmt: skip
+    raise UsageError(
+        f"--out {out}: {what} ({shown}); choose a new or empty folder, or pass --overwrite to write the set again "
+        "(deletes only the files this program writes there)"
+    )
 
 
 def clear_dataset(out: str | os.PathLike) -> list[Path]:
@@ -366,13 +330,9 @@ def make_synthetic_dataset(
     jpeg_quality: int = 92,
     show_progress: bool = False,
 ) -> dict:
-    """Write a synthetic VOC-layout dataset under ``out`` and return a summary (incl. the seeds' mIoU).
-
-    ``images`` training images and ``val_images`` (default max(1, images // 4)) validation images, each (H, W) with
-    H, W drawn uniformly from ``size`` .. ``max_size`` (fixed ``size`` when ``max_size`` is None).  K = num_fg + 1
-    classes named by the first ``num_fg`` VOC classes.  Files already under ``out`` are replaced or left as they are
-    (see :func:`check_out_dir` / :func:`clear_dataset`).  ``show_progress``: :func:`weakclip.progress.progress`.
-    """
+    """Write ``images`` training and ``val_images`` (default max(1, images // 4)) validation images with their masks,
+    lists and labels under ``out``; return a summary (incl. the seeds' mIoU).  Sizes are drawn from ``size`` ..
+    ``max_size``; K = num_fg + 1 classes named by the first VOC classes."""
     if not 1 <= num_fg <= len(VOC_CLASSES) - 1:
         raise ValueError(f"num_fg must be in 1..{len(VOC_CLASSES) - 1} (named by VOC classes), got {num_fg}")
     if images < 1:
@@ -389,7 +349,6 @@ def make_synthetic_dataset(
     styles = make_class_styles(num_fg, np.random.default_rng([seed, 7777]))
     labels: dict[str, list[int]] = {}
     conf: dict[str, np.ndarray | int] = {"train": 0, "val": 0}  # confusion counts summed over the split
-    split_names: dict[str, list[str]] = {}
     bar = progress(total=images + val_images, desc="synthetic", unit="img", disable=not show_progress)
     for split_id, (split, n) in enumerate((("train", images), ("val", val_images))):
         names = []
@@ -406,13 +365,11 @@ def make_synthetic_dataset(
             conf[split] = conf[split] + _confusion(gt, seed_mask, K)
             names.append(name)
             bar.update(1)
-        split_names[split] = names
         write_text_atomic(out / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{n}\n" for n in names))
     bar.close()
     write_text_atomic(out / "cls_labels.json", json.dumps(labels, indent=0, sort_keys=True) + "\n")
     write_text_atomic(out / "class_names.txt", "".join(f"{c}\n" for c in class_names))
     iou_train = _iou(np.asarray(conf["train"]), K)
-    iou_val = _iou(np.asarray(conf["val"]), K) if val_images else np.full(K, np.nan)
     summary = {
         "out": str(out),
         "seed": seed,
@@ -423,7 +380,7 @@ def make_synthetic_dataset(
         "size": list(lo),
         "max_size": list(hi),
         "seed_miou": float(np.nanmean(iou_train)),
-        "seed_miou_val": float(np.nanmean(iou_val)) if val_images else float("nan"),
+        "seed_miou_val": float(np.nanmean(_iou(np.asarray(conf["val"]), K))) if val_images else float("nan"),
         "seed_iou_per_class": {c: round(float(v), 4) for c, v in zip(class_names, iou_train)},
     }
     meta = {k: v for k, v in summary.items() if k != "out"}  # no absolute path: same seed → same bytes

@@ -1,11 +1,7 @@
 """Training augmentation of the official recipe (mmseg 0.x semantics), numpy + torch only (no OpenCV).
 
-Pipeline (SPEC §3): random rescale (ratio 0.5-2.0 of a keep-ratio base scale) → random crop with ``cat_max_ratio``
-→ horizontal flip → photometric distortion → normalise → pad to the crop (image 0, label 255).  Every random draw
-comes from a ``np.random.Generator`` passed in, so a sample is reproducible from its generator state.
-
-Images are (H, W, 3) uint8 RGB arrays and label masks (H, W) uint8 arrays until the final step, which returns
-``image`` (3, H, W) float32 and ``seed`` (H, W) int64 tensors.
+Random rescale → random crop with ``cat_max_ratio`` → horizontal flip → photometric distortion → normalise → pad.
+Every random draw comes from the ``np.random.Generator`` passed in, so a sample is reproducible from its state.
 """
 
 from __future__ import annotations
@@ -22,9 +18,7 @@ from weakclip.data.classes import IMAGENET_MEAN, IMAGENET_STD
 IGNORE_INDEX = 255
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# resizing (bilinear for images, nearest for labels; the index rules of cv2's INTER_LINEAR / INTER_NEAREST)
-# ----------------------------------------------------------------------------------------------------------------
+# Resizing follows the index rules of cv2's INTER_LINEAR (images) / INTER_NEAREST (labels).
 def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (align_corners False, no antialias) of an (H, W, 3) uint8 image to ``size_hw``."""
     if image.shape[:2] == tuple(size_hw):
@@ -46,14 +40,10 @@ def resize_label(label: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 def rescale_size(hw: tuple[int, int], scale: tuple[int, int]) -> tuple[int, int]:
     """mmcv ``imrescale`` size rule: fit (H, W) inside ``scale`` = (long edge, short edge) keeping the aspect ratio."""
     h, w = hw
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(h, w), short_edge / min(h, w))
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
     return int(h * factor + 0.5), int(w * factor + 0.5)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the individual steps
-# ----------------------------------------------------------------------------------------------------------------
 def random_rescale(
     image: np.ndarray,
     label: np.ndarray,
@@ -63,15 +53,13 @@ def random_rescale(
 ) -> tuple[np.ndarray, np.ndarray]:
     """mmseg ``Resize(img_scale=base_scale, ratio_range=..., keep_ratio=True)``."""
     ratio = rng.random() * (ratio_range[1] - ratio_range[0]) + ratio_range[0]
-    scale = (int(base_scale[0] * ratio), int(base_scale[1] * ratio))
-    size = rescale_size(image.shape[:2], scale)
+    size = rescale_size(image.shape[:2], (int(base_scale[0] * ratio), int(base_scale[1] * ratio)))
     return resize_image(image, size), resize_label(label, size)
 
 
 def _crop_bbox(hw: tuple[int, int], crop: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
-    margin_h, margin_w = max(hw[0] - crop[0], 0), max(hw[1] - crop[1], 0)
-    y0 = int(rng.integers(0, margin_h + 1))
-    x0 = int(rng.integers(0, margin_w + 1))
+    y0 = int(rng.integers(0, max(hw[0] - crop[0], 0) + 1))
+    x0 = int(rng.integers(0, max(hw[1] - crop[1], 0) + 1))
     return y0, y0 + crop[0], x0, x0 + crop[1]
 
 
@@ -128,13 +116,8 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     i = np.floor(h).astype(np.int64) % 6
     f = h - np.floor(h)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices_r = [v, q, p, p, t, v]
-    choices_g = [t, v, v, q, p, p]
-    choices_b = [p, p, t, v, v, q]
-    r = np.choose(i, choices_r)
-    g = np.choose(i, choices_g)
-    b = np.choose(i, choices_b)
-    return np.clip(np.round(np.stack([r, g, b], -1)), 0, 255).astype(np.uint8)
+    rgb = [np.choose(i, c) for c in ([v, q, p, p, t, v], [t, v, v, q, p, p], [p, p, t, v, v, q])]
+    return np.clip(np.round(np.stack(rgb, -1)), 0, 255).astype(np.uint8)
 
 
 def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
@@ -151,9 +134,7 @@ def photometric_distortion(
     hue_delta: int = 18,
 ) -> np.ndarray:
     """mmseg ``PhotoMetricDistortion`` on an (H, W, 3) uint8 RGB image; each step applies with probability 0.5.
-
-    Order: brightness; contrast now (mode 1) or last (mode 0); saturation; hue.
-    """
+    Order: brightness; contrast now (mode 1) or last (mode 0); saturation; hue."""
     img = image
     if rng.integers(2):
         img = _convert(img, beta=rng.uniform(-brightness_delta, brightness_delta))
@@ -201,15 +182,9 @@ def test_transform(
     return normalize(image, mean, std)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the composed training transform
-# ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class TrainTransform:
-    """The official training augmentation with the crop size as a parameter.
-
-    The base scale defaults to (2048, 512) × crop/512, so a 512 crop uses (2048, 512) and a 128 crop (512, 128).
-    """
+    """The official training augmentation with the crop size as a parameter (base scale (2048, 512) × crop/512)."""
 
     crop_size: int = 512  # square crop side; output tensors are (3, crop, crop) and (crop, crop)
     base_scale: tuple[int, int] | None = None  # (long, short) keep-ratio scale at ratio 1; None → (4·crop, crop)
