@@ -1,19 +1,11 @@
-"""Convert an official hustvl/WeakCLIP (mmseg 0.19) checkpoint into a WeakCLIP checkpoint.
+"""Convert an official hustvl/WeakCLIP (mmseg 0.19) checkpoint into a WeakCLIP checkpoint (``weakclip convert``).
 
-    weakclip convert IN.pth OUT.safetensors [--preset NAME] [--class-names FILE]
-
-VOC (21 classes) and COCO (91 classes: the official ``COCODataset.CLASSES``, the 91 COCO category-id slots with
-background first and the unused slots such as "street sign" kept) convert with no options: the architecture preset
-is recognised from the tensor shapes and the class list from the head size (``decode_head.conv_seg``), unless the
-checkpoint's own ``meta.CLASSES`` names the classes (used when it has the head's length) or ``--class-names`` is
-given.  The names and where they came from are recorded in the output checkpoint (metadata ``class_list``).
-
-The official ContextDecoder feeds every decoder layer the original queries and keeps only the last layer's output,
-so only layer index ``transformer_layers - 1`` (the third) of ``decoder`` / ``anti_decoder`` affects the result:
-it becomes our 1-layer stack (``coattn_layers=1``).  The official ViT adds ``class_embedding`` twice to the CLS
-token (``double_cls_embedding=True``).  The file is read with ``torch.load(weights_only=True)``; a checkpoint that
-needs arbitrary unpickling is refused.  Exit status: 0 written, 2 the input is not a convertible official
-checkpoint (one ``error:`` line saying what the file is and which command takes it), 1 the output cannot be written.
+The preset is recognised from the tensor shapes and the class names come from ``--class-names``, else the
+checkpoint's ``meta.CLASSES`` (when it has the head's length), else the built-in list of the head's size (VOC 21,
+COCO 91: the official category-id slots, background first); they and their source are recorded in the metadata.
+The official ContextDecoder feeds every layer the original queries and keeps only the last layer's output, so only
+layer ``transformer_layers - 1`` of ``decoder`` / ``anti_decoder`` matters: it becomes our 1-layer stack.  The
+official ViT adds ``class_embedding`` twice to the CLS token.  The file is read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -36,29 +28,23 @@ ROLE = "an official hustvl/WeakCLIP checkpoint (.pth: mmseg state_dict)"
 
 # (official prefix, our prefix); applied in order, first match wins.
 _PREFIX_MAP: tuple[tuple[str, str], ...] = (
-    ("backbone.fpn1.", "adapter.fpn1."),
-    ("backbone.fpn2.", "adapter.fpn2."),
-    ("backbone.fpn3.", "adapter.fpn3."),
-    ("backbone.fpn4.", "adapter.fpn4."),
+    ("contexts", "prompt.contexts"),
+    ("gamma", "coattention.gamma"),
+    ("beta", "coattention.beta"),
+    ("backbone.fpn", "adapter.fpn"),
     ("backbone.", "image_encoder.visual."),
     ("text_encoder.", "text_encoder.tower."),
-    ("context_decoder.memory_proj.", "coattention.memory_proj."),
-    ("context_decoder.text_proj.", "coattention.text_proj."),
     ("context_decoder.out_proj.", "coattention.text_out."),
     ("context_decoder.anti_out_proj.", "coattention.visual_out."),
-    ("decode_head.scale_heads.", "decoder.scale_heads."),
-    ("decode_head.conv_seg.", "decoder.conv_seg."),
+    ("context_decoder.", "coattention."),
+    ("decode_head.", "decoder."),
 )
 _SKIP = re.compile(r"^(auxiliary_head|identity_head)\.|\.attn_mask$|^logit_scale$")
 _DECODER_LAYER = re.compile(r"context_decoder\.decoder\.(\d+)\.")
 HEAD_KEY = "decode_head.conv_seg.weight"
 
-# Keys of the training state train.py writes to <work_dir>/last.pt (training/train.py: save_training_state).
+# Keys of the training state train.py writes to <work_dir>/last.pt.
 _TRAIN_STATE_KEYS = {"model", "optimizer", "iteration", "rng"}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# reading and recognising the input
 
 
 def _not_official(path: str | Path, what: str, hint: str) -> UsageError:
@@ -73,9 +59,9 @@ def check_input_kind(path: str | Path) -> None:
     if kind in ("missing", "directory", "empty", "truncated"):
         raise UsageError(f"{path}: the input checkpoint is {DESCRIPTION[kind]}; expected {ROLE}")
     if kind == "weakclip":
-        raise _not_official(path, DESCRIPTION[kind], "it needs no conversion: export --checkpoint and generate "
-                            "--engine torch take it")  # fmt: skip
-    hint = f"{TAKEN_BY[kind]} takes it" if kind in TAKEN_BY else "the converter reads torch.save files only"
+        hint = "it needs no conversion: export --checkpoint and generate --engine torch take it"
+    else:
+        hint = f"{TAKEN_BY[kind]} takes it" if kind in TAKEN_BY else "the converter reads torch.save files only"
     raise _not_official(path, DESCRIPTION[kind], hint)
 
 
@@ -92,25 +78,20 @@ def read_official(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
             f"torch.save(torch.load(p, weights_only=False)['state_dict'], 'clean.pth'), only if you trust it."
         ) from None
     if isinstance(obj, Mapping) and _TRAIN_STATE_KEYS <= set(obj):
-        raise _not_official(path, "a training checkpoint from train.py (last.pt)",
-                            "resume with train --resume, or use final.safetensors from the same work_dir")  # fmt: skip
+        what = "a training checkpoint from train.py (last.pt)"
+        raise _not_official(path, what, "resume with train --resume, or use final.safetensors from the same work_dir")
     meta = obj.get("meta") if isinstance(obj, Mapping) else None
     sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
     if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         found = f"keys {sorted(map(str, obj))[:6]}" if isinstance(obj, Mapping) else type(obj).__name__
-        raise _not_official(path, f"a torch file without a tensor state dict ({found})",
-                            "expected a dict of tensors, optionally under 'state_dict'")  # fmt: skip
+        what = f"a torch file without a tensor state dict ({found})"
+        raise _not_official(path, what, "expected a dict of tensors, optionally under 'state_dict'")
     sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
     if HEAD_KEY not in sd or not any(_DECODER_LAYER.match(k) for k in sd):
-        sample = ", ".join(sorted(sd)[:3])
-        raise _not_official(path, f"a state dict of {len(sd)} tensors without the official WeakCLIP keys "
-                            f"({HEAD_KEY}, context_decoder.decoder.N.*; it has e.g. {sample})",
-                            "only hustvl/WeakCLIP checkpoints convert")  # fmt: skip
+        keys = f"{HEAD_KEY}, context_decoder.decoder.N.*; it has e.g. {', '.join(sorted(sd)[:3])}"
+        what = f"a state dict of {len(sd)} tensors without the official WeakCLIP keys ({keys})"
+        raise _not_official(path, what, "only hustvl/WeakCLIP checkpoints convert")
     return sd, dict(meta) if isinstance(meta, Mapping) else {}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# key mapping
 
 
 def convert_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -121,35 +102,18 @@ def convert_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     last = max(layers)
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if _SKIP.search(k):
-            continue
-        if k == "contexts":
-            out["prompt.contexts"] = v
-            continue
-        if k in ("gamma", "beta"):
-            out[f"coattention.{k}"] = v
-            continue
         m = re.match(r"context_decoder\.(decoder|anti_decoder)\.(\d+)\.(.*)$", k)
-        if m:
-            if int(m.group(2)) == last:
-                stack = "text_decoder" if m.group(1) == "decoder" else "visual_decoder"
-                out[f"coattention.{stack}.0.{m.group(3)}"] = v
+        if _SKIP.search(k) or (m and int(m.group(2)) != last):
             continue
-        m = re.match(r"neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$", k)
         if m:
+            stack = "text_decoder" if m.group(1) == "decoder" else "visual_decoder"
+            out[f"coattention.{stack}.0.{m.group(3)}"] = v
+        elif m := re.match(r"neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$", k):
             out[f"decoder.{m.group(1)}.{m.group(2)}.{m.group(3)}"] = v
-            continue
-        for src, dst in _PREFIX_MAP:
-            if k.startswith(src):
-                out[dst + k[len(src) :]] = v
-                break
-        else:
-            out[k] = v  # left as-is: the strict load below lists it as unexpected
+        else:  # a key no prefix maps is left as-is: the strict load lists it as unexpected
+            src, dst = next(((s, d) for s, d in _PREFIX_MAP if k.startswith(s)), ("", ""))
+            out[dst + k[len(src) :]] = v
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# architecture and classes
 
 
 def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
@@ -194,19 +158,19 @@ def choose_class_names(
     if class_names is not None:
         names = tuple(class_names)
         if len(names) != num_classes:
-            raise UsageError(f"--class-names has {len(names)} names but the checkpoint's head has {num_classes} "
-                             "classes")  # fmt: skip
+            msg = f"--class-names has {len(names)} names but the checkpoint's head has {num_classes} classes"
+            raise UsageError(msg)
         return names, "--class-names"
-    recorded = meta.get("CLASSES")
-    if (isinstance(recorded, (list, tuple)) and len(recorded) == num_classes
-            and all(isinstance(n, str) for n in recorded)):  # fmt: skip
+    recorded: Any = meta.get("CLASSES")
+    named = isinstance(recorded, (list, tuple)) and all(isinstance(n, str) for n in recorded)
+    if named and len(recorded) == num_classes:
         return tuple(recorded), "checkpoint meta.CLASSES"
     for key, names in CLASS_LISTS.items():
         if len(names) == num_classes:
             return names, key
     sizes = ", ".join(f"{len(v)} ({k})" for k, v in CLASS_LISTS.items())
-    raise UsageError(f"{source}: the head has {num_classes} classes and the checkpoint names none; built-in lists "
-                     f"have {sizes}: pass --class-names FILE (one name per line, background first)")  # fmt: skip
+    head = f"{source}: the head has {num_classes} classes and the checkpoint names none; built-in lists have {sizes}"
+    raise UsageError(f"{head}: pass --class-names FILE (one name per line, background first)")
 
 
 def convert_with_info(
@@ -215,10 +179,7 @@ def convert_with_info(
     """Convert and return (model, info): info holds the preset and the class list's source (also in metadata)."""
     official, meta = read_official(in_path)
     sd = convert_state_dict(official)
-    head = sd.get("decoder.conv_seg.weight")
-    if head is None:
-        raise UsageError(f"{in_path}: no {HEAD_KEY}: not {ROLE}")
-    num_classes = int(head.shape[0])
+    num_classes = int(sd["decoder.conv_seg.weight"].shape[0])  # read_official checked the head is there
     names, source = choose_class_names(num_classes, meta, class_names, str(in_path))
     if preset is None:
         preset = detect_preset(sd, str(in_path))
@@ -234,14 +195,9 @@ def convert_with_info(
         load_state_dict_strict(model, sd, source=str(in_path))
     except StateDictMismatchError as e:
         raise UsageError(str(e)) from None
-    info = {"converted_from": Path(in_path).name, "preset": preset, "class_list": source}
-    return model, info
+    return model, {"converted_from": Path(in_path).name, "preset": preset, "class_list": source}
 
 
 def convert(in_path: str | Path, preset: str | None = None, class_names: Sequence[str] | None = None) -> WeakCLIP:
     """The converted model (see the module docstring); UsageError if ``in_path`` is not an official checkpoint."""
     return convert_with_info(in_path, preset, class_names)[0]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line

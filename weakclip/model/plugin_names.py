@@ -1,15 +1,13 @@
 """Identity and weight layout of the co-attention TensorRT plugin, read from ``plugin_names.json`` (no CUDA needed).
 
-``plugin_names.json`` is the one source of truth shared with the C++ plugin (CMake generates
-``weakclip_plugin_names.h`` from it).  It ships with the engines package: ``engines/csrc/`` in a checkout,
-``weakclip/engines/csrc/`` in the wheel; ``importlib.resources.files("weakclip.engines")`` finds it in both.  This
-module sits in the core package so that the exporter (``weakclip.export``) and the CUDA loader
-(``weakclip.engines.cuda_ops``, which re-exports these names) both use it without depending on each other.
+The JSON is the one source of truth shared with the C++ plugin (CMake generates ``weakclip_plugin_names.h`` from
+it).  This module sits in the core package so the exporter and ``weakclip.engines.cuda_ops`` share it.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,20 +36,9 @@ def packed_weight_entries(layers: int) -> list[tuple[str, str]]:
     Each maximal run of ``{i}`` entries in the JSON is repeated layer-major (all of layer 0, then layer 1, ...).
     """
     out: list[tuple[str, str]] = []
-    run: list[tuple[str, str]] = []
-
-    def flush() -> None:
-        for i in range(layers):
-            out.extend((n.replace("{i}", str(i)), s) for n, s in run)
-        run.clear()
-
-    for name, shape in plugin_spec()["packed_weights"]:
-        if "{i}" in name:
-            run.append((name, shape))
-        else:
-            flush()
-            out.append((name, shape))
-    flush()
+    for per_layer, run in itertools.groupby(plugin_spec()["packed_weights"], key=lambda e: "{i}" in e[0]):
+        entries = list(run)
+        out += [(n.replace("{i}", str(i)), s) for i in range(layers if per_layer else 1) for n, s in entries]
     return out
 
 
@@ -105,30 +92,13 @@ def ordered_weights(weights: Any) -> tuple[list[torch.Tensor], CoAttnDims]:
             f"unexpected {unexpected}"
         )
     shapes = packed_weight_shapes(dims.layers, dims.embed_dim, dims.width, dims.mlp_hidden)
-    out = []
     for name, shape in zip(names, shapes, strict=True):
-        t = sd[name]
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {shape}")
-        out.append(t.detach())
-    return out, dims
+        if tuple(sd[name].shape) != shape:
+            raise ValueError(f"{name}: shape {tuple(sd[name].shape)}, expected {shape}")
+    return [sd[n].detach() for n in names], dims
 
 
 def pack_coattention_weights(weights: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The ``weights`` input of the TensorRT node: 1-D (P,) concatenation of the state-dict tensors in packed order."""
     tensors, _ = ordered_weights(weights)
     return torch.cat([t.reshape(-1).to(device="cpu", dtype=dtype) for t in tensors])
-
-
-__all__ = [
-    "CoAttnDims",
-    "coattention_dims",
-    "ordered_weights",
-    "pack_coattention_weights",
-    "packed_weight_entries",
-    "packed_weight_names",
-    "packed_weight_shapes",
-    "plugin_json_text",
-    "plugin_spec",
-    "state_dict_of",
-]
