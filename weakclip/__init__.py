@@ -1,9 +1,6 @@
-"""WeakCLIP: CLIP adapted for weakly-supervised semantic segmentation.
+"""WeakCLIP: CLIP adapted for weakly-supervised semantic segmentation (command line: ``weakclip``, ``weakclip.cli``).
 
-The public names below are imported lazily, so light submodules (``weakclip.data``, ``weakclip.masks.evaluate``,
-``weakclip.data.io``) start without importing open_clip.
-
-Command line: ``weakclip <subcommand>`` (``weakclip.cli``; ``python -m weakclip``).
+The public names below are imported lazily, so light submodules start without importing open_clip.
 """
 
 from __future__ import annotations
@@ -13,25 +10,17 @@ from typing import Any
 
 __version__ = "0.1.0"  # the one version: pyproject.toml reads it (dynamic), `weakclip --version` prints it
 
-# The sub-packages ``weakclip.engines``, ``weakclip.export``, ``weakclip.training`` and ``weakclip.benchmarks`` are
-# the repository's top-level folders ``engines/``, ``export/``, ``training/`` and ``benchmarks/``, mapped by
-# ``[tool.setuptools.package-dir]`` (the wheel installs them under ``weakclip/``; ``pip install -e .`` maps them for
-# a checkout).  The library itself: ``weakclip.model`` (the network and its checkpoints), ``weakclip.data`` (datasets,
-# labels, file I/O), ``weakclip.masks`` (inference, CRF, seeds, evaluation, the batch frame), ``weakclip.cli`` (the
-# commands); ``errors`` and ``progress`` are shared by all.
+# weakclip.engines / export / training / benchmarks are the repository's top-level folders of those names, mapped
+# by [tool.setuptools.package-dir].
 _LAZY = {
-    "load_checkpoint": "model.checkpoint",
-    "save_checkpoint": "model.checkpoint",
-    "IMAGENET_MEAN": "data.classes",
-    "IMAGENET_STD": "data.classes",
-    "PRESETS": "model.config",
-    "WeakCLIPConfig": "model.config",
-    "get_config": "model.config",
-    "WeakCLIP": "model.model",
-    "WeakCLIPOutput": "model.model",
-    "build_from_config": "model.model",
-    "build_model": "model.model",
-    "parameter_table": "model.model",
+    name: module
+    for module, names in {
+        "model.checkpoint": ("load_checkpoint", "save_checkpoint"),
+        "data.classes": ("IMAGENET_MEAN", "IMAGENET_STD"),
+        "model.config": ("PRESETS", "WeakCLIPConfig", "get_config"),
+        "model.model": ("WeakCLIP", "WeakCLIPOutput", "build_from_config", "build_model", "parameter_table"),
+    }.items()
+    for name in names
 }
 
 __all__ = sorted(_LAZY)

@@ -1,24 +1,9 @@
 """The one error boundary of every command: a failure is one ``error:`` line on stderr and a fixed exit status.
 
-Exit statuses: 0 done, 1 the work failed, 2 a usage error (the command line or an input file is wrong), 130
-interrupted.  No traceback is printed unless ``--debug`` is on the command line or ``WEAKCLIP_DEBUG=1``.
-
-The project's exceptions (raised by library code, mapped here):
-
-* :class:`UsageError` — a wrong option or input file (missing, unreadable, the wrong kind); exit **2**.  Raise it
-  before any slow work.  The line ends with ``see <prog> --help``.
-* :class:`RuntimeFailure` — the work failed after the inputs were accepted; exit **1**.  Subclasses name the
-  failure classes the boundary reports: :class:`OutputError` (an output cannot be written: disk full, read-only,
-  permission), :class:`LockHeld` (another run owns the output folder), :class:`MissingDependency` (an optional
-  package is not installed), :class:`WeightsUnavailable` (pretrained weights cannot be obtained).
-
-Everything else is mapped too: ``OSError`` by its errno (a missing or unreadable input → 2; disk full, read-only,
-permission → 1), a missing optional module → 1 naming the extra, ``BrokenPipeError`` (``… | head``) → 1,
-``KeyboardInterrupt`` → 130, anything unexpected → 1 with its type.  Where the failing file is, or lies under, a path
-given on the command line, the line names that option (``--out runs/x: …``).
-
-Tools decorate their ``main(argv)`` with :func:`cli` and build their parser with :class:`ArgumentParser` (whose
-errors become :class:`UsageError`), so ``weakclip <cmd>``, ``weakclip-<cmd>`` and ``python -m …`` behave the same.
+Exit statuses: 0 done, 1 the work failed (:class:`RuntimeFailure`, an unexpected error), 2 a usage error
+(:class:`UsageError`: the command line or an input file is wrong; raise it before any slow work), 130 interrupted.
+No traceback unless ``--debug`` or ``WEAKCLIP_DEBUG=1``.  Where the failing file lies under a path given on the
+command line, the line names that option (``--out runs/x: …``).
 """
 
 from __future__ import annotations
@@ -32,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -67,7 +52,7 @@ _REASONS = {
     errno_.ENOTDIR: "a path component is not a directory",
 }
 
-# the prog name of the command being run (set by weakclip.cli; tools run directly use their parser's prog)
+# the prog name of the command being run: a tool called inside another (demo → train) reports as the outer one
 current_prog: contextvars.ContextVar[str | None] = contextvars.ContextVar("weakclip_prog", default=None)
 
 
@@ -88,9 +73,7 @@ class RuntimeFailure(WeakclipError):
 
 
 class OutputError(RuntimeFailure):
-    """An output file could not be written (``path`` is the final name, ``errno`` the OS reason).
-
-    ``fatal`` is true for reasons no later file of the same run can avoid (disk full, read-only, permission)."""
+    """An output file could not be written; ``fatal`` when no later file of the run can be (disk full, read-only)."""
 
     def __init__(self, path: str | os.PathLike, err: OSError) -> None:
         self.path = Path(path)
@@ -223,12 +206,6 @@ def _silence_stdout() -> None:
 MainFn = Callable[[Sequence[str] | None], int | None]
 
 
-class MainEntry(Protocol):
-    """A tool's decorated ``main``: ``main()`` reads ``sys.argv``, ``main(argv)`` the given arguments."""
-
-    def __call__(self, argv: Sequence[str] | None = None, /) -> int: ...
-
-
 def run_command(fn: MainFn, argv: Sequence[str] | None, prog: str | None = None) -> int:
     """Run ``fn(argv)`` inside the boundary and return the exit status (never raises, except with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -282,12 +259,11 @@ def run_command(fn: MainFn, argv: Sequence[str] | None, prog: str | None = None)
         current_prog.reset(token)
 
 
-def cli(fn: MainFn) -> MainEntry:
-    """Decorate a tool's ``main(argv)``: it runs inside :func:`run_command` (one ``error:`` line, exit status)."""
+def cli(fn: MainFn) -> Callable[..., int]:
+    """Decorate a tool's ``main(argv)`` (``main()`` reads ``sys.argv``) to run inside :func:`run_command`."""
 
     @functools.wraps(fn)
     def wrapper(argv: Sequence[str] | None = None) -> int:
         return run_command(fn, argv)
 
-    wrapper.__wrapped__ = fn
     return wrapper

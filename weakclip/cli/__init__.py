@@ -1,10 +1,6 @@
-"""``weakclip <subcommand> [options]``: the one command.  Each subcommand hands the rest of the command line to the
-``main(argv)`` of its tool, imported only when that subcommand runs (``weakclip --help`` and ``--version`` import
-neither torch nor any tool).
-
-The ``weakclip-<name>`` console scripts are aliases of the subcommands (same code path, same exit statuses).
-Every failure is one ``error:`` line on stderr (weakclip/errors.py, the one boundary). Exit statuses: 0 success, 1
-the work failed (including a missing optional dependency), 2 a usage error, 130 interrupted.
+"""``weakclip <subcommand> [options]``: each subcommand hands the rest of the command line to its tool's
+``main(argv)``, imported only when it runs (``--help`` and ``--version`` import neither torch nor any tool).
+The ``weakclip-<name>`` console scripts are aliases of the subcommands.
 """
 
 from __future__ import annotations
@@ -16,7 +12,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from weakclip import __version__
 from weakclip.errors import EXIT_OK, EXIT_USAGE, RuntimeFailure, run_command
+from weakclip.progress import setup_logging
 
 PROG = "weakclip"
 
@@ -50,24 +48,14 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-def _version() -> str:
-    from weakclip import __version__
-
-    return __version__
-
-
 def _table(entries: dict[str, tuple[str, str]]) -> str:
     width = max(len(k) for k in entries) + 2
     return "\n".join(f"  {k.ljust(width)}{desc}" for k, (_, desc) in entries.items())
 
 
-def usage() -> str:
-    return f"usage: {PROG} [-h] [--version] [-v | -q] <subcommand> [options]"
-
-
 def help_text() -> str:
     return (
-        f"{usage()}\n\nWeakCLIP: train, export to ONNX, generate pseudo masks, evaluate, benchmark.\n\n"
+        f"usage: {PROG} [-h] [--version] [-v | -q] <subcommand> [options]\n\nWeakCLIP: train, export to ONNX, generate pseudo masks, evaluate, benchmark.\n\n"
         f"subcommands:\n{_table(COMMANDS)}\n\n"
         "options:\n"
         "  -h, --help     show this help and exit\n"
@@ -92,8 +80,7 @@ def _unknown(kind: str, name: str, choices: Sequence[str], prog: str) -> int:
 
 
 def run_tool(module: str, argv: Sequence[str], prog: str) -> int:
-    """Import ``module`` and run its ``main(argv)`` inside the one error boundary (:func:`weakclip.errors.run_command`):
-    a module absent from this installation or a missing optional dependency is one line too."""
+    """Import ``module`` and run its ``main(argv)`` inside the error boundary (an absent module is one line too)."""
 
     def tool(args: Sequence[str] | None) -> int | None:
         try:
@@ -145,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(help_text())
             return EXIT_OK
         if opt in ("-V", "--version"):
-            print(f"{PROG} {_version()}")
+            print(f"{PROG} {__version__}")
             return EXIT_OK
         if opt == "--debug":
             os.environ["WEAKCLIP_DEBUG"] = "1"
@@ -160,8 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         return _unknown("subcommand", name, list(COMMANDS), PROG)
-    from weakclip.progress import setup_logging
-
     setup_logging(level)
     if name == "bench":
         return bench_main(rest)
@@ -170,8 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _alias(name: str) -> Callable[[], int]:
     def entry() -> int:
-        from weakclip.progress import setup_logging
-
         setup_logging()
         return run_tool(COMMANDS[name][0], sys.argv[1:], f"{PROG}-{name}")
 

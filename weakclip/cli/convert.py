@@ -26,9 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = ArgumentParser(prog="weakclip convert", description=__doc__.split("\n\n")[0])
     ap.add_argument("input", help="official checkpoint (.pth with 'state_dict')")
     ap.add_argument("output", help="output WeakCLIP checkpoint (.safetensors)")
-    ap.add_argument("--preset", default=None, help="architecture preset (default: recognised from the shapes)")
-    ap.add_argument("--class-names", default=None, help="text file, one class name per line (default: from the "
-                    "checkpoint's meta.CLASSES or the head size: 21 VOC, 81/91 COCO)")  # fmt: skip
+    ap.add_argument("--preset", help="architecture preset (default: recognised from the shapes)")
+    default = "from the checkpoint's meta.CLASSES or the head size: 21 VOC, 81/91 COCO"
+    ap.add_argument("--class-names", help=f"text file, one class name per line (default: {default})")
     args = ap.parse_args(argv)
     names = _read_names(args.class_names) if args.class_names else None
     if Path(args.output).suffix != ".safetensors":
@@ -38,8 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_checkpoint(model, args.output, extra=info)
     except OSError as e:
         raise RuntimeFailure(f"{args.output}: cannot write the checkpoint ({e.strerror or e})") from None
-    print(f"wrote {args.output} ({model.config.num_classes} classes from {info['class_list']}, preset "
-          f"{info['preset']}, crop {model.config.crop_size})")  # fmt: skip
+    classes = f"{model.config.num_classes} classes from {info['class_list']}"
+    print(f"wrote {args.output} ({classes}, preset {info['preset']}, crop {model.config.crop_size})")
     return 0
 
 

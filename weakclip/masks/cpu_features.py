@@ -1,19 +1,10 @@
 """Which CPU instruction sets this machine has, and so which precision tiers run natively on it
 (``python -m weakclip.cli.cpu_features`` prints both).
 
-Source: the ``flags`` line of ``/proc/cpuinfo`` (Linux; the kernel's names: ``avx2``, ``avx512f``,
-``avx512_vnni``, ``avx_vnni``, ``avx512_bf16``, ``amx_bf16``, ``amx_int8`` ...; on aarch64 the ``Features`` line,
-where bf16 is ``bf16``).  Fallback where that file cannot be read (macOS, Windows, a sandbox): torch's own cpuinfo
-queries (``torch.cpu._is_avx2_supported`` and friends), which cover avx2, avx512f (with bw/vl/dq), avx512_vnni,
-avx512_bf16 and AMX; ``source`` says which was used.
-
-Tiers (what each needs to run at full speed; the code refuses or skips a tier the CPU lacks, naming what is missing):
-
-* ``fp32``: nothing beyond what torch / ONNX Runtime need (AVX2 + FMA gives the fast kernels on x86).
-* ``bf16``: ``avx512_bf16`` or ``amx_bf16`` (x86; aarch64: ``bf16``).  Without them bf16 is emulated in software
-  (oneDNN's reference path) and is slower than fp32, so a bf16 engine is refused rather than silently slow.
-* ``int8_vnni``: ``amx_int8``, ``avx512_vnni`` or ``avx_vnni``.  int8 *runs* everywhere (ONNX Runtime's MLAS has an
-  AVX2 u8×s8 kernel), only slower without VNNI, so the int8 tier is never refused; this is reported.
+Source: the ``flags`` (aarch64: ``Features``) line of ``/proc/cpuinfo``; where it cannot be read, torch's cpuinfo
+queries.  Tiers: ``fp32`` needs nothing; ``bf16`` needs avx512_bf16 / amx_bf16 (aarch64 bf16): emulated bf16 is
+slower than fp32, so a bf16 engine is refused without them; ``int8_vnni`` (VNNI / AMX-INT8) is only faster: int8
+runs everywhere (MLAS has an AVX2 kernel), so that tier is never refused, only reported.
 """
 
 from __future__ import annotations
@@ -23,26 +14,11 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-# The instruction sets the tiers depend on, in the order they are reported.
-ISAS: tuple[str, ...] = (
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512vl",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-    "amx_fp16",
-    "bf16",  # aarch64 (FEAT_BF16)
-    "i8mm",  # aarch64 int8 matrix multiply
-    "asimddp",  # aarch64 dot product
-)
+# The instruction sets the tiers depend on, in the order they are reported: x86 AVX, AVX512-FP16 and AMX, then
+# aarch64 bf16 (FEAT_BF16), i8mm (int8 matrix multiply) and asimddp (dot product).
+_AVX = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16")
+_AMX = ("avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+ISAS: tuple[str, ...] = (*_AVX, *_AMX, "bf16", "i8mm", "asimddp")
 
 # tier → instruction sets any one of which makes the tier native (x86 first, then aarch64).
 TIER_ISAS: dict[str, tuple[str, ...]] = {
@@ -51,10 +27,7 @@ TIER_ISAS: dict[str, tuple[str, ...]] = {
     "int8_vnni": ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm", "asimddp"),
 }
 # How a tier's requirement is said in messages (x86 names: the CPUs CI and users have).
-TIER_NEEDS_TEXT: dict[str, str] = {
-    "bf16": "avx512_bf16 or amx_bf16",
-    "int8_vnni": "avx512_vnni, avx_vnni or amx_int8",
-}
+TIER_NEEDS_TEXT: dict[str, str] = {"bf16": "avx512_bf16 or amx_bf16", "int8_vnni": "avx512_vnni, avx_vnni or amx_int8"}
 
 
 @dataclass(frozen=True)
@@ -82,25 +55,15 @@ class CPUFeatures:
     def int8_isa(self) -> str:
         """The best int8 dot-product instruction set: amx_int8, avx512_vnni, avx_vnni, avx512bw, avx2 (no VNNI:
         int8 products through vpmaddubsw + vpmaddwd), or 'none'."""
-        for i in ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm", "asimddp", "avx512bw", "avx2"):
-            if i in self.flags:
-                return i
-        return "none"
+        best = ("amx_int8", "avx512_vnni", "avx_vnni", "i8mm", "asimddp", "avx512bw", "avx2")
+        return next((i for i in best if i in self.flags), "none")
 
     def summary(self) -> str:
         """One line: model and the relevant instruction sets, e.g. ``AMD EPYC (avx2 fma f16c)``."""
-        return f"{self.model or 'unknown CPU'} ({' '.join(self.isas) or 'none of ' + ', '.join(ISAS[:9])})"
+        return f"{self.model or 'unknown CPU'} ({' '.join(self.isas) or 'none of ' + ', '.join(_AVX)})"
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "model": self.model,
-            "vendor": self.vendor,
-            "arch": self.arch,
-            "isas": self.isas,
-            "bf16": self.bf16,
-            "int8_isa": self.int8_isa,
-            "source": self.source,
-        }
+        return {k: getattr(self, k) for k in ("model", "vendor", "arch", "isas", "bf16", "int8_isa", "source")}
 
 
 def parse_cpuinfo(text: str) -> tuple[str, str, frozenset[str]]:
@@ -124,6 +87,17 @@ def parse_cpuinfo(text: str) -> tuple[str, str, frozenset[str]]:
     return model, vendor, flags
 
 
+# torch.cpu query → the flags it implies (every CPU with AMX tiles so far has AMX-BF16 and AMX-INT8)
+_TORCH_QUERIES = {
+    "_is_avx2_supported": ("avx2", "fma"),
+    "_is_avx512_supported": ("avx512f", "avx512bw", "avx512vl"),  # torch: avx512f + bw + vl + dq
+    "_is_vnni_supported": ("avx512_vnni",),
+    "_is_avx512_bf16_supported": ("avx512_bf16",),
+    "_is_amx_tile_supported": ("amx_tile", "amx_bf16", "amx_int8"),
+    "_is_amx_fp16_supported": ("amx_fp16",),
+}
+
+
 def _from_torch() -> frozenset[str]:
     """Flags from torch's cpuinfo queries (fallback when /proc/cpuinfo is unreadable)."""
     try:
@@ -133,26 +107,12 @@ def _from_torch() -> frozenset[str]:
     cpu = getattr(torch, "cpu", None)
 
     def q(name: str) -> bool:
-        fn = getattr(cpu, name, None)
         try:
-            return bool(fn()) if fn is not None else False
-        except Exception:  # noqa: BLE001 - a private query that may change between torch versions
+            return bool(getattr(cpu, name)())
+        except Exception:  # noqa: BLE001 - absent, or a private query that may change between torch versions
             return False
 
-    have: set[str] = set()
-    if q("_is_avx2_supported"):
-        have |= {"avx2", "fma"}
-    if q("_is_avx512_supported"):  # torch: avx512f + bw + vl + dq
-        have |= {"avx512f", "avx512bw", "avx512vl"}
-    if q("_is_vnni_supported"):  # torch: avx512_vnni
-        have.add("avx512_vnni")
-    if q("_is_avx512_bf16_supported"):
-        have.add("avx512_bf16")
-    if q("_is_amx_tile_supported"):  # every CPU with AMX tiles so far (Sapphire Rapids on) has AMX-BF16 and AMX-INT8
-        have |= {"amx_tile", "amx_bf16", "amx_int8"}
-    if q("_is_amx_fp16_supported"):
-        have.add("amx_fp16")
-    return frozenset(have)
+    return frozenset(isa for query, isas in _TORCH_QUERIES.items() if q(query) for isa in isas)
 
 
 @functools.lru_cache(maxsize=1)
