@@ -1,29 +1,12 @@
 """weakclip check-data: look at a VOC-layout dataset before a long run and report what would fail later.
 
-    weakclip check-data data/VOCdevkit/VOC2012 --labels data/VOCdevkit/VOC2012/cls_labels.npy
-    weakclip check-data data/COCO14 --config coco_vit_b16
-
-The layout (image, seed and ground-truth folders, training and validation lists, labels, classes) is the one a
-training config reads: ``--config NAME|FILE`` (a shipped name such as ``voc_vit_b16`` / ``coco_vit_b16`` or a YAML /
-TOML file), by default the shipped config whose ``data.image_dir`` and ``data.seed_dir`` exist under ROOT
-(:data:`DETECT_ORDER`).  Its ``data.*`` paths are relative to ROOT, as in training.  Options given on the command
-line replace single keys, and like every path on a weakclip command line they are relative to the current directory
-(or absolute).
-
-It reports, one line each: images (by suffix, plus files that are not images), the training and validation lists
-with the names that have no image, seeds (every training name needs one) and ground truth (every validation name
-needs one), image-level labels (count, training names without one, class indices out of range), the class range found
-in the masks (and which layout it looks like: VOC 21, COCO 81 contiguous or COCO 91 slots), and a decode check of a
-sample of images and masks (corrupt files, mask of another size than its image).
-
-Exit status: 0 when nothing would fail, 1 when a problem was found (each is a ``problem:`` line), 2 for usage
-errors (no such root, an unknown config).  It reads masks and decodes images for a sample only (``--sample``,
-default 300; ``--sample 0`` = all), so it takes seconds on VOC.
+The layout is the one a training config reads (``--config``, else detected); each problem found (missing or corrupt
+files, names without an image, seed, ground truth or label, class values >= K) is one ``problem:`` line and makes the
+exit status 1; usage errors exit 2.  Masks and images are decoded for a sample only (``--sample``).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 from collections.abc import Sequence
@@ -68,41 +51,26 @@ class DataLayout:
     origin: dict[str, str] = field(default_factory=dict)
 
 
-class Report:
-    def __init__(self) -> None:
-        self.problems = 0
-
-    def info(self, text: str) -> None:
-        print(f"  {text}")
-
-    def problem(self, text: str) -> None:
-        self.problems += 1
-        print(f"problem: {text}")
-
-
 def _examples(names: Sequence[str], n: int = 5) -> str:
-    shown = ", ".join(names[:n])
-    return shown + (f", … ({len(names) - n} more)" if len(names) > n else "")
+    return ", ".join(names[:n]) + (f", … ({len(names) - n} more)" if len(names) > n else "")
 
 
 def _sample(names: Sequence[str], n: int) -> list[str]:
     if n <= 0 or len(names) <= n:
         return list(names)
-    idx = np.unique(np.linspace(0, len(names) - 1, n).round().astype(int))
-    return [names[i] for i in idx]
+    return [names[i] for i in np.unique(np.linspace(0, len(names) - 1, n).round().astype(int))]
 
 
 def _layout_guess(values: set[int], num_classes: int) -> str:
     hi = max(values) if values else 0
     if hi < num_classes:
         return f"fits the {num_classes} classes"
-    if hi <= 20:
-        return "VOC (21 classes)"
-    if hi <= 80:
-        return "COCO contiguous (81 classes)"
-    if hi <= 90:
-        return "COCO official 91 slots (category ids)"
-    return "no known layout"
+    guesses = (
+        (20, "VOC (21 classes)"),
+        (80, "COCO contiguous (81 classes)"),
+        (90, "COCO official 91 slots (category ids)"),
+    )
+    return next((text for top, text in guesses if hi <= top), "no known layout")
 
 
 def _read_class_file(path: Path, what: str) -> tuple[str, ...]:
@@ -146,50 +114,38 @@ def layout_from_config(
     from weakclip.data.datasets import resolve_list
     from weakclip.model.config import get_config
 
-    root = Path(root)
-    d = cfg["data"]
+    root, d = Path(root), cfg["data"]
     origin: dict[str, str] = {"config": config_source}
 
-    def pick(given: str | None, key: str) -> Path | None:
-        if given:
-            origin[key] = "command line"
-            return Path(given)
-        origin[key] = f"data.{key}"
+    def pick(key: str, given: Any, from_config: Any) -> Any:
+        origin[key] = "command line" if given else f"data.{key}"
+        return given or from_config
+
+    def under_root(key: str) -> Path | None:
         return None if d.get(key) is None else root / d[key]
 
-    image = pick(image_dir, "image_dir")
+    def find_list(entry: str) -> str | Path:
+        return resolve_list(root, entry) or str(entry)
+
+    image = pick("image_dir", image_dir and Path(image_dir), under_root("image_dir"))
     assert image is not None
-    seeds, gt = pick(seed_dir, "seed_dir"), pick(gt_dir, "gt_dir")
-    if lists:
-        origin["train_lists"] = "command line"
-        train: list[str | Path] = [Path(p) for p in lists]
-    else:
-        origin["train_lists"] = "data.train_lists"
-        train = [resolve_list(root, e) or str(e) for e in d["train_lists"]]
-    if val_list:
-        origin["val_list"] = "command line"
-        val: str | Path | None = Path(val_list)
-    else:
-        origin["val_list"] = "data.val_list"
-        val = None if not d.get("val_list") else (resolve_list(root, d["val_list"]) or str(d["val_list"]))
-    if labels:
-        label_path: Path | None = Path(labels)
-        origin["labels"] = "command line"
-    elif d.get("labels"):
-        label_path, origin["labels"] = root / d["labels"], "data.labels"
+    seeds = pick("seed_dir", seed_dir and Path(seed_dir), under_root("seed_dir"))
+    gt = pick("gt_dir", gt_dir and Path(gt_dir), under_root("gt_dir"))
+    train = pick("train_lists", lists and [Path(p) for p in lists], [find_list(e) for e in d["train_lists"]])
+    val = pick("val_list", val_list and Path(val_list), find_list(d["val_list"]) if d.get("val_list") else None)
+    if labels or d.get("labels"):
+        label_path = pick("labels", labels and Path(labels), under_root("labels"))
     else:
         label_path = next((root / c for c in LABEL_CANDIDATES if (root / c).is_file()), None)
         origin["labels"] = "found under root"
 
+    names_file = root / "class_names.txt"
     if class_names_file:
         names, origin["classes"] = _read_class_file(Path(class_names_file), "--class-names file"), class_names_file
     elif classes:
         names, origin["classes"] = CLASS_LISTS[classes], f"--classes {classes}"
-    elif (root / "class_names.txt").is_file():
-        names, origin["classes"] = (
-            _read_class_file(root / "class_names.txt", "class list"),
-            str(root / "class_names.txt"),
-        )
+    elif names_file.is_file():
+        names, origin["classes"] = _read_class_file(names_file, "class list"), str(names_file)
     else:
         m = cfg["model"]
         try:
@@ -200,122 +156,104 @@ def layout_from_config(
     return DataLayout(root, image, seeds, gt, train, val, label_path, tuple(names), image_ext, origin)
 
 
-def _list_names(path: Path) -> list[str]:
-    return [Path(ln.split()[0]).stem for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def _check_masks(
-    rep: Report,
-    what: str,
-    folder: Path | None,
-    required: Sequence[str],
-    optional: Sequence[str],
-    lay: DataLayout,
-    images: set[str],
-    sample: int,
-    values: set[int],
-) -> None:
-    """Count the masks in ``folder``, report names of ``required`` without one, decode a sample of both lists."""
-    if folder is None:
-        print(f"{what}: none configured")
-        return
-    if not folder.is_dir():
-        rep.problem(f"{folder}: {what} folder not found ({lay.origin[('seed_dir' if what == 'seeds' else 'gt_dir')]})")
-        return
-    have = {p.stem for p in folder.glob("*.png") if not p.name.startswith(".")}
-    lacking = [n for n in required if n not in have]
-    print(f"{what}: {len(have)} PNG masks in {folder}" + (f"; {len(lacking)} of the names that need one have none"
-                                                          if lacking else ""))  # fmt: skip
-    if lacking:
-        need = "training list" if what == "seeds" else "validation list"
-        rep.problem(f"{folder}: no {what} mask for {len(lacking)} name(s) of the {need}: {_examples(lacking)}")
-    others = [n for n in optional if n not in have and n not in required]
-    if others and what != "seeds":
-        rep.info(f"no ground truth for {len(others)} training image(s) (e.g. trainaug names): {_examples(others)}")
-    names = list(dict.fromkeys([*required, *optional]))
-    K = len(lay.class_names)
-    for n in _sample([n for n in names if n in have], sample):
-        try:
-            m = read_mask(folder / f"{n}.png")
-        except ValueError as e:
-            rep.problem(str(e))
-            continue
-        vals = set(np.unique(m).tolist()) - {255}
-        values |= vals
-        bad = sorted(v for v in vals if v >= K)
-        if bad:
-            rep.problem(f"{folder / (n + '.png')}: class values {bad} ≥ K = {K} ({lay.origin['classes']})")
-        if n in images:
-            try:
-                img = read_image(lay.image_dir / f"{n}{lay.image_ext}")
-            except ValueError as e:
-                rep.problem(str(e))
-                continue
-            if img.shape[:2] != m.shape:
-                rep.problem(f"{folder / (n + '.png')}: size {m.shape[1]}×{m.shape[0]} != image "
-                            f"{img.shape[1]}×{img.shape[0]}")  # fmt: skip
-
-
 def check_dataset(lay: DataLayout, sample: int = 300) -> int:
     """Print the report for ``lay``; returns the number of problems found (0 = nothing would fail)."""
-    rep = Report()
+    problems: list[str] = []
+
+    def problem(text: str) -> None:
+        problems.append(text)
+        print(f"problem: {text}")
+
     K = len(lay.class_names)
     print(f"dataset {lay.root}: layout from {lay.origin['config']}; {K} classes from {lay.origin['classes']}")
 
-    # images
     images: set[str] = set()
     if not lay.image_dir.is_dir():
-        rep.problem(f"{lay.image_dir}: image folder not found ({lay.origin['image_dir']})")
+        problem(f"{lay.image_dir}: image folder not found ({lay.origin['image_dir']})")
     else:
         by_suffix: collections.Counter = collections.Counter()
         odd: collections.Counter = collections.Counter()
         for p in lay.image_dir.iterdir():
             if not p.is_file() or p.name.startswith("."):
                 continue
-            if p.suffix.lower() in IMAGE_EXTS:
-                by_suffix[p.suffix.lower()] += 1
-                if p.suffix.lower() == lay.image_ext.lower():
+            suffix = p.suffix.lower()
+            if suffix in IMAGE_EXTS:
+                by_suffix[suffix] += 1
+                if suffix == lay.image_ext.lower():
                     images.add(p.stem)
             else:
-                odd[p.suffix.lower() or "(no suffix)"] += 1
+                odd[suffix or "(no suffix)"] += 1
         shown = ", ".join(f"{n} {s}" for s, n in by_suffix.items())
         print(f"images: {sum(by_suffix.values())} in {lay.image_dir} ({shown})")
         if odd:
-            rep.info(
-                f"{sum(odd.values())} file(s) there are not images ({', '.join(f'{n} {s}' for s, n in odd.items())})"
+            print(
+                f"  {sum(odd.values())} file(s) there are not images ({', '.join(f'{n} {s}' for s, n in odd.items())})"
             )
         if not by_suffix:
-            rep.problem(f"{lay.image_dir}: holds no images")
+            problem(f"{lay.image_dir}: holds no images")
 
-    # lists
     def read_list(entry: str | Path, key: str) -> list[str]:
         if isinstance(entry, str) or not entry.is_file():
             where = f"under {lay.root}" if isinstance(entry, str) else "(relative to the current directory)"
-            rep.problem(f"list {str(entry)!r} not found {where} ({lay.origin[key]})")
+            problem(f"list {str(entry)!r} not found {where} ({lay.origin[key]})")
             return []
-        names = _list_names(entry)
+        names = [Path(ln.split()[0]).stem for ln in entry.read_text().splitlines() if ln.strip()]
         missing = [n for n in names if n not in images]
         print(f"list {entry.name}: {len(names)} names" + (f", {len(missing)} without an image" if missing else ""))
         if missing:
-            rep.problem(f"{entry}: {len(missing)} name(s) have no {lay.image_ext} in {lay.image_dir}: "
-                        f"{_examples(missing)}")  # fmt: skip
+            problem(f"{entry}: {len(missing)} name(s) have no {lay.image_ext} in {lay.image_dir}: {_examples(missing)}")
         return names
 
-    train: list[str] = []
-    for entry in lay.train_lists:
-        train.extend(read_list(entry, "train_lists"))
+    train = [n for entry in lay.train_lists for n in read_list(entry, "train_lists")]
     train = list(dict.fromkeys(train)) or sorted(images)
     val = list(dict.fromkeys(read_list(lay.val_list, "val_list"))) if lay.val_list is not None else []
 
-    # masks: seeds and ground truth
-    values: set[int] = set()
-    _check_masks(rep, "seeds", lay.seed_dir, train, [], lay, images, sample, values)
-    _check_masks(rep, "ground truth", lay.gt_dir, val, train, lay, images, sample, values)
-    if values:
-        print(f"class values found in masks: {min(values)}..{max(values)} ({len(values)} distinct) → "
-              f"{_layout_guess(values, K)}")  # fmt: skip
+    values: set[int] = set()  # class values found in the masks
 
-    # image-level labels
+    def check_masks(what: str, folder: Path | None, key: str, required: list[str], optional: list[str]) -> None:
+        """Count the masks in ``folder``, report names of ``required`` without one, decode a sample of both lists."""
+        if folder is None:
+            print(f"{what}: none configured")
+            return
+        if not folder.is_dir():
+            problem(f"{folder}: {what} folder not found ({lay.origin[key]})")
+            return
+        have = {p.stem for p in folder.glob("*.png") if not p.name.startswith(".")}
+        lacking = [n for n in required if n not in have]
+        none = f"; {len(lacking)} of the names that need one have none" if lacking else ""
+        print(f"{what}: {len(have)} PNG masks in {folder}{none}")
+        if lacking:
+            need = "training list" if what == "seeds" else "validation list"
+            problem(f"{folder}: no {what} mask for {len(lacking)} name(s) of the {need}: {_examples(lacking)}")
+        others = [n for n in optional if n not in have and n not in required]
+        if others:
+            print(f"  no ground truth for {len(others)} training image(s) (e.g. trainaug names): {_examples(others)}")
+        for n in _sample([n for n in dict.fromkeys([*required, *optional]) if n in have], sample):
+            try:
+                m = read_mask(folder / f"{n}.png")
+            except ValueError as e:
+                problem(str(e))
+                continue
+            vals = set(np.unique(m).tolist()) - {255}
+            values.update(vals)
+            if bad := sorted(v for v in vals if v >= K):
+                problem(f"{folder / (n + '.png')}: class values {bad} ≥ K = {K} ({lay.origin['classes']})")
+            if n in images:
+                try:
+                    img = read_image(lay.image_dir / f"{n}{lay.image_ext}")
+                except ValueError as e:
+                    problem(str(e))
+                    continue
+                if img.shape[:2] != m.shape:
+                    size = f"{m.shape[1]}×{m.shape[0]} != image {img.shape[1]}×{img.shape[0]}"
+                    problem(f"{folder / (n + '.png')}: size {size}")
+
+    check_masks("seeds", lay.seed_dir, "seed_dir", train, [])
+    check_masks("ground truth", lay.gt_dir, "gt_dir", val, train)
+    if values:
+        found = f"{min(values)}..{max(values)} ({len(values)} distinct)"
+        print(f"class values found in masks: {found} → {_layout_guess(values, K)}")
+
     if lay.labels is None:
         print("labels: none found (training derives them from the seeds; generation runs without label masking)")
     else:
@@ -324,41 +262,45 @@ def check_dataset(lay: DataLayout, sample: int = 300) -> int:
         try:
             labels = load_labels(lay.labels, K)
         except FileNotFoundError:
-            rep.problem(f"{lay.labels}: labels file not found ({lay.origin['labels']})")
+            problem(f"{lay.labels}: labels file not found ({lay.origin['labels']})")
         except (OSError, ValueError) as e:
-            rep.problem(" ".join(str(e).split()))
+            problem(" ".join(str(e).split()))
         else:
             lacking = [n for n in train if n not in labels]
-            print(f"labels: {len(labels)} images in {lay.labels}"
-                  + (f"; {len(lacking)} training image(s) have none" if lacking else ""))  # fmt: skip
+            none = f"; {len(lacking)} training image(s) have none" if lacking else ""
+            print(f"labels: {len(labels)} images in {lay.labels}{none}")
             if lacking:
-                rep.problem(f"{lay.labels}: no image-level label for {len(lacking)} training image(s): "
-                            f"{_examples(lacking)}")  # fmt: skip
+                problem(
+                    f"{lay.labels}: no image-level label for {len(lacking)} training image(s): " + _examples(lacking)
+                )
 
-    print(f"{rep.problems} problem(s)" if rep.problems else "OK: nothing here would fail a training or generation run")
-    return rep.problems
+    print(f"{len(problems)} problem(s)" if problems else "OK: nothing here would fail a training or generation run")
+    return len(problems)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = ArgumentParser(
-        prog="weakclip check-data",
-        description=__doc__.split("\n\n")[0],
-        epilog=PATH_RULE,
-    )
+# (option, help) of the plain path options
+PATH_OPTIONS = (
+    ("--image-dir", "images folder (default: the config's data.image_dir under ROOT)"),
+    ("--image-ext", "image suffix used by list names (default: %(default)s)"),
+    ("--seed-dir", "seed masks folder (default: data.seed_dir under ROOT)"),
+    ("--gt-dir", "ground-truth folder (default: data.gt_dir under ROOT)"),
+    ("--lists", "comma list of training list files (default: data.train_lists under ROOT)"),
+    ("--val-list", "validation list file (default: data.val_list under ROOT)"),
+)
+
+
+def build_parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="weakclip check-data", description=__doc__.split("\n\n")[0], epilog=PATH_RULE)
     ap.add_argument("root", help="dataset root (e.g. data/VOCdevkit/VOC2012 or data/COCO14)")
-    ap.add_argument("--config", help="training config whose data.* keys give the layout: a shipped name "
-                    f"({', '.join(DETECT_ORDER)}) or a YAML/TOML file (default: detected, see below)")  # fmt: skip
-    ap.add_argument("--image-dir", help="images folder (default: the config's data.image_dir under ROOT)")
-    ap.add_argument("--image-ext", default=".jpg", help="image suffix used by list names (default: %(default)s)")
-    ap.add_argument("--seed-dir", help="seed masks folder (default: data.seed_dir under ROOT)")
-    ap.add_argument("--gt-dir", help="ground-truth folder (default: data.gt_dir under ROOT)")
-    ap.add_argument("--lists", help="comma list of training list files (default: data.train_lists under ROOT)")
-    ap.add_argument("--val-list", help="validation list file (default: data.val_list under ROOT)")
-    ap.add_argument("--labels", help="image-level labels file (default: data.labels under ROOT, else the first of "
-                    f"{', '.join(LABEL_CANDIDATES)} there)")  # fmt: skip
+    config_help = f"a shipped name ({', '.join(DETECT_ORDER)}) or a YAML/TOML file (default: detected, see below)"
+    ap.add_argument("--config", help=f"training config whose data.* keys give the layout: {config_help}")
+    for opt, text in PATH_OPTIONS:
+        ap.add_argument(opt, help=text, default=".jpg" if opt == "--image-ext" else None)
+    labels_default = f"data.labels under ROOT, else the first of {', '.join(LABEL_CANDIDATES)} there"
+    ap.add_argument("--labels", help=f"image-level labels file (default: {labels_default})")
     k = ap.add_mutually_exclusive_group()
-    k.add_argument("--classes", choices=sorted(CLASS_LISTS), help="class list (default: ROOT/class_names.txt, else "
-                   "the config's model preset)")  # fmt: skip
+    classes_help = "class list (default: ROOT/class_names.txt, else the config's model preset)"
+    k.add_argument("--classes", choices=sorted(CLASS_LISTS), help=classes_help)
     k.add_argument("--class-names", help="text file, one class name per line")
     ap.add_argument("--sample", type=int, default=300, help="images/masks decoded per folder (0 = all)")
     return ap
@@ -370,32 +312,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"{root}: no such dataset folder (expected a VOC-layout root, e.g. data/VOCdevkit/VOC2012)")
-    given = {"--image-dir": args.image_dir, "--seed-dir": args.seed_dir, "--gt-dir": args.gt_dir}
-    for opt, value in given.items():
+    rule = "command-line paths are relative to the current directory"
+    for opt, value in {"--image-dir": args.image_dir, "--seed-dir": args.seed_dir, "--gt-dir": args.gt_dir}.items():
         if value and not Path(value).is_dir():
-            raise UsageError(
-                f"{opt} {value}: no such folder (command-line paths are relative to the current directory)"
-            )
-    files = {"--val-list": args.val_list, "--labels": args.labels, "--class-names": args.class_names}
-    files.update({f"--lists {p}": p for p in (args.lists.split(",") if args.lists else [])})
-    for opt, value in files.items():
+            raise UsageError(f"{opt} {value}: no such folder ({rule})")
+    lists = args.lists.split(",") if args.lists else None
+    files = [("--val-list", args.val_list), ("--labels", args.labels), ("--class-names", args.class_names)]
+    for opt, value in files + [("--lists", p) for p in lists or []]:
         if value and not Path(value).is_file():
-            raise UsageError(f"{opt.split()[0]} {value}: file not found (command-line paths are relative to the "
-                             "current directory)")  # fmt: skip
+            raise UsageError(f"{opt} {value}: file not found ({rule})")
     cfg, source = training_config(args.config, root)
+    paths = {k: getattr(args, k) for k in ("image_dir", "seed_dir", "gt_dir", "val_list", "labels", "classes")}
     lay = layout_from_config(
-        root,
-        cfg,
-        source,
-        image_dir=args.image_dir,
-        seed_dir=args.seed_dir,
-        gt_dir=args.gt_dir,
-        lists=args.lists.split(",") if args.lists else None,
-        val_list=args.val_list,
-        labels=args.labels,
-        classes=args.classes,
-        class_names_file=args.class_names,
-        image_ext=args.image_ext,
+        root, cfg, source, lists=lists, class_names_file=args.class_names, image_ext=args.image_ext, **paths
     )
     return 1 if check_dataset(lay, args.sample) else 0
 
