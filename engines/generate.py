@@ -1,30 +1,22 @@
 """weakclip generate: pseudo masks for a whole image set with any engine (SPEC §5).
 
-    weakclip generate --images VOC2012/JPEGImages --out masks --model runs/voc/final.safetensors \\
-        [--engine torch|onnxruntime|tensorrt] [--scales official --flip] [--labels cls_labels.json] [--crf voc]
-
-:func:`generate` is the library entry (typed options, the project's exceptions); :func:`main` only parses.
 Decoding threads prefetch images → batched multi-view sliding-window inference on the engine
-(:func:`weakclip.masks.inference.predict_probs`) → writing threads do label masking, the optional CRF and the atomic writes
-(``probs/<name>.npy`` (K, H, W), ``overlays/<name>.png``, and last the mask ``<name>.png``, which marks the image
-finished).  The frame around it (owned output folder, resume check against ``generate_config.json``, shards,
-failures file, fatal stops, summary) is :func:`weakclip.masks.batch.run_batch`.
+(:func:`weakclip.masks.inference.predict_probs`) → writing threads do label masking, the optional CRF and the atomic
+writes, in the frame of :func:`weakclip.masks.batch.run_batch`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from weakclip.data.io import FolderLock, atomic_path, file_sha256, save_mask_png
+from weakclip.data.io import FolderLock, file_sha256
 from weakclip.engines.base import (
     Engine,
     EngineError,
@@ -41,18 +33,15 @@ from weakclip.masks.batch import (
     Outputs,
     Summary,
     check_out_location,
-    list_inputs,
-    make_overlay,
     one_line,
     overlay_names,
+    read_inputs,
     run_batch,
-    unsupported_files,
     write_record,
 )
 from weakclip.masks.inference import InferenceOptions, postprocess, predict_probs
 from weakclip.model.config import DEFAULT_SCALES, scales_from
 
-_MAX_CONSECUTIVE_INFERENCE_FAILURES = 10
 RECORD = "generate_config.json"
 
 
@@ -162,26 +151,6 @@ def read_image_labels(path: str | os.PathLike, num_classes: int | None) -> dict[
         raise UsageError(msg if msg.startswith(str(path)) else f"--labels {path}: {msg}") from None
 
 
-def _write_outputs(
-    outputs: Outputs,
-    item: Item,
-    image: np.ndarray,
-    probs: Any,
-    labels: Sequence[int] | None,
-    crf: str | None,
-    palette: bool,
-    overlay: bool,
-) -> None:
-    pred = postprocess(image, probs, labels, crf)
-    if outputs.save_probs:
-        with atomic_path(outputs.probs(item.name)) as tmp, open(tmp, "wb") as f:
-            np.save(f, pred.probs.astype(outputs.probs_dtype))  # (K, H, W)
-    if overlay:
-        with atomic_path(outputs.overlay(item.name)) as tmp:
-            Image.fromarray(make_overlay(image, pred.mask)).save(tmp, format="PNG")
-    save_mask_png(outputs.mask(item.name), pred.mask, palette=palette)  # last: marks the image finished
-
-
 def generate(
     images: str | os.PathLike,
     out: str | os.PathLike,
@@ -205,11 +174,7 @@ def generate(
 
         torch.set_num_threads(run.threads)
     out = Path(out)
-    all_items = list_inputs(images, image_root, ext)
-    odd = unsupported_files(images)
-    if odd:
-        listing = ", ".join(f"{n} × {suffix}" for suffix, n in sorted(odd.items()))
-        print(f"{images}: {sum(odd.values())} file(s) are not images and are not read ({listing})")
+    all_items = read_inputs(images, image_root, ext)
     given = engine if isinstance(engine, Engine) else None
     spec = engine if isinstance(engine, EngineSpec) else EngineSpec()
     outputs = Outputs(out, masks.save_probs, masks.probs_dtype, record=RECORD)
@@ -236,33 +201,56 @@ def generate(
         "labels_sha256": file_sha256(labels, with_data=False) if labels is not None else None,
         "probs_dtype": masks.probs_dtype if masks.save_probs else None,
     }
-    record_args = {"images": str(images), "image_root": image_root and str(image_root), "ext": ext,
-                   "model": spec.model, "labels": labels and str(labels), "out": str(out), **asdict(masks),
-                   **{k: v for k, v in asdict(run).items() if k != "shard"}}  # fmt: skip
+    inputs = {"images": images, "image_root": image_root, "ext": ext, "model": spec.model, "labels": labels, "out": out}
+    record_args = {k: v and str(v) for k, v in inputs.items()} | asdict(masks) | asdict(run)
+    del record_args["shard"]
     samples = overlay_names(all_items, run.overlays)
+
+    def write(item: Item, image: np.ndarray, probs: Any) -> None:
+        pred = postprocess(image, probs, image_labels[item.name] if image_labels is not None else None, masks.crf)
+        outputs.write(item.name, image, pred.mask, pred.probs, masks.palette, item.name in samples)
+
+    def infer(eng: Engine, opts: InferenceOptions, job: BatchJob, chunk: list[tuple[Item, np.ndarray]]) -> None:
+        try:
+            probs = predict_probs(eng, [img for _, img in chunk], opts)
+        except Exception as e:  # noqa: BLE001 - retried one by one to find the image at fault
+            if len(chunk) > 1:
+                for one in chunk:
+                    infer(eng, opts, job, [one])
+            else:
+                job.fail_compute(chunk[0][0], f"inference: {one_line(e)}", "inference", EngineError)
+            return
+        for (item, image), p in zip(chunk, probs):
+            job.write(item, "writing outputs", write, item, image, p)
 
     def work(todo: list[Item], skipped: int, lock: FolderLock) -> tuple[int, list[tuple[str, str]]]:
         eng = given if given is not None else get_engine(engine_name, spec.model, **dict(spec.options))
         try:
             if image_labels is not None:
+                K = eng.num_classes
                 for it in todo:
-                    bad = [c for c in image_labels[it.name] if not 1 <= c < eng.num_classes]
+                    bad = [c for c in image_labels[it.name] if not 1 <= c < K]
                     if bad:
-                        raise UsageError(f"--labels {labels}: image {it.name!r} has class {bad} outside 1..K-1 "
-                                         f"(K = {eng.num_classes})")  # fmt: skip
-            opts = InferenceOptions.for_engine(
-                eng, crop=masks.crop, stride=masks.stride, base_size=masks.base_size, max_long=masks.max_long,
-                scales=masks.scales, flip=masks.flip, max_batch=run.batch, device=run.tta_device,
-            )  # fmt: skip
+                        raise UsageError(
+                            f"--labels {labels}: image {it.name!r} has class {bad} outside 1..K-1 (K = {K})"
+                        )
+            geometry = {k: getattr(masks, k) for k in ("crop", "stride", "base_size", "max_long", "scales", "flip")}
+            opts = InferenceOptions.for_engine(eng, **geometry, max_batch=run.batch, device=run.tta_device)
             write_record(outputs, settings, args=record_args, engine=eng.describe(), inference=opts.to_dict())
             _startup_line(eng, spec, opts, masks.crf, len(todo), skipped)
-            return _generate(eng, opts, todo, outputs, image_labels, samples, masks, run, lock)
+            depth = 2 * max(run.workers, 1) + run.chunk
+            with BatchJob(len(todo), run.workers, "generate", run.progress, max_pending_writes=depth, lock=lock) as job:
+                for chunk in job.chunks(todo, depth, run.chunk):
+                    infer(eng, opts, job, chunk)
+                job.collect(0)
+            return job.done, job.failures
         finally:
             if given is None:
                 eng.close()
 
-    return run_batch("weakclip generate", all_items, outputs, settings, work, overwrite=run.overwrite,
-                     shard=run.shard, noun="masks")  # fmt: skip
+    return run_batch(
+        "weakclip generate", all_items, outputs, settings, work, overwrite=run.overwrite, shard=run.shard, noun="masks"
+    )
 
 
 def _startup_line(engine: Engine, spec: EngineSpec, opts: InferenceOptions, crf: str, todo: int, skipped: int) -> None:
@@ -283,66 +271,3 @@ def _startup_line(engine: Engine, spec: EngineSpec, opts: InferenceOptions, crf:
         threads=torch.get_num_threads(),
         note=f"{todo} image(s) to do, {skipped} already finished",
     )
-
-
-def _generate(
-    engine: Engine,
-    opts: InferenceOptions,
-    todo: Sequence[Item],
-    outputs: Outputs,
-    labels: dict[str, list[int]] | None,
-    overlays: set[str],
-    masks: MaskOptions,
-    run: RunOptions,
-    lock: FolderLock | None = None,
-) -> tuple[int, list[tuple[str, str]]]:
-    depth = 2 * max(run.workers, 1) + run.chunk
-    job = BatchJob(len(todo), run.workers, "generate", run.progress, max_pending_writes=depth, lock=lock)
-    consecutive_inference_failures = 0
-    crf = None if masks.crf == "none" else masks.crf
-
-    def infer(batch: list[tuple[Item, np.ndarray]]) -> None:
-        nonlocal consecutive_inference_failures
-        try:
-            results = list(zip(batch, predict_probs(engine, [img for _, img in batch], opts)))
-        except Exception:  # noqa: BLE001 - retry one by one to find the image at fault
-            if len(batch) == 1:
-                results = []
-                _record_inference_failure(batch[0][0], sys.exc_info()[1])
-            else:
-                for one in batch:
-                    infer([one])
-                return
-        for (item, image), probs in results:
-            consecutive_inference_failures = 0
-            lab = labels[item.name] if labels is not None else None
-            job.write(item, "writing outputs", _write_outputs, outputs, item, image, probs, lab, crf, masks.palette,
-                      item.name in overlays)  # fmt: skip
-
-    def _record_inference_failure(item: Item, e: BaseException | None) -> None:
-        nonlocal consecutive_inference_failures
-        job.fail(item, f"inference: {one_line(e) if e else 'unknown error'}")
-        consecutive_inference_failures += 1
-        if consecutive_inference_failures >= _MAX_CONSECUTIVE_INFERENCE_FAILURES:
-            raise EngineError(
-                f"inference failed on {consecutive_inference_failures} images in a row; last: {job.failures[-1][1]}"
-            )
-
-    with job:
-        batch: list[tuple[Item, np.ndarray]] = []
-        for item, image, reason in job.images(todo, depth):
-            if image is None:
-                job.fail(item, reason or "unreadable")
-                continue
-            batch.append((item, image))
-            if len(batch) == run.chunk:
-                infer(batch)
-                batch = []
-        if batch:
-            infer(batch)
-        job.collect(0)
-    return job.done, job.failures
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line

@@ -1,14 +1,11 @@
 """The one frame of the batch tools (``weakclip generate``, ``weakclip seeds``): inputs, shards, an owned output
-folder, the resume check against the settings record, per-image failures, fatal stops and the summary.
-
-A tool describes its work as ``work(todo, lock) -> (done, failures)`` (usually a :class:`BatchJob` loop) and hands
-it to :func:`run_batch` with its settings; everything around it is here, once.
-"""
+folder, the resume check against the settings record, per-image failures, fatal stops and the summary."""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import itertools
 import json
 import os
 import re
@@ -19,19 +16,24 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+from PIL import Image
 
 from weakclip.data.io import (
     IMAGE_EXTS,
     FolderLock,
+    atomic_path,
     owned_output_folder,
     palette_blend,
     read_image,
+    save_mask_png,
     write_text_atomic,
 )
 from weakclip.errors import OutputError, RuntimeFailure, UsageError
 
 # Temporaries of weakclip.data.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
 _TMP_RE = re.compile(r"^\.(?P<orig>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+# Per-image compute failures in a row that end the run (a broken engine or model, not a bad image).
+MAX_FAILURES_IN_ROW = 10
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,18 @@ class _Inline:
         pass
 
 
+def _pool(workers: int, name: str) -> Any:
+    return cf.ThreadPoolExecutor(workers, thread_name_prefix=name) if workers else _Inline()
+
+
 # inputs, shards, outputs
 
 
 def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None, ext: str = ".jpg") -> list[Item]:
     """Images of a folder (sorted by name), or of a list file (one name or relative path per line).
 
-    List entries without an image extension get ``ext`` (``png`` and ``.png`` alike); relative entries are resolved
-    against ``root`` (default: the list file's folder).  Duplicate output names are an error; so is an image file
-    given where a folder or list is expected, a list that is not text, and no images at all.
+    List entries without an image extension get ``ext``; relative entries are resolved against ``root`` (default:
+    the list file's folder).  Duplicate output names, an image file, a non-text list and no images are errors.
     """
     images = Path(images)
     ext = ext if ext.startswith(".") else f".{ext}"
@@ -79,8 +84,10 @@ def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None
             )
     elif images.is_file():
         if images.suffix.lower() in IMAGE_EXTS:
-            raise UsageError(f"--images {images}: this is an image file; --images takes an image folder or a list "
-                             "file (one image name or path per line)")  # fmt: skip
+            raise UsageError(
+                f"--images {images}: this is an image file; --images takes an image folder or a list file (one "
+                "image name or path per line)"
+            )
         if root is not None and not Path(root).is_dir():
             raise UsageError(f"--image-root {root}: no such folder")
         base = Path(root) if root is not None else images.parent
@@ -89,22 +96,17 @@ def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None
         except UnicodeDecodeError:
             raise UsageError(f"--images {images}: not a text list file (one image name or path per line)") from None
         items = []
-        for line in lines:
-            if not line.strip():
-                continue
-            entry = line.split()[0]
+        for entry in (line.split()[0] for line in lines if line.strip()):
             p = Path(entry)
-            if p.suffix.lower() in IMAGE_EXTS:
-                name, path = str(p.with_suffix("")), p
-            else:
-                name, path = entry, Path(entry + ext)
+            name, path = (str(p.with_suffix("")), p) if p.suffix.lower() in IMAGE_EXTS else (entry, Path(entry + ext))
             items.append(Item(name, path if path.is_absolute() else base / path))
         if not items:
             raise RuntimeFailure(f"--images {images}: the list names no images")
         if not any(it.path.is_file() for it in items):  # stops at the first image found
             where = f"--image-root {root}" if root is not None else f"{base} (the list's folder; set --image-root)"
-            raise UsageError(f"--images {images}: none of its {len(items)} images exist under {where}, e.g. "
-                             f"{items[0].path}")  # fmt: skip
+            raise UsageError(
+                f"--images {images}: none of its {len(items)} images exist under {where}, e.g. {items[0].path}"
+            )
     else:
         raise UsageError(f"--images {images}: no such image folder or list file")
     seen: dict[str, Path] = {}
@@ -125,6 +127,16 @@ def unsupported_files(images: str | os.PathLike) -> collections.Counter:
         for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_EXTS
     )
+
+
+def read_inputs(images: str | os.PathLike, root: str | os.PathLike | None, ext: str) -> list[Item]:
+    """:func:`list_inputs`, with a line about the files of the folder that are not read."""
+    items = list_inputs(images, root, ext)
+    odd = unsupported_files(images)
+    if odd:
+        listing = ", ".join(f"{n} × {suffix}" for suffix, n in sorted(odd.items()))
+        print(f"{images}: {sum(odd.values())} file(s) are not images and are not read ({listing})")
+    return items
 
 
 def shard_from(text: str) -> tuple[int, int]:
@@ -149,16 +161,21 @@ def shard_items(items: Sequence[Item], index: int, count: int) -> list[Item]:
     return list(items[index::count])
 
 
+@dataclass
 class Outputs:
     """Where the files of one image go."""
 
-    def __init__(self, out: Path, save_probs: bool, probs_dtype: str = "float16", record: str = "settings.json"):
-        self.out, self.save_probs, self.probs_dtype, self.record = Path(out), save_probs, probs_dtype, record
+    out: Path
+    save_probs: bool
+    probs_dtype: str = "float16"
+    record: str = "settings.json"
+
+    def _per_image(self, names: Sequence[str]) -> set[Path]:
+        return {p for n in names for p in (self.mask(n), self.probs(n), self.overlay(n))}
 
     def all_paths(self, names: Sequence[str]) -> set[Path]:
         """Every file this run may write (masks, probabilities, overlays, settings record, failure lists)."""
-        per_image = {p for n in names for p in (self.mask(n), self.probs(n), self.overlay(n))}
-        return per_image | {self.out / self.record, self.out / "failures.txt"}
+        return self._per_image(names) | {self.out / self.record, self.out / "failures.txt"}
 
     def mask(self, name: str) -> Path:
         return self.out / f"{name}.png"
@@ -174,17 +191,28 @@ class Outputs:
 
     def remove_stale_temporaries(self, names: Sequence[str]) -> int:
         """Delete leftover atomic-write temporaries of ``names`` (from a killed run); other shards' are untouched."""
-        mine = {p for n in names for p in (self.mask(n), self.probs(n), self.overlay(n))}
+        mine = self._per_image(names)
         removed = 0
-        for d in {p.parent for p in mine}:
-            if not d.is_dir():
-                continue
+        for d in {p.parent for p in mine if p.parent.is_dir()}:
             for entry in d.iterdir():
                 m = _TMP_RE.match(entry.name)
                 if m and d / m.group("orig") in mine:
                     entry.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+    def write(
+        self, name: str, image: np.ndarray, mask: np.ndarray, probs: np.ndarray | None, palette: bool, overlay: bool
+    ) -> None:
+        """The atomic writes of one image: ``probs`` (K, H, W) as ``probs_dtype`` (with ``save_probs``), the overlay,
+        and last the mask, which marks the image finished."""
+        if self.save_probs and probs is not None:
+            with atomic_path(self.probs(name)) as tmp, open(tmp, "wb") as f:
+                np.save(f, probs.astype(self.probs_dtype, copy=False))
+        if overlay:
+            with atomic_path(self.overlay(name)) as tmp:
+                Image.fromarray(make_overlay(image, mask)).save(tmp, format="PNG")
+        save_mask_png(self.mask(name), mask, palette=palette)
 
 
 def overlay_names(items: Sequence[Item], n: int) -> set[str]:
@@ -202,36 +230,16 @@ def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.
     return np.concatenate([image, gap, palette_blend(None, mask), gap, palette_blend(image, mask, alpha)], axis=1)
 
 
-def _prefetch(pool: Any, items: Sequence[Item], depth: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:
-    """Decode ``items`` in ``pool`` keeping ``depth`` in flight; yields (item, image or None, failure reason)."""
-    it = iter(items)
-    pending: collections.deque = collections.deque()
-    for item in it:
-        pending.append((item, pool.submit(read_image, item.path)))
-        if len(pending) >= depth:
-            break
-    while pending:
-        item, fut = pending.popleft()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append((nxt, pool.submit(read_image, nxt.path)))
-        try:
-            yield item, fut.result(), None
-        except (OSError, ValueError) as e:
-            yield item, None, one_line(e)
-
-
 def one_line(e: BaseException) -> str:
     """``Type: message`` on one line (a failure reason in a failures file or a summary)."""
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 class BatchJob:
-    """The loop shared by the batch tools (generate, seeds): decoding threads prefetch images, the caller does the
-    per-image work, writing threads write the outputs; failures are recorded with a reason, a progress bar counts
-    every image once.  A write failure that no later image can avoid (disk full, read-only, permission: a fatal
-    :class:`~weakclip.errors.OutputError`) or a lost output lock stops the run at once, with the images done so far
-    in the message.  Use as a context manager (closes the bar and the pools)."""
+    """The loop shared by the batch tools: decoding threads prefetch images, the caller does the per-image work,
+    writing threads write the outputs; failures are recorded with a reason, a progress bar counts every image once.
+    A write failure that no later image can avoid (a fatal :class:`~weakclip.errors.OutputError`: disk full,
+    read-only, permission) or a lost output lock stops the run at once.  Use as a context manager."""
 
     def __init__(
         self,
@@ -246,28 +254,61 @@ class BatchJob:
 
         self.lock = lock  # checked every few images: a lost output lock stops the run
         self.workers = max(workers, 0)
-        self.decode_pool = (
-            cf.ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers else _Inline()
-        )
-        self.write_pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="write") if self.workers else _Inline()
+        self.decode_pool, self.write_pool = _pool(self.workers, "decode"), _pool(self.workers, "write")
         self.writes: collections.deque = collections.deque()
         self.max_pending_writes = max_pending_writes
         self.failures: list[tuple[str, str]] = []
         self.done = 0
+        self.in_row = 0  # compute failures since the last success
         # tqdm bar on a terminal; a line every 30 s (WEAKCLIP_PROGRESS_INTERVAL) with done/total, img/s, ETA otherwise
-        self.bar = progress(total=total, desc=desc, unit="img", disable=not show_progress, dynamic_ncols=True,
-                            mininterval=1.0)  # fmt: skip
+        self.bar = progress(
+            total=total, desc=desc, unit="img", disable=not show_progress, dynamic_ncols=True, mininterval=1.0
+        )
 
     def images(self, items: Sequence[Item], depth: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:
         """(item, decoded image or None, failure reason), decoding ``depth`` ahead."""
-        return _prefetch(self.decode_pool, items, depth)
+        it = iter(items)
+        pending = collections.deque(
+            (item, self.decode_pool.submit(read_image, item.path)) for item in itertools.islice(it, depth)
+        )
+        while pending:
+            item, fut = pending.popleft()
+            for nxt in itertools.islice(it, 1):
+                pending.append((nxt, self.decode_pool.submit(read_image, nxt.path)))
+            try:
+                yield item, fut.result(), None
+            except (OSError, ValueError) as e:
+                yield item, None, one_line(e)
+
+    def chunks(self, items: Sequence[Item], depth: int, size: int) -> Iterator[list[tuple[Item, np.ndarray]]]:
+        """Decoded images in lists of up to ``size``; unreadable ones are recorded as failures."""
+        chunk: list[tuple[Item, np.ndarray]] = []
+        for item, image, reason in self.images(items, depth):
+            if image is None:
+                self.fail(item, reason or "unreadable")
+                continue
+            chunk.append((item, image))
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     def fail(self, item: Item, reason: str) -> None:
         self.failures.append((item.name, reason))
         self.bar.update(1)
 
+    def fail_compute(self, item: Item, reason: str, what: str, error: type[Exception]) -> None:
+        """Record a failed computation; :data:`MAX_FAILURES_IN_ROW` of them in a row end the run with ``error``."""
+        self.fail(item, reason)
+        self.in_row += 1
+        if self.in_row >= MAX_FAILURES_IN_ROW:
+            raise error(f"{what} failed on {self.in_row} images in a row; last: {reason}") from None
+
     def write(self, item: Item, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on a writing thread; a failure is recorded as ``what: reason``."""
+        """Run ``fn(*args)`` on a writing thread (the image's computation succeeded); a failure is recorded as
+        ``what: reason``."""
+        self.in_row = 0
         self.writes.append((item, what, self.write_pool.submit(fn, *args)))
         self.collect(self.max_pending_writes)
 
@@ -279,11 +320,9 @@ class BatchJob:
             try:
                 fut.result()
                 self.done += 1
-            except OutputError as e:
-                if e.fatal:
-                    self.stop(e)
-                self.failures.append((item.name, f"{what}: {one_line(e)}"))
             except Exception as e:  # noqa: BLE001 - a failed write is recorded, the run goes on
+                if isinstance(e, OutputError) and e.fatal:
+                    self.stop(e)
                 self.failures.append((item.name, f"{what}: {one_line(e)}"))
             self.bar.update(1)
             if self.lock is not None and (self.done + len(self.failures)) % 16 == 0:
@@ -305,8 +344,13 @@ class BatchJob:
         self.write_pool.shutdown(wait=True)
 
 
-def check_out_location(out: Path, images: str | os.PathLike, items: Sequence[Item], outputs: Outputs,
-                       protected: Mapping[str, str | os.PathLike | None]) -> None:  # fmt: skip
+def check_out_location(
+    out: Path,
+    images: str | os.PathLike,
+    items: Sequence[Item],
+    outputs: Outputs,
+    protected: Mapping[str, str | os.PathLike | None],
+) -> None:
     """No output folder may equal or contain an input folder, and no output file may be one of ``protected``
     (option → input file, e.g. ``{"--model": path}``)."""
     o = out.resolve()
@@ -332,9 +376,8 @@ def check_resume(
     """Refuse to add outputs to a folder whose finished ones were made with other settings (one line)."""
     if overwrite or finished == 0:
         return
-    path = out / record
     try:
-        recorded = json.loads(path.read_text())["settings"]
+        recorded = json.loads((out / record).read_text())["settings"]
         if not isinstance(recorded, dict):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
@@ -415,5 +458,5 @@ def run_batch(
 
 def write_record(outputs: Outputs, settings: Mapping[str, Any], **extra: Any) -> None:
     """The settings record (``{"settings": …, **extra}``) a resume is checked against."""
-    write_text_atomic(outputs.out / outputs.record, json.dumps({"settings": settings, **extra}, indent=2,
-                                                               default=str) + "\n")  # fmt: skip
+    record = json.dumps({"settings": settings, **extra}, indent=2, default=str)
+    write_text_atomic(outputs.out / outputs.record, record + "\n")

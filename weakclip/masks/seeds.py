@@ -1,56 +1,20 @@
 """CLIP seeds from image-level labels alone (CLIP-ES; Lin et al., CVPR 2023): no separately trained CAM network.
 
-    weakclip seeds --images VOC2012/JPEGImages --labels cls_labels.npy --out VOC2012/ClipSeeds \\
-        [--clip-weights openai|/path/ViT-B-16.pt] [--crf clip_es|none] [--shard i/N]
+``weakclip seeds`` writes ``OUT/<name>.png`` seed masks (palette; 0 background, class indices, 255 = low confidence)
+in the layout ``training/train.py`` reads (``data.seed_dir``).  The algorithm follows the released CLIP-ES code
+(linyq2117/CLIP-ES) over the CLIP towers of :mod:`weakclip.model.clip`, per image and per labelled class; each step
+names its CLIP-ES source below:
 
-writes ``OUT/<name>.png`` seed masks (palette; 0 background, class indices, 255 = low confidence) in the layout
-``training/train.py`` reads (``data.seed_dir`` = the folder's name under ``data.root``).
+1. views resized (PIL bicubic) to sides rounded up to 16, normalised with *CLIP's* mean/std (one view by default);
+2. foreground and background texts ``"a clean origami {}."`` through the full 77-token text tower;
+3. Softmax-GradCAM on the last block's ``ln_1`` output, scored by the **mean of the patch tokens**;
+4. class-aware attention affinity (CAA) of the last 8 blocks, restricted to the CAM's bounding boxes;
+5. background score (1 − max CAM)^α;
+6. dense CRF on the unnormalised scores, pixels with confidence < 0.95 → 255 (without the CRF: the argmax).
 
-The algorithm follows the released CLIP-ES code (linyq2117/CLIP-ES; files named below), over the CLIP towers of
-:mod:`weakclip.model.clip` (open_clip), per image and per class present in its label:
-
-1. **Views** (``generate_cams_voc12.py: img_ms_and_flip``): the image is resized (PIL bicubic) to
-   ``ceil(s·H/16)·16 × ceil(s·W/16)·16`` for each scale s and normalised with *CLIP's* mean/std (not ImageNet's).
-   The released script builds scale 1.0 with and without flip and then keeps only the unflipped view
-   (``ms_imgs = [ms_imgs[0]]``): one view at the original size is the default here; ``scales``/``flip`` are an
-   extension (views averaged after step 6).
-2. **Text** (``generate_cams_voc12.py: zeroshot_classifier``, ``clip_text.py``): foreground and background texts
-   ``"a clean origami {}."`` through the full 77-token CLIP text tower, L2-normalised.
-3. **Softmax-GradCAM** (paper: Softmax-GradCAM; ``clip/model.py: forward_last_layer``, ``pytorch_grad_cam``):
-   blocks 1..L-1 run without gradients; the last block runs on its ``ln_1`` output A (the Grad-CAM target layer
-   ``resblocks[-1].ln_1``), then ``ln_post`` → **mean of the patch tokens** (not the CLS token: a CLIP-ES choice) →
-   ``proj`` → cosine to the texts of [the image's labelled classes, all background texts] × logit scale 100
-   (CLIP's learned temperature 1/τ) → softmax.  For each labelled class c: G = ∂p_c/∂A; weights = mean of G over
-   the h×w patch tokens; CAM = ReLU(Σ_d weight_d · A_d) over patch tokens; min-max normalised
-   (``scale_cam_image``, x − min, / (max + 1e-7)) twice, as ``BaseCAM.compute_cam_per_layer`` and
-   ``aggregate_multi_layers`` both do.
-4. **Class-aware attention affinity** (paper: CAA; ``generate_cams_voc12.py: perform``): the head-averaged
-   self-attention of the last 8 blocks, averaged, patch-to-patch part (n × n, n = h·w) → column-normalise then
-   row-normalise, 3 rounds (one + ``range(2)``) → symmetrise (T + Tᵀ)/2 → squared once (``range(1)`` matmul).
-   Box mask per class (``utils.py: scoremap2bbox``): the CAM as uint8 (``×255``, truncated), threshold
-   ``int(0.4·max)`` (COCO 0.7), bounding boxes of all contours; CLIP-ES clips the box's exclusive end to
-   ``size − 1``, so a box never covers the last token row/column — followed.  The mask multiplies T's
-   *columns* (sources); refined CAM = (T ⊙ mask_cols) · CAM = T · (mask ⊙ CAM), min-max normalised, resized to the
-   image (``cv2.resize`` bilinear).
-5. **Background** (``eval_cam_with_crf.py``): score (1 − max_c CAM_c)^α with α = 1.  ``eval_cam.py`` reports its
-   no-CRF numbers with the best α of {1, 2} chosen against the ground truth, which a labels-only user cannot do.
-6. **CRF + ignore** (paper: confidence-guided loss; ``eval_cam_with_crf.py``): dense CRF on the *unnormalised*
-   [background, CAMs] scores (unary −log clip(p, 1e-5)), Gaussian sxy 1 / compat 3, bilateral sxy 67 / srgb 3 /
-   compat 4, 10 iterations (deeplab-pytorch's values, used by CLIP-ES for VOC and COCO alike); label = argmax Q,
-   pixels with max Q < 0.95 → 255.  CLIP-ES feeds the CRF the BGR image *minus the Caffe mean
-   (104.008, 116.669, 122.675) cast back to uint8*, so dark values wrap around modulo 256 — followed by default
-   (``crf_image="clip_es"``); ``"rgb"`` gives the CRF the plain image.  Without the CRF the seed is the argmax and
-   nothing is ignored (``eval_cam.py``).
-
-Deliberate differences (not bugs followed): fp32 instead of CLIP-ES's fp16 (``clip.load`` on CUDA); the image is
-decoded with :func:`weakclip.data.io.read_image` (OpenCV, EXIF orientation applied) so seeds align with what training
-reads; CLIP-ES's vision ``Transformer.forward`` decides "text or image" by ``x.shape[0] == 77`` and so would run an
-image of exactly 76 patches through all 12 blocks before the last block runs again — not reproduced; an image
-whose label lists no foreground class gets an all-background seed (CLIP-ES returns from its worker there, which
-ends the whole run).
-
-The tests (``tests/test_seeds.py``) prove the mechanics with random tiny towers, not seed quality: quality needs
-OpenAI's CLIP weights (``clip_weights="openai"`` or a local ``ViT-B-16.pt``).
+Deliberate differences: fp32 instead of CLIP-ES's fp16; images decoded with :func:`weakclip.data.io.read_image`
+(EXIF orientation applied, as training reads them); CLIP-ES's "77 tokens means text" test in the vision tower is not
+reproduced; an image whose label lists no foreground class gets an all-background seed (CLIP-ES ends its worker).
 """
 
 from __future__ import annotations
@@ -66,7 +30,18 @@ from typing import Any
 import numpy as np
 
 from weakclip.errors import RuntimeFailure, UsageError
-from weakclip.masks.batch import Item, Outputs, Summary
+from weakclip.masks.batch import (
+    BatchJob,
+    Item,
+    Outputs,
+    Summary,
+    check_out_location,
+    one_line,
+    overlay_names,
+    read_inputs,
+    run_batch,
+    write_record,
+)
 from weakclip.model.config import DEFAULT_SCALES, get_config, scales_from
 from weakclip.model.crf import CLIP_ES_CRF, CRFParams
 
@@ -103,11 +78,6 @@ class SeedOptions:
             raise ValueError(f"box_threshold must be in [0, 1], got {self.box_threshold}")
         if self.crf_image not in ("clip_es", "rgb"):
             raise ValueError(f"crf_image must be 'clip_es' or 'rgb', got {self.crf_image!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["scales"] = list(self.scales)
-        return d
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,8 +128,10 @@ def resolve_prompts(class_names: Sequence[str], prompts: str | os.PathLike = "au
         need = {"template": str, "classes": dict, "background": list}
         bad = [k for k, t in need.items() if not isinstance(spec.get(k), t)]
         if bad or "{}" not in spec["template"]:
-            raise ValueError(f"{path}: a prompt set needs 'template' (with {{}}), 'classes' (object name → prompt "
-                             f"name) and 'background' (list); wrong or missing: {bad or ['template']}")  # fmt: skip
+            raise ValueError(
+                f"{path}: a prompt set needs 'template' (with {{}}), 'classes' (object name → prompt name) and "
+                f"'background' (list); wrong or missing: {bad or ['template']}"
+            )
         spec = {"box_threshold": 0.4, **spec}
         name = str(path)
     classes = {str(k): str(v) for k, v in spec["classes"].items()}
@@ -300,11 +272,10 @@ def seed_from_cams(
 # the towers
 
 
-def run_block(blk, x, need_weights: bool):
+def run_block(blk, x, need_weights: bool, y=None):
     """One open_clip ``ResidualAttentionBlock`` on (B, N, D) tokens, also returning its head-averaged attention
-    (B, N, N) when ``need_weights`` (open_clip's own forward never asks for it)."""
-    y = blk.ln_1(x)
-    out, w = _attention(blk, y, need_weights)
+    (B, N, N) when ``need_weights`` (open_clip's own forward never asks for it); ``y`` replaces ``ln_1(x)``."""
+    out, w = _attention(blk, blk.ln_1(x) if y is None else y, need_weights)
     x = x + blk.ls_1(out)
     x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
     return x, w
@@ -437,9 +408,7 @@ class ClipSeeder:
             act = blk.ln_1(tokens)  # (1, N, D): the Grad-CAM activation (output of resblocks[-1].ln_1)
         with torch.enable_grad():
             a = act.expand(C, -1, -1).clone().requires_grad_(True)
-            out, attn = _attention(blk, a, need_weights=True)
-            y = tokens + blk.ls_1(out)
-            y = y + blk.ls_2(blk.mlp(blk.ln_2(y)))
+            y, attn = run_block(blk, tokens, True, a)
             f = v.ln_post(y)[:, 1:].mean(1) @ v.proj  # (C, E): mean of the patch tokens (forward_last_layer)
             f = f / f.norm(dim=-1, keepdim=True)
             probs = (self.options.logit_scale * f @ text.T).softmax(-1)  # (C, C + B_g)
@@ -502,7 +471,6 @@ def build_seeder(
     import torch
 
     from weakclip.model.clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
-    from weakclip.model.config import get_config
 
     cfg = get_config(preset, **({"class_names": tuple(class_names)} if class_names is not None else {}))
     vision_cfg = dataclasses.replace(cfg, crop_size=cfg.pretrain_image_size)
@@ -515,14 +483,6 @@ def build_seeder(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _weights_id(weights: str | None) -> str | None:
-    if weights is None or weights == "openai":
-        return weights
-    from weakclip.data.io import file_sha256
-
-    return f"sha256:{file_sha256(weights, with_data=False)}"
 
 
 def make_seeds(
@@ -548,21 +508,13 @@ def make_seeds(
     progress: bool = True,
 ) -> Summary:
     """CLIP-ES seeds for ``images`` (folder or list) from image-level ``labels`` into ``out`` (``<name>.png``), on
-    the batch frame of :func:`weakclip.masks.batch.run_batch` (owned folder, resume check against ``seeds_config.json``,
-    shards, failures).  ``seeder`` may be given instead of built from ``preset``/``clip_weights``/``prompts``;
-    ``clip_weights=None`` is random towers (tests only: meaningless seeds)."""
+    the batch frame of :func:`weakclip.masks.batch.run_batch` (resume check against ``seeds_config.json``).
+    ``seeder`` may be given instead of built from ``preset``/``clip_weights``/``prompts``; ``clip_weights=None`` is
+    random towers (tests only: meaningless seeds)."""
     import torch
 
     from weakclip.data.io import file_sha256
     from weakclip.data.labels import load_labels
-    from weakclip.masks.batch import (
-        check_out_location,
-        list_inputs,
-        overlay_names,
-        run_batch,
-        unsupported_files,
-        write_record,
-    )
 
     if seeder is not None:
         options, class_names = seeder.options, seeder.class_names
@@ -576,11 +528,7 @@ def make_seeds(
             ) from None
     if clip_weights not in (None, "openai") and not Path(clip_weights).is_file():
         raise UsageError(f"--clip-weights {clip_weights}: no such file (or pass 'openai')")
-    all_items = list_inputs(images, image_root, ext)
-    odd = unsupported_files(images)
-    if odd:
-        listing = ", ".join(f"{n} × {suffix}" for suffix, n in sorted(odd.items()))
-        print(f"{images}: {sum(odd.values())} file(s) are not images and are not read ({listing})")
+    all_items = read_inputs(images, image_root, ext)
     outputs = Outputs(Path(out), save_scores, record="seeds_config.json")
     weights_file = clip_weights if clip_weights != "openai" else None
     check_out_location(Path(out), images, all_items, outputs, {"--clip-weights": weights_file, "--labels": labels})
@@ -588,88 +536,66 @@ def make_seeds(
     missing = [it.name for it in all_items if it.name not in image_labels]
     if missing:
         raise UsageError(f"{labels}: no image-level label for {len(missing)} image(s), e.g. {missing[:5]}")
+    weights_id = clip_weights if weights_file is None else f"sha256:{file_sha256(weights_file, with_data=False)}"
     prompt_set = seeder.prompts if seeder is not None else resolve_prompts(class_names, prompts)
     settings = {
         "preset": preset,
-        "clip_weights": _weights_id(clip_weights),
-        "class_names": list(class_names),
+        "clip_weights": weights_id,
+        "class_names": class_names,
         "prompts": dataclasses.asdict(prompt_set),
-        "options": options.to_dict(),
+        "options": dataclasses.asdict(options),
         "labels_sha256": file_sha256(labels, with_data=False),
         "palette": bool(palette),
         "save_scores": bool(save_scores),
     }
     settings = json.loads(json.dumps(settings))  # tuples → lists: compares equal to what a resumed run reads back
-    record_args = {"images": str(images), "image_root": image_root and str(image_root), "ext": ext,
-                   "labels": str(labels), "out": str(out), "preset": preset, "clip_weights": clip_weights,
-                   "prompts": prompts, "device": device}  # fmt: skip
+    paths = {"images": images, "image_root": image_root, "ext": ext, "labels": labels, "out": out}
+    record_args = {k: v and str(v) for k, v in paths.items()}
+    record_args |= {"preset": preset, "clip_weights": clip_weights, "prompts": prompts, "device": device}
     samples = overlay_names(all_items, overlays)
+
+    def write(item: Item, image: np.ndarray, keys: Any, cams: np.ndarray, seeder: ClipSeeder) -> None:
+        mask, scores = seed_from_cams(image, cams, keys, seeder.options)
+        full = np.zeros((seeder.num_classes, *mask.shape), np.float16) if outputs.save_probs else None
+        if full is not None:  # (K, H, W): background score, the labelled classes' CAMs, other rows 0
+            full[0], full[keys] = scores[0], scores[1:]
+        outputs.write(item.name, image, mask, full, palette, item.name in samples)
 
     def work(todo: list[Item], skipped: int, lock: Any) -> tuple[int, list[tuple[str, str]]]:
         nonlocal seeder
         if seeder is None:
             if clip_weights is None:
                 print("warning: --clip-weights none: random CLIP towers, the seeds are meaningless (tests only)")
-            seeder = build_seeder(preset, clip_weights=clip_weights, class_names=class_names, prompts=prompt_set,
-                                  options=options, device=device)  # fmt: skip
+            seeder = build_seeder(
+                preset,
+                clip_weights=clip_weights,
+                class_names=class_names,
+                prompts=prompt_set,
+                options=options,
+                device=device,
+            )
         write_record(outputs, settings, args=record_args)
-        print(f"weakclip seeds: {clip_weights or 'random'} CLIP ({preset}), prompts {prompt_set.name} "
-              f"({len(prompt_set.background)} background texts), views {len(options.scales) * (1 + options.flip)}, "
-              f"box threshold {seeder.box_threshold}, crf {'off' if options.crf is None else 'clip_es'}, "
-              f"ignore < {options.ignore_threshold if options.crf else '-'}, threads {torch.get_num_threads()}; "
-              f"{len(todo)} image(s) to do, {skipped} already finished", flush=True)  # fmt: skip
-        return _seed_all(seeder, todo, outputs, image_labels, samples, palette, workers, progress, lock)
+        crf = options.crf is not None
+        print(
+            f"weakclip seeds: {clip_weights or 'random'} CLIP ({preset}), prompts {prompt_set.name} "
+            f"({len(prompt_set.background)} background texts), views {len(options.scales) * (1 + options.flip)}, "
+            f"box threshold {seeder.box_threshold}, crf {'clip_es' if crf else 'off'}, "
+            f"ignore < {options.ignore_threshold if crf else '-'}, threads {torch.get_num_threads()}; "
+            f"{len(todo)} image(s) to do, {skipped} already finished",
+            flush=True,
+        )
+        depth = 2 * max(workers, 1)
+        with BatchJob(len(todo), workers, "seeds", progress, max_pending_writes=depth, lock=lock) as job:
+            for [(item, image)] in job.chunks(todo, depth, 1):  # one image at a time
+                try:
+                    keys, cams, _ = seeder.cams(image, image_labels[item.name])
+                except Exception as e:  # noqa: BLE001 - one image's failure is recorded, the run goes on
+                    job.fail_compute(item, f"cams: {one_line(e)}", "CAM computation", RuntimeFailure)
+                    continue
+                job.write(item, "crf/writing", write, item, image, keys, cams, seeder)
+            job.collect(0)
+        return job.done, job.failures
 
-    return run_batch("weakclip seeds", all_items, outputs, settings, work, overwrite=overwrite, shard=shard,
-                     noun="seeds")  # fmt: skip
-
-
-_MAX_CONSECUTIVE_FAILURES = 10
-
-
-def _write_seed(outputs, item, image: np.ndarray, seeder: ClipSeeder, keys, cams, palette: bool, overlay: bool) -> None:
-    """Background/CRF step and the atomic writes (probabilities and overlay first, the seed PNG last: it marks the
-    image finished)."""
-    from PIL import Image
-
-    from weakclip.data.io import atomic_path, save_mask_png
-    from weakclip.masks.batch import make_overlay
-
-    mask, scores = seed_from_cams(image, cams, keys, seeder.options)
-    if outputs.save_probs:
-        full = np.zeros((seeder.num_classes, *mask.shape), np.float16)
-        full[0] = scores[0]
-        full[keys] = scores[1:]
-        with atomic_path(outputs.probs(item.name)) as tmp, open(tmp, "wb") as f:
-            np.save(f, full)
-    if overlay:
-        with atomic_path(outputs.overlay(item.name)) as tmp:
-            Image.fromarray(make_overlay(image, mask)).save(tmp, format="PNG")
-    save_mask_png(outputs.mask(item.name), mask, palette=palette)
-
-
-def _seed_all(seeder: ClipSeeder, todo, outputs, labels, overlays: set[str], palette: bool, workers: int,
-              progress: bool, lock=None):  # fmt: skip
-    from weakclip.masks.batch import BatchJob, one_line
-
-    depth = 2 * max(workers, 1)
-    consecutive = 0
-    with BatchJob(len(todo), workers, "seeds", progress, max_pending_writes=depth, lock=lock) as job:
-        for item, image, reason in job.images(todo, depth):
-            if image is None:
-                job.fail(item, reason or "unreadable")
-                continue
-            try:
-                keys, cams, _ = seeder.cams(image, labels[item.name])
-                consecutive = 0
-            except Exception as e:  # noqa: BLE001 - one image's failure is recorded, the run goes on
-                job.fail(item, f"cams: {one_line(e)}")
-                consecutive += 1
-                if consecutive >= _MAX_CONSECUTIVE_FAILURES:
-                    raise RuntimeFailure(f"CAM computation failed on {consecutive} images in a row; "
-                                         f"last: {job.failures[-1][1]}") from None  # fmt: skip
-                continue
-            job.write(item, "crf/writing", _write_seed, outputs, item, image, seeder, keys, cams, palette,
-                      item.name in overlays)  # fmt: skip
-        job.collect(0)
-    return job.done, job.failures
+    return run_batch(
+        "weakclip seeds", all_items, outputs, settings, work, overwrite=overwrite, shard=shard, noun="seeds"
+    )
