@@ -1,13 +1,10 @@
 """``weakclip report``: one HTML page that compares mask runs (seeds, generated masks, CRF output) against the ground
-truth, for judging pseudo masks by looking: the runs' settings and scores side by side, per-class IoU and its change
-between consecutive runs, a confusion matrix per run, a gallery of the images that gain and lose most, missing and
-ignore-heavy masks.  The page has no script and fetches nothing (plots and thumbnails are files in ``assets/``).
+truth: the runs' settings and scores side by side, per-class IoU and its change between consecutive runs, a confusion
+matrix per run, a gallery of the images that gain and lose most, missing and ignore-heavy masks.  The page has no
+script and fetches nothing (plots and thumbnails are files in ``assets/``).
 
-The numbers come from the evaluation code (:func:`weakclip.masks.evaluate.confusion`, one count per image and run, summed):
-a run's mIoU equals ``weakclip evaluate`` on the images it has.  Class slots with no pixel in the GT and in every run
-(COCO's unused category ids, say) are left out of the charts.  The computation streams over the images (one image's
-masks in memory at a time; progress from :mod:`weakclip.progress`); the page stays small on large datasets (a fixed
-number of thumbnails).
+The numbers are :func:`weakclip.masks.evaluate.confusion`'s, one count per image and run, summed: a run's mIoU equals
+``weakclip evaluate`` on the images it has.  One image's masks are in memory at a time.
 """
 
 from __future__ import annotations
@@ -15,11 +12,13 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import html
+import io
 import json
 import math
 import os
 import string
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,7 @@ import numpy as np
 
 from weakclip.data.io import IMAGE_EXTS, atomic_path, palette_blend, read_image, read_mask, voc_palette_array
 from weakclip.errors import UsageError
-from weakclip.masks.evaluate import (
-    SegMetrics,
-    confusion,
-    find_class_names,
-    metrics_from_matrix,
-)
+from weakclip.masks.evaluate import SegMetrics, confusion, find_class_names, metrics_from_matrix
 
 DEFAULT_GALLERY = 6  # images per gallery section
 DEFAULT_THUMB = 160  # longer side of a thumbnail, pixels
@@ -85,10 +79,6 @@ class Report:
         return sum(p.stat().st_size for p in self.files)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the runs' settings
-
-
 def _load_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -98,23 +88,17 @@ def _load_json(path: Path) -> dict[str, Any] | None:
 
 
 def _date(path: Path) -> str:
-    t = _dt.datetime.fromtimestamp(path.stat().st_mtime).astimezone()
-    return t.strftime("%Y-%m-%d %H:%M %Z").strip()
+    return _dt.datetime.fromtimestamp(path.stat().st_mtime).astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 def _views(scales: Sequence[Any], flip: bool) -> str:
-    n = len(scales) * (2 if flip else 1)
     listed = ",".join(f"{float(s):g}" for s in scales)
-    return f"{n} (scales {listed}{' × flip' if flip else ''})"
+    return f"{len(scales) * (2 if flip else 1)} (scales {listed}{' × flip' if flip else ''})"
 
 
 def _image_dir(args: dict[str, Any]) -> Path | None:
     """The image folder a tool read, from its recorded arguments (``--image-root``, or ``--images`` when a folder)."""
-    for key in ("image_root", "images"):
-        value = args.get(key)
-        if value and Path(value).is_dir():
-            return Path(value)
-    return None
+    return next((Path(args[k]) for k in ("image_root", "images") if args.get(k) and Path(args[k]).is_dir()), None)
 
 
 def describe_run(path: str | os.PathLike) -> RunInfo:
@@ -122,14 +106,12 @@ def describe_run(path: str | os.PathLike) -> RunInfo:
     ``seeds_config.json`` (weakclip seeds); a folder without either is shown by its name."""
     path = Path(path)
     gen, seeds = path / "generate_config.json", path / "seeds_config.json"
-    if gen.is_file() and (cfg := _load_json(gen)) is not None:
+    if (cfg := _load_json(gen)) is not None:
         s, args = cfg.get("settings") or {}, cfg.get("args") or {}
         engine = str(s.get("engine") or (cfg.get("engine") or {}).get("engine") or "?")
         precision = str(s.get("precision") or "?")
         scales, flip = s.get("scales") or [1.0], bool(s.get("flip"))
-        crf = s.get("crf") or "none"
-        labels = "yes" if s.get("labels_sha256") else "no"
-        model = args.get("model")
+        crf, labels, model = s.get("crf") or "none", "yes" if s.get("labels_sha256") else "no", args.get("model")
         settings = {
             "made by": "weakclip generate",
             "model": Path(model).name if model else "?",
@@ -144,10 +126,9 @@ def describe_run(path: str | os.PathLike) -> RunInfo:
         name = f"{engine} {precision}, {len(scales) * (2 if flip else 1)} view(s)"
         name += (f", CRF {crf}" if crf != "none" else "") + (", labels" if labels == "yes" else "")
         return RunInfo(path, name, "generate", settings, _image_dir(args))
-    if seeds.is_file() and (cfg := _load_json(seeds)) is not None:
+    if (cfg := _load_json(seeds)) is not None:
         s, args = cfg.get("settings") or {}, cfg.get("args") or {}
         opts = s.get("options") or {}
-        crf = "CLIP-ES" if opts.get("crf") else "none"
         settings = {
             "made by": "weakclip seeds (CLIP-ES)",
             "model": f"CLIP {s.get('preset', '?')}",
@@ -155,17 +136,13 @@ def describe_run(path: str | os.PathLike) -> RunInfo:
             "engine": "torch",
             "precision": "fp32",
             "views": _views(opts.get("scales") or [1.0], bool(opts.get("flip"))),
-            "CRF": crf + (f", 255 below {opts.get('ignore_threshold')}" if opts.get("crf") else ""),
+            "CRF": f"CLIP-ES, 255 below {opts.get('ignore_threshold')}" if opts.get("crf") else "none",
             "label masking": "yes (seeds use the image labels)",
             "date": _date(seeds),
         }
         return RunInfo(path, f"CLIP-ES seeds ({s.get('preset', '?')})", "seeds", settings, _image_dir(args))
     settings = {"made by": "? (no generate_config.json or seeds_config.json)", "date": _date(path)}
     return RunInfo(path, path.name or str(path), "masks", settings, None)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# pictures
 
 
 def _thumb(rgb: np.ndarray, size: int) -> Any:
@@ -176,18 +153,9 @@ def _thumb(rgb: np.ndarray, size: int) -> Any:
     return img
 
 
-def _save_jpeg(img: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="JPEG", quality=82, optimize=True)
-
-
 def _find_image(roots: Sequence[Path], name: str) -> Path | None:
-    for root in roots:
-        for ext in IMAGE_EXTS:
-            for cand in (root / f"{name}{ext}", root / f"{name}{ext.upper()}"):
-                if cand.is_file():
-                    return cand
-    return None
+    cands = (root / f"{name}{e}" for root in roots for ext in IMAGE_EXTS for e in (ext, ext.upper()))
+    return next((p for p in cands if p.is_file()), None)
 
 
 def _pyplot() -> Any:
@@ -200,95 +168,85 @@ def _pyplot() -> Any:
 
 
 def _save_fig(fig: Any, path: Path, dpi: int) -> None:
-    plt = _pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
-def plot_iou_chart(runs: Sequence[RunInfo], stats: Sequence[RunStats], class_names: Sequence[str],
-                   shown: Sequence[int], path: Path) -> None:  # fmt: skip
+def plot_iou_chart(
+    runs: Sequence[RunInfo], stats: Sequence[RunStats], class_names: Sequence[str], shown: Sequence[int], path: Path
+) -> None:
     """Per-class IoU of every run as grouped bars; below it, the change between consecutive runs."""
     plt = _pyplot()
-    R, C = len(runs), len(shown)
-    labels = [class_names[c] for c in shown]
+    R, C, cls = len(runs), len(shown), list(shown)
     width = max(7.0, min(40.0, 0.22 * C * max(R, 2)))
     rows = 2 if R > 1 else 1
     fig, axes = plt.subplots(rows, 1, figsize=(width, 3.2 * rows + 1.2), squeeze=False, sharex=True)
     x = np.arange(C)
-    bar = 0.8 / R
     colours = plt.get_cmap("tab10")
     ax = axes[0, 0]
     for r, (run, st) in enumerate(zip(runs, stats)):
-        iou = 100 * np.nan_to_num(st.metrics.iou[list(shown)], nan=0.0)
-        ax.bar(x - 0.4 + bar * (r + 0.5), iou, bar, color=colours(r % 10),
-               label=f"{run.name} (mIoU {100 * st.metrics.miou:.1f})")  # fmt: skip
+        iou = 100 * np.nan_to_num(st.metrics.iou[cls], nan=0.0)
+        label = f"{run.name} (mIoU {100 * st.metrics.miou:.1f})"
+        ax.bar(x - 0.4 + 0.8 / R * (r + 0.5), iou, 0.8 / R, color=colours(r % 10), label=label)
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 1.0 + 0.12 * math.ceil(R / 2)), ncol=2, fontsize=8,
-              frameon=False)  # fmt: skip
+    top = (0.5, 1.0 + 0.12 * math.ceil(R / 2))
+    ax.legend(loc="upper center", bbox_to_anchor=top, ncol=2, fontsize=8, frameon=False)
     if R > 1:
-        ax = axes[1, 0]
-        pairs = R - 1
-        dbar = 0.8 / pairs
-        for r in range(pairs):
-            a, b = stats[r].metrics.iou[list(shown)], stats[r + 1].metrics.iou[list(shown)]
-            delta = 100 * np.nan_to_num(b - a, nan=0.0)
-            ax.bar(x - 0.4 + dbar * (r + 0.5), delta, dbar, color=colours((r + 1) % 10),
-                   label=f"{runs[r + 1].name} − {runs[r].name}")  # fmt: skip
+        ax, dbar = axes[1, 0], 0.8 / (R - 1)
+        for r in range(R - 1):
+            delta = 100 * np.nan_to_num(stats[r + 1].metrics.iou[cls] - stats[r].metrics.iou[cls], nan=0.0)
+            label = f"{runs[r + 1].name} − {runs[r].name}"
+            ax.bar(x - 0.4 + dbar * (r + 0.5), delta, dbar, color=colours((r + 1) % 10), label=label)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_ylabel("Δ IoU (points)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="best", fontsize=8, frameon=False)
     bottom = axes[-1, 0]
     bottom.set_xticks(x)
-    bottom.set_xticklabels(labels, rotation=60 if C > 8 else 0, ha="right" if C > 8 else "center",
-                           fontsize=8 if C <= 40 else 6)  # fmt: skip
+    rot = {"rotation": 60, "ha": "right"} if C > 8 else {"rotation": 0, "ha": "center"}
+    bottom.set_xticklabels([class_names[c] for c in shown], fontsize=8 if C <= 40 else 6, **rot)
     fig.tight_layout()
     _save_fig(fig, path, dpi=90 if C <= 40 else 72)
 
 
-def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], shown: Sequence[int], title: str,
-                   path: Path) -> None:  # fmt: skip
+def plot_confusion(
+    matrix: np.ndarray, class_names: Sequence[str], shown: Sequence[int], title: str, path: Path
+) -> None:
     """Row-normalised confusion matrix (rows: GT class, columns: predicted class + "255"), log colour scale."""
     from matplotlib.colors import LogNorm
 
     plt = _pyplot()
-    K = matrix.shape[0]
-    cols = [*shown, K]
-    m = matrix[np.ix_(list(shown), cols)].astype(np.float64)
-    rows_sum = matrix[list(shown)].sum(axis=1, keepdims=True).astype(np.float64)
+    C, cls = len(shown), list(shown)
+    m = matrix[np.ix_(cls, [*shown, matrix.shape[0]])].astype(np.float64)
+    rows_sum = matrix[cls].sum(axis=1, keepdims=True).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(rows_sum > 0, m / rows_sum, np.nan)
-    shown_norm = np.ma.masked_where(~(norm > 0), norm)  # zero and NaN cells: blank
-    C = len(shown)
     side = max(4.5, min(16.0, 0.28 * C + 2.5))
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")
-    im = ax.imshow(shown_norm, cmap=cmap, norm=LogNorm(vmin=1e-4, vmax=1.0), interpolation="nearest")
+    blank = np.ma.masked_where(~(norm > 0), norm)  # zero and NaN cells: blank
+    im = ax.imshow(blank, cmap=cmap, norm=LogNorm(vmin=1e-4, vmax=1.0), interpolation="nearest")
     fs = 8 if C <= 25 else (6 if C <= 50 else 4)
+    names = [class_names[c] for c in shown]
     ax.set_xticks(range(C + 1))
-    ax.set_xticklabels([class_names[c] for c in shown] + ["255"], rotation=90, fontsize=fs)
+    ax.set_xticklabels(names + ["255"], rotation=90, fontsize=fs)
     ax.set_yticks(range(C))
-    ax.set_yticklabels([class_names[c] for c in shown], fontsize=fs)
+    ax.set_yticklabels(names, fontsize=fs)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     ax.set_title(title, fontsize=9)
     if C <= 15:
-        for i in range(C):
-            for j in range(C + 1):
-                v = norm[i, j]
-                if v > 0:
-                    ax.text(j, i, f"{100 * v:.0f}" if v >= 0.01 else "<1", ha="center", va="center", fontsize=6,
-                            color="white" if v < 0.3 else "black")  # fmt: skip
+        for (i, j), v in np.ndenumerate(norm):
+            if v > 0:
+                text, colour = f"{100 * v:.0f}" if v >= 0.01 else "<1", "white" if v < 0.3 else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6, color=colour)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the GT row")
     fig.tight_layout()
     _save_fig(fig, path, dpi=80 if C <= 50 else 64)
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# the page
 
 PAGE = string.Template("""<!DOCTYPE html>
 <html lang="en">
@@ -363,11 +321,27 @@ def _pct(v: float, digits: int = 2) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.{digits}f}"
 
 
+def _num(v: float) -> str:
+    return "" if not math.isfinite(v) else f"{v:.6f}"
+
+
+def _td(text: Any, cls: str = "", attrs: str = "") -> str:
+    return f'<td class="{cls}"{attrs}>{text}</td>' if cls else f"<td>{text}</td>"
+
+
+def _tr(cells: Iterable[str], attrs: str = "") -> str:
+    return f"<tr{attrs}>{''.join(cells)}</tr>"
+
+
+def _table(head: Iterable[str], rows: Iterable[str]) -> str:
+    """A table's rows, one a line: the header cells ``head`` (escaped here), then ``rows``."""
+    return "\n".join([_tr(f"<th>{_e(h)}</th>" for h in head), *rows])
+
+
 def _delta_cell(d: float) -> str:
     if not math.isfinite(d):
-        return '<td class="num">n/a</td>'
-    cls = "pos" if d > 0 else ("neg" if d < 0 else "")
-    return f'<td class="num {cls}">{100 * d:+.2f}</td>'
+        return _td("n/a", "num")
+    return _td(f"{100 * d:+.2f}", "num " + ("pos" if d > 0 else ("neg" if d < 0 else "")))
 
 
 def _swatch(c: int, name: str) -> str:
@@ -379,8 +353,9 @@ def _class_label(c: int, class_names: Sequence[str]) -> str:
     return "255 (ignore / unknown)" if c == 255 else class_names[c]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the work
+def _figure(caption: str, src: str = "", alt: str = "", cls: str = "thumb") -> str:
+    img = f'<img class="{cls}" src="{ASSETS}/{src}" alt="{_e(alt or caption)}">' if src else ""
+    return f"<figure>{img}<figcaption>{_e(caption)}</figcaption></figure>"
 
 
 def _check_inputs(gt_dir: Path, runs: Sequence[Path], out: Path, image_root: Path | None) -> None:
@@ -394,9 +369,7 @@ def _check_inputs(gt_dir: Path, runs: Sequence[Path], out: Path, image_root: Pat
         if r.resolve() in seen:
             raise UsageError(f"{r}: given twice")
         seen.add(r.resolve())
-    inputs = [("--gt", gt_dir), *(("a run", r) for r in runs)]
-    if image_root is not None:
-        inputs.append(("--image-root", image_root))
+    inputs = [("--gt", gt_dir), *(("a run", r) for r in runs), *([("--image-root", image_root)] if image_root else [])]
     for what, p in inputs:
         if out.resolve() == p.resolve():
             raise UsageError(f"--out {out} is {what} folder; write the report elsewhere (e.g. {out / 'report'})")
@@ -421,10 +394,9 @@ def make_report(
     """Write ``out/index.html`` (+ ``assets/``, ``report.json``, ``per_image.csv``) comparing the mask folders
     ``runs`` (in this order: the first and the last are the gallery's "before" and "after") against ``gt_dir``.
 
-    ``images``: the image names to use (default: every ``*.png`` in ``gt_dir``); ``class_names``: default from
-    the runs' config files or ``class_names.txt`` beside the GT (:func:`weakclip.masks.evaluate.find_class_names`);
-    ``image_root``: the images (default: from the runs' config files, else ``JPEGImages`` beside the GT folder).
-    Bad input raises UsageError (naming the file); the masks are read once each."""
+    ``images``: default every ``*.png`` in ``gt_dir``; ``class_names``: default
+    :func:`weakclip.masks.evaluate.find_class_names`; ``image_root``: default from the runs' config files, else
+    ``JPEGImages`` beside the GT folder.  Bad input raises UsageError (naming the file)."""
     from weakclip.progress import progress
 
     gt_dir, out = Path(gt_dir), Path(out)
@@ -443,15 +415,12 @@ def make_report(
             raise UsageError(f"--names gives {len(run_names)} name(s) for {len(infos)} run(s)")
         for info, n in zip(infos, run_names):
             info.name = n
-    counts: dict[str, int] = {}
-    for info in infos:
-        counts[info.name] = counts.get(info.name, 0) + 1
+    counts = Counter(info.name for info in infos)
     for info in infos:  # two runs with the same description: tell them apart by folder
         if counts[info.name] > 1:
             info.name = f"{info.name} [{info.path.name or info.path}]"
     if class_names is None:
-        found, class_source = find_class_names(run_dirs, gt_dir)
-        class_names = found
+        class_names, class_source = find_class_names(run_dirs, gt_dir)
     class_names = list(class_names)
     K = len(class_names)
     if not 1 <= K < ignore_index:
@@ -464,15 +433,13 @@ def make_report(
     absent = [n for n in images if not (gt_dir / f"{n}.png").is_file()]
     if absent:
         raise UsageError(f"--gt {gt_dir}: no ground truth for {len(absent)} listed image(s), e.g. {absent[:3]}")
-    N, R = len(images), len(infos)
+    N = len(images)
     for info in infos:
         if not any((info.path / f"{n}.png").is_file() for n in images):
             raise UsageError(f"{info.path}: none of the {N} images has a mask here (<name>.png)")
 
     # one pass over the images: per-image confusion counts (the evaluation's), summed per run
-    stats = [
-        RunStats(np.zeros((K, K + 1), np.int64), np.full(N, np.nan), np.full(N, np.nan)) for _ in range(R)
-    ]  # fmt: skip
+    stats = [RunStats(np.zeros((K, K + 1), np.int64), np.full(N, np.nan), np.full(N, np.nan)) for _ in infos]
     gt_pixels = np.zeros(K, np.int64)  # every listed image's, whichever run has a mask for it
     for i, name in enumerate(progress(images, desc="report", unit="img", **(progress_options or {}))):
         try:
@@ -493,36 +460,41 @@ def make_report(
                 st.ignore_share[i] = float((pred == ignore_index).mean())
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
-    for st in stats:
-        st.metrics = metrics_from_matrix(st.matrix)
-
     used = gt_pixels > 0
     for st in stats:
-        used |= st.matrix[:, :K].sum(axis=1) > 0  # in the GT
-        used |= st.matrix[:, :K].sum(axis=0) > 0  # predicted
+        st.metrics = metrics_from_matrix(st.matrix)
+        used |= (st.matrix[:, :K].sum(axis=1) > 0) | (st.matrix[:, :K].sum(axis=0) > 0)  # in the GT or predicted
     shown = [c for c in range(K) if used[c]]
 
-    roots = [root] if root is not None else []
-    if root is None:
-        roots = [info.image_root for info in infos if info.image_root is not None]
-        if (gt_dir.parent / "JPEGImages").is_dir():
-            roots.append(gt_dir.parent / "JPEGImages")
+    roots = [root] if root is not None else [info.image_root for info in infos if info.image_root is not None]
+    if root is None and (gt_dir.parent / "JPEGImages").is_dir():
+        roots.append(gt_dir.parent / "JPEGImages")
 
     assets = out / ASSETS
-    written: list[Path] = []
-    plot_iou_chart(infos, stats, class_names, shown, assets / "iou.png")
-    written.append(assets / "iou.png")
+    written = [assets / "iou.png"]
+    plot_iou_chart(infos, stats, class_names, shown, written[0])
     for r, (info, st) in enumerate(zip(infos, stats)):
-        p = assets / f"confusion_{r}.png"
-        plot_confusion(st.matrix, class_names, shown, f"{info.name}: mIoU {100 * st.metrics.miou:.2f}", p)
-        written.append(p)
+        written.append(assets / f"confusion_{r}.png")
+        plot_confusion(st.matrix, class_names, shown, f"{info.name}: mIoU {100 * st.metrics.miou:.2f}", written[-1])
+    g_html, g_rows = _gallery(gallery, images, gt_dir, infos, stats, roots, assets, class_names, thumb, written)
 
-    sections = _gallery_sections(images, stats, gallery)
-    gallery_html, gallery_files, gallery_rows = _gallery(
-        sections, images, gt_dir, infos, stats, roots, assets, class_names, thumb
-    )
-    written += gallery_files
+    def write(name: str, text: str, **kw: Any) -> None:
+        with atomic_path(out / name) as tmp:
+            tmp.write_text(text, **kw)
+        written.append(out / name)
 
+    runs_json = [
+        {
+            "name": info.name,
+            "path": str(info.path),
+            "settings": info.settings,
+            "images_scored": st.scored,
+            "gt_without_mask": len(st.missing),
+            "ignore_heavy": int((st.ignore_share > ignore_heavy).sum()),
+            **st.metrics.to_dict(class_names),
+        }
+        for info, st in zip(infos, stats)
+    ]
     summary = {
         "gt": str(gt_dir),
         "images": N,
@@ -530,36 +502,22 @@ def make_report(
         "class_names_from": class_source,
         "shown_classes": shown,
         "gt_pixels": gt_pixels.tolist(),
-        "runs": [
-            {
-                "name": info.name,
-                "path": str(info.path),
-                "settings": info.settings,
-                "images_scored": st.scored,
-                "gt_without_mask": len(st.missing),
-                "ignore_heavy": int((st.ignore_share > ignore_heavy).sum()),
-                **st.metrics.to_dict(class_names),
-            }
-            for info, st in zip(infos, stats)
-        ],
-        "gallery": gallery_rows,
+        "runs": runs_json,
+        "gallery": g_rows,
         "ignore_heavy_threshold": ignore_heavy,
     }
-    with atomic_path(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    written.append(out / "report.json")
-    with atomic_path(out / "per_image.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(
-                ["image", *(f"miou {info.name}" for info in infos), *(f"share 255 {info.name}" for info in infos)]
-            )
-            for i, name in enumerate(images):
-                w.writerow(
-                    [name, *(_num(st.image_miou[i]) for st in stats), *(_num(st.ignore_share[i]) for st in stats)]
-                )
-    written.append(out / "per_image.csv")
+    write("report.json", json.dumps(summary, indent=1) + "\n")
+    header = ["image", *(f"miou {info.name}" for info in infos), *(f"share 255 {info.name}" for info in infos)]
+    cols = [st.image_miou for st in stats] + [st.ignore_share for st in stats]
+    table = io.StringIO()
+    csv.writer(table).writerows([header, *([name, *(_num(c[i]) for c in cols)] for i, name in enumerate(images))])
+    write("per_image.csv", table.getvalue(), newline="")
 
+    omitted = f"{K - len(shown)} class slot(s) with no pixel in the ground truth or any run are left out."
+    confusions = (
+        _figure(info.name, f"confusion_{r}.png", f"confusion matrix of {info.name}", "confusion")
+        for r, info in enumerate(infos)
+    )
     page = PAGE.substitute(
         title=_e(f"Mask report: {', '.join(info.name for info in infos)}"),
         thumb=thumb,
@@ -569,35 +527,20 @@ def make_report(
         ),
         settings_table=_settings_table(infos),
         scores_table=_scores_table(infos, stats),
-        omitted=_e(
-            f"{K - len(shown)} class slot(s) with no pixel in the ground truth or any run are left out."
-            if len(shown) < K
-            else "Every class appears in the ground truth or a run."
-        ),
+        omitted=_e(omitted if len(shown) < K else "Every class appears in the ground truth or a run."),
         iou_chart=f"{ASSETS}/iou.png",
         per_class_table=_per_class_table(infos, stats, class_names, shown, gt_pixels),
-        confusion_figures="\n".join(
-            f'<figure><img class="confusion" src="{ASSETS}/confusion_{r}.png" alt="confusion matrix of '
-            f'{_e(info.name)}"><figcaption>{_e(info.name)}</figcaption></figure>'
-            for r, info in enumerate(infos)
-        ),
+        confusion_figures="\n".join(confusions),
         legend=" ".join(_swatch(c, class_names[c]) for c in shown) + " " + _swatch(255, _class_label(255, class_names)),
-        gallery=gallery_html,
+        gallery=g_html,
         coverage_table=_coverage_table(infos, stats, images, ignore_heavy),
     )
-    index = out / "index.html"
-    with atomic_path(index) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    written.append(index)
+    write("index.html", page, encoding="utf-8")
     keep = {p.name for p in written if p.parent == assets}
     for p in assets.iterdir():  # thumbnails of an earlier report in this folder
         if p.is_file() and p.name not in keep and p.suffix in (".png", ".jpg"):
             p.unlink()
-    return Report(index, infos, stats, images, class_names, shown, written)
-
-
-def _num(v: float) -> str:
-    return "" if not math.isfinite(v) else f"{v:.6f}"
+    return Report(written[-1], infos, stats, images, class_names, shown, written)
 
 
 def _gallery_sections(images: Sequence[str], stats: Sequence[RunStats], n: int) -> list[tuple[str, str, list[int]]]:
@@ -621,7 +564,7 @@ def _gallery_sections(images: Sequence[str], stats: Sequence[RunStats], n: int) 
 
 
 def _gallery(
-    sections: Sequence[tuple[str, str, list[int]]],
+    n: int,
     images: Sequence[str],
     gt_dir: Path,
     infos: Sequence[RunInfo],
@@ -630,150 +573,120 @@ def _gallery(
     assets: Path,
     class_names: Sequence[str],
     thumb: int,
-) -> tuple[str, list[Path], list[dict[str, Any]]]:
-    """The gallery's HTML, the thumbnails written (each image once, however many sections show it), JSON rows."""
+    files: list[Path],
+) -> tuple[str, list[dict[str, Any]]]:
+    """The gallery's HTML and JSON rows; its thumbnails (each image once, however many sections show it) are written
+    and added to ``files``."""
+
+    def save(rgb: np.ndarray, i: int, kind: str) -> str:
+        files.append(assets / f"i{i:07d}_{kind}.jpg")
+        with atomic_path(files[-1]) as tmp:
+            _thumb(rgb, thumb).save(tmp, format="JPEG", quality=82, optimize=True)
+        return files[-1].name
+
+    def thumbnails(i: int, name: str) -> tuple[list[str], list[int], str]:
+        """The image, the GT overlay, each run's overlay ("" where a run has no mask); the classes; a note."""
+        gt = read_mask(gt_dir / f"{name}.png")
+        image, note = None, ""
+        src = _find_image(roots, name)
+        if src is None:
+            note = "image not found" if roots else ""
+        else:
+            try:
+                image = read_image(src)
+            except (OSError, ValueError) as e:
+                note = f"image unreadable: {e}"
+            else:
+                if image.shape[:2] != gt.shape:
+                    note = f"{src.name} is {image.shape[1]}×{image.shape[0]}, the GT {gt.shape[1]}×{gt.shape[0]}"
+                    image = None
+        masks = [read_mask(r.path / f"{name}.png") if (r.path / f"{name}.png").is_file() else None for r in infos]
+        classes = sorted(set(np.unique(gt).tolist()).union(*(np.unique(m).tolist() for m in masks if m is not None)))
+        out = [save(image, i, "image") if image is not None else "", save(palette_blend(image, gt), i, "gt")]
+        out += [save(palette_blend(image, m), i, f"run{r}") if m is not None else "" for r, m in enumerate(masks)]
+        return out, [c for c in classes if c != 0], note  # background is not coloured over the image
+
     done: dict[int, tuple[list[str], list[int], str]] = {}  # image index → (asset names, classes shown, note)
-    files: list[Path] = []
-    parts: list[str] = []
-    rows: list[dict[str, Any]] = []
+    parts, rows = [], []
     if not roots:
-        parts.append('<p class="note">No image folder found (pass --image-root): masks are shown without the '
-                     "images.</p>")  # fmt: skip
-    for sec_id, title, idx in sections:
+        no_images = "No image folder found (pass --image-root): masks are shown without the images."
+        parts.append(f'<p class="note">{no_images}</p>')
+    for sec_id, title, idx in _gallery_sections(images, stats, n):
         parts.append(f'<h3 id="gallery-{sec_id}">{_e(title)}</h3>')
         if not idx:
             parts.append('<p class="note">none</p>')
         for i in idx:
             name = images[i]
             if i not in done:
-                done[i] = _gallery_assets(i, name, gt_dir, infos, roots, assets, thumb, files)
-            assets_i, classes, note = done[i]
+                done[i] = thumbnails(i, name)
+            thumbs, classes, note = done[i]
             captions = ["image" if note == "" else "no image", "ground truth"]
             captions += [f"{info.name}: mIoU {_pct(st.image_miou[i], 1)}" for info, st in zip(infos, stats)]
-            figs = []
-            for a, cap in zip(assets_i, captions):
-                if a:
-                    figs.append(f'<figure><img class="thumb" src="{ASSETS}/{a}" alt="{_e(cap)}">'
-                                f"<figcaption>{_e(cap)}</figcaption></figure>")  # fmt: skip
-                else:
-                    figs.append(f"<figure><figcaption>{_e(cap)}</figcaption></figure>")
+            figs = "".join(_figure(cap, a) for a, cap in zip(thumbs, captions))
             legend = " ".join(_swatch(c, _class_label(c, class_names)) for c in classes)
+            said = f" <span class=note>({_e(note)})</span>" if note else ""
             parts.append(
-                f'<div class="gallery-row" data-section="{sec_id}"><div><b>{_e(name)}</b>'
-                f"{(' <span class=note>(' + _e(note) + ')</span>') if note else ''}</div>"
-                f'{"".join(figs)}<div class="classes">{legend}</div></div>'
+                f'<div class="gallery-row" data-section="{sec_id}"><div><b>{_e(name)}</b>{said}</div>'
+                f'{figs}<div class="classes">{legend}</div></div>'
             )
-            rows.append({"section": sec_id, "image": name,
-                         "miou": [None if not math.isfinite(st.image_miou[i]) else float(st.image_miou[i])
-                                  for st in stats]})  # fmt: skip
-    return "\n".join(parts), files, rows
-
-
-def _gallery_assets(
-    i: int,
-    name: str,
-    gt_dir: Path,
-    infos: Sequence[RunInfo],
-    roots: Sequence[Path],
-    assets: Path,
-    thumb: int,
-    files: list[Path],
-) -> tuple[list[str], list[int], str]:
-    """Thumbnails of one image: the image, the GT overlay, each run's overlay ("" where a run has no mask)."""
-    gt = read_mask(gt_dir / f"{name}.png")
-    image, note = None, ""
-    src = _find_image(roots, name) if roots else None
-    if src is None:
-        note = "image not found" if roots else ""
-    else:
-        try:
-            image = read_image(src)
-        except (OSError, ValueError) as e:
-            note = f"image unreadable: {e}"
-        else:
-            if image.shape[:2] != gt.shape:
-                note = f"{src.name} is {image.shape[1]}×{image.shape[0]}, the GT {gt.shape[1]}×{gt.shape[0]}"
-                image = None
-    masks = [read_mask(info.path / f"{name}.png") if (info.path / f"{name}.png").is_file() else None for info in infos]
-    classes = sorted(set(np.unique(gt).tolist()).union(*(np.unique(m).tolist() for m in masks if m is not None)))
-    classes = [c for c in classes if c != 0]  # background is not coloured over the image
-    out_names: list[str] = []
-
-    def save(rgb: np.ndarray, kind: str) -> str:
-        fname = f"i{i:07d}_{kind}.jpg"
-        _save_jpeg(_thumb(rgb, thumb), assets / fname)
-        files.append(assets / fname)
-        return fname
-
-    out_names.append(save(image, "image") if image is not None else "")
-    out_names.append(save(palette_blend(image, gt), "gt"))
-    for r, m in enumerate(masks):
-        out_names.append(save(palette_blend(image, m), f"run{r}") if m is not None else "")
-    return out_names, classes, note
+            miou = [float(st.image_miou[i]) if math.isfinite(st.image_miou[i]) else None for st in stats]
+            rows.append({"section": sec_id, "image": name, "miou": miou})
+    return "\n".join(parts), rows
 
 
 def _settings_table(infos: Sequence[RunInfo]) -> str:
     keys: list[str] = []
     for info in sorted(infos, key=lambda i: -len(i.settings)):  # the fullest description sets the row order
         keys += [k for k in info.settings if k not in keys]
-    head = "<tr><th>setting</th>" + "".join(f"<th>{_e(info.name)}</th>" for info in infos) + "</tr>"
-    rows = [f"<tr><td>folder</td>{''.join(f'<td><code>{_e(info.path)}</code></td>' for info in infos)}</tr>"]
-    for k in keys:
-        rows.append(f"<tr><td>{_e(k)}</td>" + "".join(f"<td>{_e(info.settings.get(k, '–'))}</td>" for info in infos)
-                    + "</tr>")  # fmt: skip
-    return "\n".join([head, *rows])
+    rows = [_tr([_td("folder"), *(_td(f"<code>{_e(info.path)}</code>") for info in infos)])]
+    rows += [_tr([_td(_e(k)), *(_td(_e(info.settings.get(k, "–"))) for info in infos)]) for k in keys]
+    return _table(["setting", *(info.name for info in infos)], rows)
 
 
 def _scores_table(infos: Sequence[RunInfo], stats: Sequence[RunStats]) -> str:
-    head = ("<tr><th>run</th><th>images scored</th><th>GT without mask</th><th>mIoU (%)</th><th>Δ mIoU</th>"
-            "<th>pixel accuracy (%)</th><th>predicted 255 (%)</th></tr>")  # fmt: skip
-    rows = [head]
+    rows = []
     for r, (info, st) in enumerate(zip(infos, stats)):
         m = st.metrics
-        delta = _delta_cell(m.miou - stats[r - 1].metrics.miou) if r else '<td class="num">–</td>'
-        rows.append(
-            f'<tr data-run="{r}"><td>{_e(info.name)}</td><td class="num">{st.scored}</td>'
-            f'<td class="num">{len(st.missing)}</td><td class="num miou">{_pct(m.miou)}</td>{delta}'
-            f'<td class="num pixel-acc">{_pct(m.pixel_acc)}</td><td class="num">{_pct(m.unknown)}</td></tr>'
-        )
-    return "\n".join(rows)
+        delta = _delta_cell(m.miou - stats[r - 1].metrics.miou) if r else _td("–", "num")
+        cells = [_td(_e(info.name)), _td(st.scored, "num"), _td(len(st.missing), "num"), _td(_pct(m.miou), "num miou")]
+        cells += [delta, _td(_pct(m.pixel_acc), "num pixel-acc"), _td(_pct(m.unknown), "num")]
+        rows.append(_tr(cells, f' data-run="{r}"'))
+    head = ["run", "images scored", "GT without mask", "mIoU (%)", "Δ mIoU", "pixel accuracy (%)", "predicted 255 (%)"]
+    return _table(head, rows)
 
 
-def _per_class_table(infos: Sequence[RunInfo], stats: Sequence[RunStats], class_names: Sequence[str],
-                     shown: Sequence[int], gt_pixels: np.ndarray) -> str:  # fmt: skip
-    head = "<tr><th>class</th><th>GT pixels</th>" + "".join(f"<th>{_e(i.name)}</th>" for i in infos)
-    head += "".join(f"<th>Δ {r + 1}−{r}</th>" for r in range(len(infos) - 1)) + "</tr>"
-    rows = [head]
+def _per_class_table(
+    infos: Sequence[RunInfo],
+    stats: Sequence[RunStats],
+    class_names: Sequence[str],
+    shown: Sequence[int],
+    gt_pixels: np.ndarray,
+) -> str:
+    rows = []
     for c in shown:
         ious = [st.metrics.iou[c] for st in stats]
-        cells = "".join(f'<td class="num iou" data-run="{r}">{_pct(v)}</td>' for r, v in enumerate(ious))
-        deltas = "".join(_delta_cell(ious[r + 1] - ious[r]) for r in range(len(ious) - 1))
-        rows.append(f'<tr data-class="{c}"><td>{_swatch(c, class_names[c])}</td>'
-                    f'<td class="num gt-pixels">{int(gt_pixels[c])}</td>{cells}{deltas}</tr>')  # fmt: skip
-    return "\n".join(rows)
+        cells = [_td(_swatch(c, class_names[c])), _td(int(gt_pixels[c]), "num gt-pixels")]
+        cells += [_td(_pct(v), "num iou", f' data-run="{r}"') for r, v in enumerate(ious)]
+        cells += [_delta_cell(b - a) for a, b in zip(ious, ious[1:])]
+        rows.append(_tr(cells, f' data-class="{c}"'))
+    deltas = [f"Δ {r + 1}−{r}" for r in range(len(infos) - 1)]
+    return _table(["class", "GT pixels", *(info.name for info in infos), *deltas], rows)
 
 
-def _coverage_table(infos: Sequence[RunInfo], stats: Sequence[RunStats], images: Sequence[str],
-                    ignore_heavy: float) -> str:  # fmt: skip
+def _coverage_table(
+    infos: Sequence[RunInfo], stats: Sequence[RunStats], images: Sequence[str], ignore_heavy: float
+) -> str:
     def listing(names: Sequence[str]) -> str:
-        shown = ", ".join(names[:LISTED_NAMES])
         more = f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else ""
-        return _e(shown + more) if names else "–"
+        return _e(", ".join(names[:LISTED_NAMES]) + more) if names else "–"
 
-    head = (f"<tr><th>run</th><th>GT images without a mask</th><th>masks more than {100 * ignore_heavy:.0f} % "
-            "255 (ignore-heavy)</th></tr>")  # fmt: skip
-    rows = [head]
-    for r, (info, st) in enumerate(zip(infos, stats)):
+    rows = []
+    for r, st in enumerate(stats):
         heavy_idx = np.flatnonzero(np.nan_to_num(st.ignore_share, nan=0.0) > ignore_heavy)
         heavy_idx = heavy_idx[np.argsort(-st.ignore_share[heavy_idx], kind="stable")]
         heavy = [f"{images[i]} ({100 * st.ignore_share[i]:.0f} %)" for i in heavy_idx.tolist()]
-        rows.append(
-            f'<tr data-run="{r}"><td>{_e(info.name)}</td>'
-            f'<td><b class="missing">{len(st.missing)}</b> of {len(images)}: {listing(st.missing)}</td>'
-            f'<td><b class="ignore-heavy">{len(heavy)}</b>: {listing(heavy)}</td></tr>'
-        )
-    return "\n".join(rows)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line
+        missing = f'<b class="missing">{len(st.missing)}</b> of {len(images)}: {listing(st.missing)}'
+        heavy_cell = f'<b class="ignore-heavy">{len(heavy)}</b>: {listing(heavy)}'
+        rows.append(_tr([_td(_e(infos[r].name)), _td(missing), _td(heavy_cell)], f' data-run="{r}"'))
+    head = ["run", "GT images without a mask", f"masks more than {100 * ignore_heavy:.0f} % 255 (ignore-heavy)"]
+    return _table(head, rows)
