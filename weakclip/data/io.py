@@ -1,9 +1,5 @@
-"""Small file helpers shared by data, generation and evaluation: image decoding, palette PNGs and atomic writes.
-
-Images are decoded exactly as the official mmcv pipeline does (``LoadImageFromFile``: ``cv2.imdecode`` with
-``IMREAD_COLOR``): EXIF orientation applied, grey and 16-bit images converted by OpenCV (16 → 8 bit keeps the high
-byte), alpha dropped, then BGR → RGB.  Written files follow the process umask like any ``open()``.
-"""
+"""Small file helpers shared by data, generation and evaluation: image decoding, palette PNGs, atomic writes and
+output-folder locks.  Written files follow the process umask like any ``open()``."""
 
 from __future__ import annotations
 
@@ -36,27 +32,13 @@ def _read_umask() -> int:
     return old
 
 
-def _file_mode() -> int:
-    """The mode ``open(path, "w")`` would give a new file now: 0o666 minus the umask."""
-    return 0o666 & ~_read_umask()
-
-
 def voc_palette(n: int = 256) -> list[int]:
     """The standard PASCAL VOC colour map as a flat [r, g, b, ...] list of length 3·n (index 255 is (224, 224, 192))."""
     pal = []
     for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
+        # bit k of the class index goes to bit 7 - k // 3 of channel k % 3
+        pal += [sum(((i >> (3 * j + ch)) & 1) << (7 - j) for j in range(8)) for ch in range(3)]
     return pal
-
-
-_OS_ERROR_IN_MESSAGE = re.compile(r"\(os error (\d+)\)")
 
 
 def voc_palette_array() -> np.ndarray:
@@ -65,8 +47,8 @@ def voc_palette_array() -> np.ndarray:
 
 
 def palette_blend(image: np.ndarray | None, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """(H, W, 3) uint8: the mask's palette colours blended over ``image`` where the mask is not background (0); 255
-    ("ignore" / "unknown") in its palette colour too.  Without an image, the palette mask itself."""
+    """(H, W, 3) uint8: the mask's palette colours blended over ``image`` where the mask is not background (0).
+    Without an image, the palette mask itself."""
     colour = voc_palette_array()[mask]
     if image is None:
         return colour
@@ -78,13 +60,9 @@ def palette_blend(image: np.ndarray | None, mask: np.ndarray, alpha: float = 0.6
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the destination folder; when the block succeeds, flush it to disk (fsync) and rename
-    it onto ``path``.  The one writer of every file the tools write.
-
-    A reader never sees a half-written ``path``: it is either absent, the old file, or the complete new file.  An
-    ``OSError`` that means the output cannot be written (disk full, read-only, permission) becomes
-    :class:`weakclip.errors.OutputError` naming ``path``; the temporary is always removed.
-    """
+    """Yield a temporary path in the destination folder; when the block succeeds, :func:`commit_file` it onto
+    ``path``, so a reader never sees a half-written file.  An ``OSError`` that means the output cannot be written
+    becomes :class:`~weakclip.errors.OutputError` naming ``path``; the temporary is always removed."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +79,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise output_error(path, e) from e
         raise
     except Exception as e:  # writers in other languages (safetensors) report the OS error in their message
-        m = _OS_ERROR_IN_MESSAGE.search(str(e))
+        m = re.search(r"\(os error (\d+)\)", str(e))
         if m and int(m.group(1)) in FATAL_ERRNOS:
             raise OutputError(path, OSError(int(m.group(1)), os.strerror(int(m.group(1))))) from e
         raise
@@ -111,14 +89,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def commit_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Flush the finished temporary ``tmp`` to disk (fsync), give it the mode ``open()`` would (umask), and rename it
-    onto ``path`` (same folder): the last step of every atomic write."""
+    """fsync the finished temporary ``tmp``, give it the mode ``open()`` would and rename it onto ``path``."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)  # the data is on disk before the name points at it
     finally:
         os.close(fd)
-    os.chmod(tmp, _file_mode())  # mkstemp creates 0600; the result follows the umask like open() would
+    os.chmod(tmp, 0o666 & ~_read_umask())  # mkstemp creates 0600; the result follows the umask like open() would
     os.replace(tmp, path)
 
 
@@ -129,8 +106,7 @@ def output_error(path: str | os.PathLike, e: OSError) -> OSError | OutputError:
 
 
 def ensure_writable(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed and prove a file can be written there (a temporary, removed at once): a
-    read-only or full output fails with one :class:`~weakclip.errors.OutputError` before any slow work."""
+    """Create ``folder`` and prove a file can be written there, so a read-only or full output fails before slow work."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -147,8 +123,7 @@ def ensure_writable(folder: str | os.PathLike) -> Path:
 
 
 def file_sha256(path: str | os.PathLike, *, with_data: bool = True) -> str:
-    """sha256 (hex) of a file, plus its ``<file>.data`` external-weights sibling when there is one (large ONNX
-    models) and ``with_data``: the one digest behind every settings record, cache key and metadata field."""
+    """sha256 (hex) of a file, plus its ``<file>.data`` external-weights sibling (large ONNX models) if ``with_data``."""
     import hashlib
 
     h = hashlib.sha256()
@@ -193,9 +168,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image as (H, W, 3) uint8 RGB exactly like the official pipeline (``cv2.imdecode``, ``IMREAD_COLOR``:
-    EXIF orientation applied, 16-bit and grey converted by OpenCV); unreadable files raise ValueError naming the file.
-    """
+    """Decode an image as (H, W, 3) uint8 RGB exactly like the official mmcv pipeline (``cv2.imdecode``,
+    ``IMREAD_COLOR``: EXIF orientation applied, 16-bit and grey converted); ValueError naming an unreadable file."""
     import cv2
 
     try:
@@ -217,13 +191,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 @contextlib.contextmanager
 def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield ``path``; if the block fails, remove the folders it created there that are still empty.
-
-    The folders are ``path`` and those of its parents that did not exist on entry, or, when ``path`` existed, the
-    entries of ``path`` that are new (with every empty folder below them, deepest first).  A folder that existed
-    before, or holds a file, is never touched: a run that fails before writing anything leaves no empty output folder
-    behind, one that wrote something keeps it.
-    """
+    """Yield ``path``; if the block fails, remove the folders it created that are still empty: ``path`` and its new
+    parents, or, when ``path`` existed, its new entries (with every empty folder below them).  A folder that existed
+    before, or holds a file, is never touched."""
     path = Path(path)
     top = None  # the outermost folder of ``path`` that is missing now
     for p in (path, *path.parents):
@@ -249,19 +219,10 @@ def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-LOCK_NAME = ".weakclip.lock"
-
-
-def shard_lock_name(index: int, count: int) -> str:
-    return f".weakclip-{index}-of-{count}.lock"
-
-
 class FolderLock:
     """Ownership of an output folder through ``fcntl.flock``, released by the OS when the process ends (a killed
-    run leaves no stale lock).  An unsharded run holds ``<folder>/.weakclip.lock`` exclusively; the shards of one
-    sharded run (``--shard i/N``, torchrun) hold it shared, each with ``.weakclip-<i>-of-<N>.lock`` exclusively, so
-    shards share the folder while a second copy of any of them, or an unsharded run, is refused.  The files record
-    the holder's PID and tool, which the refusal names."""
+    run leaves no stale lock).  An unsharded run holds ``.weakclip.lock`` exclusively; the shards of one run hold it
+    shared, each with ``.weakclip-<i>-of-<N>.lock`` exclusively.  The files record the holder's PID and tool."""
 
     def __init__(self, folder: str | os.PathLike, tool: str, shard: tuple[int, int] | None = None) -> None:
         self.folder = Path(folder)
@@ -269,10 +230,10 @@ class FolderLock:
         who = f"{os.getpid()} {tool}" + (f" --shard {shard[0]}/{shard[1]}" if shard and shard[1] > 1 else "")
         try:
             if shard is None or shard[1] == 1:
-                self._take(self.folder / LOCK_NAME, exclusive=True, who=who)
+                self._take(self.folder / ".weakclip.lock", exclusive=True, who=who)
             else:
-                self._take(self.folder / LOCK_NAME, exclusive=False, who=None)
-                self._take(self.folder / shard_lock_name(*shard), exclusive=True, who=who)
+                self._take(self.folder / ".weakclip.lock", exclusive=False, who=None)
+                self._take(self.folder / f".weakclip-{shard[0]}-of-{shard[1]}.lock", exclusive=True, who=who)
         except BaseException:
             self.release()
             raise
@@ -281,8 +242,7 @@ class FolderLock:
         found = []
         for p in sorted(self.folder.glob(".weakclip*.lock")):
             with contextlib.suppress(OSError):
-                text = p.read_text("utf-8", "replace").split()
-                if text:
+                if text := p.read_text("utf-8", "replace").split():
                     found.append(f"PID {text[0]} ({' '.join(text[1:])})")
         return ", ".join(found) or "another process"
 
@@ -291,7 +251,7 @@ class FolderLock:
 
         while True:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, _file_mode())
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_read_umask())
             except OSError as e:
                 raise output_error(path, e) from e
             try:
@@ -316,12 +276,10 @@ class FolderLock:
     def check(self) -> None:
         """Raise if a lock file was removed or replaced (the folder deleted or taken over): stop writing."""
         for path, _, ino, _ in self._held:
-            try:
-                same = os.stat(path).st_ino == ino
-            except OSError:
-                same = False
-            if not same:
-                raise RuntimeFailure(f"{self.folder}: output lock lost ({path} removed or replaced); stopped")
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == ino:
+                    continue
+            raise RuntimeFailure(f"{self.folder}: output lock lost ({path} removed or replaced); stopped")
 
     def release(self) -> None:
         """Give the folder back: lock files this run alone holds are removed, then the locks are released."""
@@ -341,12 +299,9 @@ class FolderLock:
 def owned_output_folder(
     folder: str | os.PathLike, tool: str, own_files: Sequence[str] = (), shard: tuple[int, int] | None = None
 ) -> Iterator[FolderLock]:
-    """Create ``folder`` if needed and own it for the block (:class:`FolderLock`).
-
-    If the block fails, the files named in ``own_files`` (bookkeeping this run wrote, e.g. a settings record) are
-    removed when nothing else was written there, and folders this block created are removed if left empty: a
-    failed or refused run leaves the folder as it found it.
-    """
+    """Create ``folder`` if needed and own it for the block (:class:`FolderLock`).  If the block fails, the new files
+    named in ``own_files`` (e.g. a settings record) are removed when nothing else was written, and folders it created
+    are removed if left empty: a failed or refused run leaves the folder as it found it."""
     folder = Path(folder)
     before = set(os.listdir(folder)) if folder.is_dir() else None
     with removed_if_left_empty(folder):
