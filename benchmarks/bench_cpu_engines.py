@@ -2,56 +2,12 @@
 int8 engines and their peers (torch.compile, TorchScript freezing), all in one run on one machine.  ``--quick``: the
 tiny preset at 128² (mechanics only, seconds).
 
-Rows (``--engines``; tier in brackets; "shipped" rows are engines users get today, the others are peers):
-
-  torch-eager          [fp32] WeakCLIP.forward(x, text_embeddings=T), T precomputed, torch.inference_mode: the
-                       baseline of every speed-up and the reference of every agreement figure
-  torch-engine         [fp32] engines/torch_engine.py as shipped (shipped)
-  onnxruntime          [fp32] engines/ort_engine.py on weakclip.onnx: CPU EP, ORT_ENABLE_ALL (shipped)
-  jit-fp32             [fp32] torch.jit.trace + torch.jit.freeze of the eager model (peer; shape-specialised)
-  compile-fp32         [fp32] torch.compile (inductor, freezing on), no_grad (peer; compile time reported apart)
-  torch-bf16           [bf16] the torch engine, precision="bf16": CPU bf16 autocast, matmul weights stored in bf16
-                       (shipped)
-  torch-bf16-autocast  [bf16] the same with cast_weights=False: plain autocast, weights re-cast every call (shipped)
-  torch-bf16-cl        [bf16] torch-bf16 + channels_last (shipped option)
-  jit-bf16             [bf16] trace + freeze under bf16 autocast (peer)
-  compile-bf16         [bf16] torch.compile (inductor, freezing) under bf16 autocast (peer)
-  onnxruntime-int8     [int8] weakclip.onnx with the ViT linears quantised dynamically (export/quantize.py)
-  onnxruntime-int8-conv
-                       [int8] what ``weakclip-export --int8`` writes: static QDQ int8 convolutions (calibrated) +
-                       dynamic int8 ViT linears (export/quantize.quantize_int8) (shipped)
-
-A bf16 row runs only on a CPU with avx512_bf16 or amx_bf16 (weakclip.masks.cpu_features); elsewhere it is listed with
-that reason (``--force-bf16`` runs it emulated: mechanics only, never a bf16 speed).  Rows whose package is missing
-(onnxruntime, a C++ compiler for torch.compile) are listed with the reason.  ``--quick`` leaves out
-the torch.compile rows (inductor needs minutes even for the tiny model) unless ``--engines`` names them.
-
-Every row runs in its own process (``--worker``) so its peak RSS (VmHWM) is its own: it imports torch, loads its
-model, runs the warm-up and the timed calls; throughput = batch / median latency of the timed calls, "first call"
-is the first call's latency (compile / trace / graph set-up a user waits for once).  Parity: every worker saves its
-first logits for the same fixed input; the parent compares them with the eager fp32 logits (argmax agreement, max
-|Δ|).
-
-Work per window is counted once, with attention included: torch.utils.flop_counter on the meta device, no_grad,
-nn.MultiheadAttention's fused fast path off and SDPA forced to the math backend (under inference_mode on a real CPU
-the ViT's attention runs in fused kernels the counter does not see: it reported 225 instead of 325.5 GFLOP).  A GEMM
-probe (``--worker gemm-probe``, same threads; a ViT-B MLP-shaped 1024×768×3072 product) measures this machine's
-achievable peak per tier: fp32 the better of torch.mm and ONNX Runtime MatMul, bf16 torch.mm (only with native bf16),
-int8 ONNX Runtime MatMulInteger (u8×s8→s32: the MLAS kernel ONNX Runtime's int8 graphs run; AVX-512 VNNI / AVX-VNNI /
-AMX when the CPU has them).  It runs at the start and at the end of the run and the best figure counts (a shared
-host's load only ever lowers a probe; both are recorded).  Each row shows GFLOP/s (the fp32 work per window ×
-windows/s) and its fraction of its tier's peak.
-
-The wait a user faces: images/s for a 500×375 image at single scale and at the official 12 views (windows from
-weakclip.masks.inference.view_size / window_grid at the model's crop: 2 and 52 at 512; every window counted as a full
-one, which is conservative for the smaller views), and the projected hours for VOC train_aug (10,582 images).
-
-Goals (speed-up over PyTorch eager fp32, each at ≥ 99.5 % argmax agreement): fp32 ≥ 1.3×, bf16 ≥ 2.5×, int8 ≥ 3×.
-The script prints how far each is missed.
-
-Writes ``<out>/cpu_engines.{json,md,png}`` (``cpu_engines_quick.*`` with ``--quick``; ``--out``, default
-./weakclip_bench/; ``make bench-cpu`` writes the repository's ``benchmarks/results/``) and prints the machine: CPU
-model, its instruction sets, cores, load average (this machine may be shared), library versions.
+Rows: ``ROWS`` (``--engines``).  A row this machine cannot run (no native bf16 unless ``--force-bf16``, a missing
+package, no C++ compiler for torch.compile) is listed with the reason.  Every row runs in its own process so its peak
+RSS is its own; parity is argmax agreement and max |Δ| against the eager fp32 logits.  A GEMM probe at the start and
+the end of the run (the best counts) gives this machine's peak per tier, against which each row's GFLOP/s (attention
+counted) is set.  Goals: ``GOALS``, each at ``MIN_AGREEMENT``.  Writes ``<out>/cpu_engines.{json,md,png}``
+(``cpu_engines_quick.*`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -59,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.util
 import json
 import os
 import shutil
@@ -75,16 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from weakclip.benchmarks.common import (
-    VOC_TRAIN_AUG,
-    add_out_argument,
-    count_gflop,
-    machine_info,
-    missing_packages,
-    peak_rss_mib,
-    protocol_windows,
-    write_results,
-)
+from weakclip.benchmarks import common
+from weakclip.benchmarks.common import VOC_TRAIN_AUG, fmt, missing_packages, peak_rss_mib
 from weakclip.engines.base import usable_cores
 from weakclip.export import quantize
 from weakclip.masks import cpu_features
@@ -101,14 +48,13 @@ class Row:
     family: str  # torch | jit | compile | onnxruntime
     what: str
     shipped: bool  # an engine (configuration) users get today; the others are peers
-    needs: tuple[str, ...] = ()  # python modules
     quick: bool = True  # in the --quick default set
 
 
 ROWS: dict[str, Row] = {
     "torch-eager": Row("fp32", "torch", "PyTorch eager fp32, T precomputed (baseline)", False),
     "torch-engine": Row("fp32", "torch", "torch engine fp32", True),
-    "onnxruntime": Row("fp32", "onnxruntime", "ONNX Runtime fp32", True, ("onnxruntime",)),
+    "onnxruntime": Row("fp32", "onnxruntime", "ONNX Runtime fp32", True),
     "jit-fp32": Row("fp32", "jit", "TorchScript trace + freeze, fp32", False),
     "compile-fp32": Row("fp32", "compile", "torch.compile inductor + freezing, fp32", False, quick=False),
     "torch-bf16": Row("bf16", "torch", "torch engine bf16 autocast, bf16 weights", True),
@@ -116,24 +62,14 @@ ROWS: dict[str, Row] = {
     "torch-bf16-cl": Row("bf16", "torch", "torch engine bf16, bf16 weights, channels_last", True),
     "jit-bf16": Row("bf16", "jit", "TorchScript trace + freeze under bf16 autocast", False),
     "compile-bf16": Row("bf16", "compile", "torch.compile inductor + freezing, bf16 autocast", False, quick=False),
-    "onnxruntime-int8": Row("int8", "onnxruntime", "ONNX Runtime, dynamic int8 ViT linears", True, ("onnxruntime",)),
+    "onnxruntime-int8": Row("int8", "onnxruntime", "ONNX Runtime, dynamic int8 ViT linears", True),
     "onnxruntime-int8-conv": Row(
-        "int8",
-        "onnxruntime",
-        "ONNX Runtime, static int8 convs + dynamic int8 ViT linears (export --int8)",
-        True,
-        ("onnxruntime",),
+        "int8", "onnxruntime", "ONNX Runtime, static int8 convs + dynamic int8 ViT linears (export --int8)", True
     ),
 }
 ENGINES = tuple(ROWS)
-ONNX_FILES = {
-    "onnxruntime": "weakclip.onnx",
-    "onnxruntime-int8": "weakclip_int8.onnx",
-    "onnxruntime-int8-conv": "weakclip_int8_conv.onnx",
-}
+TIER_COLORS = {"fp32": "tab:blue", "bf16": "tab:green", "int8": "tab:orange"}
 PART_LABELS = {"image_encoder": "ViT", "adapter": "adapter", "coattention": "co-attention", "decoder": "decoder"}
-
-
 _T0 = time.perf_counter()
 
 
@@ -150,19 +86,20 @@ def derive(
 ) -> None:
     """Per-row figures that follow from windows/s (in place)."""
     w = row["crops_per_s"]
-    row["windows_per_s"] = w
-    row["speedup"] = w / base["crops_per_s"] if base else None
-    row["gflop_per_s"] = w * gflop
     peak = (probe.get(row["tier"]) or {}).get("gflop_per_s")
+    row.update(windows_per_s=w, speedup=w / base["crops_per_s"] if base else None, gflop_per_s=w * gflop)
     row["peak_fraction"] = row["gflop_per_s"] / peak if peak else None
-    row["images_per_s_single_scale"] = w / protocol["single_scale"]
-    row["images_per_s_12_views"] = w / protocol["views_12"]
-    row["voc_hours_single_scale"] = VOC_TRAIN_AUG / row["images_per_s_single_scale"] / 3600
-    row["voc_hours_12_views"] = VOC_TRAIN_AUG / row["images_per_s_12_views"] / 3600
+    for key, windows in (("single_scale", protocol["single_scale"]), ("12_views", protocol["views_12"])):
+        row[f"images_per_s_{key}"] = w / windows
+        row[f"voc_hours_{key}"] = VOC_TRAIN_AUG * windows / w / 3600
 
 
 def _agreement(r: dict[str, Any]) -> float | None:
     return (r.get("parity") or {}).get("argmax_agreement")
+
+
+def _pct(r: dict[str, Any]) -> str:
+    return f"{100 * (_agreement(r) or 0):.2f} %"
 
 
 def _valid(r: dict[str, Any]) -> bool:
@@ -174,68 +111,55 @@ def _valid(r: dict[str, Any]) -> bool:
 def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[dict[str, Any]]:
     """One entry per tier: the best row meeting the agreement bar, its speed-up, met or how far missed."""
     out = []
-    for tier in TIERS:
-        goal = GOALS[tier]
+    bar = f"{100 * MIN_AGREEMENT:g} %"
+    for tier, goal in GOALS.items():
+        head = f"{tier} ≥ {goal:g}×"
         cands = [r for r in rows if r["tier"] == tier and r["engine"] != "torch-eager" and r.get("speedup")]
         ok = [r for r in cands if _valid(r)]
         g: dict[str, Any] = {"tier": tier, "goal": goal, "min_agreement": MIN_AGREEMENT}
-        if ok:
-            best = max(ok, key=lambda r: r["speedup"])
-            s = best["speedup"]
-            g.update(
-                best=best["engine"],
-                speedup=s,
-                agreement=_agreement(best),
-                met=s >= goal,
-                shortfall=None if s >= goal else goal / s,
-            )
-            if s >= goal:
-                g["text"] = (
-                    f"{tier} ≥ {goal:g}×: met by {best['engine']} ({s:.2f}×, {100 * (_agreement(best) or 0):.2f} %)"
-                )
-            else:
-                g["text"] = (
-                    f"{tier} ≥ {goal:g}×: missed — best {best['engine']} {s:.2f}× is {100 * s / goal:.0f} % "
-                    f"of the goal (needs {goal / s:.2f}× more)"
-                )
-            if not ROWS[best["engine"]].shipped:
-                g["text"] = g["text"].replace(best["engine"], f"{best['engine']} (a peer, not a shipped engine)", 1)
-            shipped = [r for r in ok if ROWS[r["engine"]].shipped]
-            if shipped:
-                bs = max(shipped, key=lambda r: r["speedup"])
-                g.update(best_shipped=bs["engine"], shipped_speedup=bs["speedup"], met_by_shipped=bs["speedup"] >= goal)
-                if bs is not best:
-                    g["text"] += (
-                        f"; best shipped engine {bs['engine']} {bs['speedup']:.2f}× "
-                        f"({100 * bs['speedup'] / goal:.0f} % of the goal)"
-                    )
-            faster = [r for r in cands if not _valid(r) and not r.get("emulated") and r["speedup"] > s]
-            if faster:
-                f = max(faster, key=lambda r: r["speedup"])
-                g["text"] += (
-                    f"; {f['engine']} is faster ({f['speedup']:.2f}×) but agrees only "
-                    f"{100 * (_agreement(f) or 0):.2f} % < {100 * MIN_AGREEMENT:g} %"
-                )
-        else:
-            g["met"] = None
-            why = [r for r in cands if not _valid(r)]
-            tier_skips = sorted({v for k, v in skipped.items() if ROWS[k].tier == tier})
-            if why:
-                reasons = "; ".join(
-                    f"{r['engine']}: "
-                    + (
-                        "emulated (no native bf16)"
-                        if r.get("emulated")
-                        else f"agreement {100 * (_agreement(r) or 0):.2f} % < {100 * MIN_AGREEMENT:g} %"
-                    )
-                    for r in why
-                )
-                g["text"] = f"{tier} ≥ {goal:g}×: not met — no row qualifies ({reasons})"
-            else:
-                g["text"] = f"{tier} ≥ {goal:g}×: not measured — " + (
-                    "; ".join(tier_skips) or "no row of this tier ran"
-                )
         out.append(g)
+        if not ok:
+            why = [r for r in cands if not _valid(r)]
+            reasons = "; ".join(
+                f"{r['engine']}: "
+                + ("emulated (no native bf16)" if r.get("emulated") else f"agreement {_pct(r)} < {bar}")
+                for r in why
+            )
+            tier_skips = "; ".join(sorted({v for k, v in skipped.items() if ROWS[k].tier == tier}))
+            g["met"] = None
+            g["text"] = (
+                f"{head}: not met — no row qualifies ({reasons})"
+                if why
+                else f"{head}: not measured — {tier_skips or 'no row of this tier ran'}"
+            )
+            continue
+        best = max(ok, key=lambda r: r["speedup"])
+        s, name = best["speedup"], best["engine"]
+        g.update(
+            best=name, speedup=s, agreement=_agreement(best), met=s >= goal, shortfall=None if s >= goal else goal / s
+        )
+        if not ROWS[name].shipped:
+            name += " (a peer, not a shipped engine)"
+        if s >= goal:
+            g["text"] = f"{head}: met by {name} ({s:.2f}×, {_pct(best)})"
+        else:
+            g["text"] = (
+                f"{head}: missed — best {name} {s:.2f}× is {100 * s / goal:.0f} % of the goal "
+                f"(needs {goal / s:.2f}× more)"
+            )
+        shipped = [r for r in ok if ROWS[r["engine"]].shipped]
+        if shipped:
+            bs = max(shipped, key=lambda r: r["speedup"])
+            g.update(best_shipped=bs["engine"], shipped_speedup=bs["speedup"], met_by_shipped=bs["speedup"] >= goal)
+            if bs is not best:
+                g["text"] += (
+                    f"; best shipped engine {bs['engine']} {bs['speedup']:.2f}× "
+                    f"({100 * bs['speedup'] / goal:.0f} % of the goal)"
+                )
+        faster = [r for r in cands if not _valid(r) and not r.get("emulated") and r["speedup"] > s]
+        if faster:
+            f = max(faster, key=lambda r: r["speedup"])
+            g["text"] += f"; {f['engine']} is faster ({f['speedup']:.2f}×) but agrees only {_pct(f)} < {bar}"
     return out
 
 
@@ -243,27 +167,15 @@ def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[
 # Preparation (parent process)
 
 
-def _write_paths(work: Path, paths: dict[str, str]) -> None:
-    (work / "paths.json").write_text(json.dumps(paths, indent=1))
-
-
-def _read_paths(work: Path) -> dict[str, str]:
-    return json.loads((work / "paths.json").read_text())
-
-
 def row_unavailable(engine: str, args: argparse.Namespace) -> str | None:
     """Why a row cannot run on this machine (None: it can)."""
     row = ROWS[engine]
-    why = missing_packages(row.needs)
-    if why:
-        return why
-    if row.tier == "bf16" and not args.force_bf16:
+    why = missing_packages(("onnxruntime",) if row.family == "onnxruntime" else ())
+    if not why and row.tier == "bf16" and not args.force_bf16:
         why = cpu_features.missing_for("bf16")
-        if why:
-            return why
-    if row.family == "compile" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        return "torch.compile's CPU backend needs a C++ compiler (g++ / clang++), none on PATH"
-    return None
+    if not why and row.family == "compile" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        why = "torch.compile's CPU backend needs a C++ compiler (g++ / clang++), none on PATH"
+    return why
 
 
 def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[str, Any]:
@@ -286,7 +198,7 @@ def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[st
         del model
         gc.collect()
         log(f"model {args.preset} (random weights), checkpoint {ckpt.stat().st_size / 2**20:.0f} MB")
-    flops = count_gflop(config, args.size)
+    flops = common.count_gflop(config, args.size)
     info: dict[str, Any] = {
         "checkpoint": str(ckpt) if args.checkpoint else "random weights",
         "gflop_per_window": round(flops["total"], 2),
@@ -295,8 +207,7 @@ def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[st
     }
     log(f"{info['gflop_per_window']:.4g} GFLOP per {args.size}² window ({info['gflop_by_part']})")
     paths = {"checkpoint": str(ckpt)}
-    need_onnx = any(ROWS[e].family == "onnxruntime" for e in engines)
-    if need_onnx:
+    if any(ROWS[e].family == "onnxruntime" for e in engines):
         onnx_dir = work / "onnx"
         onnx_dir.mkdir(parents=True, exist_ok=True)
         if args.onnx:
@@ -306,12 +217,8 @@ def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[st
             from weakclip.export.pipeline import export_model
 
             t = time.perf_counter()
-            export_model(
-                weakclip.load_checkpoint(ckpt).eval(),
-                onnx_dir,
-                ExportOptions(graphs=("end_to_end",), check=False),
-                source=str(ckpt),
-            )
+            options = ExportOptions(graphs=("end_to_end",), check=False)
+            export_model(weakclip.load_checkpoint(ckpt).eval(), onnx_dir, options, source=str(ckpt))
             fp32 = onnx_dir / "weakclip.onnx"
             info["export_s"] = round(time.perf_counter() - t, 1)
             log(f"ONNX export {info['export_s']} s")
@@ -319,37 +226,26 @@ def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[st
         rng = np.random.default_rng(args.seed + 7)  # random weights: random calibration inputs
         calib = [rng.standard_normal((1, 3, args.size, args.size), dtype=np.float32) for _ in range(args.calib)]
         if "onnxruntime-int8" in engines:
-            dst = onnx_dir / ONNX_FILES["onnxruntime-int8"]
+            dst = onnx_dir / "weakclip_int8.onnx"
             info["int8"] = quantize.quantize_vit_linears(fp32, dst)
             paths["onnxruntime-int8"] = str(dst)
             log(
                 f"int8 dynamic quantisation: {info['int8']['quantized_nodes']} ViT linears, {info['int8']['mb']:.0f} MB"
             )
         if "onnxruntime-int8-conv" in engines:
-            dst = onnx_dir / ONNX_FILES["onnxruntime-int8-conv"]
+            dst = onnx_dir / "weakclip_int8_conv.onnx"
             info["int8_conv"] = quantize.quantize_int8(fp32, dst, calib)
             paths["onnxruntime-int8-conv"] = str(dst)
             log(f"int8 static convs + dynamic ViT linears: {info['int8_conv']}")
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed + 1))
     np.save(work / "input.npy", x.numpy())
-    _write_paths(work, paths)
+    (work / "paths.json").write_text(json.dumps(paths, indent=1))
     info["prepare_s"] = round(time.perf_counter() - t0, 1)
     return info
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # One row (worker subprocess)
-
-
-def _eager(ckpt: str) -> tuple[Any, Any]:
-    import torch
-
-    import weakclip
-
-    model = weakclip.load_checkpoint(ckpt).eval()
-    with torch.inference_mode():
-        T = model.text_embeddings()
-    return model, T
 
 
 def _autocast(tier: str) -> Any:
@@ -362,71 +258,63 @@ def build_runner(engine: str, work: Path, threads: int, force_bf16: bool) -> tup
     """(run(x) -> logits, facts about the runner) for one row."""
     import torch
 
+    from weakclip.engines.base import get_engine
+
     torch.set_num_threads(threads)
-    paths = _read_paths(work)
-    ckpt = paths["checkpoint"]
+    paths = json.loads((work / "paths.json").read_text())
     row = ROWS[engine]
     facts: dict[str, Any] = {}
-    if engine == "torch-eager":
-        model, T = _eager(ckpt)
+    if row.family == "onnxruntime":
+        return get_engine("onnxruntime", paths[engine], intra_op_threads=threads, reuse_outputs=True), facts
+    if row.family == "torch" and engine != "torch-eager":
+        opts: dict[str, Any] = {}
+        if row.tier == "bf16":
+            opts = {"precision": "bf16", "check_isa": not force_bf16, "cast_weights": engine != "torch-bf16-autocast"}
+            opts["channels_last"] = engine == "torch-bf16-cl"
+        eng = get_engine("torch", paths["checkpoint"], **opts)
+        facts["engine"] = eng.describe() | {"class_names": None}
+        return eng, facts
+    import weakclip
 
-        def run(x: torch.Tensor) -> torch.Tensor:
+    model = weakclip.load_checkpoint(paths["checkpoint"]).eval()
+    with torch.inference_mode():
+        T = model.text_embeddings()
+    if engine == "torch-eager":
+
+        def eager(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
                 return model(x, text_embeddings=T).logits
 
-        return run, facts
-    if row.family == "torch":
-        from weakclip.engines.base import get_engine
+        return eager, facts
 
-        opts: dict[str, Any] = {}
-        if row.tier == "bf16":
-            opts = {"precision": "bf16", "check_isa": not force_bf16}
-            opts["cast_weights"] = engine != "torch-bf16-autocast"
-            opts["channels_last"] = engine == "torch-bf16-cl"
-        eng = get_engine("torch", ckpt, **opts)
-        facts["engine"] = eng.describe() | {"class_names": None}
-        return eng, facts
-    if row.family in ("jit", "compile"):
-        model, T = _eager(ckpt)
-        ac = _autocast(row.tier)
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+            self.register_buffer("T", T.clone())
 
-        class Logits(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.m = model
-                self.register_buffer("T", T.clone())
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(x, text_embeddings=self.T).logits
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.m(x, text_embeddings=self.T).logits
-
-        net = Logits().eval()
-        if row.family == "jit":
+    net = Logits().eval()
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    if row.family == "jit":
+        t = time.perf_counter()
+        with torch.no_grad(), _autocast(row.tier):
             x0 = torch.from_numpy(np.load(work / "input.npy"))
-            t = time.perf_counter()
-            with torch.no_grad(), ac:
-                traced = torch.jit.freeze(torch.jit.trace(net, x0, check_trace=False))
-            facts["trace_freeze_s"] = round(time.perf_counter() - t, 2)
-
-            def run(x: torch.Tensor) -> torch.Tensor:
-                with torch.no_grad(), _autocast(row.tier):
-                    return traced(x).float()
-
-            return run, facts
+            fn = torch.jit.freeze(torch.jit.trace(net, x0, check_trace=False))
+        facts["trace_freeze_s"] = round(time.perf_counter() - t, 2)
+    else:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
-        compiled = torch.compile(net)
+        fn = torch.compile(net)
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad(), _autocast(row.tier):
-                return compiled(x).float()
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), _autocast(row.tier):
+            return fn(x).float()
 
-        return run, facts
-    if row.family == "onnxruntime":
-        from weakclip.engines.base import get_engine
-
-        return get_engine("onnxruntime", paths[engine], intra_op_threads=threads, reuse_outputs=True), facts
-    raise SystemExit(f"unknown engine {engine!r}; choose from {ENGINES}")
+    return run, facts
 
 
 def worker(engine: str, work: Path, threads: int, warmup: int, iters: int, force_bf16: bool) -> dict[str, Any]:
@@ -437,17 +325,8 @@ def worker(engine: str, work: Path, threads: int, warmup: int, iters: int, force
     run, facts = build_runner(engine, work, threads, force_bf16)
     load_s = time.perf_counter() - t0
     x = torch.from_numpy(np.load(work / "input.npy"))
-    t = time.perf_counter()
-    first = run(x)
-    first_s = time.perf_counter() - t
+    first, first_s, times = common.time_calls(lambda: run(x), warmup=warmup, repeats=iters)
     np.save(work / f"logits_{engine}.npy", first.float().numpy().copy())
-    for _ in range(max(0, warmup - 1)):
-        run(x)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - t)
     med = statistics.median(times)
     return {
         "engine": engine,
@@ -503,8 +382,8 @@ def _ort_matmul_session(op: str, threads: int) -> Any:
 
 
 def combine_probes(probes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The machine's achievable peak per tier from several probe runs of one benchmark run (start and end): the
-    best of them (the host's load only ever lowers a probe), with every run's figure kept."""
+    """The peak per tier over several probe runs (start and end): the best (load only ever lowers a probe), with
+    every run's figure kept."""
     out = dict(probes[0])
     for t in TIERS:
         vals = [p[t]["gflop_per_s"] for p in probes if p.get(t) and p[t]["gflop_per_s"]]
@@ -542,17 +421,14 @@ def gemm_probe(threads: int, seconds: float) -> dict[str, Any]:
     if sess is not None:
         rng = np.random.default_rng(0)
         feed = {"A": rng.integers(0, 256, (m, k), dtype=np.uint8), "B": rng.integers(-128, 128, (k, n), dtype=np.int8)}
-        out["int8"] = {
-            "gflop_per_s": _best_gflops(lambda: sess.run(None, feed), flop, seconds),
-            "how": f"ONNX Runtime MatMulInteger u8×s8 (CPU's best int8 instruction set: {isa})",
-        }
+        fn, how = (lambda: sess.run(None, feed)), "ONNX Runtime MatMulInteger u8×s8 ("
     else:
-        ai = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
-        bi = torch.randint(-128, 128, (k, n), dtype=torch.int8, generator=g)
-        out["int8"] = {
-            "gflop_per_s": _best_gflops(lambda: torch._int_mm(ai, bi), flop, seconds),
-            "how": f"torch._int_mm (onnxruntime not installed; CPU's best int8 instruction set: {isa})",
-        }
+        ai, bi = (torch.randint(-128, 128, shape, dtype=torch.int8, generator=g) for shape in ((m, k), (k, n)))
+        fn, how = (lambda: torch._int_mm(ai, bi)), "torch._int_mm (onnxruntime not installed; "
+    out["int8"] = {
+        "gflop_per_s": _best_gflops(fn, flop, seconds),
+        "how": f"{how}CPU's best int8 instruction set: {isa})",
+    }
     return out
 
 
@@ -560,15 +436,9 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One engine's rounds → one result: timed calls pooled (median over all), peak RSS the max."""
     times = [t for r in runs for t in r["times_s"]]
     med = statistics.median(times)
-    out = dict(runs[0])
-    out.update(
-        times_s=times,
-        median_s=round(med, 6),
-        crops_per_s=round(runs[0]["batch"] / med, 4),
-        peak_rss_mb=max(r["peak_rss_mb"] for r in runs),
-        rounds=len(runs),
-    )
-    return out
+    peak = max(r["peak_rss_mb"] for r in runs)
+    crops = round(runs[0]["batch"] / med, 4)
+    return dict(runs[0], times_s=times, median_s=round(med, 6), crops_per_s=crops, peak_rss_mb=peak, rounds=len(runs))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -588,8 +458,12 @@ def parity(work: Path, engine: str, reference: str = "torch-eager") -> dict[str,
     }
 
 
-def _f(v: Any, spec: str, na: str = "n/a") -> str:
-    return na if v is None else format(v, spec)
+def _na(v: Any, spec: str) -> str:
+    return fmt(v, spec, "n/a")
+
+
+def _share(v: Any, digits: int) -> str:
+    return "n/a" if v is None else f"{100 * v:.{digits}f} %"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -612,9 +486,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"({'×'.join(map(str, probe['shape_mkn']))}, {probe['threads']} threads, run at the start and at the end of "
         "this run, the best counted): "
         + "; ".join(
-            f"{t} {_f(probe[t]['gflop_per_s'], '.1f')} GFLOP/s"
+            f"{t} {_na(probe[t]['gflop_per_s'], '.1f')} GFLOP/s"
             + (
-                f" (runs: {', '.join(_f(v, '.1f') for v in probe[t].get('runs', []))})"
+                f" (runs: {', '.join(_na(v, '.1f') for v in probe[t].get('runs', []))})"
                 if probe[t]["gflop_per_s"]
                 else f" ({probe[t]['how'][5:]})"
             )
@@ -637,33 +511,27 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {row.tier} | {r['engine']} | {row.what} |" + " — |" * 12 + f" skipped: {r['skipped']} |")
             continue
         p = r.get("parity") or {}
-        goal = GOALS[row.tier]
-        sp = r.get("speedup")
+        goal, sp = GOALS[row.tier], r.get("speedup")
         if r["engine"] == "torch-eager":
             gtxt = "baseline"
-        elif sp is None:
-            gtxt = "n/a"
         else:
-            gtxt = f"{goal:g}×: " + ("met" if sp >= goal else f"{100 * sp / goal:.0f} %")
+            gtxt = "n/a" if sp is None else f"{goal:g}×: " + ("met" if sp >= goal else f"{100 * sp / goal:.0f} %")
         emu = " (emulated bf16)" if r.get("emulated") else ""
-        pf = r.get("peak_fraction")
-        agr = p.get("argmax_agreement")
         note = "; ".join(f"{k} {v}" for k, v in (r.get("facts") or {}).items() if k != "engine")
         lines.append(
-            f"| {row.tier} | {r['engine']}{emu} | {row.what} | {r['crops_per_s']:.3f} | {_f(sp, '.2f')}× | {gtxt} "
-            f"| {r['gflop_per_s']:.0f} | {'n/a' if pf is None else f'{100 * pf:.0f} %'} "
+            f"| {row.tier} | {r['engine']}{emu} | {row.what} | {r['crops_per_s']:.3f} | {_na(sp, '.2f')}× | {gtxt} "
+            f"| {r['gflop_per_s']:.0f} | {_share(r.get('peak_fraction'), 0)} "
             f"| {r['images_per_s_single_scale']:.3f} | {r['images_per_s_12_views']:.4f} "
             f"| {r['voc_hours_single_scale']:.1f} / {r['voc_hours_12_views']:.1f} | {r['first_call_s']:.2f} "
-            f"| {r['peak_rss_mb']:.0f} | {'n/a' if agr is None else f'{100 * agr:.3f} %'} "
-            f"| {_f(p.get('max_abs_diff'), '.2e')} | {note} |"
+            f"| {r['peak_rss_mb']:.0f} | {_share(p.get('argmax_agreement'), 3)} "
+            f"| {_na(p.get('max_abs_diff'), '.2e')} | {note} |"
         )
     lines += [
         "",
         f"**Goals** (speed-up over PyTorch eager fp32, each at ≥ {100 * MIN_AGREEMENT:g} % argmax agreement):",
         "",
     ]
-    lines += [f"- {g['text']}" for g in report["goals"]]
-    lines.append("")
+    lines += [f"- {g['text']}" for g in report["goals"]] + [""]
     if report.get("notes"):
         lines += [f"- {n}" for n in report["notes"]] + [""]
     lines += ["## Compact table (the README's)", "", readme_table(report), ""]
@@ -677,25 +545,21 @@ def readme_table(report: dict[str, Any]) -> str:
         "| VOC train_aug hours, 1 scale / 12 views | peak RSS (MB) | argmax agreement |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    by_reason: dict[str, list[str]] = {}
     for r in report["results"]:
         if r.get("skipped"):
+            by_reason.setdefault(r["skipped"], []).append(r["engine"])
             continue
         row = ROWS[r["engine"]]
-        pf = r.get("peak_fraction")
-        agr = (r.get("parity") or {}).get("argmax_agreement")
         shipped = "baseline" if r["engine"] == "torch-eager" else ("yes" if row.shipped else "peer")
         lines.append(
-            f"| {row.tier} | {r['engine']} | {shipped} | {r['crops_per_s']:.3f} | {_f(r.get('speedup'), '.2f')}× "
-            f"| {r['gflop_per_s']:.0f} ({'n/a' if pf is None else f'{100 * pf:.0f} %'}) "
+            f"| {row.tier} | {r['engine']} | {shipped} | {r['crops_per_s']:.3f} | {_na(r.get('speedup'), '.2f')}× "
+            f"| {r['gflop_per_s']:.0f} ({_share(r.get('peak_fraction'), 0)}) "
             f"| {r['images_per_s_single_scale']:.3f} / {r['images_per_s_12_views']:.4f} "
             f"| {r['voc_hours_single_scale']:.1f} / {r['voc_hours_12_views']:.0f} | {r['peak_rss_mb']:.0f} "
-            f"| {'n/a' if agr is None else f'{100 * agr:.2f} %'} |"
+            f"| {_share(_agreement(r), 2)} |"
         )
-    skipped = [r for r in report["results"] if r.get("skipped")]
-    if skipped:
-        by_reason: dict[str, list[str]] = {}
-        for r in skipped:
-            by_reason.setdefault(r["skipped"], []).append(r["engine"])
+    if by_reason:
         lines += ["", "Not run here: " + "; ".join(f"{', '.join(e)} ({why})" for why, e in by_reason.items()) + "."]
     return "\n".join(lines)
 
@@ -711,53 +575,32 @@ def current_rows(report: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(report: dict[str, Any], out: Path, stem: str) -> str:
     """``<out>/<stem>.{json,md,png}`` from a report (each written atomically)."""
-    from weakclip.data.io import atomic_path
-
     md = markdown(report)
-    write_results(stem, report, md, out)
-    if importlib.util.find_spec("matplotlib") is None:
-        log("matplotlib not installed: no PNG")
-    else:
-        with atomic_path(out / f"{stem}.png") as tmp:
-            bar_chart(report, tmp)
-    return md
-
-
-def bar_chart(report: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib not installed: no PNG")
-        return False
+    common.write_results(stem, report, md, out)
     rows = [r for r in report["results"] if not r.get("skipped") and r.get("speedup") is not None]
-    if not rows:
-        return False
-    colors = {"fp32": "tab:blue", "bf16": "tab:green", "int8": "tab:orange"}
+    colors = [TIER_COLORS[r["tier"]] for r in rows]
     names = [r["engine"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    axes[0].bar(names, [r["speedup"] for r in rows], color=[colors[r["tier"]] for r in rows])
-    for tier, goal in GOALS.items():
-        axes[0].axhline(goal, color=colors[tier], ls="--", lw=1, label=f"{tier} goal {goal:g}×")
-    axes[0].set_ylabel("speed-up vs eager fp32 (higher is better)")
-    axes[0].legend(fontsize=7)
-    axes[1].bar(names, [r["peak_rss_mb"] for r in rows], color=[colors[r["tier"]] for r in rows])
-    axes[1].set_ylabel("peak RSS (MB)")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=35, labelsize=7)
-        for lbl in ax.get_xticklabels():
-            lbl.set_ha("right")
-    fig.suptitle(
-        f"WeakCLIP {report['preset']} {report['size']}² on {report['cpu_features']['model']} "
-        f"({' '.join(report['cpu_features']['isas'])})",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+
+    def draw(fig: Any, axes: list[Any]) -> None:
+        axes[0].bar(names, [r["speedup"] for r in rows], color=colors)
+        for tier, goal in GOALS.items():
+            axes[0].axhline(goal, color=TIER_COLORS[tier], ls="--", lw=1, label=f"{tier} goal {goal:g}×")
+        axes[0].set_ylabel("speed-up vs eager fp32 (higher is better)")
+        axes[0].legend(fontsize=7)
+        axes[1].bar(names, [r["peak_rss_mb"] for r in rows], color=colors)
+        axes[1].set_ylabel("peak RSS (MB)")
+        for ax in axes:
+            ax.tick_params(axis="x", rotation=35, labelsize=7)
+            for lbl in ax.get_xticklabels():
+                lbl.set_ha("right")
+        cf = report["cpu_features"]
+        fig.suptitle(
+            f"WeakCLIP {report['preset']} {report['size']}² on {cf['model']} ({' '.join(cf['isas'])})", fontsize=9
+        )
+
+    if rows and (why := common.save_plot(out / f"{stem}.png", draw)):
+        log(f"{why}: no PNG")
+    return md
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -771,14 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=1, help="windows per call")
     ap.add_argument("--warmup", type=int, help="warm-up calls per row (default 3; 1 with --quick)")
     ap.add_argument(
-        "--iters",
-        type=int,
-        help="timed calls per round (default 5; 3 with --quick; median over all rounds)",
+        "--iters", type=int, help="timed calls per round (default 5; 3 with --quick; median over all rounds)"
     )
     ap.add_argument("--rounds", type=int, default=1, help="measure every row this many times, alternating")
     ap.add_argument("--threads", type=int, help="threads per row (default: usable cores)")
     ap.add_argument("--engines", help=f"comma list from {','.join(ENGINES)} (default: all; --quick: all but compile-*)")
-    add_out_argument(ap)
+    common.add_out_argument(ap)
     ap.add_argument("--workdir", help="keep the checkpoint / ONNX files here (default: a temp dir)")
     ap.add_argument("--checkpoint", help="benchmark this WeakCLIP checkpoint instead of a random-weight preset")
     ap.add_argument("--onnx", help="its exported end-to-end weakclip.onnx (default: export it here)")
@@ -814,6 +655,10 @@ def _run_worker(args: argparse.Namespace, what: str, work: Path) -> tuple[dict[s
     return json.loads(line[len("RESULT ") :]), ""
 
 
+def _probe_text(probe: dict[str, Any], unit: str = "") -> str:
+    return ", ".join(f"{t} {_na(probe[t]['gflop_per_s'], '.1f')}{unit}" for t in TIERS)
+
+
 def run_probe(args: argparse.Namespace, work: Path, when: str) -> dict[str, Any]:
     """The GEMM probe in its own process (``when``: "start" / "end" of the run)."""
     log(f"GEMM probe at the {when} ({args.probe_seconds:g} s per kernel)")
@@ -822,23 +667,21 @@ def run_probe(args: argparse.Namespace, work: Path, when: str) -> dict[str, Any]
         log(f"GEMM probe {err}")
         probe = {t: {"gflop_per_s": None, "how": f"n/a: probe {err}"} for t in TIERS}
         probe.update(shape_mkn=list(GEMM_SHAPE), threads=args.threads)
-    log(f"GEMM probe ({when}): " + ", ".join(f"{t} {_f(probe[t]['gflop_per_s'], '.1f')} GFLOP/s" for t in TIERS))
+    log(f"GEMM probe ({when}): " + _probe_text(probe, " GFLOP/s"))
     return probe
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.preset = args.preset or ("tiny" if args.quick else "vit_b16_voc")
-    args.size = args.size or (128 if args.quick else 512)
+    defaults = {"preset": "vit_b16_voc", "size": 512, "warmup": 3, "iters": 5, "calib": 4, "probe_seconds": 2.0}
+    quick = {"preset": "tiny", "size": 128, "warmup": 1, "iters": 3, "calib": 2, "probe_seconds": 0.3}
+    for key, value in (quick if args.quick else defaults).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.threads = args.threads or usable_cores()
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    args.iters = args.iters if args.iters is not None else (3 if args.quick else 5)
-    args.calib = args.calib if args.calib is not None else (2 if args.quick else 4)
-    args.probe_seconds = args.probe_seconds if args.probe_seconds is not None else (0.3 if args.quick else 2.0)
     if args.render:  # re-render the Markdown / plot of a finished run (no measuring)
         src = Path(args.render)
-        report = current_rows(json.loads(src.read_text()))
-        print(write_report(report, Path(args.out), src.stem))
+        print(write_report(current_rows(json.loads(src.read_text())), Path(args.out), src.stem))
         return 0
     if args.worker:
         if args.worker == "gemm-probe":
@@ -859,8 +702,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         engines.insert(0, "torch-eager")  # the baseline and reference of every row
 
     t_start = time.perf_counter()
-    machine = machine_info()
+    machine = common.machine_info()
     feats = cpu_features.detect()
+    no_bf16 = cpu_features.missing_for("bf16")
     log(
         f"machine: {feats.summary()}, native bf16: {'yes' if feats.bf16 else 'no'}, best int8: {feats.int8_isa}; "
         f"{machine['usable_cores']} usable cores, load average {machine['load_average']}; torch {machine['torch']}, "
@@ -877,17 +721,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--quick leaves out compile-fp32 / compile-bf16 (inductor compiles for minutes); name them "
                 "in --engines to include them"
             )
-    if args.force_bf16 and cpu_features.missing_for("bf16"):
-        notes.append(
-            f"--force-bf16: bf16 rows ran emulated ({cpu_features.missing_for('bf16')}); they count towards "
-            "no goal or decision"
-        )
-    skipped: dict[str, str] = {}
-    for e in engines:
-        why = row_unavailable(e, args)
-        if why:
-            skipped[e] = why
-            log(f"{e}: skipped — {why}")
+    if args.force_bf16 and no_bf16:
+        notes.append(f"--force-bf16: bf16 rows ran emulated ({no_bf16}); they count towards no goal or decision")
+    skipped = {e: why for e in engines if (why := row_unavailable(e, args))}
+    for e, why in skipped.items():
+        log(f"{e}: skipped — {why}")
     runnable = [e for e in engines if e not in skipped]
 
     with tempfile.TemporaryDirectory(prefix="weakclip-bench-") as tmp:
@@ -911,22 +749,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         probes.append(run_probe(args, work, "end"))
         probe = combine_probes(probes)
-        log("GEMM peak (best of start / end): " + ", ".join(f"{t} {_f(probe[t]['gflop_per_s'], '.1f')}" for t in TIERS))
+        log("GEMM peak (best of start / end): " + _probe_text(probe))
         measured = {e: pool(rs) for e, rs in runs.items() if rs}
         for e, r in measured.items():
-            r["tier"] = ROWS[e].tier
-            r["emulated"] = ROWS[e].tier == "bf16" and cpu_features.missing_for("bf16") is not None
-            r["parity"] = parity(work, e)
+            r.update(tier=ROWS[e].tier, emulated=ROWS[e].tier == "bf16" and no_bf16 is not None, parity=parity(work, e))
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    protocol = protocol_windows(args.size)
+    protocol = common.protocol_windows(args.size)
     base = measured.get("torch-eager")
-    results: list[dict[str, Any]] = []
-    for e in engines:
-        if e in measured:
-            derive(measured[e], base, prep["gflop_per_window"], probe, protocol)
-            results.append(measured[e])
-        else:
-            results.append({"engine": e, "tier": ROWS[e].tier, "skipped": skipped.get(e, "not run")})
+    for r in measured.values():
+        derive(r, base, prep["gflop_per_window"], probe, protocol)
+    results = [
+        measured.get(e) or {"engine": e, "tier": ROWS[e].tier, "skipped": skipped.get(e, "not run")} for e in engines
+    ]
     measured_rows = [r for r in results if not r.get("skipped")]
     goals = evaluate_goals(measured_rows, skipped)
     report = {
@@ -953,8 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out = Path(args.out)
     stem = "cpu_engines_quick" if args.quick else "cpu_engines"
-    md = write_report(report, out, stem)
-    print(md)
+    print(write_report(report, out, stem))
     for g in goals:
         log(f"goal {g['text']}")
     for r in measured_rows:

@@ -1,19 +1,18 @@
 """Shared helpers for the benchmark scripts: machine description, work per window, protocol windows, subprocess runs,
-result files.
-
-Results are written under ``--out`` (default ``./weakclip_bench/`` in the current directory), never into the
-installed package.  The committed results of this repository live in ``benchmarks/results/``: the Makefile's
-``bench-*`` targets pass ``--out benchmarks/results``.
+timing, result files and plots.  Results go under ``--out`` (default ``./weakclip_bench/``), never into the package.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ PROTOCOL_IMAGE_HW = (375, 500)  # a 500×375 VOC image
 
 
 def add_out_argument(ap: argparse.ArgumentParser) -> None:
-    """``--out DIR``: where the result files go (default ``./weakclip_bench/``)."""
     ap.add_argument(
         "--out",
         default=DEFAULT_OUT,
@@ -32,10 +30,7 @@ def add_out_argument(ap: argparse.ArgumentParser) -> None:
 
 
 def missing_packages(modules: tuple[str, ...] | list[str]) -> str | None:
-    """None when every module imports here, else why a benchmark row cannot run, e.g. ``onnxruntime not installed
-    (pip install onnxruntime)``."""
-    import importlib.util
-
+    """None when every module imports here, else why a benchmark row cannot run."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     return f"{' and '.join(missing)} not installed (pip install {' '.join(missing)})" if missing else None
 
@@ -70,11 +65,9 @@ def machine_info() -> dict[str, Any]:
 
 
 def count_gflop(config: Any, size: int) -> dict[str, Any]:
-    """GFLOP of one size² window (text embeddings precomputed) with attention counted: the model is built on the meta
-    device (no memory, no arithmetic) and run under no_grad with nn.MultiheadAttention's fused fast path off and SDPA
-    on its math backend, so every attention matmul is an aten op torch.utils.flop_counter sees (under inference_mode
-    the fused kernels hide them: 225 instead of 325.5 GFLOP for ViT-B/16 at 512²).  ``config``: a WeakCLIPConfig or a
-    preset name.  Returns {"total": GFLOP, "parts": {component: GFLOP}}."""
+    """{"total": GFLOP, "parts": {component: GFLOP}} of one size² window (text embeddings precomputed) of a config or
+    preset, attention counted: on the meta device under no_grad, MHA fast path off and SDPA on its math backend, so
+    every attention matmul is an aten op the flop counter sees (fused kernels would hide them)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
@@ -99,8 +92,7 @@ def count_gflop(config: Any, size: int) -> dict[str, Any]:
 
 
 def protocol_windows(crop: int) -> dict[str, int]:
-    """Windows per 500×375 image for a model of crop c: single scale and the official 12 views (6 ratios × flip),
-    mmseg geometry (weakclip.masks.inference.view_size / window_grid; c = 512 → 2 and 52)."""
+    """Windows per 500×375 image at single scale and the official 12 views (6 ratios × flip; 2 and 52 at crop 512)."""
     from weakclip.masks.inference import InferenceOptions, view_size, window_grid
     from weakclip.model.config import OFFICIAL_SCALES
 
@@ -128,8 +120,7 @@ def run_child(module: str, args: list[str], timeout: float = 3600) -> dict:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process (VmHWM).  Not ru_maxrss: on Linux a child started with fork+exec
-    inherits its parent's ru_maxrss as a floor, which would hide small peaks."""
+    """Peak resident memory of this process (VmHWM; a child's ru_maxrss has its parent's as a floor)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024.0  # kB
@@ -149,3 +140,56 @@ def write_results(
     write_text_atomic(j, json.dumps(payload, indent=2) + "\n")
     write_text_atomic(m, table_md)
     return j, m
+
+
+def time_calls(
+    fn: Callable[[], Any], *, warmup: int, repeats: int, iters: int = 1, sync: Callable[[], Any] = lambda: None
+) -> tuple[Any, float, list[float]]:
+    """(first call's output, its seconds, seconds per call of each of ``repeats`` timed repeats of ``iters`` calls);
+    ``warmup`` untimed calls in all, the first included."""
+    t0 = time.perf_counter()
+    first = fn()
+    sync()
+    first_s = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        fn()
+    sync()
+    per = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync()
+        per.append((time.perf_counter() - t0) / iters)
+    return first, first_s, per
+
+
+def fmt(v: Any, spec: str, na: str = "–") -> str:
+    return na if v is None else format(v, spec)
+
+
+def save_plot(
+    path: Path,
+    draw: Callable[[Any, list[Any]], Any],
+    size: tuple[float, float] = (12, 4.2),
+    ncols: int = 2,
+    dpi: int = 110,
+) -> str | None:
+    """A matplotlib figure of ``ncols`` axes drawn by ``draw(fig, axes)``, written atomically to ``path``; returns the
+    reason there is no PNG, or None."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return "matplotlib not installed"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from weakclip.data.io import atomic_path
+
+    fig, axes = plt.subplots(1, ncols, figsize=size, squeeze=False)
+    draw(fig, list(axes[0]))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return None
