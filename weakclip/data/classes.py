@@ -18,14 +18,6 @@ COCO_CLASSES: tuple[str, ...] = (
     "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 
-# COCO category ids (1..90, with gaps) of the 80 classes above, in the same order: the "91-slot" layout used by
-# the official COCO masks maps class i (1-based, contiguous) to COCO_CATEGORY_IDS[i - 1].
-COCO_CATEGORY_IDS: tuple[int, ...] = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
-    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
-    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
-)  # fmt: skip
-
 # The 10 category ids of COCO's original 91-slot list that have no annotations in COCO 2014/2017, with the names the
 # official hustvl/WeakCLIP ``COCODataset.CLASSES`` gives them.
 COCO_UNUSED_CATEGORY_NAMES: dict[int, str] = {
@@ -33,20 +25,16 @@ COCO_UNUSED_CATEGORY_NAMES: dict[int, str] = {
     69: "desk", 71: "door", 83: "blender",
 }  # fmt: skip
 
-
-def _coco_official91() -> tuple[str, ...]:
-    by_id = {cat: COCO_CLASSES[i + 1] for i, cat in enumerate(COCO_CATEGORY_IDS)} | COCO_UNUSED_CATEGORY_NAMES
-    assert sorted(by_id) == list(range(1, 91)), "COCO category ids must cover 1..90 exactly"
-    return ("background", *(by_id[c] for c in range(1, 91)))
-
+# COCO category ids (1..90, with gaps) of the 80 classes above, in the same order: the "91-slot" layout used by
+# the official COCO masks maps class i (1-based, contiguous) to COCO_CATEGORY_IDS[i - 1].
+COCO_CATEGORY_IDS: tuple[int, ...] = tuple(c for c in range(1, 91) if c not in COCO_UNUSED_CATEGORY_NAMES)
 
 # COCO in the official 91-slot layout (K = 91): index = COCO category id (1..90, background 0), unused slots such as
-# "street sign" kept.  This is the official COCODataset.CLASSES order and the head size of the official COCO model
-# (neck in_channels 768 + 91); masks in this layout are what ``coco_layout="official91"`` reads (weakclip.data).
-COCO_OFFICIAL91_CLASSES: tuple[str, ...] = _coco_official91()
+# "street sign" kept: the official COCODataset.CLASSES order and head size (what ``coco_layout="official91"`` reads).
+_BY_ID = dict(zip(COCO_CATEGORY_IDS, COCO_CLASSES[1:])) | COCO_UNUSED_CATEGORY_NAMES
+COCO_OFFICIAL91_CLASSES: tuple[str, ...] = ("background", *(_BY_ID[c] for c in range(1, 91)))
 
 assert len(VOC_CLASSES) == 21 and len(COCO_CLASSES) == 81 and len(COCO_CATEGORY_IDS) == 80
-assert len(COCO_OFFICIAL91_CLASSES) == 91
 
 # Built-in class lists by head size K (what weakclip.model.convert_official picks when the checkpoint names none).
 CLASS_LISTS: dict[str, tuple[str, ...]] = {

@@ -1,21 +1,6 @@
 """What kind of model file is this?  One sniffer (magic bytes and headers only: no unpickling, no full parse) behind
-every tool's "wrong file" message and generation's ``--engine auto``.
-
-=====================  ===================================================  ============================================
-kind                   how it is recognised                                 which command takes it
-=====================  ===================================================  ============================================
-``weakclip``           safetensors with metadata ``format`` weakclip-…      generate/export ``--model``/``--checkpoint``
-``safetensors``        safetensors without WeakCLIP metadata (CLIP weights)  ``build_model(..., clip_weights=PATH)``
-``onnx``               protobuf ModelProto: field 1 (ir_version) varint,    generate ``--engine onnxruntime`` / tensorrt
-                       then ``producer_name``/``opset_import`` fields
-``tensorrt``           ``.engine`` / ``.plan`` / ``.trt`` (serialized plan)  generate ``--engine tensorrt``
-``torch``              ``torch.save`` zip (``PK\\x03\\x04``) or a legacy       ``weakclip convert`` (official ``.pth``) or
-                       pickle (``\\x80``): a training ``last.pt`` or an        ``train --resume`` (our ``last.pt``)
-                       official mmseg checkpoint
-``truncated``          a safetensors header that lists more tensor bytes than the file holds, or a zip
-                       (``torch.save``) without its end-of-archive record: a cut-off copy or download
-``unknown``            anything else
-=====================  ===================================================  ============================================
+every tool's "wrong file" message and generation's ``--engine auto``: the kinds are the keys of :data:`DESCRIPTION`
+(``truncated``: a safetensors header promising more bytes than the file holds, or a zip without its end record).
 """
 
 from __future__ import annotations
@@ -68,7 +53,7 @@ def _is_onnx(head: bytes) -> bool:
 
 
 def sniff(path: str | os.PathLike) -> str:
-    """The kind of ``path`` (see the module table), from its first bytes and, for safetensors, its JSON header."""
+    """The kind of ``path``, from its first bytes and, for safetensors, its JSON header."""
     p = Path(path)
     if not p.exists():
         return "missing"
@@ -88,8 +73,8 @@ def sniff(path: str | os.PathLike) -> str:
                 header = json.loads(f.read(n))
             except (ValueError, UnicodeDecodeError):
                 return "unknown"
-            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-                    and "data_offsets" in v]  # fmt: skip
+            tensors = [v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+            ends = [int(v["data_offsets"][1]) for v in tensors if "data_offsets" in v]
             if ends and max(ends) > size - 8 - n:
                 return "truncated"
             fmt = str((header.get("__metadata__") or {}).get("format", ""))
