@@ -123,7 +123,14 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(export folder, checkpoint) like :func:`tiny_export` (same model, same checkpoint) but only the end-to-end
-    graph ``weakclip.onnx`` (self-check on): about a quarter of the export time, for the tests that run
-    ``weakclip.onnx`` and nothing else."""
-    base = shared_dir(tmp_path_factory, "tiny_onnx", lambda d: _export(d, "--graphs", "end_to_end"))
+    graph ``weakclip.onnx`` and its ``--int8`` form ``weakclip_int8.onnx`` (calibrated on 4 windows of a synthetic
+    set; self-checks on): a third of the export time, for the tests that run those files and nothing else."""
+
+    def build(folder: Path) -> None:
+        from weakclip.data.synthetic import make_synthetic_dataset
+
+        make_synthetic_dataset(folder / "calib", images=6, seed=2, val_images=1)
+        _export(folder, "--graphs", "end_to_end", "--int8", str(folder / "calib" / "JPEGImages"), "--int8-count", "4")
+
+    base = shared_dir(tmp_path_factory, "tiny_onnx", build)
     return base / "onnx", base / "tiny.safetensors"

@@ -452,22 +452,15 @@ def test_vit_b16_end_to_end_parity_512() -> None:
     assert ds <= 1e-3
 
 
-def test_int8_variant_calibrated_on_images(tmp_path: Path) -> None:
+def test_int8_variant_calibrated_on_images(tmp_path: Path, tiny_onnx) -> None:
     """--int8 writes weakclip_int8.onnx (static int8 convs calibrated on real windows + dynamic int8 ViT linears)
     with the model metadata; the ORT engine runs it; its agreement with fp32 is measured and reported (int8 error has
-    no arithmetic bound to assert, so only validity is asserted here)."""
+    no arithmetic bound to assert, so only validity is asserted here).  The export is the session's ``tiny_onnx``
+    (``--graphs end_to_end --int8 <6 synthetic images> --int8-count 4``); the refusals use a set of their own."""
     from weakclip.data.synthetic import make_synthetic_dataset
     from weakclip.engines.base import get_engine
 
-    torch.manual_seed(SEED)
-    ckpt = tmp_path / "tiny.safetensors"
-    weakclip.save_checkpoint(weakclip.build_model("tiny").eval(), ckpt)
-    data = tmp_path / "syn"
-    make_synthetic_dataset(data, images=6, seed=2, val_images=1)
-    out = tmp_path / "onnx"
-    rc = to_onnx.main(["--checkpoint", str(ckpt), "--out", str(out), "--graphs", "end_to_end", "--skip-check",
-                       "--int8", str(data / "JPEGImages"), "--int8-count", "4"])  # fmt: skip
-    assert rc == 0
+    out, ckpt = tiny_onnx
     report = json.loads((out / "export.json").read_text())["int8"]
     assert report["convs"]["calibration_windows"] == 4 and report["vit_linears"]["quantized_nodes"] > 0
     assert 0.0 <= report["argmax_agreement_vs_fp32"] <= 1.0 and np.isfinite(report["max_abs_dlogit_vs_fp32"])
@@ -476,7 +469,9 @@ def test_int8_variant_calibrated_on_images(tmp_path: Path) -> None:
     with get_engine("onnxruntime", out / "weakclip_int8.onnx") as eng:
         logits = eng(torch.randn(2, 3, 64, 96))
     assert logits.shape == (2, eng.num_classes, 16, 24) and torch.isfinite(logits).all()
-    assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(out), "--int8"]) == 2  # missing IMAGES argument
+    data = tmp_path / "syn"
+    make_synthetic_dataset(data, images=6, seed=2, val_images=1)
+    assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o1"), "--int8"]) == 2  # no IMAGES
     (data / "JPEGImages" / "train_000000.jpg").write_bytes(b"broken")  # decoded before the fp32 export
     assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o3"), "--graphs", "end_to_end",
                          "--int8", str(data / "JPEGImages"), "--int8-count", "100"]) == 2  # fmt: skip
