@@ -55,6 +55,10 @@ def _examples(names: Sequence[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + (f", … ({len(names) - n} more)" if len(names) > n else "")
 
 
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
 def _sample(names: Sequence[str], n: int) -> list[str]:
     if n <= 0 or len(names) <= n:
         return list(names)
@@ -93,28 +97,19 @@ def training_config(name_or_file: str | None, root: Path) -> tuple[dict[str, Any
     return load_config(FALLBACK_CONFIG, []), f"config {FALLBACK_CONFIG} (no shipped config's folders found)"
 
 
-def layout_from_config(
-    root: str | Path,
-    cfg: dict[str, Any],
-    config_source: str,
-    *,
-    image_dir: str | None = None,
-    seed_dir: str | None = None,
-    gt_dir: str | None = None,
-    lists: Sequence[str] | None = None,
-    val_list: str | None = None,
-    labels: str | None = None,
-    classes: str | None = None,
-    class_names_file: str | None = None,
-    image_ext: str = ".jpg",
-) -> DataLayout:
-    """The layout to check: each given path (relative to the current directory) replaces its config key; the
-    config's ``data.*`` paths are taken under ``root``.  Classes: ``class_names_file`` > ``classes`` (a name of
-    :data:`CLASS_LISTS`) > ``root/class_names.txt`` > the config's model preset."""
+def layout_from_config(root: str | Path, cfg: dict[str, Any], config_source: str, given: dict[str, Any]) -> DataLayout:
+    """The layout to check.  ``given`` (the command line's ``image_dir``, ``seed_dir``, ``gt_dir``, ``lists``,
+    ``val_list``, ``labels``, ``classes``, ``class_names``, ``image_ext``): each path given (relative to the current
+    directory) replaces its config key; the config's ``data.*`` paths are taken under ``root``.  Classes:
+    ``class_names`` file > ``classes`` (a name of :data:`CLASS_LISTS`) > ``root/class_names.txt`` > the model preset."""
     from weakclip.data.datasets import resolve_list
     from weakclip.model.config import get_config
 
     root, d = Path(root), cfg["data"]
+    image_dir, seed_dir, gt_dir, lists, val_list, labels, classes, class_names_file = (
+        given.get(k)
+        for k in ("image_dir", "seed_dir", "gt_dir", "lists", "val_list", "labels", "classes", "class_names")
+    )
     origin: dict[str, str] = {"config": config_source}
 
     def pick(key: str, given: Any, from_config: Any) -> Any:
@@ -153,6 +148,7 @@ def layout_from_config(
         except (KeyError, ValueError, TypeError) as e:
             raise UsageError(f"{config_source}: model: {' '.join(str(e).strip(chr(39)).split())}") from None
         origin["classes"] = f"model.preset {m['preset']}"
+    image_ext = given.get("image_ext") or ".jpg"
     return DataLayout(root, image, seeds, gt, train, val, label_path, tuple(names), image_ext, origin)
 
 
@@ -171,24 +167,15 @@ def check_dataset(lay: DataLayout, sample: int = 300) -> int:
     if not lay.image_dir.is_dir():
         problem(f"{lay.image_dir}: image folder not found ({lay.origin['image_dir']})")
     else:
-        by_suffix: collections.Counter = collections.Counter()
-        odd: collections.Counter = collections.Counter()
-        for p in lay.image_dir.iterdir():
-            if not p.is_file() or p.name.startswith("."):
-                continue
-            suffix = p.suffix.lower()
-            if suffix in IMAGE_EXTS:
-                by_suffix[suffix] += 1
-                if suffix == lay.image_ext.lower():
-                    images.add(p.stem)
-            else:
-                odd[suffix or "(no suffix)"] += 1
-        shown = ", ".join(f"{n} {s}" for s, n in by_suffix.items())
-        print(f"images: {sum(by_suffix.values())} in {lay.image_dir} ({shown})")
+        files = [p for p in lay.image_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+        suffixes = collections.Counter(p.suffix.lower() or "(no suffix)" for p in files)
+        by_suffix = {s: n for s, n in suffixes.items() if s in IMAGE_EXTS}
+        odd = {s: n for s, n in suffixes.items() if s not in IMAGE_EXTS}
+        if lay.image_ext.lower() in IMAGE_EXTS:
+            images = {p.stem for p in files if p.suffix.lower() == lay.image_ext.lower()}
+        print(f"images: {sum(by_suffix.values())} in {lay.image_dir} ({_counts(by_suffix)})")
         if odd:
-            print(
-                f"  {sum(odd.values())} file(s) there are not images ({', '.join(f'{n} {s}' for s, n in odd.items())})"
-            )
+            print(f"  {sum(odd.values())} file(s) there are not images ({_counts(odd)})")
         if not by_suffix:
             problem(f"{lay.image_dir}: holds no images")
 
@@ -322,10 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value and not Path(value).is_file():
             raise UsageError(f"{opt} {value}: file not found ({rule})")
     cfg, source = training_config(args.config, root)
-    paths = {k: getattr(args, k) for k in ("image_dir", "seed_dir", "gt_dir", "val_list", "labels", "classes")}
-    lay = layout_from_config(
-        root, cfg, source, lists=lists, class_names_file=args.class_names, image_ext=args.image_ext, **paths
-    )
+    lay = layout_from_config(root, cfg, source, vars(args) | {"lists": lists})
     return 1 if check_dataset(lay, args.sample) else 0
 
 

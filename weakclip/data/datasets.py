@@ -46,8 +46,7 @@ def _coco_lut() -> np.ndarray:
     """Category id (0..255) → contiguous index; -1 for values that are not a category id, 0 and 255 kept."""
     lut = np.full(256, -1, dtype=np.int64)
     lut[0], lut[IGNORE_INDEX] = 0, IGNORE_INDEX
-    for i, cat in enumerate(COCO_CATEGORY_IDS):
-        lut[cat] = i + 1
+    lut[list(COCO_CATEGORY_IDS)] = np.arange(1, len(COCO_CATEGORY_IDS) + 1)
     return lut
 
 
@@ -230,7 +229,7 @@ class SegmentationDataset(Dataset):
             assert self._lut is not None
             mapped = self._lut[mask]
             if (mapped < 0).any():
-                bad = sorted(set(np.unique(mask[mapped < 0]).tolist()))
+                bad = np.unique(mask[mapped < 0]).tolist()
                 raise LabelIndexingError(
                     f"{path}: value(s) {bad} are not COCO category ids, but coco_layout='official91' expects "
                     "category-id slots (1..90 with gaps); masks in contiguous 0..80 indexing need "

@@ -34,11 +34,8 @@ def _read_umask() -> int:
 
 def voc_palette(n: int = 256) -> list[int]:
     """The standard PASCAL VOC colour map as a flat [r, g, b, ...] list of length 3·n (index 255 is (224, 224, 192))."""
-    pal = []
-    for i in range(n):
-        # bit k of the class index goes to bit 7 - k // 3 of channel k % 3
-        pal += [sum(((i >> (3 * j + ch)) & 1) << (7 - j) for j in range(8)) for ch in range(3)]
-    return pal
+    # bit 3j + ch of the class index i goes to bit 7 - j of channel ch
+    return [sum(((i >> (3 * j + ch)) & 1) << (7 - j) for j in range(8)) for i in range(n) for ch in range(3)]
 
 
 def voc_palette_array() -> np.ndarray:

@@ -97,9 +97,9 @@ def _check_indices(path: Path, name: str, idx: Iterable[int], num_classes: int |
     out = sorted({int(i) for i in idx})
     for i in out:
         if i < 1 or (num_classes is not None and i >= num_classes):
-            hi = f"{num_classes - 1}" if num_classes is not None else "K-1"
             raise ValueError(
-                f"{path}: image {name!r} has class index {i}; labels are 1-based foreground indices in 1..{hi} "
+                f"{path}: image {name!r} has class index {i}; labels are 1-based foreground indices in "
+                f"1..{'K-1' if num_classes is None else num_classes - 1} "
                 "(0 is background)"
             )
     return out

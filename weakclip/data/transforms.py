@@ -125,32 +125,25 @@ def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarr
     return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
-def photometric_distortion(
-    image: np.ndarray,
-    rng: np.random.Generator,
-    brightness_delta: int = 32,
-    contrast_range: tuple[float, float] = (0.5, 1.5),
-    saturation_range: tuple[float, float] = (0.5, 1.5),
-    hue_delta: int = 18,
-) -> np.ndarray:
-    """mmseg ``PhotoMetricDistortion`` on an (H, W, 3) uint8 RGB image; each step applies with probability 0.5.
-    Order: brightness; contrast now (mode 1) or last (mode 0); saturation; hue."""
+def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """mmseg ``PhotoMetricDistortion`` (its default ranges) on an (H, W, 3) uint8 RGB image; each step applies with
+    probability 0.5.  Order: brightness; contrast now (mode 1) or last (mode 0); saturation; hue."""
     img = image
     if rng.integers(2):
-        img = _convert(img, beta=rng.uniform(-brightness_delta, brightness_delta))
+        img = _convert(img, beta=rng.uniform(-32, 32))
     mode = int(rng.integers(2))
     if mode == 1 and rng.integers(2):
-        img = _convert(img, alpha=rng.uniform(*contrast_range))
+        img = _convert(img, alpha=rng.uniform(0.5, 1.5))
     if rng.integers(2):
         hsv = rgb_to_hsv(img)
-        hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*saturation_range))
+        hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(0.5, 1.5))
         img = hsv_to_rgb(hsv)
     if rng.integers(2):
         hsv = rgb_to_hsv(img)
-        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + int(rng.integers(-hue_delta, hue_delta))) % 180
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + int(rng.integers(-18, 18))) % 180
         img = hsv_to_rgb(hsv)
     if mode == 0 and rng.integers(2):
-        img = _convert(img, alpha=rng.uniform(*contrast_range))
+        img = _convert(img, alpha=rng.uniform(0.5, 1.5))
     return img
 
 
@@ -173,13 +166,6 @@ def pad_to(
         image = F.pad(image, (0, pw, 0, ph), value=0.0)
         label = F.pad(label, (0, pw, 0, ph), value=ignore_index)
     return image, label
-
-
-def test_transform(
-    image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> torch.Tensor:
-    """Evaluation transform: no resizing, just (H, W, 3) uint8 RGB → normalised (3, H, W) float32 tensor."""
-    return normalize(image, mean, std)
 
 
 @dataclass
@@ -218,4 +204,5 @@ class TrainTransform:
         return pad_to(img_t, lab_t, crop, self.ignore_index)
 
 
+test_transform = normalize  # evaluation: no resizing, just normalisation
 vars(test_transform)["__test__"] = False  # not a pytest test, despite its name
