@@ -1,46 +1,13 @@
-"""End-to-end GPU benchmark of WeakCLIP pseudo-mask inference: ViT-B/16 (``weakclip.build_model('vit_b16_voc')``, random
-weights, real architecture) at 512² windows, every row measured in the same process on the same GPU.
+"""End-to-end GPU benchmark of WeakCLIP pseudo-mask inference: ViT-B/16 (random weights, real architecture) at 512²
+windows, every row measured in the same process on the same GPU.
 
-Rows (the official-style row is the anchor every speed-up is relative to):
-
-1. ``official-fp32``   official-style PyTorch: fp32 eager, one window per forward, the text tower (prompt learner +
-                       text transformer) recomputed for every window, as the official mmseg code does
-2. ``engine-fp32``     our torch engine (``weakclip.engines.torch_engine``): T precomputed once, windows batched
-3. ``engine-fp16``     the same under fp16 autocast;  ``engine-bf16``: bf16 autocast
-4. ``fused-fp16``      (3) with the fused CUDA co-attention kernels (``engines/cuda_ops.py``, fp16) in place of the
-                       PyTorch co-attention;  ``fused-bf16``: bf16 autocast, co-attention fused in fp16 (the kernels
-                       have no bf16 path)
-5. ``graph-fp16``      (3) captured once in a CUDA graph and replayed (static input / output buffers; autocast's
-                       weight cache off, as capture needs); a model that cannot be captured says why instead
-6. ``compile-fp16``    ``torch.compile`` of (3) (compile time reported, not counted)
-7. ``ort-cuda-fp32``   ONNX Runtime, CUDA execution provider, the exported fp32 graph;  ``trt-fp16``: TensorRT fp16.
-                       These take CPU windows and return CPU logits (host↔device copies included).  Where the
-                       package or the provider is missing the row says "not available on this machine" (never a
-                       number it did not measure).
-
-Per row: windows/s (median of ``--repeats`` timed repeats of ``--iters`` calls each, after ``--warmup`` calls;
-CUDA-synchronised), speed-up vs the anchor, images/s at the official 12-view protocol on a 500×375 image (52
-windows: ``weakclip.masks.inference.view_size`` / ``window_grid``; every window counted as a full 512² window, so this is
-conservative: the 0.5× and 0.75× views are smaller) and at single scale (2 windows), the projected model time for VOC
-train_aug (10,582 images), GFLOP/s at the work per window counted with attention (``benchmarks/common.py``
-``count_gflop``: 325.5 GFLOP per 512² window, T precomputed) and the fraction of the GPU's dense fp16 tensor-core
-peak (table below; an unknown GPU says so), peak GPU memory (``torch.cuda.max_memory_allocated`` during the row, plus
-the process's NVML figure after the row when pynvml or nvidia-smi can give it, else "unavailable"), and argmax
-agreement + max |Δlogit| vs the fp32 reference (our engine, true fp32: TF32 off for matmuls and cuDNN).  Peak GPU
-memory per row: ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` (the caching allocator's pool)
-during the row.
-
-``--time-budget``: every row first checks the time left against what it needs (``ROW_NEEDS_S``); a row that no
-longer fits is *cut* (status ``cut``, with the reason), the rows before it are kept (the JSON is written after every
-row).
-
-Goals printed at the end: fp16 batched ≥ 10× the official-style row (windows/s); best engine ≥ 35 % of dense fp16
-peak; VOC train_aug at 12 views ≤ 10 min of model time on one H100.
-
-``--cpu-smoke`` (automatic without a CUDA GPU): tiny preset at its crop, a few iterations, GPU rows skipped with their
-reason; checks the script end to end in CI.  Outputs (``gpu_e2e.json`` written after every row, ``gpu_e2e.md``,
-``gpu_e2e.png``) go to ``--out`` only; large temporaries (the ONNX export, TensorRT engines) go to a temporary folder
-that is removed at the end.  ``benchmarks/gpu_check.sh`` runs it on a GPU machine.
+Rows: ``DESCRIPTIONS``; the official-style row (fp32, one window per forward, the text tower per window) is the anchor
+of every speed-up.  A row whose package, provider or GPU is missing says why instead of a number.  Per row: windows/s
+(median of the timed repeats, CUDA-synchronised), images/s at single scale and at the official 12 views of a 500×375
+image, the projected time for VOC train_aug, GFLOP/s and the fraction of the GPU's dense fp16 peak, peak GPU memory,
+and argmax agreement + max |Δlogit| vs the fp32 reference (TF32 off).  ``--time-budget`` cuts the rows that no longer
+fit (``ROW_NEEDS_S``).  ``--cpu-smoke`` (automatic without a CUDA GPU): tiny preset, GPU rows skipped.  Writes
+``gpu_e2e.json`` (after every row), ``gpu_e2e.md`` and ``gpu_e2e.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -49,7 +16,6 @@ import argparse
 import contextlib
 import copy
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -67,7 +33,8 @@ from typing import Any
 
 import torch
 
-from weakclip.benchmarks.common import VOC_TRAIN_AUG, count_gflop, protocol_windows
+from weakclip.benchmarks import common
+from weakclip.benchmarks.common import VOC_TRAIN_AUG, fmt
 
 # Dense (no sparsity) fp16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets; first matching name wins.
 DENSE_FP16_PEAK_TFLOPS: tuple[tuple[str, str, float], ...] = (
@@ -81,18 +48,6 @@ DENSE_FP16_PEAK_TFLOPS: tuple[tuple[str, str, float], ...] = (
 GOAL_SPEEDUP = 10.0
 GOAL_PEAK_FRACTION = 0.35
 GOAL_VOC_MINUTES = 10.0
-ROWS = (
-    "official-fp32",
-    "engine-fp32",
-    "engine-fp16",
-    "engine-bf16",
-    "fused-fp16",
-    "fused-bf16",
-    "graph-fp16",
-    "compile-fp16",
-    "ort-cuda-fp32",
-    "trt-fp16",
-)
 DESCRIPTIONS = {
     "official-fp32": "official-style PyTorch fp32 eager, 1 window/forward, text tower per window",
     "engine-fp32": "torch engine fp32, T precomputed, batched",
@@ -105,8 +60,8 @@ DESCRIPTIONS = {
     "ort-cuda-fp32": "ONNX Runtime CUDA EP, fp32 graph (CPU in/out)",
     "trt-fp16": "TensorRT fp16 (CPU in/out)",
 }
-# Rough wall-time needs (s) of each row on an H100 / H200 (ViT-B/16, batch 16), for the --time-budget check; rows
-# not named need ROW_NEEDS_DEFAULT_S.
+ROWS = tuple(DESCRIPTIONS)
+# Rough wall-time needs (s) of each row on an H100 / H200 (ViT-B/16, batch 16), for --time-budget.
 ROW_NEEDS_S = {
     "official-fp32": 20.0,
     "engine-fp32": 15.0,
@@ -118,6 +73,7 @@ ROW_NEEDS_S = {
 }
 ROW_NEEDS_DEFAULT_S = 10.0
 NOT_AVAILABLE = "not available on this machine"
+VERDICT = {True: "MET", False: "NOT MET", None: "not evaluated"}
 
 
 class RowSkipped(Exception):
@@ -160,51 +116,35 @@ def derived(windows_per_s: float, protocol: dict[str, int], gflop: float, peak_t
 def evaluate_goals(rows: list[dict], device: str, peak: tuple[str | None, float | None], smoke: bool) -> list[dict]:
     """The three goals: each {"goal", "value", "met": True/False/None, "note"}; None = not evaluable here."""
     ok = {r["key"]: r for r in rows if r["status"] == "ok"}
-    anchor = ok.get("official-fp32")
-    goals: list[dict] = []
-
-    fp16 = ok.get("engine-fp16")
+    anchor, fp16 = ok.get("official-fp32"), ok.get("engine-fp16")
+    best = max(ok.values(), key=lambda r: r["windows_per_s"], default=None)
     g1: dict[str, Any] = {"goal": f"fp16 batched >= {GOAL_SPEEDUP:g}x the official-style row (windows/s)"}
     if anchor and fp16:
         ratio = fp16["windows_per_s"] / anchor["windows_per_s"]
         g1.update(value=f"{ratio:.2f}x", met=ratio >= GOAL_SPEEDUP, note="engine-fp16 / official-fp32")
     else:
         g1.update(value=None, met=None, note="needs both the official-fp32 and engine-fp16 rows")
-    goals.append(g1)
-
-    best = max(ok.values(), key=lambda r: r["windows_per_s"], default=None)
     g2: dict[str, Any] = {"goal": f"best engine >= {GOAL_PEAK_FRACTION:.0%} of the GPU's dense fp16 peak"}
-    if best is None:
-        g2.update(value=None, met=None, note="no row measured")
-    elif peak[1] is None:
-        g2.update(
-            value=None,
-            met=None,
-            note=f"no dense fp16 peak known for {device!r} (table: "
-            f"{', '.join(lbl for _, lbl, _ in DENSE_FP16_PEAK_TFLOPS)})",
-        )
-    else:
-        frac = best["fraction_of_dense_fp16_peak"]
-        g2.update(value=f"{frac:.1%} ({best['key']})", met=frac >= GOAL_PEAK_FRACTION, note=f"peak {peak[0]}")
-    goals.append(g2)
-
     g3: dict[str, Any] = {
         "goal": f"VOC train_aug (10,582 images) at 12 views <= {GOAL_VOC_MINUTES:g} min of model time on one H100"
     }
     if best is None:
+        g2.update(value=None, met=None, note="no row measured")
         g3.update(value=None, met=None, note="no row measured")
+        return [g1, g2, g3]
+    if peak[1] is None:
+        table = ", ".join(lbl for _, lbl, _ in DENSE_FP16_PEAK_TFLOPS)
+        g2.update(value=None, met=None, note=f"no dense fp16 peak known for {device!r} (table: {table})")
     else:
-        minutes = best["voc_train_aug_minutes_12_views"]
-        if "H100" in device and not smoke:
-            g3.update(value=f"{minutes:.1f} min ({best['key']})", met=minutes <= GOAL_VOC_MINUTES, note=device)
-        else:
-            g3.update(
-                value=f"{minutes:.1f} min ({best['key']})",
-                met=None,
-                note=f"measured on {device!r}, not an H100: projection only",
-            )
-    goals.append(g3)
-    return goals
+        frac = best["fraction_of_dense_fp16_peak"]
+        g2.update(value=f"{frac:.1%} ({best['key']})", met=frac >= GOAL_PEAK_FRACTION, note=f"peak {peak[0]}")
+    minutes = best["voc_train_aug_minutes_12_views"]
+    g3["value"] = f"{minutes:.1f} min ({best['key']})"
+    if "H100" in device and not smoke:
+        g3.update(met=minutes <= GOAL_VOC_MINUTES, note=device)
+    else:
+        g3.update(met=None, note=f"measured on {device!r}, not an H100: projection only")
+    return [g1, g2, g3]
 
 
 def process_gpu_memory_mib() -> tuple[float | None, str]:
@@ -259,22 +199,9 @@ def sync(device: torch.device) -> None:
 
 
 def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int, iters: int) -> dict:
-    """Seconds per call: median (and spread) of ``repeats`` timed repeats of ``iters`` calls, after ``warmup`` calls
-    (the first call's time, e.g. a compile, is reported separately)."""
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    first = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
-        fn()
-    sync(device)
-    per = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        sync(device)
-        per.append((time.perf_counter() - t0) / iters)
+    """Seconds per call: median (and spread) of ``repeats`` timed repeats of ``iters`` calls after ``warmup`` calls
+    (the first call's time, e.g. a compile, reported apart)."""
+    _, first, per = common.time_calls(fn, warmup=warmup, repeats=repeats, iters=iters, sync=lambda: sync(device))
     return {
         "median_s": statistics.median(per),
         "min_s": min(per),
@@ -304,9 +231,7 @@ def memory_probe(device: torch.device, into: dict):
         into["peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
         into["process_gpu_mib"], into["process_gpu_source"] = process_gpu_memory_mib()
     else:
-        from weakclip.benchmarks.common import peak_rss_mib
-
-        into["peak_rss_mib_process"] = peak_rss_mib()
+        into["peak_rss_mib_process"] = common.peak_rss_mib()
         into["process_gpu_source"] = "unavailable: no GPU"
 
 
@@ -354,21 +279,8 @@ class Ctx:
         self.need(ROW_NEEDS_S.get(row["key"], ROW_NEEDS_DEFAULT_S), f"the {row['key']} row")
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _measure(
-    ctx: Ctx,
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    batch: int,
-    row: dict,
-    iters: int | None = None,
-) -> None:
-    a = ctx.args
+def _measure(ctx: Ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, row: dict, iters: int = 0) -> None:
+    a, batch = ctx.args, x.shape[0]
     with memory_probe(ctx.device, row):
         t = time_calls(lambda: fn(x), ctx.device, warmup=a.warmup, repeats=a.repeats, iters=iters or a.iters)
         out = fn(x) if batch == ctx.x.shape[0] else None  # the full reference batch: compare with the fp32 logits
@@ -385,7 +297,7 @@ def row_official(ctx: Ctx, row: dict) -> None:
         with torch.inference_mode():
             return model(x1).logits  # text_embeddings=None: prompt learner + text tower run for this window
 
-    _measure(ctx, one, ctx.x[:1], 1, row, iters=n)
+    _measure(ctx, one, ctx.x[:1], row, iters=n)
     with torch.inference_mode():
         outs = torch.cat([one(ctx.x[i : i + 1]).float() for i in range(ctx.x.shape[0])])
     row.update(agreement(outs, ctx.ref))
@@ -397,8 +309,7 @@ def row_engine(ctx: Ctx, row: dict, precision: str) -> None:
     if precision != "fp32":
         ctx.gpu(f"{precision} autocast")
     ctx.need_row(row)
-    eng = TorchEngine(ctx.model, device=ctx.device, precision=precision)
-    _measure(ctx, eng, ctx.x, ctx.x.shape[0], row)
+    _measure(ctx, TorchEngine(ctx.model, device=ctx.device, precision=precision), ctx.x, row)
 
 
 def _autocast_runner(ctx: Ctx, model: Any, dtype: torch.dtype, no_grad: bool = False) -> Callable:
@@ -406,7 +317,7 @@ def _autocast_runner(ctx: Ctx, model: Any, dtype: torch.dtype, no_grad: bool = F
 
     def run(x: torch.Tensor) -> torch.Tensor:
         grad = torch.no_grad() if no_grad else torch.inference_mode()
-        with grad, _autocast(ctx.device, dtype):
+        with grad, torch.autocast(device_type=ctx.device.type, dtype=dtype):
             return model(x, text_embeddings=T).logits.float()
 
     return run
@@ -415,7 +326,7 @@ def _autocast_runner(ctx: Ctx, model: Any, dtype: torch.dtype, no_grad: bool = F
 def row_bf16(ctx: Ctx, row: dict) -> None:
     ctx.gpu("bf16 autocast")
     ctx.need_row(row)
-    _measure(ctx, _autocast_runner(ctx, ctx.model, torch.bfloat16), ctx.x, ctx.x.shape[0], row)
+    _measure(ctx, _autocast_runner(ctx, ctx.model, torch.bfloat16), ctx.x, row)
 
 
 @contextlib.contextmanager
@@ -439,7 +350,7 @@ def row_fused(ctx: Ctx, row: dict, dtype: torch.dtype) -> None:
     ctx.gpu("the fused CUDA co-attention kernels")
     ctx.need_row(row)
     with fused_coattention(ctx) as model:
-        _measure(ctx, _autocast_runner(ctx, model, dtype), ctx.x, ctx.x.shape[0], row)
+        _measure(ctx, _autocast_runner(ctx, model, dtype), ctx.x, row)
 
 
 def row_graph(ctx: Ctx, row: dict) -> None:
@@ -477,7 +388,7 @@ def row_graph(ctx: Ctx, row: dict) -> None:
         graph.replay()
         return static_out
 
-    _measure(ctx, replay, static_x, static_x.shape[0], row)
+    _measure(ctx, replay, static_x, row)
 
 
 def row_compile(ctx: Ctx, row: dict) -> None:
@@ -485,7 +396,7 @@ def row_compile(ctx: Ctx, row: dict) -> None:
     ctx.need(ROW_NEEDS_S["compile-fp16"], "torch.compile")
     torch._dynamo.reset()
     compiled = torch.compile(ctx.model)
-    _measure(ctx, _autocast_runner(ctx, compiled, torch.float16, no_grad=True), ctx.x, ctx.x.shape[0], row)
+    _measure(ctx, _autocast_runner(ctx, compiled, torch.float16, no_grad=True), ctx.x, row)
     row["compile_s"] = row["timing"]["first_call_s"]
 
 
@@ -537,7 +448,7 @@ def row_ort(ctx: Ctx, row: dict) -> None:
 
     eng = OrtEngine(path, device=f"cuda:{ctx.device.index or 0}", reuse_outputs=True)
     row["providers"] = eng.providers
-    _measure(ctx, eng, ctx.x.cpu(), ctx.x.shape[0], row)
+    _measure(ctx, eng, ctx.x.cpu(), row)
 
 
 def row_trt(ctx: Ctx, row: dict) -> None:
@@ -571,7 +482,7 @@ def row_trt(ctx: Ctx, row: dict) -> None:
     )
     row.update(build_s=time.perf_counter() - t0, tensorrt=trt_identity(trt))
     try:
-        _measure(ctx, eng, ctx.x.cpu(), batch, row)
+        _measure(ctx, eng, ctx.x.cpu(), row)
     finally:
         eng.close()
 
@@ -608,15 +519,9 @@ def device_info(device: torch.device) -> dict:
             )
             info["driver"] = q.stdout.strip().splitlines()[0] if q.stdout.strip() else None
     else:
-        from weakclip.benchmarks.common import machine_info
-
-        m = machine_info()
+        m = common.machine_info()
         info.update(name=f"CPU: {m['cpu']}", usable_cores=m["usable_cores"])
     return info
-
-
-def _fmt(v: Any, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
 
 
 def markdown(report: dict) -> str:
@@ -645,17 +550,16 @@ def markdown(report: dict) -> str:
             continue
         frac = r.get("fraction_of_dense_fp16_peak")
         lines.append(
-            f"| {r['key']} | {r['description']} | ok | {r['windows_per_s']:.2f} | {_fmt(r.get('speedup'), '.2f')} | "
+            f"| {r['key']} | {r['description']} | ok | {r['windows_per_s']:.2f} | {fmt(r.get('speedup'), '.2f')} | "
             f"{r['images_per_s_12_views']:.3f} | {r['images_per_s_single_scale']:.2f} | "
             f"{r['voc_train_aug_minutes_12_views']:.1f} | {r['gflop_per_s']:.4g} | "
-            f"{'–' if frac is None else f'{100 * frac:.1f}'} | {_fmt(r.get('peak_allocated_mib'), '.0f')} | "
-            f"{_fmt(r.get('peak_reserved_mib'), '.0f')} | {_fmt(r.get('process_gpu_mib'), '.0f')} | {_fmt(r.get('argmax_agreement'), '.4%')} | "
-            f"{_fmt(r.get('max_abs_logit_diff'), '.2e')} |"
+            f"{fmt(None if frac is None else 100 * frac, '.1f')} | {fmt(r.get('peak_allocated_mib'), '.0f')} | "
+            f"{fmt(r.get('peak_reserved_mib'), '.0f')} | {fmt(r.get('process_gpu_mib'), '.0f')} | "
+            f"{fmt(r.get('argmax_agreement'), '.4%')} | {fmt(r.get('max_abs_logit_diff'), '.2e')} |"
         )
     lines += ["", "Goals:", ""]
     for g in report["goals"]:
-        verdict = {True: "MET", False: "NOT MET", None: "not evaluated"}[g["met"]]
-        lines.append(f"* {g['goal']}: **{verdict}** — {g['value'] or '–'} ({g['note']})")
+        lines.append(f"* {g['goal']}: **{VERDICT[g['met']]}** — {g['value'] or '–'} ({g['note']})")
     mem = {r.get("process_gpu_source") for r in report["rows"] if r["status"] == "ok"} - {None}
     lines += ["", f"Process GPU memory source: {', '.join(sorted(mem)) or 'none'}."]
     return "\n".join(lines) + "\n"
@@ -663,40 +567,32 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> str | None:
     """Bar chart of windows/s and peak memory per row; returns None or the reason there is no PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib not installed"
     rows = report["rows"]
     names = [r["key"] for r in rows]
     wps = [r.get("windows_per_s", 0.0) if r["status"] == "ok" else 0.0 for r in rows]
     mem = [r.get("peak_allocated_mib") or r.get("peak_rss_mib_process") or 0.0 for r in rows]
     reserved = [r.get("peak_reserved_mib") or 0.0 for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    bars = axes[0].bar(names, wps, color=["tab:gray" if r["status"] != "ok" else "tab:blue" for r in rows])
-    for b, r in zip(bars, rows):
-        if r["status"] != "ok":
-            axes[0].text(
-                b.get_x() + b.get_width() / 2, 0, r["status"], rotation=90, ha="center", va="bottom", fontsize=7
-            )
-    axes[0].set_ylabel("windows / s (higher is better)")
-    if any(reserved):
-        axes[1].bar(names, reserved, color="tab:olive", label="max_memory_reserved")
-    axes[1].bar(names, mem, color="tab:orange", label="max_memory_allocated" if any(reserved) else None)
-    if any(reserved):
-        axes[1].legend(fontsize=7)
-    axes[1].set_ylabel("peak GPU MiB (torch)" if report["device"]["device"] != "cpu" else "peak RSS MiB (process)")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=35, labelsize=7)
-    title = f"WeakCLIP {report['preset']} {report['size']}², batch {report['batch']} — {report['device']['name']}"
-    fig.suptitle(title + (" (CPU smoke run)" if report["smoke"] else ""), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
+
+    def draw(fig: Any, axes: list[Any]) -> None:
+        bars = axes[0].bar(names, wps, color=["tab:gray" if r["status"] != "ok" else "tab:blue" for r in rows])
+        for b, r in zip(bars, rows):
+            if r["status"] != "ok":
+                x = b.get_x() + b.get_width() / 2
+                axes[0].text(x, 0, r["status"], rotation=90, ha="center", va="bottom", fontsize=7)
+        axes[0].set_ylabel("windows / s (higher is better)")
+        if any(reserved):
+            axes[1].bar(names, reserved, color="tab:olive", label="max_memory_reserved")
+        axes[1].bar(names, mem, color="tab:orange", label="max_memory_allocated" if any(reserved) else None)
+        if any(reserved):
+            axes[1].legend(fontsize=7)
+        cpu = report["device"]["device"] == "cpu"
+        axes[1].set_ylabel("peak RSS MiB (process)" if cpu else "peak GPU MiB (torch)")
+        for ax in axes:
+            ax.tick_params(axis="x", rotation=35, labelsize=7)
+        title = f"WeakCLIP {report['preset']} {report['size']}², batch {report['batch']} — {report['device']['name']}"
+        fig.suptitle(title + (" (CPU smoke run)" if report["smoke"] else ""), fontsize=9)
+
+    return common.save_plot(path, draw)
 
 
 def summary_line(report: dict, failed: int) -> str:
@@ -704,8 +600,7 @@ def summary_line(report: dict, failed: int) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     best = max(ok, key=lambda r: r["windows_per_s"], default=None)
     best_text = f"{best['key']} {best['windows_per_s']:.1f} windows/s" if best else "none"
-    verdict = {True: "MET", False: "NOT MET", None: "not evaluated"}
-    goals = "; ".join(f"G{i + 1} {verdict[g['met']]}" for i, g in enumerate(report["goals"]))
+    goals = "; ".join(f"G{i + 1} {VERDICT[g['met']]}" for i, g in enumerate(report["goals"]))
     png = report["png"] or f"no PNG ({report['png_missing_reason']})"
     cut = [r["key"] for r in rows if r["status"] == "cut"]
     return (
@@ -725,15 +620,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", help="model preset (default vit_b16_voc; tiny in CPU smoke mode)")
     p.add_argument("--size", type=int, help="window side (default: the preset's crop, 512)")
-    p.add_argument("--batch", type=int, help="windows per batched call (default 16; 2 in smoke)")
-    p.add_argument("--warmup", type=int, help="untimed calls per row (default 3; 1 in smoke)")
-    p.add_argument("--repeats", type=int, help="timed repeats per row; the median is reported (default 5; 2 in smoke)")
-    p.add_argument("--iters", type=int, help="calls per timed repeat (default 2; 1 in smoke)")
-    p.add_argument(
-        "--official-windows",
-        type=int,
-        help="windows per timed repeat of the official-style row (default 4; 1 in smoke)",
-    )
+    for flag, what in (
+        ("--batch", "windows per batched call (default 16; 2 in smoke)"),
+        ("--warmup", "untimed calls per row (default 3; 1 in smoke)"),
+        ("--repeats", "timed repeats per row; the median is reported (default 5; 2 in smoke)"),
+        ("--iters", "calls per timed repeat (default 2; 1 in smoke)"),
+        ("--official-windows", "windows per timed repeat of the official-style row (default 4; 1 in smoke)"),
+    ):
+        p.add_argument(flag, type=int, help=what)
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default all)")
     p.add_argument(
         "--time-budget",
@@ -753,6 +647,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_row(ctx: Ctx, row: dict) -> bool:
+    """Run one row into ``row`` (status ok / cut / skipped / failed); True when it failed."""
+    try:
+        RUNNERS[row["key"]](ctx, row)
+        row["status"] = "ok"
+    except RowCut as e:
+        row.update(status="cut", cut=True, reason=str(e))
+    except RowSkipped as e:
+        row.update(status="skipped", reason=str(e))
+    except Exception as e:  # noqa: BLE001 - one failing row is reported, the others still run
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+        row.update(status="failed", reason=reason, traceback=traceback.format_exc()[-3000:])
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     has_cuda = torch.cuda.is_available()
@@ -760,12 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     if smoke and not args.cpu_smoke:
         log("no CUDA GPU visible to torch: CPU smoke mode (tiny preset, GPU rows skipped); not a benchmark")
     preset = args.preset or ("tiny" if smoke else "vit_b16_voc")
-    defaults = (
-        dict(batch=2, warmup=1, repeats=2, iters=1, official_windows=1)
-        if smoke
-        else dict(batch=16, warmup=3, repeats=5, iters=2, official_windows=4)
-    )
-    for k, v in defaults.items():
+    defaults = (1, 2, 1, 2, 1) if smoke else (3, 16, 4, 5, 2)
+    for k, v in zip(("warmup", "batch", "official_windows", "repeats", "iters"), defaults):
         if getattr(args, k) is None:
             setattr(args, k, v)
     if min(args.batch, args.warmup, args.repeats, args.iters, args.official_windows) < 1:
@@ -779,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     import weakclip
-    from weakclip.data.io import atomic_path
+    from weakclip.data.io import write_text_atomic
 
     # True fp32 for the fp32 rows and the reference (PyTorch's cuDNN default would allow TF32 convolutions).
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -787,24 +693,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = weakclip.build_model(preset).eval()
     size = args.size or model.config.crop_size
-    overrides = {"crop_size": size} if size != model.config.crop_size else {}
-    if overrides:
+    if size != model.config.crop_size:
         torch.manual_seed(args.seed)
-        model = weakclip.build_model(preset, **overrides).eval()
-    counted = count_gflop(model.config, size)["total"]
+        model = weakclip.build_model(preset, crop_size=size).eval()
+    counted = common.count_gflop(model.config, size)["total"]
     gflop = args.gflop_per_window or round(counted, 1)
     if abs(gflop - counted) > 0.02 * counted:
         log(f"note: --gflop-per-window {gflop:g} differs from the counted {counted:.1f} GFLOP per window")
     model = model.to(device)
-    with torch.inference_mode():
-        T = model.text_embeddings()
     gen = torch.Generator().manual_seed(args.seed + 1)
     x = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
     with torch.inference_mode():
+        T = model.text_embeddings()
         ref = model(x, text_embeddings=T).logits.float().cpu()
     info = device_info(device)
     peak = dense_fp16_peak(info["name"]) if device.type == "cuda" else (None, None)
-    protocol = protocol_windows(model.config.crop_size)
+    protocol = common.protocol_windows(model.config.crop_size)
     log(
         f"{info['name']}: {preset} at {size}², batch {args.batch}, {gflop:g} GFLOP/window, protocol {protocol}, "
         f"dense fp16 peak {peak[1] or 'unknown'}"
@@ -814,12 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": smoke,
         "preset": preset,
         "size": size,
-        "batch": args.batch,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "iters": args.iters,
-        "official_windows": args.official_windows,
-        "seed": args.seed,
+        **{k: getattr(args, k) for k in ("batch", "warmup", "repeats", "iters", "official_windows", "seed")},
         "tf32": False,
         "gflop_per_window": gflop,
         "gflop_per_window_counted": counted,
@@ -832,11 +731,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
         "goals": [],
     }
-    json_path, md_path, png_path = out / "gpu_e2e.json", out / "gpu_e2e.md", out / "gpu_e2e.png"
 
     def save() -> None:
-        with atomic_path(json_path) as tmp_json:
-            tmp_json.write_text(json.dumps(report, indent=1) + "\n")
+        write_text_atomic(out / "gpu_e2e.json", json.dumps(report, indent=1) + "\n")
 
     failed = 0
     with tempfile.TemporaryDirectory(prefix="weakclip_gpu_e2e_") as tmp:
@@ -847,38 +744,22 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(status="skipped", reason="not selected (--rows)")
             else:
                 t0 = time.perf_counter()
-                try:
-                    RUNNERS[key](ctx, row)
-                    row["status"] = "ok"
-                except RowCut as e:
-                    row.update(status="cut", cut=True, reason=str(e))
-                except RowSkipped as e:
-                    row.update(status="skipped", reason=str(e))
-                except Exception as e:  # noqa: BLE001 - one failing row is reported, the others still run
-                    failed += 1
-                    row.update(
-                        status="failed",
-                        reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}",
-                        traceback=traceback.format_exc()[-3000:],
-                    )
+                failed += run_row(ctx, row)
                 row["row_wall_s"] = time.perf_counter() - t0
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             if row["status"] == "ok":
                 row.update(derived(row["windows_per_s"], protocol, gflop, peak[1]))
+                mem = (
+                    f", peak {row['peak_allocated_mib']:.0f} MiB allocated / {row['peak_reserved_mib']:.0f} MiB "
+                    "reserved"
+                    if "peak_reserved_mib" in row
+                    else ""
+                )
+                msg = f"{row['windows_per_s']:.2f} windows/s, agreement {fmt(row.get('argmax_agreement'), '.4%')}{mem}"
             report["rows"].append(row)
-            mem = (
-                f", peak {row['peak_allocated_mib']:.0f} MiB allocated / {row['peak_reserved_mib']:.0f} MiB reserved"
-                if "peak_reserved_mib" in row
-                else ""
-            )
-            msg = (
-                f"{row['windows_per_s']:.2f} windows/s, agreement {_fmt(row.get('argmax_agreement'), '.4%')}{mem}"
-                if row["status"] == "ok"
-                else row["reason"]
-            )
-            log(f"{key:14s} {row['status']:8s} {msg}")
+            log(f"{key:14s} {row['status']:8s} {msg if row['status'] == 'ok' else row['reason']}")
             save()
     anchor = next((r for r in report["rows"] if r["key"] == "official-fp32" and r["status"] == "ok"), None)
     for r in report["rows"]:
@@ -886,17 +767,13 @@ def main(argv: list[str] | None = None) -> int:
             r["speedup"] = r["windows_per_s"] / anchor["windows_per_s"]
     report["goals"] = evaluate_goals(report["rows"], info["name"], peak, smoke)
     report["wall_s"] = time.perf_counter() - t_start
-    if importlib.util.find_spec("matplotlib") is None:
-        why: str | None = "matplotlib not installed"
-    else:
-        with atomic_path(png_path) as tmp_png:
-            why = plot(report, tmp_png)
-    report["png"] = None if why else png_path.name
+    why = plot(report, out / "gpu_e2e.png")
+    report["png"] = None if why else "gpu_e2e.png"
     report["png_missing_reason"] = why
     save()
-    with atomic_path(md_path) as tmp_md:
-        tmp_md.write_text(markdown(report))
-    print(md_path.read_text())
+    md = markdown(report)
+    write_text_atomic(out / "gpu_e2e.md", md)
+    print(md)
     log(summary_line(report, failed))
     return 1 if failed else 0
 
