@@ -1,12 +1,8 @@
-"""Dense CRF (Krähenbühl & Koltun) over pydensecrf: the boundary-loss CRF and the pseudo-mask post-processing CRF.
-
-``pydensecrf`` is imported lazily (install the maintained fork with ``pip install pydensecrf2``) so the rest of the
-package works without it.
-"""
+"""Dense CRF (Krähenbühl & Koltun) over pydensecrf, imported lazily: boundary-loss and post-processing CRFs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -22,14 +18,7 @@ class CRFParams:
     iterations: int  # mean-field iterations
 
     def as_kwargs(self) -> dict[str, Any]:
-        return dict(
-            gauss_sxy=self.gauss_sxy,
-            gauss_compat=self.gauss_compat,
-            bi_sxy=self.bi_sxy,
-            bi_srgb=self.bi_srgb,
-            bi_compat=self.bi_compat,
-            iterations=self.iterations,
-        )
+        return asdict(self)
 
 
 # Boundary loss (SPEC §2): on the stride-8 probabilities and the downscaled image.
@@ -65,10 +54,9 @@ def dense_crf(
     iterations: int,
     min_prob: float = 1e-4,
 ) -> np.ndarray:
-    """Mean-field dense CRF.
+    """Mean-field dense CRF: image (H, W, 3) uint8 RGB, probs (K, H, W) → Q (K, H, W) float32.
 
-    image: (H, W, 3) uint8 RGB.  probs: (K, H, W) class probabilities (unary = -log(clip(P, min_prob, 1))).
-    Returns Q: (K, H, W) float32, a distribution over K at every pixel.
+    The unary is -log(clip(P, min_prob, 1)).
     """
     dcrf = _densecrf()
     image = np.asarray(image)
@@ -95,12 +83,10 @@ def crf_postprocess(
     min_prob: float = 1e-4,
     renormalise: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Post-processing CRF with the unary over the predicted classes only, mapped back to K-class indexing.
+    """CRF over ``classes`` only (default: those winning the argmax somewhere), mapped back to K-class indexing.
 
-    image: (H, W, 3) uint8 RGB.  probs: (K, H, W).  ``classes``: the classes to keep (default: those that win
-    the argmax somewhere); with ``renormalise`` their probabilities are renormalised before the CRF (the official
-    ``make_crf`` does not renormalise and clips at 1e-5: ``min_prob=1e-5, renormalise=False``).
-    Returns (labels (H, W) int64 in 0..K-1, refined probs (K, H, W) float32 with zeros for the dropped classes).
+    image: (H, W, 3) uint8 RGB, probs: (K, H, W) → (labels (H, W) int64, refined probs (K, H, W) float32, zero for
+    dropped classes).  The official ``make_crf`` is ``min_prob=1e-5, renormalise=False``.
     """
     probs = np.asarray(probs, dtype=np.float32)
     K = probs.shape[0]
@@ -114,6 +100,5 @@ def crf_postprocess(
     sub = probs[keep]
     if renormalise:
         sub = sub / np.maximum(sub.sum(0, keepdims=True), 1e-12)
-    q = dense_crf(image, sub, min_prob=min_prob, **params.as_kwargs())
-    out[keep] = q
+    out[keep] = q = dense_crf(image, sub, min_prob=min_prob, **params.as_kwargs())
     return keep[q.argmax(0)].astype(np.int64), out

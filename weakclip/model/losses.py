@@ -1,7 +1,6 @@
 """WeakCLIP training losses (SPEC §2): balanced seed loss, CRF boundary loss, auxiliary score-map loss.
 
-The seed and boundary losses work on the decoder logits resized to stride 8 (H/8 × W/8);
-the auxiliary loss works on the score map S (B, K, h, w) resized to the crop (H × W).
+Seed and boundary losses use the decoder logits at stride 8; the auxiliary loss the score map resized to the crop.
 """
 
 from __future__ import annotations
@@ -25,11 +24,9 @@ def smooth_softmax(logits: torch.Tensor, dim: int = 1, eps: float = 1e-7) -> tor
 
 
 def balanced_seed_loss(probs: torch.Tensor, seeds: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Balanced seed loss.
+    """mean_b(bg) + mean_b(fg): bg = -Σ_{seed=0} log P₀ / max(n_bg, 1e-4), fg likewise over all foreground seeds.
 
-    probs: (B, K, H/8, W/8) probabilities.  seeds: (B, H/8, W/8) int64, 0 background, 1..K-1 foreground, 255 ignored.
-    Per image: bg = -Σ_{seed=0} log P₀ / max(n_bg, 1e-4); fg = -Σ_{seed=y>0} log P_y / max(n_fg, 1e-4) (all
-    foreground classes pooled).  Returns mean_b(bg) + mean_b(fg) (a scalar).
+    probs: (B, K, H/8, W/8).  seeds: (B, H/8, W/8) int64, 0 background, 1..K-1 foreground, 255 ignored.
     """
     B = probs.shape[0]
     log_p = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()  # (B, K, H/8, W/8)
@@ -44,11 +41,7 @@ def balanced_seed_loss(probs: torch.Tensor, seeds: torch.Tensor, ignore_index: i
 
 
 def clipped_kl(q: torch.Tensor, probs: torch.Tensor, ratio_min: float = 0.05, ratio_max: float = 20.0) -> torch.Tensor:
-    """mean over pixels of Σ_k Q_k · log(clip(Q_k / P_k, ratio_min, ratio_max)).
-
-    q: (B, K, H/8, W/8) target distribution (no gradient).  probs: (B, K, H/8, W/8).  Entries whose ratio leaves the
-    clip range contribute a constant (no gradient), like the official ``clamp``.
-    """
+    """Mean over pixels of Σ_k Q_k · log(clip(Q_k / P_k)); q (B, K, H/8, W/8) gets no gradient, nor do clipped ratios."""
     ratio = (q.detach() / probs).clamp(ratio_min, ratio_max)
     return (q.detach() * ratio.log()).sum(1).mean()
 
@@ -71,10 +64,7 @@ def crf_targets(
     params: CRFParams = BOUNDARY_LOSS_CRF,
     min_prob: float = 1e-4,
 ) -> torch.Tensor:
-    """Q = dense CRF of P on the CPU, detached; clamped ≥ ``min_prob`` and renormalised.
-
-    probs: (B, K, H/8, W/8).  images_uint8: (B, H/8, W/8, 3) uint8 RGB.  Returns Q (B, K, H/8, W/8) on probs' device.
-    """
+    """Q (B, K, H/8, W/8) = dense CRF of P on the CPU, detached, clamped ≥ ``min_prob`` and renormalised."""
     p = probs.detach().float().cpu().numpy()
     q = np.stack([dense_crf(images_uint8[b], p[b], min_prob=min_prob, **params.as_kwargs()) for b in range(len(p))])
     q_t = torch.from_numpy(q).to(device=probs.device, dtype=probs.dtype).clamp_min(min_prob)
@@ -88,11 +78,7 @@ def boundary_loss(
     std: Sequence[float],
     params: CRFParams = BOUNDARY_LOSS_CRF,
 ) -> torch.Tensor:
-    """Boundary (constrain-to-boundary) loss: clipped KL(Q ‖ P) with Q the dense CRF of P on the input image.
-
-    probs: (B, K, H/8, W/8).  images: (B, 3, H, W) normalised with ``mean``/``std`` (0-255 RGB); de-normalised and
-    downscaled bilinearly to H/8 × W/8 for the CRF.
-    """
+    """Clipped KL(Q ‖ P), Q the dense CRF of P on the de-normalised image downscaled to H/8 × W/8."""
     imgs = denormalize_to_uint8(images, mean, std, (probs.shape[-2], probs.shape[-1]))
     return clipped_kl(crf_targets(probs, imgs, params), probs)
 
@@ -100,14 +86,10 @@ def boundary_loss(
 def aux_score_loss(
     score_map: torch.Tensor, seeds: torch.Tensor, tau: float = 0.07, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
-    """Auxiliary score-map loss: CE of S / tau, bilinearly resized (align_corners False) to the seed size.
-
-    score_map: (B, K, h, w) cosine scores.  seeds: (B, H, W) int64 with ``ignore_index``.  Averaged over **all**
-    B·H·W pixels (ignored ones count as 0), the official mmseg-0.x behaviour.
-    """
+    """CE of S / tau resized bilinearly to the seeds (B, H, W), averaged over **all** pixels (ignored count as 0),
+    the official mmseg-0.x behaviour."""
     logits = F.interpolate(score_map.float() / tau, size=seeds.shape[-2:], mode="bilinear", align_corners=False)
-    ce = F.cross_entropy(logits, seeds, ignore_index=ignore_index, reduction="none")  # (B, H, W)
-    return ce.mean()
+    return F.cross_entropy(logits, seeds, ignore_index=ignore_index, reduction="none").mean()  # mean over (B, H, W)
 
 
 class WeakCLIPLoss(nn.Module):
@@ -126,41 +108,29 @@ class WeakCLIPLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-        self.seed_weight = seed_weight
-        self.boundary_weight = boundary_weight
-        self.aux_weight = aux_weight
-        self.loss_size_divisor = loss_size_divisor
-        self.crf_params = crf_params
-        self.tau = tau
+        self.seed_weight, self.boundary_weight, self.aux_weight = seed_weight, boundary_weight, aux_weight
+        self.loss_size_divisor, self.crf_params, self.tau = loss_size_divisor, crf_params, tau
 
     def forward(
         self, logits: torch.Tensor, score_map: torch.Tensor, seeds: torch.Tensor, images: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """logits: (B, K, H/4, W/4).  score_map: (B, K, h, w).  seeds: (B, H, W) int64.  images: (B, 3, H, W).
-
-        Returns ``loss`` (the weighted total, with gradient) and the unweighted terms ``seed``, ``boundary``,
-        ``aux`` (detached; 0 for skipped terms).
-        """
+        """logits (B, K, H/4, W/4), score_map (B, K, h, w), seeds (B, H, W) int64, images (B, 3, H, W) → ``loss``
+        (weighted total, with gradient) and the unweighted terms ``seed``, ``boundary``, ``aux`` (detached; 0 if
+        skipped)."""
         H, W = seeds.shape[-2:]
         size = (H // self.loss_size_divisor, W // self.loss_size_divisor)
         zero = logits.new_zeros((), dtype=torch.float32)
         out = {"seed": zero, "boundary": zero, "aux": zero}
-        total = zero
         if self.seed_weight or self.boundary_weight:
             z = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)  # (B, K, H/8, W/8)
             probs = smooth_softmax(z)
             if self.seed_weight:
                 y = F.interpolate(seeds[:, None].float(), size=size, mode="nearest")[:, 0].long()  # (B, H/8, W/8)
-                term = balanced_seed_loss(probs, y)
-                total = total + self.seed_weight * term
-                out["seed"] = term.detach()
+                out["seed"] = balanced_seed_loss(probs, y)
             if self.boundary_weight:
-                term = boundary_loss(probs, images, self.mean, self.std, self.crf_params)
-                total = total + self.boundary_weight * term
-                out["boundary"] = term.detach()
+                out["boundary"] = boundary_loss(probs, images, self.mean, self.std, self.crf_params)
         if self.aux_weight:
-            term = aux_score_loss(score_map, seeds, self.tau)
-            total = total + self.aux_weight * term
-            out["aux"] = term.detach()
-        out["loss"] = total
-        return out
+            out["aux"] = aux_score_loss(score_map, seeds, self.tau)
+        weights = {"seed": self.seed_weight, "boundary": self.boundary_weight, "aux": self.aux_weight}
+        total = sum((w * out[k] for k, w in weights.items() if w), zero)
+        return {**{k: v.detach() for k, v in out.items()}, "loss": total}
