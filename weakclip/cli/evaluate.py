@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from weakclip.data.io import atomic_path
+from weakclip.data.io import write_text_atomic
 from weakclip.errors import ArgumentParser, UsageError, cli
 from weakclip.masks.evaluate import (
     NAMED_CLASS_LISTS,
@@ -35,34 +35,29 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def resolve_class_names(args: argparse.Namespace) -> tuple[list[str], str]:
-    """The class list and where it came from, for this command's options (see :func:`find_class_names`)."""
-    return find_class_names([args.pred], args.gt, class_names_file=args.class_names, classes=args.classes,
-                            num_classes=args.num_classes)  # fmt: skip
+def _stems(folder: str) -> set[str]:
+    return {p.stem for p in Path(folder).glob("*.png") if not p.name.startswith(".")}
 
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    which = {"class_names_file": args.class_names, "classes": args.classes, "num_classes": args.num_classes}
     try:
-        class_names, source = resolve_class_names(args)
+        class_names, source = find_class_names([args.pred], args.gt, **which)
         names = read_names(args.list) if args.list else None
         metrics, n = evaluate_dirs(args.pred, args.gt, len(class_names), names, args.ignore_index)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
-    gt_names = {p.stem for p in Path(args.gt).glob("*.png") if not p.name.startswith(".")}
-    pred_names = set(names) if names is not None else {
-        p.stem for p in Path(args.pred).glob("*.png") if not p.name.startswith(".")}  # fmt: skip
-    unscored = len(gt_names - pred_names)
+    gt_names = _stems(args.gt)
+    unscored = len(gt_names - (set(names) if names is not None else _stems(args.pred)))
     print(format_table(metrics, class_names))
     print(f"{n} images scored; {len(class_names)} classes from {source}")
     if unscored:
         print(f"note: {unscored} of {len(gt_names)} ground-truth images have no prediction and are not scored")
     if args.json:
-        with atomic_path(args.json) as tmp:
-            report = {**metrics.to_dict(class_names), "num_images": n, "gt_without_prediction": unscored,
-                      "class_names_from": source}  # fmt: skip
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        extra = {"num_images": n, "gt_without_prediction": unscored, "class_names_from": source}
+        write_text_atomic(args.json, json.dumps(metrics.to_dict(class_names) | extra, indent=2) + "\n")
     if args.plot:
         plot_iou(metrics, class_names, args.plot)
     return 0

@@ -10,9 +10,6 @@ Conventions (SPEC §5):
 * Per-class error split (our pick among the WSSS conventions): FP_c = FP / (TP + FP + FN) and
   FN_c = FN / (TP + FP + FN), so IoU_c + FP_c + FN_c = 1 and each term is bounded (the other convention, FP/TP, blows
   up for classes with few true positives).
-
-CLI: ``weakclip evaluate --pred DIR --gt DIR [--num-classes K | --class-names FILE] [--list FILE]
-[--json OUT] [--plot OUT.png]``.  Without ``--list`` every ``*.png`` in ``--pred`` is evaluated.
 """
 
 from __future__ import annotations
@@ -31,12 +28,7 @@ from weakclip.data.classes import COCO_CLASSES, COCO_OFFICIAL91_CLASSES, VOC_CLA
 from weakclip.data.io import atomic_path, read_mask
 from weakclip.errors import UsageError
 
-# --classes NAME
-NAMED_CLASS_LISTS: dict[str, tuple[str, ...]] = {
-    "voc": VOC_CLASSES,
-    "coco91": COCO_OFFICIAL91_CLASSES,
-    "coco81": COCO_CLASSES,
-}
+NAMED_CLASS_LISTS = {"voc": VOC_CLASSES, "coco91": COCO_OFFICIAL91_CLASSES, "coco81": COCO_CLASSES}  # --classes
 
 
 @dataclass
@@ -53,20 +45,17 @@ class SegMetrics:
 
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
         names = list(class_names) if class_names is not None else [str(i) for i in range(len(self.iou))]
+        per_class = [
+            {"index": i, "name": n, **{k: _number(getattr(self, k)[i]) for k in ("iou", "fp", "fn")}}
+            | {"gt_pixels": int(self.gt_pixels[i])}
+            for i, n in enumerate(names)
+        ]
+        return {k: _number(getattr(self, k)) for k in ("miou", "pixel_acc", "unknown")} | {"per_class": per_class}
 
-        def f(x: float) -> float | None:
-            return None if math.isnan(x) else float(x)
 
-        return {
-            "miou": f(self.miou),
-            "pixel_acc": f(self.pixel_acc),
-            "unknown": f(self.unknown),
-            "per_class": [
-                {"index": i, "name": n, "iou": f(self.iou[i]), "fp": f(self.fp[i]), "fn": f(self.fn[i]),
-                 "gt_pixels": int(self.gt_pixels[i])}
-                for i, n in enumerate(names)
-            ],
-        }  # fmt: skip
+def _number(x: float) -> float | None:
+    """JSON value of a score: None for NaN."""
+    return None if math.isnan(x) else float(x)
 
 
 class ConfusionMatrix:
@@ -82,16 +71,9 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
 
-    def reset(self) -> None:
-        self.matrix[:] = 0
-
     def update(self, pred: Any, gt: Any, name: str = "") -> None:
         """Add one prediction/GT pair (or a batch of them).  Values ≥ K other than 255 are an error."""
         self.matrix += confusion(pred, gt, self.num_classes, self.ignore_index, name)
-
-    def merge(self, other: ConfusionMatrix) -> None:
-        """Add another matrix (e.g. from another process)."""
-        self.matrix += other.matrix
 
     def compute(self) -> SegMetrics:
         return metrics_from_matrix(self.matrix)
@@ -101,7 +83,7 @@ def confusion(pred: Any, gt: Any, num_classes: int, ignore_index: int = 255, nam
     """The (K, K+1) int64 confusion counts of one prediction/GT pair (numpy arrays or torch tensors of equal shape):
     rows = GT class, columns = predicted class, last column = predicted ``ignore_index``; GT ``ignore_index`` pixels
     are left out.  Values ≥ K other than ``ignore_index`` raise ValueError (prefixed with ``name``)."""
-    pred, gt = _as_numpy(pred), _as_numpy(gt)
+    pred, gt = (np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x) for x in (pred, gt))
     where = f"{name}: " if name else ""
     if pred.shape != gt.shape:
         raise ValueError(f"{where}prediction shape {pred.shape} != ground-truth shape {gt.shape}")
@@ -142,24 +124,13 @@ def metrics_from_matrix(matrix: np.ndarray) -> SegMetrics:
     )
 
 
-def _as_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def format_table(metrics: SegMetrics, class_names: Sequence[str]) -> str:
     """Per-class table (IoU, FP, FN in %) and the mIoU line."""
     w = max(10, *(len(n) for n in class_names))
     lines = [f"{'class':<{w}}  {'IoU':>6}  {'FP':>6}  {'FN':>6}  {'GT px':>12}"]
     for i, n in enumerate(class_names):
-
-        def pct(v: float) -> str:
-            return "   n/a" if math.isnan(v) else f"{100 * v:6.2f}"
-
-        lines.append(
-            f"{n:<{w}}  {pct(metrics.iou[i])}  {pct(metrics.fp[i])}  {pct(metrics.fn[i])}  {metrics.gt_pixels[i]:>12d}"
-        )
+        pct = ["   n/a" if math.isnan(v) else f"{100 * v:6.2f}" for v in (metrics.iou[i], metrics.fp[i], metrics.fn[i])]
+        lines.append(f"{n:<{w}}  {'  '.join(pct)}  {metrics.gt_pixels[i]:>12d}")
     lines.append(
         f"mIoU {100 * metrics.miou:.2f}  pixel acc {100 * metrics.pixel_acc:.2f}  unknown {100 * metrics.unknown:.2f}"
     )
@@ -212,19 +183,23 @@ def evaluate_dirs(
                 raise FileNotFoundError(f"{p}: {what} for image {name!r} not found")
         pred, gt = read_mask(pred_path), read_mask(gt_path)
         if pred.shape != gt.shape:
-            raise ValueError(f"{pred_path}: size {pred.shape[1]}×{pred.shape[0]} != ground truth {gt_path} "
-                             f"size {gt.shape[1]}×{gt.shape[0]}")  # fmt: skip
+            size, gt_size = (f"{a.shape[1]}×{a.shape[0]}" for a in (pred, gt))
+            raise ValueError(f"{pred_path}: size {size} != ground truth {gt_path} size {gt_size}")
         cm.update(pred, gt, name=str(pred_path))
     return cm.compute(), len(names)
 
 
-def read_names(path: str | os.PathLike) -> list[str]:
-    """One entry per line (first whitespace-separated field; blank lines skipped)."""
+def _lines(path: str | os.PathLike) -> list[str]:
+    """The non-blank lines of a text file."""
     try:
-        lines = Path(path).read_text().splitlines()
+        return [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    return [ln.split()[0] for ln in lines if ln.strip()]
+
+
+def read_names(path: str | os.PathLike) -> list[str]:
+    """One entry per line (first whitespace-separated field; blank lines skipped)."""
+    return [ln.split()[0] for ln in _lines(path)]
 
 
 # where a mask folder records its class list: file → keys down to the list
@@ -278,11 +253,7 @@ def find_class_names(
 
 def read_names_lines(path: str | os.PathLike) -> list[str]:
     """Class names, one per line (whole line stripped: COCO names contain spaces)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    names = [ln.strip() for ln in lines if ln.strip()]
+    names = [ln.strip() for ln in _lines(path)]
     if not names:
         raise ValueError(f"{path}: no class names")
     return names

@@ -1,34 +1,16 @@
 """Multi-scale × flip sliding-window inference over any engine (SPEC §5), with a readable reference loop beside it.
 
 Semantics follow the official pipeline (mmseg 0.19 ``MultiScaleFlipAug`` + ``Resize(keep_ratio=True)`` +
-``slide_inference`` + ``aug_test``):
+``slide_inference`` + ``aug_test``); each step is described at its function:
 
-* **Views.**  For every ratio r in ``scales`` the *original* image is rescaled with keep-ratio to fit the box
-  (``int(max_long·r)``, ``int(base_size·r)``), i.e. factor f = min(int(max_long·r)/long, int(base_size·r)/short) and
-  size ``int(H·f + 0.5) × int(W·f + 0.5)`` (mmcv ``rescale_size``), resized with OpenCV itself
-  (``cv2.resize(..., INTER_LINEAR)`` on the uint8 image, as mmcv ``imresize``).  Every view is run unflipped and,
-  with ``flip``, horizontally flipped (``np.flip`` after the resize): 6 scales × 2 = the paper's 12 views.
-  Normalisation is mmcv's ``(x − mean) · (1/std)`` in float32.
-* **Sliding windows** (per view, crop c, stride s): ``h_grids = max(h - c + s - 1, 0) // s + 1`` (same for w); window
-  starts ``y1 = i·s``, ends clamped to the view, starts pulled back to ``max(y2 - c, 0)``.  A side shorter than the
-  crop is run whole at its own size (no padding to the crop).
-* **Windows are not padded.**  The official patch convolution (kernel = stride = 16, no padding) ignores the last
-  ``h mod 16`` rows and ``w mod 16`` columns, so the engine gets the window cropped to the floor multiple of
-  ``size_divisor`` and its logits (any resolution) are resized bilinearly (``align_corners=False``) to the **full**
-  window, as mmseg ``encode_decode`` does.  The engine sees at most ``crop × crop``.
-* **Except under the network's minimum.**  A window side shorter than ``MIN_TOKENS · size_divisor`` pixels cannot run
-  (the adapter's stride-32 level max-pools 2×2 tokens; the official code crashes on it): that side alone is taken
-  whole and zero-padded at the end (zero after normalisation = the mean colour, as training pads crops), its logits
-  resized to the padded size and cropped back.  Every engine gets the same windows.
-* **Merge.**  Window logits are summed into the view and divided by the count matrix; the view logits are resized
-  bilinearly to the original H×W, softmaxed over K, un-flipped; the probability maps of all views are averaged;
-  argmax gives the mask.
-* **Image-level label masking** (the paper's rule, on when labels are given): argmax over *all* K classes, then pixels
-  whose argmax is a foreground class absent from the image's labels become 255 ("unknown").  Probabilities are
-  returned unmasked.
-* **Dense CRF** (optional, full resolution, lazy import of :mod:`weakclip.model.crf`), as the official ``tools/make_crf.py``:
-  keys = the classes that win the argmax somewhere, unary ``-log(clip(P[keys], 1e-5, 1))`` on the averaged
-  probabilities without renormalisation, mask = ``keys[argmax Q]``; the label rule above is then applied to it.
+* views: the original image rescaled with keep-ratio per ratio (:func:`view_size`), resized by OpenCV on uint8 as
+  mmcv ``imresize`` does, optionally flipped, normalised as mmcv (:func:`make_view`);
+* sliding windows (:func:`window_grid`), not padded: the engine gets each window floored to ``size_divisor`` (what
+  the official patch convolution reads) and its logits are resized to the full window (:func:`engine_size`), except
+  that a side under the network's minimum ``MIN_TOKENS`` tokens is zero-padded (the official code crashes there);
+* merge: window logits / count → resize to H×W → softmax → un-flip → mean over views; argmax gives the mask;
+* label masking (:func:`mask_unlabelled`) and the optional dense CRF as the official ``tools/make_crf.py``
+  (:func:`apply_crf`), the label rule applied to the CRF's result.
 
 The engine is any callable ``run(windows (B, 3, h, w) float32 normalised) -> logits (B, K, h', w')``.
 :func:`predict_probs` batches the windows of several images and views by engine input size;
@@ -50,8 +32,6 @@ import torch.nn.functional as F
 from weakclip.data.classes import IMAGENET_MEAN, IMAGENET_STD
 from weakclip.model.config import DEFAULT_SCALES, scales_from
 
-# The official test-time ratios (× flip = 12 views).
-
 EngineFn = Callable[[torch.Tensor], torch.Tensor]
 Window = tuple[int, int, int, int]  # (y1, y2, x1, x2), end-exclusive, in view pixels
 
@@ -62,8 +42,7 @@ MIN_TOKENS = 2
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How an image becomes views and windows.  The geometry defaults are the official VOC/COCO setting for a 512
-    crop; the views default to one (``DEFAULT_SCALES``, no flip)."""
+    """How an image becomes views and windows (defaults: the official VOC/COCO geometry for a 512 crop, one view)."""
 
     crop: int = 512  # sliding-window size c (square)
     stride: int = 341  # sliding-window stride (official: round(2c/3))
@@ -160,7 +139,7 @@ def engine_size(h: int, w: int, divisor: int) -> tuple[int, int]:
 def window_input(view: torch.Tensor, win: Window, size: tuple[int, int]) -> torch.Tensor:
     """The engine input (3, *size) of window ``win`` of a normalised view (3, h, w), ``size`` = :func:`engine_size`:
     the window's top-left ``size`` pixels (the floor crop), except that a side longer than the window is the whole
-    side zero-padded at the end."""
+    side zero-padded at the end (zero after normalisation = the mean colour, as training pads crops)."""
     y1, y2, x1, x2 = win
     eh, ew = size
     x = view[:, y1 : y1 + min(eh, y2 - y1), x1 : x1 + min(ew, x2 - x1)]
