@@ -158,25 +158,17 @@ class SegmentationDataset(Dataset):
         if coco_layout:
             self._check_coco_indexing()
 
-    def image_path(self, name: str) -> Path:
-        return self.image_dir / f"{name}{self.image_suffix}"
-
-    def seed_path(self, name: str) -> Path:
-        assert self.seed_dir is not None
-        return self.seed_dir / f"{name}{self.mask_suffix}"
-
-    def gt_path(self, name: str) -> Path:
-        assert self.gt_dir is not None
-        return self.gt_dir / f"{name}{self.mask_suffix}"
-
-    def _mask_paths(self, name: str) -> list[Path]:
-        return ([] if self.seed_dir is None else [self.seed_path(name)]) + ([] if self.train else [self.gt_path(name)])
+    def _paths(self, name: str) -> dict[str, Path]:
+        """The files sample ``name`` needs: ``image``, and the ``seed`` / ``gt`` masks this mode reads."""
+        masks = {"seed": self.seed_dir, "gt": None if self.train else self.gt_dir}
+        files = {k: d / f"{name}{self.mask_suffix}" for k, d in masks.items() if d is not None}
+        return {"image": self.image_dir / f"{name}{self.image_suffix}"} | files
 
     def _check_files(self) -> None:
         """Cheap up-front check (stat only): missing files and missing image-level labels are bad samples."""
         problems = []
         for name in self.names:
-            for p in [self.image_path(name), *self._mask_paths(name)]:
+            for p in self._paths(name).values():
                 if not p.is_file():
                     problems.append((name, f"{p}: file not found"))
                     break
@@ -191,7 +183,7 @@ class SegmentationDataset(Dataset):
     def _check_coco_indexing(self, max_masks: int = 16) -> None:
         """Read the first few masks and check their values against the chosen COCO indexing (fail early)."""
         for name in [n for n in self.names if n not in self._bad_names][:max_masks]:
-            for p in self._mask_paths(name):
+            for p in [p for k, p in self._paths(name).items() if k != "image"]:
                 try:
                     mask = read_mask(p)
                 except (OSError, ValueError):
@@ -268,13 +260,12 @@ class SegmentationDataset(Dataset):
     def load(self, idx: int) -> dict[str, Any]:
         """Load sample ``idx`` without skipping; raises :class:`BadSample` for an unusable sample."""
         name = self.names[idx]
+        paths = self._paths(name)
         try:
-            image = read_image(self.image_path(name))
+            image = read_image(paths["image"])
         except (FileNotFoundError, ValueError) as e:
             raise BadSample(str(e)) from None
-        hw = image.shape[:2]
-        seed = self._read_mask(self.seed_path(name), hw) if self.seed_dir is not None else None
-        gt = None if self.train else self._read_mask(self.gt_path(name), hw)
+        seed, gt = (self._read_mask(paths[k], image.shape[:2]) if k in paths else None for k in ("seed", "gt"))
         mask = seed if seed is not None else gt
         assert mask is not None  # train mode has seed_dir, eval mode gt_dir (checked in __init__)
         if self._labels is not None and name not in self._labels:

@@ -44,19 +44,6 @@ def rescale_size(hw: tuple[int, int], scale: tuple[int, int]) -> tuple[int, int]
     return int(h * factor + 0.5), int(w * factor + 0.5)
 
 
-def random_rescale(
-    image: np.ndarray,
-    label: np.ndarray,
-    rng: np.random.Generator,
-    base_scale: tuple[int, int],
-    ratio_range: tuple[float, float] = (0.5, 2.0),
-) -> tuple[np.ndarray, np.ndarray]:
-    """mmseg ``Resize(img_scale=base_scale, ratio_range=..., keep_ratio=True)``."""
-    ratio = rng.random() * (ratio_range[1] - ratio_range[0]) + ratio_range[0]
-    size = rescale_size(image.shape[:2], (int(base_scale[0] * ratio), int(base_scale[1] * ratio)))
-    return resize_image(image, size), resize_label(label, size)
-
-
 def _crop_bbox(hw: tuple[int, int], crop: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
     y0 = int(rng.integers(0, max(hw[0] - crop[0], 0) + 1))
     x0 = int(rng.integers(0, max(hw[1] - crop[1], 0) + 1))
@@ -83,14 +70,6 @@ def random_crop(
                 break
             y0, y1, x0, x1 = _crop_bbox(image.shape[:2], crop, rng)
     return image[y0:y1, x0:x1], label[y0:y1, x0:x1]
-
-
-def random_hflip(
-    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, prob: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
-    if rng.random() < prob:
-        return image[:, ::-1], label[:, ::-1]
-    return image, label
 
 
 def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
@@ -157,17 +136,6 @@ def normalize(
     return (x - m) / s
 
 
-def pad_to(
-    image: torch.Tensor, label: torch.Tensor, size_hw: tuple[int, int], ignore_index: int = IGNORE_INDEX
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad (3, H, W) image with 0 and (H, W) label with ``ignore_index`` at the bottom/right up to ``size_hw``."""
-    ph, pw = max(size_hw[0] - image.shape[1], 0), max(size_hw[1] - image.shape[2], 0)
-    if ph or pw:
-        image = F.pad(image, (0, pw, 0, ph), value=0.0)
-        label = F.pad(label, (0, pw, 0, ph), value=ignore_index)
-    return image, label
-
-
 @dataclass
 class TrainTransform:
     """The official training augmentation with the crop size as a parameter (base scale (2048, 512) × crop/512)."""
@@ -194,14 +162,19 @@ class TrainTransform:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(H, W, 3) uint8 RGB + (H, W) uint8 label → image (3, crop, crop) float32, label (crop, crop) int64."""
         crop = (self.crop_size, self.crop_size)
-        image, label = random_rescale(image, label, rng, self.scale, self.ratio_range)
+        # mmseg Resize(img_scale=scale, ratio_range=..., keep_ratio=True)
+        ratio = rng.random() * (self.ratio_range[1] - self.ratio_range[0]) + self.ratio_range[0]
+        size = rescale_size(image.shape[:2], (int(self.scale[0] * ratio), int(self.scale[1] * ratio)))
+        image, label = resize_image(image, size), resize_label(label, size)
         image, label = random_crop(image, label, rng, crop, self.cat_max_ratio, self.crop_retries, self.ignore_index)
-        image, label = random_hflip(image, label, rng, self.flip_prob)
+        if rng.random() < self.flip_prob:
+            image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
             image = photometric_distortion(np.ascontiguousarray(image), rng)
         img_t = normalize(image, self.mean, self.std)
         lab_t = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
-        return pad_to(img_t, lab_t, crop, self.ignore_index)
+        ph, pw = crop[0] - img_t.shape[1], crop[1] - img_t.shape[2]  # pad bottom/right up to the crop (never < 0)
+        return F.pad(img_t, (0, pw, 0, ph), value=0.0), F.pad(lab_t, (0, pw, 0, ph), value=self.ignore_index)
 
 
 test_transform = normalize  # evaluation: no resizing, just normalisation
