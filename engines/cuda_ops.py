@@ -1,45 +1,23 @@
 """ctypes loader and torch wrappers for the fused CUDA co-attention library (``libweakclip_coattn.so``).
 
-The library is built from ``engines/csrc/coattn_kernel.cu`` by the top-level ``CMakeLists.txt``::
-
-    cmake -S . -B build && cmake --build build -j        # -> build/libweakclip_coattn.so
-
-and found at ``build/libweakclip_coattn.so`` or at ``$WEAKCLIP_CUDA_LIB``.  Nothing here touches CUDA at import time:
-the plugin-layout helpers (``plugin_spec``, ``packed_weight_names``, ``pack_coattention_weights``, from
-:mod:`weakclip.model.plugin_names`) work on any machine; the tensor wrappers need the library and a GPU.
-
-Wrappers (tensors on one CUDA device, fp32 or fp16, work enqueued on the current torch stream):
-
-* ``flash_attention(q, k, v, scale)`` — q (B, Nq, H, Dh), k/v (B, Nk, H, Dh) -> (B, Nq, H, Dh)
-* ``score_map(v_star, t_star, h, w)`` — V* (B, 1 + h·w, E), T* (B, K, E) or (K, E) -> S (B, K, h, w)
-* ``coattention(weights, V, T, ...)`` — the full co-attention matching -> S (B, K, h, w) [, V*, T*]
+Built from ``engines/csrc/coattn_kernel.cu`` by the top-level ``CMakeLists.txt`` (``BUILD_COMMAND``) and found at
+``build/libweakclip_coattn.so`` or ``$WEAKCLIP_CUDA_LIB``.  Nothing touches CUDA at import time.  The wrappers take
+tensors on one CUDA device, fp32 or fp16, and enqueue work on the current torch stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# Plugin identity and packed-weight layout (plugin_names.json, no CUDA needed): shared with the exporter, which does
-# not import engines, and re-exported here (listed in __all__).
-from weakclip.model.plugin_names import (
-    CoAttnDims,
-    coattention_dims,
-    ordered_weights,
-    pack_coattention_weights,
-    packed_weight_entries,
-    packed_weight_names,
-    packed_weight_shapes,
-    plugin_spec,
-    state_dict_of,
-)
+from weakclip.model.plugin_names import CoAttnDims, ordered_weights, state_dict_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIB_ENV = "WEAKCLIP_CUDA_LIB"
@@ -53,37 +31,18 @@ class CudaOpsUnavailable(RuntimeError):
     """The CUDA co-attention library is missing or unusable (the message says how to build it)."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The shared library.
-
-
 class _Params(ctypes.Structure):
     """Mirror of ``WeakclipCoAttnParams`` (coattn_kernel.h); size checked against the library at load."""
 
     _fields_ = [
-        ("version", ctypes.c_int32),
-        ("dtype", ctypes.c_int32),
-        ("batch", ctypes.c_int32),
-        ("grid_h", ctypes.c_int32),
-        ("grid_w", ctypes.c_int32),
-        ("num_classes", ctypes.c_int32),
-        ("embed_dim", ctypes.c_int32),
-        ("width", ctypes.c_int32),
-        ("heads", ctypes.c_int32),
-        ("layers", ctypes.c_int32),
-        ("mlp_hidden", ctypes.c_int32),
+        *[(f, ctypes.c_int32) for f in ("version", "dtype", "batch", "grid_h", "grid_w", "num_classes")],
+        *[(f, ctypes.c_int32) for f in ("embed_dim", "width", "heads", "layers", "mlp_hidden")],
         ("ln_eps", ctypes.c_float),
-        ("visual", ctypes.c_void_p),
-        ("global_emb", ctypes.c_void_p),
-        ("dense", ctypes.c_void_p),
-        ("text", ctypes.c_void_p),
+        *[(f, ctypes.c_void_p) for f in ("visual", "global_emb", "dense", "text")],
         ("weights", ctypes.POINTER(ctypes.c_void_p)),
         ("num_weights", ctypes.c_int32),
         ("reserved0", ctypes.c_int32),
-        ("score", ctypes.c_void_p),
-        ("v_star", ctypes.c_void_p),
-        ("t_star", ctypes.c_void_p),
-        ("workspace", ctypes.c_void_p),
+        *[(f, ctypes.c_void_p) for f in ("score", "v_star", "t_star", "workspace")],
         ("workspace_size", ctypes.c_size_t),
     ]
 
@@ -130,9 +89,8 @@ class PreparedWeights:
 class CudaOps:
     """Handle on one loaded library.
 
-    ``host_pointers=True`` is only for a library built to operate on host memory (a CPU build of the same source
-    used to exercise the launcher without a GPU); tensors are then CPU tensors and no stream is passed.  The normal
-    CUDA build takes CUDA tensors.
+    ``host_pointers=True`` is only for a CPU build of the same source (exercises the launcher without a GPU): CPU
+    tensors, no stream.  The normal CUDA build takes CUDA tensors.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, host_pointers: bool = False):
@@ -155,8 +113,6 @@ class CudaOps:
                 f"mirror {ctypes.sizeof(_Params)}: the library and engines/cuda_ops.py are out of sync; rebuild."
             )
 
-    # -- helpers ---------------------------------------------------------------------------------------------------
-
     def _check(self, status: int, what: str) -> None:
         if status != 0:
             msg = self.lib.weakclip_last_error().decode(errors="replace")
@@ -173,13 +129,9 @@ class CudaOps:
         return None if self.host_pointers else torch.cuda.current_stream(device).cuda_stream
 
     def _guard(self, device: torch.device):
-        if self.host_pointers:
-            import contextlib
+        return contextlib.nullcontext() if self.host_pointers else torch.cuda.device(device)
 
-            return contextlib.nullcontext()
-        return torch.cuda.device(device)
-
-    # -- introspection (host-only functions; safe without a GPU) ---------------------------------------------------
+    # Introspection: host-only library functions, safe without a GPU.
 
     def weight_names(self, layers: int) -> list[str]:
         """The library's own expanded weight order (compiled from plugin_names.json)."""
@@ -209,21 +161,9 @@ class CudaOps:
         return int(self.lib.weakclip_coattn_workspace_size(ctypes.byref(p)))
 
     def _params(self, batch, grid_h, grid_w, num_classes, dims: CoAttnDims, heads, dtype, eps) -> _Params:
-        p = _Params()
-        p.version = PARAMS_VERSION
-        p.dtype = _DTYPES[dtype]
-        p.batch, p.grid_h, p.grid_w, p.num_classes = batch, grid_h, grid_w, num_classes
-        p.embed_dim, p.width, p.heads, p.layers, p.mlp_hidden = (
-            dims.embed_dim,
-            dims.width,
-            heads,
-            dims.layers,
-            dims.mlp_hidden,
-        )
-        p.ln_eps = eps
+        p = _Params(PARAMS_VERSION, _DTYPES[dtype], batch, grid_h, grid_w, num_classes, dims.embed_dim, dims.width)
+        p.heads, p.layers, p.mlp_hidden, p.ln_eps = heads, dims.layers, dims.mlp_hidden, eps
         return p
-
-    # -- wrappers ----------------------------------------------------------------------------------------------------
 
     def flash_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
@@ -246,29 +186,11 @@ class CudaOps:
             raise ValueError(f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
         scale = D**-0.5 if scale is None else float(scale)
         o = torch.empty((B, Nq, H, D), dtype=q.dtype, device=q.device)
+        qkvo = (q, k, v, o)
+        args = [*(t.data_ptr() for t in qkvo), B, H, Nq, k.shape[1], D]
+        args += [t.stride(1) for t in qkvo] + [t.stride(0) for t in qkvo]  # token strides, then batch strides
         with self._guard(q.device):
-            st = self.lib.weakclip_flash_attention(
-                q.data_ptr(),
-                k.data_ptr(),
-                v.data_ptr(),
-                o.data_ptr(),
-                B,
-                H,
-                Nq,
-                k.shape[1],
-                D,
-                q.stride(1),
-                k.stride(1),
-                v.stride(1),
-                o.stride(1),
-                q.stride(0),
-                k.stride(0),
-                v.stride(0),
-                o.stride(0),
-                scale,
-                _DTYPES[q.dtype],
-                self._stream(q.device),
-            )
+            st = self.lib.weakclip_flash_attention(*args, scale, _DTYPES[q.dtype], self._stream(q.device))
         self._check(st, "weakclip_flash_attention")
         return o
 
@@ -294,22 +216,10 @@ class CudaOps:
         v_star = v_star if v_star[0].is_contiguous() else v_star.contiguous()
         K = t_star.shape[-2]
         s = torch.empty((B, K, h, w), dtype=v_star.dtype, device=v_star.device)
+        ptrs = [t.data_ptr() for t in (v_star, t_star, s)]
+        args = [*ptrs, B, K, E, h, w, v_star.stride(0), N - h * w, t_bs, _DTYPES[v_star.dtype]]
         with self._guard(v_star.device):
-            st = self.lib.weakclip_score_map(
-                v_star.data_ptr(),
-                t_star.data_ptr(),
-                s.data_ptr(),
-                B,
-                K,
-                E,
-                h,
-                w,
-                v_star.stride(0),
-                N - h * w,
-                t_bs,
-                _DTYPES[v_star.dtype],
-                self._stream(v_star.device),
-            )
+            st = self.lib.weakclip_score_map(*args, self._stream(v_star.device))
         self._check(st, "weakclip_score_map")
         return s
 
@@ -317,10 +227,9 @@ class CudaOps:
         self, weights: Any, dtype: torch.dtype, device: torch.device | str, heads: int | None = None
     ) -> PreparedWeights:
         """Convert a ``CoAttentionMatching`` module / state dict once for repeated ``coattention`` calls."""
+        heads = getattr(weights, "heads", None) if heads is None else heads
         if heads is None:
-            heads = getattr(weights, "heads", None)
-            if heads is None:
-                raise ValueError("heads is required when weights is a state dict")
+            raise ValueError("heads is required when weights is a state dict")
         tensors, dims = ordered_weights(weights)
         tensors = [t.to(device=device, dtype=dtype).contiguous() for t in tensors]
         device = tensors[0].device  # the concrete device ("cuda" -> "cuda:0"), compared with the inputs' later
@@ -388,13 +297,11 @@ class CudaOps:
 
         p = self._params(B, gh, gw, K, pw.dims, pw.heads, dtype, eps)
         p.visual = visual.data_ptr() if visual is not None else None
-        p.global_emb, p.dense = g_ptr, dense_ptr
-        p.text = T.data_ptr()
+        p.global_emb, p.dense, p.text = g_ptr, dense_ptr, T.data_ptr()
         p.weights = ctypes.cast(pw.pointers, ctypes.POINTER(ctypes.c_void_p))
         p.num_weights = len(pw.tensors)
         S = torch.empty((B, K, gh, gw), dtype=dtype, device=device)
         p.score = S.data_ptr()
-        v_star = t_star = None
         if return_stars:
             v_star = torch.empty((B, 1 + gh * gw, E), dtype=dtype, device=device)
             t_star = torch.empty((B, K, E), dtype=dtype, device=device)
@@ -407,9 +314,7 @@ class CudaOps:
         with self._guard(device):
             st = self.lib.weakclip_coattn_forward(ctypes.byref(p), self._stream(device))
         self._check(st, "weakclip_coattn_forward")
-        if v_star is None or t_star is None:
-            return S
-        return S, v_star, t_star
+        return (S, v_star, t_star) if return_stars else S
 
 
 class FusedCoAttention(torch.nn.Module):
@@ -417,8 +322,7 @@ class FusedCoAttention(torch.nn.Module):
     ``forward(g (B, E), dense (B, E, h, w), T (K, E)) -> (S (B, K, h, w), T* (B, K, E), F* (B, E, h, w))``.
 
     The weights are converted once to ``dtype`` (float16 or float32; the kernels have no bfloat16 path) on the
-    module's device; inputs are cast to ``dtype`` (e.g. fp32 LayerNorm outputs under autocast), outputs are
-    ``dtype``.  No autograd.  Swap it in with ``model.coattention = FusedCoAttention(model.coattention)``.
+    module's device; inputs are cast to ``dtype``, outputs are ``dtype``.  No autograd.
     """
 
     def __init__(
@@ -434,20 +338,12 @@ class FusedCoAttention(torch.nn.Module):
 
     def forward(self, g: torch.Tensor, dense: torch.Tensor, T: torch.Tensor):
         B, E, h, w = dense.shape
+        dt = self.dtype
         S, v_star, t_star = self.ops.coattention(
-            self.prepared,
-            T=T.to(self.dtype),
-            g=g.to(self.dtype),
-            dense=dense.to(self.dtype),
-            eps=self.eps,
-            return_stars=True,
+            self.prepared, T=T.to(dt), g=g.to(dt), dense=dense.to(dt), eps=self.eps, return_stars=True
         )
-        F_star = v_star[:, 1:].transpose(1, 2).reshape(B, E, h, w)
-        return S, t_star, F_star
+        return S, t_star, v_star[:, 1:].transpose(1, 2).reshape(B, E, h, w)
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Module-level convenience (default library).
 
 _default: CudaOps | None = None
 
@@ -460,52 +356,3 @@ def load(path: str | os.PathLike | None = None) -> CudaOps:
     if _default is None:
         _default = CudaOps()
     return _default
-
-
-def is_available() -> bool:
-    """True when the library loads and torch sees a CUDA device."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        load()
-    except CudaOpsUnavailable:
-        return False
-    return True
-
-
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """See ``CudaOps.flash_attention``."""
-    return load().flash_attention(q, k, v, scale)
-
-
-def score_map(v_star: torch.Tensor, t_star: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """See ``CudaOps.score_map``."""
-    return load().score_map(v_star, t_star, h, w)
-
-
-def coattention(weights: Any, V: torch.Tensor | None = None, T: torch.Tensor | None = None, **kwargs: Any):
-    """See ``CudaOps.coattention``."""
-    return load().coattention(weights, V, T, **kwargs)
-
-
-__all__: Sequence[str] = (
-    "BUILD_COMMAND",
-    "CoAttnDims",
-    "CudaOps",
-    "CudaOpsUnavailable",
-    "FusedCoAttention",
-    "PreparedWeights",
-    "coattention",
-    "coattention_dims",
-    "default_library_path",
-    "flash_attention",
-    "is_available",
-    "load",
-    "ordered_weights",
-    "pack_coattention_weights",
-    "packed_weight_entries",
-    "packed_weight_names",
-    "packed_weight_shapes",
-    "plugin_spec",
-    "score_map",
-)

@@ -6,7 +6,7 @@ Grouped by what each test compares against:
                compiles without a GPU); there it builds ONE architecture (sm_80) to stay fast; on a GPU machine it
                builds the GPU's own architecture.  Skips when nvcc or cmake is missing.
 * identity   — ``plugin_names.json`` == the header CMake generates from it == the library's compiled weight table
-               == ``weakclip.engines.cuda_ops`` packing (host-only library functions: no GPU needed).
+               == ``weakclip.model.plugin_names`` packing (host-only library functions: no GPU needed).
 * gpu        — flash attention, score map and the full co-attention vs PyTorch references; marked ``gpu`` and
                skipped with "needs a CUDA GPU" when torch sees none.
 
@@ -35,6 +35,7 @@ from kernel_emu.build import EmuUnavailable, cmake_generator_args, find_nvcc  # 
 from kernel_emu.symbols import exported_symbols, unexpected_plugin_exports
 
 from weakclip.engines import cuda_ops
+from weakclip.model import plugin_names
 
 REPO = Path(__file__).resolve().parents[1]
 API_SYMBOLS = (
@@ -161,21 +162,21 @@ def test_generated_header_matches_plugin_json(cuda_build):
     entries = [list(e) for e in re.findall(r'\{"([^"]*)", "([^"]*)"\}', d["WEAKCLIP_PACKED_WEIGHTS_INIT"])]
     assert entries == spec["packed_weights"]
     # Python reads the same file.
-    assert cuda_ops.plugin_spec()["op_type"] == spec["op_type"]
+    assert plugin_names.plugin_spec()["op_type"] == spec["op_type"]
 
 
 def test_library_weight_table_matches_python(cuda_build):
     ops = cuda_ops.CudaOps(cuda_build["lib"])  # params-struct size checked against the ctypes mirror here
     assert ops.lib.weakclip_coattn_check_layout() == 0
     for layers in (0, 1, 3):
-        assert ops.weight_names(layers) == cuda_ops.packed_weight_names(layers)
-        shapes = cuda_ops.packed_weight_shapes(layers, 512, 256, 1024)
+        assert ops.weight_names(layers) == plugin_names.packed_weight_names(layers)
+        shapes = plugin_names.packed_weight_shapes(layers, 512, 256, 1024)
         assert ops.weight_numels(layers, 512, 256, 1024) == [int(torch.Size(s).numel()) for s in shapes]
-    dims = cuda_ops.CoAttnDims(embed_dim=512, width=256, mlp_hidden=1024, layers=3)
+    dims = plugin_names.CoAttnDims(embed_dim=512, width=256, mlp_hidden=1024, layers=3)
     small = ops.workspace_size(batch=1, grid_h=32, grid_w=32, num_classes=21, dims=dims, heads=4)
     big = ops.workspace_size(batch=8, grid_h=32, grid_w=32, num_classes=21, dims=dims, heads=4)
     assert 0 < small < big
-    bad = cuda_ops.CoAttnDims(embed_dim=512, width=256, mlp_hidden=1024, layers=3)
+    bad = plugin_names.CoAttnDims(embed_dim=512, width=256, mlp_hidden=1024, layers=3)
     assert ops.workspace_size(batch=1, grid_h=4, grid_w=4, num_classes=21, dims=bad, heads=3) == 0  # head dim 85
 
 
@@ -183,15 +184,15 @@ def test_pack_matches_state_dict_and_is_strict():
     coattention = pytest.importorskip("weakclip.model.coattention")
     m = coattention.CoAttentionMatching(64, 32, 2, 2)
     sd = m.state_dict()
-    packed = cuda_ops.pack_coattention_weights(m)
-    names = cuda_ops.packed_weight_names(2)
+    packed = plugin_names.pack_coattention_weights(m)
+    names = plugin_names.packed_weight_names(2)
     assert sorted(names) == sorted(sd)
     assert torch.equal(packed, torch.cat([sd[n].reshape(-1) for n in names]))
-    assert cuda_ops.coattention_dims(m) == cuda_ops.CoAttnDims(64, 32, 128, 2)
+    assert plugin_names.coattention_dims(m) == plugin_names.CoAttnDims(64, 32, 128, 2)
     with pytest.raises(KeyError, match="unexpected"):
-        cuda_ops.pack_coattention_weights({**sd, "extra.weight": torch.zeros(1)})
+        plugin_names.pack_coattention_weights({**sd, "extra.weight": torch.zeros(1)})
     with pytest.raises(KeyError, match="missing"):
-        cuda_ops.pack_coattention_weights({k: v for k, v in sd.items() if k != "gamma"})
+        plugin_names.pack_coattention_weights({k: v for k, v in sd.items() if k != "gamma"})
 
 
 def test_missing_library_message_says_how_to_build(tmp_path):

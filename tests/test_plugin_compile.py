@@ -19,7 +19,7 @@ folders).  For each of TensorRT 10.16 and 11.1:
    creator (from the stub registry, or ``getCreators``) and calls what TensorRT calls before any GPU work: identity,
    field names, ``createPlugin`` (INT64 / FLOAT64 fields as parsers pass them; missing / invalid attributes refused),
    output count and types, format combinations, ``configurePlugin`` (packed-weight count checked against the Python
-   packing of ``weakclip.engines.cuda_ops``), ``getWorkspaceSize``, ``onShapeChange``, serialisation round trip,
+   packing of ``weakclip.model.plugin_names``), ``getWorkspaceSize``, ``onShapeChange``, serialisation round trip,
    ``clone``.  ``enqueue`` (the kernels) is not run: no GPU.
 
 Skips, with the reason, when the header folder, nvcc, cmake, g++ or nm is missing.
@@ -37,7 +37,7 @@ import pytest
 from kernel_emu.build import EmuUnavailable, cmake_generator_args, find_nvcc  # tests/ is on sys.path
 from kernel_emu.symbols import PLUGIN_ENTRY_POINT, exported_symbols, unexpected_plugin_exports
 
-from weakclip.engines import cuda_ops
+from weakclip.model import plugin_names
 
 REPO = Path(__file__).resolve().parents[1]
 HEADERS_ENV = "WEAKCLIP_TRT_HEADERS"
@@ -373,7 +373,7 @@ def plugin_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, s
 
 
 def _host_run(build: dict, variant: str) -> dict[str, list[str]]:
-    P = sum(int(_numel(s)) for s in cuda_ops.packed_weight_shapes(LAYERS, E, W, W * RATIO))
+    P = sum(int(_numel(s)) for s in plugin_names.packed_weight_shapes(LAYERS, E, W, W * RATIO))
     proc = subprocess.run([str(build["host"]), str(build["plugin"]), variant, str(P)], capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert proc.returncode == 0, f"plugin host exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
@@ -420,7 +420,7 @@ def test_plugin_exports_only_the_tensorrt_entry_point(plugin_builds, version: st
 def test_plugin_host_side_calls(plugin_builds, version: str, variant: str) -> None:
     if (version, variant) not in plugin_builds:
         pytest.skip(f"TensorRT {version} headers not present under {_headers_root()}")
-    spec = cuda_ops.plugin_spec()
+    spec = plugin_names.plugin_spec()
     got = _host_run(plugin_builds[(version, variant)], variant)
     one = {k: v[0] for k, v in got.items()}
     assert one.get("done") == "1", got
