@@ -15,8 +15,18 @@ from weakclip.training.train import setup_distributed, train  # noqa: E402
 
 def main() -> None:
     data_root, work_dir, out_dir = sys.argv[1:4]
-    cfg = read_config(None, [f"data.root={data_root}", f"work_dir={work_dir}", "train.iters=2", "train.batch_size=2",
-                             "schedule.val_interval=1000", "data.num_workers=0", "device=cpu"])  # fmt: skip
+    cfg = read_config(
+        None,
+        [
+            f"data.root={data_root}",
+            f"work_dir={work_dir}",
+            "train.iters=2",
+            "train.batch_size=2",
+            "schedule.val_interval=1000",
+            "data.num_workers=0",
+            "device=cpu",
+        ],
+    )
     rank, world, device = setup_distributed("cpu")
     model = train(cfg, rank, world, device, resume=False, progress=False)
     # Parameters (weights). BatchNorm running statistics are per-rank on CPU (SyncBN needs CUDA), as in any DDP run.

@@ -87,8 +87,12 @@ def test_official_layouts_and_the_path_rule(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "layout from config coco_vit_b16" in out and "81 classes from model.preset vit_b16_coco" in out
     assert "list val_5000.txt: 1 names" in out and "voc_format/cocoPGTMCT" in out
-    assert main(["data/COCO14", "--config", "coco_vit_b16", "--classes", "coco91", "--labels",
-                 "data/COCO14/cls_labels.npy"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["data/COCO14", "--config", "coco_vit_b16", "--classes", "coco91", "--labels", "data/COCO14/cls_labels.npy"]
+        )
+        == 0
+    )
     assert "labels: 3 images in data/COCO14/cls_labels.npy" in capsys.readouterr().out
     # a command-line folder that is only valid under the root is refused
     assert main(["data/COCO14", "--seed-dir", "voc_format/cocoPGTMCT"]) == 2

@@ -60,11 +60,27 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     for name in ("train", "export", "generate", "evaluate", "convert", "synthetic", "check-data", "seeds", "bench"):
         assert re.search(rf"^  {re.escape(name)}\s", out, re.M), name
     assert set(cli.COMMANDS) == {
-        "train", "export", "generate", "evaluate", "convert", "synthetic", "check-data", "seeds", "bench", "demo", "report",
-    }  # fmt: skip
+        "train",
+        "export",
+        "generate",
+        "evaluate",
+        "convert",
+        "synthetic",
+        "check-data",
+        "seeds",
+        "bench",
+        "demo",
+        "report",
+    }
     assert set(cli.BENCHMARKS) == {
-        "training", "loss-ablation", "cpu-engines", "tier-masks", "gpu-e2e", "cuda-coattn", "gpu-results",
-    }  # fmt: skip
+        "training",
+        "loss-ablation",
+        "cpu-engines",
+        "tier-masks",
+        "gpu-e2e",
+        "cuda-coattn",
+        "gpu-results",
+    }
 
 
 @pytest.mark.parametrize(
@@ -290,15 +306,27 @@ def test_progress_arguments() -> None:
 
 def test_format_duration() -> None:
     assert [progress.format_duration(s) for s in (0, 59.4, 61, 3599, 3600 * 2 + 7 * 60, float("nan"))] == [
-        "0 s", "59 s", "1 min 01 s", "59 min 59 s", "2 h 07 min", "?",
-    ]  # fmt: skip
+        "0 s",
+        "59 s",
+        "1 min 01 s",
+        "59 min 59 s",
+        "2 h 07 min",
+        "?",
+    ]
 
 
 def test_startup_line() -> None:
     line = progress.startup_line(
-        "generate", engine="onnxruntime", model=Path("runs/x/weakclip.onnx"), precision="fp32", views="1 (scale 1)",
-        device="cpu", threads=2, crf="none", note="6 image(s) to do, 0 already finished",
-    )  # fmt: skip
+        "generate",
+        engine="onnxruntime",
+        model=Path("runs/x/weakclip.onnx"),
+        precision="fp32",
+        views="1 (scale 1)",
+        device="cpu",
+        threads=2,
+        crf="none",
+        note="6 image(s) to do, 0 already finished",
+    )
     assert line == (
         "weakclip generate: engine onnxruntime, model runs/x/weakclip.onnx, precision fp32, views 1 (scale 1), "
         "device cpu, threads 2, crf none; 6 image(s) to do, 0 already finished"

@@ -171,8 +171,12 @@ def test_build_model_reads_openai_archive_without_jit_load(openai_like, no_jit_l
     path, src = openai_like
     m = weakclip.build_model("tiny", clip_weights=str(path))  # crop 128: the 4×4 grid is resized to 8×8
     half = {k: v.half().float() for k, v in src.state_dict().items()}
-    for name in ("image_encoder.visual.conv1.weight", "image_encoder.visual.transformer.resblocks.0.attn.in_proj_weight",
-                 "text_encoder.tower.token_embedding.weight", "text_encoder.tower.text_projection"):  # fmt: skip
+    for name in (
+        "image_encoder.visual.conv1.weight",
+        "image_encoder.visual.transformer.resblocks.0.attn.in_proj_weight",
+        "text_encoder.tower.token_embedding.weight",
+        "text_encoder.tower.text_projection",
+    ):
         torch.testing.assert_close(m.state_dict()[name], half[name], rtol=0, atol=0)
     assert m.state_dict()["image_encoder.visual.conv1.weight"].dtype == torch.float32
     torch.testing.assert_close(
@@ -237,8 +241,23 @@ def test_setstate_payload_is_refused_by_every_loading_path(tmp_path, no_jit_load
 
     cv2.imwrite(str(images / "a.jpg"), np.full((40, 48, 3), 120, np.uint8))
     (tmp_path / "labels.json").write_text('{"a": [1]}')
-    argv = ["--images", str(images), "--labels", str(tmp_path / "labels.json"), "--out", str(tmp_path / "seeds"),
-            "--preset", "tiny", "--clip-weights", str(path), "--crf", "none", "--workers", "0", "--no-progress"]  # fmt: skip
+    argv = [
+        "--images",
+        str(images),
+        "--labels",
+        str(tmp_path / "labels.json"),
+        "--out",
+        str(tmp_path / "seeds"),
+        "--preset",
+        "tiny",
+        "--clip-weights",
+        str(path),
+        "--crf",
+        "none",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")

@@ -26,8 +26,24 @@ def test_coco91_generate_and_evaluate(tmp_path, capsys):
     labels = {n: [1, 90] for n in names}  # person, toothbrush (category ids 1 and 90)
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     out = tmp_path / "masks"
-    assert generate(["--model", str(ckpt), "--images", str(tmp_path / "images"), "--out", str(out),
-                     "--labels", str(tmp_path / "labels.json"), "--no-progress", "--workers", "0"]) == 0  # fmt: skip
+    assert (
+        generate(
+            [
+                "--model",
+                str(ckpt),
+                "--images",
+                str(tmp_path / "images"),
+                "--out",
+                str(out),
+                "--labels",
+                str(tmp_path / "labels.json"),
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "generate_config.json").read_text())
     assert cfg["engine"]["class_names"] == list(COCO_OFFICIAL91_CLASSES)
     for n in names:

@@ -19,16 +19,98 @@ OFFICIAL_LAYERS = 3  # ContextDecoder(transformer_layers=3) in the official conf
 
 # hustvl/WeakCLIP weakclip/coco.py COCODataset.CLASSES, written out here as the independent reference.
 OFFICIAL_COCO_CLASSES = (
-    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "street sign", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "hat", "backpack", "umbrella", "shoe",
-    "eye glasses", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "plate", "wine glass",
-    "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog",
-    "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "mirror", "dining table", "window", "desk",
-    "toilet", "door", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster",
-    "sink", "refrigerator", "blender", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
+    "background",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "street sign",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "hat",
+    "backpack",
+    "umbrella",
+    "shoe",
+    "eye glasses",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "plate",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "mirror",
+    "dining table",
+    "window",
+    "desk",
+    "toilet",
+    "door",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "blender",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+)
 
 
 def official_key(k: str) -> str:
@@ -45,8 +127,12 @@ def official_key(k: str) -> str:
         return k.split(".")[1]
     if k.startswith("coattention."):
         rest = k[len("coattention.") :]
-        for ours, theirs in (("text_decoder.", "decoder."), ("visual_decoder.", "anti_decoder."),
-                             ("text_out.", "out_proj."), ("visual_out.", "anti_out_proj.")):  # fmt: skip
+        for ours, theirs in (
+            ("text_decoder.", "decoder."),
+            ("visual_decoder.", "anti_decoder."),
+            ("text_out.", "out_proj."),
+            ("visual_out.", "anti_out_proj."),
+        ):
             if rest.startswith(ours):
                 rest = theirs + rest[len(ours) :]
         return "context_decoder." + rest
@@ -115,15 +201,19 @@ def _check_converted(model, sd, num_classes):
 
 
 @pytest.mark.parametrize(
-    "class_names, expected_list", [(VOC_CLASSES, "voc21"), (COCO_OFFICIAL91_CLASSES, "coco_official91")], ids=["voc21", "coco91"]
-)  # fmt: skip
+    "class_names, expected_list",
+    [(VOC_CLASSES, "voc21"), (COCO_OFFICIAL91_CLASSES, "coco_official91")],
+    ids=["voc21", "coco91"],
+)
 def test_official_voc_and_coco_convert_with_no_options(tmp_path, class_names, expected_list):
     K = len(class_names)
     sd = official_state_dict(class_names=class_names)
     if K == 91:  # the official COCO head: neck in_channels = D + 91
         assert sd["neck.lateral_convs.0.conv.weight"].shape[1] == 64 + 91
-    torch.save({"meta": {"iter": 20000, "mmseg_version": "0.19.0"}, "state_dict": sd, "optimizer": {}},
-               tmp_path / "official.pth")  # fmt: skip
+    torch.save(
+        {"meta": {"iter": 20000, "mmseg_version": "0.19.0"}, "state_dict": sd, "optimizer": {}},
+        tmp_path / "official.pth",
+    )
     model = convert(tmp_path / "official.pth")  # preset recognised from the shapes, classes from the head size
     assert model.class_names == tuple(class_names)
     _check_converted(model, sd, K)
@@ -212,30 +302,47 @@ def _onnx_file(path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save_model(helper.make_model(g, producer_name="test"), str(path))
 
 
 @pytest.mark.parametrize(
     "name, make, expected",
     [
-        ("final.safetensors", lambda p: weakclip.save_checkpoint(weakclip.build_model("tiny"), p),
-         "this is a WeakCLIP checkpoint (.safetensors), not an official hustvl/WeakCLIP checkpoint (.pth: mmseg "
-         "state_dict); it needs no conversion: export --checkpoint and generate --engine torch take it"),
-        ("weakclip.onnx", _onnx_file, "this is an ONNX model, not an official hustvl/WeakCLIP checkpoint (.pth: mmseg "
-         "state_dict); generate --engine onnxruntime (or auto) or --engine tensorrt takes it"),
-        ("last.pt", _last_pt, "this is a training checkpoint from train.py (last.pt), not an official hustvl/WeakCLIP "
-         "checkpoint (.pth: mmseg state_dict); resume with train --resume, or use final.safetensors from the same "
-         "work_dir"),
-        ("other.pth", lambda p: torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, p),
-         "this is a state dict of 1 tensors without the official WeakCLIP keys (decode_head.conv_seg.weight, "
-         "context_decoder.decoder.N.*; it has e.g. fc.weight), not an official"),
+        (
+            "final.safetensors",
+            lambda p: weakclip.save_checkpoint(weakclip.build_model("tiny"), p),
+            "this is a WeakCLIP checkpoint (.safetensors), not an official hustvl/WeakCLIP checkpoint (.pth: mmseg "
+            "state_dict); it needs no conversion: export --checkpoint and generate --engine torch take it",
+        ),
+        (
+            "weakclip.onnx",
+            _onnx_file,
+            "this is an ONNX model, not an official hustvl/WeakCLIP checkpoint (.pth: mmseg "
+            "state_dict); generate --engine onnxruntime (or auto) or --engine tensorrt takes it",
+        ),
+        (
+            "last.pt",
+            _last_pt,
+            "this is a training checkpoint from train.py (last.pt), not an official hustvl/WeakCLIP "
+            "checkpoint (.pth: mmseg state_dict); resume with train --resume, or use final.safetensors from the same "
+            "work_dir",
+        ),
+        (
+            "other.pth",
+            lambda p: torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, p),
+            "this is a state dict of 1 tensors without the official WeakCLIP keys (decode_head.conv_seg.weight, "
+            "context_decoder.decoder.N.*; it has e.g. fc.weight), not an official",
+        ),
         ("missing.pth", None, "the input checkpoint is missing; expected an official hustvl/WeakCLIP checkpoint"),
     ],
     ids=["ours", "onnx", "last.pt", "other-torch", "missing"],
-)  # fmt: skip
+)
 def test_wrong_input_file_is_one_line_saying_what_it_is(tmp_path, capsys, name, make, expected):
     path = tmp_path / name
     if make is not None:

@@ -72,8 +72,20 @@ def test_parse_cpuinfo_reads_model_vendor_and_flags() -> None:
     f = _features(SAPPHIRE_RAPIDS)
     assert f.model == "Intel(R) Xeon(R) Platinum 8488C" and f.vendor == "GenuineIntel"
     assert f.bf16 and f.int8_isa == "amx_int8"
-    assert f.isas == ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-                      "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]  # fmt: skip
+    assert f.isas == [
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+    ]
     z = _features(ZEN4)
     assert z.bf16 and z.int8_isa == "avx512_vnni" and not z.has("amx_bf16")
     e = _features(EPYC_AVX2)
@@ -186,8 +198,10 @@ def _generate(capsys, argv) -> tuple[int, str]:
 def test_generate_bf16_refused_in_one_line(tmp_path, ckpt, capsys, cpu_as) -> None:
     cpu_as(EPYC_AVX2)
     _make_images(tmp_path / "img", 2)
-    rc, err = _generate(capsys, ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "m"), "--model",
-                                 str(ckpt), "--precision", "bf16"])  # fmt: skip
+    rc, err = _generate(
+        capsys,
+        ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "m"), "--model", str(ckpt), "--precision", "bf16"],
+    )
     assert rc == 2  # a precision this CPU cannot run is a usage error
     assert err.count("\n") == 0 and err.startswith("error: ") and "avx512_bf16 or amx_bf16" in err, err
     assert not list((tmp_path / "m").glob("*.png"))
@@ -199,8 +213,21 @@ def test_generate_bf16_end_to_end(tmp_path, ckpt, capsys, cpu_as) -> None:
     cpu_as(ZEN4)
     _make_images(tmp_path / "img", 3)
     out = tmp_path / "m"
-    rc, err = _generate(capsys, ["--images", str(tmp_path / "img"), "--out", str(out), "--model", str(ckpt),
-                                 "--engine", "torch", "--precision", "bf16"])  # fmt: skip
+    rc, err = _generate(
+        capsys,
+        [
+            "--images",
+            str(tmp_path / "img"),
+            "--out",
+            str(out),
+            "--model",
+            str(ckpt),
+            "--engine",
+            "torch",
+            "--precision",
+            "bf16",
+        ],
+    )
     assert rc == 0, err
     assert len(list(out.glob("*.png"))) == 3
     cfg = json.loads((out / "generate_config.json").read_text())
@@ -244,8 +271,14 @@ def test_protocol_windows_are_the_official_geometry() -> None:
 
 
 def _row(engine, speedup, agreement, emulated=False):
-    return {"engine": engine, "tier": bench.ROWS[engine].tier, "speedup": speedup, "crops_per_s": speedup,
-            "emulated": emulated, "parity": {"argmax_agreement": agreement}}  # fmt: skip
+    return {
+        "engine": engine,
+        "tier": bench.ROWS[engine].tier,
+        "speedup": speedup,
+        "crops_per_s": speedup,
+        "emulated": emulated,
+        "parity": {"argmax_agreement": agreement},
+    }
 
 
 def test_goals() -> None:
@@ -281,8 +314,13 @@ def test_probe_peak_is_the_best_run() -> None:
         "shape_mkn": [1, 2, 3],
         "threads": 2,
     }
-    b = {"fp32": {"gflop_per_s": 64.0, "how": "torch.mm fp32"}, "bf16": {"gflop_per_s": None, "how": "n/a: x"},
-         "int8": {"gflop_per_s": 58.0, "how": "ort"}, "shape_mkn": [1, 2, 3], "threads": 2}  # fmt: skip
+    b = {
+        "fp32": {"gflop_per_s": 64.0, "how": "torch.mm fp32"},
+        "bf16": {"gflop_per_s": None, "how": "n/a: x"},
+        "int8": {"gflop_per_s": 58.0, "how": "ort"},
+        "shape_mkn": [1, 2, 3],
+        "threads": 2,
+    }
     p = bench.combine_probes([a, b])
     assert p["fp32"]["gflop_per_s"] == 64.0 and p["fp32"]["runs"] == [43.0, 64.0]
     assert p["int8"]["gflop_per_s"] == 61.0 and p["bf16"]["gflop_per_s"] is None and p["threads"] == 2
@@ -294,10 +332,27 @@ def test_quick_benchmark_writes_json_markdown_and_plot(tmp_path, tiny_onnx) -> N
     onnx_dir, ckpt = tiny_onnx
     engines = "torch-engine,onnxruntime,onnxruntime-int8,torch-bf16"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cpu_engines.py"), "--quick", "--checkpoint",
-                        str(ckpt), "--onnx", str(onnx_dir / "weakclip.onnx"), "--engines", engines, "--out",
-                        str(tmp_path / "res"), "--probe-seconds", "0.2"], capture_output=True, text=True, env=env,
-                       timeout=600)  # fmt: skip
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_cpu_engines.py"),
+            "--quick",
+            "--checkpoint",
+            str(ckpt),
+            "--onnx",
+            str(onnx_dir / "weakclip.onnx"),
+            "--engines",
+            engines,
+            "--out",
+            str(tmp_path / "res"),
+            "--probe-seconds",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     report = json.loads((tmp_path / "res" / "cpu_engines_quick.json").read_text())
     assert (tmp_path / "res" / "cpu_engines_quick.png").stat().st_size > 0
@@ -342,8 +397,18 @@ def test_tier_masks_benchmark_on_a_small_synthetic_set(tmp_path, tiny_onnx) -> N
     (demo / "onnx").mkdir()
     os.symlink(ckpt, demo / "run" / "final.safetensors")
     os.symlink(onnx_dir / "weakclip.onnx", demo / "onnx" / "weakclip.onnx")
-    rc = bench_tier_masks.main(["--demo", str(demo), "--out", str(tmp_path / "res"), "--calib", "2", "--rows",
-                                "torch-fp32,onnxruntime-fp32,torch-bf16,onnxruntime-int8"])  # fmt: skip
+    rc = bench_tier_masks.main(
+        [
+            "--demo",
+            str(demo),
+            "--out",
+            str(tmp_path / "res"),
+            "--calib",
+            "2",
+            "--rows",
+            "torch-fp32,onnxruntime-fp32,torch-bf16,onnxruntime-int8",
+        ]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "res" / "tier_masks.json").read_text())
     rows = {r["row"]: r for r in report["rows"]}

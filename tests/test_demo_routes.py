@@ -28,8 +28,10 @@ def test_labels_only_route_runs_end_to_end(tmp_path, capsys):
     before = listing(out)
     assert main(["--out", str(out), "--images", "8", "--iters", "3", "--seed", "1", "--route", "labels-only"]) == 2
     err = one_error_line(capsys.readouterr().err)
-    assert err.startswith(f"error: --out {out} holds a demo run with other settings (--iters 2 → 3, --seed 0 → 1); "
-                          "pass --overwrite to run the demo again there")  # fmt: skip
+    assert err.startswith(
+        f"error: --out {out} holds a demo run with other settings (--iters 2 → 3, --seed 0 → 1); "
+        "pass --overwrite to run the demo again there"
+    )
     assert listing(out) == before
 
     # the same settings: the finished steps are reused (and said so), the training is not redone

@@ -108,8 +108,19 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _gen(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["generate", "--engine", "standin", "--images", str(data / "images"), "--out", str(out),
-            "--no-progress", "--workers", "0", *extra]  # fmt: skip
+    return [
+        "generate",
+        "--engine",
+        "standin",
+        "--images",
+        str(data / "images"),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "0",
+        *extra,
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,8 +191,21 @@ def test_usage_error_is_one_line_without_the_usage_block(capsys) -> None:
 def test_generate_engine_bogus_and_precision_refusal_are_usage_errors(data, tmp_path, capsys) -> None:
     rc, err = _cmd(capsys, *_gen(data, tmp_path / "o", "--engine", "bogus"))
     assert rc == 2 and "--engine bogus: unknown engine" in _line(err)
-    rc, err = _cmd(capsys, "generate", "--model", str(data / "tiny.safetensors"), "--images", str(data / "images"),
-                   "--out", str(tmp_path / "o2"), "--precision", "fp16", "--device", "cpu", "--no-progress")  # fmt: skip
+    rc, err = _cmd(
+        capsys,
+        "generate",
+        "--model",
+        str(data / "tiny.safetensors"),
+        "--images",
+        str(data / "images"),
+        "--out",
+        str(tmp_path / "o2"),
+        "--precision",
+        "fp16",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert rc == 2 and "fp16 needs a CUDA device" in _line(err)
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()  # refused runs leave no folder
 
@@ -207,8 +231,17 @@ def test_generate_truncated_checkpoint_is_one_line(data, tmp_path, capsys) -> No
     blob = (data / "tiny.safetensors").read_bytes()
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(blob[: len(blob) // 2])
-    rc, err = _cmd(capsys, "generate", "--model", str(cut), "--images", str(data / "images"), "--out",
-                   str(tmp_path / "o"), "--no-progress")  # fmt: skip
+    rc, err = _cmd(
+        capsys,
+        "generate",
+        "--model",
+        str(cut),
+        "--images",
+        str(data / "images"),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
     assert rc == 2
     assert _line(err).startswith(f"error: --model {cut}: a truncated or corrupt file")
 
@@ -226,8 +259,9 @@ def test_generate_list_with_a_missing_image_root_is_refused_before_the_model(dat
     import weakclip.engines.generate as gen
 
     monkeypatch.setattr(gen, "get_engine", lambda *a, **k: pytest.fail("the engine was built"))
-    rc, err = _cmd(capsys, *_gen(data, tmp_path / "o", "--images", str(data / "list.txt"), "--image-root",
-                                 str(tmp_path / "nope")))  # fmt: skip
+    rc, err = _cmd(
+        capsys, *_gen(data, tmp_path / "o", "--images", str(data / "list.txt"), "--image-root", str(tmp_path / "nope"))
+    )
     assert rc == 2 and _line(err).startswith(f"error: --image-root {tmp_path / 'nope'}: no such folder")
     rc, err = _cmd(capsys, *_gen(data, tmp_path / "o", "--images", str(data / "list.txt")))  # root = list's folder
     assert rc == 2 and "none of its 3 images exist under" in _line(err)
@@ -240,8 +274,7 @@ def test_generate_ext_without_dot(data, tmp_path, capsys) -> None:
     for n in ("a", "b"):
         Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "png" / f"{n}.png")
     (tmp_path / "png" / "list.txt").write_text("a\nb\n")
-    rc, err = _cmd(capsys, *_gen(data, tmp_path / "o", "--images", str(tmp_path / "png" / "list.txt"),
-                                 "--ext", "png"))  # fmt: skip
+    rc, err = _cmd(capsys, *_gen(data, tmp_path / "o", "--images", str(tmp_path / "png" / "list.txt"), "--ext", "png"))
     assert rc == 0, err
     assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["a.png", "b.png"]
 
@@ -259,8 +292,19 @@ def test_label_vectors_of_the_wrong_length_are_refused_before_model_work(data, t
     import weakclip.engines.generate as gen
 
     monkeypatch.setattr(gen, "get_engine", lambda *a, **k: pytest.fail("the engine was built"))
-    rc, err = _cmd(capsys, "generate", "--model", str(data / "tiny.safetensors"), "--images", str(data / "images"),
-                   "--labels", str(lab), "--out", str(tmp_path / "o"), "--no-progress")  # fmt: skip
+    rc, err = _cmd(
+        capsys,
+        "generate",
+        "--model",
+        str(data / "tiny.safetensors"),
+        "--images",
+        str(data / "images"),
+        "--labels",
+        str(lab),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
     assert rc == 2
     assert _line(err) == f"error: {want.value} (see weakclip generate --help)"
     assert f"has a {length}-dim label vector; expected 5" in err
@@ -271,17 +315,23 @@ def test_a_second_run_into_a_held_folder_is_refused_with_the_pid(data, tmp_path,
     out = tmp_path / "o"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from weakclip.data.io import FolderLock; "
-         f"FolderLock({str(out)!r}, 'weakclip generate'); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from weakclip.data.io import FolderLock; "
+            f"FolderLock({str(out)!r}, 'weakclip generate'); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = listing(out, folders=False)
         rc, err = _cmd(capsys, *_gen(data, out))
         assert rc == 1
-        assert _line(err).startswith(f"error: {out}: another run owns this output folder: PID {holder.pid} "
-                                     "(weakclip generate)")  # fmt: skip
+        assert _line(err).startswith(
+            f"error: {out}: another run owns this output folder: PID {holder.pid} (weakclip generate)"
+        )
         assert listing(out, folders=False) == before
     finally:
         holder.kill()
@@ -296,10 +346,15 @@ def test_shards_share_a_folder_but_not_a_shard(data, tmp_path, capsys) -> None:
     out = tmp_path / "o"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from weakclip.data.io import FolderLock; "
-         f"FolderLock({str(out)!r}, 'weakclip generate', (0, 2)); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import time; from weakclip.data.io import FolderLock; "
+            f"FolderLock({str(out)!r}, 'weakclip generate', (0, 2)); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         for extra in (["--shard", "0/2"], []):
@@ -376,9 +431,12 @@ def test_export_model_save_is_atomic_on_a_full_disk(tmp_path, monkeypatch) -> No
 
     from weakclip.export import core
 
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     proto = helper.make_model(g, producer_name="t", opset_imports=[helper.make_opsetid("", 18)])
     target = tmp_path / "weakclip.onnx"
     target.write_bytes(b"old")
@@ -415,8 +473,18 @@ def test_synthetic_read_only_out(mounts, capsys) -> None:
 
 def test_evaluate_json_into_a_read_only_folder(data, mounts, capsys) -> None:
     ro = mounts.readonly()
-    rc, err = _cmd(capsys, "evaluate", "--pred", str(data / "gt"), "--gt", str(data / "gt"), "--num-classes", "6",
-                   "--json", str(ro / "m.json"))  # fmt: skip
+    rc, err = _cmd(
+        capsys,
+        "evaluate",
+        "--pred",
+        str(data / "gt"),
+        "--gt",
+        str(data / "gt"),
+        "--num-classes",
+        "6",
+        "--json",
+        str(ro / "m.json"),
+    )
     assert rc == 1 and _line(err).startswith(f"error: --json {ro / 'm.json'}: cannot write") and "read-only" in err
 
 
@@ -459,8 +527,15 @@ def test_offline_openai_weights_is_one_line(data, tmp_path, capsys, monkeypatch)
     syn = data.parent / "syn_for_train"
     if not syn.exists():
         assert cli.main(["synthetic", "--out", str(syn), "--images", "4", "--size", "64", "64", "--classes", "2"]) == 0
-    rc, err = _cmd(capsys, "train", f"data.root={syn}", f"work_dir={tmp_path / 'run'}", "train.iters=2",
-                   "model.clip_weights=openai", "device=cpu")  # fmt: skip
+    rc, err = _cmd(
+        capsys,
+        "train",
+        f"data.root={syn}",
+        f"work_dir={tmp_path / 'run'}",
+        "train.iters=2",
+        "model.clip_weights=openai",
+        "device=cpu",
+    )
     assert rc == 1
     assert _line(err).startswith("error: could not obtain OpenAI CLIP weights"), err
 
@@ -475,12 +550,20 @@ def test_closed_stdout_is_one_line(tool, data, tmp_path) -> None:
     assert cli.main(["synthetic", "--out", str(syn), "--images", "4", "--size", "48", "48", "--classes", "2"]) == 0
     argv = {
         "check-data": ["check-data", str(syn)],
-        "evaluate": ["evaluate", "--pred", str(syn / "SegmentationClass"), "--gt", str(syn / "SegmentationClass"),
-                     "--num-classes", "3"],
-    }[tool]  # fmt: skip
+        "evaluate": [
+            "evaluate",
+            "--pred",
+            str(syn / "SegmentationClass"),
+            "--gt",
+            str(syn / "SegmentationClass"),
+            "--num-classes",
+            "3",
+        ],
+    }[tool]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "0"}
-    p = subprocess.Popen([sys.executable, "-m", "weakclip", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=env, cwd=tmp_path)  # fmt: skip
+    p = subprocess.Popen(
+        [sys.executable, "-m", "weakclip", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path
+    )
     p.stdout.close()  # the reader is gone before the tool prints (like `| head -0`)
     t0 = time.time()
     err = p.stderr.read().decode()

@@ -88,8 +88,18 @@ def test_cli_json_plot_and_class_names(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path, capsys):
     _write_pair(tmp_path, "a", PRED, GT)
     (tmp_path / "list.txt").write_text("a\nb\n")
-    rc = main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--list", str(tmp_path / "list.txt"),
-               "--num-classes", "4"])  # fmt: skip
+    rc = main(
+        [
+            "--pred",
+            str(tmp_path / "pred"),
+            "--gt",
+            str(tmp_path / "gt"),
+            "--list",
+            str(tmp_path / "list.txt"),
+            "--num-classes",
+            "4",
+        ]
+    )
     assert rc == 2
     assert str(tmp_path / "pred" / "b.png") in capsys.readouterr().err
     save_mask_png(tmp_path / "pred" / "c.png", PRED)  # prediction without GT
@@ -123,7 +133,9 @@ def test_ground_truth_without_prediction_is_reported(tmp_path, capsys):
     for n in ("b", "c"):
         save_mask_png(tmp_path / "gt" / f"{n}.png", GT)
     out = tmp_path / "m.json"
-    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "4",
-                 "--json", str(out)]) == 0  # fmt: skip
+    assert (
+        main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "4", "--json", str(out)])
+        == 0
+    )
     assert "2 of 3 ground-truth images have no prediction" in capsys.readouterr().out
     assert json.loads(out.read_text())["gt_without_prediction"] == 2

@@ -318,7 +318,9 @@ def test_fp16_keeps_fp32_constants_of_blocked_ops(exported: Path) -> None:
 # command line errors
 
 
-@pytest.mark.parametrize("content", [None, b"", b"not a safetensors file at all \x00\x01"], ids=["missing", "empty", "garbage"])  # fmt: skip
+@pytest.mark.parametrize(
+    "content", [None, b"", b"not a safetensors file at all \x00\x01"], ids=["missing", "empty", "garbage"]
+)
 def test_bad_checkpoint_is_a_one_line_error(tmp_path: Path, capsys, content: bytes | None) -> None:
     ckpt = tmp_path / "model.safetensors"
     if content is not None:
@@ -338,19 +340,28 @@ def _torch_file(path: Path, obj) -> None:
 @pytest.mark.parametrize(
     "name, make, expected",
     [
-        ("weakclip.onnx", lambda p: shutil.copy(_tiny_onnx(p.parent), p),
-         "this is an ONNX model, but export --checkpoint expects a WeakCLIP checkpoint (.safetensors); generate "
-         "--engine onnxruntime (or auto) or --engine tensorrt takes it"),
-        ("last.pt", lambda p: _torch_file(p, {"model": {}, "optimizer": {}, "iteration": 3}),
-         "this is a PyTorch checkpoint (torch.save: a training last.pt or an official mmseg .pth), but export "
-         "--checkpoint expects a WeakCLIP checkpoint (.safetensors)"),
-        ("weakclip_voc.pth", lambda p: _torch_file(p, {"state_dict": {"decode_head.conv_seg.weight": torch.zeros(1)}}),
-         "this is a PyTorch checkpoint (torch.save: a training last.pt or an official mmseg .pth), but export "
-         "--checkpoint expects a WeakCLIP checkpoint (.safetensors)"),
+        (
+            "weakclip.onnx",
+            lambda p: shutil.copy(_tiny_onnx(p.parent), p),
+            "this is an ONNX model, but export --checkpoint expects a WeakCLIP checkpoint (.safetensors); generate "
+            "--engine onnxruntime (or auto) or --engine tensorrt takes it",
+        ),
+        (
+            "last.pt",
+            lambda p: _torch_file(p, {"model": {}, "optimizer": {}, "iteration": 3}),
+            "this is a PyTorch checkpoint (torch.save: a training last.pt or an official mmseg .pth), but export "
+            "--checkpoint expects a WeakCLIP checkpoint (.safetensors)",
+        ),
+        (
+            "weakclip_voc.pth",
+            lambda p: _torch_file(p, {"state_dict": {"decode_head.conv_seg.weight": torch.zeros(1)}}),
+            "this is a PyTorch checkpoint (torch.save: a training last.pt or an official mmseg .pth), but export "
+            "--checkpoint expects a WeakCLIP checkpoint (.safetensors)",
+        ),
         ("nope.safetensors", None, "missing; export --checkpoint expects a WeakCLIP checkpoint (.safetensors)"),
     ],
     ids=["onnx", "last.pt", "official.pth", "missing"],
-)  # fmt: skip
+)
 def test_wrong_checkpoint_kind_is_refused_before_loading(tmp_path: Path, capsys, name, make, expected) -> None:
     ckpt = tmp_path / name
     if make is not None:
@@ -366,9 +377,12 @@ def test_wrong_checkpoint_kind_is_refused_before_loading(tmp_path: Path, capsys,
 def _tiny_onnx(folder: Path) -> Path:
     from onnx import TensorProto, helper
 
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     path = folder / "identity.onnx"
     onnx.save_model(helper.make_model(g, producer_name="test"), str(path))
     return path
@@ -414,8 +428,9 @@ def test_int8_images_are_checked_before_the_fp32_export(tmp_path: Path, capsys, 
 
 def test_int8_needs_the_end_to_end_graph(tmp_path: Path, capsys, tiny_ckpt: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"")
-    rc = to_onnx.main(["--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "o"), "--graphs", "encoder",
-                       "--int8", str(tmp_path)])  # fmt: skip
+    rc = to_onnx.main(
+        ["--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "o"), "--graphs", "encoder", "--int8", str(tmp_path)]
+    )
     assert rc == 2
     assert capsys.readouterr().err == (
         "error: --int8 quantises the end_to_end graph (weakclip.onnx); include end_to_end in --graphs "
@@ -473,8 +488,37 @@ def test_int8_variant_calibrated_on_images(tmp_path: Path, tiny_onnx) -> None:
     make_synthetic_dataset(data, images=6, seed=2, val_images=1)
     assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o1"), "--int8"]) == 2  # no IMAGES
     (data / "JPEGImages" / "train_000000.jpg").write_bytes(b"broken")  # decoded before the fp32 export
-    assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o3"), "--graphs", "end_to_end",
-                         "--int8", str(data / "JPEGImages"), "--int8-count", "100"]) == 2  # fmt: skip
+    assert (
+        to_onnx.main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "o3"),
+                "--graphs",
+                "end_to_end",
+                "--int8",
+                str(data / "JPEGImages"),
+                "--int8-count",
+                "100",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "o3").exists()
-    assert to_onnx.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "o2"), "--graphs", "end_to_end",
-                         "--skip-check", "--int8", str(tmp_path / "nope")]) == 2  # fmt: skip
+    assert (
+        to_onnx.main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "o2"),
+                "--graphs",
+                "end_to_end",
+                "--skip-check",
+                "--int8",
+                str(tmp_path / "nope"),
+            ]
+        )
+        == 2
+    )

@@ -78,8 +78,14 @@ def test_each_export_module_imports_fresh_by_itself() -> None:
         "    loaded[m] = sorted(k for k in sys.modules if k.startswith('weakclip.engines.'))\n"
         "print(json.dumps(loaded))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     loaded = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(loaded) == set(MODULES)
@@ -100,6 +106,12 @@ def test_plugin_identity_is_shared() -> None:
 
 def test_module_entry_point() -> None:
     """``python -m weakclip.export.to_onnx`` (the script form is tested in test_export.py)."""
-    r = subprocess.run([sys.executable, "-m", "weakclip.export.to_onnx", "--help"], cwd=REPO, capture_output=True,
-                       text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "weakclip.export.to_onnx", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 0 and "--checkpoint" in r.stdout and "--int8" in r.stdout, r.stderr[-2000:]

@@ -100,8 +100,20 @@ def _summary(text: str) -> dict[str, int]:
 
 
 def _cli(images: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "weakclip", "generate", "--images", str(images), "--out", str(out), "--no-progress",
-            "--engine", "test_generate:StandInEngine", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "weakclip",
+        "generate",
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--engine",
+        "test_generate:StandInEngine",
+        *extra,
+    ]
 
 
 def test_sigkill_midway_then_resume_equals_clean_run(tmp_path, capsys):
@@ -115,8 +127,11 @@ def test_sigkill_midway_then_resume_equals_clean_run(tmp_path, capsys):
     # 1) Slow run (sleep per engine call), killed with SIGKILL once some masks exist.
     proc = subprocess.Popen(
         _cli(images, out, "--engine-opt", "delay=0.03", "--chunk", "1", "--workers", "2"),
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and len(_outputs(out)) < 40:
         assert proc.poll() is None, proc.communicate()
@@ -167,8 +182,24 @@ def test_sharding_covers_every_image_once(tmp_path, monkeypatch, capsys):
     seen: list[str] = []
     for i in range(3):
         out = tmp_path / f"shard{i}"
-        assert main(["--images", str(images), "--out", str(out), "--engine", "standin", "--no-progress",
-                     "--shard", f"{i}/3", "--workers", "0"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "--images",
+                    str(images),
+                    "--out",
+                    str(out),
+                    "--engine",
+                    "standin",
+                    "--no-progress",
+                    "--shard",
+                    f"{i}/3",
+                    "--workers",
+                    "0",
+                ]
+            )
+            == 0
+        )
         seen += [p.stem for p in out.glob("*.png")]
     assert sorted(seen) == names
     # torchrun variables pick the same shard when --shard is absent.
@@ -189,9 +220,29 @@ def test_outputs_labels_probs_overlays_and_list_file(tmp_path):
     labels = {n: [1] for n in names}
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     out = tmp_path / "out"
-    rc = main(["--images", str(tmp_path / "train.txt"), "--image-root", str(images), "--out", str(out),
-               "--engine", "standin", "--no-progress", "--labels", str(tmp_path / "labels.json"), "--save-probs",
-               "--overlays", "2", "--scales", "0.75,1.0", "--flip", "--batch", "3"])  # fmt: skip
+    rc = main(
+        [
+            "--images",
+            str(tmp_path / "train.txt"),
+            "--image-root",
+            str(images),
+            "--out",
+            str(out),
+            "--engine",
+            "standin",
+            "--no-progress",
+            "--labels",
+            str(tmp_path / "labels.json"),
+            "--save-probs",
+            "--overlays",
+            "2",
+            "--scales",
+            "0.75,1.0",
+            "--flip",
+            "--batch",
+            "3",
+        ]
+    )
     assert rc == 0
     masks = _masks(out)
     assert sorted(masks) == names[:5]
@@ -249,8 +300,21 @@ def test_torch_engine_real_tiny_model_end_to_end(tmp_path):
     images = tmp_path / "images"
     names = _make_images(images, 3, seed=3)
     out = tmp_path / "out"
-    rc = main(["--images", str(images), "--out", str(out), "--engine", "torch", "--model", str(ckpt),
-               "--no-progress", "--workers", "1"])  # fmt: skip
+    rc = main(
+        [
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--engine",
+            "torch",
+            "--model",
+            str(ckpt),
+            "--no-progress",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0
     masks = _masks(out)
     assert sorted(masks) == names

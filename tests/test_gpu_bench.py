@@ -20,8 +20,16 @@ from weakclip.benchmarks import bench_gpu_e2e as e2e
 from weakclip.benchmarks import common
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_ROWS = ("engine-fp16", "engine-bf16", "fused-fp16", "fused-bf16", "graph-fp16", "compile-fp16", "ort-cuda-fp32",
-            "trt-fp16")  # fmt: skip
+GPU_ROWS = (
+    "engine-fp16",
+    "engine-bf16",
+    "fused-fp16",
+    "fused-bf16",
+    "graph-fp16",
+    "compile-fp16",
+    "ort-cuda-fp32",
+    "trt-fp16",
+)
 
 
 def _tree(path: Path) -> set[str]:
@@ -58,18 +66,27 @@ def test_derived_figures() -> None:
 
 
 def _row(key: str, wps: float, peak: float | None = 989.4) -> dict:
-    return {"key": key, "status": "ok", "windows_per_s": wps, **e2e.derived(wps, {"views_12": 52, "single_scale": 2},
-                                                                            325.5, peak)}  # fmt: skip
+    return {
+        "key": key,
+        "status": "ok",
+        "windows_per_s": wps,
+        **e2e.derived(wps, {"views_12": 52, "single_scale": 2}, 325.5, peak),
+    }
 
 
 def test_goals() -> None:
     peak = ("H100 SXM", 989.4)
-    met = e2e.evaluate_goals([_row("official-fp32", 50), _row("engine-fp16", 600), _row("trt-fp16", 1100)],
-                             "NVIDIA H100 80GB HBM3", peak, smoke=False)  # fmt: skip
+    met = e2e.evaluate_goals(
+        [_row("official-fp32", 50), _row("engine-fp16", 600), _row("trt-fp16", 1100)],
+        "NVIDIA H100 80GB HBM3",
+        peak,
+        smoke=False,
+    )
     assert [g["met"] for g in met] == [True, True, True]
     assert "12.00x" in met[0]["value"] and "trt-fp16" in met[1]["value"]
-    missed = e2e.evaluate_goals([_row("official-fp32", 100), _row("engine-fp16", 500)], "NVIDIA H100 80GB HBM3",
-                                peak, smoke=False)  # fmt: skip
+    missed = e2e.evaluate_goals(
+        [_row("official-fp32", 100), _row("engine-fp16", 500)], "NVIDIA H100 80GB HBM3", peak, smoke=False
+    )
     assert [g["met"] for g in missed] == [False, False, False]
     # not an H100 / unknown peak / missing rows: not evaluated, never "met"
     other = e2e.evaluate_goals([_row("engine-fp16", 2000, None)], "NVIDIA GeForce RTX 4090", (None, None), False)
@@ -141,8 +158,14 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cwd.mkdir()
     before = _stray_outputs()
     env = dict(os.environ, PY=sys.executable, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([bash, str(GPU_CHECK), "--out", "results", "--dry-run"], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [bash, str(GPU_CHECK), "--out", "results", "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
     return {"proc": proc, "cwd": cwd, "out": cwd / "results", "stray": _stray_outputs() - before}
 
 
@@ -170,8 +193,13 @@ def test_gpu_check_arguments(tmp_path: Path) -> None:
 def test_gpu_check_without_gpu_exits_2(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: the no-GPU exit is what this checks")
-    proc = subprocess.run([_bash(), str(GPU_CHECK), "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                          env=dict(os.environ, PY=sys.executable), timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [_bash(), str(GPU_CHECK), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PY=sys.executable),
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "o" / "gpu_check.json").read_text())
     assert report["exit_code"] == 2 and report["steps"]["device"]["result"] == "FAILED"
@@ -193,8 +221,14 @@ def test_gpu_check_dry_run_contract(dry_run: dict) -> None:
     report = json.loads((out / "gpu_check.json").read_text())
     steps = {k: v["result"] for k, v in report["steps"].items()}
     expect_device = "ok" if torch.cuda.is_available() else "none"
-    assert steps == {"device": expect_device, "deps": "ok", "build": "configured", "parity": "skipped",
-                     "kernel_bench": "skipped", "e2e": "ok"}, report  # fmt: skip
+    assert steps == {
+        "device": expect_device,
+        "deps": "ok",
+        "build": "configured",
+        "parity": "skipped",
+        "kernel_bench": "skipped",
+        "e2e": "ok",
+    }, report
     assert report["dry_run"] is True and report["exit_code"] == 0 and report["cut"] == []
 
 
@@ -249,8 +283,13 @@ def test_e2e_rows_cut_by_the_time_budget(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_gpu_check_time_limit_keeps_what_finished(tmp_path: Path) -> None:
     """--time-limit 30: the build (which leaves 180 s to the e2e benchmark) is cut, named, and the run says PARTIAL."""
-    proc = subprocess.run([_bash(), str(GPU_CHECK), "--out", str(tmp_path / "o"), "--dry-run", "--time-limit", "30"],
-                          capture_output=True, text=True, env=dict(os.environ, PY=sys.executable), timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [_bash(), str(GPU_CHECK), "--out", str(tmp_path / "o"), "--dry-run", "--time-limit", "30"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PY=sys.executable),
+        timeout=300,
+    )
     assert proc.returncode == 6, proc.stdout[-3000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "o" / "gpu_check.json").read_text())
     assert report["status"] == "DRY-RUN PARTIAL(rc 6: time limit)" and report["exit_code"] == 6
@@ -276,29 +315,71 @@ def _fake_out(folder: Path) -> Path:
     proto = {"views_12": 52, "single_scale": 2, "crop": 512, "stride": 341}
     rows = []
     for key, wps in (("official-fp32", 10.0), ("engine-fp32", 40.0), ("engine-fp16", 500.0), ("graph-fp16", 800.0)):
-        rows.append({"key": key, "description": e.DESCRIPTIONS[key], "status": "ok", "windows_per_s": wps,
-                     "speedup": wps / 10.0, "peak_allocated_mib": 1111.0 + wps, "peak_reserved_mib": 2222.0 + wps,
-                     "argmax_agreement": 0.999, **e.derived(wps, proto, 325.5, 989.4)})  # fmt: skip
+        rows.append(
+            {
+                "key": key,
+                "description": e.DESCRIPTIONS[key],
+                "status": "ok",
+                "windows_per_s": wps,
+                "speedup": wps / 10.0,
+                "peak_allocated_mib": 1111.0 + wps,
+                "peak_reserved_mib": 2222.0 + wps,
+                "argmax_agreement": 0.999,
+                **e.derived(wps, proto, 325.5, 989.4),
+            }
+        )
     rows.append({"key": "compile-fp16", "description": "x", "status": "cut", "cut": True, "reason": "time budget: 3 s"})
-    rows.append({"key": "trt-fp16", "description": "x", "status": "skipped",
-                 "reason": "not available on this machine: tensorrt not installed"})  # fmt: skip
-    report = {"smoke": False, "preset": "vit_b16_voc", "size": 512, "batch": 16, "warmup": 3, "repeats": 5, "iters": 2,
-              "gflop_per_window": 325.5, "protocol_windows": proto, "timestamp": "2000-01-01T00:00:00",
-              "device": {"name": FAKE_GPU, "torch": "0.0.0-fake", "cuda": "0.0"}, "rows": rows,
-              "goals": [{"goal": "fake goal", "value": "80.00x", "met": True, "note": "fake"}]}  # fmt: skip
+    rows.append(
+        {
+            "key": "trt-fp16",
+            "description": "x",
+            "status": "skipped",
+            "reason": "not available on this machine: tensorrt not installed",
+        }
+    )
+    report = {
+        "smoke": False,
+        "preset": "vit_b16_voc",
+        "size": 512,
+        "batch": 16,
+        "warmup": 3,
+        "repeats": 5,
+        "iters": 2,
+        "gflop_per_window": 325.5,
+        "protocol_windows": proto,
+        "timestamp": "2000-01-01T00:00:00",
+        "device": {"name": FAKE_GPU, "torch": "0.0.0-fake", "cuda": "0.0"},
+        "rows": rows,
+        "goals": [{"goal": "fake goal", "value": "80.00x", "met": True, "note": "fake"}],
+    }
     (folder / "gpu_e2e.json").write_text(json.dumps(report))
     (folder / "gpu_e2e.md").write_text("# fake e2e\n")
     (folder / "gpu_e2e.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    coattn = {"meta": {"device": FAKE_GPU}, "cut": [],
-              "results": [{"op": "coattention", "dtype": "fp16", "batch": 8, "torch_ms": 2.0, "fused_ms": 0.5,
-                           "speedup": 4.0}]}  # fmt: skip
+    coattn = {
+        "meta": {"device": FAKE_GPU},
+        "cut": [],
+        "results": [
+            {"op": "coattention", "dtype": "fp16", "batch": 8, "torch_ms": 2.0, "fused_ms": 0.5, "speedup": 4.0}
+        ],
+    }
     (folder / "cuda_coattn_fake_gpu_0000.json").write_text(json.dumps(coattn))
     (folder / "cuda_coattn_fake_gpu_0000.md").write_text("# fake kernel\n")
     (folder / "parity_tests.txt").write_text("42 passed\n")
-    check = {"status": "PARTIAL(rc 6: time limit)", "exit_code": 6, "dry_run": False, "elapsed_s": 355,
-             "time_limit_s": 360, "python": "python3", "cut": ["e2e:compile-fp16"],
-             "steps": {"device": {"result": "ok", "note": "sm_90"}, "build": {"result": "ok", "note": "sm_90 in 55s"},
-                       "parity": {"result": "ok", "note": "42 passed"}, "e2e": {"result": "ok", "note": "fake"}}}  # fmt: skip
+    check = {
+        "status": "PARTIAL(rc 6: time limit)",
+        "exit_code": 6,
+        "dry_run": False,
+        "elapsed_s": 355,
+        "time_limit_s": 360,
+        "python": "python3",
+        "cut": ["e2e:compile-fp16"],
+        "steps": {
+            "device": {"result": "ok", "note": "sm_90"},
+            "build": {"result": "ok", "note": "sm_90 in 55s"},
+            "parity": {"result": "ok", "note": "42 passed"},
+            "e2e": {"result": "ok", "note": "fake"},
+        },
+    }
     (folder / "gpu_check.json").write_text(json.dumps(check))
     return folder
 
@@ -312,8 +393,14 @@ def test_gpu_results_from_a_synthetic_run(tmp_path: Path) -> None:
     readme.write_text(original)
     assert gpu_results.main([str(out), "--readme", str(readme), "--results", str(results)]) == 0
     assert sorted(p.name for p in results.iterdir()) == [
-        "gpu_check.json", "gpu_check.md", "gpu_coattn.json", "gpu_coattn.md", "gpu_e2e.json", "gpu_e2e.md",
-        "gpu_e2e.png"]  # fmt: skip
+        "gpu_check.json",
+        "gpu_check.md",
+        "gpu_coattn.json",
+        "gpu_coattn.md",
+        "gpu_e2e.json",
+        "gpu_e2e.md",
+        "gpu_e2e.png",
+    ]
     assert (results / "gpu_e2e.png").read_bytes() == (out / "gpu_e2e.png").read_bytes()
     assert "| build | ok | sm_90 in 55s |" in (results / "gpu_check.md").read_text()
     text = readme.read_text()
@@ -328,8 +415,10 @@ def test_gpu_results_from_a_synthetic_run(tmp_path: Path) -> None:
     # the "Time to expect" table: the shipped fp16 engine and the fastest row, in place of the old GPU row
     gpu_rows = [ln for ln in text.splitlines() if ln.startswith("| GPU")]
     assert len(gpu_rows) == 2 and "engine-fp16" in gpu_rows[0] and "graph-fp16" in gpu_rows[1], gpu_rows
-    assert gpu_rows[0] == (f"| GPU {FAKE_GPU}, engine-fp16: torch engine fp16 autocast, batched (`generate --device "
-                           "cuda --precision fp16`) | 500.0 | 0.004 | 0.10 | 0.7 min | 18.3 min |")  # fmt: skip
+    assert gpu_rows[0] == (
+        f"| GPU {FAKE_GPU}, engine-fp16: torch engine fp16 autocast, batched (`generate --device "
+        "cuda --precision fp16`) | 500.0 | 0.004 | 0.10 | 0.7 min | 18.3 min |"
+    )
     time_table = text.split(gpu_results.TIME_TABLE_HEADING)[1].split("\n\n")[1]
     assert gpu_rows[0] in time_table and time_table.splitlines()[-1] == gpu_rows[1]
 

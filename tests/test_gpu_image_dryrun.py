@@ -111,8 +111,14 @@ def ensure_wheels() -> list[Path]:
         make = shutil.which("make")
         if make is None:
             pytest.skip(f".whl/ lacks {missing()} and make is not installed to run `make gpu-wheels`")
-        proc = subprocess.run([make, "-s", "gpu-wheels"], cwd=REPO, capture_output=True, text=True, timeout=600,
-                              env=dict(os.environ, PIP_RETRIES="1", PIP_DEFAULT_TIMEOUT="30"))  # fmt: skip
+        proc = subprocess.run(
+            [make, "-s", "gpu-wheels"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, PIP_RETRIES="1", PIP_DEFAULT_TIMEOUT="30"),
+        )
         if proc.returncode != 0 or missing():
             pytest.skip(f"`make gpu-wheels` could not obtain {missing()}: {(proc.stdout + proc.stderr)[-600:]}")
     return sorted(WHEELS.glob("*.whl"))
@@ -138,9 +144,22 @@ def image_venv() -> dict:
     shutil.rmtree(partial, ignore_errors=True)
     subprocess.run([str(base_python()), "-m", "venv", str(partial)], check=True, timeout=300)
     # the pinned list alone: --no-deps, so nothing that is not listed comes along
-    proc = subprocess.run([str(partial / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
-                           "--disable-pip-version-check", "-r", str(IMAGE_LIST)], capture_output=True, text=True,
-                          timeout=1800)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(partial / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-r",
+            str(IMAGE_LIST),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if proc.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
         out = proc.stdout + proc.stderr
@@ -173,15 +192,19 @@ def image_venv() -> dict:
 def _in_venv(info: dict, code: str, cwd: Path) -> str:
     """Run ``code`` in the venv's python from ``cwd`` (not the checkout, whose weakclip.egg-info would show)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    proc = subprocess.run([str(info["python"]), "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [str(info["python"]), "-c", code], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
 def test_image_venv_holds_only_the_image_packages(image_venv: dict, tmp_path: Path) -> None:
     """Honesty of the stand-in: exactly the pinned list + the torch pair, none of what the image lacks."""
-    out = json.loads(_in_venv(image_venv, f"""
+    out = json.loads(
+        _in_venv(
+            image_venv,
+            f"""
 import importlib.metadata as md, importlib.util, json, sys
 import onnxruntime, torch, torchvision
 print(json.dumps({{
@@ -190,7 +213,10 @@ print(json.dumps({{
     "providers": onnxruntime.get_available_providers(),
     "torch": torch.__version__, "torchvision": torchvision.__version__, "prefix": sys.prefix,
 }}))
-""", tmp_path))  # fmt: skip
+""",
+            tmp_path,
+        )
+    )
     assert all(out["absent"].values()), f"the image-like venv has what the image lacks: {out['absent']}"
     assert "CUDAExecutionProvider" not in out["providers"]
     expected = set(image_venv["pins"]) | {canonicalize_name(s.split("==")[0]) for s in image_venv["stack"]} | VENV_OWN
@@ -204,8 +230,14 @@ def _dry_run(info: dict, tmp: Path, *extra: str, **env_extra: str) -> tuple[subp
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "WEAKCLIP_WHEELS")}
     env.update(PY=str(info["python"]), TMPDIR=str(work_tmp), HF_HUB_OFFLINE="1", **env_extra)
     out = tmp / "out"
-    proc = subprocess.run(["bash", str(GPU_CHECK), "--out", str(out), "--dry-run", *extra], capture_output=True,
-                          text=True, env=env, cwd=tmp, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(GPU_CHECK), "--out", str(out), "--dry-run", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=900,
+    )
     left = list(work_tmp.glob("weakclip_gpu_check.*"))
     assert not left, f"the work folder (wheels, build) must be removed at the end: {left}"
     return proc, out
@@ -219,8 +251,14 @@ def test_gpu_check_dry_run_passes_in_the_image_venv(image_venv: dict, tmp_path: 
     assert last.startswith("gpu_check: DRY-RUN PASS"), last
     report = json.loads((out / "gpu_check.json").read_text())
     steps = {k: v["result"] for k, v in report["steps"].items()}
-    assert steps == {"device": "none", "deps": "ok", "build": "configured", "parity": "skipped",
-                     "kernel_bench": "skipped", "e2e": "ok"}, report  # fmt: skip
+    assert steps == {
+        "device": "none",
+        "deps": "ok",
+        "build": "configured",
+        "parity": "skipped",
+        "kernel_bench": "skipped",
+        "e2e": "ok",
+    }, report
     assert report["cut"] == [] and report["python"] == str(image_venv["python"])
     deps = report["steps"]["deps"]["note"]
     for wheel in image_venv["wheels"]:  # gpu_check.sh installed every wheel of .whl/

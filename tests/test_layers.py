@@ -77,8 +77,11 @@ def test_every_module_is_in_a_layer() -> None:
 def test_imports_point_down(module: str, path: Path) -> None:
     here = layer(module)
     assert here is not None
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {target}" for target, line in imported(path, module)
-             if (there := layer(target)) is not None and there not in ALLOWED[here]]  # fmt: skip
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {target}"
+        for target, line in imported(path, module)
+        if (there := layer(target)) is not None and there not in ALLOWED[here]
+    ]
     assert not wrong, wrong
 
 

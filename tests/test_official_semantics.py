@@ -124,9 +124,29 @@ def test_generate_equals_official(images, tiny_onnx, tmp_path, engine, _generate
     (tmp_path / "list.txt").write_text("".join(n + "\n" for n in names))
     model = ckpt if engine == "torch" else onnx_dir / "weakclip.onnx"
     out = tmp_path / "masks"
-    rc = main(["--engine", engine, "--model", str(model), "--images", str(tmp_path / "list.txt"),
-               "--image-root", str(root / "images"), "--out", str(out), "--scales", "official", "--flip",
-               "--save-probs", "--probs-dtype", "float32", "--no-progress", "--workers", "0"])  # fmt: skip
+    rc = main(
+        [
+            "--engine",
+            engine,
+            "--model",
+            str(model),
+            "--images",
+            str(tmp_path / "list.txt"),
+            "--image-root",
+            str(root / "images"),
+            "--out",
+            str(out),
+            "--scales",
+            "official",
+            "--flip",
+            "--save-probs",
+            "--probs-dtype",
+            "float32",
+            "--no-progress",
+            "--workers",
+            "0",
+        ]
+    )
     assert rc == 0
     for n in names:
         probs = np.load(out / "probs" / f"{n}.npy")

@@ -128,8 +128,10 @@ def test_devices_and_providers(onnx_path: Path) -> None:
     assert select_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     cuda = select_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     # HEURISTIC cuDNN algorithm search: windows have dynamic sizes (see tests/test_ort_cuda_ep.py)
-    assert cuda == [("CUDAExecutionProvider", {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"}),
-                    "CPUExecutionProvider"]  # fmt: skip
+    assert cuda == [
+        ("CUDAExecutionProvider", {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"}),
+        "CPUExecutionProvider",
+    ]
     assert select_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0][0] == "CUDAExecutionProvider"
     import onnxruntime as ort
 
@@ -203,9 +205,23 @@ def test_generate_ort_matches_torch_on_the_synthetic_set(exported: tuple[Path, P
     masks = {}
     for engine, model in (("onnxruntime", out_dir / "weakclip.onnx"), ("torch", ckpt)):
         out = tmp_path / engine
-        argv = ["--images", str(data / "ImageSets/Segmentation/train.txt"), "--image-root", str(data / "JPEGImages"),
-                "--labels", str(data / "cls_labels.json"), "--out", str(out), "--engine", engine, "--model",
-                str(model), "--workers", "0", "--no-progress"]  # fmt: skip
+        argv = [
+            "--images",
+            str(data / "ImageSets/Segmentation/train.txt"),
+            "--image-root",
+            str(data / "JPEGImages"),
+            "--labels",
+            str(data / "cls_labels.json"),
+            "--out",
+            str(out),
+            "--engine",
+            engine,
+            "--model",
+            str(model),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
         assert main(argv) == 0
         masks[engine] = {p.name: np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))}
     assert len(masks["torch"]) == 12 and masks["onnxruntime"].keys() == masks["torch"].keys()

@@ -352,18 +352,36 @@ def plugin_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, s
         _run([tools["g++"], *flags, "-shared", "-o", str(stub), str(stub_src)])
         host = fake / "plugin_host"
         (fake / "plugin_host.cpp").write_text(PLUGIN_HOST)
-        _run([tools["g++"], *flags, "-o", str(host), str(fake / "plugin_host.cpp"), str(stub), "-ldl",
-              f"-Wl,-rpath,{stub.parent}"])  # fmt: skip
+        _run(
+            [
+                tools["g++"],
+                *flags,
+                "-o",
+                str(host),
+                str(fake / "plugin_host.cpp"),
+                str(stub),
+                "-ldl",
+                f"-Wl,-rpath,{stub.parent}",
+            ]
+        )
         for variant in ("static", "getcreators"):
             cfg = _run(
                 [
-                    tools["cmake"], *generator, "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                    "-DCMAKE_CUDA_ARCHITECTURES=80", f"-DTENSORRT_INCLUDE_DIR={include}",
-                    f"-DTENSORRT_NVINFER_LIBRARY={stub}", "-DWEAKCLIP_REQUIRE_TENSORRT=ON",
+                    tools["cmake"],
+                    *generator,
+                    "-S",
+                    str(REPO),
+                    "-B",
+                    str(build),
+                    "-DCMAKE_BUILD_TYPE=Release",
+                    "-DCMAKE_CUDA_ARCHITECTURES=80",
+                    f"-DTENSORRT_INCLUDE_DIR={include}",
+                    f"-DTENSORRT_NVINFER_LIBRARY={stub}",
+                    "-DWEAKCLIP_REQUIRE_TENSORRT=ON",
                     f"-DWEAKCLIP_TRT_GET_CREATORS={'ON' if variant == 'getcreators' else 'OFF'}",
                 ],
                 env=env,
-            )  # fmt: skip
+            )
             _run([tools["cmake"], "--build", str(build), "--target", "weakclip_trt_plugin", "-j", "2"], env=env)
             so = base / f"libweakclip_trt_plugin-{version}-{variant}.so"
             shutil.copy2(build / "libweakclip_trt_plugin.so", so)
@@ -374,8 +392,9 @@ def plugin_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, s
 
 def _host_run(build: dict, variant: str) -> dict[str, list[str]]:
     P = sum(int(_numel(s)) for s in plugin_names.packed_weight_shapes(LAYERS, E, W, W * RATIO))
-    proc = subprocess.run([str(build["host"]), str(build["plugin"]), variant, str(P)], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [str(build["host"]), str(build["plugin"]), variant, str(P)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, f"plugin host exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     got: dict[str, list[str]] = {}
     for line in proc.stdout.splitlines():
@@ -433,7 +452,10 @@ def test_plugin_host_side_calls(plugin_builds, version: str, variant: str) -> No
     assert one["dlsym_weakclip_coattn_forward"] == "0"
     assert one["creator_interface"] == "PLUGIN CREATOR_V3ONE 1.0"
     assert (one["creator_name"], one["creator_version"], one["creator_namespace"]) == (
-        spec["op_type"], spec["plugin_version"], spec["plugin_namespace"])  # fmt: skip
+        spec["op_type"],
+        spec["plugin_version"],
+        spec["plugin_namespace"],
+    )
     assert one["plugin_identity"] == f"{spec['op_type']} {spec['plugin_version']} {spec['plugin_namespace']}"
     assert [f.split()[0] for f in got["field"]] == spec["attributes"]
     # build-time calls
@@ -448,7 +470,12 @@ def test_plugin_host_side_calls(plugin_builds, version: str, variant: str) -> No
     # runtime calls (host side only)
     assert one["shape_change_ok"] == "0" and one["shape_change_wrong_output"] == "-1"
     serial = {s.split()[0]: s.split()[2] for s in got["serial"]}
-    assert serial == {"coattn_width": str(W), "coattn_heads": str(HEADS), "coattn_layers": str(LAYERS),
-                      "coattn_mlp_ratio": str(RATIO), "layer_norm_eps": "1e-05"}  # fmt: skip
+    assert serial == {
+        "coattn_width": str(W),
+        "coattn_heads": str(HEADS),
+        "coattn_layers": str(LAYERS),
+        "coattn_mlp_ratio": str(RATIO),
+        "layer_norm_eps": "1e-05",
+    }
     assert one["recreate_ok"] == "1" and one["clone_ok"] == "1"
     assert one["create_bad_heads_null"] == "1" and one["create_missing_attr_null"] == "1"

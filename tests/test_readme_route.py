@@ -34,9 +34,15 @@ from weakclip.data.io import save_mask_png
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## From a real dataset to masks"
 TRAIN_OVERRIDES = [
-    "model.preset=tiny", "model.clip_weights=null", "train.iters=2", "train.batch_size=2", "train.amp=false",
-    "data.num_workers=0", "device=cpu", "schedule.val_max_images=1",
-]  # fmt: skip
+    "model.preset=tiny",
+    "model.clip_weights=null",
+    "train.iters=2",
+    "train.batch_size=2",
+    "train.amp=false",
+    "data.num_workers=0",
+    "device=cpu",
+    "schedule.val_max_images=1",
+]
 
 VOC_TRAIN = ["2007_000032", "2007_000039"]
 VOC_TRAINAUG = ["2007_000032", "2008_000002", "2008_000003"]  # overlaps train.txt, as the official lists do

@@ -67,8 +67,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def report(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "rep"
-    rep = make_report(dataset["gt"], [dataset["seeds"], dataset["second"]], out, gallery=3, thumb=64,
-                      progress_options={"mode": "off"})  # fmt: skip
+    rep = make_report(
+        dataset["gt"], [dataset["seeds"], dataset["second"]], out, gallery=3, thumb=64, progress_options={"mode": "off"}
+    )
     return rep
 
 
@@ -218,23 +219,42 @@ def test_unused_class_slots_are_left_out(tmp_path):
 def test_run_settings_from_config_files(tmp_path):
     gen = tmp_path / "gen"
     gen.mkdir()
-    (gen / "generate_config.json").write_text(json.dumps({
-        "settings": {"model_sha256": "ab" * 32, "engine": "onnxruntime", "precision": "fp32", "scales": [0.5, 1.0],
-                     "flip": True, "crf": "voc", "labels_sha256": "cd" * 32},
-        "args": {"model": "runs/x/weakclip.onnx", "image_root": str(tmp_path)},
-        "engine": {"engine": "onnxruntime", "class_names": ["background", "cat"]},
-    }))  # fmt: skip
+    (gen / "generate_config.json").write_text(
+        json.dumps(
+            {
+                "settings": {
+                    "model_sha256": "ab" * 32,
+                    "engine": "onnxruntime",
+                    "precision": "fp32",
+                    "scales": [0.5, 1.0],
+                    "flip": True,
+                    "crf": "voc",
+                    "labels_sha256": "cd" * 32,
+                },
+                "args": {"model": "runs/x/weakclip.onnx", "image_root": str(tmp_path)},
+                "engine": {"engine": "onnxruntime", "class_names": ["background", "cat"]},
+            }
+        )
+    )
     info = describe_run(gen)
     assert info.name == "onnxruntime fp32, 4 view(s), CRF voc, labels"
     assert info.settings["model sha256"] == "ab" * 6 and info.settings["views"] == "4 (scales 0.5,1 × flip)"
     assert info.settings["model"] == "weakclip.onnx" and info.image_root == tmp_path
     seeds = tmp_path / "ClipSeeds"
     seeds.mkdir()
-    (seeds / "seeds_config.json").write_text(json.dumps({
-        "settings": {"preset": "vit_b16", "clip_weights": "openai", "class_names": ["background", "cat"],
-                     "options": {"scales": [1.0], "flip": False, "crf": {"sxy": 3}, "ignore_threshold": 0.95}},
-        "args": {"images": "nowhere/list.txt", "image_root": None},
-    }))  # fmt: skip
+    (seeds / "seeds_config.json").write_text(
+        json.dumps(
+            {
+                "settings": {
+                    "preset": "vit_b16",
+                    "clip_weights": "openai",
+                    "class_names": ["background", "cat"],
+                    "options": {"scales": [1.0], "flip": False, "crf": {"sxy": 3}, "ignore_threshold": 0.95},
+                },
+                "args": {"images": "nowhere/list.txt", "image_root": None},
+            }
+        )
+    )
     info = describe_run(seeds)
     assert (info.name, info.kind, info.image_root) == ("CLIP-ES seeds (vit_b16)", "seeds", None)
     assert info.settings["views"] == "1 (scales 1)" and info.settings["CRF"] == "CLIP-ES, 255 below 0.95"
@@ -246,8 +266,25 @@ def test_run_settings_from_config_files(tmp_path):
 def test_command_line_and_errors(dataset, tmp_path, capsys):
     gt, seeds, second = str(dataset["gt"]), str(dataset["seeds"]), str(dataset["second"])
     out = tmp_path / "cli"
-    assert main(["--gt", gt, seeds, second, "--out", str(out), "--names", "seeds,masks", "--gallery", "1",
-                 "--progress-mode", "off"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--gt",
+                gt,
+                seeds,
+                second,
+                "--out",
+                str(out),
+                "--names",
+                "seeds,masks",
+                "--gallery",
+                "1",
+                "--progress-mode",
+                "off",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith(f"report: {out / 'index.html'} (") and lines[0].startswith("seeds ")
     assert json.loads((out / "report.json").read_text())["runs"][1]["name"] == "masks"
@@ -312,9 +349,12 @@ class Browser:
 
         self.proc = subprocess.Popen(
             [exe, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            close_fds=False, preexec_fn=child_fds,  # Python's own descriptors are not inherited (PEP 446)
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            close_fds=False,
+            preexec_fn=child_fds,  # Python's own descriptors are not inherited (PEP 446)
+        )
         os.close(hi_r)
         os.close(hi_w)
         self.cmd = os.fdopen(cmd_w, "wb", buffering=0)
@@ -378,8 +418,11 @@ class Browser:
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.send(f"{domain}.enable", session=session)
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)  # fmt: skip
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
         self.send("Page.navigate", {"url": url}, session)
         self.wait_event("Page.loadEventFired", session)
         return session
@@ -413,9 +456,15 @@ class Browser:
         size = self.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
         w, h = int(size["width"]), int(size["height"])
         clip_h = h if max_height is None else min(h, max_height)
-        shot = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                    "clip": {"x": 0, "y": 0, "width": w, "height": clip_h,
-                                                             "scale": 1}}, session)  # fmt: skip
+        shot = self.send(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": w, "height": clip_h, "scale": 1},
+            },
+            session,
+        )
         path.write_bytes(base64.b64decode(shot["data"]))
         return w, h
 

@@ -340,9 +340,24 @@ def syn(tmp_path_factory):
 
 
 def _args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--images", str(root / "ImageSets" / "Segmentation" / "train.txt"), "--image-root",
-            str(root / "JPEGImages"), "--labels", str(root / "cls_labels.json"), "--out", str(out),
-            "--preset", "tiny", "--clip-weights", "none", "--no-progress", "--threads", "1", *extra]  # fmt: skip
+    return [
+        "--images",
+        str(root / "ImageSets" / "Segmentation" / "train.txt"),
+        "--image-root",
+        str(root / "JPEGImages"),
+        "--labels",
+        str(root / "cls_labels.json"),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--clip-weights",
+        "none",
+        "--no-progress",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def _summary(text: str) -> dict[str, int]:
@@ -359,8 +374,13 @@ def test_cli_sigkill_resume_equals_clean_run_and_training_reads_the_seeds(syn, t
     out = syn / "ClipSeeds"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "weakclip", "seeds", *_args(syn, out, "--workers", "1")],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weakclip", "seeds", *_args(syn, out, "--workers", "1")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and len(_finished(out)) < 3:
         assert proc.poll() is None, proc.communicate()
@@ -394,8 +414,15 @@ def test_cli_sigkill_resume_equals_clean_run_and_training_reads_the_seeds(syn, t
     # the layout training reads: data.root = syn, data.seed_dir = "ClipSeeds"
     from weakclip.data import SegmentationDataset, read_class_names
 
-    ds = SegmentationDataset(syn, "train.txt", seed_dir="ClipSeeds", class_names=read_class_names(syn / "class_names.txt"),
-                             crop_size=64, train=True, labels=syn / "cls_labels.json")  # fmt: skip
+    ds = SegmentationDataset(
+        syn,
+        "train.txt",
+        seed_dir="ClipSeeds",
+        class_names=read_class_names(syn / "class_names.txt"),
+        crop_size=64,
+        train=True,
+        labels=syn / "cls_labels.json",
+    )
     sample = ds[0]
     assert sample["seed"].shape == (64, 64) and not ds.bad_samples
 
@@ -414,11 +441,26 @@ def test_cli_shards_failures_and_usage_errors(syn, tmp_path, capsys):
     labels = {**json.loads((syn / "cls_labels.json").read_text()), "broken": [1]}
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     (tmp_path / "class_names.txt").write_text((syn / "class_names.txt").read_text())
-    base = ["--images", str(images), "--labels", str(tmp_path / "labels.json"), "--preset", "tiny",
-            "--clip-weights", "none", "--no-progress", "--crf", "none", "--workers", "0"]  # fmt: skip
+    base = [
+        "--images",
+        str(images),
+        "--labels",
+        str(tmp_path / "labels.json"),
+        "--preset",
+        "tiny",
+        "--clip-weights",
+        "none",
+        "--no-progress",
+        "--crf",
+        "none",
+        "--workers",
+        "0",
+    ]
     out = tmp_path / "out"
-    rcs = [seeds_main([*base, "--out", str(out), "--shard", f"{i}/2", "--save-scores", "--overlays", "3"])
-           for i in range(2)]  # fmt: skip
+    rcs = [
+        seeds_main([*base, "--out", str(out), "--shard", f"{i}/2", "--save-scores", "--overlays", "3"])
+        for i in range(2)
+    ]
     assert sorted(rcs) == [0, 1]  # the shard holding the broken image fails, the other succeeds
     assert sorted(p.stem for p in _finished(out)) == names
     assert len(list((out / "overlays").glob("*.png"))) == 2  # 3 spread over 7 inputs, one of them the broken one

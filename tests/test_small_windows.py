@@ -149,8 +149,24 @@ def test_generate_with_the_torch_engine_writes_full_masks(tmp_path, model):
     for name, (h, w) in sizes.items():
         cv2.imwrite(str(images / f"{name}.png"), _image(h, w)[..., ::-1])
     out = tmp_path / "out"
-    rc = main(["--images", str(images), "--out", str(out), "--engine", "torch", "--model", str(ckpt),
-               "--scales", ",".join(map(str, SCALES)), "--flip", "--no-progress", "--workers", "0"])  # fmt: skip
+    rc = main(
+        [
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--engine",
+            "torch",
+            "--model",
+            str(ckpt),
+            "--scales",
+            ",".join(map(str, SCALES)),
+            "--flip",
+            "--no-progress",
+            "--workers",
+            "0",
+        ]
+    )
     assert rc == 0
     for name, hw in sizes.items():
         mask = read_mask(out / f"{name}.png")

@@ -17,15 +17,19 @@ from weakclip.data import synthetic
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--classes", "25"], "error: --classes 25: the synthetic set has 1..20 foreground classes (named by the VOC "
-                              "classes)\n"),
-        (["--classes", "0"], "error: --classes 0: the synthetic set has 1..20 foreground classes (named by the VOC "
-                             "classes)\n"),
+        (
+            ["--classes", "25"],
+            "error: --classes 25: the synthetic set has 1..20 foreground classes (named by the VOC classes)\n",
+        ),
+        (
+            ["--classes", "0"],
+            "error: --classes 0: the synthetic set has 1..20 foreground classes (named by the VOC classes)\n",
+        ),
         (["--images", "0"], "error: --images must be >= 1 and --val >= 0, got --images 0 --val None\n"),
         (["--size", "8", "8"], "error: --size 8 8 / --max-size 8 8: sides must be >= 16 and --max-size >= --size\n"),
     ],
     ids=["classes-25", "classes-0", "images-0", "size-8"],
-)  # fmt: skip
+)
 def test_out_of_range_option_is_one_usage_line(tmp_path: Path, capsys, args: list[str], expected: str) -> None:
     out = tmp_path / "syn"
     assert main(["--out", str(out), *args]) == 2
@@ -50,9 +54,11 @@ def test_existing_dataset_is_refused_without_overwrite(tmp_path: Path, capsys) -
     before = listing(out)
     assert main(["--out", str(out), "--images", "2", *SMALL]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --out {out}: already holds a synthetic dataset (ImageSets, JPEGImages, SeedMasks, "
-                          "SegmentationClass, class_names.txt and 2 more); choose a new or empty folder, or pass "
-                          "--overwrite")  # fmt: skip
+    assert err.startswith(
+        f"error: --out {out}: already holds a synthetic dataset (ImageSets, JPEGImages, SeedMasks, "
+        "SegmentationClass, class_names.txt and 2 more); choose a new or empty folder, or pass "
+        "--overwrite"
+    )
     assert err.count("\n") == 1 and "Traceback" not in err
     assert listing(out) == before
 
@@ -62,8 +68,12 @@ def test_existing_dataset_is_refused_without_overwrite(tmp_path: Path, capsys) -
     before = listing(other)
     assert main(["--out", str(other), "--images", "2", *SMALL]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --out {other}: is not empty (notes.txt); choose a new or empty folder, or pass "
-                          "--overwrite") and err.count("\n") == 1  # fmt: skip
+    assert (
+        err.startswith(
+            f"error: --out {other}: is not empty (notes.txt); choose a new or empty folder, or pass --overwrite"
+        )
+        and err.count("\n") == 1
+    )
     assert listing(other) == before
 
 

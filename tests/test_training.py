@@ -108,11 +108,28 @@ def test_help_lists_every_config_key(capsys):
 
 def test_train_smoke(data, tmp_path):
     work = tmp_path / "run"
-    rc = main([f"data.root={data}", f"work_dir={work}", "train.iters=4", "train.batch_size=2",
-               "schedule.val_interval=4", "schedule.checkpoint_interval=2", "data.num_workers=0", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            f"data.root={data}",
+            f"work_dir={work}",
+            "train.iters=4",
+            "train.batch_size=2",
+            "schedule.val_interval=4",
+            "schedule.checkpoint_interval=2",
+            "data.num_workers=0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
-    for f in ("config.yaml", "last.pt", "final.safetensors", "best.safetensors", "text_embeddings.safetensors",
-              "log.csv", "val.csv"):  # fmt: skip
+    for f in (
+        "config.yaml",
+        "last.pt",
+        "final.safetensors",
+        "best.safetensors",
+        "text_embeddings.safetensors",
+        "log.csv",
+        "val.csv",
+    ):
         assert (work / f).is_file(), f
     assert "train.iters" not in (work / "config.yaml").read_text() and "iters: 4" in (work / "config.yaml").read_text()
     m = weakclip.load_checkpoint(work / "final.safetensors")
@@ -126,9 +143,19 @@ def test_train_smoke(data, tmp_path):
 
 def test_sigkill_then_resume(data, tmp_path):
     work = tmp_path / "run"
-    args = [sys.executable, str(REPO / "training" / "train.py"), f"data.root={data}", f"work_dir={work}",
-            "train.iters=400", "train.batch_size=2", "schedule.checkpoint_interval=1", "schedule.val_interval=100000",
-            "data.num_workers=0", "--no-progress", "schedule.log_interval=1"]  # fmt: skip
+    args = [
+        sys.executable,
+        str(REPO / "training" / "train.py"),
+        f"data.root={data}",
+        f"work_dir={work}",
+        "train.iters=400",
+        "train.batch_size=2",
+        "schedule.checkpoint_interval=1",
+        "schedule.val_interval=100000",
+        "data.num_workers=0",
+        "--no-progress",
+        "schedule.log_interval=1",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -147,8 +174,14 @@ def test_sigkill_then_resume(data, tmp_path):
     assert it >= 5
     for f in work.iterdir():
         assert f.name in ("config.yaml", "last.pt", "log.csv") or f.name.startswith("."), f.name
-    out = subprocess.run(args[:4] + ["train.iters=" + str(it + 3)] + args[5:] + ["--resume"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        args[:4] + ["train.iters=" + str(it + 3)] + args[5:] + ["--resume"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"resumed from {work / 'last.pt'} at iteration {it}" in out.stdout
     assert not list(work.glob(".*.tmp*"))
@@ -159,8 +192,14 @@ def test_sigkill_then_resume(data, tmp_path):
 
 def test_resume_restores_exact_state(data, tmp_path):
     """3 iterations straight == 2 iterations, stop, --resume for the 3rd (same weights bit for bit)."""
-    common = [f"data.root={data}", "train.batch_size=2", "schedule.val_interval=1000", "data.num_workers=0",
-              "loss.boundary=0", "--no-progress"]  # fmt: skip
+    common = [
+        f"data.root={data}",
+        "train.batch_size=2",
+        "schedule.val_interval=1000",
+        "data.num_workers=0",
+        "loss.boundary=0",
+        "--no-progress",
+    ]
     main([*common, f"work_dir={tmp_path / 'a'}", "train.iters=3"])
     main([*common, f"work_dir={tmp_path / 'b'}", "train.iters=2"])
     main([*common, f"work_dir={tmp_path / 'b'}", "train.iters=3", "--resume"])
@@ -173,8 +212,17 @@ def test_resume_restores_exact_state(data, tmp_path):
 def test_torchrun_two_processes_cpu(data, tmp_path):
     out = tmp_path / "digests"
     out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           str(REPO / "tests" / "ddp_worker.py"), str(data), str(tmp_path / "run"), str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        str(REPO / "tests" / "ddp_worker.py"),
+        str(data),
+        str(tmp_path / "run"),
+        str(out),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -190,13 +238,36 @@ def test_evaluator_agrees_with_training_validation(data, tmp_path):
     from weakclip.masks.evaluate import evaluate_dirs
 
     work = tmp_path / "run"
-    main([f"data.root={data}", f"work_dir={work}", "train.iters=2", "train.batch_size=2", "schedule.val_interval=2",
-          "data.num_workers=0", "--no-progress"])  # fmt: skip
+    main(
+        [
+            f"data.root={data}",
+            f"work_dir={work}",
+            "train.iters=2",
+            "train.batch_size=2",
+            "schedule.val_interval=2",
+            "data.num_workers=0",
+            "--no-progress",
+        ]
+    )
     logged = float(list(csv.DictReader(open(work / "val.csv")))[-1]["miou"])
     val_list = data / "ImageSets" / "Segmentation" / "val.txt"
-    rc = generate_main(["--images", str(val_list), "--image-root", str(data / "JPEGImages"), "--engine", "torch",
-                        "--model", str(work / "final.safetensors"), "--out", str(tmp_path / "masks"), "--workers", "0",
-                        "--no-progress"])  # fmt: skip
+    rc = generate_main(
+        [
+            "--images",
+            str(val_list),
+            "--image-root",
+            str(data / "JPEGImages"),
+            "--engine",
+            "torch",
+            "--model",
+            str(work / "final.safetensors"),
+            "--out",
+            str(tmp_path / "masks"),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     names = val_list.read_text().split()
     metrics, n = evaluate_dirs(tmp_path / "masks", data / "SegmentationClass", 6, names)
@@ -218,8 +289,16 @@ def test_work_dir_rules(data, tmp_path, capsys):
     import csv
 
     work = tmp_path / "run"
-    common = [f"data.root={data}", f"work_dir={work}", "train.batch_size=2", "schedule.val_interval=1000",
-              "schedule.log_interval=1", "data.num_workers=0", "loss.boundary=0", "--no-progress"]  # fmt: skip
+    common = [
+        f"data.root={data}",
+        f"work_dir={work}",
+        "train.batch_size=2",
+        "schedule.val_interval=1000",
+        "schedule.log_interval=1",
+        "data.num_workers=0",
+        "loss.boundary=0",
+        "--no-progress",
+    ]
     assert main([*common, "train.iters=2"]) == 0
     assert _iterations(work / "log.csv") == [1, 2]
     before = {f.name: f.read_bytes() for f in work.iterdir()}
@@ -238,9 +317,11 @@ def test_work_dir_rules(data, tmp_path, capsys):
     # --resume with a different loss / model / optimiser setting: refused, naming the difference
     assert main([*common, "train.iters=3", "loss.aux=0.2", "--resume"]) == 2
     err = one_line(capsys.readouterr().err)
-    assert err.startswith(f"error: {work / 'last.pt'}: --resume with a config that differs from the recorded run: "
-                          "loss.aux 0.4 → 0.2; only train.iters, schedule.*, data.num_workers, data.root, device, "
-                          "work_dir may change on resume (use a new work_dir, or --overwrite)")  # fmt: skip
+    assert err.startswith(
+        f"error: {work / 'last.pt'}: --resume with a config that differs from the recorded run: "
+        "loss.aux 0.4 → 0.2; only train.iters, schedule.*, data.num_workers, data.root, device, "
+        "work_dir may change on resume (use a new work_dir, or --overwrite)"
+    )
     assert main([*common, "train.iters=3", "train.lr=0.5", "model.overrides.coattn_layers=1", "--resume"]) == 2
     assert ": model.overrides.coattn_layers <unset> → 1 (and 1 more: train.lr); only" in capsys.readouterr().err
     assert {f.name: f.read_bytes() for f in work.iterdir()} == before
@@ -274,8 +355,14 @@ def test_resume_with_other_training_data_is_refused(data, tmp_path, capsys):
     other = tmp_path / "syn20"
     make_synthetic_dataset(other, images=20, seed=1, val_images=2)
     work = tmp_path / "run"
-    common = [f"work_dir={work}", "train.batch_size=2", "schedule.val_interval=1000", "data.num_workers=0",
-              "loss.boundary=0", "--no-progress"]  # fmt: skip
+    common = [
+        f"work_dir={work}",
+        "train.batch_size=2",
+        "schedule.val_interval=1000",
+        "data.num_workers=0",
+        "loss.boundary=0",
+        "--no-progress",
+    ]
     assert main([*common, f"data.root={data}", "train.iters=1"]) == 0
     capsys.readouterr()
     assert main([*common, f"data.root={other}", "train.iters=2", "--resume"]) == 2  # data.root may change, the list not
@@ -289,13 +376,33 @@ def test_outputs_follow_the_umask(data, tmp_path):
     work = tmp_path / "run"
     old = os.umask(0o027)
     try:
-        assert main([f"data.root={data}", f"work_dir={work}", "train.iters=1", "train.batch_size=2",
-                     "schedule.val_interval=1", "data.num_workers=0", "loss.boundary=0", "--no-progress"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    f"data.root={data}",
+                    f"work_dir={work}",
+                    "train.iters=1",
+                    "train.batch_size=2",
+                    "schedule.val_interval=1",
+                    "data.num_workers=0",
+                    "loss.boundary=0",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old)
     modes = {f.name: f.stat().st_mode & 0o777 for f in work.iterdir()}
-    assert set(modes) >= {"config.yaml", "last.pt", "final.safetensors", "best.safetensors",
-                          "text_embeddings.safetensors", "log.csv", "val.csv"}  # fmt: skip
+    assert set(modes) >= {
+        "config.yaml",
+        "last.pt",
+        "final.safetensors",
+        "best.safetensors",
+        "text_embeddings.safetensors",
+        "log.csv",
+        "val.csv",
+    }
     assert modes == dict.fromkeys(modes, 0o640), modes
 
 

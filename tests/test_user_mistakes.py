@@ -26,9 +26,12 @@ def files(tmp_path_factory):
     import onnx
     from onnx import TensorProto, helper
 
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(g, producer_name="test"), d / "weakclip.onnx")
     _make_images(d / "images", 3)
     return d
@@ -49,19 +52,38 @@ def _one_error_line(err: str) -> str:
 @pytest.mark.parametrize(
     "engine, model, expected",
     [
-        ("torch", "weakclip.onnx", r"weakclip.onnx: this is an ONNX model, but the torch engine expects a WeakCLIP "
-                                   r"checkpoint \(.safetensors\); generate --engine onnxruntime \(or auto\)"),
+        (
+            "torch",
+            "weakclip.onnx",
+            r"weakclip.onnx: this is an ONNX model, but the torch engine expects a WeakCLIP "
+            r"checkpoint \(.safetensors\); generate --engine onnxruntime \(or auto\)",
+        ),
         ("auto", "last.pt", r"last.pt: this is a PyTorch checkpoint .*weakclip convert .*train --resume"),
         ("torch", "last.pt", r"last.pt: this is a PyTorch checkpoint .*but the torch engine expects"),
-        ("onnxruntime", "ckpt.safetensors", r"ckpt.safetensors: this is a WeakCLIP checkpoint \(.safetensors\), but "
-                                            r"the onnxruntime engine expects an ONNX model; generate --engine torch"),
+        (
+            "onnxruntime",
+            "ckpt.safetensors",
+            r"ckpt.safetensors: this is a WeakCLIP checkpoint \(.safetensors\), but "
+            r"the onnxruntime engine expects an ONNX model; generate --engine torch",
+        ),
         ("auto", "images", r"--model \S*images: a directory; --engine auto expects"),
         ("auto", "nope.safetensors", r"--model \S*nope.safetensors: missing; --engine auto expects"),
     ],
-)  # fmt: skip
+)
 def test_wrong_model_file_is_one_line(files, tmp_path, capsys, engine, model, expected):
-    rc, err = _run(capsys, ["--engine", engine, "--model", str(files / model), "--images", str(files / "images"),
-                            "--out", str(tmp_path / "out")])  # fmt: skip
+    rc, err = _run(
+        capsys,
+        [
+            "--engine",
+            engine,
+            "--model",
+            str(files / model),
+            "--images",
+            str(files / "images"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert rc == 2
     import re
 
@@ -70,8 +92,19 @@ def test_wrong_model_file_is_one_line(files, tmp_path, capsys, engine, model, ex
 
 
 def test_unknown_engine_option_is_one_line(files, tmp_path, capsys):
-    rc, err = _run(capsys, ["--model", str(files / "ckpt.safetensors"), "--images", str(files / "images"),
-                            "--out", str(tmp_path / "out"), "--engine-opt", "thread=4"])  # fmt: skip
+    rc, err = _run(
+        capsys,
+        [
+            "--model",
+            str(files / "ckpt.safetensors"),
+            "--images",
+            str(files / "images"),
+            "--out",
+            str(tmp_path / "out"),
+            "--engine-opt",
+            "thread=4",
+        ],
+    )
     assert rc == 2
     line = _one_error_line(err)
     assert (
@@ -124,8 +157,9 @@ def test_foreign_masks_without_a_record_are_refused(files, tmp_path, capsys):
 def test_crf_without_pydensecrf_fails_before_the_first_image(files, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    rc, err = _run(capsys, ["--engine", "standin", "--images", str(files / "images"), "--out", str(tmp_path / "o"),
-                            "--crf", "voc"])  # fmt: skip
+    rc, err = _run(
+        capsys, ["--engine", "standin", "--images", str(files / "images"), "--out", str(tmp_path / "o"), "--crf", "voc"]
+    )
     assert rc == 2 and "--crf voc needs pydensecrf" in _one_error_line(err)
     assert not (tmp_path / "o").exists()
 

@@ -28,8 +28,16 @@ def data(tmp_path_factory) -> Path:
 
 
 def common(data: Path, work: Path) -> list[str]:
-    return [f"data.root={data}", f"work_dir={work}", "train.batch_size=2", "data.val_list=null", "data.num_workers=0",
-            "schedule.checkpoint_interval=1", "schedule.log_interval=1", "loss.boundary=0"]  # fmt: skip
+    return [
+        f"data.root={data}",
+        f"work_dir={work}",
+        "train.batch_size=2",
+        "data.val_list=null",
+        "data.num_workers=0",
+        "schedule.checkpoint_interval=1",
+        "schedule.log_interval=1",
+        "loss.boundary=0",
+    ]
 
 
 @pytest.mark.parametrize("length", [3, 20])
@@ -64,8 +72,10 @@ def test_resume_at_or_past_train_iters_says_so(data, tmp_path, capsys):
         assert main([*common(data, work), f"train.iters={iters}", "--resume", "--no-progress"]) == 2
         captured = capsys.readouterr()
         err = one_error_line(captured.err)
-        assert err.startswith(f"error: {work / 'last.pt'}: --resume: the run is already at iteration 2 ≥ "
-                              f"train.iters={iters}; raise train.iters to continue"), err  # fmt: skip
+        assert err.startswith(
+            f"error: {work / 'last.pt'}: --resume: the run is already at iteration 2 ≥ "
+            f"train.iters={iters}; raise train.iters to continue"
+        ), err
         assert "best val mIoU" not in captured.out
         assert listing(work) == before
 
@@ -86,8 +96,14 @@ def test_progress_in_a_log_file_is_lines_not_bar_frames(data, tmp_path):
     env = {**os.environ, "WEAKCLIP_PROGRESS_INTERVAL": "0.01", "HF_HUB_OFFLINE": "1"}
     env.pop("WEAKCLIP_PROGRESS", None)
     with open(log, "wb") as f:
-        rc = subprocess.run([sys.executable, "-m", "weakclip", "train", *common(data, work), "train.iters=6"],
-                            stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=600).returncode  # fmt: skip
+        rc = subprocess.run(
+            [sys.executable, "-m", "weakclip", "train", *common(data, work), "train.iters=6"],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            timeout=600,
+        ).returncode
     text = log.read_bytes().decode()
     assert rc == 0, text
     assert "\r" not in text

@@ -84,12 +84,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
 
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], base, env)
     vpy = venv / "bin" / "python"
-    purelib = Path(_run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base, env)
-                   .stdout.strip())  # fmt: skip
+    purelib = Path(
+        _run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], base, env).stdout.strip()
+    )
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
     (purelib / "_weakclip_test_reuse_deps.pth").write_text("".join(f"{p}\n" for p in sorted(ours) if Path(p).is_dir()))
-    _run([sys.executable, "-m", "pip", "--python", str(vpy), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-         base, env)  # fmt: skip
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(vpy), "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        base,
+        env,
+    )
 
     work, help_cwd = base / "work", base / "help"  # outside the checkout: the current directories of the commands
     work.mkdir()
@@ -99,8 +103,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     run = functools.partial(subprocess.run, cwd=help_cwd, env=env, capture_output=True, text=True, timeout=600)
     helps = [(cmd, pool.submit(run, cmd)) for cmd in _help_commands(venv / "bin")]
     pool.shutdown(wait=False)
-    yield {"wheel": wheel, "bin": venv / "bin", "pkg": purelib / "weakclip", "work": work, "env": env,
-           "help": helps, "help_cwd": help_cwd}  # fmt: skip
+    yield {
+        "wheel": wheel,
+        "bin": venv / "bin",
+        "pkg": purelib / "weakclip",
+        "work": work,
+        "env": env,
+        "help": helps,
+        "help_cwd": help_cwd,
+    }
     for _, fut in helps:
         fut.cancel()
 
@@ -177,9 +188,19 @@ def test_tiny_pipeline_outside_the_checkout(installed: dict) -> None:
         "data.num_workers=0",
         "schedule.val_interval=2",
         "--no-progress",
-    )  # fmt: skip  (the packaged default config)
-    gen = run("generate", "--model", "demo/onnx/weakclip.onnx", "--images", f"{d}/ImageSets/Segmentation/train.txt",
-              "--image-root", f"{d}/JPEGImages", "--out", "masks", "--no-progress")  # fmt: skip
+    )  # the packaged default config
+    gen = run(
+        "generate",
+        "--model",
+        "demo/onnx/weakclip.onnx",
+        "--images",
+        f"{d}/ImageSets/Segmentation/train.txt",
+        "--image-root",
+        f"{d}/JPEGImages",
+        "--out",
+        "masks",
+        "--no-progress",
+    )
     assert "weakclip generate:" in gen.stdout
     run("evaluate", "--pred", "masks", "--gt", f"{d}/SegmentationClass", "--json", "eval.json")
     assert 0.0 <= json.loads((work / "eval.json").read_text())["miou"] <= 1.0
