@@ -106,15 +106,15 @@ def layout_from_config(root: str | Path, cfg: dict[str, Any], config_source: str
     from weakclip.model.config import get_config
 
     root, d = Path(root), cfg["data"]
-    image_dir, seed_dir, gt_dir, lists, val_list, labels, classes, class_names_file = (
-        given.get(k)
-        for k in ("image_dir", "seed_dir", "gt_dir", "lists", "val_list", "labels", "classes", "class_names")
-    )
     origin: dict[str, str] = {"config": config_source}
 
-    def pick(key: str, given: Any, from_config: Any) -> Any:
-        origin[key] = "command line" if given else f"data.{key}"
-        return given or from_config
+    def pick(key: str, from_config: Any, option: str | None = None) -> Any:
+        """The command line's path(s) for config key ``key`` if given, else ``from_config``."""
+        value = given.get(option or key)
+        origin[key] = "command line" if value else f"data.{key}"
+        if not value:
+            return from_config
+        return [Path(p) for p in value] if isinstance(value, list) else Path(value)
 
     def under_root(key: str) -> Path | None:
         return None if d.get(key) is None else root / d[key]
@@ -122,20 +122,19 @@ def layout_from_config(root: str | Path, cfg: dict[str, Any], config_source: str
     def find_list(entry: str) -> str | Path:
         return resolve_list(root, entry) or str(entry)
 
-    image = pick("image_dir", image_dir and Path(image_dir), under_root("image_dir"))
+    image = pick("image_dir", under_root("image_dir"))
     assert image is not None
-    seeds = pick("seed_dir", seed_dir and Path(seed_dir), under_root("seed_dir"))
-    gt = pick("gt_dir", gt_dir and Path(gt_dir), under_root("gt_dir"))
-    train = pick("train_lists", lists and [Path(p) for p in lists], [find_list(e) for e in d["train_lists"]])
-    val = pick("val_list", val_list and Path(val_list), find_list(d["val_list"]) if d.get("val_list") else None)
-    if labels or d.get("labels"):
-        label_path = pick("labels", labels and Path(labels), under_root("labels"))
+    seeds, gt = pick("seed_dir", under_root("seed_dir")), pick("gt_dir", under_root("gt_dir"))
+    train = pick("train_lists", [find_list(e) for e in d["train_lists"]], "lists")
+    val = pick("val_list", find_list(d["val_list"]) if d.get("val_list") else None)
+    if given.get("labels") or d.get("labels"):
+        label_path = pick("labels", under_root("labels"))
     else:
         label_path = next((root / c for c in LABEL_CANDIDATES if (root / c).is_file()), None)
         origin["labels"] = "found under root"
 
-    names_file = root / "class_names.txt"
-    if class_names_file:
+    names_file, classes = root / "class_names.txt", given.get("classes")
+    if class_names_file := given.get("class_names"):
         names, origin["classes"] = _read_class_file(Path(class_names_file), "--class-names file"), class_names_file
     elif classes:
         names, origin["classes"] = CLASS_LISTS[classes], f"--classes {classes}"

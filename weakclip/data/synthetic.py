@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from weakclip.data.classes import VOC_CLASSES
 from weakclip.data.io import atomic_path, save_mask_png, write_text_atomic
 from weakclip.errors import UsageError
+from weakclip.masks.evaluate import confusion, metrics_from_matrix
 from weakclip.progress import progress
 
 IGNORE = 255
@@ -96,9 +97,8 @@ def _pattern(kind: str, yy: np.ndarray, xx: np.ndarray, period: float, angle: fl
 
 def _random_shape(rng: np.random.Generator, hw: tuple[int, int]) -> dict:
     h, w = hw
-    short = min(h, w)
     kind = ("ellipse", "rect", "polygon")[int(rng.integers(3))]
-    r = short * float(rng.uniform(0.1, 0.32))
+    r = min(h, w) * float(rng.uniform(0.1, 0.32))
     aspect = float(rng.uniform(0.6, 1.5))
     ry, rx = r * np.sqrt(aspect), r / np.sqrt(aspect)
     cy, cx = float(rng.uniform(0.15, 0.85) * h), float(rng.uniform(0.15, 0.85) * w)
@@ -214,8 +214,7 @@ def _degrade(
     seed = np.zeros(hw, dtype=np.uint8)
     uncertain = np.zeros(hw, dtype=bool)
     for cls, shape in shapes:
-        visible = gt == cls
-        area = visible.mean()
+        area = (gt == cls).mean()
         if area == 0 or rng.random() < (0.6 if area < 0.015 else 0.08):
             continue  # missed object: stays background in the seeds
         r, offsets = shape["radius"], shape["offsets"]
@@ -250,23 +249,6 @@ def _degrade(
         uncertain |= _draw_ellipses(hw, [c], [float(rng.uniform(0.05, 0.1) * min(h, w))])
     seed[uncertain] = IGNORE
     return seed
-
-
-def _confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K, K+1) confusion: rows GT class, columns predicted class plus one 'no prediction' (255) column."""
-    valid = gt != IGNORE
-    p = pred[valid].astype(np.int64)
-    p[p == IGNORE] = num_classes
-    return np.bincount(gt[valid].astype(np.int64) * (num_classes + 1) + p, minlength=num_classes * (num_classes + 1))
-
-
-def _iou(conf: np.ndarray, num_classes: int) -> np.ndarray:
-    conf = conf.reshape(num_classes, num_classes + 1)
-    tp = np.diag(conf[:, :num_classes]).astype(np.float64)
-    fp = conf[:, :num_classes].sum(0) - tp
-    fn = conf.sum(1) - tp
-    denom = tp + fp + fn
-    return np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
 
 
 # What make_synthetic_dataset writes under ``out``; ``--overwrite`` deletes these (and temporaries), nothing else.
@@ -362,14 +344,14 @@ def make_synthetic_dataset(
             save_mask_png(out / "SegmentationClass" / f"{name}.png", gt)
             save_mask_png(out / "SeedMasks" / f"{name}.png", seed_mask)
             labels[name] = [int(v) for v in np.unique(gt) if v not in (0, IGNORE)]
-            conf[split] = conf[split] + _confusion(gt, seed_mask, K)
+            conf[split] = conf[split] + confusion(seed_mask, gt, K)  # 255 in the seeds counts as a miss
             names.append(name)
             bar.update(1)
         write_text_atomic(out / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{n}\n" for n in names))
     bar.close()
     write_text_atomic(out / "cls_labels.json", json.dumps(labels, indent=0, sort_keys=True) + "\n")
     write_text_atomic(out / "class_names.txt", "".join(f"{c}\n" for c in class_names))
-    iou_train = _iou(np.asarray(conf["train"]), K)
+    train_scores = metrics_from_matrix(np.asarray(conf["train"]))
     summary = {
         "out": str(out),
         "seed": seed,
@@ -379,9 +361,9 @@ def make_synthetic_dataset(
         "val_images": val_images,
         "size": list(lo),
         "max_size": list(hi),
-        "seed_miou": float(np.nanmean(iou_train)),
-        "seed_miou_val": float(np.nanmean(_iou(np.asarray(conf["val"]), K))) if val_images else float("nan"),
-        "seed_iou_per_class": {c: round(float(v), 4) for c, v in zip(class_names, iou_train)},
+        "seed_miou": train_scores.miou,
+        "seed_miou_val": metrics_from_matrix(np.asarray(conf["val"])).miou if val_images else float("nan"),
+        "seed_iou_per_class": {c: round(float(v), 4) for c, v in zip(class_names, train_scores.iou)},
     }
     meta = {k: v for k, v in summary.items() if k != "out"}  # no absolute path: same seed → same bytes
     write_text_atomic(out / "synthetic_meta.json", json.dumps(meta, indent=2) + "\n")
