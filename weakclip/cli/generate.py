@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from weakclip.engines.base import (
-    EngineError,
-    PrecisionError,
-    available_engines,
-)
+from weakclip.engines.base import EngineError, PrecisionError, available_engines
 from weakclip.engines.generate import EngineSpec, MaskOptions, RunOptions, generate
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
-from weakclip.masks.batch import (
-    shard_from,
-)
+from weakclip.masks.batch import arg_type, shard_from
 from weakclip.model.config import DEFAULT_SCALES, scales_from
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        return shard_from(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        return scales_from(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--{e}") from None
 
 
 def _engine_opt(text: str) -> tuple[str, Any]:
@@ -48,8 +29,7 @@ def _engine_opt(text: str) -> tuple[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(
-        prog="weakclip-generate",
-        description="Generate pseudo masks with multi-scale × flip sliding-window inference.",
+        prog="weakclip-generate", description="Generate pseudo masks with multi-scale × flip sliding-window inference."
     )
     io = ap.add_argument_group("inputs and outputs")
     io.add_argument("--images", required=True, help="image folder, or a list file (one name or path per line)")
@@ -58,11 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--ext", default=".jpg", help="extension added to list entries that have none (default: %(default)s)"
     )
     io.add_argument("--out", required=True, help="output folder: <name>.png masks (+ probs/, overlays/)")
-    io.add_argument("--labels", help="image-level labels (JSON name->[idx], text 'name idx ...', or cls_labels.npy): "
-                    "pixels predicted as an absent class become 255")  # fmt: skip
+    io.add_argument(
+        "--labels",
+        help="image-level labels (JSON name->[idx], text 'name idx ...', or cls_labels.npy): "
+        "pixels predicted as an absent class become 255",
+    )
     io.add_argument("--save-probs", action="store_true", help="also write probs/<name>.npy (K, H, W)")
-    io.add_argument("--probs-dtype", choices=("float16", "float32"), default="float16",
-                    help="dtype of the saved probabilities (default: %(default)s; float32 = the official .npy)")  # fmt: skip
+    io.add_argument(
+        "--probs-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="dtype of the saved probabilities (default: %(default)s; float32 = the official .npy)",
+    )
     io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L masks, no VOC palette")
     io.add_argument(
         "--overlays",
@@ -71,31 +58,52 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="write colour overlays for N sample images into OUT/overlays/",
     )
-    io.add_argument("--overwrite", action="store_true",
-                    help="recompute images whose outputs already exist, also when they were made with other settings")  # fmt: skip
-    io.add_argument("--shard", type=_shard, help="i/N: process every N-th image from i (default: RANK/WORLD_SIZE)")
+    io.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute images whose outputs already exist, also when they were made with other settings",
+    )
+    io.add_argument(
+        "--shard", type=arg_type(shard_from), help="i/N: process every N-th image from i (default: RANK/WORLD_SIZE)"
+    )
 
     en = ap.add_argument_group("engine")
     en.add_argument(
         "--engine",
         default="auto",
-        help=f"auto (from the model file: .safetensors → torch, .onnx → onnxruntime, TensorRT plan → tensorrt), "
+        help="auto (from the model file: .safetensors → torch, .onnx → onnxruntime, TensorRT plan → tensorrt), "
         f"one of {available_engines()}, or module:Factory (default: %(default)s)",
     )
     en.add_argument("--model", help="checkpoint (torch), .onnx (onnxruntime) or engine/ONNX file (tensorrt)")
-    en.add_argument("--device", help="engine device: cpu, cuda, or auto (cuda when torch sees a GPU, else cpu); "
-                    "cuda → cuda:$LOCAL_RANK under torchrun")  # fmt: skip
-    en.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
-                    help="precision tier: torch engine fp32 / fp16 (CUDA) / bf16 (CPU with avx512_bf16 or amx_bf16, "
-                    "or a bf16 GPU); onnxruntime: the tier of the .onnx file (int8: weakclip_int8.onnx from "
-                    "export --int8); a tier the machine or file lacks is refused in one line")  # fmt: skip
+    en.add_argument(
+        "--device",
+        help="engine device: cpu, cuda, or auto (cuda when torch sees a GPU, else cpu); "
+        "cuda → cuda:$LOCAL_RANK under torchrun",
+    )
+    en.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16", "int8"),
+        help="precision tier: torch engine fp32 / fp16 (CUDA) / bf16 (CPU with avx512_bf16 or amx_bf16, or a bf16 "
+        "GPU); onnxruntime: the tier of the .onnx file (int8: weakclip_int8.onnx from export --int8); a tier the "
+        "machine or file lacks is refused in one line",
+    )
     en.add_argument("--channels-last", action="store_true", help="torch engine: NHWC memory format")
-    en.add_argument("--engine-opt", type=_engine_opt, action="append", default=[], metavar="KEY=VALUE",
-                    help="extra engine option (value parsed as JSON when possible); repeatable")  # fmt: skip
+    en.add_argument(
+        "--engine-opt",
+        type=_engine_opt,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra engine option (value parsed as JSON when possible); repeatable",
+    )
 
     inf = ap.add_argument_group("inference (defaults follow the engine's crop c: stride round(2c/3), base size c)")
-    inf.add_argument("--scales", type=_scales, default=None,
-                     help="comma list of view ratios, or 'official' = 0.5,0.75,1.0,1.25,1.5,1.75 (default: 1.0)")  # fmt: skip
+    inf.add_argument(
+        "--scales",
+        type=arg_type(scales_from, "--"),
+        default=DEFAULT_SCALES,
+        help="comma list of view ratios, or 'official' = 0.5,0.75,1.0,1.25,1.5,1.75 (default: 1.0)",
+    )
     inf.add_argument("--flip", action="store_true", help="add horizontally flipped views (official: on)")
     inf.add_argument(
         "--crf",
@@ -114,20 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument(
         "--tta-device",
         default="cpu",
-        help="where views are resized and merged; cuda only with engines that take device tensors (torch) (default: %(default)s)",
+        help="where views are resized and merged; cuda only with engines that take device tensors (torch) "
+        "(default: %(default)s)",
     )
 
     ex = ap.add_argument_group("execution")
     ex.add_argument(
         "--workers", type=int, default=4, help="decoding threads and writing threads, 0 = inline (default: %(default)s)"
     )
-    ex.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); 1-2 per process "
-                     "when several shards share a CPU")  # fmt: skip
+    ex.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's choice); 1-2 per process when several shards share a CPU",
+    )
     ex.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return ap
 
 
-def engine_options(device: str | None, precision: str | None, channels_last: bool, extra: Mapping[str, Any]) -> dict:
+def engine_options(
+    device: str | None, precision: str | None, channels_last: bool, extra: Iterable[tuple[str, Any]]
+) -> dict:
     """The engine keywords of the command line: ``--device auto`` → cuda when torch sees a GPU, ``cuda`` →
     ``cuda:$LOCAL_RANK`` under torchrun."""
     opts: dict[str, Any] = {}
@@ -143,30 +157,21 @@ def engine_options(device: str | None, precision: str | None, channels_last: boo
         opts["precision"] = precision
     if channels_last:
         opts["channels_last"] = True
-    opts.update(extra)
-    return opts
+    return opts | dict(extra)
+
+
+def _from_args(cls: Any, a: argparse.Namespace) -> Any:
+    """A dataclass of options from the same-named command-line arguments."""
+    return cls(**{f.name: getattr(a, f.name) for f in dataclasses.fields(cls)})
 
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
-        generate(
-            a.images,
-            a.out,
-            EngineSpec(a.model, a.engine, engine_options(a.device, a.precision, a.channels_last, dict(a.engine_opt))),
-            image_root=a.image_root,
-            ext=a.ext,
-            labels=a.labels,
-            masks=MaskOptions(
-                scales=a.scales or DEFAULT_SCALES, flip=a.flip, crop=a.crop, stride=a.stride, base_size=a.base_size,
-                max_long=a.max_long, crf=a.crf, palette=a.palette, save_probs=a.save_probs, probs_dtype=a.probs_dtype,
-            ),
-            run=RunOptions(
-                batch=a.batch, chunk=a.chunk, workers=a.workers, tta_device=a.tta_device, overlays=a.overlays,
-                progress=a.progress, overwrite=a.overwrite, shard=a.shard, threads=a.threads,
-            ),
-        )  # fmt: skip
+        engine = EngineSpec(a.model, a.engine, engine_options(a.device, a.precision, a.channels_last, a.engine_opt))
+        masks, run = _from_args(MaskOptions, a), _from_args(RunOptions, a)
+        generate(a.images, a.out, engine, image_root=a.image_root, ext=a.ext, labels=a.labels, masks=masks, run=run)
     except (ValueError, PrecisionError) as e:  # a bad input found by library code (labels, options, precision)
         raise UsageError(str(e)) from None
     except EngineError as e:

@@ -6,29 +6,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from weakclip.errors import ArgumentParser, UsageError, cli
+from weakclip.masks.batch import arg_type, shard_from
 from weakclip.masks.seeds import SeedOptions, make_seeds
 from weakclip.model.config import DEFAULT_SCALES, get_config, scales_from
 from weakclip.model.crf import CLIP_ES_CRF
 
-
-def _arg(parse: Any) -> Any:
-    """An argparse ``type`` from a library parser that raises ValueError."""
-
-    def f(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    return f
+# SeedOptions and make_seeds keywords given by the command-line arguments of the same name
+_ALGORITHM_ARGS = ("scales", "flip", "attn_layers", "box_threshold", "bg_power", "crf_image")
+_IO_ARGS = ("image_root", "ext", "save_scores", "palette", "overlays", "overwrite", "shard", "workers", "progress")
+_CLIP_ARGS = ("preset", "prompts", "device")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from weakclip.masks.batch import shard_from
-
     ap = ArgumentParser(
         prog="weakclip seeds",
         description="CLIP-ES seeds from image-level labels (no CAM network): Softmax-GradCAM + class-aware "
@@ -38,43 +29,72 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--images", required=True, help="image folder, or a list file (one name or path per line)")
     io.add_argument("--image-root", help="folder that list-file entries are relative to (default: the list's folder)")
     io.add_argument("--ext", default=".jpg", help="extension added to list entries without one (default: %(default)s)")
-    io.add_argument("--labels", required=True, help="image-level labels: cls_labels.npy, JSON name→[idx] or text "
-                    "'name idx ...' (1-based foreground indices)")  # fmt: skip
-    io.add_argument("--class-names", help="one class per line, 'background' first (default: class_names.txt beside "
-                    "--labels if present, else the preset's classes)")  # fmt: skip
+    io.add_argument(
+        "--labels",
+        required=True,
+        help="image-level labels: cls_labels.npy, JSON name→[idx] or text 'name idx ...' (1-based foreground indices)",
+    )
+    io.add_argument(
+        "--class-names",
+        help="one class per line, 'background' first (default: class_names.txt beside "
+        "--labels if present, else the preset's classes)",
+    )
     io.add_argument("--out", required=True, help="output folder of <name>.png seeds (the training seed_dir)")
-    io.add_argument("--save-scores", action="store_true",
-                    help="also write probs/<name>.npy float16 (K, H, W): row 0 background score, rows of the labelled "
-                    "classes their refined CAMs, other rows 0")  # fmt: skip
+    io.add_argument(
+        "--save-scores",
+        action="store_true",
+        help="also write probs/<name>.npy float16 (K, H, W): row 0 background score, rows of the labelled "
+        "classes their refined CAMs, other rows 0",
+    )
     io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L PNGs, no VOC palette")
     io.add_argument("--overlays", type=int, default=0, metavar="N", help="image | seed | blend panels for N images")
     io.add_argument("--overwrite", action="store_true", help="recompute finished seeds (also under other settings)")
-    io.add_argument("--shard", type=_arg(shard_from), help="i/N: every N-th image from i (default: RANK/WORLD_SIZE)")
+    io.add_argument(
+        "--shard", type=arg_type(shard_from), help="i/N: every N-th image from i (default: RANK/WORLD_SIZE)"
+    )
 
     m = ap.add_argument_group("CLIP")
     m.add_argument("--preset", default="vit_b16_voc", help="tower architecture preset (default: %(default)s)")
-    m.add_argument("--clip-weights", default="openai",
-                   help="'openai' (open_clip download cache), a local ViT-B-16.pt (OpenAI's TorchScript file, read "
-                   "as data: no code from it runs) / .safetensors, or 'none' = random towers (tests only: meaningless "
-                   "seeds) (default: %(default)s)")  # fmt: skip
+    m.add_argument(
+        "--clip-weights",
+        default="openai",
+        help="'openai' (open_clip download cache), a local ViT-B-16.pt (OpenAI's TorchScript file, read "
+        "as data: no code from it runs) / .safetensors, or 'none' = random towers (tests only: meaningless "
+        "seeds) (default: %(default)s)",
+    )
     m.add_argument("--prompts", default="auto", help="auto | voc | coco | generic | a JSON prompt set (default: auto)")
     m.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
 
     a = ap.add_argument_group("algorithm (defaults = the released CLIP-ES code)")
-    a.add_argument("--scales", type=_arg(scales_from), default=DEFAULT_SCALES,
-                   help="view scales, or 'official' (default: 1.0, as CLIP-ES)")  # fmt: skip
+    a.add_argument(
+        "--scales",
+        type=arg_type(scales_from),
+        default=DEFAULT_SCALES,
+        help="view scales, or 'official' (default: 1.0, as CLIP-ES)",
+    )
     a.add_argument("--flip", action="store_true", help="add flipped views (CLIP-ES: off)")
     a.add_argument(
         "--box-threshold", type=float, help="CAA box threshold (default: the prompt set's; VOC 0.4, COCO 0.7)"
     )
     a.add_argument("--attn-layers", type=int, default=8, help="last blocks averaged into the affinity (default: 8)")
     a.add_argument("--bg-power", type=float, default=1.0, help="background score (1 − max CAM)^α (default: 1)")
-    a.add_argument("--crf", choices=("clip_es", "none"), default="clip_es",
-                   help="dense CRF with CLIP-ES's parameters, or none = argmax (default: %(default)s)")  # fmt: skip
-    a.add_argument("--ignore-threshold", type=float,
-                   help="CRF confidence below which a pixel becomes 255 (default: 0.95; needs the CRF)")  # fmt: skip
-    a.add_argument("--crf-image", choices=("clip_es", "rgb"), default="clip_es",
-                   help="clip_es: CLIP-ES's mean-subtracted, uint8-wrapped BGR image; rgb: the plain image")  # fmt: skip
+    a.add_argument(
+        "--crf",
+        choices=("clip_es", "none"),
+        default="clip_es",
+        help="dense CRF with CLIP-ES's parameters, or none = argmax (default: %(default)s)",
+    )
+    a.add_argument(
+        "--ignore-threshold",
+        type=float,
+        help="CRF confidence below which a pixel becomes 255 (default: 0.95; needs the CRF)",
+    )
+    a.add_argument(
+        "--crf-image",
+        choices=("clip_es", "rgb"),
+        default="clip_es",
+        help="clip_es: CLIP-ES's mean-subtracted, uint8-wrapped BGR image; rgb: the plain image",
+    )
 
     ex = ap.add_argument_group("execution")
     ex.add_argument("--workers", type=int, default=2, help="decoding and writing (CRF) threads, 0 = inline")
@@ -87,28 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.ignore_threshold is not None and args.crf == "none":
-        raise UsageError("--ignore-threshold is a threshold on the CRF's confidence (CLIP-ES eval_cam_with_crf.py); "
-                         "it needs --crf clip_es")  # fmt: skip
+        raise UsageError(
+            "--ignore-threshold is a threshold on the CRF's confidence (CLIP-ES eval_cam_with_crf.py); it needs --crf "
+            "clip_es"
+        )
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    clip_weights = None if str(args.clip_weights).lower() == "none" else args.clip_weights
+    weights = None if str(args.clip_weights).lower() == "none" else args.clip_weights
+    crf = None if args.crf == "none" else CLIP_ES_CRF
+    ignore = 0.95 if args.ignore_threshold is None else args.ignore_threshold
     try:
-        make_seeds(
-            args.images, args.labels, args.out, image_root=args.image_root, ext=args.ext,
-            class_names=_class_names(args.class_names, args.labels, args.preset), preset=args.preset,
-            clip_weights=clip_weights, prompts=args.prompts, device=args.device,
-            options=SeedOptions(
-                scales=tuple(args.scales), flip=bool(args.flip), attn_layers=args.attn_layers,
-                box_threshold=args.box_threshold, bg_power=args.bg_power,
-                crf=None if args.crf == "none" else CLIP_ES_CRF,
-                ignore_threshold=0.95 if args.ignore_threshold is None else args.ignore_threshold,
-                crf_image=args.crf_image,
-            ),
-            save_scores=args.save_scores, palette=args.palette, overlays=args.overlays, overwrite=args.overwrite,
-            shard=args.shard, workers=args.workers, progress=args.progress,
-        )  # fmt: skip
+        names = _class_names(args.class_names, args.labels, args.preset)
+        options = SeedOptions(crf=crf, ignore_threshold=ignore, **{k: getattr(args, k) for k in _ALGORITHM_ARGS})
+        run = {k: getattr(args, k) for k in _IO_ARGS + _CLIP_ARGS}
+        make_seeds(args.images, args.labels, args.out, class_names=names, clip_weights=weights, options=options, **run)
     except (FileNotFoundError, ValueError) as e:  # bad inputs found while starting
         raise UsageError(str(e)) from None
     return 0

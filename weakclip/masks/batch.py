@@ -3,6 +3,7 @@ folder, the resume check against the settings record, per-image failures, fatal 
 
 from __future__ import annotations
 
+import argparse
 import collections
 import concurrent.futures as cf
 import itertools
@@ -73,11 +74,7 @@ def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None
     images = Path(images)
     ext = ext if ext.startswith(".") else f".{ext}"
     if images.is_dir():
-        items = [
-            Item(p.stem, p)
-            for p in sorted(images.iterdir())
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS
-        ]
+        items = [Item(p.stem, p) for p in _files(images) if p.suffix.lower() in IMAGE_EXTS]
         if not items:
             raise RuntimeFailure(
                 f"--images {images}: no images found in this folder (suffixes {', '.join(IMAGE_EXTS)})"
@@ -117,22 +114,15 @@ def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None
     return items
 
 
-def unsupported_files(images: str | os.PathLike) -> collections.Counter:
-    """Files of an image folder that are not read as images, counted by suffix (reported, never silently skipped)."""
-    folder = Path(images)
-    if not folder.is_dir():
-        return collections.Counter()
-    return collections.Counter(
-        p.suffix.lower() or "(no suffix)"
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_EXTS
-    )
+def _files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
 
 
 def read_inputs(images: str | os.PathLike, root: str | os.PathLike | None, ext: str) -> list[Item]:
-    """:func:`list_inputs`, with a line about the files of the folder that are not read."""
+    """:func:`list_inputs`, with a line about the files of the folder that are not read (never silently skipped)."""
     items = list_inputs(images, root, ext)
-    odd = unsupported_files(images)
+    others = _files(Path(images)) if Path(images).is_dir() else []
+    odd = collections.Counter(p.suffix.lower() or "(no suffix)" for p in others if p.suffix.lower() not in IMAGE_EXTS)
     if odd:
         listing = ", ".join(f"{n} × {suffix}" for suffix, n in sorted(odd.items()))
         print(f"{images}: {sum(odd.values())} file(s) are not images and are not read ({listing})")
@@ -145,6 +135,18 @@ def shard_from(text: str) -> tuple[int, int]:
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
         raise ValueError(f"--shard must be i/N with 0 <= i < N, got {text!r}")
     return int(m.group(1)), int(m.group(2))
+
+
+def arg_type(parse: Callable[[str], Any], prefix: str = "") -> Callable[[str], Any]:
+    """An argparse ``type`` from a parser that raises ValueError (its message, after ``prefix``, is the error)."""
+
+    def f(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{prefix}{e}") from None
+
+    return f
 
 
 def resolve_shard(shard: tuple[int, int] | None, env: Mapping[str, str] = os.environ) -> tuple[int, int]:

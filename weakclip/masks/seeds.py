@@ -27,8 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import torch
+from PIL import Image
 
+from weakclip.data.io import file_sha256
+from weakclip.data.labels import load_labels
 from weakclip.errors import RuntimeFailure, UsageError
 from weakclip.masks.batch import (
     BatchJob,
@@ -42,8 +47,9 @@ from weakclip.masks.batch import (
     run_batch,
     write_record,
 )
+from weakclip.masks.seed_prompts import PROMPT_SETS
 from weakclip.model.config import DEFAULT_SCALES, get_config, scales_from
-from weakclip.model.crf import CLIP_ES_CRF, CRFParams
+from weakclip.model.crf import CLIP_ES_CRF, CRFParams, dense_crf
 
 # CLIP's own input statistics (0-1 RGB); CLIP-ES generate_cams_*.py: _transform_resize → Normalize(...).
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -107,8 +113,6 @@ def resolve_prompts(class_names: Sequence[str], prompts: str | os.PathLike = "au
     else ``generic``.  Classes missing from a set's ``classes`` are prompted with their own name; background entries
     equal to a class name are dropped (a class must never compete against itself).
     """
-    from weakclip.masks.seed_prompts import PROMPT_SETS
-
     fg = [str(n) for n in class_names[1:]]
     if not fg:
         raise ValueError("class_names must hold 'background' plus at least one foreground class")
@@ -160,9 +164,6 @@ def view_size(height: int, width: int, scale: float, multiple: int = 16) -> tupl
 def preprocess(image: np.ndarray, size: tuple[int, int], flip: bool = False):
     """(H, W, 3) uint8 RGB → (1, 3, h, w) float32 tensor: PIL bicubic resize (torchvision ``Resize`` on a PIL image),
     /255, CLIP mean/std; ``flip`` mirrors the result horizontally (``torch.flip(image, [-1])``)."""
-    import torch
-    from PIL import Image
-
     h, w = size
     resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BICUBIC))
     x = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)
@@ -191,8 +192,6 @@ def box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
     (``RETR_TREE``, holes included) gives its bounding rectangle; the exclusive ends are clipped to ``size − 1``
     (so the last row/column are never inside a box); no contour → empty mask.
     """
-    import cv2
-
     h, w = cam.shape
     img = (np.asarray(cam, dtype=np.float32) * 255).astype(np.uint8)
     _, binary = cv2.threshold(img, int(threshold * int(img.max())), 255, cv2.THRESH_BINARY)
@@ -260,7 +259,6 @@ def seed_from_cams(
         return np.zeros((H, W), np.uint8), scores
     if options.crf is None:
         return full_keys[scores.argmax(0)].astype(np.uint8), scores
-    from weakclip.model.crf import dense_crf
 
     q = dense_crf(crf_input_image(image, options.crf_image), scores, min_prob=CRF_UNARY_CLIP, **options.crf.as_kwargs())
     mask = full_keys[q.argmax(0)].astype(np.uint8)
@@ -327,8 +325,6 @@ class ClipSeeder:
         device: str = "cpu",
         dtype=None,
     ):
-        import torch
-
         self.dtype = dtype or torch.float32
         self.device = torch.device(device)
         self.class_names = tuple(class_names)
@@ -348,7 +344,6 @@ class ClipSeeder:
         """L2-normalised text features (n, E) through the 77-token CLIP text tower (one template: normalise, mean
         over the one template, normalise again = normalise once)."""
         import open_clip
-        import torch
 
         ctx = self.text_tower.tower.positional_embedding.shape[0]
         tokens = open_clip.tokenize(list(texts), context_length=ctx).to(self.device)
@@ -359,8 +354,6 @@ class ClipSeeder:
 
     def _tokens(self, x):
         """Patch embedding + CLS + positional table resized to the grid (bilinear) + ln_pre → (1, 1 + n, D)."""
-        import torch
-
         from weakclip.model.clip import resize_pos_embed
 
         v = self.visual
@@ -375,8 +368,6 @@ class ClipSeeder:
 
     def view_cams(self, x, labels: Sequence[int]) -> ImageCams:
         """Grad-CAM + CAA for one normalised view x (1, 3, h·16, w·16) and the labelled classes."""
-        import torch
-
         opts = self.options
         blocks = list(self.visual.transformer.resblocks)
         L = len(blocks)
@@ -400,8 +391,6 @@ class ClipSeeder:
 
     def _gradcam(self, blk, tokens, text, C: int, grid: tuple[int, int]):
         """Softmax-GradCAM of C targets in one batched pass: copy c of the last block's input scores target c."""
-        import torch
-
         h, w = grid
         v = self.visual
         with torch.no_grad():
@@ -421,8 +410,6 @@ class ClipSeeder:
 
     def cams(self, image: np.ndarray, labels: Sequence[int], keep_views: bool = False):
         """(keys (C,), cams (C, H, W) float32 in [0, 1], views) for the labelled classes of ``image``."""
-        import cv2
-
         labels = list(dict.fromkeys(int(c) for c in labels))  # label order, duplicates dropped
         bad = [c for c in labels if not 1 <= c < self.num_classes]
         if bad:
@@ -468,8 +455,6 @@ def build_seeder(
     The image tower keeps CLIP's own 14×14 positional grid (resized straight to each view's grid, as CLIP-ES does);
     the text tower keeps CLIP's full 77-token context (WeakCLIP's own prompt uses 13).
     """
-    import torch
-
     from weakclip.model.clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
 
     cfg = get_config(preset, **({"class_names": tuple(class_names)} if class_names is not None else {}))
@@ -511,11 +496,6 @@ def make_seeds(
     the batch frame of :func:`weakclip.masks.batch.run_batch` (resume check against ``seeds_config.json``).
     ``seeder`` may be given instead of built from ``preset``/``clip_weights``/``prompts``; ``clip_weights=None`` is
     random towers (tests only: meaningless seeds)."""
-    import torch
-
-    from weakclip.data.io import file_sha256
-    from weakclip.data.labels import load_labels
-
     if seeder is not None:
         options, class_names = seeder.options, seeder.class_names
     class_names = tuple(class_names or get_config(preset).class_names)
