@@ -1,35 +1,20 @@
 """TensorRT custom-op variant: the co-attention matching as ONE plugin node, and its standard decomposition.
 
-**The node** (identity and layout from ``engines/csrc/plugin_names.json``, the one source of truth shared with the
-C++ plugin through the generated ``weakclip_plugin_names.h``; read here through :mod:`weakclip.model.plugin_names`)::
+The node's identity, attributes and weight layout come from ``engines/csrc/plugin_names.json`` (read through
+:mod:`weakclip.model.plugin_names`, the source shared with the C++ plugin)::
 
     score_map (B, K, h, w) = <op_type>(g (B, E), dense (B, E, h, w), text (K, E), weights (P,))
-        domain "trt.plugins" (ignored by TensorRT's parser, needed by ONNX), attributes:
-        plugin_version, plugin_namespace (strings; TensorRT finds the creator by op_type + these two) and the
-        creator's PluginFields ``attributes`` (coattn_width, coattn_heads, coattn_layers, coattn_mlp_ratio,
-        layer_norm_eps; types from ``attribute_info``).
 
-Why (g, dense) and not (V, T): it is the encoder's output as is (channel-first F), so no transpose/concat nodes sit
-between the encoder and the plugin, and the C launcher reads g + F directly (``WeakclipCoAttnParams.global_emb`` /
-``dense``).  **How the weights reach the plugin**: as constant *inputs* (initializers), not attributes — ``text`` is
-T (K, E) and ``weights`` the packed blob (state-dict tensors flattened and concatenated in the ``packed_weights``
-order, per-layer runs repeated layer-major; :func:`weakclip.model.plugin_names.pack_coattention_weights`).  Initializers keep
-the weights out of the node attributes (ONNX attributes are copied per node and capped in size by some tools) and
-make the fp16 variant convert them like any other weight.
-
-Files written by ``--custom-op``::
-
-    coattention_custom.onnx         g, dense → score_map            (just the plugin node; text + weights constant)
-    weakclip_custom.onnx            image → logits, score_map       (encoder.onnx ∘ plugin node ∘ decoder.onnx)
-    coattention_decomposition.onnx  g, dense, text, weights → score_map  (standard ONNX: what the node computes)
-
-ONNX Runtime cannot run the plugin node; :func:`swap_in_decomposition` replaces every plugin node by the
-decomposition graph (inlined, names prefixed), which is how the export checks the custom-op graphs and how a test
-shows they equal the standard graphs.
+(g, dense) is the encoder's output as is, so no transpose sits between the encoder and the plugin.  ``text`` and the
+packed ``weights`` are initializers, not attributes: attributes are copied per node and capped in size by some tools,
+and the fp16 variant converts initializers like any other weight.  ONNX Runtime cannot run the node;
+:func:`swap_in_decomposition` inlines the standard decomposition in its place, which is how the export checks the
+custom-op graphs.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -54,42 +39,31 @@ STANDARD_KIND = {"coattention_custom": "coattention", "end_to_end_custom": "end_
 PLUGIN_INPUTS = ("g", "dense", "text", "weights")
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm default, used by every LayerNorm of CoAttentionMatching (checked below)
 
-
-def plugin_spec() -> dict[str, Any]:
-    return plugin_names.plugin_spec()
+plugin_spec = plugin_names.plugin_spec
 
 
 def plugin_attributes(model: WeakCLIP) -> dict[str, int | float]:
-    """The creator's PluginFields for ``model``: every name of ``attributes`` in plugin_names.json, typed by
-    ``attribute_info``; config fields of the same name, plus layer_norm_eps from the module."""
+    """The creator's PluginFields (``attributes`` of plugin_names.json, typed by ``attribute_info``): the config
+    fields of the same name, plus layer_norm_eps from the module."""
     spec = plugin_spec()
-    cfg = model.config
     eps = {m.eps for m in model.coattention.modules() if isinstance(m, torch.nn.LayerNorm)}
     if eps != {LAYER_NORM_EPS}:
         raise ValueError(f"co-attention LayerNorm eps {sorted(eps)}: the plugin takes one value ({LAYER_NORM_EPS})")
-    extra = {"layer_norm_eps": LAYER_NORM_EPS}
     out: dict[str, int | float] = {}
     for name in spec["attributes"]:
-        kind = spec["attribute_info"][name][0]
-        if hasattr(cfg, name):
-            value = getattr(cfg, name)
-        elif name in extra:
-            value = extra[name]
-        else:
+        value = getattr(model.config, name, {"layer_norm_eps": LAYER_NORM_EPS}.get(name))
+        if value is None:
             raise ValueError(f"plugin_names.json attribute {name!r} has no source in the WeakCLIP config")
-        out[name] = int(value) if kind == "int" else float(value)
+        out[name] = int(value) if spec["attribute_info"][name][0] == "int" else float(value)
     return out
 
 
 def packed_layout(model: WeakCLIP) -> list[tuple[str, tuple[int, ...]]]:
     """(state-dict name, shape) of every tensor of the packed ``weights`` input, in blob order."""
     cfg = model.config
-    layers = cfg.coattn_layers
-    names = plugin_names.packed_weight_names(layers)
-    shapes = plugin_names.packed_weight_shapes(
-        layers, cfg.embed_dim, cfg.coattn_width, cfg.coattn_width * cfg.coattn_mlp_ratio
-    )
-    return list(zip(names, shapes, strict=True))
+    width, layers = cfg.coattn_width, cfg.coattn_layers
+    shapes = plugin_names.packed_weight_shapes(layers, cfg.embed_dim, width, width * cfg.coattn_mlp_ratio)
+    return list(zip(plugin_names.packed_weight_names(layers), shapes, strict=True))
 
 
 def packed_weights(model: WeakCLIP) -> torch.Tensor:
@@ -101,11 +75,13 @@ def packed_weights(model: WeakCLIP) -> torch.Tensor:
 # building the custom graphs
 
 
-def plugin_node(model: WeakCLIP, inputs: tuple[str, ...] = PLUGIN_INPUTS, output: str = "score_map") -> Any:
+def plugin_node(model: WeakCLIP) -> Any:
     from onnx import helper
 
     spec = plugin_spec()
-    node = helper.make_node(spec["op_type"], list(inputs), [output], name="weakclip_coattention", domain=CUSTOM_DOMAIN)
+    node = helper.make_node(
+        spec["op_type"], list(PLUGIN_INPUTS), ["score_map"], name="weakclip_coattention", domain=CUSTOM_DOMAIN
+    )
     attrs = {
         "plugin_version": str(spec["plugin_version"]),
         "plugin_namespace": str(spec["plugin_namespace"]),
@@ -119,8 +95,7 @@ def custom_coattention_graph(model: WeakCLIP, T: torch.Tensor, *, opset: int) ->
     """g (B, E), dense (B, E, h, w) → score_map (B, K, h, w) as one plugin node; text and weights initializers."""
     from onnx import TensorProto, helper, numpy_helper
 
-    cfg = model.config
-    E, K = cfg.embed_dim, cfg.num_classes
+    E, K = model.config.embed_dim, model.config.num_classes
     graph = helper.make_graph(
         [plugin_node(model)],
         "weakclip_coattention_custom",
@@ -165,8 +140,7 @@ def custom_end_to_end(encoder: Any, coattention_custom: Any, decoder: Any) -> An
     )
     for old, new in (("encoder/image", "image"), ("decoder/logits", "logits"), ("coattention/score_map", "score_map")):
         rename_value(m.graph, old, new)
-    outs = {o.name: o for o in m.graph.output}
-    ordered = [outs["logits"], outs["score_map"]]  # the standard end-to-end order
+    ordered = sorted(m.graph.output, key=lambda o: o.name != "logits")  # the standard order: logits, score_map
     del m.graph.output[:]
     m.graph.output.extend(ordered)
     m.graph.name = "weakclip_custom"
@@ -175,11 +149,10 @@ def custom_end_to_end(encoder: Any, coattention_custom: Any, decoder: Any) -> An
 
 def _align_ir(*models: Any) -> None:
     """merge_models needs equal IR versions and opsets per domain: use the highest of each."""
-    ir = max(m.ir_version for m in models)
     opsets: dict[str, int] = {}
-    for m in models:
-        for o in m.opset_import:
-            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    for o in (o for m in models for o in m.opset_import):
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    ir = max(m.ir_version for m in models)
     for m in models:
         m.ir_version = ir
         for o in m.opset_import:
@@ -189,19 +162,11 @@ def _align_ir(*models: Any) -> None:
 def rename_value(graph: Any, old: str, new: str) -> None:
     """Rename tensor ``old`` to ``new`` everywhere in ``graph`` (node I/O, graph I/O, value_info, initializers)."""
     for n in graph.node:
-        for i, x in enumerate(n.input):
-            if x == old:
-                n.input[i] = new
-        for i, x in enumerate(n.output):
-            if x == old:
-                n.output[i] = new
-    for seq in (graph.input, graph.output, graph.value_info):
-        for v in seq:
-            if v.name == old:
-                v.name = new
-    for t in graph.initializer:
-        if t.name == old:
-            t.name = new
+        n.input[:] = [new if x == old else x for x in n.input]
+        n.output[:] = [new if x == old else x for x in n.output]
+    for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        if v.name == old:
+            v.name = new
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -212,57 +177,44 @@ def decomposition_spec(model: WeakCLIP, T: torch.Tensor, encoder_spec: GraphSpec
     """GraphSpec of the node's standard decomposition (g, dense, text, weights → score_map)."""
     cfg = model.config
     module = CoAttentionPackedReference(packed_layout(model), heads=cfg.coattn_heads, layers=cfg.coattn_layers)
-    blob = packed_weights(model)
-    text = T.detach().float()
+    blob, text = packed_weights(model), T.detach().float()
 
+    @torch.no_grad()
     def make_inputs(images: torch.Tensor) -> dict[str, torch.Tensor]:
         enc = encoder_spec.make_inputs(images)
-        with torch.no_grad():
-            outs = dict(zip(encoder_spec.output_names, encoder_spec.module(enc["image"]), strict=True))
+        outs = dict(zip(encoder_spec.output_names, encoder_spec.module(enc["image"]), strict=True))
         return {"g": outs["g"], "dense": outs["dense"], "text": text, "weights": blob}
 
+    dims = {"g": {0: "B"}, "dense": {0: "B", 2: "h", 3: "w"}}
+    score = ("score_map",)
     return GraphSpec(
-        "coattention_decomposition",
-        DECOMPOSITION_FILE,
-        module.eval(),
-        PLUGIN_INPUTS,
-        ("score_map",),
-        {"g": {0: "B"}, "dense": {0: "B", 2: "h", 3: "w"}},
-        make_inputs,
-        {"score_map": "argmax"},
+        "coattention_decomposition", DECOMPOSITION_FILE, module.eval(), PLUGIN_INPUTS, score, dims, make_inputs, score
     )
 
 
 def swap_in_decomposition(model: Any, decomposition: Any) -> Any:
     """A copy of ``model`` with every plugin node replaced by the nodes of ``decomposition`` (inlined).
 
-    The decomposition's inputs (g, dense, text, weights) are bound to the node's inputs and its output to the node's
-    output; its other tensors get the prefix ``<node name>/``.  The node's attributes must match the decomposition's
-    (``plugin_attributes`` in its metadata).  fp16 nodes (fp16 weights) get Casts to fp32 around the fp32
-    decomposition.  The custom domain import is dropped when no plugin node is left.
+    The decomposition's inputs and output are bound to the node's; its other tensors get the prefix ``<node name>/``.
+    The node's attributes must match the decomposition's (``plugin_attributes`` in its metadata).  fp16 nodes (fp16
+    weights) get Casts to fp32 around the fp32 decomposition.  The custom domain import is dropped.
     """
-    import json
-
     import onnx
     from onnx import TensorProto, helper
 
-    spec = plugin_spec()
+    op_type = plugin_spec()["op_type"]
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = out.graph
-    dmeta = {p.key: p.value for p in decomposition.metadata_props}
-    want = json.loads(dmeta.get("plugin_attributes", "{}"))
-    dg = decomposition.graph
-    d_inputs = [i.name for i in dg.input]
-    d_outputs = [o.name for o in dg.output]
+    g, dg = out.graph, decomposition.graph
+    want = json.loads({p.key: p.value for p in decomposition.metadata_props}.get("plugin_attributes", "{}"))
+    d_inputs, d_outputs = [i.name for i in dg.input], [o.name for o in dg.output]
     if d_inputs != list(PLUGIN_INPUTS) or len(d_outputs) != 1:
         raise ValueError(f"decomposition must map {PLUGIN_INPUTS} → one output, has {d_inputs} → {d_outputs}")
     types = {t.name: t.data_type for t in g.initializer}
     new_nodes = []
-    added_inits = []
     swapped = 0
     for node in g.node:
-        if node.op_type != spec["op_type"] or node.domain != CUSTOM_DOMAIN:
+        if node.op_type != op_type or node.domain != CUSTOM_DOMAIN:
             new_nodes.append(node)
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -274,25 +226,20 @@ def swap_in_decomposition(model: Any, decomposition: Any) -> Any:
         fp16 = types.get(node.input[3]) == TensorProto.FLOAT16
         bind: dict[str, str] = {}
         for dname, src in zip(d_inputs, node.input, strict=True):
+            bind[dname] = f"{prefix}{dname}_fp32" if fp16 else src
             if fp16:
-                cast = f"{prefix}{dname}_fp32"
                 new_nodes.append(
-                    helper.make_node("Cast", [src], [cast], name=f"{prefix}cast_{dname}", to=TensorProto.FLOAT)
+                    helper.make_node("Cast", [src], [bind[dname]], name=f"{prefix}cast_{dname}", to=TensorProto.FLOAT)
                 )
-                bind[dname] = cast
-            else:
-                bind[dname] = src
-        result = f"{prefix}score_map_fp32" if fp16 else node.output[0]
-        bind[d_outputs[0]] = result
+        result = bind[d_outputs[0]] = f"{prefix}score_map_fp32" if fp16 else node.output[0]
 
         def name(x: str, bind: dict[str, str] = bind, prefix: str = prefix) -> str:
             return bind.get(x, f"{prefix}{x}" if x else x)
 
         for t in dg.initializer:
-            c = onnx.TensorProto()
+            c = g.initializer.add()
             c.CopyFrom(t)
             c.name = name(t.name)
-            added_inits.append(c)
         for dn in dg.node:
             n = onnx.NodeProto()
             n.CopyFrom(dn)
@@ -306,20 +253,17 @@ def swap_in_decomposition(model: Any, decomposition: Any) -> Any:
             )
         swapped += 1
     if not swapped:
-        raise ValueError(f"no {spec['op_type']} node (domain {CUSTOM_DOMAIN}) in the model")
+        raise ValueError(f"no {op_type} node (domain {CUSTOM_DOMAIN}) in the model")
     del g.node[:]
     g.node.extend(new_nodes)
-    g.initializer.extend(added_inits)
     for f in decomposition.functions:  # exporter-emitted local functions, if any
         if not any(x.name == f.name and x.domain == f.domain for x in out.functions):
             out.functions.append(f)
     have = {o.domain for o in out.opset_import}
-    for o in decomposition.opset_import:
-        if o.domain not in have:
-            out.opset_import.append(o)
-    keep = [o for o in out.opset_import if o.domain != CUSTOM_DOMAIN]
+    opsets = [o for o in out.opset_import if o.domain != CUSTOM_DOMAIN]
+    opsets += [o for o in decomposition.opset_import if o.domain not in have]
     del out.opset_import[:]
-    out.opset_import.extend(keep)
+    out.opset_import.extend(opsets)
     return out
 
 
@@ -350,67 +294,54 @@ def export_custom_op(
     *,
     specs: dict[str, GraphSpec],
     protos: dict[str, Any],
-    shapes: list[tuple[int, int, int]],
     failures: list[str],
-    example: torch.Tensor,
     provenance: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    import json
-
-    spec_json = plugin_spec()
-    attrs = plugin_attributes(model)
-    report: dict[str, Any] = {
-        "op_type": spec_json["op_type"],
-        "plugin_version": spec_json["plugin_version"],
-        "plugin_namespace": spec_json["plugin_namespace"],
-        "domain": CUSTOM_DOMAIN,
-        "attributes": attrs,
-        "graphs": {},
-    }
-    meta = dict(opset=opts.opset, exporter=opts.exporter)
+    """Write the decomposition and the plugin graphs (checked through the decomposition); returns their report."""
+    crop, patch = model.config.crop_size, model.config.patch_size
+    shapes = core.check_shapes(crop, patch)
+    spec_json, attrs = plugin_spec(), plugin_attributes(model)
+    op_type = spec_json["op_type"]
+    graphs: dict[str, Any] = {}
+    report = {k: spec_json[k] for k in ("op_type", "plugin_version", "plugin_namespace")}
+    report.update(domain=CUSTOM_DOMAIN, attributes=attrs, graphs=graphs)
     extra_meta = {
         **(provenance or {}),
-        "custom_op": spec_json["op_type"],
+        "custom_op": op_type,
         "custom_op_domain": CUSTOM_DOMAIN,
         "plugin_attributes": json.dumps(attrs),
     }
+
+    def metadata(kind: str) -> dict[str, str]:
+        return {**core.model_metadata(model, kind=kind, opset=opts.opset, exporter=opts.exporter), **extra_meta}
+
+    def check(path: Path, spec: GraphSpec, reference: Any, kind: str, prefix: str = "") -> None:
+        try:
+            graphs[kind]["check"] = core.check_graph(
+                path, spec, reference, shapes, atol=opts.atol, rtol=opts.rtol, min_agreement=opts.min_agreement
+            )
+        except core.CheckFailed as e:
+            failures.append(f"{prefix}{e}")
 
     # 1. the decomposition (standard ONNX), exported from CoAttentionPackedReference
     dspec = decomposition_spec(model, T, specs["encoder"])
     dpath = out / DECOMPOSITION_FILE
     core.log(f"custom op: exporting the standard decomposition → {dpath}")
     t0 = time.perf_counter()
-    dproto = core.export_graph(
-        dspec,
-        dspec.make_inputs(example),
-        exporter=opts.exporter,
-        opset=opts.opset,
-        crop=model.config.crop_size,
-        patch=model.config.patch_size,
-    )
-    core.set_metadata(dproto, {**core.model_metadata(model, kind=dspec.kind, **meta), **extra_meta})
+    example = dspec.make_inputs(core.example_images(crop, patch))
+    dproto = core.export_graph(dspec, example, exporter=opts.exporter, opset=opts.opset, crop=crop, patch=patch)
+    core.set_metadata(dproto, metadata(dspec.kind))
     core.save_model(dproto, dpath)
     t_export = time.perf_counter() - t0
-    report["graphs"][dspec.kind] = {"file": dpath.name, "export_s": round(t_export, 2)}
+    graphs[dspec.kind] = {"file": dpath.name, "export_s": round(t_export, 2)}
     core.log(f"custom op: decomposition exported in {t_export:.1f} s, onnx.checker full check ok")
     if opts.check:
-        ref = specs["coattention"]
+        coattention = specs["coattention"].module
 
         def decomp_reference(g: torch.Tensor, dense: torch.Tensor, text: torch.Tensor, w: torch.Tensor) -> Any:
-            return ref.module(g, dense)  # the trained module (SDPA path), not the reference it was built from
+            return coattention(g, dense)  # the trained module (SDPA path), not the reference it was built from
 
-        try:
-            report["graphs"][dspec.kind]["check"] = core.check_graph(
-                dpath,
-                dspec,
-                decomp_reference,
-                shapes,
-                atol=opts.atol,
-                rtol=opts.rtol,
-                min_agreement=opts.min_agreement,
-            )
-        except core.CheckFailed as e:
-            failures.append(str(e))
+        check(dpath, dspec, decomp_reference, dspec.kind)
 
     # 2. the plugin graphs
     custom = {"coattention_custom": custom_coattention_graph(model, T, opset=opts.opset)}
@@ -422,24 +353,13 @@ def export_custom_op(
         core.log("custom op: weakclip_custom.onnx needs the encoder and decoder graphs; not written")
     for kind, proto in custom.items():
         path = out / FILES[kind]
-        core.set_metadata(proto, {**core.model_metadata(model, kind=kind, **meta), **extra_meta})
+        core.set_metadata(proto, metadata(kind))
         core.save_model(proto, path)
-        n_plugin = sum(n.op_type == spec_json["op_type"] for n in proto.graph.node)
-        report["graphs"][kind] = {"file": path.name, "mb": round(core.file_mb(path), 3), "plugin_nodes": n_plugin}
-        core.log(f"custom op: {path.name} ({n_plugin} {spec_json['op_type']} node), onnx.checker full check ok")
+        n_plugin = sum(n.op_type == op_type for n in proto.graph.node)
+        graphs[kind] = {"file": path.name, "mb": round(core.file_mb(path), 3), "plugin_nodes": n_plugin}
+        core.log(f"custom op: {path.name} ({n_plugin} {op_type} node), onnx.checker full check ok")
         if opts.check:
             spec = specs[STANDARD_KIND[kind]]
-            try:
-                with tempfile.TemporaryDirectory() as tmp:
-                    report["graphs"][kind]["check"] = core.check_graph(
-                        decomposed_copy(path, dpath, tmp),
-                        spec,
-                        spec.module,
-                        shapes,
-                        atol=opts.atol,
-                        rtol=opts.rtol,
-                        min_agreement=opts.min_agreement,
-                    )
-            except core.CheckFailed as e:
-                failures.append(f"custom op (decomposed): {e}")
+            with tempfile.TemporaryDirectory() as tmp:
+                check(decomposed_copy(path, dpath, tmp), spec, spec.module, kind, "custom op (decomposed): ")
     return report

@@ -1,26 +1,14 @@
-"""FP16 variants of the exported graphs (TensorRT 11 strongly typed networks, ONNX Runtime CUDA EP).
+"""FP16 variants of the exported graphs (TensorRT strongly typed networks, ONNX Runtime CUDA EP).
 
-TensorRT 11 builds *strongly typed* networks: the precision of every layer is the ONNX tensor type, so fp16 must be
-in the graph itself (TRT 10's "FP16 builder flag" is gone).  We convert with onnxconverter-common's float16 converter:
+TensorRT 11 takes each layer's precision from the ONNX tensor types, so fp16 must be in the graph itself.
+onnxconverter-common converts with fp32 inputs/outputs (Casts at the edges) and keeps the numerically sensitive ops
+in fp32 (``FP16_EXTRA_BLOCK``); constants that only reach those fp32 ops keep their exact fp32 values.
 
-* ``keep_io_types=True``: inputs/outputs stay float32 (the engines feed and read fp32; Casts sit at the edges);
-* ``FP16_OP_BLOCK_LIST``: the numerically sensitive ops stay fp32 with Casts around them: LayerNormalization, the
-  GroupNorm decomposition (InstanceNormalization), Softmax, the reductions and powers of any normalisation
-  (ReduceMean/ReduceL2/ReduceSum/Pow/Sqrt), and Div/Clip/Erf (the cosine score map's ``x / max(|x|, eps)`` with
-  eps = 1e-12, which is 0 in fp16, and GELU's erf), on top of the converter's default block list (Resize, Range,
-  Min/Max, TopK, ...);
-* constants that only reach fp32 (blocked) ops keep their fp32 values: the converter first rounds every float
-  initializer to fp16 (1e-12 → 1e-7, with a warning) and casts it back; :func:`_restore_fp32_constants` undoes that.
-
-Validation on ONNX Runtime CPU: the CPU EP runs fp16 ops that have no fp16 kernel in fp32 (its InsertCast pass), so
-a CPU run checks that the graph is well formed and that the fp16 storage of weights/activations keeps the result —
-not GPU fp16 arithmetic.  The check compares with PyTorch fp32 and *reports* max |Δ|; the only assertions are finite outputs
-and an argmax agreement of the logits of ≥ 99 % (``ExportOptions.fp16_min_agreement``; the score map's agreement is
-reported only: random-weight cosine scores sit within a few 1e-3 of each other).  Why 99 % and not 99.9 %: fp16 keeps
-11 significant bits (relative rounding ≈ 4.9e-4), and the logits of a model pass through ~12 transformer blocks plus
-the decoder, so |Δlogit| of 1e-3…1e-2 is normal; every pixel whose top-2 logit margin is below that may flip, and
-random-weight test models (no training to separate classes) have many such near-ties — we measured 99.97 % on the
-tiny preset at 512².  A trained model has larger margins, and TensorRT's own fp16 check is done on the GPU.
+The check runs on ONNX Runtime CPU (fp16 storage, not GPU fp16 arithmetic) against PyTorch fp32: max |Δ| is
+reported; asserted are finite outputs and an argmax agreement of the logits ≥ 99 %.  Why not 99.9 %: fp16's
+relative rounding (≈ 4.9e-4) through ~12 transformer blocks gives |Δlogit| of 1e-3…1e-2, and random-weight test
+models have many pixels whose top-2 margin is below that.  The score map's agreement is only reported (random-weight
+cosine scores are near-ties).
 """
 
 from __future__ import annotations
@@ -32,25 +20,13 @@ from typing import Any
 from weakclip.export import core, custom_op
 from weakclip.export.core import ExportOptions, GraphSpec
 
-# ONNX Runtime 1.32's CPU NCHWc layout pass crashes (segfault at session creation) on the fp16 encoder graph
-# (found by bisecting the optimisers); CPU sessions of fp16 graphs disable it.  Not needed on the CUDA EP.
+# ONNX Runtime 1.32's CPU NCHWc layout pass segfaults on the fp16 encoder graph; CPU sessions of fp16 graphs skip it.
 ORT_CPU_FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 
-FP16_EXTRA_BLOCK = (
-    "LayerNormalization",
-    "GroupNormalization",
-    "InstanceNormalization",
-    "Softmax",
-    "LogSoftmax",
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceL2",
-    "ReduceSumSquare",
-    "Pow",
-    "Sqrt",
-    "Div",
-    "Clip",
-    "Erf",
+FP16_EXTRA_BLOCK = (  # on top of the converter's default block list (Resize, Range, Min/Max, TopK, ...)
+    *("LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "LogSoftmax"),
+    *("ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare", "Pow", "Sqrt"),  # the normalisations' reductions
+    *("Div", "Clip", "Erf"),  # the score map's x / max(|x|, eps) (eps = 1e-12 is 0 in fp16) and GELU's erf
 )
 
 
@@ -61,11 +37,10 @@ def op_block_list() -> list[str]:
     return sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_EXTRA_BLOCK))
 
 
-def convert_to_fp16(model: Any, extra_block: tuple[str, ...] = ()) -> Any:
+def convert_to_fp16(model: Any) -> Any:
     """fp32 ModelProto → fp16 ModelProto with fp32 I/O and the ops of :func:`op_block_list` kept in fp32.
 
-    Custom-op nodes (the TensorRT co-attention plugin) are *not* blocked: their inputs, weights included, become
-    fp16, which is what the plugin's fp16 kernels expect (one element type for every tensor).
+    Plugin nodes are not blocked: all their inputs, weights included, become fp16, as the plugin's fp16 kernels expect.
     """
     import warnings
 
@@ -77,7 +52,7 @@ def convert_to_fp16(model: Any, extra_block: tuple[str, ...] = ()) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "number … will be truncated": undone just below
         m16 = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=op_block_list() + list(extra_block), disable_shape_infer=False
+            model, keep_io_types=True, op_block_list=op_block_list(), disable_shape_infer=False
         )
     _restore_fp32_constants(model, m16)
     core.set_metadata(m16, {**meta, "precision": "fp16", "fp16_op_block_list": ",".join(op_block_list())})
@@ -88,47 +63,34 @@ def _restore_fp32_constants(original: Any, converted: Any) -> None:
     """Cast(to=float) of an fp16 initializer → the original fp32 initializer (exact constants for blocked ops)."""
     from onnx import TensorProto
 
-    orig = {t.name: t for t in original.graph.initializer}
-    inits = {t.name: t for t in converted.graph.initializer}
     g = converted.graph
+    orig = {t.name: t for t in original.graph.initializer if t.data_type == TensorProto.FLOAT}
+    halves = {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT16}
     rename: dict[str, str] = {}
     keep = []
-    added = set()
     for node in g.node:
         to = next((a.i for a in node.attribute if a.name == "to"), None)
         src = node.input[0] if node.op_type == "Cast" and node.input else ""
-        if (
-            node.op_type == "Cast"
-            and to == TensorProto.FLOAT
-            and src in inits
-            and inits[src].data_type == TensorProto.FLOAT16
-            and src in orig
-            and orig[src].data_type == TensorProto.FLOAT
-        ):
-            name = f"{src}__fp32"
-            if name not in added:
-                t = TensorProto()
-                t.CopyFrom(orig[src])
-                t.name = name
-                g.initializer.append(t)
-                added.add(name)
-            rename[node.output[0]] = name
+        if to != TensorProto.FLOAT or src not in halves or src not in orig:
+            keep.append(node)
             continue
-        keep.append(node)
+        name = f"{src}__fp32"
+        if name not in rename.values():
+            t = g.initializer.add()
+            t.CopyFrom(orig[src])
+            t.name = name
+        rename[node.output[0]] = name
     if not rename:
         return
     del g.node[:]
     g.node.extend(keep)
     for node in g.node:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
+        node.input[:] = [rename.get(x, x) for x in node.input]
     for out in g.output:
         if out.name in rename:  # never the case for keep_io_types graphs; keep the graph valid regardless
             raise RuntimeError(f"fp16 conversion: graph output {out.name} is a constant cast")
     used = {i for n in g.node for i in n.input}
-    unused = [t for t in g.initializer if t.name not in used]
-    for t in unused:
+    for t in [t for t in g.initializer if t.name not in used]:
         g.initializer.remove(t)
 
 
@@ -144,7 +106,10 @@ def export_fp16(
     shapes: list[tuple[int, int, int]],
     failures: list[str],
 ) -> dict[str, Any]:
-    """Convert every fp32 graph written to ``out`` (standard and custom-op) and check the standard ones in ORT."""
+    """Convert every fp32 graph written to ``out`` (standard and custom-op) and check each in ORT CPU vs PyTorch fp32
+    (max |Δ| reported, argmax agreement of the logits ≥ opts.fp16_min_agreement)."""
+    import tempfile
+
     import onnx
 
     report: dict[str, Any] = {"op_block_list": op_block_list(), "graphs": {}}
@@ -152,48 +117,31 @@ def export_fp16(
     if opts.custom_op:
         files += [(k, f) for k, f in custom_op.FILES.items() if (out / f).exists()]
     for kind, file in files:
-        src = out / file
         dst = out / fp16_name(file)
         t0 = time.perf_counter()
-        m16 = convert_to_fp16(onnx.load(str(src)))
-        core.save_model(m16, dst)
+        core.save_model(convert_to_fp16(onnx.load(str(out / file))), dst)
         entry: dict[str, Any] = {"file": dst.name, "mb": round(core.file_mb(dst), 3)}
         core.log(f"{kind} fp16: {dst.name} ({entry['mb']:.1f} MB) in {time.perf_counter() - t0:.1f} s")
-        if opts.check:
-            entry["check"] = _check_fp16(dst, kind, specs, shapes, opts, failures)
         report["graphs"][kind] = entry
+        if not opts.check:
+            continue
+        spec = specs[custom_op.STANDARD_KIND.get(kind, kind)]
+        with tempfile.TemporaryDirectory() as tmp:
+            # custom-op graphs run with the plugin node swapped for its (fp32, cast-wrapped) decomposition
+            target = dst if kind in specs else custom_op.decomposed_copy(dst, out_dir=tmp)
+            try:
+                entry["check"] = core.check_graph(
+                    target,
+                    spec,
+                    spec.module,
+                    shapes,
+                    atol=float("inf"),
+                    rtol=0.0,
+                    min_agreement=opts.fp16_min_agreement,
+                    disabled_optimizers=ORT_CPU_FP16_DISABLED_OPTIMIZERS,
+                    agreement_on=("logits",),  # score-map agreement is reported: cosine near-ties of random models
+                )
+            except core.CheckFailed as e:
+                entry["check"] = None
+                failures.append(f"fp16: {e}")
     return report
-
-
-def _check_fp16(
-    path: Path,
-    kind: str,
-    specs: dict[str, GraphSpec],
-    shapes: list[tuple[int, int, int]],
-    opts: ExportOptions,
-    failures: list[str],
-) -> Any:
-    """fp16 graph in ORT CPU vs PyTorch fp32: max |Δ| reported, argmax agreement ≥ opts.fp16_min_agreement."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if kind in specs:
-            spec, target = specs[kind], path
-        else:  # custom-op graphs: run with the plugin node swapped for its (fp32, cast-wrapped) decomposition
-            spec = specs[custom_op.STANDARD_KIND[kind]]
-            target = custom_op.decomposed_copy(path, out_dir=tmp)
-        try:
-            return core.check_graph(
-                target,
-                spec,
-                spec.module,
-                shapes,
-                atol=float("inf"),
-                rtol=0.0,
-                min_agreement=opts.fp16_min_agreement,
-                disabled_optimizers=ORT_CPU_FP16_DISABLED_OPTIMIZERS,
-                agreement_on=("logits",),  # score-map agreement is reported: cosine near-ties of random models flip
-            )
-        except core.CheckFailed as e:
-            failures.append(f"fp16: {e}")
-            return None

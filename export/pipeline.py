@@ -1,7 +1,6 @@
 """The whole export (``weakclip-export``): the standard graphs, then the --custom-op, --fp16 and --int8 variants.
 
-Inputs are validated before anything slow runs (the --int8 calibration images are read first); the graphs, their
-self-checks and the report ``export.json`` follow.  See :mod:`weakclip.export.core` for the layer's layout.
+Inputs are validated before anything slow runs; the graphs, their self-checks and the report ``export.json`` follow.
 """
 
 from __future__ import annotations
@@ -16,30 +15,8 @@ from typing import Any
 import numpy as np
 
 from weakclip.data.io import file_sha256, write_text_atomic
-from weakclip.export import custom_op, fp16, quantize
-from weakclip.export.core import (
-    EXPORTERS,
-    FILES,
-    CheckFailed,
-    ExportError,
-    ExportInputError,
-    ExportOptions,
-    check_graph,
-    check_shapes,
-    example_images,
-    export_graph,
-    file_mb,
-    graph_specs,
-    log,
-    model_metadata,
-    ort_session,
-    save_model,
-    set_metadata,
-    simplify,
-    text_embeddings,
-    timed,
-    versions,
-)
+from weakclip.export import core, custom_op, fp16, quantize
+from weakclip.export.core import ExportError, ExportInputError, ExportOptions, log
 from weakclip.model.model import WeakCLIP
 
 
@@ -47,11 +24,11 @@ def validate_options(opts: ExportOptions) -> None:
     """Checks that need no model: exporter, graph names, and --int8's calibration source (listed, not decoded).
 
     Raises ExportInputError (a usage error) with one line."""
-    if opts.exporter not in EXPORTERS:
-        raise ExportInputError(f"unknown exporter {opts.exporter!r}; choose one of {EXPORTERS}")
-    unknown = sorted(set(opts.graphs) - set(FILES))
+    if opts.exporter not in core.EXPORTERS:
+        raise ExportInputError(f"unknown exporter {opts.exporter!r}; choose one of {core.EXPORTERS}")
+    unknown = sorted(set(opts.graphs) - set(core.FILES))
     if unknown or not opts.graphs:
-        raise ExportInputError(f"unknown graph(s) {unknown}; choose from {', '.join(FILES)}")
+        raise ExportInputError(f"unknown graph(s) {unknown}; choose from {', '.join(core.FILES)}")
     if opts.int8_calibration is not None:
         if "end_to_end" not in opts.graphs:
             raise ExportInputError(
@@ -84,14 +61,11 @@ def export_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     crop, patch = cfg.crop_size, cfg.patch_size
-    with timed("text embeddings T (K, E) precomputed"):
-        T = text_embeddings(model)
-    specs = {s.kind: s for s in graph_specs(model, T)}
-    unknown = set(opts.graphs) - set(specs)
-    if unknown:
-        raise ExportError(f"unknown graph(s) {sorted(unknown)}; choose from {sorted(specs)}")
-    example = example_images(crop, patch)
-    shapes = check_shapes(crop, patch)
+    with core.timed("text embeddings T (K, E) precomputed"):
+        T = core.text_embeddings(model)
+    specs = {s.kind: s for s in core.graph_specs(model, T)}
+    example = core.example_images(crop, patch)
+    shapes = core.check_shapes(crop, patch)
     provenance = {}
     if source and Path(source).is_file():
         provenance = {
@@ -107,10 +81,9 @@ def export_model(
         "example_shape": list(example.shape),
         "check_shapes": [list(s) for s in shapes],
         "config": cfg.to_dict(),
-        "versions": versions(),
+        "versions": core.versions(),
         "graphs": {},
     }
-    tol = dict(atol=opts.atol, rtol=opts.rtol, min_agreement=opts.min_agreement)
     protos: dict[str, Any] = {}
     failures: list[str] = []
     for kind in opts.graphs:
@@ -119,7 +92,7 @@ def export_model(
         log(f"{kind}: exporting with {opts.exporter} (opset {opts.opset}) → {path}")
         t0 = time.perf_counter()
         try:
-            proto = export_graph(
+            proto = core.export_graph(
                 spec, spec.make_inputs(example), exporter=opts.exporter, opset=opts.opset, crop=crop, patch=patch
             )
         except ExportError:
@@ -128,40 +101,32 @@ def export_model(
             raise ExportError(f"{kind}: the {opts.exporter} exporter failed: {str(e).strip().splitlines()[0]}") from e
         t_export = time.perf_counter() - t0
         if opts.simplify:
-            with timed(f"{kind}: onnxslim"):
-                proto = simplify(proto)
-        set_metadata(
-            proto, {**model_metadata(model, kind=kind, opset=opts.opset, exporter=opts.exporter), **provenance}
-        )
-        save_model(proto, path)
+            with core.timed(f"{kind}: onnxslim"):
+                proto = core.simplify(proto)
+        meta = core.model_metadata(model, kind=kind, opset=opts.opset, exporter=opts.exporter)
+        core.set_metadata(proto, {**meta, **provenance})
+        core.save_model(proto, path)
         if opts.custom_op:  # the custom-op graphs are composed from the encoder and decoder protos
             protos[kind] = proto
-        entry: dict[str, Any] = {"file": spec.file, "mb": round(file_mb(path), 3), "export_s": round(t_export, 2)}
+        entry: dict[str, Any] = {"file": spec.file, "mb": round(core.file_mb(path), 3), "export_s": round(t_export, 2)}
         log(f"{kind}: exported in {t_export:.1f} s, {entry['mb']:.1f} MB, onnx.checker full check ok")
         if opts.check:
             try:
-                entry["check"] = check_graph(path, spec, spec.module, shapes, **tol)
-            except CheckFailed as e:
+                entry["check"] = core.check_graph(
+                    path, spec, spec.module, shapes, atol=opts.atol, rtol=opts.rtol, min_agreement=opts.min_agreement
+                )
+            except core.CheckFailed as e:
                 failures.append(str(e))
         report["graphs"][kind] = entry
 
     if opts.custom_op:
         report["custom_op"] = custom_op.export_custom_op(
-            model,
-            T,
-            out,
-            opts,
-            specs=specs,
-            protos=protos,
-            shapes=shapes,
-            failures=failures,
-            example=example,
-            provenance=provenance,
+            model, T, out, opts, specs=specs, protos=protos, failures=failures, provenance=provenance
         )
     if opts.fp16:
         report["fp16"] = fp16.export_fp16(out, opts, specs=specs, shapes=shapes, failures=failures)
     if windows is not None:
-        report["int8"] = export_int8(model, out, opts, windows)
+        report["int8"] = export_int8(out, windows)
     if failures and opts.exporter == "torchscript":
         failures.append(
             "hint: the TorchScript exporter bakes the example token count into open_clip's attention "
@@ -171,30 +136,19 @@ def export_model(
     report["failures"] = failures
     write_text_atomic(out / "export.json", json.dumps(report, indent=1))
     if failures:
-        raise CheckFailed(" | ".join(failures))
+        raise core.CheckFailed(" | ".join(failures))
     return report
 
 
-def export_int8(
-    model: WeakCLIP, out: Path, opts: ExportOptions, windows: list[np.ndarray] | None = None
-) -> dict[str, Any]:
-    """weakclip_int8.onnx from weakclip.onnx, calibrated on real windows (``windows``, or read from
-    ``opts.int8_calibration``); reports its agreement with fp32 ORT on those windows (int8 error has no tight
-    arithmetic bound, so it is reported, not asserted)."""
-    src, dst = out / FILES["end_to_end"], out / "weakclip_int8.onnx"
+def export_int8(out: Path, windows: list[np.ndarray]) -> dict[str, Any]:
+    """weakclip_int8.onnx from weakclip.onnx, calibrated on ``windows``; its agreement with fp32 ORT on them is
+    reported, not asserted (int8 error has no tight arithmetic bound)."""
+    src, dst = out / core.FILES["end_to_end"], out / "weakclip_int8.onnx"
     if not src.is_file():
         raise ExportError(f"--int8 needs the end_to_end graph ({src}); include it in --graphs")
-    if windows is None:
-        cfg = model.config
-        try:
-            windows = quantize.calibration_windows(
-                opts.int8_calibration, cfg.crop_size, cfg.mean, cfg.std, opts.int8_calibration_count
-            )
-        except ValueError as e:
-            raise ExportInputError(str(e)) from None
-    with timed(f"int8: static convolutions ({len(windows)} calibration windows) + dynamic ViT linears"):
+    with core.timed(f"int8: static convolutions ({len(windows)} calibration windows) + dynamic ViT linears"):
         info = quantize.quantize_int8(src, dst, windows)
-    fp32, int8 = ort_session(src), ort_session(dst)
+    fp32, int8 = core.ort_session(src), core.ort_session(dst)
     agree, max_abs = [], 0.0
     for x in windows:
         a = fp32.run(["logits"], {"image": x})[0]

@@ -1,12 +1,9 @@
 """int8 variant of the end-to-end graph for CPU inference with ONNX Runtime (``--int8``).
 
-Two passes, chosen from measurements on AVX-512/VNNI CPUs (benchmarks/results/cpu_engines.md):
-  1. every Conv / ConvTranspose (adapter, FPN neck and head: ~45 % of the FLOPs at 512²) is quantised statically
-     (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on real image windows);
-  2. the ViT linears (MatMul/Gemm with constant weights upstream of the visual projection) are quantised
-     dynamically (int8 weights per channel, activations quantised at run time).
-Quantising the attention matmuls between two activations statically was slower here, so they stay fp32, as do the
-co-attention and every normalisation.  The int8 graph keeps the fp32 inputs/outputs and the model metadata.
+Two passes, chosen from measurements on AVX-512/VNNI CPUs (benchmarks/results/cpu_engines.md): every Conv /
+ConvTranspose is quantised statically (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on real
+image windows), the ViT linears dynamically.  The attention matmuls between two activations (slower quantised), the
+co-attention and every normalisation stay fp32; inputs/outputs stay fp32 and the model metadata is kept.
 """
 
 from __future__ import annotations
@@ -23,17 +20,15 @@ def vit_linear_nodes(model: Any) -> list[str]:
     """MatMul/Gemm nodes with a constant weight that feed the CLIP visual projection (the ViT linears)."""
     inits = {t.name for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    start = [n for n in model.graph.node if any("image_encoder.visual.proj" == i for i in n.input)]
-    if not start:
+    stack = [n for n in model.graph.node if "image_encoder.visual.proj" in n.input]
+    if not stack:
         raise RuntimeError("no node consumes image_encoder.visual.proj: cannot locate the ViT in the graph")
     seen: set[str] = set()
-    stack = list(start)
     while stack:
         n = stack.pop()
-        if n.name in seen:
-            continue
-        seen.add(n.name)
-        stack.extend(producer[i] for i in n.input if i in producer)
+        if n.name not in seen:
+            seen.add(n.name)
+            stack.extend(producer[i] for i in n.input if i in producer)
     return [
         n.name
         for n in model.graph.node
@@ -41,15 +36,14 @@ def vit_linear_nodes(model: Any) -> list[str]:
     ]
 
 
-def _copy_metadata(src: Path, dst: Path, precision: str) -> None:
-    """Rewrite ``dst`` (atomically) with the metadata of ``src`` and ``precision``."""
+def _save_with_metadata(src: Path, model: Path, dst: Path, precision: str) -> None:
+    """Save the model file ``model`` to ``dst`` (atomically) with the metadata of ``src`` and ``precision``."""
     import onnx
 
-    from weakclip.export.core import save_model, set_metadata
+    from weakclip.export.core import read_metadata, save_model, set_metadata
 
-    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-    m = onnx.load(str(dst))
-    set_metadata(m, {**meta, "precision": precision})
+    m = onnx.load(str(model))
+    set_metadata(m, {**read_metadata(src), "precision": precision})
     save_model(m, dst)
 
 
@@ -74,7 +68,7 @@ def quantize_vit_linears(src: Path, dst: Path) -> dict[str, Any]:
         per_channel=True,
         extra_options={"MatMulConstBOnly": True},
     )
-    _copy_metadata(src, dst, "int8-dynamic-vit-linears")
+    _save_with_metadata(src, dst, dst, "int8-dynamic-vit-linears")
     return {
         "quantized_nodes": len(nodes),
         "seconds": round(time.perf_counter() - t0, 1),
@@ -85,19 +79,13 @@ def quantize_vit_linears(src: Path, dst: Path) -> dict[str, Any]:
 def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> dict[str, Any]:
     """QDQ int8 for every Conv/ConvTranspose of ``src`` → ``dst``, calibrated on ``calibration`` (each
     (1, 3, H, W) float32, normalised like the model input)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime import quantization as q
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not calibration:
         raise ValueError("static int8 quantisation needs at least one calibration window")
 
-    class Reader(CalibrationDataReader):
+    class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
             self.items = iter([{"image": x} for x in calibration])
 
@@ -108,39 +96,31 @@ def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray
     pre = _hidden(dst, "pre")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     try:
-        quantize_static(
+        q.quantize_static(
             str(pre),
             str(dst),
             Reader(),
-            quant_format=QuantFormat.QDQ,
+            quant_format=q.QuantFormat.QDQ,
             op_types_to_quantize=["Conv", "ConvTranspose"],
             per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+            calibrate_method=q.CalibrationMethod.MinMax,
         )
     finally:
         pre.unlink(missing_ok=True)
-    _copy_metadata(src, dst, "int8-static-conv")
+    _save_with_metadata(src, dst, dst, "int8-static-conv")
     return {"seconds": round(time.perf_counter() - t0, 1), "calibration_windows": len(calibration)}
 
 
 def quantize_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Static int8 convolutions + dynamic int8 ViT linears: ``src`` (fp32 end-to-end graph) → ``dst``.
-
-    The quantiser writes hidden intermediates; ``dst`` itself is written once, atomically, with its metadata."""
-    import onnx
-
-    from weakclip.export.core import save_model, set_metadata
-
+    """Static int8 convolutions + dynamic int8 ViT linears: ``src`` (fp32 end-to-end graph) → ``dst``, written once,
+    atomically (the quantiser's intermediates are hidden files)."""
     mid, lin_out = _hidden(dst, "conv"), _hidden(dst, "int8")
     try:
         conv = quantize_convs_static(src, mid, calibration)
         lin = quantize_vit_linears(mid, lin_out)
-        meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-        m = onnx.load(str(lin_out))
-        set_metadata(m, {**meta, "precision": "int8"})
-        save_model(m, dst)
+        _save_with_metadata(src, lin_out, dst, "int8")
     finally:
         for p in (mid, lin_out):
             p.unlink(missing_ok=True)
@@ -152,9 +132,8 @@ USAGE = "--int8 takes a folder of calibration images (.jpg, .jpeg, .png) or a te
 
 
 def calibration_paths(images: str | Path, count: int = 16) -> list[Path]:
-    """The (up to ``count``, evenly spaced) image files the calibration reads from a folder, a list file of image
-    paths (relative to the list's folder) or one image.  Checked without decoding: a missing source, an empty
-    folder, a folder without images or a list naming missing files is a ValueError with one line."""
+    """Up to ``count`` evenly spaced image files from a folder, a list file of image paths (relative to the list's
+    folder) or one image, checked without decoding; a bad source is a ValueError with one line."""
     src = Path(images)
     if src.is_dir():
         paths = sorted(
@@ -189,8 +168,8 @@ def calibration_paths(images: str | Path, count: int = 16) -> list[Path]:
 def calibration_windows(
     images: str | Path, crop: int, mean: Sequence[float], std: Sequence[float], count: int = 16
 ) -> list[np.ndarray]:
-    """Up to ``count`` normalised (1, 3, crop, crop) windows from :func:`calibration_paths` (short side resized to
-    the crop, centre crop) — the inputs the deployed model sees.  An unreadable image is a ValueError naming it."""
+    """Up to ``count`` normalised (1, 3, crop, crop) windows (short side resized to the crop, centre crop) from
+    :func:`calibration_paths`; an unreadable image is a ValueError naming it."""
     from PIL import Image
 
     from weakclip.data.io import read_image

@@ -1,28 +1,11 @@
 """weakclip-export: a WeakCLIP checkpoint → ONNX graphs with the text side precomputed (SPEC §6).
 
-Writes to ``--out`` (graph split and names: :mod:`weakclip.export.wrappers`)::
-
-    encoder.onnx      image → tap0..tap3, g, dense            (CLIP image tower only)
-    coattention.onnx  g, dense → score_map                    (T (K, E) inside as a constant)
-    decoder.onnx      tap0..tap3, score_map → logits          (pyramid adapter + text-guided decoder)
-    weakclip.onnx     image → logits, score_map               (end to end; what the ORT engine runs)
-    export.json       resolved options, file sizes and the parity numbers of every check
-    --custom-op:  coattention_custom.onnx, weakclip_custom.onnx (co-attention as ONE TensorRT plugin node) and
-                  coattention_decomposition.onnx (the node's standard-ONNX equivalent), see :mod:`weakclip.export.custom_op`
-    --fp16:       <graph>_fp16.onnx for every graph above (fp32 inputs/outputs), see :mod:`weakclip.export.fp16`
-    --int8:       weakclip_int8.onnx for ONNX Runtime on CPU (static int8 convolutions calibrated on the given
-                  images + dynamic int8 ViT linears), see :mod:`weakclip.export.quantize`
-
-Batch and H, W are dynamic (H, W multiples of the patch size up to the crop; the positional table is resized inside
-the graph).  Every file is checked by itself (timm's rule): ``onnx.checker`` full check, then ONNX Runtime (CPU)
-against PyTorch on random inputs at two shapes (batch 2 at the crop, batch 1 at a smaller non-square size); the max
-|Δ| and the argmax agreement are printed and a check beyond tolerance makes the export fail (exit status 1).
-Metadata in every file: class_names (JSON), mean, std (JSON), crop_size, size_divisor, config (JSON), the weakclip
-version, opset, exporter, precision and the graph kind.  Exit status: 0 ok, 1 a check or the exporter failed,
-2 a usage error (wrong --checkpoint file, bad --int8 images, unknown --graphs), reported before any slow work.
-
-This module is only the command line; the library API is :mod:`weakclip.export.pipeline` (``export_model``) and
-:mod:`weakclip.export.core`.
+Writes to ``--out``: encoder.onnx, coattention.onnx, decoder.onnx and weakclip.onnx (end to end; graph split in
+:mod:`weakclip.export.wrappers`), export.json (options, file sizes, the parity numbers of every check), and the
+variants of :mod:`~weakclip.export.custom_op`, :mod:`~weakclip.export.fp16` and :mod:`~weakclip.export.quantize`.
+Batch and H, W are dynamic.  Every file gets ``onnx.checker``'s full check, then ONNX Runtime (CPU) against PyTorch
+at two shapes.  Exit status: 0 ok, 1 a check or the exporter failed, 2 a usage error (reported before any slow work).
+The library API is :mod:`weakclip.export.pipeline` (``export_model``).
 """
 
 from __future__ import annotations
@@ -33,22 +16,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
+import weakclip
 from weakclip.data.filekind import expect
+from weakclip.data.io import ensure_writable, removed_if_left_empty
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
-from weakclip.export.core import (
-    ATOL,
-    DEFAULT_EXPORTER,
-    EXPORTERS,
-    FILES,
-    MIN_AGREEMENT,
-    OPSET,
-    RTOL,
-    CheckFailed,
-    ExportError,
-    ExportInputError,
-    ExportOptions,
-    log,
-)
+from weakclip.export import core
+from weakclip.export.core import CheckFailed, ExportError, ExportInputError, ExportOptions, log
 from weakclip.export.pipeline import export_model, validate_options
 from weakclip.progress import setup_logging
 
@@ -59,24 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(prog=PROG, description="Export a WeakCLIP checkpoint to ONNX (text embeddings precomputed).")
     ap.add_argument("--checkpoint", required=True, help="WeakCLIP .safetensors checkpoint (weights + config)")
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}, pinned)")
-    ap.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER, help="torch ONNX exporter")
+    ap.add_argument("--opset", type=int, default=core.OPSET, help=f"ONNX opset (default {core.OPSET}, pinned)")
+    ap.add_argument("--exporter", choices=core.EXPORTERS, default=core.DEFAULT_EXPORTER, help="torch ONNX exporter")
     ap.add_argument("--simplify", action="store_true", help="simplify every graph with onnxslim")
     ap.add_argument("--fp16", action="store_true", help="also write fp16 graphs (<graph>_fp16.onnx, fp32 I/O)")
     ap.add_argument("--custom-op", action="store_true", help="also write the TensorRT custom-op variant")
     ap.add_argument(
         "--int8",
         metavar="IMAGES",
-        default=None,
         help="also write weakclip_int8.onnx (CPU), calibrated on this image folder or list file",
     )
     ap.add_argument("--int8-count", type=int, default=16, help="calibration windows for --int8 (default 16)")
     ap.add_argument("--skip-check", action="store_true", help="skip ONNX Runtime vs PyTorch (checker still runs)")
-    graphs = ",".join(FILES)
+    graphs = ",".join(core.FILES)
     ap.add_argument("--graphs", default=graphs, help=f"comma list of graphs to write (default all: {graphs})")
-    ap.add_argument("--atol", type=float, default=ATOL, help="fp32 check: max |Δ| ≤ atol + rtol·max|ref|")
-    ap.add_argument("--rtol", type=float, default=RTOL)
-    ap.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT, help="fp32 check: argmax agreement")
+    ap.add_argument("--atol", type=float, default=core.ATOL, help="fp32 check: max |Δ| ≤ atol + rtol·max|ref|")
+    ap.add_argument("--rtol", type=float, default=core.RTOL)
+    ap.add_argument("--min-agreement", type=float, default=core.MIN_AGREEMENT, help="fp32 check: argmax agreement")
     return ap
 
 
@@ -84,19 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
+    same = ("opset", "exporter", "simplify", "fp16", "custom_op", "atol", "rtol", "min_agreement")
     opts = ExportOptions(
-        opset=args.opset,
-        exporter=args.exporter,
-        simplify=args.simplify,
-        fp16=args.fp16,
-        custom_op=args.custom_op,
+        **{k: getattr(args, k) for k in same},
         int8_calibration=args.int8,
         int8_calibration_count=args.int8_count,
         check=not args.skip_check,
         graphs=tuple(g.strip() for g in args.graphs.split(",") if g.strip()),
-        atol=args.atol,
-        rtol=args.rtol,
-        min_agreement=args.min_agreement,
     )
     # Every input is checked before the checkpoint is loaded and before any graph is traced.
     ckpt = Path(args.checkpoint)
@@ -107,12 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_options(opts)
     except ExportInputError as e:
         raise UsageError(str(e)) from None
-    from weakclip.data.io import ensure_writable, removed_if_left_empty
-
     with removed_if_left_empty(args.out):  # a failed export leaves no empty --out behind
         ensure_writable(args.out)
-        import weakclip
-
         try:
             model = weakclip.load_checkpoint(ckpt)
         except Exception as e:  # noqa: BLE001 - a WeakCLIP file that does not load is one clear line, not a traceback
@@ -120,8 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(msg if str(ckpt) in msg else f"{ckpt}: cannot load checkpoint: {msg}") from None
         setup_logging(logger="weakclip.export")  # the progress lines on stdout
         cfg = model.config
-        import torch
-
         log(
             f"checkpoint {ckpt} (K = {cfg.num_classes}, crop {cfg.crop_size}, ViT width {cfg.vision_width} × "
             f"{cfg.vision_layers}); torch {torch.__version__}"

@@ -1,28 +1,21 @@
-"""Every export-only module: thin wrappers around the *trained* WeakCLIP submodules (no copies, no monkey-patching).
+"""Export-only modules: thin wrappers around the *trained* WeakCLIP submodules (no copies, no monkey-patching),
+with flat, named tensor inputs/outputs and the text embeddings T (K, E) as a constant buffer, so no graph holds the
+prompt learner or the text tower.
 
-Each wrapper rewrites only the glue the ONNX graphs need (SAM's ``SamOnnxModel`` pattern): flat tensor inputs and
-outputs with stable names, and the text embeddings T (K, E) held as a constant buffer so no graph contains the prompt
-learner or the text tower (SPEC §6, "text side precomputed").
-
-Graph split (the names below are the ONNX input/output names)::
+Graph split (the ONNX input/output names)::
 
     encoder      image (B, 3, H, W)                        → tap0..tap3 (B, D, h, w), g (B, E), dense (B, E, h, w)
     coattention  g (B, E), dense (B, E, h, w)   [T inside] → score_map (B, K, h, w)
     decoder      tap0..tap3 (B, D, h, w), score_map        → logits (B, K, H/4, W/4)
     end_to_end   image (B, 3, H, W)             [T inside] → logits (B, K, H/4, W/4), score_map (B, K, h, w)
 
-**Where the pyramid adapter lives: in the decoder graph.**  The encoder is the frozen CLIP image tower only and emits
-the raw block taps at the token grid (4 × (B, D, h, w)); the adapter (GroupNorm, transposed convs, BN, max-pool) runs
-at the start of ``decoder``.  This keeps the tensors crossing the encoder → decoder boundary small (the stride-4 level
-is 16× larger than a tap) and leaves the encoder a pure ViT that TensorRT/ORT fuse as one transformer.
-
-``CoAttentionPackedReference`` is the standard-ONNX decomposition of the custom co-attention node of the TensorRT
-variant (see :mod:`weakclip.export.custom_op`): same inputs as the plugin (g, dense, text, packed weights), computed with the
-plain reference :func:`weakclip.model.coattention.coattention_reference` from the unpacked weights.
+The pyramid adapter runs at the start of the decoder graph: the tensors crossing the encoder → decoder boundary stay
+at the token grid (the stride-4 level is 16× larger than a tap) and the encoder stays a pure ViT for TensorRT/ORT.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -75,10 +68,7 @@ class DecoderOnnx(nn.Module):
 
 
 class WeakCLIPOnnx(nn.Module):
-    """image (B, 3, H, W) → logits (B, K, H/4, W/4), score_map (B, K, h, w); T (K, E) a constant buffer.
-
-    The same composition as ``WeakCLIP.forward(images, text_embeddings=T)``, without the text side.
-    """
+    """image → logits, score_map: ``WeakCLIP.forward(images, text_embeddings=T)`` without the text side."""
 
     def __init__(self, model: WeakCLIP, text_embeddings: torch.Tensor):
         super().__init__()
@@ -95,12 +85,10 @@ class WeakCLIPOnnx(nn.Module):
 
 
 class CoAttentionPackedReference(nn.Module):
-    """Standard decomposition of the custom co-attention node: (g, dense, text, weights) → score_map.
+    """Standard decomposition of the custom co-attention node: (g, dense, text, weights (P,)) → score_map.
 
-    g (B, E), dense (B, E, h, w), text T (K, E), weights (P,) = the packed blob (layout: ``packed_weights`` of
-    ``engines/csrc/plugin_names.json``, expanded per layer) → S (B, K, h, w).  The blob is sliced back into the
-    state-dict tensors and fed to :func:`weakclip.model.coattention.coattention_reference` (explicit attention, no dropout),
-    so the decomposition depends on nothing but the node's inputs and attributes.
+    The packed blob is sliced back into the state-dict tensors for :func:`coattention_reference`, so the
+    decomposition depends on nothing but the node's inputs and attributes.
     """
 
     def __init__(self, layout: Sequence[tuple[str, tuple[int, ...]]], *, heads: int, layers: int):
@@ -113,9 +101,6 @@ class CoAttentionPackedReference(nn.Module):
         sd: dict[str, torch.Tensor] = {}
         offset = 0
         for name, shape in self.layout:
-            n = 1
-            for s in shape:
-                n *= s
-            sd[name] = weights[offset : offset + n].reshape(shape)
-            offset += n
+            sd[name] = weights[offset : offset + math.prod(shape)].reshape(shape)
+            offset += math.prod(shape)
         return coattention_reference(sd, g, dense, text, heads=self.heads, layers=self.layers)
