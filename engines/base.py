@@ -1,17 +1,9 @@
 """The interface every inference engine implements (torch, onnxruntime, tensorrt), and the registry that builds them.
 
-An engine maps normalised windows to logits::
-
-    logits = engine(windows)   # windows (B, 3, H, W) float32, (x_rgb_0_255 - mean) / std, H and W multiples of
-                               # ``size_divisor``, at most ``crop_size``; logits (B, K, H', W') float32, any H', W'
-
-CPU tensors in and out (an engine may move data to its device internally; the torch engine also accepts device
-tensors and answers on the same device).  Generation (:mod:`weakclip.engines.generate`) and the benchmarks only use this
-interface plus :func:`get_engine`.
-
-Adding an engine: a module ``engines/<x>_engine.py`` defining one :class:`Engine` subclass with ``name = "<registry
-name>"`` and a constructor ``(model_path, **opts)``; list it in ``_BUILTIN``.  A third-party engine can be used
-without registration as ``"package.module:Factory"`` (any callable ``(model_path, **opts) -> Engine``).
+``engine(windows) -> logits``: windows (B, 3, H, W) float32, (x_rgb_0_255 - mean) / std, H and W multiples of
+``size_divisor`` and at most ``crop_size``; logits (B, K, H', W') float32.  CPU tensors in and out (the torch engine
+also answers device tensors on their device).  A new engine is a module ``engines/<x>_engine.py`` with one
+:class:`Engine` subclass named in ``_BUILTIN``, or any ``"package.module:Factory"`` callable ``(model_path, **opts)``.
 """
 
 from __future__ import annotations
@@ -34,13 +26,13 @@ _BUILTIN: dict[str, str] = {
 }
 _REGISTERED: dict[str, Callable[..., Engine]] = {}
 
-# Which model files (kinds of weakclip.data.filekind.sniff) each built-in engine reads; ``auto`` picks by this table.
+# Which model files (kinds of weakclip.data.filekind.sniff) each built-in engine reads; ``auto`` picks by the first.
 MODEL_KINDS: dict[str, tuple[str, ...]] = {
     "torch": ("weakclip",),
     "onnxruntime": ("onnx",),
     "tensorrt": ("tensorrt", "onnx"),
 }
-_AUTO = {"weakclip": "torch", "onnx": "onnxruntime", "tensorrt": "tensorrt"}
+_AUTO = {kinds[0]: name for name, kinds in MODEL_KINDS.items()}
 
 
 class EngineError(RuntimeError):
@@ -54,7 +46,7 @@ class PrecisionError(EngineError):
 class Engine(abc.ABC):
     """Base class: model metadata as attributes, ``__call__(windows) -> logits``, ``close()``."""
 
-    name: ClassVar[str] = ""  # registry name ("torch", "onnxruntime", "tensorrt")
+    name: ClassVar[str] = ""  # registry name
 
     def __init__(
         self,
@@ -67,8 +59,8 @@ class Engine(abc.ABC):
     ) -> None:
         self.class_names: tuple[str, ...] = tuple(class_names)  # K names, index 0 = background
         self.crop_size: int = int(crop_size)  # largest window side the engine accepts (the training crop)
-        self.mean: tuple[float, ...] = tuple(float(m) for m in mean)  # RGB 0-255 normalisation mean
-        self.std: tuple[float, ...] = tuple(float(s) for s in std)  # RGB 0-255 normalisation std
+        self.mean: tuple[float, ...] = tuple(float(m) for m in mean)  # RGB 0-255 normalisation
+        self.std: tuple[float, ...] = tuple(float(s) for s in std)
         self.size_divisor: int = int(size_divisor)  # window H, W must be multiples of this (ViT patch size)
 
     @property
@@ -176,8 +168,7 @@ def _resolve(name: str) -> Callable[..., Engine]:
 
 
 def auto_engine(model_path: str | os.PathLike) -> str:
-    """The engine for a model file: ``.safetensors`` checkpoint → torch, ``.onnx`` → onnxruntime, TensorRT plan →
-    tensorrt; anything else is a one-line :class:`~weakclip.errors.UsageError` saying what the file is."""
+    """The engine for a model file by its kind; anything else is a one-line UsageError saying what the file is."""
     from weakclip.data.filekind import expect
 
     return _AUTO[expect(model_path, tuple(_AUTO), "--engine auto", option="--model")]
@@ -192,35 +183,25 @@ def check_model_file(name: str, model_path: str | os.PathLike | None) -> None:
         return
     if model_path is None:
         raise UsageError(f"the {name} engine needs --model (a {' or '.join(MODEL_KINDS[name])} file)")
-    if not isinstance(model_path, (str, os.PathLike)):
-        return  # an in-memory model (the torch engine takes an nn.Module)
-    expect(model_path, MODEL_KINDS[name], f"the {name} engine", option="--model")
-
-
-def engine_option_names(name: str) -> list[str] | None:
-    """Keyword options the engine's constructor takes (None: it takes any, e.g. a factory with **kwargs)."""
-    factory = _resolve(name)
-    params = inspect.signature(factory).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if isinstance(model_path, (str, os.PathLike)):  # else an in-memory model (the torch engine takes an nn.Module)
+        expect(model_path, MODEL_KINDS[name], f"the {name} engine", option="--model")
 
 
 def check_engine_options(name: str, opts: dict[str, Any]) -> None:
-    """Refuse (one-line UsageError) options the engine does not take, listing those it does."""
+    """Refuse (one-line UsageError) options the engine's constructor does not take, listing those it does."""
     from weakclip.errors import UsageError
 
-    known = engine_option_names(name)
-    unknown = sorted(set(opts) - set(known)) if known is not None else []
+    params = inspect.signature(_resolve(name)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return  # a factory taking **kwargs takes anything
+    known = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(opts) - set(known))
     if unknown:
         raise UsageError(f"engine option(s) {unknown} are not options of the {name} engine; it takes {known}")
 
 
 def get_engine(name: str, model_path: str | os.PathLike | None, **opts: Any) -> Engine:
-    """Build engine ``name`` ('torch', 'onnxruntime', 'tensorrt', a registered name, or 'module:Factory').
-
-    A wrong kind of model file or an unknown option is a one-line :class:`~weakclip.errors.UsageError`.
-    """
+    """Build engine ``name`` (built-in, registered or 'module:Factory'); a wrong model file or option is a UsageError."""
     check_model_file(name, model_path)
     check_engine_options(name, opts)
     engine = _resolve(name)(model_path, **opts)

@@ -1,20 +1,10 @@
 """The ONNX Runtime engine: the end-to-end graph written by ``weakclip-export`` (``weakclip.onnx``), CPU by default.
 
-Windows (B, 3, H, W) float32 normalised → logits (B, K, H/4, W/4) float32, CPU tensors.  Everything the engine needs
-(class_names, mean, std, crop_size, size_divisor, precision, graph kind) comes from the model's metadata, so a .onnx
-file is self-contained like a checkpoint.
-
-* ``device``: "cpu" (default), "cuda" / "cuda:N" (CUDA EP, CPU kept as the fallback for nodes it does not take;
-  cuDNN's HEURISTIC conv-algorithm search, as window sizes vary) or "auto".  When CUDA was asked for but the session
-  came up without it (ONNX Runtime then falls back to the CPU silently), the engine raises instead.
-* ``intra_op_threads`` (default: the cores this process may use), ``inter_op_threads`` (default 1: the graph is one
-  chain).  ``graph_optimization`` "all" (default), "extended", "basic" or "disable".
-* ``optimized_model_cache`` (a folder): the optimised graph is saved there on first use and loaded next time; the
-  file name carries the model's hash, the ORT version, the level and the provider, so nothing stale is reused.
-* I/O binding: logits are written by ORT straight into a torch tensor we allocate.  With ``reuse_outputs=True`` the
-  same output tensor is reused while the input shape repeats (valid only until the next call; for benchmarks).
-
-Not thread-safe: one engine per thread (ORT parallelises inside a call).
+Everything the engine needs (class names, normalisation, crop, precision, graph kind) comes from the model's metadata.
+``device`` "cpu", "cuda[:N]" or "auto"; a CUDA session that came up on the CPU only (ORT falls back silently) raises.
+``optimized_model_cache`` (a folder) keeps the optimised graph, keyed by model hash, ORT version, level and provider.
+Logits are written by ORT into a torch tensor we allocate (I/O binding); ``reuse_outputs=True`` reuses it while the
+input shape repeats (valid until the next call; for benchmarks).  Not thread-safe: one engine per thread.
 """
 
 from __future__ import annotations
@@ -30,7 +20,7 @@ from weakclip.data.io import file_sha256
 from weakclip.engines.base import Engine, EngineError, PrecisionError, engine_fields_from_metadata, usable_cores
 
 GRAPH_KINDS = ("end_to_end",)  # runnable here; the custom-op graphs need the TensorRT plugin
-_LEVELS = ("disable", "basic", "extended", "all")
+_LEVELS = {"disable": "DISABLE_ALL", "basic": "ENABLE_BASIC", "extended": "ENABLE_EXTENDED", "all": "ENABLE_ALL"}
 # ORT's CPU NCHWc layout pass crashes on our fp16 graphs (see export/fp16.py); disabled for fp16 models on CPU.
 _CPU_FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 
@@ -56,23 +46,15 @@ def select_providers(device: str | torch.device, available: list[str]) -> list[A
                 f"onnxruntime engine: device {dev!r} needs the CUDA execution provider, which this onnxruntime "
                 f"build does not have (available: {available}); install onnxruntime-gpu or use device='cpu'"
             )
-        idx = int(dev.split(":", 1)[1]) if ":" in dev else 0
-        return [("CUDAExecutionProvider", cuda_provider_options(idx)), "CPUExecutionProvider"]
+        # HEURISTIC: window sizes vary, and the default EXHAUSTIVE search benchmarks every conv at each new shape.
+        opts = {"device_id": int(dev.split(":", 1)[1]) if ":" in dev else 0, "cudnn_conv_algo_search": "HEURISTIC"}
+        return [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
     raise EngineError(f"onnxruntime engine: unknown device {dev!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'")
 
 
-def cuda_provider_options(device_id: int = 0) -> dict[str, Any]:
-    """CUDA EP options: the device, and cuDNN's HEURISTIC conv-algorithm search (the window sizes are dynamic, so
-    the default EXHAUSTIVE search would benchmark every convolution again at each new window shape)."""
-    return {"device_id": int(device_id), "cudnn_conv_algo_search": "HEURISTIC"}
-
-
 def check_session_providers(session: Any, requested: list[Any]) -> list[str]:
-    """The session's providers; EngineError when a requested non-CPU provider did not start.
-
-    ONNX Runtime builds a CPU-only session when the CUDA EP fails to initialise (e.g. libcudnn / libcublas not found,
-    a CUDA version onnxruntime-gpu was not built for) and only logs a warning, which severity 3 hides.
-    """
+    """The session's providers; EngineError when a requested non-CPU provider did not start (ORT then builds a
+    CPU-only session and only logs a warning, which severity 3 hides)."""
     active = list(session.get_providers())
     wanted = [p[0] if isinstance(p, tuple) else p for p in requested]
     missing = [p for p in wanted if p != "CPUExecutionProvider" and p not in active]
@@ -87,12 +69,9 @@ def check_session_providers(session: Any, requested: list[Any]) -> list[str]:
 
 
 def read_onnx_metadata(path: str | os.PathLike, *, who: str = "onnxruntime engine") -> dict[str, str]:
-    """``metadata_props`` of an .onnx file without reading its graph or weights (and without the onnx package).
-
-    Walks the top-level protobuf fields of the ModelProto and skips every length-delimited field but
-    ``metadata_props`` (field 14) with a seek, so a 500 MB model costs a few reads, not a parse into memory.
-    ``who`` starts the EngineError message of an unreadable file.
-    """
+    """``metadata_props`` of an .onnx file, without the onnx package: walks the ModelProto's top-level protobuf
+    fields and seeks past all but ``metadata_props`` (field 14), so a 500 MB model costs a few reads.  ``who`` starts
+    the EngineError message of an unreadable file."""
     import io
 
     def varint(f: Any) -> int | None:
@@ -113,10 +92,8 @@ def read_onnx_metadata(path: str | os.PathLike, *, who: str = "onnxruntime engin
                 field, wire = tag >> 3, tag & 7
                 if wire == 0:
                     varint(f)
-                elif wire == 1:
-                    f.seek(8, os.SEEK_CUR)
-                elif wire == 5:
-                    f.seek(4, os.SEEK_CUR)
+                elif wire in (1, 5):  # fixed64, fixed32
+                    f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
                 elif wire == 2:
                     n = varint(f)
                     if n is None:
@@ -137,9 +114,8 @@ def read_onnx_metadata(path: str | os.PathLike, *, who: str = "onnxruntime engin
 
 
 def check_file_precision(name: str, model_precision: str, asked: str | None) -> None:
-    """ONNX Runtime's precision is a property of the .onnx file (metadata ``precision``: fp32, fp16, or one of the
-    int8 kinds ``int8``, ``int8-static-conv``, ``int8-dynamic-vit-linears``).  ``asked`` (None: any) is the tier the
-    user wants; a mismatch is one line saying which file gives that tier."""
+    """PrecisionError unless the file's metadata precision (fp32, fp16, int8*) is the ``asked`` one (None: any),
+    saying which file gives that tier."""
     if asked is None or asked == model_precision or (asked == "int8" and model_precision.startswith("int8")):
         return
     how = {
@@ -156,7 +132,7 @@ def check_file_precision(name: str, model_precision: str, asked: str | None) -> 
 
 
 class OrtEngine(Engine):
-    """WeakCLIP end-to-end ONNX graph on ONNX Runtime (see module docstring for the options)."""
+    """WeakCLIP end-to-end ONNX graph on ONNX Runtime (options: module docstring)."""
 
     name = "onnxruntime"
 
@@ -180,7 +156,7 @@ class OrtEngine(Engine):
         if not path.is_file():
             raise EngineError(f"onnxruntime engine: model {path} not found")
         if graph_optimization not in _LEVELS:
-            raise EngineError(f"onnxruntime engine: graph_optimization must be one of {_LEVELS}")
+            raise EngineError(f"onnxruntime engine: graph_optimization must be one of {tuple(_LEVELS)}")
         providers = select_providers(device, ort.get_available_providers())
         on_cpu = providers == ["CPUExecutionProvider"]
 
@@ -189,13 +165,7 @@ class OrtEngine(Engine):
         so.intra_op_num_threads = int(intra_op_threads or usable_cores())
         so.inter_op_num_threads = int(inter_op_threads)
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[graph_optimization]
-        so.graph_optimization_level = level
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, "ORT_" + _LEVELS[graph_optimization])
 
         meta = read_onnx_metadata(path)
         if "class_names" not in meta or "crop_size" not in meta:
@@ -208,22 +178,21 @@ class OrtEngine(Engine):
             )
         model_precision = meta.get("precision", "fp32")
         check_file_precision(path.name, model_precision, precision)
-        disabled = list(_CPU_FP16_DISABLED_OPTIMIZERS) if (on_cpu and model_precision == "fp16") else []
+        fp16_cpu = on_cpu and model_precision == "fp16"
+        kw = {"disabled_optimizers": list(_CPU_FP16_DISABLED_OPTIMIZERS)} if fp16_cpu else {}
 
         load_path = path
         self.cache_file: Path | None = None
         if optimized_model_cache is not None and graph_optimization != "disable":
             cache = Path(optimized_model_cache)
             cache.mkdir(parents=True, exist_ok=True)
-            prov = "cpu" if on_cpu else "cuda"
-            key = f"{file_sha256(path)[:16]}.ort{ort.__version__}.{graph_optimization}.{prov}"
+            key = f"{file_sha256(path)[:16]}.ort{ort.__version__}.{graph_optimization}.{'cpu' if on_cpu else 'cuda'}"
             self.cache_file = cache / f"{path.stem}.{key}.onnx"
             if self.cache_file.exists():
                 load_path = self.cache_file
                 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimised
             else:
                 so.optimized_model_filepath = str(self.cache_file)
-        kw = {"disabled_optimizers": disabled} if disabled else {}
         try:
             self.session: Any = ort.InferenceSession(str(load_path), so, providers=providers, **kw)
         except Exception as e:  # noqa: BLE001 - ORT's own exception types; one clear line
@@ -237,15 +206,9 @@ class OrtEngine(Engine):
             raise
 
         super().__init__(**engine_fields_from_metadata(meta))
-        self.model_path = path
-        self.metadata = meta
-        self.precision = model_precision
-        self.providers = active
-        self.intra_op_threads = so.intra_op_num_threads
-        self.inter_op_threads = so.inter_op_num_threads
-        self.graph_optimization = graph_optimization
-        self.io_binding = io_binding
-        self.reuse_outputs = reuse_outputs
+        self.model_path, self.metadata, self.precision, self.providers = path, meta, model_precision, active
+        self.intra_op_threads, self.inter_op_threads = so.intra_op_num_threads, so.inter_op_num_threads
+        self.graph_optimization, self.io_binding, self.reuse_outputs = graph_optimization, io_binding, reuse_outputs
         self._device_type = "cpu"  # where the outputs are bound (host memory, whatever the provider)
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
@@ -300,6 +263,4 @@ class OrtEngine(Engine):
         }
 
     def close(self) -> None:
-        self.session = None
-        self._binding = None
-        self._reused = None
+        self.session = self._binding = self._reused = None

@@ -1,24 +1,10 @@
 """The PyTorch reference engine: a WeakCLIP checkpoint (or module) in eval mode under ``torch.inference_mode``.
 
-Precision (``precision``):
-
-* ``fp32`` (default): the reference.
-* ``fp16``: CUDA autocast; refused on CPU.
-* ``bf16``: autocast to bfloat16 (CPU or CUDA; LayerNorm, softmax and the other ops outside autocast's
-  lower-precision list stay fp32).  On a CPU it needs native bf16 arithmetic (avx512_bf16 or amx_bf16, see
-  :mod:`weakclip.masks.cpu_features`): without it oneDNN emulates bf16 and runs slower than fp32, so the engine refuses with
-  one line naming the missing instruction set; ``check_isa=False`` runs it anyway (tests, numerics checks).  With
-  ``cast_weights`` (default on for bf16) the weights of every Linear / Conv / MultiheadAttention are stored in bf16
-  once at construction, so autocast does not re-cast the ~107 M fp32 weights of the ViT-B/16 window path on every
-  call (its weight cache only keeps casts of trainable leaves, and only inside one autocast region).  The cast itself changes nothing (autocast casts
-  the same weights to bf16 before the same kernels: bit-identical logits with ``torch.backends.mha`` fast path off,
-  tests/test_cpu_tiers.py), but with bf16 weights the ViT's ``nn.MultiheadAttention`` qualifies for torch's fused
-  attention fast path (``_native_multi_head_attention``; with fp32 weights the bf16 input's dtype mismatch keeps it
-  on the unfused path), so the default logits differ from plain autocast at bf16 rounding level.
-  ``cast_weights=False`` is plain autocast; the CPU benchmark measures both.
-
-int8 is not a torch engine precision: it is a model file (``weakclip-export --int8 IMAGES`` writes
-``weakclip_int8.onnx``, run by the onnxruntime engine).
+Precisions: fp32 (the reference); fp16 (CUDA autocast, refused on CPU); bf16 (autocast on CPU or CUDA; on a CPU
+without avx512_bf16 / amx_bf16 oneDNN emulates bf16, slower than fp32, so it is refused unless ``check_isa=False``).
+``cast_weights`` (default on for bf16) stores the matmul weights in bf16 once: autocast would cast the same weights
+before the same kernels on every call, and bf16 weights let ``nn.MultiheadAttention`` take torch's fused fast path
+(logits then differ from plain autocast at bf16 rounding level).  int8 is a model file for the onnxruntime engine.
 """
 
 from __future__ import annotations
@@ -37,20 +23,13 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
-    """Store the weights (and biases) of every Linear, Conv, ConvTranspose and MultiheadAttention input projection
-    of ``model`` in ``dtype``, in place; returns how many tensors were cast.  Only for running under autocast to
-    ``dtype``: those modules' kernels are on autocast's lower-precision list, so their inputs are cast to ``dtype``
-    anyway and the results do not change."""
+    """Store the weights and biases of every Linear, Conv(Transpose) and MultiheadAttention input projection in
+    ``dtype``, in place; returns how many tensors were cast.  Only for autocast to ``dtype``, which casts them anyway."""
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    mha = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")  # out_proj: a Linear
     n = 0
     for m in model.modules():
-        names: tuple[str, ...]
-        if isinstance(m, kinds):
-            names = ("weight", "bias")
-        elif isinstance(m, nn.MultiheadAttention):  # out_proj is a Linear (above); the packed / split in-projections
-            names = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-        else:
-            continue
+        names = ("weight", "bias") if isinstance(m, kinds) else mha if isinstance(m, nn.MultiheadAttention) else ()
         for name in names:
             p = getattr(m, name, None)
             if isinstance(p, torch.Tensor) and p.is_floating_point() and p.dtype != dtype:
@@ -62,16 +41,9 @@ def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
 class TorchEngine(Engine):
     """WeakCLIP in PyTorch.
 
-    ``model``: a checkpoint path (read with :func:`weakclip.load_checkpoint`) or an ``nn.Module`` whose ``config`` is
-    a WeakCLIPConfig and whose forward returns an object with ``.logits`` (B, K, H/4, W/4) (or the logits tensor).
-    ``precision="fp16"`` runs under CUDA autocast (LayerNorm/softmax stay fp32, as torch's autocast lists decide);
-    it is refused on CPU.  ``precision="bf16"`` runs under bf16 autocast on CPU or CUDA; on a CPU without
-    avx512_bf16 / amx_bf16 it is refused (one line naming the missing instruction set) unless ``check_isa=False``.
-    ``cast_weights`` (None: on for bf16, off for fp16) stores the matmul weights in the autocast dtype once (module
-    docstring).
-    ``channels_last`` converts the input windows (and the model) to NHWC.
-    Windows may be CPU or device tensors; logits come back float32 on the windows' device.  The text embeddings
-    T (K, E) are computed once at construction (a model without ``text_embeddings()`` is simply called).
+    ``model``: a checkpoint path or an ``nn.Module`` with a WeakCLIPConfig ``config`` whose forward returns
+    ``.logits`` (B, K, H/4, W/4) (or the logits tensor).  ``cast_weights`` None: on for bf16, off for fp16.
+    ``channels_last`` converts the windows (and the model) to NHWC.  Logits come back float32 on the windows' device.
     """
 
     name = "torch"
@@ -88,8 +60,10 @@ class TorchEngine(Engine):
     ) -> None:
         device = torch.device(device)
         if precision == "int8":
-            raise PrecisionError("torch engine: int8 is a model file, not a torch precision: `weakclip export --int8 "
-                              "IMAGES` writes weakclip_int8.onnx; run it with --engine onnxruntime")  # fmt: skip
+            raise PrecisionError(
+                "torch engine: int8 is a model file, not a torch precision: `weakclip export --int8 IMAGES` writes "
+                "weakclip_int8.onnx; run it with --engine onnxruntime"
+            )
         if precision not in PRECISIONS:
             raise PrecisionError(f"torch engine: precision must be one of {PRECISIONS}, got {precision!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -101,13 +75,14 @@ class TorchEngine(Engine):
 
             why = missing_for("bf16")
             if why:
-                raise PrecisionError(f"torch engine: {why}; use fp32 (--precision fp32), or check_isa=False "
-                                  "(--engine-opt check_isa=false) to run bf16 emulated, slower than fp32")  # fmt: skip
+                raise PrecisionError(
+                    f"torch engine: {why}; use fp32 (--precision fp32), or check_isa=False (--engine-opt "
+                    "check_isa=false) to run bf16 emulated, slower than fp32"
+                )
         if precision == "bf16" and device.type == "cuda" and check_isa and not torch.cuda.is_bf16_supported():
             raise PrecisionError(f"torch engine: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
         if model is None:
             raise EngineError("torch engine: give a checkpoint path (--model) or a model")
-        given_module = isinstance(model, nn.Module)
         if isinstance(model, nn.Module):
             module: Any = model
         else:
@@ -124,14 +99,12 @@ class TorchEngine(Engine):
             std=cfg.std,
             size_divisor=getattr(cfg, "patch_size", 16),
         )
-        self.device = device
-        self.precision = precision
-        self.channels_last = channels_last
+        self.device, self.precision, self.channels_last = device, precision, channels_last
         module = module.eval().to(device)
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.model: nn.Module | None = module
-        # Text side precomputed once (SPEC §6), like the exported graphs: T (K, E), fp32 (before any weight cast).
+        # Text side precomputed once, like the exported graphs: T (K, E), fp32 (before any weight cast).
         self.text: torch.Tensor | None = None
         if hasattr(module, "text_embeddings"):
             with torch.inference_mode():
@@ -141,8 +114,7 @@ class TorchEngine(Engine):
         if self.cast_weights and self.autocast_dtype is None:
             raise PrecisionError("torch engine: cast_weights needs precision 'bf16' or 'fp16'")
         if self.cast_weights and self.autocast_dtype is not None:
-            # Cast a copy only when the caller handed us a module (never change the caller's model).
-            if given_module:
+            if isinstance(model, nn.Module):  # never change the caller's model
                 import copy
 
                 module = self.model = copy.deepcopy(module)
@@ -155,11 +127,8 @@ class TorchEngine(Engine):
         x = windows.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
+        dt = self.autocast_dtype
+        autocast = torch.autocast(self.device.type, dtype=dt) if dt is not None else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             out = self.model(x) if self.text is None else self.model(x, text_embeddings=self.text)
         logits = getattr(out, "logits", out)  # (B, K, H/4, W/4)
