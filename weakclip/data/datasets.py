@@ -307,7 +307,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     H, W = sizes.max(0).values.tolist()
     for key in (k for k in batch[0] if k != "name"):
         vals = [b[key] for b in batch]
-        if key in ("image", "seed", "gt"):
+        if key in ("image", "seed", "gt"):  # pad bottom/right: image 0, masks 255
             fill = 0.0 if key == "image" else IGNORE_INDEX
             vals = [F.pad(v, (0, W - v.shape[-1], 0, H - v.shape[-2]), value=fill) for v in vals]
         out[key] = torch.stack(vals)

@@ -39,19 +39,6 @@ TAKEN_BY = {
 }
 
 
-def _is_safetensors(head: bytes, size: int) -> bool:
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= size - 8 and head[8:9] == b"{"
-
-
-def _is_onnx(head: bytes) -> bool:
-    # ModelProto starts with field 1 (ir_version, varint; tag 0x08) followed by a small version number, then
-    # usually field 2 (producer_name, tag 0x12), 3, 4, 5, 7 (graph, tag 0x3a) or 8 (opset_import, tag 0x42).
-    return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 30 and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x3A, 0x42)
-
-
 def sniff(path: str | os.PathLike) -> str:
     """The kind of ``path``, from its first bytes and, for safetensors, its JSON header."""
     p = Path(path)
@@ -64,8 +51,8 @@ def sniff(path: str | os.PathLike) -> str:
         return "empty"
     with open(p, "rb") as f:
         head = f.read(64)
-        if _is_safetensors(head, size):
-            (n,) = struct.unpack("<Q", head[:8])
+        (n,) = struct.unpack("<Q", head[:8]) if len(head) >= 9 else (0,)
+        if 2 <= n <= size - 8 and head[8:9] == b"{":  # safetensors: u64 header length, then the JSON header
             if n > 100 * 2**20:
                 return "unknown"
             f.seek(8)
@@ -85,7 +72,9 @@ def sniff(path: str | os.PathLike) -> str:
         return "torch" if zipfile.is_zipfile(p) else "truncated"
     if head[:1] == b"\x80":
         return "torch"
-    if _is_onnx(head):
+    # ONNX ModelProto: field 1 (ir_version, varint; tag 0x08) with a small version number, then usually field 2
+    # (producer_name, tag 0x12), 3, 4, 5, 7 (graph, tag 0x3a) or 8 (opset_import, tag 0x42).
+    if len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 30 and head[2] in (0x12, 0x1A, 0x22, 0x28, 0x3A, 0x42):
         return "onnx"
     if p.suffix.lower() in TENSORRT_SUFFIXES:
         return "tensorrt"

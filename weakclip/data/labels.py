@@ -40,9 +40,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
             allowed |= {(f"{core}.{module}", name): obj for core in ("numpy.core", "numpy._core")}
     # Python-2 era pickles (protocol 2) encode raw array bytes as latin-1 text through _codecs.encode.
     allowed[("_codecs", "encode")] = codecs.encode
-    for mod in ("builtins", "__builtin__"):
-        for name, obj in (("dict", dict), ("list", list), ("tuple", tuple), ("float", float), ("str", str)):
-            allowed[(mod, name)] = obj
+    allowed |= {(mod, t.__name__): t for mod in ("builtins", "__builtin__") for t in (dict, list, tuple, float, str)}
     return allowed
 
 
