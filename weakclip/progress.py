@@ -16,6 +16,7 @@ Library code logs through ``logging.getLogger("weakclip.<module>")``; only the c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ ENV_MODE = "WEAKCLIP_PROGRESS"
 ENV_INTERVAL = "WEAKCLIP_PROGRESS_INTERVAL"
 
 _now = time.monotonic  # the clock (tests replace it)
+_log = logging.getLogger("weakclip.progress")
 
 
 def format_duration(seconds: float) -> str:
@@ -51,9 +53,7 @@ def _env_interval() -> float:
     except ValueError:
         value = -1.0
     if not value >= 0:
-        logging.getLogger("weakclip.progress").warning(
-            f"{ENV_INTERVAL}={raw!r} is not a number of seconds ≥ 0; using {DEFAULT_INTERVAL:g}"
-        )
+        _log.warning(f"{ENV_INTERVAL}={raw!r} is not a number of seconds ≥ 0; using {DEFAULT_INTERVAL:g}")
         return DEFAULT_INTERVAL
     return value
 
@@ -61,9 +61,7 @@ def _env_interval() -> float:
 def _resolve_mode(mode: str | None, file: IO[str]) -> str:
     mode = (mode or os.environ.get(ENV_MODE, "") or "auto").strip().lower()
     if mode not in MODES:
-        logging.getLogger("weakclip.progress").warning(
-            f"progress mode {mode!r} is not one of {', '.join(MODES)}; using auto"
-        )
+        _log.warning(f"progress mode {mode!r} is not one of {', '.join(MODES)}; using auto")
         mode = "auto"
     if mode == "auto":
         try:
@@ -100,18 +98,14 @@ class Progress:
         **tqdm_kwargs: Any,
     ) -> None:
         if total is None and iterable is not None:
-            try:
+            with contextlib.suppress(TypeError):  # an iterable without len(): no total
                 total = len(iterable)  # type: ignore[arg-type]
-            except TypeError:
-                total = None
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.initial = self.n = initial
         self.file = file if file is not None else sys.stderr
         self.interval = _env_interval() if interval is None else float(interval)
         self.mode = "off" if disable else _resolve_mode(mode, self.file)
-        self.postfix = ""
-        self.closed = False
-        self.lines_printed = 0
+        self.postfix, self.closed, self.lines_printed = "", False, 0
         self._start = self._last = _now()
         self._bar = None
         if self.mode == "bar":
@@ -187,15 +181,11 @@ class Progress:
         return head + ", ".join(parts + post)
 
     def _print(self, text: str) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken stream must not stop the work
             print(text, file=self.file, flush=True)
-        except (OSError, ValueError):  # a closed or broken stream must not stop the work
-            pass
 
 
-def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> Progress:
-    """``Progress(iterable, **kwargs)``: see the module docstring."""
-    return Progress(iterable, **kwargs)
+progress = Progress  # the tqdm-like name
 
 
 def add_progress_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,10 +1,6 @@
-"""``weakclip report``: one HTML page that compares mask runs (seeds, generated masks, CRF output) against the ground
-truth: the runs' settings and scores side by side, per-class IoU and its change between consecutive runs, a confusion
-matrix per run, a gallery of the images that gain and lose most, missing and ignore-heavy masks.  The page has no
-script and fetches nothing (plots and thumbnails are files in ``assets/``).
-
-The numbers are :func:`weakclip.masks.evaluate.confusion`'s, one count per image and run, summed: a run's mIoU equals
-``weakclip evaluate`` on the images it has.  One image's masks are in memory at a time.
+"""``weakclip report``: one HTML page (no script; plots and thumbnails in ``assets/``) comparing mask runs against the
+ground truth.  The numbers are :func:`weakclip.masks.evaluate.confusion`'s, one count per image and run, summed: a
+run's mIoU equals ``weakclip evaluate`` on the images it has.
 """
 
 from __future__ import annotations
@@ -12,7 +8,6 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import html
-import io
 import json
 import math
 import os
@@ -143,19 +138,6 @@ def describe_run(path: str | os.PathLike) -> RunInfo:
         return RunInfo(path, f"CLIP-ES seeds ({s.get('preset', '?')})", "seeds", settings, _image_dir(args))
     settings = {"made by": "? (no generate_config.json or seeds_config.json)", "date": _date(path)}
     return RunInfo(path, path.name or str(path), "masks", settings, None)
-
-
-def _thumb(rgb: np.ndarray, size: int) -> Any:
-    from PIL import Image
-
-    img = Image.fromarray(rgb)
-    img.thumbnail((size, size), Image.Resampling.LANCZOS)  # overlays are drawn at full size, then shrunk
-    return img
-
-
-def _find_image(roots: Sequence[Path], name: str) -> Path | None:
-    cands = (root / f"{name}{e}" for root in roots for ext in IMAGE_EXTS for e in (ext, ext.upper()))
-    return next((p for p in cands if p.is_file()), None)
 
 
 def _pyplot() -> Any:
@@ -364,11 +346,9 @@ def _check_inputs(gt_dir: Path, runs: Sequence[Path], out: Path, image_root: Pat
     for r in runs:
         if not r.is_dir():
             raise UsageError(f"{r}: not a folder of masks")
-    seen: set[Path] = set()
-    for r in runs:
-        if r.resolve() in seen:
+    for n, r in enumerate(runs):
+        if r.resolve() in {q.resolve() for q in runs[:n]}:
             raise UsageError(f"{r}: given twice")
-        seen.add(r.resolve())
     inputs = [("--gt", gt_dir), *(("a run", r) for r in runs), *([("--image-root", image_root)] if image_root else [])]
     for what, p in inputs:
         if out.resolve() == p.resolve():
@@ -394,9 +374,8 @@ def make_report(
     """Write ``out/index.html`` (+ ``assets/``, ``report.json``, ``per_image.csv``) comparing the mask folders
     ``runs`` (in this order: the first and the last are the gallery's "before" and "after") against ``gt_dir``.
 
-    ``images``: default every ``*.png`` in ``gt_dir``; ``class_names``: default
-    :func:`weakclip.masks.evaluate.find_class_names`; ``image_root``: default from the runs' config files, else
-    ``JPEGImages`` beside the GT folder.  Bad input raises UsageError (naming the file)."""
+    Defaults: ``images`` every ``*.png`` in ``gt_dir``, ``class_names`` from :func:`find_class_names`, ``image_root``
+    from the runs' config files, else ``JPEGImages`` beside ``gt_dir``.  Bad input: UsageError."""
     from weakclip.progress import progress
 
     gt_dir, out = Path(gt_dir), Path(out)
@@ -509,9 +488,9 @@ def make_report(
     write("report.json", json.dumps(summary, indent=1) + "\n")
     header = ["image", *(f"miou {info.name}" for info in infos), *(f"share 255 {info.name}" for info in infos)]
     cols = [st.image_miou for st in stats] + [st.ignore_share for st in stats]
-    table = io.StringIO()
-    csv.writer(table).writerows([header, *([name, *(_num(c[i]) for c in cols)] for i, name in enumerate(images))])
-    write("per_image.csv", table.getvalue(), newline="")
+    with atomic_path(out / "per_image.csv") as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header, *([name, *(_num(c[i]) for c in cols)] for i, name in enumerate(images))])
+    written.append(out / "per_image.csv")
 
     omitted = f"{K - len(shown)} class slot(s) with no pixel in the ground truth or any run are left out."
     confusions = (
@@ -578,17 +557,22 @@ def _gallery(
     """The gallery's HTML and JSON rows; its thumbnails (each image once, however many sections show it) are written
     and added to ``files``."""
 
+    from PIL import Image
+
     def save(rgb: np.ndarray, i: int, kind: str) -> str:
+        img = Image.fromarray(rgb)
+        img.thumbnail((thumb, thumb), Image.Resampling.LANCZOS)  # overlays are drawn at full size, then shrunk
         files.append(assets / f"i{i:07d}_{kind}.jpg")
         with atomic_path(files[-1]) as tmp:
-            _thumb(rgb, thumb).save(tmp, format="JPEG", quality=82, optimize=True)
+            img.save(tmp, format="JPEG", quality=82, optimize=True)
         return files[-1].name
 
     def thumbnails(i: int, name: str) -> tuple[list[str], list[int], str]:
         """The image, the GT overlay, each run's overlay ("" where a run has no mask); the classes; a note."""
         gt = read_mask(gt_dir / f"{name}.png")
         image, note = None, ""
-        src = _find_image(roots, name)
+        found = (root / f"{name}{e}" for root in roots for ext in IMAGE_EXTS for e in (ext, ext.upper()))
+        src = next((p for p in found if p.is_file()), None)
         if src is None:
             note = "image not found" if roots else ""
         else:
@@ -656,16 +640,12 @@ def _scores_table(infos: Sequence[RunInfo], stats: Sequence[RunStats]) -> str:
 
 
 def _per_class_table(
-    infos: Sequence[RunInfo],
-    stats: Sequence[RunStats],
-    class_names: Sequence[str],
-    shown: Sequence[int],
-    gt_pixels: np.ndarray,
+    infos: Sequence[RunInfo], stats: Sequence[RunStats], names: Sequence[str], shown: list[int], px: np.ndarray
 ) -> str:
     rows = []
     for c in shown:
         ious = [st.metrics.iou[c] for st in stats]
-        cells = [_td(_swatch(c, class_names[c])), _td(int(gt_pixels[c]), "num gt-pixels")]
+        cells = [_td(_swatch(c, names[c])), _td(int(px[c]), "num gt-pixels")]
         cells += [_td(_pct(v), "num iou", f' data-run="{r}"') for r, v in enumerate(ious)]
         cells += [_delta_cell(b - a) for a, b in zip(ious, ious[1:])]
         rows.append(_tr(cells, f' data-class="{c}"'))
@@ -673,9 +653,7 @@ def _per_class_table(
     return _table(["class", "GT pixels", *(info.name for info in infos), *deltas], rows)
 
 
-def _coverage_table(
-    infos: Sequence[RunInfo], stats: Sequence[RunStats], images: Sequence[str], ignore_heavy: float
-) -> str:
+def _coverage_table(infos: Sequence[RunInfo], stats: Sequence[RunStats], images: list[str], ignore_heavy: float) -> str:
     def listing(names: Sequence[str]) -> str:
         more = f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else ""
         return _e(", ".join(names[:LISTED_NAMES]) + more) if names else "–"
