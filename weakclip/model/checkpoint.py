@@ -18,10 +18,7 @@ FORMAT = "weakclip-checkpoint-1"
 
 
 def save_checkpoint(model: WeakCLIP, path: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
-    """Write every parameter and buffer of ``model`` plus its config and class names to one .safetensors file.
-
-    The write is atomic (temporary name, then rename).  ``extra`` adds string metadata (e.g. training iteration).
-    """
+    """Write the state dict, config and class names atomically to one .safetensors file; ``extra``: more metadata."""
     path = Path(path)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {
@@ -77,8 +74,8 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
-    bad_shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in expected if k in sd
-                 and sd[k].shape != expected[k].shape]  # fmt: skip
+    shapes = {k: (tuple(sd[k].shape), tuple(v.shape)) for k, v in expected.items() if k in sd}
+    bad_shape = [f"{k} {got} vs {want}" for k, (got, want) in shapes.items() if got != want]
     if missing or unexpected or bad_shape:
         raise StateDictMismatchError(
             f"{source}: state dict does not match the model: missing keys {_few(missing)}, unexpected keys "

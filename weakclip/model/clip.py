@@ -1,7 +1,4 @@
-"""CLIP towers over open_clip: image taps + dense embeddings with positional-embedding resize, and the text tower.
-
-Both towers are frozen (requires_grad False) inside WeakCLIP; only their forward passes are customised here.
-"""
+"""CLIP towers over open_clip (frozen in WeakCLIP): image taps + dense embeddings, and the text tower."""
 
 from __future__ import annotations
 
@@ -121,7 +118,6 @@ class CLIPTextEncoder(nn.Module):
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (K, E)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Pretrained CLIP weights
 
 
@@ -130,11 +126,9 @@ class WeightsUnavailableError(WeightsUnavailable, RuntimeError):
 
 
 def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """Read CLIP weights from an OpenAI TorchScript archive, a safetensors file or a plain tensor state dict.
+    """CLIP weights from an OpenAI TorchScript archive (as float32), a safetensors file or a tensor-only state dict.
 
-    No code from the file runs: TorchScript archives (OpenAI's released ``.pt`` files) are read as data by
-    :func:`weakclip.model.torchscript_weights.read_torchscript_state_dict` (never ``torch.jit.load``, which executes the
-    archive; its floating-point tensors come back float32), plain state dicts with ``torch.load(weights_only=True)``.
+    No code from the file runs: TorchScript archives are read as data, never with ``torch.jit.load``.
     """
     p = Path(path)
     if not p.is_file():
@@ -170,31 +164,22 @@ def openai_weights_path(model_name: str) -> str:
         ) from None
 
 
+_TEXT_TOWER_KEYS = {"transformer", "token_embedding", "ln_final", "positional_embedding", "text_projection"}
+
+
 def load_clip_weights(
     image_encoder: CLIPImageEncoder, text_encoder: CLIPTextEncoder, weights: str, model_name: str = "ViT-B-16"
 ) -> None:
-    """Load OpenAI-layout CLIP weights (``visual.*`` + top-level text keys) into both towers.
-
-    The 14×14 positional grid is resized (bilinear, align_corners False) to the crop's token grid and the text
-    positional table is truncated to the prompt length.  Missing tower keys are an error that lists them.
-    """
+    """Load OpenAI-layout CLIP weights into both towers, the positional grid resized to the crop's and the text
+    positional table cut to the prompt length; missing tower keys are an error that lists them."""
     path = openai_weights_path(model_name) if weights == "openai" else weights
     sd = _load_state_dict_file(os.fspath(path))
-    vis, txt = {}, {}
-    for k, v in sd.items():
-        if k.startswith("visual."):
-            vis[k[len("visual.") :]] = v
-        elif k.startswith(("transformer.", "token_embedding.", "ln_final.")) or k in (
-            "positional_embedding",
-            "text_projection",
-        ):
-            txt[k] = v
-    if "positional_embedding" in vis:
-        pos = vis["positional_embedding"]
-        grid = int(round((pos.shape[0] - 1) ** 0.5))
-        if pos.shape[0] != image_encoder.visual.positional_embedding.shape[0]:
-            g = image_encoder.grid
-            vis["positional_embedding"] = resize_pos_embed(pos.float(), grid, (g, g))
+    vis = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
+    txt = {k: v for k, v in sd.items() if k.split(".")[0] in _TEXT_TOWER_KEYS}
+    pos = vis.get("positional_embedding")
+    if pos is not None and pos.shape[0] != image_encoder.visual.positional_embedding.shape[0]:
+        grid, g = int(round((pos.shape[0] - 1) ** 0.5)), image_encoder.grid
+        vis["positional_embedding"] = resize_pos_embed(pos.float(), grid, (g, g))
     if "positional_embedding" in txt:
         txt["positional_embedding"] = txt["positional_embedding"][: text_encoder.tower.positional_embedding.shape[0]]
     for name, module, part in (("visual", image_encoder.visual, vis), ("text", text_encoder.tower, txt)):

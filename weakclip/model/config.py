@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from weakclip.data.classes import COCO_CLASSES, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
@@ -82,23 +81,17 @@ class WeakCLIPConfig:
         return self.name_context_length + self.n_contexts
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WeakCLIPConfig:
-        return cls(**_checked(cls, d))
-
-
-def _checked(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise KeyError(f"unknown WeakCLIP config key(s) {unknown}; valid keys: {sorted(names)}")
-    out = {}
-    for k, v in d.items():
-        out[k] = tuple(v) if isinstance(v, list) else v
-    return out
+        """The config of ``d`` (lists become tuples); unknown keys are a KeyError listing the valid ones."""
+        names = {f.name for f in fields(cls)}
+        if unknown := sorted(set(d) - names):
+            raise KeyError(f"unknown WeakCLIP config key(s) {unknown}; valid keys: {sorted(names)}")
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**values)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -132,6 +125,4 @@ def get_config(preset: str, **overrides: Any) -> WeakCLIPConfig:
     """Build a config from a named preset plus keyword overrides (unknown keys are a clear error)."""
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    d = dict(PRESETS[preset])
-    d.update(overrides)
-    return WeakCLIPConfig(**_checked(WeakCLIPConfig, d))
+    return WeakCLIPConfig.from_dict({**PRESETS[preset], **overrides})

@@ -17,11 +17,6 @@ class ConvBNReLU(nn.Sequential):
         self.relu = nn.ReLU(inplace=True)
 
 
-class Upsample2x(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-
-
 class TextGuidedDecoder(nn.Module):
     """forward(levels: 4 × (B, D, ·, ·) at strides 4…32, S (B, K, h, w)) -> logits (B, K, H/4, W/4).
 
@@ -40,7 +35,7 @@ class TextGuidedDecoder(nn.Module):
             for j in range(max(1, i)):
                 blocks.append(ConvBNReLU(neck_channels if j == 0 else head_channels, head_channels))
                 if i > 0:
-                    blocks.append(Upsample2x())
+                    blocks.append(nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False))
             self.scale_heads.append(nn.Sequential(*blocks))
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = nn.Conv2d(head_channels, num_classes, 1)

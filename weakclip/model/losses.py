@@ -59,10 +59,7 @@ def denormalize_to_uint8(
 
 
 def crf_targets(
-    probs: torch.Tensor,
-    images_uint8: np.ndarray,
-    params: CRFParams = BOUNDARY_LOSS_CRF,
-    min_prob: float = 1e-4,
+    probs: torch.Tensor, images_uint8: np.ndarray, params: CRFParams = BOUNDARY_LOSS_CRF, min_prob: float = 1e-4
 ) -> torch.Tensor:
     """Q (B, K, H/8, W/8) = dense CRF of P on the CPU, detached, clamped ≥ ``min_prob`` and renormalised."""
     p = probs.detach().float().cpu().numpy()

@@ -30,27 +30,18 @@ class WeakCLIP(nn.Module):
     learner and the text tower run (training: gradients reach the contexts).
     """
 
-    def __init__(
-        self,
-        *,
-        config: WeakCLIPConfig,
-        image_encoder: CLIPImageEncoder,
-        text_encoder: CLIPTextEncoder,
-        prompt: PromptLearner,
-        adapter: PyramidAdapter,
-        coattention: CoAttentionMatching,
-        decoder: TextGuidedDecoder,
-    ):
+    def __init__(self, config: WeakCLIPConfig):
         super().__init__()
-        self.config = config
-        self.image_encoder = image_encoder
-        self.text_encoder = text_encoder
-        self.prompt = prompt
-        self.adapter = adapter
-        self.coattention = coattention
-        self.decoder = decoder
-        for tower in (self.image_encoder, self.text_encoder):
-            tower.requires_grad_(False)
+        c = self.config = config
+        self.image_encoder = CLIPImageEncoder(c).requires_grad_(False)
+        self.text_encoder = CLIPTextEncoder(c).requires_grad_(False)
+        self.prompt = PromptLearner(c.class_names, c.n_contexts, c.text_width, c.name_context_length)
+        self.adapter = PyramidAdapter(c.vision_width)
+        coattn = (c.coattn_width, c.coattn_heads, c.coattn_layers, c.coattn_mlp_ratio, c.coattn_dropout)
+        self.coattention = CoAttentionMatching(c.embed_dim, *coattn, c.residual_scale_init)
+        self.decoder = TextGuidedDecoder(
+            c.vision_width, c.num_classes, c.neck_channels, c.head_channels, c.head_dropout
+        )
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -71,25 +62,7 @@ class WeakCLIP(nn.Module):
 
 def build_from_config(config: WeakCLIPConfig) -> WeakCLIP:
     """Random-init WeakCLIP for ``config`` (no weight loading)."""
-    return WeakCLIP(
-        config=config,
-        image_encoder=CLIPImageEncoder(config),
-        text_encoder=CLIPTextEncoder(config),
-        prompt=PromptLearner(config.class_names, config.n_contexts, config.text_width, config.name_context_length),
-        adapter=PyramidAdapter(config.vision_width),
-        coattention=CoAttentionMatching(
-            config.embed_dim,
-            config.coattn_width,
-            config.coattn_heads,
-            config.coattn_layers,
-            config.coattn_mlp_ratio,
-            config.coattn_dropout,
-            config.residual_scale_init,
-        ),
-        decoder=TextGuidedDecoder(
-            config.vision_width, config.num_classes, config.neck_channels, config.head_channels, config.head_dropout
-        ),
-    )
+    return WeakCLIP(config)
 
 
 def build_model(preset: str, *, clip_weights: str | None = None, **overrides: Any) -> WeakCLIP:
@@ -108,10 +81,9 @@ def build_model(preset: str, *, clip_weights: str | None = None, **overrides: An
 
 def parameter_table(model: WeakCLIP) -> list[tuple[str, int, int]]:
     """(component, total parameters, trainable parameters) per top-level part, plus a total row."""
-    rows = []
-    for name, module in model.named_children():
-        total = sum(p.numel() for p in module.parameters())
-        train = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        rows.append((name, total, train))
+    rows = [
+        (name, sum(p.numel() for p in m.parameters()), sum(p.numel() for p in m.parameters() if p.requires_grad))
+        for name, m in model.named_children()
+    ]
     rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
     return rows

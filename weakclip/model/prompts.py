@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-_TOKENIZER: SimpleTokenizer | None = None
 
-
+@functools.cache
 def _tokenizer() -> SimpleTokenizer:
-    global _TOKENIZER
-    if _TOKENIZER is None:
-        _TOKENIZER = SimpleTokenizer()
-    return _TOKENIZER
+    return SimpleTokenizer()
 
 
 def tokenize_names(class_names: tuple[str, ...] | list[str], context_length: int = 5) -> torch.Tensor:

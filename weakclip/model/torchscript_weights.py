@@ -167,16 +167,14 @@ def _class_table(zf: zipfile.ZipFile, prefix: str) -> dict[str, _ClassInfo]:
         module = name[len(code) : -len(".py")].replace("/", ".")
         current: _ClassInfo | None = None
         for line in zf.read(name).decode("utf-8", errors="replace").splitlines():
-            m = _CLASS_LINE.match(line)
-            if m:
+            if m := _CLASS_LINE.match(line):
                 current = table[f"{module}.{m.group(1)}"] = _ClassInfo(is_module=m.group(2) == "Module")
                 continue
             if line and not line[0].isspace():
                 current = None
             if current is None:
                 continue
-            m = _SLOT_LIST_LINE.match(line)
-            if m:
+            if m := _SLOT_LIST_LINE.match(line):
                 try:
                     names = ast.literal_eval(m.group(2))
                 except (ValueError, SyntaxError):
