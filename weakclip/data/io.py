@@ -81,8 +81,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise OutputError(path, OSError(int(m.group(1)), os.strerror(int(m.group(1))))) from e
         raise
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)
 
 
 def commit_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:

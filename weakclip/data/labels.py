@@ -164,9 +164,8 @@ def read_labels_txt(path: str | os.PathLike, num_classes: int | None = None) -> 
         try:
             idx = [int(p) for p in parts[1:]]
         except ValueError:
-            raise ValueError(
-                f"{path}:{lineno}: expected 'name idx idx ...' with integer indices, got {line!r}"
-            ) from None
+            expected = "expected 'name idx idx ...' with integer indices"
+            raise ValueError(f"{path}:{lineno}: {expected}, got {line!r}") from None
         out[parts[0]] = _check_indices(path, parts[0], idx, num_classes)
     return out
 
