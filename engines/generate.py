@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from weakclip.data.io import FolderLock, file_sha256
+from weakclip.data.labels import load_labels
 from weakclip.engines.base import (
     Engine,
     EngineError,
@@ -36,11 +38,13 @@ from weakclip.masks.batch import (
     one_line,
     overlay_names,
     read_inputs,
+    require_pydensecrf,
     run_batch,
     write_record,
 )
 from weakclip.masks.inference import InferenceOptions, postprocess, predict_probs
 from weakclip.model.config import DEFAULT_SCALES, scales_from
+from weakclip.progress import print_startup
 
 RECORD = "generate_config.json"
 
@@ -106,15 +110,6 @@ class EngineSpec:
         return auto_engine(self.model)
 
 
-def _check_crf_available(crf: str) -> None:
-    if crf == "none":
-        return
-    try:
-        import pydensecrf.densecrf  # noqa: F401
-    except ImportError as e:
-        raise UsageError(f"--crf {crf} needs pydensecrf (pip install pydensecrf2, or the [train] extra): {e}") from None
-
-
 def _model_class_names(model: str | None, engine_name: str) -> list[str] | None:
     """The class names recorded in the model file (checkpoint or ONNX metadata), read without loading the model;
     None where the file records none (a TensorRT plan, a custom engine)."""
@@ -138,8 +133,6 @@ def _model_class_names(model: str | None, engine_name: str) -> list[str] | None:
 
 def read_image_labels(path: str | os.PathLike, num_classes: int | None) -> dict[str, list[int]]:
     """``--labels`` read for a ``num_classes``-class model (vector length and indices checked), as one usage line."""
-    from weakclip.data.labels import load_labels
-
     try:
         return load_labels(path, num_classes)
     except FileNotFoundError:
@@ -170,8 +163,6 @@ def generate(
     :class:`~weakclip.errors.OutputError` at a write no later image could avoid.
     """
     if run.threads:
-        import torch
-
         torch.set_num_threads(run.threads)
     out = Path(out)
     all_items = read_inputs(images, image_root, ext)
@@ -179,7 +170,8 @@ def generate(
     spec = engine if isinstance(engine, EngineSpec) else EngineSpec()
     outputs = Outputs(out, masks.save_probs, masks.probs_dtype, record=RECORD)
     check_out_location(out, images, all_items, outputs, {"--model": spec.model, "--labels": labels})
-    _check_crf_available(masks.crf)
+    if masks.crf != "none":
+        require_pydensecrf(f"--crf {masks.crf} needs pydensecrf (pip install pydensecrf2, or the [train] extra)")
     if given is not None:
         engine_name = given.name or type(given).__name__
     else:  # the wrong kind of model file or an unknown option: refused before anything is written
@@ -254,10 +246,6 @@ def generate(
 
 
 def _startup_line(engine: Engine, spec: EngineSpec, opts: InferenceOptions, crf: str, todo: int, skipped: int) -> None:
-    import torch
-
-    from weakclip.progress import print_startup
-
     d = engine.describe()
     scales = ",".join(f"{r:g}" for r in opts.scales)
     print_startup(

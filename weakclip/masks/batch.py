@@ -129,6 +129,14 @@ def read_inputs(images: str | os.PathLike, root: str | os.PathLike | None, ext: 
     return items
 
 
+def require_pydensecrf(message: str) -> None:
+    """Refuse a CRF option before any work when pydensecrf is missing (``message: import error``)."""
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"{message}: {e}") from None
+
+
 def shard_from(text: str) -> tuple[int, int]:
     """``"i/N"`` → (i, N) with 0 <= i < N (ValueError otherwise)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)

@@ -118,12 +118,11 @@ def window_grid(h: int, w: int, crop: int, stride: int) -> list[Window]:
     """Sliding windows of mmseg ``slide_inference`` over an h×w view: list of (y1, y2, x1, x2), row-major."""
     h_grids = max(h - crop + stride - 1, 0) // stride + 1
     w_grids = max(w - crop + stride - 1, 0) // stride + 1
-    out = []
-    for i in range(h_grids):
-        for j in range(w_grids):
-            y2, x2 = min(i * stride + crop, h), min(j * stride + crop, w)
-            out.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
-    return out
+    return [
+        (max(y2 - crop, 0), y2, max(x2 - crop, 0), x2)
+        for y2 in [min(i * stride + crop, h) for i in range(h_grids)]
+        for x2 in [min(j * stride + crop, w) for j in range(w_grids)]
+    ]
 
 
 def engine_size(h: int, w: int, divisor: int) -> tuple[int, int]:
@@ -187,10 +186,7 @@ def _resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _finish_view(logit_sum: torch.Tensor, count: torch.Tensor, image_hw: tuple[int, int], flip: bool) -> torch.Tensor:
     """Summed window logits (K, h, w) / count → resize to H×W → softmax over K → un-flip: (K, H, W)."""
-    logits = (logit_sum / count)[None]
-    if tuple(logits.shape[-2:]) != tuple(image_hw):
-        logits = F.interpolate(logits, size=image_hw, mode="bilinear", align_corners=False)
-    probs = logits.softmax(dim=1)[0]
+    probs = _resize_logits((logit_sum / count)[None], image_hw).softmax(dim=1)[0]
     return probs.flip(-1) if flip else probs
 
 

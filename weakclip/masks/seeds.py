@@ -44,6 +44,7 @@ from weakclip.masks.batch import (
     one_line,
     overlay_names,
     read_inputs,
+    require_pydensecrf,
     run_batch,
     write_record,
 )
@@ -500,12 +501,7 @@ def make_seeds(
         options, class_names = seeder.options, seeder.class_names
     class_names = tuple(class_names or get_config(preset).class_names)
     if options.crf is not None:
-        try:
-            import pydensecrf.densecrf  # noqa: F401
-        except ImportError as e:
-            raise UsageError(
-                f"--crf clip_es needs pydensecrf (pip install pydensecrf2), or use --crf none: {e}"
-            ) from None
+        require_pydensecrf("--crf clip_es needs pydensecrf (pip install pydensecrf2), or use --crf none")
     if clip_weights not in (None, "openai") and not Path(clip_weights).is_file():
         raise UsageError(f"--clip-weights {clip_weights}: no such file (or pass 'openai')")
     all_items = read_inputs(images, image_root, ext)
