@@ -1,18 +1,14 @@
 """Benchmark the fused CUDA co-attention (libweakclip_coattn) against the PyTorch ``CoAttentionMatching`` module.
 
-Default problem: the VOC deployment shape — E = 512, W = 256, 4 heads, 3 chained layers per stack, K = 21, a 32×32
-token grid (N = 1 + h·w = 1025, a 512 crop) — for B in {1, 8}, fp32 and fp16.  Also times the attention kernel alone
-against ``torch.nn.functional.scaled_dot_product_attention`` on the image self-attention shape (B, N, 4, 64).
-
-Warm-up, CUDA-event timing, medians; prints the device; writes JSON + a markdown table to ``--out`` (required), after
-every row.  ``--time-budget S``: a row that would start after S seconds is cut; the JSON then names the cut rows
-(``"cut"``) and the exit status is 6.  Runs on a GPU machine (``benchmarks/gpu_check.sh --out DIR`` does build +
-tests + this).
+Default problem: the VOC deployment shape (E = 512, W = 256, 4 heads, 3 layers, K = 21, a 32×32 token grid) for B in
+{1, 8}, fp32 and fp16; also the attention kernel alone against ``scaled_dot_product_attention``.  Writes
+``cuda_coattn_<gpu>.{json,md}`` to ``--out`` after every row; rows cut by ``--time-budget`` are named (exit status 6).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import re
@@ -63,24 +59,23 @@ class OutOfTime(Exception):
     """The --time-budget is spent: the rows measured so far are kept."""
 
 
-def bench_coattention(ops, args, emit: Callable[[dict], None], check_time: Callable[[str], None]) -> None:
+def bench_coattention(ops, args, emit: Callable[[dict, str], None], check_time: Callable[[str], None]) -> None:
     from weakclip.model.coattention import CoAttentionMatching
 
     torch.manual_seed(0)
     base = CoAttentionMatching(args.embed_dim, args.width, args.heads, args.layers).eval()
     for dname in args.dtype:
         dtype = DTYPES[dname]
-        module = CoAttentionMatching(args.embed_dim, args.width, args.heads, args.layers).eval()
-        module.load_state_dict(base.state_dict())
-        module = module.to(device="cuda", dtype=dtype)
+        module = copy.deepcopy(base).to(device="cuda", dtype=dtype)
         prepared = ops.prepare_weights(module, dtype, "cuda")
         for B in args.batch:
             check_time(f"coattention {dname} B={B}")
             gen = torch.Generator(device="cuda").manual_seed(B)
             E, h, w = args.embed_dim, args.grid, args.grid
-            g = torch.randn(B, E, device="cuda", generator=gen).to(dtype)
-            dense = torch.randn(B, E, h, w, device="cuda", generator=gen).to(dtype)
-            T = torch.randn(args.classes, E, device="cuda", generator=gen).to(dtype)
+            g, dense, T = (
+                torch.randn(*shape, device="cuda", generator=gen).to(dtype)
+                for shape in ((B, E), (B, E, h, w), (args.classes, E))
+            )
 
             def torch_fn(module=module, g=g, dense=dense, T=T):
                 with torch.inference_mode():
@@ -109,16 +104,15 @@ def bench_coattention(ops, args, emit: Callable[[dict], None], check_time: Calla
                 "fused_peak_mb": peak_memory_mb(fused_fn),
                 "max_abs_diff_S": max_diff,
             }
-            emit(row)
-            print(
+            emit(
+                row,
                 f"coattention {dname} B={B}: torch {row['torch_ms']:.3f} ms, fused {row['fused_ms']:.3f} ms "
                 f"(x{row['speedup']:.2f}), peak MiB {row['torch_peak_mb']:.1f} / {row['fused_peak_mb']:.1f}, "
                 f"max |dS| {max_diff:.2e}",
-                flush=True,
             )
 
 
-def bench_attention(ops, args, emit: Callable[[dict], None], check_time: Callable[[str], None]) -> None:
+def bench_attention(ops, args, emit: Callable[[dict, str], None], check_time: Callable[[str], None]) -> None:
     hd = args.width // args.heads
     N = 1 + args.grid * args.grid
     for dname in args.dtype:
@@ -148,12 +142,9 @@ def bench_attention(ops, args, emit: Callable[[dict], None], check_time: Callabl
                     "fused_ms": t_fused["median_ms"],
                     "speedup": t_ref["median_ms"] / t_fused["median_ms"],
                     "max_abs_diff": diff,
-                }
-            )
-            print(
-                f"attention {dname} B={B} N={N}: sdpa {t_ref['median_ms']:.3f} ms, fused {t_fused['median_ms']:.3f} ms, "
-                f"max |d| {diff:.2e}",
-                flush=True,
+                },
+                f"attention {dname} B={B} N={N}: sdpa {t_ref['median_ms']:.3f} ms, fused {t_fused['median_ms']:.3f} "
+                f"ms, max |d| {diff:.2e}",
             )
 
 
@@ -183,11 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32", "fp16"])
     p.add_argument("--grid", type=int, default=32, help="token grid side (32 for a 512 crop: N = 1025)")
-    p.add_argument("--classes", type=int, default=21)
-    p.add_argument("--embed-dim", type=int, default=512)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--layers", type=int, default=3)
+    for flag, default in (("--classes", 21), ("--embed-dim", 512), ("--width", 256), ("--heads", 4), ("--layers", 3)):
+        p.add_argument(flag, type=int, default=default)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--lib", help="path to libweakclip_coattn.so (default: $WEAKCLIP_CUDA_LIB or build/)")
@@ -230,18 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     cut: list[str] = []
 
     def save() -> None:
-        from weakclip.data.io import atomic_path
+        from weakclip.data.io import write_text_atomic
 
-        for suffix, text in (
-            (".json", json.dumps({"meta": meta, "results": rows, "cut": cut}, indent=2) + "\n"),
-            (".md", markdown(meta, rows) + (f"\nCut by --time-budget: {cut[0]} and later.\n" if cut else "")),
-        ):
-            with atomic_path(out / f"cuda_coattn_{slug}{suffix}") as tmp:
-                tmp.write_text(text)
+        write_text_atomic(
+            out / f"cuda_coattn_{slug}.json", json.dumps({"meta": meta, "results": rows, "cut": cut}, indent=2) + "\n"
+        )
+        cut_line = f"\nCut by --time-budget: {cut[0]} and later.\n" if cut else ""
+        write_text_atomic(out / f"cuda_coattn_{slug}.md", markdown(meta, rows) + cut_line)
 
-    def emit(row: dict) -> None:
+    def emit(row: dict, message: str) -> None:
         rows.append(row)
         save()
+        print(message, flush=True)
 
     try:
         bench_coattention(ops, args, emit, check_time)

@@ -1,11 +1,7 @@
 """Loss ablation on the synthetic set: seed only / seed + boundary / all three, tiny preset, CPU.
 
-    weakclip bench loss-ablation [--images 200] [--iters 600] [--out DIR] [--workdir DIR]
-
-For each setting: train (training/train.py), then single-scale pseudo masks for the training images with the
-trained model, scored against GT next to the seeds' own mIoU on the same images.  Results go to
-<out>/loss_ablation.{json,md} (``--out``, default ./weakclip_bench/; ``make bench-ablation`` writes the repository's
-benchmarks/results/), the dataset and the training runs to ``--workdir`` (default <out>/loss_ablation_work).
+For each setting: train, then single-scale pseudo masks of the training images scored against GT next to the seeds'
+own mIoU.  Writes ``<out>/loss_ablation.{json,md}``; the dataset and training runs go to ``--workdir``.
 """
 
 from __future__ import annotations
@@ -64,23 +60,25 @@ def main(argv: list[str] | None = None) -> int:
     K = len((data / "class_names.txt").read_text().split("\n")) - 1
     seeds = 100 * evaluate_dirs(data / "SeedMasks", data / "SegmentationClass", K, names)[0].miou
     rows = []
+    base = [f"train.iters={args.iters}", "--resume", "--no-progress", f"schedule.val_interval={args.iters}"]
     for label, overrides in SETTINGS.items():
         work = out / label.replace(" + ", "_").replace(" ", "_")
         t0 = time.perf_counter()
-        train_main([f"data.root={data}", f"work_dir={work}", f"train.iters={args.iters}", "--resume", "--no-progress",
-                    f"schedule.val_interval={args.iters}", "schedule.log_interval=100", *overrides])  # fmt: skip
+        train_main([f"data.root={data}", f"work_dir={work}", *base, "schedule.log_interval=100", *overrides])
         miou = pseudo_mask_miou(work / "final.safetensors", data, names)
-        rows.append({"losses": label, "pseudo_mask_miou": miou, "seeds_miou": seeds, "gain": miou - seeds,
-                     "train_s": time.perf_counter() - t0})  # fmt: skip
+        row = {"losses": label, "pseudo_mask_miou": miou, "seeds_miou": seeds, "gain": miou - seeds}
+        rows.append(row | {"train_s": time.perf_counter() - t0})
         print(f"{label:24s} pseudo masks {miou:.2f}  seeds {seeds:.2f}  gain {miou - seeds:+.2f}", flush=True)
     info = machine_info()
     cmd = f"weakclip bench loss-ablation --images {args.images} --iters {args.iters} --seed {args.seed}"
     md = "| losses | pseudo-mask mIoU | seeds mIoU | gain | train+eval time (s) |\n|---|---|---|---|---|\n"
-    md += "".join(f"| {r['losses']} | {r['pseudo_mask_miou']:.2f} | {r['seeds_miou']:.2f} | {r['gain']:+.2f} | "
-                  f"{r['train_s']:.0f} |\n" for r in rows)  # fmt: skip
-    md += (f"\n{args.images} synthetic training images (seed {args.seed}), tiny preset, batch 8, {args.iters} "
-           f"iterations, single-scale masks on the training images.  Command: `{cmd}`.  Machine: {info['cpu']}, "
-           f"{info['usable_cores']} cores.\n")  # fmt: skip
+    for r in rows:
+        md += f"| {r['losses']} | {r['pseudo_mask_miou']:.2f} | {r['seeds_miou']:.2f} | {r['gain']:+.2f} | {r['train_s']:.0f} |\n"
+    md += (
+        f"\n{args.images} synthetic training images (seed {args.seed}), tiny preset, batch 8, {args.iters} iterations, "
+    )
+    md += f"single-scale masks on the training images.  Command: `{cmd}`.  Machine: {info['cpu']}, "
+    md += f"{info['usable_cores']} cores.\n"
     print(md)
     j, _ = write_results("loss_ablation", {"machine": info, "command": cmd, "rows": rows}, md, args.out)
     print(f"wrote {j.with_suffix('')}.{{json,md}}")

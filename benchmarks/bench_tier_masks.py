@@ -2,33 +2,22 @@
 the synthetic ground truth: mIoU per engine and its change from the PyTorch fp32 masks (goal: ≤ 0.3 points).
 Needs a finished ``weakclip demo`` folder (``--demo``, default demo_out/).
 
-Rows (each is ``weakclip generate`` on the demo's training images, single scale, with the engine's own options):
-
-  torch-fp32          [fp32] torch engine on demo_out/run/final.safetensors: the reference
-  onnxruntime-fp32    [fp32] ONNX Runtime on demo_out/onnx/weakclip.onnx
-  torch-bf16          [bf16] torch engine, precision bf16 (bf16 autocast, bf16 matmul weights).  On a CPU without
-                      avx512_bf16 / amx_bf16 generate refuses it; the row then runs with ``--engine-opt
-                      check_isa=false`` (oneDNN's emulated bf16: the same bf16 roundings, slower) and says so
-  onnxruntime-int8    [int8] what ``weakclip export --int8 data/JPEGImages`` writes (static int8 convs calibrated on
-                      the demo's training images + dynamic int8 ViT linears)
-
-Besides mIoU: pixel agreement of every row's masks with the torch-fp32 masks, and images/s of the generate run (the
-tiny model: a mechanics figure, not a speed claim — bench_cpu_engines.py measures ViT-B/16).
-
+Each row is ``weakclip generate`` on the demo's training images (single scale); bf16 on a CPU without native bf16 runs
+emulated (same roundings) and says so; int8 is what ``weakclip export --int8`` writes, calibrated on the training
+images.  Also: pixel agreement with the torch-fp32 masks and images/s (a mechanics figure for the tiny model).
 Writes ``<out>/tier_masks.{json,md,png}``; work files go to ``--workdir`` (default ``<demo>/tier_masks``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from weakclip.benchmarks.common import add_out_argument, machine_info, write_results
-from weakclip.data.io import atomic_path
+from weakclip.benchmarks.common import add_out_argument, machine_info, save_plot, write_results
+from weakclip.data.io import write_text_atomic
 from weakclip.engines.generate import EngineSpec
 from weakclip.errors import ArgumentParser, UsageError, cli
 from weakclip.masks import cpu_features
@@ -56,16 +45,12 @@ def mask_agreement(a_dir: Path, b_dir: Path, names: Sequence[str]) -> float:
 
 def engine_spec(row: str, files: dict[str, Path], emulate_bf16: bool) -> EngineSpec:
     """The engine of one row (what ``weakclip generate --engine … --model … --precision …`` would build)."""
-    if row == "torch-fp32":
-        return EngineSpec(str(files["checkpoint"]), "torch", {"precision": "fp32"})
-    if row == "torch-bf16":
-        extra = {"check_isa": False} if emulate_bf16 else {}
-        return EngineSpec(str(files["checkpoint"]), "torch", {"precision": "bf16", **extra})
-    if row == "onnxruntime-fp32":
-        return EngineSpec(str(files["onnx"]), "onnxruntime", {"precision": "fp32"})
-    if row == "onnxruntime-int8":
-        return EngineSpec(str(files["onnx_int8"]), "onnxruntime", {"precision": "int8"})
-    raise ValueError(f"unknown row {row!r}; choose from {ROWS}")
+    if row not in TIER:
+        raise ValueError(f"unknown row {row!r}; choose from {ROWS}")
+    engine, precision = row.split("-")
+    model = "checkpoint" if engine == "torch" else ("onnx_int8" if precision == "int8" else "onnx")
+    extra = {"check_isa": False} if row == "torch-bf16" and emulate_bf16 else {}
+    return EngineSpec(str(files[model]), engine, {"precision": precision, **extra})
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -96,28 +81,22 @@ def markdown(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Bar chart: each row's ΔmIoU against torch fp32, the ±goal band shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in report["rows"] if not r.get("skipped")]
     colors = {"fp32": "tab:blue", "bf16": "tab:green", "int8": "tab:orange"}
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.axhspan(-MAX_MIOU_CHANGE, MAX_MIOU_CHANGE, color="0.9", label=f"goal ±{MAX_MIOU_CHANGE:g}")
-    ax.bar([r["row"] for r in rows], [r["delta_miou"] for r in rows], color=[colors[r["tier"]] for r in rows])
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_ylabel("ΔmIoU vs torch fp32 (points)")
-    ax.set_title(
-        f"pseudo masks by tier, demo model ({report['images']} images); torch fp32 mIoU "
-        f"{next(r['miou'] for r in rows if r['row'] == 'torch-fp32'):.2f}",
-        fontsize=9,
-    )
-    ax.tick_params(axis="x", rotation=30, labelsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
+    ref = next(r["miou"] for r in rows if r["row"] == "torch-fp32")
+
+    def draw(fig: Any, axes: list[Any]) -> None:
+        ax = axes[0]
+        ax.axhspan(-MAX_MIOU_CHANGE, MAX_MIOU_CHANGE, color="0.9", label=f"goal ±{MAX_MIOU_CHANGE:g}")
+        ax.bar([r["row"] for r in rows], [r["delta_miou"] for r in rows], color=[colors[r["tier"]] for r in rows])
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_ylabel("ΔmIoU vs torch fp32 (points)")
+        title = f"pseudo masks by tier, demo model ({report['images']} images); torch fp32 mIoU {ref:.2f}"
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+        ax.legend(fontsize=8)
+
+    save_plot(path, draw, (7, 3.6), ncols=1)
 
 
 @cli
@@ -134,11 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = Path(args.demo)
     data = demo / "data"
     files = {"checkpoint": demo / "run" / "final.safetensors", "onnx": demo / "onnx" / "weakclip.onnx"}
-    for what, p in (
-        ("trained checkpoint", files["checkpoint"]),
-        ("ONNX export", files["onnx"]),
-        ("class list", data / "class_names.txt"),
-    ):
+    checks = {
+        "trained checkpoint": files["checkpoint"],
+        "ONNX export": files["onnx"],
+        "class list": data / "class_names.txt",
+    }
+    for what, p in checks.items():
         if not p.is_file():
             raise UsageError(f"{p}: {what} not found; run `weakclip demo --out {demo}` first")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -154,9 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     train_list = data / "ImageSets" / "Segmentation" / "train.txt"
     names = [n.strip() for n in train_list.read_text().splitlines() if n.strip()][: args.limit]
-    image_list = work / "images.txt"
-    with atomic_path(image_list) as tmp:
-        tmp.write_text("\n".join(names) + "\n")
+    image_list = write_text_atomic(work / "images.txt", "\n".join(names) + "\n")
     K = len([n for n in (data / "class_names.txt").read_text().splitlines() if n.strip()])
     feats = cpu_features.detect()
     emulate_bf16 = cpu_features.missing_for("bf16", feats) is not None
@@ -186,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = engine_spec(row, files, emulate_bf16)
         log(f"{row}: generate with {spec.engine} {spec.model} {dict(spec.options)}")
         t = time.perf_counter()
+        run = RunOptions(workers=2, overwrite=True, progress=False)
         try:
-            generate(image_list, masks, spec, image_root=data / "JPEGImages",
-                     run=RunOptions(workers=2, overwrite=True, progress=False))  # fmt: skip
+            generate(image_list, masks, spec, image_root=data / "JPEGImages", run=run)
         except WeakclipError as e:
             results.append({"row": row, "tier": TIER[row], "skipped": f"generate failed: {e}"})
             continue
@@ -226,18 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = markdown(report)
     write_results("tier_masks", report, md, out)
     print(md)
-    if importlib.util.find_spec("matplotlib") is not None:
-        with atomic_path(out / "tier_masks.png") as tmp:
-            plot(report, tmp)
+    plot(report, out / "tier_masks.png")
     failed = [r["row"] for r in results if not r.get("skipped") and abs(r["delta_miou"]) > MAX_MIOU_CHANGE]
-    log(
-        f"wrote {out / 'tier_masks'}.{{json,md,png}}; "
-        + (
-            f"over the {MAX_MIOU_CHANGE:g}-point goal: {failed}"
-            if failed
-            else f"every row within {MAX_MIOU_CHANGE:g} points"
-        )
+    verdict = (
+        f"over the {MAX_MIOU_CHANGE:g}-point goal: {failed}"
+        if failed
+        else f"every row within {MAX_MIOU_CHANGE:g} points"
     )
+    log(f"wrote {out / 'tier_masks'}.{{json,md,png}}; {verdict}")
     return 0
 
 

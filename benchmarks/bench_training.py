@@ -1,12 +1,8 @@
 """Training step time and peak memory: WeakCLIP (frozen CLIP) vs full fine-tuning of the same model.
 
-    weakclip bench training [--presets tiny vit_b16_voc] [--steps 3] [--batch 1] [--out DIR]
-
-Each (preset, mode) runs in its own subprocess so its peak RSS is separable; all run in the same invocation so the
-ratios compare like with like.  A step is forward + seed/aux losses + backward + AdamW step on random images and
-random seeds (the CRF boundary loss is identical CPU work in both modes and is left out).  Results go to
-<out>/training.{json,md,png} (``--out``, default ./weakclip_bench/; ``make bench-train`` writes the repository's
-benchmarks/results/).
+Each (preset, mode) runs in its own subprocess so its peak RSS is its own.  A step is forward + seed/aux losses +
+backward + AdamW on random images and seeds (the CRF boundary loss, the same CPU work in both modes, is left out).
+Writes ``<out>/training.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -16,14 +12,15 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
 import torch
+
+from weakclip.benchmarks import common
 
 
 def child(preset: str, mode: str, steps: int, batch: int, crop: int | None) -> dict:
     import weakclip
-    from weakclip.benchmarks.common import peak_rss_mib
 
     torch.manual_seed(0)
     overrides = {"crop_size": crop} if crop else {}
@@ -32,8 +29,7 @@ def child(preset: str, mode: str, steps: int, batch: int, crop: int | None) -> d
         model.requires_grad_(True)  # every CLIP weight trainable
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=3e-5)
-    S = model.config.crop_size
-    K = model.config.num_classes
+    S, K = model.config.crop_size, model.config.num_classes
     x = torch.randn(batch, 3, S, S)
     seeds = torch.randint(0, K, (batch, S // 8, S // 8))
     times = []
@@ -55,7 +51,7 @@ def child(preset: str, mode: str, steps: int, batch: int, crop: int | None) -> d
         "crop": S,
         "batch": batch,
         "step_s": statistics.median(times),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": common.peak_rss_mib(),
         "trainable": sum(p.numel() for p in params),
     }
 
@@ -67,24 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--crop", type=int, default=None, help="override the preset crop size")
     ap.add_argument("--child", nargs=2, metavar=("PRESET", "MODE"), help=argparse.SUPPRESS)
-    from weakclip.benchmarks.common import add_out_argument
-
-    add_out_argument(ap)
+    common.add_out_argument(ap)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.steps, args.batch, args.crop)))
         return 0
 
-    from weakclip.benchmarks.common import machine_info, run_child, write_results
-
-    info = machine_info()
+    info = common.machine_info()
     print(f"machine: {info}")
     rows = []
+    extra = ["--steps", str(args.steps), "--batch", str(args.batch)] + (["--crop", str(args.crop)] if args.crop else [])
     for preset in args.presets:
         for mode in ("weakclip", "full"):
-            extra = ["--steps", str(args.steps), "--batch", str(args.batch)]
-            extra += ["--crop", str(args.crop)] if args.crop else []
-            r = run_child("weakclip.benchmarks.bench_training", ["--child", preset, mode, *extra])
+            r = common.run_child("weakclip.benchmarks.bench_training", ["--child", preset, mode, *extra])
             print(f"{preset:12s} {mode:9s} step {r['step_s']:.3f} s  peak RSS {r['peak_rss_mib']:.0f} MiB")
             rows.append(r)
     lines = [
@@ -105,21 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             )
     md = "\n".join(lines) + f"\n\nMachine: {info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}.\n"
     print(md)
-    j, _ = write_results("training", {"machine": info, "rows": rows, "summary": summary}, md, args.out)
-    _plot(rows, args.presets, Path(args.out))
+    j, _ = common.write_results("training", {"machine": info, "rows": rows, "summary": summary}, md, args.out)
+    common.save_plot(j.with_suffix(".png"), lambda fig, axes: _draw(fig, axes, rows, args.presets), (9, 3.5), dpi=100)
     print(f"wrote {j.with_suffix('')}.{{json,md,png}}")
     return 0
 
 
-def _plot(rows: list[dict], presets: list[str], out: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+def _draw(fig: Any, axes: list[Any], rows: list[dict], presets: list[str]) -> None:
     for ax, key, label in ((axes[0], "step_s", "step time (s)"), (axes[1], "peak_rss_mib", "peak RSS (MiB)")):
         for j, mode in enumerate(("weakclip", "full")):
             vals = [next(r[key] for r in rows if r["preset"] == p and r["mode"] == mode) for p in presets]
@@ -129,8 +112,6 @@ def _plot(rows: list[dict], presets: list[str], out: Path) -> None:
         ax.set_yscale("log")
     axes[0].legend()
     fig.suptitle("Training step: WeakCLIP (frozen CLIP) vs full fine-tuning, CPU")
-    fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=100)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,8 @@
-"""Turn the output folder of one ``benchmarks/gpu_check.sh`` run (the device tool's ``$OUT``) into the repository's
-committed GPU results and the README's GPU rows.
+"""Turn the output folder of one ``benchmarks/gpu_check.sh`` run into the repository's committed GPU results and the
+README's GPU rows.
 
-    python -m weakclip.benchmarks.gpu_results OUT        # or: weakclip bench gpu-results OUT / make gpu-results OUT=...
-
-Reads ``OUT/gpu_check.json`` (required; a dry run is refused), ``OUT/gpu_e2e.{json,md,png}``,
-``OUT/cuda_coattn_<gpu>.{json,md}`` and ``OUT/parity_tests.txt`` when present, and writes (atomically)
-``benchmarks/results/gpu_check.{json,md}``, ``gpu_e2e.{json,md,png}`` and ``gpu_coattn.{json,md}``.  Then it
-regenerates two places of the README from them, and nothing else there:
-
-* the block between ``<!-- gpu-results:begin -->`` and ``<!-- gpu-results:end -->`` (section "Benchmarks"): device,
-  check status, the end-to-end table with windows/s and peak GPU memory, goals, kernel and parity lines;
-* the rows starting with ``| GPU`` of the "Time to expect" table.
-
-``--results DIR`` and ``--readme FILE`` write elsewhere (the tests use a copy).
+Copies ``gpu_check.json``, ``gpu_e2e.*`` and ``cuda_coattn_<gpu>.*`` of ``OUT`` to ``benchmarks/results/gpu_*``, writes
+``gpu_check.md``, and regenerates the README's ``<!-- gpu-results -->`` block and the "Time to expect" table's GPU rows.
 """
 
 from __future__ import annotations
@@ -25,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weakclip.benchmarks.common import VOC_TRAIN_AUG
-from weakclip.data.io import atomic_path
+from weakclip.benchmarks.common import VOC_TRAIN_AUG, fmt
+from weakclip.data.io import atomic_path, write_text_atomic
 from weakclip.errors import ArgumentParser, UsageError, cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,14 +80,6 @@ def collect(out: Path) -> GpuRun:
     return run
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Markdown
-
-
-def _f(v: Any, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
 def _duration(minutes: float) -> str:
     return f"{minutes:.1f} min" if minutes < 60 else f"{minutes / 60:.1f} h"
 
@@ -143,10 +125,10 @@ def e2e_table(e2e: dict[str, Any]) -> str:
         frac = r.get("fraction_of_dense_fp16_peak")
         agr = r.get("argmax_agreement")
         lines.append(
-            f"| {r['key']} | {r.get('description', '')} | {r['windows_per_s']:.1f} | {_f(r.get('speedup'), '.2f')}× "
+            f"| {r['key']} | {r.get('description', '')} | {r['windows_per_s']:.1f} | {fmt(r.get('speedup'), '.2f')}× "
             f"| {r['images_per_s_12_views']:.2f} / {r['images_per_s_single_scale']:.1f} "
             f"| {_duration(r['voc_train_aug_minutes_12_views'])} | {'–' if frac is None else f'{100 * frac:.1f} %'} "
-            f"| {_f(r.get('peak_allocated_mib'), '.0f')} / {_f(r.get('peak_reserved_mib'), '.0f')} "
+            f"| {fmt(r.get('peak_allocated_mib'), '.0f')} / {fmt(r.get('peak_reserved_mib'), '.0f')} "
             f"| {'–' if agr is None else f'{100 * agr:.2f} %'} |"
         )
     if rest:
@@ -155,12 +137,13 @@ def e2e_table(e2e: dict[str, Any]) -> str:
 
 
 def coattn_line(coattn: dict[str, Any]) -> str:
-    rows = coattn.get("results") or []
-    parts = [f"{r['op']} {r['dtype']} B={r['batch']}: {r['fused_ms']:.3f} ms vs {r['torch_ms']:.3f} ms "
-             f"({r['speedup']:.2f}×)" for r in rows]  # fmt: skip
+    parts = "; ".join(
+        f"{r['op']} {r['dtype']} B={r['batch']}: {r['fused_ms']:.3f} ms vs {r['torch_ms']:.3f} ms ({r['speedup']:.2f}×)"
+        for r in coattn.get("results") or []
+    )
     cut = coattn.get("cut") or []
-    return ("Fused co-attention kernels vs PyTorch (`gpu_coattn.md`): " + ("; ".join(parts) or "no row measured")
-            + (f"; cut by the time limit at {cut[0]}" if cut else "") + ".")  # fmt: skip
+    tail = f"; cut by the time limit at {cut[0]}" if cut else ""
+    return f"Fused co-attention kernels vs PyTorch (`gpu_coattn.md`): {parts or 'no row measured'}{tail}."
 
 
 def readme_block(run: GpuRun) -> str:
@@ -186,10 +169,13 @@ def readme_block(run: GpuRun) -> str:
             "",
         ]
         verdict = {True: "met", False: "NOT met", None: "not evaluated"}
-        goals = [f"{g['goal']}: **{verdict[g.get('met')]}** ({g.get('value') or '–'}; {g.get('note', '')})"
-                 for g in e.get("goals", [])]  # fmt: skip
-        if goals:
-            lines += ["Goals:", ""] + [f"- {g}" for g in goals] + [""]
+        if goals := e.get("goals"):
+            lines += ["Goals:", ""]
+            for g in goals:
+                lines.append(
+                    f"- {g['goal']}: **{verdict[g.get('met')]}** ({g.get('value') or '–'}; {g.get('note', '')})"
+                )
+            lines.append("")
     else:
         lines += ["No end-to-end results in this run (gpu_e2e.json missing).", ""]
     if run.coattn:
@@ -209,17 +195,16 @@ def time_rows(run: GpuRun) -> list[str]:
     if not ok:
         return [f"{TIME_ROW_PREFIX} engines ({name}) | not measured (gpu_check: {run.check['status']}) | | | | |"]
     proto = run.e2e["protocol_windows"] if run.e2e else {}
-    picked = [k for k in (SHIPPED_ROW,) if k in ok]
     best = max(ok.values(), key=lambda r: r["windows_per_s"])["key"]
-    if best not in picked:
-        picked.append(best)
+    picked = dict.fromkeys([k for k in (SHIPPED_ROW, best) if k in ok])
+    single, views = proto["single_scale"], proto["views_12"]
     rows = []
     for key in picked:
         r = ok[key]
         wps = r["windows_per_s"]
-        single, views = proto["single_scale"], proto["views_12"]
-        what = f"{key}: {r.get('description', '')}" + (" (`generate --device cuda --precision fp16`)"
-                                                        if key == SHIPPED_ROW else "")  # fmt: skip
+        what = f"{key}: {r.get('description', '')}"
+        if key == SHIPPED_ROW:
+            what += " (`generate --device cuda --precision fp16`)"
         rows.append(
             f"{TIME_ROW_PREFIX} {name}, {what} | {wps:.1f} | {single / wps:.3f} | {views / wps:.2f} "
             f"| {_duration(VOC_TRAIN_AUG * single / wps / 60)} | {_duration(VOC_TRAIN_AUG * views / wps / 60)} |"
@@ -234,12 +219,12 @@ def time_rows(run: GpuRun) -> list[str]:
 def replace_marked_block(text: str, name: str, content: str, where: str = "README") -> str:
     """``text`` with what lies between the lines ``<!-- name:begin ... -->`` and ``<!-- name:end -->`` replaced by
     ``content`` (the marker lines stay)."""
-    pattern = re.compile(rf"(^<!-- {re.escape(name)}:begin[^\n]*-->\n)(.*?)(^<!-- {re.escape(name)}:end -->$)",
-                         re.S | re.M)  # fmt: skip
+    n = re.escape(name)
+    pattern = re.compile(rf"(^<!-- {n}:begin[^\n]*-->\n)(.*?)(^<!-- {n}:end -->$)", re.S | re.M)
     found = pattern.findall(text)
     if len(found) != 1:
-        raise UsageError(f"{where}: expected one '<!-- {name}:begin -->' ... '<!-- {name}:end -->' block, "
-                         f"found {len(found)}")  # fmt: skip
+        block = f"'<!-- {name}:begin -->' ... '<!-- {name}:end -->'"
+        raise UsageError(f"{where}: expected one {block} block, found {len(found)}")
     return pattern.sub(lambda m: m.group(1) + content.rstrip("\n") + "\n" + m.group(3), text)
 
 
@@ -270,24 +255,18 @@ def update_readme(text: str, run: GpuRun, where: str = "README") -> str:
 
 def write_results(run: GpuRun, results: Path) -> list[Path]:
     """benchmarks/results/gpu_* from the run (each written atomically); returns the paths written."""
-    written = []
     for name, src in run.files.items():
         with atomic_path(results / name) as tmp:
             shutil.copyfile(src, tmp)
-        written.append(results / name)
-    with atomic_path(results / "gpu_check.md") as tmp:
-        tmp.write_text(check_markdown(run))
-    written.append(results / "gpu_check.md")
-    return written
+    return [*(results / name for name in run.files), write_text_atomic(results / "gpu_check.md", check_markdown(run))]
 
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     ap = ArgumentParser(prog="weakclip bench gpu-results", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="the output folder of one benchmarks/gpu_check.sh run (the device tool's $OUT)")
-    ap.add_argument("--results", default=None, help="where the gpu_* files go (default: this checkout's "
-                    "benchmarks/results)")  # fmt: skip
-    ap.add_argument("--readme", default=None, help="the README to regenerate (default: this checkout's README.md)")
+    ap.add_argument("--results", help="where the gpu_* files go (default: this checkout's benchmarks/results)")
+    ap.add_argument("--readme", help="the README to regenerate (default: this checkout's README.md)")
     args = ap.parse_args(argv)
     readme = Path(args.readme) if args.readme else REPO / "README.md"
     results = Path(args.results) if args.results else REPO / "benchmarks" / "results"
@@ -296,10 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = collect(Path(args.out))
     text = update_readme(readme.read_text(), run, str(readme))  # checked before anything is written
     written = write_results(run, results)
-    with atomic_path(readme) as tmp:
-        tmp.write_text(text)
-    print(f"gpu-results: {device_name(run)}, {run.check['status']}: wrote {', '.join(p.name for p in written)} in "
-          f"{results}; regenerated the GPU rows of {readme}")  # fmt: skip
+    write_text_atomic(readme, text)
+    names = ", ".join(p.name for p in written)
+    print(
+        f"gpu-results: {device_name(run)}, {run.check['status']}: wrote {names} in {results}; regenerated the GPU rows of {readme}"
+    )
     return 0
 
 
