@@ -1,14 +1,9 @@
 """End-to-end demo on the embedded default: synthetic data → tiny WeakCLIP training → ONNX export →
 ONNX Runtime pseudo masks (CPU) → mIoU against GT and the seeds, images/s, and overlay pictures.
 
-    weakclip demo [--out demo_out] [--images 200] [--iters 600] [--quick]      (or: python demo.py ...)
-
-Everything is written under ``--out`` (default ``./demo_out``).  The settings that change the results (``--images``,
-``--iters``, ``--seed``; ``--quick`` sets the first two) are recorded in ``<out>/demo_settings.json``.  A rerun with
-the same settings reuses the finished steps (the dataset, a finished training run, a finished export; pseudo masks
-are always regenerated so the images/s figure is measured).  A rerun with other settings is refused with one line
-naming the differences unless ``--overwrite``, which deletes the demo's outputs (``DEMO_OUTPUTS``; other files are
-left alone) and runs every step again.  ``--quick`` is a seconds-long smoke version.
+Everything goes under ``--out``; the settings that change the results are recorded in ``demo_settings.json``.  A rerun
+with the same settings reuses the finished steps (pseudo masks are always regenerated, so images/s is measured); one
+with other settings is refused unless ``--overwrite``, which deletes only the demo's outputs (``DEMO_OUTPUTS``).
 """
 
 from __future__ import annotations
@@ -22,22 +17,33 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from weakclip.data.io import atomic_path, removed_if_left_empty
+from weakclip.data.io import removed_if_left_empty, write_text_atomic
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
 
 SETTINGS_FILE = "demo_settings.json"
 # What the demo writes under --out (--overwrite deletes these, nothing else).
-DEMO_OUTPUTS = ("data", "run", "run_clip_seeds", "onnx", "masks", "report", "result.json", "result_labels_only.json",
-                SETTINGS_FILE)  # fmt: skip
+DEMO_OUTPUTS: tuple[str, ...] = ("data", "run", "run_clip_seeds", "onnx", "masks", "report", "result.json")
+DEMO_OUTPUTS += ("result_labels_only.json", SETTINGS_FILE)
 
 
 def step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def demo_settings(args: argparse.Namespace) -> dict[str, int]:
-    """The options that change the demo's results, as recorded in ``SETTINGS_FILE`` (``--quick`` resolved)."""
-    return {"images": int(args.images), "iters": int(args.iters), "seed": int(args.seed)}
+def _lines(path: Path) -> list[str]:
+    return [n.strip() for n in path.read_text().splitlines() if n.strip()]
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _train(data: Path, run: Path, iters: int, *extra: str) -> None:
+    from weakclip.training.train import main as train_main
+
+    every = [f"schedule.val_interval={max(iters // 3, 1)}", f"schedule.checkpoint_interval={max(iters // 6, 1)}"]
+    if train_main([f"data.root={data}", *extra, f"work_dir={run}", f"train.iters={iters}", "--resume", *every]) != 0:
+        raise RuntimeFailure(f"training into {run} failed (see the lines above)")
 
 
 def prepare_out(out: Path, settings: dict[str, int], overwrite: bool) -> None:
@@ -50,8 +56,7 @@ def prepare_out(out: Path, settings: dict[str, int], overwrite: bool) -> None:
     shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
     redo = "pass --overwrite to run the demo again there (deletes only the demo's outputs) or choose another --out"
     if overwrite:
-        for name in ours:
-            p = out / name
+        for p in (out / name for name in ours):
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         if ours:
             print(f"--overwrite: deleted {', '.join(ours)} from {out}")
@@ -61,17 +66,16 @@ def prepare_out(out: Path, settings: dict[str, int], overwrite: bool) -> None:
         except (OSError, ValueError):
             recorded = None
         if not isinstance(recorded, dict):
-            raise UsageError(f"--out {out} holds demo outputs ({shown}) but no readable {SETTINGS_FILE} to compare the "
-                             f"settings with; {redo}")  # fmt: skip
+            why = f"holds demo outputs ({shown}) but no readable {SETTINGS_FILE} to compare the settings with"
+            raise UsageError(f"--out {out} {why}; {redo}")
         diff = [f"--{k} {recorded.get(k)} → {v}" for k, v in settings.items() if recorded.get(k) != v]
         if diff:
             raise UsageError(f"--out {out} holds a demo run with other settings ({', '.join(diff)}); {redo}")
-        print(f"{out}: same settings as recorded ({', '.join(f'--{k} {v}' for k, v in settings.items())}): "
-              "reusing the finished steps")  # fmt: skip
+        same = ", ".join(f"--{k} {v}" for k, v in settings.items())
+        print(f"{out}: same settings as recorded ({same}): reusing the finished steps")
     elif present:
         raise UsageError(f"--out {out} is not empty ({shown}) and holds no demo run; choose a new or empty folder")
-    with atomic_path(out / SETTINGS_FILE) as tmp:
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    _write_json(out / SETTINGS_FILE, settings)
 
 
 @cli
@@ -83,11 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=600, help="training iterations (tiny model, batch 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="seconds-long smoke run (24 images, 6 iterations)")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="run every step again in an --out that holds a demo run (deletes the demo's outputs there)")  # fmt: skip
-    ap.add_argument("--route", choices=("seeds", "labels-only", "both"), default="seeds",
-                    help="seeds: the given CAM-like seeds → training → ONNX Runtime masks (default); labels-only: "
-                    "image labels only → CLIP-ES seeds (weakclip.masks.seeds) → training → masks; both")  # fmt: skip
+    again = "run every step again in an --out that holds a demo run (deletes the demo's outputs there)"
+    ap.add_argument("--overwrite", action="store_true", help=again)
+    routes = (
+        "seeds: the given CAM-like seeds → training → ONNX Runtime masks (default); labels-only: image labels only "
+        "→ CLIP-ES seeds (weakclip.masks.seeds) → training → masks; both"
+    )
+    ap.add_argument("--route", choices=("seeds", "labels-only", "both"), default="seeds", help=routes)
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.iters = 24, 6
@@ -95,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--images and --iters must be >= 1, got --images {args.images} --iters {args.iters}")
     out = Path(args.out)
     with removed_if_left_empty(out):  # a refused run leaves no empty --out behind
-        prepare_out(out, demo_settings(args), args.overwrite)
+        prepare_out(out, {"images": args.images, "iters": args.iters, "seed": args.seed}, args.overwrite)
     data, run, onnx_dir, masks = out / "data", out / "run", out / "onnx", out / "masks"
     t_start = time.perf_counter()
 
@@ -103,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     step("1/5 synthetic VOC-layout dataset")
     if not (data / "class_names.txt").is_file():
-        summary = make_synthetic_dataset(data, images=args.images, seed=args.seed, val_images=max(4, args.images // 5),
-                                         show_progress=True)  # fmt: skip
+        val = max(4, args.images // 5)
+        summary = make_synthetic_dataset(data, images=args.images, seed=args.seed, val_images=val, show_progress=True)
         print(json.dumps({k: v for k, v in summary.items() if k in ("train_images", "val_images", "seed_miou")}))
     else:
         print(f"reusing {data}")
@@ -117,13 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     step("2/5 training the tiny model on the seeds (CPU)")
     final = run / "final.safetensors"
     if not final.is_file():
-        from weakclip.training.train import main as train_main
-
-        rc = train_main([f"data.root={data}", f"work_dir={run}", f"train.iters={args.iters}", "--resume",
-                         f"schedule.val_interval={max(args.iters // 3, 1)}",
-                         f"schedule.checkpoint_interval={max(args.iters // 6, 1)}"])  # fmt: skip
-        if rc != 0:
-            raise RuntimeFailure(f"training into {run} failed (see the lines above)")
+        _train(data, run, args.iters)
     else:
         print(f"reusing {final}")
 
@@ -141,23 +141,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from weakclip.engines.generate import EngineSpec, RunOptions, generate
 
     train_list = data / "ImageSets" / "Segmentation" / "train.txt"
-    names = [n.strip() for n in train_list.read_text().splitlines() if n.strip()]
-    ort = EngineSpec(str(model_onnx), "onnxruntime")
+    names = _lines(train_list)
+    ort, images = EngineSpec(str(model_onnx), "onnxruntime"), data / "JPEGImages"
+    with_overlays, plain_run = RunOptions(workers=2, overwrite=True, overlays=8), RunOptions(workers=2, overwrite=True)
     t0 = time.perf_counter()
-    generate(train_list, masks / "unmasked", ort, image_root=data / "JPEGImages",
-             run=RunOptions(workers=2, overwrite=True, overlays=8))  # fmt: skip
+    generate(train_list, masks / "unmasked", ort, image_root=images, run=with_overlays)
     fps = len(names) / (time.perf_counter() - t0)
-    generate(train_list, masks / "labels", ort, image_root=data / "JPEGImages", labels=data / "cls_labels.json",
-             run=RunOptions(workers=2, overwrite=True))  # fmt: skip
+    generate(train_list, masks / "labels", ort, image_root=images, labels=data / "cls_labels.json", run=plain_run)
 
     step("5/5 evaluation against the synthetic ground truth")
     from weakclip.masks.evaluate import evaluate_dirs
 
-    K = len([n for n in (data / "class_names.txt").read_text().splitlines() if n.strip()])
-    gt = data / "SegmentationClass"
-    seeds, _ = evaluate_dirs(data / "SeedMasks", gt, K, names)
-    plain, _ = evaluate_dirs(masks / "unmasked", gt, K, names)
-    masked, _ = evaluate_dirs(masks / "labels", gt, K, names)
+    K, gt = len(_lines(data / "class_names.txt")), data / "SegmentationClass"
+    runs = (data / "SeedMasks", masks / "unmasked", masks / "labels")
+    seeds, plain, masked = (evaluate_dirs(d, gt, K, names)[0] for d in runs)
     result = {
         "images": len(names),
         "seeds_miou": 100 * seeds.miou,
@@ -166,8 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "onnxruntime_cpu_images_per_s": fps,
         "total_s": time.perf_counter() - t_start,
     }
-    with atomic_path(out / "result.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    _write_json(out / "result.json", result)
     print(f"\nseeds mIoU                          {result['seeds_miou']:6.2f}")
     print(f"pseudo masks mIoU (single scale)    {result['pseudo_mask_miou']:6.2f}")
     print(f"pseudo masks mIoU + label masking   {result['pseudo_mask_miou_with_labels']:6.2f}")
@@ -178,8 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_report(out: Path, data: Path, masks: Path, names: list[str]) -> str:
-    """The HTML report of seeds → pseudo masks → masks with label masking (``<out>/report/index.html``; weakclip
-    report); its path, or why it was not written."""
+    """``<out>/report/index.html`` (seeds → pseudo masks → with label masking), or why it was not written."""
     try:
         import matplotlib  # noqa: F401
     except ModuleNotFoundError:
@@ -187,47 +182,35 @@ def _write_report(out: Path, data: Path, masks: Path, names: list[str]) -> str:
     from weakclip.masks.report import make_report
 
     runs = [data / "SeedMasks", masks / "unmasked", masks / "labels"]
-    report = make_report(data / "SegmentationClass", runs, out / "report", images=names,
-                         run_names=["seeds", "pseudo masks", "pseudo masks + label masking"],
-                         image_root=data / "JPEGImages")  # fmt: skip
-    return str(report.index)
+    run_names = ["seeds", "pseudo masks", "pseudo masks + label masking"]
+    gt, images = data / "SegmentationClass", data / "JPEGImages"
+    return str(make_report(gt, runs, out / "report", images=names, run_names=run_names, image_root=images).index)
 
 
 def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> dict[str, float]:
-    """Image-level labels only → CLIP-ES seeds → WeakCLIP training → masks.  With the tiny random-init CLIP of the
-    demo the seeds carry no knowledge: this shows the mechanics, not the quality (use --clip-weights openai on real
-    data, see the README)."""
+    """Image-level labels only → CLIP-ES seeds → WeakCLIP training → masks.  The demo's tiny random-init CLIP gives
+    seeds without knowledge: this shows the mechanics, not the quality (use --clip-weights openai on real data)."""
+    from weakclip.data.datasets import read_class_names
     from weakclip.engines.generate import EngineSpec, RunOptions, generate
     from weakclip.masks.evaluate import evaluate_dirs
-    from weakclip.masks.seeds import SeedOptions, make_seeds
-    from weakclip.training.train import main as train_main
+    from weakclip.masks.seeds import make_seeds
 
-    train_list = data / "ImageSets" / "Segmentation" / "train.txt"
-    names = [n.strip() for n in train_list.read_text().splitlines() if n.strip()]
+    train_list, images = data / "ImageSets" / "Segmentation" / "train.txt", data / "JPEGImages"
+    labels = data / "cls_labels.json"
     clip_seeds, run, masks = data / "ClipSeeds", out / "run_clip_seeds", out / "masks" / "clip_seeds"
     step("labels only 1/3: CLIP-ES seeds from the image-level labels (tiny random CLIP: mechanics only)")
-    from weakclip.data.datasets import read_class_names
-
-    make_seeds(train_list, data / "cls_labels.json", clip_seeds, image_root=data / "JPEGImages",
-               class_names=read_class_names(data / "class_names.txt"), preset="tiny", clip_weights=None,
-               options=SeedOptions(), workers=2)  # fmt: skip
+    classes = read_class_names(data / "class_names.txt")
+    make_seeds(train_list, labels, clip_seeds, image_root=images, class_names=classes, preset="tiny", clip_weights=None)
     step("labels only 2/3: training the tiny model on the CLIP seeds")
-    final = run / "final.safetensors"
-    if not final.is_file():
-        if train_main([f"data.root={data}", "data.seed_dir=ClipSeeds", f"work_dir={run}", f"train.iters={args.iters}",
-                       "--resume", f"schedule.val_interval={max(args.iters // 3, 1)}",
-                       f"schedule.checkpoint_interval={max(args.iters // 6, 1)}"]) != 0:  # fmt: skip
-            raise RuntimeFailure(f"training into {run} failed (see the lines above)")
+    if not (run / "final.safetensors").is_file():
+        _train(data, run, args.iters, "data.seed_dir=ClipSeeds")
     step("labels only 3/3: pseudo masks (torch engine) and evaluation")
-    generate(train_list, masks, EngineSpec(str(final)), image_root=data / "JPEGImages",
-             labels=data / "cls_labels.json", run=RunOptions(workers=2, overwrite=True))  # fmt: skip
-    K = len([n for n in (data / "class_names.txt").read_text().splitlines() if n.strip()])
-    gt = data / "SegmentationClass"
-    seeds_m, _ = evaluate_dirs(clip_seeds, gt, K, names)
-    masks_m, _ = evaluate_dirs(masks, gt, K, names)
+    spec = EngineSpec(str(run / "final.safetensors"))
+    generate(train_list, masks, spec, image_root=images, labels=labels, run=RunOptions(workers=2, overwrite=True))
+    names, K, gt = _lines(train_list), len(_lines(data / "class_names.txt")), data / "SegmentationClass"
+    seeds_m, masks_m = (evaluate_dirs(d, gt, K, names)[0] for d in (clip_seeds, masks))
     result = {"clip_seeds_miou": 100 * seeds_m.miou, "masks_from_clip_seeds_miou": 100 * masks_m.miou}
-    with atomic_path(out / "result_labels_only.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    _write_json(out / "result_labels_only.json", result)
     print(f"\nCLIP seeds mIoU (random tiny CLIP)   {result['clip_seeds_miou']:6.2f}")
     print(f"masks trained on CLIP seeds mIoU     {result['masks_from_clip_seeds_miou']:6.2f}")
     print("(random CLIP weights: these numbers show the route runs, not what pretrained CLIP gives)")
