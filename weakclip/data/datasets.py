@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from weakclip.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
-from weakclip.data.io import read_image, read_mask
+from weakclip.data.io import read_image, read_mask, reading
 from weakclip.data.labels import Labels, labels_from_mask, load_labels, multi_hot, npy_dtype, restricted_load_npy
 from weakclip.data.transforms import IGNORE_INDEX, TrainTransform, test_transform
 from weakclip.errors import RuntimeFailure
@@ -168,13 +168,11 @@ class SegmentationDataset(Dataset):
         """Cheap up-front check (stat only): missing files and missing image-level labels are bad samples."""
         problems = []
         for name in self.names:
-            for p in self._paths(name).values():
-                if not p.is_file():
-                    problems.append((name, f"{p}: file not found"))
-                    break
-            else:
-                if self._labels is not None and name not in self._labels:
-                    problems.append((name, f"{self.labels_source}: no image-level label for {name!r}"))
+            missing = next((p for p in self._paths(name).values() if not p.is_file()), None)
+            if missing is not None:
+                problems.append((name, f"{missing}: file not found"))
+            elif self._labels is not None and name not in self._labels:
+                problems.append((name, f"{self.labels_source}: no image-level label for {name!r}"))
         if len(problems) > self.max_bad_fraction * len(self.names):
             raise TooManyBadSamples(self._summary(problems))
         for name, reason in problems:
@@ -323,13 +321,8 @@ def read_cam_npy(path: str | os.PathLike, *, allow_pickle_cams: bool = False) ->
     plain numeric array (no pickle) is returned as is, without the flag.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            dtype = npy_dtype(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a .npy file ({e})") from None
+    with reading(path, "not a .npy file"), open(path, "rb") as f:
+        dtype = npy_dtype(f)
     if dtype.hasobject and not allow_pickle_cams:
         raise ValueError(
             f"{path}: this CAM file is a pickle (an object array); pickles can run code when loaded, so it is only "

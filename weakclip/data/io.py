@@ -150,17 +150,24 @@ def save_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: bool = Tru
         img.save(tmp, format="PNG")
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a label PNG (palette indices or L) as an (H, W) uint8 array; a clear error names the file otherwise."""
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Errors of the block as one line naming ``path``: ``<path>: file not found`` (FileNotFoundError), else
+    ``<path>: <what> (<error>)`` (ValueError) for an OSError or ValueError."""
     try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L", "I", "I;16"):
-                raise ValueError(f"mode {img.mode} is not a label image (expected palette or grayscale)")
-            return np.asarray(img, dtype=np.uint8) if img.mode in ("P", "L") else np.asarray(img).astype(np.uint8)
+        yield
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read label mask ({e})") from None
+        raise ValueError(f"{path}: {what} ({e})") from None
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a label PNG (palette indices or L) as an (H, W) uint8 array; a clear error names the file otherwise."""
+    with reading(path, "cannot read label mask"), Image.open(path) as img:
+        if img.mode not in ("P", "L", "I", "I;16"):
+            raise ValueError(f"mode {img.mode} is not a label image (expected palette or grayscale)")
+        return np.asarray(img, dtype=np.uint8) if img.mode in ("P", "L") else np.asarray(img).astype(np.uint8)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -168,14 +175,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     ``IMREAD_COLOR``: EXIF orientation applied, 16-bit and grey converted); ValueError naming an unreadable file."""
     import cv2
 
-    try:
+    with reading(path, "cannot read image"):
         if os.path.getsize(path) == 0:
             raise ValueError("file is empty (0 bytes)")
         data = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read image ({e})") from None
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
         # libjpeg decodes a cut-off JPEG with a warning and grey rows: refuse it rather than make a mask of it.
         raise ValueError(f"{path}: cannot decode image (truncated JPEG: no end-of-image marker)")

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from weakclip.data.classes import COCO_CATEGORY_IDS, COCO_OFFICIAL91_CLASSES
-from weakclip.data.io import read_mask
+from weakclip.data.io import read_mask, reading
 
 Labels = dict[str, list[int]]
 
@@ -133,12 +133,8 @@ def read_cls_labels_npy(path: str | os.PathLike, num_classes: int | None = None)
 def read_labels_json(path: str | os.PathLike, num_classes: int | None = None) -> Labels:
     """Read a JSON object ``{name: [class index, ...]}`` (1-based foreground indices)."""
     path = Path(path)
-    try:
+    with reading(path, "cannot parse JSON labels"):
         obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot parse JSON labels ({e})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a JSON object name -> list of class indices")
     out: Labels = {}
