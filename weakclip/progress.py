@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import math
 import os
@@ -68,12 +69,7 @@ def _resolve_mode(mode: str | None, file: IO[str]) -> str:
             mode = "bar" if file.isatty() else "lines"
         except (AttributeError, ValueError):  # no isatty / closed stream
             mode = "lines"
-    if mode == "bar":
-        try:
-            import tqdm  # noqa: F401
-        except ImportError:
-            mode = "lines"
-    return mode
+    return "lines" if mode == "bar" and importlib.util.find_spec("tqdm") is None else mode
 
 
 def _fmt(x: float) -> str:

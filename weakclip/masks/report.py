@@ -164,32 +164,30 @@ def plot_iou_chart(
     width = max(7.0, min(40.0, 0.22 * C * max(R, 2)))
     rows = 2 if R > 1 else 1
     fig, axes = plt.subplots(rows, 1, figsize=(width, 3.2 * rows + 1.2), squeeze=False, sharex=True)
-    x = np.arange(C)
-    colours = plt.get_cmap("tab10")
-    ax = axes[0, 0]
-    for r, (run, st) in enumerate(zip(runs, stats)):
-        iou = 100 * np.nan_to_num(st.metrics.iou[cls], nan=0.0)
-        label = f"{run.name} (mIoU {100 * st.metrics.miou:.1f})"
-        ax.bar(x - 0.4 + 0.8 / R * (r + 0.5), iou, 0.8 / R, color=colours(r % 10), label=label)
-    ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(axis="y", alpha=0.3)
-    top = (0.5, 1.0 + 0.12 * math.ceil(R / 2))
-    ax.legend(loc="upper center", bbox_to_anchor=top, ncol=2, fontsize=8, frameon=False)
-    if R > 1:
-        ax, dbar = axes[1, 0], 0.8 / (R - 1)
-        for r in range(R - 1):
-            delta = 100 * np.nan_to_num(stats[r + 1].metrics.iou[cls] - stats[r].metrics.iou[cls], nan=0.0)
-            label = f"{runs[r + 1].name} − {runs[r].name}"
-            ax.bar(x - 0.4 + dbar * (r + 0.5), delta, dbar, color=colours((r + 1) % 10), label=label)
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_ylabel("Δ IoU (points)")
+    x, colours = np.arange(C), plt.get_cmap("tab10")
+
+    def bars(ax: Any, values: list[np.ndarray], labels: list[str], first: int, ylabel: str) -> None:
+        w = 0.8 / len(values)
+        for r, (v, label) in enumerate(zip(values, labels)):
+            colour = colours((r + first) % 10)
+            ax.bar(x - 0.4 + w * (r + 0.5), 100 * np.nan_to_num(v, nan=0.0), w, color=colour, label=label)
+        ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="best", fontsize=8, frameon=False)
-    bottom = axes[-1, 0]
-    bottom.set_xticks(x)
+
+    iou = [st.metrics.iou[cls] for st in stats]
+    legend = [f"{run.name} (mIoU {100 * st.metrics.miou:.1f})" for run, st in zip(runs, stats)]
+    bars(axes[0, 0], iou, legend, 0, "IoU (%)")
+    axes[0, 0].set_ylim(0, 100)
+    top = (0.5, 1.0 + 0.12 * math.ceil(R / 2))
+    axes[0, 0].legend(loc="upper center", bbox_to_anchor=top, ncol=2, fontsize=8, frameon=False)
+    if R > 1:  # the change between consecutive runs
+        deltas = [b - a for a, b in zip(iou, iou[1:])]
+        bars(axes[1, 0], deltas, [f"{b.name} − {a.name}" for a, b in zip(runs, runs[1:])], 1, "Δ IoU (points)")
+        axes[1, 0].axhline(0, color="black", linewidth=0.8)
+        axes[1, 0].legend(loc="best", fontsize=8, frameon=False)
+    axes[-1, 0].set_xticks(x)
     rot = {"rotation": 60, "ha": "right"} if C > 8 else {"rotation": 0, "ha": "center"}
-    bottom.set_xticklabels([class_names[c] for c in shown], fontsize=8 if C <= 40 else 6, **rot)
+    axes[-1, 0].set_xticklabels([class_names[c] for c in shown], fontsize=8 if C <= 40 else 6, **rot)
     fig.tight_layout()
     _save_fig(fig, path, dpi=90 if C <= 40 else 72)
 
@@ -570,7 +568,7 @@ def _gallery(
     def thumbnails(i: int, name: str) -> tuple[list[str], list[int], str]:
         """The image, the GT overlay, each run's overlay ("" where a run has no mask); the classes; a note."""
         gt = read_mask(gt_dir / f"{name}.png")
-        image, note = None, ""
+        image, note = None, ""  # note: why the image is not shown
         found = (root / f"{name}{e}" for root in roots for ext in IMAGE_EXTS for e in (ext, ext.upper()))
         src = next((p for p in found if p.is_file()), None)
         if src is None:
@@ -580,10 +578,9 @@ def _gallery(
                 image = read_image(src)
             except (OSError, ValueError) as e:
                 note = f"image unreadable: {e}"
-            else:
-                if image.shape[:2] != gt.shape:
-                    note = f"{src.name} is {image.shape[1]}×{image.shape[0]}, the GT {gt.shape[1]}×{gt.shape[0]}"
-                    image = None
+        if src is not None and image is not None and image.shape[:2] != gt.shape:
+            note = f"{src.name} is {image.shape[1]}×{image.shape[0]}, the GT {gt.shape[1]}×{gt.shape[0]}"
+            image = None
         masks = [read_mask(r.path / f"{name}.png") if (r.path / f"{name}.png").is_file() else None for r in infos]
         classes = sorted(set(np.unique(gt).tolist()).union(*(np.unique(m).tolist() for m in masks if m is not None)))
         out = [save(image, i, "image") if image is not None else "", save(palette_blend(image, gt), i, "gt")]
