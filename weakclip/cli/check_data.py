@@ -215,24 +215,19 @@ def check_dataset(lay: DataLayout, sample: int = 300) -> int:
         if others:
             print(f"  no ground truth for {len(others)} training image(s) (e.g. trainaug names): {_examples(others)}")
         for n in _sample([n for n in dict.fromkeys([*required, *optional]) if n in have], sample):
+            path = folder / f"{n}.png"
             try:
-                m = read_mask(folder / f"{n}.png")
+                m = read_mask(path)
+                vals = set(np.unique(m).tolist()) - {255}
+                values.update(vals)
+                if bad := sorted(v for v in vals if v >= K):
+                    problem(f"{path}: class values {bad} ≥ K = {K} ({lay.origin['classes']})")
+                img = read_image(lay.image_dir / f"{n}{lay.image_ext}") if n in images else None
             except ValueError as e:
                 problem(str(e))
                 continue
-            vals = set(np.unique(m).tolist()) - {255}
-            values.update(vals)
-            if bad := sorted(v for v in vals if v >= K):
-                problem(f"{folder / (n + '.png')}: class values {bad} ≥ K = {K} ({lay.origin['classes']})")
-            if n in images:
-                try:
-                    img = read_image(lay.image_dir / f"{n}{lay.image_ext}")
-                except ValueError as e:
-                    problem(str(e))
-                    continue
-                if img.shape[:2] != m.shape:
-                    size = f"{m.shape[1]}×{m.shape[0]} != image {img.shape[1]}×{img.shape[0]}"
-                    problem(f"{folder / (n + '.png')}: size {size}")
+            if img is not None and img.shape[:2] != m.shape:
+                problem(f"{path}: size {m.shape[1]}×{m.shape[0]} != image {img.shape[1]}×{img.shape[0]}")
 
     check_masks("seeds", lay.seed_dir, "seed_dir", train, [])
     check_masks("ground truth", lay.gt_dir, "gt_dir", val, train)

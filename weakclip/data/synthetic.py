@@ -333,19 +333,17 @@ def make_synthetic_dataset(
     conf: dict[str, np.ndarray | int] = {"train": 0, "val": 0}  # confusion counts summed over the split
     bar = progress(total=images + val_images, desc="synthetic", unit="img", disable=not show_progress)
     for split_id, (split, n) in enumerate((("train", images), ("val", val_images))):
-        names = []
-        for i in range(n):
+        names = [f"{split}_{i:06d}" for i in range(n)]
+        for i, name in enumerate(names):
             rng = np.random.default_rng([seed, split_id, i])
             hw = (int(rng.integers(lo[0], hi[0] + 1)), int(rng.integers(lo[1], hi[1] + 1)))
             image, gt, seed_mask = make_sample(rng, hw, styles)
-            name = f"{split}_{i:06d}"
             with atomic_path(out / "JPEGImages" / f"{name}.jpg") as tmp:
                 Image.fromarray(image).save(tmp, format="JPEG", quality=jpeg_quality)
             save_mask_png(out / "SegmentationClass" / f"{name}.png", gt)
             save_mask_png(out / "SeedMasks" / f"{name}.png", seed_mask)
             labels[name] = [int(v) for v in np.unique(gt) if v not in (0, IGNORE)]
             conf[split] = conf[split] + confusion(seed_mask, gt, K)  # 255 in the seeds counts as a miss
-            names.append(name)
             bar.update(1)
         write_text_atomic(out / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{n}\n" for n in names))
     bar.close()
