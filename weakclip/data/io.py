@@ -248,29 +248,26 @@ class FolderLock:
     def _take(self, path: Path, exclusive: bool, who: str | None) -> None:
         import fcntl
 
-        while True:
-            try:
+        try:
+            while True:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_read_umask())
-            except OSError as e:
-                raise output_error(path, e) from e
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            except BlockingIOError:
+                try:
+                    fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise LockHeld(
+                        f"{self.folder}: another run owns this output folder: {self._holders()}; wait for it to "
+                        "finish, or use another output folder (the shards of one run share a folder with --shard i/N)"
+                    ) from None
+                if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break  # locked the file that is (still) there, not one its last holder just removed
                 os.close(fd)
-                raise LockHeld(
-                    f"{self.folder}: another run owns this output folder: {self._holders()}; wait for it to finish, "
-                    "or use another output folder (the shards of one run share a folder with --shard i/N)"
-                ) from None
-            if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break  # locked the file that is (still) there, not one its last holder just removed
-            os.close(fd)
-        self._held.append((path, fd, os.fstat(fd).st_ino, exclusive))
-        if who is not None:
-            try:
+            self._held.append((path, fd, os.fstat(fd).st_ino, exclusive))
+            if who is not None:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{who}\n".encode(), 0)
-            except OSError as e:
-                raise output_error(path, e) from e
+        except OSError as e:
+            raise output_error(path, e) from e
 
     def check(self) -> None:
         """Raise if a lock file was removed or replaced (the folder deleted or taken over): stop writing."""
