@@ -447,13 +447,14 @@ def make_report(
     if root is None and (gt_dir.parent / "JPEGImages").is_dir():
         roots.append(gt_dir.parent / "JPEGImages")
 
-    assets = out / ASSETS
-    written = [assets / "iou.png"]
+    rep = Report(out / "index.html", infos, stats, images, class_names, shown, files=[])
+    assets, written = out / ASSETS, rep.files
+    written.append(assets / "iou.png")
     plot_iou_chart(infos, stats, class_names, shown, written[0])
     for r, (info, st) in enumerate(zip(infos, stats)):
         written.append(assets / f"confusion_{r}.png")
         plot_confusion(st.matrix, class_names, shown, f"{info.name}: mIoU {100 * st.metrics.miou:.2f}", written[-1])
-    g_html, g_rows = _gallery(gallery, images, gt_dir, infos, stats, roots, assets, class_names, thumb, written)
+    g_html, g_rows = _gallery(rep, gallery, gt_dir, roots, thumb)
 
     def write(name: str, text: str, **kw: Any) -> None:
         with atomic_path(out / name) as tmp:
@@ -503,21 +504,21 @@ def make_report(
             f"written {_dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}."
         ),
         settings_table=_settings_table(infos),
-        scores_table=_scores_table(infos, stats),
+        scores_table=_scores_table(rep),
         omitted=_e(omitted if len(shown) < K else "Every class appears in the ground truth or a run."),
         iou_chart=f"{ASSETS}/iou.png",
-        per_class_table=_per_class_table(infos, stats, class_names, shown, gt_pixels),
+        per_class_table=_per_class_table(rep, gt_pixels),
         confusion_figures="\n".join(confusions),
         legend=" ".join(_swatch(c, class_names[c]) for c in shown) + " " + _swatch(255, _class_label(255, class_names)),
         gallery=g_html,
-        coverage_table=_coverage_table(infos, stats, images, ignore_heavy),
+        coverage_table=_coverage_table(rep, ignore_heavy),
     )
     write("index.html", page, encoding="utf-8")
     keep = {p.name for p in written if p.parent == assets}
     for p in assets.iterdir():  # thumbnails of an earlier report in this folder
         if p.is_file() and p.name not in keep and p.suffix in (".png", ".jpg"):
             p.unlink()
-    return Report(written[-1], infos, stats, images, class_names, shown, written)
+    return rep
 
 
 def _gallery_sections(images: Sequence[str], stats: Sequence[RunStats], n: int) -> list[tuple[str, str, list[int]]]:
@@ -540,22 +541,12 @@ def _gallery_sections(images: Sequence[str], stats: Sequence[RunStats], n: int) 
     return sections
 
 
-def _gallery(
-    n: int,
-    images: Sequence[str],
-    gt_dir: Path,
-    infos: Sequence[RunInfo],
-    stats: Sequence[RunStats],
-    roots: Sequence[Path],
-    assets: Path,
-    class_names: Sequence[str],
-    thumb: int,
-    files: list[Path],
-) -> tuple[str, list[dict[str, Any]]]:
+def _gallery(rep: Report, n: int, gt_dir: Path, roots: list[Path], thumb: int) -> tuple[str, list[dict[str, Any]]]:
     """The gallery's HTML and JSON rows; its thumbnails (each image once, however many sections show it) are written
-    and added to ``files``."""
-
+    and added to ``rep.files``."""
     from PIL import Image
+
+    images, infos, stats, files, assets = rep.images, rep.runs, rep.stats, rep.files, rep.index.parent / ASSETS
 
     def save(rgb: np.ndarray, i: int, kind: str) -> str:
         img = Image.fromarray(rgb)
@@ -604,7 +595,7 @@ def _gallery(
             captions = ["image" if note == "" else "no image", "ground truth"]
             captions += [f"{info.name}: mIoU {_pct(st.image_miou[i], 1)}" for info, st in zip(infos, stats)]
             figs = "".join(_figure(cap, a) for a, cap in zip(thumbs, captions))
-            legend = " ".join(_swatch(c, _class_label(c, class_names)) for c in classes)
+            legend = " ".join(_swatch(c, _class_label(c, rep.class_names)) for c in classes)
             said = f" <span class=note>({_e(note)})</span>" if note else ""
             parts.append(
                 f'<div class="gallery-row" data-section="{sec_id}"><div><b>{_e(name)}</b>{said}</div>'
@@ -624,9 +615,9 @@ def _settings_table(infos: Sequence[RunInfo]) -> str:
     return _table(["setting", *(info.name for info in infos)], rows)
 
 
-def _scores_table(infos: Sequence[RunInfo], stats: Sequence[RunStats]) -> str:
-    rows = []
-    for r, (info, st) in enumerate(zip(infos, stats)):
+def _scores_table(rep: Report) -> str:
+    rows, stats = [], rep.stats
+    for r, (info, st) in enumerate(zip(rep.runs, stats)):
         m = st.metrics
         delta = _delta_cell(m.miou - stats[r - 1].metrics.miou) if r else _td("–", "num")
         cells = [_td(_e(info.name)), _td(st.scored, "num"), _td(len(st.missing), "num"), _td(_pct(m.miou), "num miou")]
@@ -636,32 +627,30 @@ def _scores_table(infos: Sequence[RunInfo], stats: Sequence[RunStats]) -> str:
     return _table(head, rows)
 
 
-def _per_class_table(
-    infos: Sequence[RunInfo], stats: Sequence[RunStats], names: Sequence[str], shown: list[int], px: np.ndarray
-) -> str:
+def _per_class_table(rep: Report, gt_pixels: np.ndarray) -> str:
     rows = []
-    for c in shown:
-        ious = [st.metrics.iou[c] for st in stats]
-        cells = [_td(_swatch(c, names[c])), _td(int(px[c]), "num gt-pixels")]
+    for c in rep.shown_classes:
+        ious = [st.metrics.iou[c] for st in rep.stats]
+        cells = [_td(_swatch(c, rep.class_names[c])), _td(int(gt_pixels[c]), "num gt-pixels")]
         cells += [_td(_pct(v), "num iou", f' data-run="{r}"') for r, v in enumerate(ious)]
         cells += [_delta_cell(b - a) for a, b in zip(ious, ious[1:])]
         rows.append(_tr(cells, f' data-class="{c}"'))
-    deltas = [f"Δ {r + 1}−{r}" for r in range(len(infos) - 1)]
-    return _table(["class", "GT pixels", *(info.name for info in infos), *deltas], rows)
+    deltas = [f"Δ {r + 1}−{r}" for r in range(len(rep.runs) - 1)]
+    return _table(["class", "GT pixels", *(info.name for info in rep.runs), *deltas], rows)
 
 
-def _coverage_table(infos: Sequence[RunInfo], stats: Sequence[RunStats], images: list[str], ignore_heavy: float) -> str:
+def _coverage_table(rep: Report, ignore_heavy: float) -> str:
     def listing(names: Sequence[str]) -> str:
         more = f" and {len(names) - LISTED_NAMES} more" if len(names) > LISTED_NAMES else ""
         return _e(", ".join(names[:LISTED_NAMES]) + more) if names else "–"
 
-    rows = []
-    for r, st in enumerate(stats):
+    rows, images = [], rep.images
+    for r, (info, st) in enumerate(zip(rep.runs, rep.stats)):
         heavy_idx = np.flatnonzero(np.nan_to_num(st.ignore_share, nan=0.0) > ignore_heavy)
         heavy_idx = heavy_idx[np.argsort(-st.ignore_share[heavy_idx], kind="stable")]
         heavy = [f"{images[i]} ({100 * st.ignore_share[i]:.0f} %)" for i in heavy_idx.tolist()]
         missing = f'<b class="missing">{len(st.missing)}</b> of {len(images)}: {listing(st.missing)}'
         heavy_cell = f'<b class="ignore-heavy">{len(heavy)}</b>: {listing(heavy)}'
-        rows.append(_tr([_td(_e(infos[r].name)), _td(missing), _td(heavy_cell)], f' data-run="{r}"'))
+        rows.append(_tr([_td(_e(info.name)), _td(missing), _td(heavy_cell)], f' data-run="{r}"'))
     head = ["run", "GT images without a mask", f"masks more than {100 * ignore_heavy:.0f} % 255 (ignore-heavy)"]
     return _table(head, rows)
