@@ -2,8 +2,7 @@
 
 The layout is the one a training config reads (``--config``, else detected); each problem found (missing or corrupt
 files, names without an image, seed, ground truth or label, class values >= K) is one ``problem:`` line and makes the
-exit status 1; usage errors exit 2.  Masks and images are decoded for a sample only (``--sample``).
-"""
+exit status 1; usage errors exit 2.  Masks and images are decoded for a sample only (``--sample``)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 Bad samples (missing or corrupt files, a mask of another size than its image, label values >= K other than 255, no
 image-level label) are logged once, recorded in ``dataset.bad_samples`` as (name, reason) and skipped; more than
 ``max_bad_fraction`` of them stops the run (:class:`TooManyBadSamples`; per DataLoader worker).  A COCO mask whose
-values do not fit the chosen ``coco_layout`` is an error, not a skipped sample.
-"""
+values do not fit the chosen ``coco_layout`` is an error, not a skipped sample."""
 
 from __future__ import annotations
 
@@ -313,13 +312,10 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def read_cam_npy(path: str | os.PathLike, *, allow_pickle_cams: bool = False) -> dict[int, np.ndarray] | np.ndarray:
-    """Read an MCTformer (or IRN) CAM ``.npy``.
-
-    These files are pickles, read only with ``allow_pickle_cams=True`` and then through the restricted unpickler.
-    MCTformer ``{fg_index (0-based): cam (H, W)}`` and IRN ``{"keys": fg indices, "cam" or "high_res": (C, H, W)}``
-    dicts are returned as ``{k: cam (H, W) float32}`` keyed by **K-class** index (0-based foreground index + 1).  A
-    plain numeric array (no pickle) is returned as is, without the flag.
-    """
+    """Read an MCTformer ``{fg_index (0-based): cam (H, W)}`` or IRN ``{"keys": fg indices, "cam" or "high_res":
+    (C, H, W)}`` CAM ``.npy`` as ``{k: cam (H, W) float32}`` keyed by **K-class** index (foreground index + 1).  These
+    pickles are read only with ``allow_pickle_cams=True``, through the restricted unpickler; a plain array is returned
+    as is."""
     path = Path(path)
     with reading(path, "not a .npy file"), open(path, "rb") as f:
         dtype = npy_dtype(f)

@@ -21,13 +21,11 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2",
 
 def _read_umask() -> int:
     """The process umask, read without changing it where Linux tells it (``/proc/self/status``)."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)  # elsewhere: the classic set-and-restore (done once, at import)
+    old = os.umask(0o022)  # elsewhere: the classic set-and-restore
     os.umask(old)
     return old
 

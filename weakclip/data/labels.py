@@ -105,10 +105,8 @@ def _check_indices(path: Path, name: str, idx: Iterable[int], num_classes: int |
 
 def read_cls_labels_npy(path: str | os.PathLike, num_classes: int | None = None) -> Labels:
     """Read an IRN/MCTformer ``cls_labels.npy``: dict name -> (K-1)-dim multi-hot, entry j = class j+1.
-
     ``num_classes`` (K), if given, must be the vector length + 1, except that MCTformer's COCO file (80-dim vectors in
-    category-id order) read with K = 91 (the official category-id slots) maps entry j to ``COCO_CATEGORY_IDS[j]``.
-    """
+    category-id order) read with K = 91 (the official category-id slots) maps entry j to ``COCO_CATEGORY_IDS[j]``."""
     path = Path(path)
     obj = restricted_load_npy(path)
     if not isinstance(obj, dict):
@@ -137,12 +135,10 @@ def read_labels_json(path: str | os.PathLike, num_classes: int | None = None) ->
         obj = json.loads(path.read_text())
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a JSON object name -> list of class indices")
-    out: Labels = {}
     for name, idx in obj.items():
         if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
             raise ValueError(f"{path}: image {name!r}: expected a list of integer class indices, got {idx!r}")
-        out[name] = _check_indices(path, name, idx, num_classes)
-    return out
+    return {name: _check_indices(path, name, idx, num_classes) for name, idx in obj.items()}
 
 
 def read_labels_txt(path: str | os.PathLike, num_classes: int | None = None) -> Labels:

@@ -3,8 +3,7 @@
 Tests and the demo train on it (no download).  Each foreground class has its own colour + texture family, jittered
 per image so it is learnable but not trivial.  Seeds are degraded from the GT the way CAM seeds are (cores around a
 "discriminative" point, spills, shifted boundaries, missed small objects, class confusion, 255 patches), randomly per
-image so a network trained on many images can beat them.  Image i of a split depends only on (seed, split, i).
-"""
+image so a network trained on many images can beat them.  Image i of a split depends only on (seed, split, i)."""
 
 from __future__ import annotations
 

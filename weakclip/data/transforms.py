@@ -1,8 +1,7 @@
 """Training augmentation of the official recipe (mmseg 0.x semantics), numpy + torch only (no OpenCV).
 
 Random rescale → random crop with ``cat_max_ratio`` → horizontal flip → photometric distortion → normalise → pad.
-Every random draw comes from the ``np.random.Generator`` passed in, so a sample is reproducible from its state.
-"""
+Every random draw comes from the ``np.random.Generator`` passed in, so a sample is reproducible from its state."""
 
 from __future__ import annotations
 
@@ -32,9 +31,8 @@ def resize_label(label: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Nearest resize of an (H, W) label mask to ``size_hw`` (source index = floor(dst · in / out), like cv2)."""
     if label.shape[:2] == tuple(size_hw):
         return label
-    t = torch.tensor(label)[None, None].float()  # (1, 1, H, W)
-    t = F.interpolate(t, size=tuple(size_hw), mode="nearest")
-    return t[0, 0].to(torch.uint8).numpy() if label.dtype == np.uint8 else t[0, 0].numpy().astype(label.dtype)
+    t = F.interpolate(torch.tensor(label)[None, None].float(), size=tuple(size_hw), mode="nearest")  # (1, 1, H, W)
+    return t[0, 0].numpy().astype(label.dtype)
 
 
 def rescale_size(hw: tuple[int, int], scale: tuple[int, int]) -> tuple[int, int]:
