@@ -1,11 +1,8 @@
 """The training configuration: nested dataclasses, a comment per field (``weakclip train --help`` lists them).
 
-A run's config is the defaults below ← a YAML/TOML file or a shipped config name (``training/configs/<name>.yaml``,
-read when used) ← dotted ``KEY=VALUE`` overrides (``train.iters=200 data.root=/data/voc``, values parsed as YAML).
-A value must have its field's type: ints are accepted for numbers, integral numbers for integers, scalars for
-strings, one string for a list of strings; only ``… | None`` fields may be null.  ``model.overrides`` is a free
-mapping of :class:`weakclip.model.config.WeakCLIPConfig` fields, checked when the model is built.  Every mistake is one
-:class:`UsageError` line naming the key, the value and the type.
+A run's config is the defaults below ← a YAML/TOML file or a shipped config name (``training/configs/<name>.yaml``)
+← dotted ``KEY=VALUE`` overrides (values parsed as YAML).  ``model.overrides`` is a free mapping of
+:class:`weakclip.model.config.WeakCLIPConfig` fields, checked when the model is built.
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import tomllib
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,10 +91,6 @@ class TrainConfig:
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list of strings"}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _split(hint: Any) -> tuple[Any, bool]:
     """(the type without None, whether None is allowed)."""
     args = typing.get_args(hint)
@@ -142,7 +136,7 @@ def _typed(key: str, value: Any, hint: Any, where: str) -> Any:
 
 
 def _merge(obj: Any, src: dict[str, Any], where: str, prefix: str = "") -> None:
-    hints = _hints(type(obj))
+    hints = typing.get_type_hints(type(obj))
     for k, v in src.items():
         key = f"{prefix}{k}"
         if k not in hints:
@@ -160,12 +154,10 @@ def _parse_value(text: str) -> Any:
         v = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
+    try:
+        return float(v) if isinstance(v, str) else v
+    except ValueError:
+        return v
 
 
 def _override(cfg: TrainConfig, item: str) -> None:
@@ -175,10 +167,7 @@ def _override(cfg: TrainConfig, item: str) -> None:
     *path, last = key.split(".")
     obj: Any = cfg
     for part in path:
-        if isinstance(obj, dict):
-            nxt = obj.get(part)
-        else:
-            nxt = getattr(obj, part) if part in _hints(type(obj)) else None
+        nxt = obj.get(part) if isinstance(obj, dict) else getattr(obj, part, None)
         if not (dataclasses.is_dataclass(nxt) or isinstance(nxt, dict)):
             raise UsageError(f"unknown config section {part!r} in override {item!r}")
         obj = nxt
@@ -186,8 +175,9 @@ def _override(cfg: TrainConfig, item: str) -> None:
     if isinstance(obj, dict):  # model.overrides.<WeakCLIPConfig field>: checked when the model is built
         obj[last] = value
         return
-    if last not in _hints(type(obj)):
-        raise UsageError(f"unknown config key {key!r}; known: {sorted(_hints(type(obj)))}")
+    hints = typing.get_type_hints(type(obj))
+    if last not in hints:
+        raise UsageError(f"unknown config key {key!r}; known: {sorted(hints)}")
     _merge(obj, {last: value}, f"override {item}", "".join(f"{p}." for p in path))
 
 
@@ -201,16 +191,13 @@ def _read_config_file(path: str) -> tuple[Any, str]:
     p = Path(path)
     if not p.is_file():
         shipped = packaged_configs()
-        name = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+        name = p.name.removesuffix(".yaml")
         if p.parent == Path(".") and name in shipped:  # a bare name: the packaged config
             return yaml.safe_load(shipped[name].read_text(encoding="utf-8")) or {}, f"config {name}"
         raise UsageError(f"{p}: config file not found (packaged configs: {', '.join(sorted(shipped))})")
     try:
-        if p.suffix == ".toml":
-            import tomllib
-
-            return tomllib.loads(p.read_text()), str(p)
-        return yaml.safe_load(p.read_text()) or {}, str(p)
+        text = p.read_text()
+        return (tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text) or {}), str(p)
     except Exception as e:  # noqa: BLE001 - YAML / TOML syntax errors: one line
         raise UsageError(f"{p}: cannot parse the config ({' '.join(str(e).split())})") from None
 
@@ -239,7 +226,7 @@ def _comments(cls: type) -> dict[str, str]:
 
 
 def _keys(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    hints, notes, defaults = _hints(cls), _comments(cls), cls()
+    hints, notes, defaults = typing.get_type_hints(cls), _comments(cls), cls()
     out = []
     for f in dataclasses.fields(cls):
         value = getattr(defaults, f.name)

@@ -1,20 +1,10 @@
 """Train WeakCLIP on CAM seeds (one process, or DDP under torchrun: gloo on CPU, nccl on GPU).
 
-The config (:mod:`weakclip.training.config`; ``--help`` lists its keys) is written to ``<work_dir>/config.yaml``.
-Checkpoints are written atomically to ``<work_dir>/last.pt`` every ``schedule.checkpoint_interval`` iterations; the
-best validation model goes to ``best.safetensors``, the final one to ``final.safetensors`` with the precomputed text
-embeddings beside it (``text_embeddings.safetensors``).
-
-work_dir rules: a new or empty work_dir starts a run.  A non-empty one is refused unless ``--resume`` (continue the
-run from ``last.pt``: model, optimiser, scaler, RNG state and iteration; ``log.csv``/``val.csv`` rows after that
-iteration are dropped so none is repeated; with no ``last.pt`` yet the run starts from scratch) or ``--overwrite``
-(delete this program's outputs listed in ``OUTPUTS`` first; other files are left alone).  A resume is refused when the
-resolved config differs from the one recorded in ``last.pt`` in anything but ``RESUME_MAY_CHANGE``, when the training
-list or class names differ, and when the run is already at ``train.iters`` (raise it to continue).  ``data.labels`` is
-read for the model's K classes before any model work (a wrong vector length is refused with the line ``weakclip
-check-data`` prints).  A run that fails before writing anything leaves no empty work_dir.  ``--no-progress``: a log
-line every ``schedule.log_interval`` iterations instead of the progress bar / lines.  Exit status: 0 done, 2 a usage
-error (bad option, config value or work_dir), 1 the run failed (e.g. more than ``data.max_bad_fraction`` bad samples).
+Outputs in work_dir: see ``OUTPUTS`` (checkpoints are written atomically).  A non-empty work_dir is refused unless
+``--resume`` (continue from ``last.pt``, exactly: optimiser, scaler, RNG state, sample order; log rows after it are
+dropped) or ``--overwrite`` (delete this program's outputs first, nothing else).  A resume is refused when the config
+differs in anything but ``RESUME_MAY_CHANGE``, when the training list or class names differ, or when the run is
+already at ``train.iters``.  Inputs are checked before anything is written (a run failing then leaves no work_dir).
 """
 
 from __future__ import annotations
@@ -30,6 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -54,23 +45,12 @@ from weakclip.training.config import DEFAULT_CONFIG, TrainConfig, config_help, r
 logger = logging.getLogger("weakclip.training")
 
 # What this program writes into work_dir (``--overwrite`` deletes these and its temporaries, nothing else).
-OUTPUTS = (
-    "config.yaml",
-    "last.pt",
-    "best.safetensors",
-    "final.safetensors",
-    "text_embeddings.safetensors",
-    "log.csv",
-    "val.csv",
-)
+_MODEL_FILES = ("best.safetensors", "final.safetensors", "text_embeddings.safetensors")
+OUTPUTS = ("config.yaml", "last.pt", *_MODEL_FILES, "log.csv", "val.csv")
 
 # Config keys a --resume may change (dotted; "schedule.*" = the whole section).  Everything else (model, data
 # lists/folders/labels, losses, optimiser and schedule shape, seed, batch size) must equal the recorded run.
 RESUME_MAY_CHANGE = ("train.iters", "schedule.*", "data.num_workers", "data.root", "device", "work_dir")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# config
 
 
 def load_config(path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
@@ -99,16 +79,11 @@ def _shown(flat: dict[str, Any], key: str) -> str:
 def config_differences(recorded: dict, current: dict) -> list[str]:
     """``key recorded → current`` for every key that differs and may not change on resume."""
     a, b = _flatten(recorded), _flatten(current)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if _may_change(key) or (key in a and key in b and a[key] == b[key]):
-            continue
-        out.append(f"{key} {_shown(a, key)} → {_shown(b, key)}")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# work_dir
+    return [
+        f"{key} {_shown(a, key)} → {_shown(b, key)}"
+        for key in sorted(set(a) | set(b))
+        if not _may_change(key) and not (key in a and key in b and a[key] == b[key])
+    ]
 
 
 def our_files(work: Path) -> list[Path]:
@@ -127,9 +102,8 @@ def check_work_dir(work: Path, resume: bool, overwrite: bool) -> None:
     present = sorted(p.name for p in work.iterdir())
     if not present:
         return
-    ours = [p.name for p in our_files(work)]
     shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
-    if ours:
+    if our_files(work):
         raise UsageError(
             f"{work}: work_dir already holds a training run ({shown}); pass --resume to continue it or "
             "--overwrite to start again (deletes this program's outputs there)"
@@ -137,23 +111,9 @@ def check_work_dir(work: Path, resume: bool, overwrite: bool) -> None:
     raise UsageError(f"{work}: work_dir is not empty ({shown}); choose a new or empty folder")
 
 
-def clear_outputs(work: Path) -> list[str]:
-    removed = []
-    for p in our_files(work):
-        p.unlink()
-        removed.append(p.name)
-    return removed
-
-
 def data_fingerprint(names: Sequence[str], class_names: Sequence[str]) -> str:
     """sha256 of the training list (in order) and the class names: what a resume must train on."""
-    h = hashlib.sha256()
-    h.update(json.dumps([list(names), list(class_names)]).encode())
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# distributed helpers
+    return hashlib.sha256(json.dumps([list(names), list(class_names)]).encode()).hexdigest()
 
 
 def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
@@ -171,14 +131,6 @@ def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def is_main(rank: int) -> bool:
-    return rank == 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# schedule, sampling, RNG
-
-
 def lr_at(it: int, cfg: TrainConfig) -> float:
     """Linear warm-up from lr·warmup_ratio to lr, then cosine from lr to min_lr at ``iters``."""
     t = cfg.train
@@ -191,32 +143,21 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
 
 
 def sample_indices(n: int, seed: int, start: int, count: int, rank: int, world: int) -> list[int]:
-    """Indices ``start .. start+count`` of this rank's slice of an endless stream of seeded epoch permutations.
+    """Indices ``start .. start+count`` of this rank's slice of an endless stream of seeded epoch permutations
+    (deterministic in the position: a resumed run continues the exact sample order)."""
 
-    Deterministic in (seed, position), so a resumed run continues the exact sample order.
-    """
-    out: list[int] = []
-    pos = start * world + rank  # global position of this rank's first sample
-    while len(out) < count:
+    def at(pos: int) -> int:  # pos: a global position in the stream
         epoch, offset = divmod(pos, n)
-        g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-        perm = torch.randperm(n, generator=g)
-        out.append(int(perm[offset]))
-        pos += world
-    return out
+        return int(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))[offset])
+
+    return [at((start + i) * world + rank) for i in range(count)]
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = cast("tuple[Any, ...]", np.random.get_state())  # the legacy tuple (the default)
+    kind, keys, pos, has_gauss, gauss = cast("tuple[Any, ...]", np.random.get_state())  # the legacy tuple (default)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [
-            np_state[0],
-            torch.from_numpy(np_state[1].astype(np.int64)),
-            int(np_state[2]),
-            int(np_state[3]),
-            float(np_state[4]),
-        ],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
     }
     if torch.cuda.is_available():
@@ -232,10 +173,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# checkpoints
 
 
 def save_training_state(
@@ -277,18 +214,12 @@ def save_text_embeddings(model, path: Path) -> None:
         save_file({"text_embeddings": T}, str(tmp), metadata={"class_names": json.dumps(list(model.class_names))})
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# validation
-
-
 @torch.no_grad()
 def validate(model, cfg: TrainConfig, class_names: tuple[str, ...], device: torch.device) -> dict[str, Any]:
     """Single-scale (ratio 1, no flip) sliding-window mIoU on the validation list against GT."""
     d = cfg.data
     root = Path(d.root)
-    names = _read_list(root, d.val_list or "")
-    if cfg.schedule.val_max_images:
-        names = names[: cfg.schedule.val_max_images]
+    names = _read_list(root, d.val_list or "")[: cfg.schedule.val_max_images or None]
     model.eval()
     T = model.text_embeddings()
     opts = InferenceOptions.for_engine(model.config, scales=(1.0,), flip=False, device=str(device))
@@ -312,10 +243,6 @@ def _read_list(root: Path, name: str) -> list[str]:
     if p is None:
         raise UsageError(f"{root / 'ImageSets' / 'Segmentation' / name}: list file not found (data.val_list)")
     return [ln.split()[0] for ln in p.read_text().splitlines() if ln.strip()]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# main
 
 
 @cli
@@ -347,16 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _labels_path(cfg: TrainConfig) -> Path | None:
     """``data.labels`` (relative to ``data.root`` unless absolute), or None when the labels come from the seeds."""
-    labels = cfg.data.labels
-    if not labels:
-        return None
-    return Path(labels) if Path(labels).is_absolute() else Path(cfg.data.root) / labels
+    return Path(cfg.data.root) / cfg.data.labels if cfg.data.labels else None
 
 
 def _check_labels(cfg: TrainConfig, num_classes: int) -> None:
-    """Read ``data.labels`` for a ``num_classes``-class model: a wrong vector length or class index, or a file that
-    cannot be parsed, is a UsageError with the line ``weakclip check-data`` prints for it.  A missing file is left to
-    the dataset, which reports it after the lists."""
+    """A ``data.labels`` file that does not fit a ``num_classes``-class model: the line ``weakclip check-data`` prints
+    (a missing file is left to the dataset, which reports it after the lists)."""
     path = _labels_path(cfg)
     if path is None or not path.is_file():
         return
@@ -413,11 +336,10 @@ def _drop_rows_after(path: Path, iteration: int) -> None:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         rows = [r for r in reader if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def train(
@@ -429,12 +351,9 @@ def train(
     progress: bool = True,
     overwrite: bool = False,
 ):
-    """Run the training loop; returns the trained (unwrapped) model.
-
-    Inputs are checked before anything is written (work_dir rules, the data, a resume's config); see the module
-    docstring.  Every rank checks (read-only), then rank 0 writes.
-    """
+    """Run the training loop; returns the trained (unwrapped) model.  Every rank checks (read-only), rank 0 writes."""
     t_cfg, d_cfg, s_cfg = cfg.train, cfg.data, cfg.schedule
+    main_rank = rank == 0
     work = Path(cfg.work_dir)
     last = work / "last.pt"
     check_work_dir(work, resume, overwrite)
@@ -477,11 +396,12 @@ def train(
         _read_list(root, d_cfg.val_list)  # a missing validation list fails now, not at the first validation
     if world > 1:
         dist.barrier()  # every rank has checked the work_dir before rank 0 writes into it
-    if is_main(rank):
-        if overwrite and work.is_dir():
-            removed = clear_outputs(work)
-            if removed:
-                logger.info("--overwrite: removed %s from %s", ", ".join(removed), work)
+    if main_rank:
+        removed = our_files(work) if overwrite and work.is_dir() else []
+        for p in removed:
+            p.unlink()
+        if removed:
+            logger.info("--overwrite: removed %s from %s", ", ".join(p.name for p in removed), work)
         work.mkdir(parents=True, exist_ok=True)
         for stale in work.glob(".*.tmp*"):  # temporaries of a run killed mid-write; never a valid checkpoint
             stale.unlink()
@@ -494,7 +414,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
     use_amp = t_cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)  # disabled: a pass-through to optimizer.step()
     forward = model
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -506,27 +426,28 @@ def train(
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state["scaler"]:
+        if state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         start, best = int(state["iteration"]), float(state["best_miou"])
         set_rng_state(state["rng"])
-        if is_main(rank):
-            for f in ("log.csv", "val.csv"):
-                _drop_rows_after(work / f, start)
-            logger.info(f"resumed from {last} at iteration {start}")
-    elif resume and is_main(rank):
+    if resume and main_rank:
         for f in ("log.csv", "val.csv"):
-            _drop_rows_after(work / f, 0)  # rows of a run killed before its first checkpoint
-        logger.info(f"--resume: no {last} yet, starting from scratch")
+            _drop_rows_after(work / f, start)  # without last.pt: rows of a run killed before its first checkpoint
+        logger.info(
+            f"resumed from {last} at iteration {start}"
+            if state is not None
+            else f"--resume: no {last} yet, starting from scratch"
+        )
     del state
 
     total, bs = t_cfg.iters, t_cfg.batch_size
     log_rows: list[dict[str, Any]] = []
     # a tqdm bar on a terminal, a line every WEAKCLIP_PROGRESS_INTERVAL s otherwise; off: the log lines below
-    bar = progress_meter(total=total, initial=start, desc="train", unit="it", disable=not (progress and is_main(rank)))
+    bar = progress_meter(total=total, initial=start, desc="train", unit="it", disable=not (progress and main_rank))
     log_lines = bar.mode == "off"
-    pool = _loader_pool(dataset, d_cfg.num_workers)
-    t0, done_since = time.perf_counter(), 0
+    # threads that decode and augment samples in parallel (PIL and numpy release the GIL)
+    pool = ThreadPoolExecutor(d_cfg.num_workers, thread_name_prefix="data") if d_cfg.num_workers > 0 else None
+    t0 = time.perf_counter()
     try:
         for it in range(start, total):
             lr = lr_at(it, cfg)
@@ -541,37 +462,26 @@ def train(
                 out = forward(images)
             losses = criterion(out.logits.float(), out.score_map.float(), seeds, images)
             optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(losses["loss"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                losses["loss"].backward()
-                optimizer.step()
-            done_since += 1
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step = it + 1
-            if is_main(rank):
+            if main_rank:
                 row = {"iteration": step, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}}
                 log_rows.append(row)
                 if not log_lines:  # before update(): a progress line shows this iteration's losses
-                    bar.set_postfix(
-                        loss=f"{row['loss']:.3f}",
-                        seed=f"{row['seed']:.3f}",
-                        bd=f"{row['boundary']:.3f}",
-                        aux=f"{row['aux']:.3f}",
-                        refresh=False,
-                    )
+                    shown = (("loss", "loss"), ("seed", "seed"), ("bd", "boundary"), ("aux", "aux"))
+                    bar.set_postfix({k: f"{row[c]:.3f}" for k, c in shown}, refresh=False)
                 bar.update(1)
                 if step % s_cfg.log_interval == 0 or step == total:
-                    rate = done_since / (time.perf_counter() - t0)
+                    rate = (step - start) / (time.perf_counter() - t0)
                     _append_csv(work / "log.csv", log_rows, rate)
                     log_rows.clear()
                     if log_lines:
                         logger.info(f"it {step}/{total} loss {row['loss']:.4f} lr {lr:.2e} {rate:.2f} it/s")
-            if step % s_cfg.checkpoint_interval == 0 or step == total:
-                if is_main(rank):
-                    save_training_state(last, model, optimizer, scaler, step, best, recorded, fingerprint)
-            if (step % s_cfg.val_interval == 0 or step == total) and is_main(rank) and d_cfg.val_list:
+            if (step % s_cfg.checkpoint_interval == 0 or step == total) and main_rank:
+                save_training_state(last, model, optimizer, scaler, step, best, recorded, fingerprint)
+            if (step % s_cfg.val_interval == 0 or step == total) and main_rank and d_cfg.val_list:
                 res = validate(model, cfg, class_names, device)
                 _append_csv(work / "val.csv", [{"iteration": step, "miou": res["miou"]}], None)
                 msg = f"iteration {step}: val mIoU {100 * res['miou']:.2f} on {res['images']} images"
@@ -588,38 +498,26 @@ def train(
         bar.close()
         if pool is not None:
             pool.shutdown()
-    if dataset.bad_samples and is_main(rank):
-        logger.warning(
-            "%d bad sample(s) skipped: %s",
-            len(dataset.bad_samples),
-            "; ".join(f"{name}: {reason}" for name, reason in dataset.bad_samples),
-        )
-    if is_main(rank):
+    if dataset.bad_samples and main_rank:
+        bad = "; ".join(f"{name}: {reason}" for name, reason in dataset.bad_samples)
+        logger.warning("%d bad sample(s) skipped: %s", len(dataset.bad_samples), bad)
+    if main_rank:
         weakclip.save_checkpoint(model, work / "final.safetensors", extra={"iteration": str(total)})
         save_text_embeddings(model, work / "text_embeddings.safetensors")
         logger.info(f"done: {work / 'final.safetensors'} (best val mIoU {100 * max(best, 0):.2f})")
     return model
 
 
-def _loader_pool(dataset, workers: int):
-    """Threads that decode and augment samples in parallel (PIL and numpy release the GIL)."""
-    if workers <= 0:
-        return None
-    from concurrent.futures import ThreadPoolExecutor
-
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="data")
-
-
 def _append_csv(path: Path, rows: list[dict[str, Any]], rate: float | None) -> None:
     if not rows:
         return
     new = not path.exists()
+    extra = {"it_per_s": rate} if rate is not None else {}
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*rows[0].keys(), *(["it_per_s"] if rate is not None else [])])
+        w = csv.DictWriter(f, fieldnames=[*rows[0], *extra])
         if new:
             w.writeheader()
-        for r in rows:
-            w.writerow({**r, **({"it_per_s": rate} if rate is not None else {})})
+        w.writerows({**r, **extra} for r in rows)
 
 
 if __name__ == "__main__":

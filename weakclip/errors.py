@@ -34,11 +34,6 @@ OPTIONAL_MODULES = {
     "tensorrt": "tensorrt",
 }
 
-# errno values after which no later item of a batch can succeed: the batch stops at the first one.
-FATAL_ERRNOS = frozenset(
-    {errno_.ENOSPC, errno_.EDQUOT, errno_.EROFS, errno_.EACCES, errno_.EPERM, errno_.EFBIG, errno_.EIO}
-)
-
 _REASONS = {
     errno_.ENOSPC: "disk full (no space left on device)",
     errno_.EDQUOT: "disk quota exceeded",
@@ -51,6 +46,8 @@ _REASONS = {
     errno_.EISDIR: "is a directory, not a file",
     errno_.ENOTDIR: "a path component is not a directory",
 }
+# errno values after which no later item of a batch can succeed (all but the input-side ones): the batch stops.
+FATAL_ERRNOS = frozenset(_REASONS) - {errno_.ENOENT, errno_.EISDIR, errno_.ENOTDIR}
 
 # the prog name of the command being run: a tool called inside another (demo → train) reports as the outer one
 current_prog: contextvars.ContextVar[str | None] = contextvars.ContextVar("weakclip_prog", default=None)
@@ -100,8 +97,7 @@ class WeightsUnavailable(RuntimeFailure):
 
 def missing_dependency(err: ModuleNotFoundError, what: str) -> MissingDependency | None:
     """The one-line error for an optional module ``err.name`` needed by ``what``; None if it is not optional."""
-    top = (err.name or "").split(".")[0]
-    extra = OPTIONAL_MODULES.get(top)
+    extra = OPTIONAL_MODULES.get((err.name or "").split(".")[0])
     if extra is None:
         return None
     return MissingDependency(f"{what} needs the '{err.name}' module: pip install 'weakclip[{extra}]'")
@@ -177,8 +173,7 @@ def _prog_of(fn: Callable[..., Any]) -> str:
         return prog
     module = fn.__module__
     if module == "__main__":  # python -m weakclip.cli.x: the module's real name is on its spec
-        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        module = spec.name if spec is not None else module
+        module = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", module)
     if module.startswith("weakclip.cli."):  # the command modules are named after their subcommands
         return f"weakclip {module.rsplit('.', 1)[-1].replace('_', '-')}"
     if module.startswith("weakclip.") and module.rsplit(".", 1)[-1] in ("train", "to_onnx"):

@@ -94,14 +94,12 @@ def run_tool(module: str, argv: Sequence[str], prog: str) -> int:
             raise RuntimeFailure(f"{prog}: {module} has no main()")
         return getattr(main, "__wrapped__", main)(args)  # the tool's own main, without a second boundary
 
-    old_argv0 = sys.argv[0] if sys.argv else None
-    if sys.argv:
-        sys.argv[0] = prog  # argparse's default prog for tools that do not set one
+    old_argv0 = sys.argv[:1]
+    sys.argv[:1] = [prog]  # argparse's default prog for tools that do not set one
     try:
         return run_command(tool, argv, prog)
     finally:
-        if old_argv0 is not None:
-            sys.argv[0] = old_argv0
+        sys.argv[:1] = old_argv0
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:
