@@ -214,10 +214,8 @@ def startup_line(
     """``weakclip <tool>: engine E, model M, precision P, views V, device D, threads T[, key value ...][; note]``;
     fields given as None are left out, ``threads`` defaults to torch's intra-op threads."""
     if threads is None and "torch" in sys.modules:
-        try:
+        with contextlib.suppress(Exception):  # a half-imported torch: leave the field out
             threads = sys.modules["torch"].get_num_threads()
-        except Exception:  # noqa: BLE001 - a half-imported torch: leave the field out
-            threads = None
     model = None if model is None else os.fspath(model)
     fields = dict(engine=engine, model=model, precision=precision, views=views, device=device, threads=threads, **extra)
     body = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items() if v is not None)

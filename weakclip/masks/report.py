@@ -257,19 +257,13 @@ code { font-size: 0.92em; }
 <p class="note">$summary</p>
 
 <h2 id="settings">Runs</h2>
-<div class="scroll"><table class="settings">
 $settings_table
-</table></div>
-<div class="scroll"><table class="scores">
 $scores_table
-</table></div>
 
 <h2 id="per-class">Per-class IoU</h2>
 <p class="note">$omitted</p>
 <div class="scroll"><img id="iou-chart" class="chart" src="$iou_chart" alt="per-class IoU of every run"></div>
-<div class="scroll"><table class="per-class">
 $per_class_table
-</table></div>
 
 <h2 id="confusion">Confusion matrices</h2>
 <p class="note">Rows: ground-truth class, normalised to 1; columns: predicted class, last column predicted 255
@@ -283,9 +277,7 @@ $confusion_figures
 $gallery
 
 <h2 id="coverage">Coverage</h2>
-<div class="scroll"><table class="coverage">
 $coverage_table
-</table></div>
 <p class="note">Every number on this page is also in <code>report.json</code>; each image's mIoU in each run in
 <code>per_image.csv</code>.</p>
 </body>
@@ -313,9 +305,10 @@ def _tr(cells: Iterable[str], attrs: str = "") -> str:
     return f"<tr{attrs}>{''.join(cells)}</tr>"
 
 
-def _table(head: Iterable[str], rows: Iterable[str]) -> str:
-    """A table's rows, one a line: the header cells ``head`` (escaped here), then ``rows``."""
-    return "\n".join([_tr(f"<th>{_e(h)}</th>" for h in head), *rows])
+def _table(cls: str, head: Iterable[str], rows: Iterable[str]) -> str:
+    """A scrolling table, one row a line: the header cells ``head`` (escaped here), then ``rows``."""
+    body = "\n".join([_tr(f"<th>{_e(h)}</th>" for h in head), *rows])
+    return f'<div class="scroll"><table class="{cls}">\n{body}\n</table></div>'
 
 
 def _delta_cell(d: float) -> str:
@@ -612,7 +605,7 @@ def _settings_table(infos: Sequence[RunInfo]) -> str:
         keys += [k for k in info.settings if k not in keys]
     rows = [_tr([_td("folder"), *(_td(f"<code>{_e(info.path)}</code>") for info in infos)])]
     rows += [_tr([_td(_e(k)), *(_td(_e(info.settings.get(k, "–"))) for info in infos)]) for k in keys]
-    return _table(["setting", *(info.name for info in infos)], rows)
+    return _table("settings", ["setting", *(info.name for info in infos)], rows)
 
 
 def _scores_table(rep: Report) -> str:
@@ -624,7 +617,7 @@ def _scores_table(rep: Report) -> str:
         cells += [delta, _td(_pct(m.pixel_acc), "num pixel-acc"), _td(_pct(m.unknown), "num")]
         rows.append(_tr(cells, f' data-run="{r}"'))
     head = ["run", "images scored", "GT without mask", "mIoU (%)", "Δ mIoU", "pixel accuracy (%)", "predicted 255 (%)"]
-    return _table(head, rows)
+    return _table("scores", head, rows)
 
 
 def _per_class_table(rep: Report, gt_pixels: np.ndarray) -> str:
@@ -636,7 +629,7 @@ def _per_class_table(rep: Report, gt_pixels: np.ndarray) -> str:
         cells += [_delta_cell(b - a) for a, b in zip(ious, ious[1:])]
         rows.append(_tr(cells, f' data-class="{c}"'))
     deltas = [f"Δ {r + 1}−{r}" for r in range(len(rep.runs) - 1)]
-    return _table(["class", "GT pixels", *(info.name for info in rep.runs), *deltas], rows)
+    return _table("per-class", ["class", "GT pixels", *(info.name for info in rep.runs), *deltas], rows)
 
 
 def _coverage_table(rep: Report, ignore_heavy: float) -> str:
@@ -653,4 +646,4 @@ def _coverage_table(rep: Report, ignore_heavy: float) -> str:
         heavy_cell = f'<b class="ignore-heavy">{len(heavy)}</b>: {listing(heavy)}'
         rows.append(_tr([_td(_e(info.name)), _td(missing), _td(heavy_cell)], f' data-run="{r}"'))
     head = ["run", "GT images without a mask", f"masks more than {100 * ignore_heavy:.0f} % 255 (ignore-heavy)"]
-    return _table(head, rows)
+    return _table("coverage", head, rows)
