@@ -206,14 +206,6 @@ class SegmentationDataset(Dataset):
 
     def _map_labels(self, mask: np.ndarray, path: Path) -> np.ndarray:
         """Check the mask's values against K (and the COCO indexing) and map them to contiguous indices."""
-        hi = int(mask.max(initial=0, where=mask != IGNORE_INDEX)) if mask.size else 0
-        if self.coco_layout == "contiguous81":
-            if hi >= self.num_classes:
-                raise LabelIndexingError(
-                    f"{path}: max label value {hi} > 80, but coco_layout='contiguous81' expects 0..80 (+255); "
-                    "masks holding COCO category ids (1..90) need coco_layout='official91'"
-                )
-            return mask
         if self.coco_layout == "official91":
             assert self._lut is not None
             mapped = self._lut[mask]
@@ -225,10 +217,16 @@ class SegmentationDataset(Dataset):
                     "coco_layout='contiguous81'"
                 )
             return mapped.astype(np.uint8)
-        if hi >= self.num_classes:
-            bad = sorted(v for v in np.unique(mask).tolist() if v >= self.num_classes and v != IGNORE_INDEX)
-            raise BadSample(f"{path}: label value(s) {bad} >= K={self.num_classes} (only 255 may exceed K-1)")
-        return mask
+        hi = int(mask.max(initial=0, where=mask != IGNORE_INDEX)) if mask.size else 0
+        if hi < self.num_classes:
+            return mask
+        if self.coco_layout == "contiguous81":
+            raise LabelIndexingError(
+                f"{path}: max label value {hi} > 80, but coco_layout='contiguous81' expects 0..80 (+255); "
+                "masks holding COCO category ids (1..90) need coco_layout='official91'"
+            )
+        bad = sorted(v for v in np.unique(mask).tolist() if v >= self.num_classes and v != IGNORE_INDEX)
+        raise BadSample(f"{path}: label value(s) {bad} >= K={self.num_classes} (only 255 may exceed K-1)")
 
     def _read_mask(self, path: Path, image_hw: tuple[int, int]) -> np.ndarray:
         try:
