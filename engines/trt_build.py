@@ -1,22 +1,12 @@
 """Building TensorRT engines from the exported end-to-end graphs, and the on-disk engine cache.
 
-:func:`resolve_plan` is what the runner (:mod:`weakclip.engines.trt_engine`) calls: given the model file (an .onnx
-graph or a built ``.engine`` with its JSON sidecar) it returns the serialized engine plus what the runner needs.
-
-* **Build** (:func:`build_serialized`): NVIDIA's ONNX parser, one optimisation profile over batch 1..``max_batch``
-  and H, W ``min_size``..crop (opt = ``opt_size`` or the crop, batch opt = ``max_batch``).  Graphs with the
-  ``WeakCLIPCoAttention`` node (metadata ``graph`` = ``end_to_end_custom``) need the plugin library
-  (``build/libweakclip_trt_plugin.so``, ``$WEAKCLIP_TRT_PLUGIN`` or ``plugin_library=``), loaded before parsing and
-  before deserialising.
-* **fp16**: TensorRT 10 → ``BuilderFlag.FP16`` on the fp32 graph (weakly typed).  TensorRT >= 11 and TensorRT-RTX
-  only build strongly typed networks, so the precision is the graph's: the ``<stem>_fp16.onnx`` export is parsed.
-* **Cache**: ``<cache_dir>/<onnx stem>.<precision>.engine`` plus a JSON sidecar holding the key (sha256 of the ONNX
-  bytes incl. external data, plugin library bytes, TensorRT module and version, GPU name and compute capability,
-  precision, typing mode, profile, workspace) and the engine's sha256.  A missing, stale or corrupted engine is
-  rebuilt, never used; writes are atomic.
-
-Nothing here needs a GPU beyond what the TensorRT builder needs (TensorRT-RTX builds ahead of time on CPU); the
-``tensorrt`` module is imported only when asked for.
+:func:`resolve_plan` gives the runner (:mod:`weakclip.engines.trt_engine`) the serialized engine for a model file (an
+.onnx graph, or a built ``.engine`` with its JSON sidecar).  Builds use one optimisation profile (batch 1..max_batch,
+H, W min_size..crop).  Graphs with the ``WeakCLIPCoAttention`` node need the plugin library, loaded before parsing
+and deserialising.  fp16 is ``BuilderFlag.FP16`` on TensorRT 10; TensorRT >= 11 and TensorRT-RTX build strongly typed
+networks only, so they parse the ``<stem>_fp16.onnx`` export.  Cached engines are keyed by everything that
+determines them (:func:`cache_key`); a missing, stale or corrupted one is rebuilt, never used.  No GPU is needed
+beyond what the builder needs; ``tensorrt`` is imported only when asked for.
 """
 
 from __future__ import annotations
@@ -55,13 +45,13 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# TensorRT module helpers (no GPU needed).
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def import_tensorrt(backend: str | None = None) -> Any:
-    """The TensorRT Python module for ``backend`` ("tensorrt" default, "tensorrt_rtx"); EngineError with the
-    install hint when it is missing or does not load."""
+    """The TensorRT module for ``backend`` ("tensorrt" default, "tensorrt_rtx"); EngineError with the install hint."""
     backend = backend or "tensorrt"
     if backend not in BACKENDS:
         raise EngineError(f"tensorrt engine: backend must be one of {sorted(BACKENDS)}, got {backend!r}")
@@ -79,17 +69,14 @@ def import_tensorrt(backend: str | None = None) -> Any:
     raise EngineError(f"tensorrt engine: TensorRT is not available ({'; '.join(errors)}); {INSTALL_HINT}")
 
 
-def trt_major(trt: Any) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
 def is_tensorrt_rtx(trt: Any) -> bool:
     return trt.__name__.split(".")[0].startswith("tensorrt_rtx")
 
 
 def strongly_typed_only(trt: Any) -> bool:
     """True for TensorRT >= 11 and TensorRT-RTX (no weakly typed networks, no BuilderFlag.FP16)."""
-    return is_tensorrt_rtx(trt) or trt_major(trt) >= 11 or not hasattr(trt.BuilderFlag, "FP16")
+    major = int(str(trt.__version__).split(".")[0])
+    return is_tensorrt_rtx(trt) or major >= 11 or not hasattr(trt.BuilderFlag, "FP16")
 
 
 def trt_identity(trt: Any) -> str:
@@ -97,7 +84,10 @@ def trt_identity(trt: Any) -> str:
 
 
 @functools.cache
-def _logger_class(trt: Any) -> type:
+def get_logger(trt: Any) -> Any:
+    """THE logger of module ``trt``, passed to every Builder, OnnxParser and Runtime: TensorRT keeps the first logger
+    it is given process-wide, so a logger per engine would leave the second engine's error messages empty."""
+
     class Logger(trt.ILogger):
         """Keeps the last warnings and errors (numbered) so a failing parse, build or deserialisation can show them."""
 
@@ -107,29 +97,17 @@ def _logger_class(trt: Any) -> type:
             self.count = 0  # messages logged so far (a mark for text(since=...))
 
         def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                text = f"[{severity.name}] {msg}"
-            elif severity == trt.ILogger.Severity.WARNING:
-                text = f"[WARNING] {msg}"
-            else:
-                return
-            self.messages.append((self.count, text))
-            self.count += 1
+            S = trt.ILogger.Severity
+            if severity in (S.INTERNAL_ERROR, S.ERROR, S.WARNING):
+                self.messages.append((self.count, f"[{'WARNING' if severity == S.WARNING else severity.name}] {msg}"))
+                self.count += 1
 
         def text(self, n: int = 20, since: int = 0) -> str:
             """The last ``n`` kept messages logged after mark ``since`` (a ``count`` read before the operation)."""
             kept = [m for i, m in self.messages if i >= since]
             return "\n".join(kept[-n:]) or "(no messages)"
 
-    return Logger
-
-
-@functools.cache
-def get_logger(trt: Any) -> Any:
-    """THE logger of TensorRT module ``trt``, created once per module and passed to every Builder, OnnxParser and
-    Runtime.  TensorRT keeps one process-wide logger (the first one it is given; a different one passed later is
-    ignored with a warning), so a logger per engine would leave the second engine's error messages empty."""
-    return _logger_class(trt)()
+    return Logger()
 
 
 # TensorRT-RTX compute-capability targets when the module does not list them (its ComputeCapability enum does).
@@ -140,15 +118,12 @@ def rtx_targets(trt: Any) -> tuple[tuple[int, int], ...]:
     """Compute capabilities TensorRT-RTX module ``trt`` can build for (from ``trt.ComputeCapability.SM<nn>``)."""
     enum = getattr(trt, "ComputeCapability", None)
     names = [n for n in dir(enum) if re.fullmatch(r"SM\d{2,3}", n)] if enum is not None else []
-    if not names:
-        return _RTX_KNOWN_TARGETS
-    return tuple(sorted((int(n[2:-1]), int(n[-1])) for n in names))
+    return tuple(sorted((int(n[2:-1]), int(n[-1])) for n in names)) if names else _RTX_KNOWN_TARGETS
 
 
 def check_rtx_gpu(trt: Any, gpu: Sequence[Any]) -> None:
-    """EngineError unless TensorRT-RTX has a target for ``gpu`` = (name, (major, minor)).  TensorRT-RTX is for
-    consumer / workstation GPUs: it has no SM90 (Hopper: H100, H200) or SM100 target, and an engine it builds
-    cannot run there."""
+    """EngineError unless TensorRT-RTX has a target for ``gpu`` = (name, (major, minor)); it has none for
+    SM90 (H100, H200) or SM100, and its engines cannot run there."""
     name, cc = gpu
     cc = (int(cc[0]), int(cc[1]))
     targets = rtx_targets(trt)
@@ -162,32 +137,21 @@ def check_rtx_gpu(trt: Any, gpu: Sequence[Any]) -> None:
 
 
 def configure_precision(trt: Any, config: Any, precision: str, strongly_typed: bool) -> None:
-    """Builder flags for ``precision`` on ``config``.
-
-    fp32 means IEEE fp32: TensorRT enables ``BuilderFlag.TF32`` by default (NvInfer.h: "Enabled by default"), which
-    rounds matmul / convolution inputs to 10-bit mantissas on Ampere and newer, so it is cleared.  fp16 on a weakly
-    typed network (TensorRT 10) sets ``BuilderFlag.FP16``; strongly typed networks take the graph's types.
-    """
-    if precision not in PRECISIONS:
-        raise PrecisionError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
+    """Builder flags for ``precision``: fp32 clears ``BuilderFlag.TF32`` (on by default; it rounds matmul inputs to
+    10-bit mantissas on Ampere+), fp16 sets ``BuilderFlag.FP16`` unless the network is strongly typed."""
+    _check_precision(precision)
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     if precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
 
 
-def default_plugin_library() -> Path:
-    """``$WEAKCLIP_TRT_PLUGIN`` if set, else ``<repo>/build/libweakclip_trt_plugin.so``."""
-    env = os.environ.get(PLUGIN_ENV)
-    return Path(env) if env else REPO_ROOT / "build" / "libweakclip_trt_plugin.so"
-
-
 _LOADED_PLUGINS: dict[str, Any] = {}
 
 
 def load_plugin_library(trt: Any, path: str | os.PathLike) -> None:
-    """Load the co-attention plugin library once per process (its creator registers itself at load, see
-    engines/csrc/README.md), and check that TensorRT's registry then has the ``WeakCLIPCoAttention`` creator."""
+    """Load the co-attention plugin library once per process (its creator registers itself at load) and check that
+    TensorRT's registry then has the ``WeakCLIPCoAttention`` creator."""
     path = Path(path)
     if not path.is_file():
         raise EngineError(
@@ -209,10 +173,6 @@ def load_plugin_library(trt: Any, path: str | os.PathLike) -> None:
             f"tensorrt engine: {path} loaded but no {spec['op_type']} creator (namespace "
             f"{spec['plugin_namespace']!r}) is registered; was it built with -DWEAKCLIP_TRT_GET_CREATORS=ON?"
         )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Profile, cache key, build (pure functions of their arguments; testable with the TensorRT-RTX AOT builder on CPU).
 
 
 def make_profile(
@@ -252,9 +212,8 @@ def cache_key(
 ) -> tuple[str, dict[str, Any]]:
     """(key, material): the key is the sha256 of the canonical JSON of everything that determines the engine.
 
-    ``onnx_digest``: :func:`weakclip.data.io.file_sha256` of the graph actually parsed (with its ``.data`` file);
-    ``trt_version``: :func:`trt_identity`; ``gpu``: (device name, (major, minor) compute capability);
-    ``plugin_digest``: sha256 of the plugin library or None when the graph has no plugin node.
+    ``onnx_digest``: :func:`weakclip.data.io.file_sha256` of the graph parsed; ``gpu``: (name, (major, minor));
+    ``plugin_digest``: sha256 of the plugin library, None when the graph has no plugin node.
     """
     name, cc = gpu
     material = {
@@ -273,16 +232,6 @@ def cache_key(
     return hashlib.sha256(blob).hexdigest(), material
 
 
-def _parser_errors(parser: Any) -> list[str]:
-    out = []
-    for i in range(parser.num_errors):
-        e = parser.get_error(i)
-        node = e.node_name() if hasattr(e, "node_name") else ""
-        op = e.node_operator() if hasattr(e, "node_operator") else ""
-        out.append(f"{e.code()}: {e.desc()} (node {node!r}, op {op!r})")
-    return out
-
-
 def build_serialized(
     onnx_path: str | os.PathLike,
     trt_module: Any,
@@ -292,16 +241,10 @@ def build_serialized(
     *,
     workspace_gb: float = 4,
 ) -> bytes:
-    """Parse ``onnx_path`` with ``trt_module``'s ONNX parser and build a serialized engine (bytes).
-
-    Weakly typed TensorRT (10): the network is built from whatever graph is given, fp16 via ``BuilderFlag.FP16``.
-    Strongly typed TensorRT (>= 11, RTX): the graph's own types decide, so ``precision`` must equal the graph's
-    metadata ``precision`` (fp16 → the ``_fp16.onnx`` export).  No GPU is touched here beyond what ``trt_module``'s
-    builder needs (TensorRT-RTX builds ahead of time on CPU).
-    """
+    """Parse ``onnx_path`` with ``trt_module``'s ONNX parser and build a serialized engine.  Strongly typed
+    TensorRT takes the graph's own types, so ``precision`` must then be the graph's metadata ``precision``."""
     trt = trt_module
-    if precision not in PRECISIONS:
-        raise PrecisionError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_precision(precision)
     onnx_path = Path(onnx_path)
     strong = strongly_typed_only(trt)
     if strong:
@@ -324,11 +267,16 @@ def build_serialized(
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "\n".join(_parser_errors(parser))
+        errors = []
+        for e in (parser.get_error(i) for i in range(parser.num_errors)):
+            node = e.node_name() if hasattr(e, "node_name") else ""
+            op = e.node_operator() if hasattr(e, "node_operator") else ""
+            errors.append(f"{e.code()}: {e.desc()} (node {node!r}, op {op!r})")
+        text = "\n".join(errors)
         hint = ""
-        if "Plugin not found" in errors and plugin_library is None:
+        if "Plugin not found" in text and plugin_library is None:
             hint = "\n(the graph has a plugin node: pass plugin_library=, see engines/csrc/README.md)"
-        raise EngineError(f"tensorrt engine: cannot parse {onnx_path}:\n{errors}\n{logger.text(since=mark)}{hint}")
+        raise EngineError(f"tensorrt engine: cannot parse {onnx_path}:\n{text}\n{logger.text(since=mark)}{hint}")
     inputs = [network.get_input(i).name for i in range(network.num_inputs)]
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
@@ -340,7 +288,7 @@ def build_serialized(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     configure_precision(trt, config, precision, strong)
     opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(INPUT_NAME, tuple(profile["min"]), tuple(profile["opt"]), tuple(profile["max"]))
+    opt_profile.set_shape(INPUT_NAME, *(tuple(profile[k]) for k in ("min", "opt", "max")))
     if not opt_profile:
         raise EngineError(f"tensorrt engine: inconsistent optimisation profile {dict(profile)}")
     config.add_optimization_profile(opt_profile)
@@ -401,10 +349,6 @@ def cached_build(
     return blob, True
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# From a model file to engine bytes (what the runner calls).
-
-
 @dataclass
 class Plan:
     """A serialized engine and what the runner needs to deserialize and describe it."""
@@ -421,8 +365,7 @@ class Plan:
 
 def check_model_path(model_path: str | os.PathLike | None, precision: str) -> Path:
     """The model file as a Path, after the checks that need neither TensorRT nor a GPU."""
-    if precision not in PRECISIONS:
-        raise PrecisionError(f"tensorrt engine: precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_precision(precision)
     if model_path is None:
         raise EngineError("tensorrt engine: give the exported weakclip.onnx or a built .engine (--model)")
     path = Path(model_path)
@@ -461,8 +404,10 @@ def resolve_plan(
     workspace_gb: float,
 ) -> Plan:
     """The engine for model ``path`` on ``gpu`` = (name, (major, minor)): a built engine checked against its sidecar,
-    or the graph's cached engine (built when missing or stale)."""
-    plugin = Path(plugin_library) if plugin_library else default_plugin_library()
+    or the graph's cached engine (built when missing or stale).  The plugin library: ``plugin_library``, else
+    ``$WEAKCLIP_TRT_PLUGIN``, else ``<repo>/build/libweakclip_trt_plugin.so``."""
+    default_plugin = os.environ.get(PLUGIN_ENV) or REPO_ROOT / "build" / "libweakclip_trt_plugin.so"
+    plugin = Path(plugin_library or default_plugin)
     if path.suffix in ENGINE_SUFFIXES:
         return _built_engine(path, trt, gpu, precision, plugin)
     meta = read_onnx_metadata(path, who="tensorrt engine")
@@ -473,32 +418,24 @@ def resolve_plan(
         raise EngineError(
             f"tensorrt engine: {path.name} has graph kind {kind!r}; give weakclip.onnx or weakclip_custom.onnx"
         )
-    onnx_file = graph_for(path, meta, precision, strongly_typed_only(trt))
+    strong = strongly_typed_only(trt)
+    onnx_file = graph_for(path, meta, precision, strong)
     if onnx_file != path:
         meta = read_onnx_metadata(onnx_file, who="tensorrt engine")
+    divisor = int(meta.get("size_divisor", 16))
     profile = make_profile(
-        int(meta["crop_size"]),
-        max_batch=max_batch,
-        min_size=min_size,
-        opt_size=opt_size,
-        size_divisor=int(meta.get("size_divisor", 16)),
+        int(meta["crop_size"]), max_batch=max_batch, min_size=min_size, opt_size=opt_size, size_divisor=divisor
     )
-    needs_plugin = meta.get("graph") in CUSTOM_KINDS
-    if needs_plugin and not plugin.is_file():
-        load_plugin_library(trt, plugin)  # raises with the build command
-    key, material = cache_key(
-        file_sha256(onnx_file),
-        trt_version=trt_identity(trt),
-        gpu=gpu,
-        precision=precision,
-        profile=profile,
-        strongly_typed=strongly_typed_only(trt),
-        plugin_digest=file_sha256(plugin, with_data=False) if needs_plugin else None,
-        workspace_gb=workspace_gb,
+    plugin_used = plugin if meta.get("graph") in CUSTOM_KINDS else None
+    if plugin_used is not None and not plugin_used.is_file():
+        load_plugin_library(trt, plugin_used)  # raises with the build command
+    plugin_digest = file_sha256(plugin_used, with_data=False) if plugin_used is not None else None
+    kw: dict[str, Any] = dict(
+        gpu=gpu, precision=precision, profile=profile, strongly_typed=strong, workspace_gb=workspace_gb
     )
+    key, material = cache_key(file_sha256(onnx_file), trt_version=trt_identity(trt), plugin_digest=plugin_digest, **kw)
     cdir = Path(cache_dir) if cache_dir is not None else onnx_file.parent / "trt_cache"
     engine_path = cdir / f"{onnx_file.stem}.{precision}.engine"
-    plugin_used = plugin if needs_plugin else None
 
     def build() -> bytes:
         return build_serialized(onnx_file, trt, precision, profile, plugin_used, workspace_gb=workspace_gb)

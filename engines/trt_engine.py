@@ -1,36 +1,20 @@
-"""The TensorRT engine: an exported end-to-end graph (``weakclip.onnx``, or ``weakclip_custom.onnx`` with the
-co-attention plugin), built once into ``<onnx folder>/trt_cache/``, or a built ``.engine`` with its JSON sidecar; runs
-on a CUDA GPU.  Windows (B, 3, H, W) float32 normalised, CPU → logits (B, K, H/4, W/4) float32, CPU.
-
-Needs the ``tensorrt`` Python package (TensorRT >= 10) and a CUDA GPU; ``backend="tensorrt_rtx"`` uses TensorRT for
-RTX instead.  Building, the profile and the engine cache are :mod:`weakclip.engines.trt_build`; this module runs the
-engine: TensorRT's tensor API (``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``) on a torch CUDA
-stream, windows through a reused pinned host buffer, device buffers reused while the shape repeats, batches larger
-than ``max_batch`` run in chunks.  Every call synchronises its stream before returning.
-
+"""The TensorRT engine: runs the engine :mod:`weakclip.engines.trt_build` builds (or a built ``.engine``) on a CUDA
+GPU with TensorRT's tensor API on a torch stream.  Windows go through a reused pinned host buffer, device buffers are
+reused while the shape repeats, batches over ``max_batch`` run in chunks; every call synchronises before returning.
 Not thread-safe: one engine per thread.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
+from weakclip.engines import trt_build as tb
 from weakclip.engines.base import Engine, EngineError, engine_fields_from_metadata
-from weakclip.engines.trt_build import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    check_model_path,
-    check_rtx_gpu,
-    get_logger,
-    import_tensorrt,
-    is_tensorrt_rtx,
-    load_plugin_library,
-    resolve_plan,
-    trt_identity,
-)
+from weakclip.engines.trt_build import INPUT_NAME, OUTPUT_NAME
 
 
 def current_gpu(device: int) -> tuple[str, tuple[int, int]]:
@@ -43,17 +27,15 @@ def current_gpu(device: int) -> tuple[str, tuple[int, int]]:
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.bool: torch.bool}
-    for name, tdt in (("int64", torch.int64), ("bfloat16", torch.bfloat16), ("int8", torch.int8)):
-        if hasattr(trt, name):
-            table[getattr(trt, name)] = tdt
+    names = ("float32", "float16", "int32", "bool", "int64", "bfloat16", "int8")
+    table = {getattr(trt, n): getattr(torch, n) for n in names if hasattr(trt, n)}
     if dtype not in table:
         raise EngineError(f"tensorrt engine: unsupported I/O tensor type {dtype}")
     return table[dtype]
 
 
 class TrtEngine(Engine):
-    """WeakCLIP end-to-end graph on TensorRT (options: see :mod:`weakclip.engines.trt_build`)."""
+    """WeakCLIP end-to-end graph on TensorRT (build options: :mod:`weakclip.engines.trt_build`)."""
 
     name = "tensorrt"
 
@@ -71,16 +53,16 @@ class TrtEngine(Engine):
         device: int | str = 0,
         backend: str | None = None,
     ) -> None:
-        trt = import_tensorrt(backend)
-        path = check_model_path(model_path, precision)
+        trt = tb.import_tensorrt(backend)
+        path = tb.check_model_path(model_path, precision)
         dev = torch.device(device if not isinstance(device, int) else f"cuda:{device}")
         if dev.type != "cuda":
             raise EngineError(f"tensorrt engine: device must be a CUDA device, got {device!r}")
         self.device = torch.device("cuda", dev.index or 0)
         self.gpu = current_gpu(self.device.index)
-        if is_tensorrt_rtx(trt):
-            check_rtx_gpu(trt, self.gpu)  # before any build: TensorRT-RTX has no SM90 target
-        plan = resolve_plan(
+        if tb.is_tensorrt_rtx(trt):
+            tb.check_rtx_gpu(trt, self.gpu)  # before any build: TensorRT-RTX has no SM90 target
+        plan = tb.resolve_plan(
             path,
             trt,
             self.gpu,
@@ -99,22 +81,18 @@ class TrtEngine(Engine):
         self.metadata, self.profile = plan.metadata, plan.profile
         self.max_batch, self.min_size = int(plan.profile["max"][0]), int(plan.profile["min"][2])
         if plan.plugin is not None:
-            load_plugin_library(trt, plan.plugin)
+            tb.load_plugin_library(trt, plan.plugin)
 
-        self._logger = get_logger(trt)
+        self._logger = tb.get_logger(trt)
         mark = self._logger.count
         with torch.cuda.device(self.device):
             self.runtime: Any = trt.Runtime(self._logger)
             self.engine: Any = self.runtime.deserialize_cuda_engine(plan.blob)
             if self.engine is None:
-                raise EngineError(
-                    f"tensorrt engine: cannot deserialize {self.engine_path}:\n{self._logger.text(since=mark)}"
-                )
+                self._fail(f"cannot deserialize {self.engine_path}", mark)
             self.context: Any = self.engine.create_execution_context()
             if self.context is None:
-                raise EngineError(
-                    f"tensorrt engine: cannot create an execution context:\n{self._logger.text(since=mark)}"
-                )
+                self._fail("cannot create an execution context", mark)
             self.stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -122,9 +100,19 @@ class TrtEngine(Engine):
         if self._inputs != [INPUT_NAME] or OUTPUT_NAME not in self._outputs:
             raise EngineError(f"tensorrt engine: engine I/O {self._inputs} → {self._outputs}; expected image → logits")
         self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
-        self._host_in: torch.Tensor | None = None  # pinned, grown as needed
         self._dev: dict[str, torch.Tensor] = {}  # device buffers of the last shape, per tensor
-        self._host_out: torch.Tensor | None = None  # pinned logits staging
+        self._host: dict[str, torch.Tensor] = {}  # pinned staging for the windows ("in") and the logits ("out")
+
+    def _fail(self, what: str, mark: int) -> NoReturn:
+        raise EngineError(f"tensorrt engine: {what}:\n{self._logger.text(since=mark)}")
+
+    def _pinned(self, which: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 view of pinned host buffer ``which``, grown as needed."""
+        n = math.prod(shape)
+        buf = self._host.get(which)
+        if buf is None or buf.numel() < n:
+            buf = self._host[which] = torch.empty(n, dtype=torch.float32, pin_memory=True)
+        return buf[:n].view(shape)
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         buf = self._dev.get(name)
@@ -135,10 +123,7 @@ class TrtEngine(Engine):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)
-        n = x.numel()
-        if self._host_in is None or self._host_in.numel() < n:
-            self._host_in = torch.empty(n, dtype=torch.float32, pin_memory=True)
-        host_in = self._host_in[:n].view(shape)
+        host_in = self._pinned("in", shape)
         host_in.copy_(x)
         stream = self.stream
         assert stream is not None
@@ -155,14 +140,9 @@ class TrtEngine(Engine):
                 self.context.set_tensor_address(name, self._buffer(name, out_shape).data_ptr())
             mark = self._logger.count
             if not self.context.execute_async_v3(stream.cuda_stream):
-                raise EngineError(f"tensorrt engine: execute_async_v3 failed:\n{self._logger.text(since=mark)}")
-            d_out = self._dev[OUTPUT_NAME]
-            if d_out.dtype != torch.float32:
-                d_out = d_out.float()
-            m = d_out.numel()
-            if self._host_out is None or self._host_out.numel() < m:
-                self._host_out = torch.empty(m, dtype=torch.float32, pin_memory=True)
-            host_out = self._host_out[:m].view(d_out.shape)
+                self._fail("execute_async_v3 failed", mark)
+            d_out = self._dev[OUTPUT_NAME].float()  # a no-op for fp32 logits
+            host_out = self._pinned("out", tuple(d_out.shape))
             host_out.copy_(d_out, non_blocking=True)
         stream.synchronize()  # the host buffers are reused: finish before returning / the next copy
         return host_out.clone()
@@ -174,10 +154,7 @@ class TrtEngine(Engine):
         h, w = windows.shape[-2:]
         if not (self.min_size <= h <= self.crop_size and self.min_size <= w <= self.crop_size):
             raise ValueError(f"tensorrt engine: window {h}×{w} outside the profile {self.min_size}..{self.crop_size}")
-        x = windows.detach()
-        if x.device.type != "cpu":
-            x = x.cpu()
-        x = x.contiguous()
+        x = windows.detach().cpu().contiguous()
         chunks = [self._run(x[i : i + self.max_batch]) for i in range(0, x.shape[0], self.max_batch)]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
@@ -190,7 +167,7 @@ class TrtEngine(Engine):
             "cache_key": self.key,
             "rebuilt": self.rebuilt,
             "precision": self.precision,
-            "tensorrt": trt_identity(self.trt),
+            "tensorrt": tb.trt_identity(self.trt),
             "gpu": {"name": self.gpu[0], "compute_capability": list(self.gpu[1])},
             "profile": {k: list(v) for k, v in self.profile.items()},
         }
@@ -199,9 +176,5 @@ class TrtEngine(Engine):
         stream = getattr(self, "stream", None)
         if stream is not None:
             stream.synchronize()
-        self.context = None
-        self.engine = None
-        self.runtime = None
-        self.stream = None
-        self._dev = {}
-        self._host_in = self._host_out = None
+        self.context = self.engine = self.runtime = self.stream = None
+        self._dev, self._host = {}, {}
