@@ -187,7 +187,7 @@ def _write_report(out: Path, data: Path, masks: Path, names: list[str]) -> str:
     return str(make_report(gt, runs, out / "report", images=names, run_names=run_names, image_root=images).index)
 
 
-def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> dict[str, float]:
+def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> None:
     """Image-level labels only → CLIP-ES seeds → WeakCLIP training → masks.  The demo's tiny random-init CLIP gives
     seeds without knowledge: this shows the mechanics, not the quality (use --clip-weights openai on real data)."""
     from weakclip.data.datasets import read_class_names
@@ -214,7 +214,6 @@ def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> dict[
     print(f"\nCLIP seeds mIoU (random tiny CLIP)   {result['clip_seeds_miou']:6.2f}")
     print(f"masks trained on CLIP seeds mIoU     {result['masks_from_clip_seeds_miou']:6.2f}")
     print("(random CLIP weights: these numbers show the route runs, not what pretrained CLIP gives)")
-    return result
 
 
 if __name__ == "__main__":
