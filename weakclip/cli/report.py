@@ -50,9 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     report = make_report(args.gt, args.runs, args.out, run_names=names, progress_options=progress_options(args), **kw)
     for info, st in zip(report.runs, report.stats):
-        print(
-            f"{info.name:<40} mIoU {100 * st.metrics.miou:6.2f}  ({st.scored} images, {len(st.missing)} without mask)"
-        )
+        scored = f"({st.scored} images, {len(st.missing)} without mask)"
+        print(f"{info.name:<40} mIoU {100 * st.metrics.miou:6.2f}  {scored}")
     print(f"report: {report.index} ({len(report.files)} files, {report.size_bytes / 1024:.0f} KiB)")
     return 0
 

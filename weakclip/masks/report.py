@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import functools
 import html
 import json
 import math
@@ -535,8 +536,7 @@ def _gallery_sections(images: Sequence[str], stats: Sequence[RunStats], n: int) 
 
 
 def _gallery(rep: Report, n: int, gt_dir: Path, roots: list[Path], thumb: int) -> tuple[str, list[dict[str, Any]]]:
-    """The gallery's HTML and JSON rows; its thumbnails (each image once, however many sections show it) are written
-    and added to ``rep.files``."""
+    """The gallery's HTML and JSON rows; the thumbnails it writes are added to ``rep.files``."""
     from PIL import Image
 
     images, infos, stats, files, assets = rep.images, rep.runs, rep.stats, rep.files, rep.index.parent / ASSETS
@@ -549,8 +549,10 @@ def _gallery(rep: Report, n: int, gt_dir: Path, roots: list[Path], thumb: int) -
             img.save(tmp, format="JPEG", quality=82, optimize=True)
         return files[-1].name
 
-    def thumbnails(i: int, name: str) -> tuple[list[str], list[int], str]:
+    @functools.cache  # each image's thumbnails once, however many sections show it
+    def thumbnails(i: int) -> tuple[list[str], list[int], str]:
         """The image, the GT overlay, each run's overlay ("" where a run has no mask); the classes; a note."""
+        name = images[i]
         gt = read_mask(gt_dir / f"{name}.png")
         image, note = None, ""  # note: why the image is not shown
         found = (root / f"{name}{e}" for root in roots for ext in IMAGE_EXTS for e in (ext, ext.upper()))
@@ -571,7 +573,6 @@ def _gallery(rep: Report, n: int, gt_dir: Path, roots: list[Path], thumb: int) -
         out += [save(palette_blend(image, m), i, f"run{r}") if m is not None else "" for r, m in enumerate(masks)]
         return out, [c for c in classes if c != 0], note  # background is not coloured over the image
 
-    done: dict[int, tuple[list[str], list[int], str]] = {}  # image index → (asset names, classes shown, note)
     parts, rows = [], []
     if not roots:
         no_images = "No image folder found (pass --image-root): masks are shown without the images."
@@ -581,10 +582,7 @@ def _gallery(rep: Report, n: int, gt_dir: Path, roots: list[Path], thumb: int) -
         if not idx:
             parts.append('<p class="note">none</p>')
         for i in idx:
-            name = images[i]
-            if i not in done:
-                done[i] = thumbnails(i, name)
-            thumbs, classes, note = done[i]
+            name, (thumbs, classes, note) = images[i], thumbnails(i)
             captions = ["image" if note == "" else "no image", "ground truth"]
             captions += [f"{info.name}: mIoU {_pct(st.image_miou[i], 1)}" for info, st in zip(infos, stats)]
             figs = "".join(_figure(cap, a) for a, cap in zip(thumbs, captions))
