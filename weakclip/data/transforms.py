@@ -79,10 +79,8 @@ def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
     s = np.where(v > 0, delta * 255.0 / np.maximum(v, 1e-6), 0.0)
     d = np.maximum(delta, 1e-6)
     h = np.where(v == r, 60.0 * (g - b) / d, np.where(v == g, 120.0 + 60.0 * (b - r) / d, 240.0 + 60.0 * (r - g) / d))
-    h = np.where(delta > 0, h, 0.0)
-    h = np.where(h < 0, h + 360.0, h)
-    hsv = np.stack([np.round(h / 2.0) % 180, np.round(s), v], -1)
-    return hsv.astype(np.uint8)
+    h = np.where(delta > 0, h, 0.0) % 360.0  # h in [-60, 300]: negative hues wrap
+    return np.stack([np.round(h / 2.0) % 180, np.round(s), v], -1).astype(np.uint8)
 
 
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
