@@ -13,14 +13,12 @@ class PyramidAdapter(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         D = width
-        self.fpn1 = nn.Sequential(
-            nn.GroupNorm(1, D),
-            nn.ConvTranspose2d(D, D, kernel_size=2, stride=2),
-            nn.BatchNorm2d(D),
-            nn.GELU(),
-            nn.ConvTranspose2d(D, D, kernel_size=2, stride=2),
-        )
-        self.fpn2 = nn.Sequential(nn.GroupNorm(1, D), nn.ConvTranspose2d(D, D, kernel_size=2, stride=2))
+
+        def up() -> nn.ConvTranspose2d:
+            return nn.ConvTranspose2d(D, D, kernel_size=2, stride=2)
+
+        self.fpn1 = nn.Sequential(nn.GroupNorm(1, D), up(), nn.BatchNorm2d(D), nn.GELU(), up())
+        self.fpn2 = nn.Sequential(nn.GroupNorm(1, D), up())
         self.fpn3 = nn.GroupNorm(1, D)
         self.fpn4 = nn.Sequential(nn.GroupNorm(1, D), nn.MaxPool2d(kernel_size=2, stride=2))
 

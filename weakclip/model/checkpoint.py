@@ -49,8 +49,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         meta = read_checkpoint_metadata(path)
     except (OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: cannot read checkpoint ({e})") from None
-    config = WeakCLIPConfig.from_dict(json.loads(meta["config"]))
-    model = build_from_config(config)
+    model = build_from_config(WeakCLIPConfig.from_dict(json.loads(meta["config"])))
     with safe_open(str(path), framework="pt", device=str(map_location)) as f:
         sd = {k: f.get_tensor(k) for k in f.keys()}
     load_state_dict_strict(model, sd, source=str(path))

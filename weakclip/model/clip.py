@@ -25,10 +25,8 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 def resize_pos_embed(pos: torch.Tensor, grid: int, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a ViT positional table (1 + grid², D) to (1 + h·w, D), bilinear, align_corners False.
-
-    Always interpolates (identity when the size is unchanged) so exported graphs keep H, W dynamic.
-    """
+    """Resize a ViT positional table (1 + grid², D) to (1 + h·w, D), bilinear; always interpolates (identity at the
+    same size) so exported graphs keep H, W dynamic."""
     cls_pos, patch_pos = pos[:1], pos[1:]
     D = pos.shape[-1]
     patch_pos = patch_pos.reshape(1, grid, grid, D).permute(0, 3, 1, 2)  # (1, D, grid, grid)
@@ -38,11 +36,8 @@ def resize_pos_embed(pos: torch.Tensor, grid: int, size: tuple[int, int]) -> tor
 
 
 class CLIPImageEncoder(nn.Module):
-    """open_clip ViT returning the adapter taps and the dense embeddings.
-
-    forward(images (B, 3, H, W)) -> (taps: list of 4 × (B, D, h, w), g (B, E), F (B, E, h, w)),
-    with h = H / patch, w = W / patch; H and W must be multiples of the patch size.
-    """
+    """open_clip ViT: images (B, 3, H, W), H and W multiples of the patch → (4 adapter taps (B, D, h, w), g (B, E),
+    dense F (B, E, h, w)) with h, w = H, W / patch."""
 
     def __init__(self, cfg: WeakCLIPConfig):
         super().__init__()
@@ -54,7 +49,6 @@ class CLIPImageEncoder(nn.Module):
             image_size=cfg.crop_size,
         )
         self.visual = _build_vision_tower(cfg.embed_dim, vision_cfg, quick_gelu=True)
-        self.patch_size = cfg.patch_size
         self.grid = cfg.crop_size // cfg.patch_size  # side of the stored positional grid
         self.tap_layers = tuple(cfg.tap_layers)
         self.double_cls_embedding = cfg.double_cls_embedding
@@ -86,10 +80,8 @@ class CLIPImageEncoder(nn.Module):
 
 
 class CLIPTextEncoder(nn.Module):
-    """open_clip text transformer run on prompt embeddings (K, L, W) with an L×L causal mask.
-
-    forward(prompts (K, L, W), eot_index (K,)) -> T (K, E): token at eot_index → ln_final → text_projection.
-    """
+    """open_clip text transformer with an L×L causal mask: prompts (K, L, W), eot_index (K,) → T (K, E), the token at
+    eot_index through ln_final and text_projection."""
 
     def __init__(self, cfg: WeakCLIPConfig):
         super().__init__()
@@ -114,8 +106,7 @@ class CLIPTextEncoder(nn.Module):
         x = t.transformer(x, attn_mask=mask)
         x = t.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]  # (K, W)
-        proj = t.text_projection
-        return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (K, E)
+        return t.text_projection(x) if isinstance(t.text_projection, nn.Linear) else x @ t.text_projection  # (K, E)
 
 
 # Pretrained CLIP weights
@@ -126,10 +117,7 @@ class WeightsUnavailableError(WeightsUnavailable, RuntimeError):
 
 
 def _load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """CLIP weights from an OpenAI TorchScript archive (as float32), a safetensors file or a tensor-only state dict.
-
-    No code from the file runs: TorchScript archives are read as data, never with ``torch.jit.load``.
-    """
+    """CLIP weights from a TorchScript archive (read as data, never run; float32), .safetensors or tensor state dict."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{path}: CLIP weights file not found")

@@ -1,7 +1,5 @@
-"""Co-attention matching: text↔image decoder stacks, residual scales γ/β and the cosine score map.
-
-``CoAttentionMatching`` is the module used for training and export; ``coattention_reference`` beside it is a plain
-functional re-statement from a state dict (explicit matmul–softmax–matmul), the oracle for the CUDA kernel.
+"""Co-attention matching (text↔image decoder stacks, residual scales γ/β, cosine score map) and, beside it,
+``coattention_reference``: the same from a state dict with explicit matmul–softmax–matmul, the CUDA kernel's oracle.
 """
 
 from __future__ import annotations
@@ -135,7 +133,6 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Plain reference (test oracle): the same computation from a state dict, explicit attention, no dropout.
 
 

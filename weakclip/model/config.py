@@ -8,8 +8,7 @@ from typing import Any
 
 from weakclip.data.classes import COCO_CLASSES, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
 
-# View ratios of test-time inference (generate, seeds): the official six (× flip = the paper's 12 views) and
-# the one default of every tool: a single view at ratio 1.
+# View ratios of test-time inference: the official six (× flip = the paper's 12 views); every tool's default is one.
 OFFICIAL_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 DEFAULT_SCALES: tuple[float, ...] = (1.0,)
 
@@ -81,8 +80,7 @@ class WeakCLIPConfig:
         return self.name_context_length + self.n_contexts
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WeakCLIPConfig:

@@ -1,8 +1,5 @@
 """Convert an official hustvl/WeakCLIP (mmseg 0.19) checkpoint into a WeakCLIP checkpoint (``weakclip convert``).
 
-The preset is recognised from the tensor shapes and the class names come from ``--class-names``, else the
-checkpoint's ``meta.CLASSES`` (when it has the head's length), else the built-in list of the head's size (VOC 21,
-COCO 91: the official category-id slots, background first); they and their source are recorded in the metadata.
 The official ContextDecoder feeds every layer the original queries and keeps only the last layer's output, so only
 layer ``transformer_layers - 1`` of ``decoder`` / ``anti_decoder`` matters: it becomes our 1-layer stack.  The
 official ViT adds ``class_embedding`` twice to the CLS token.  The file is read with ``weights_only=True``.
@@ -43,8 +40,7 @@ _SKIP = re.compile(r"^(auxiliary_head|identity_head)\.|\.attn_mask$|^logit_scale
 _DECODER_LAYER = re.compile(r"context_decoder\.decoder\.(\d+)\.")
 HEAD_KEY = "decode_head.conv_seg.weight"
 
-# Keys of the training state train.py writes to <work_dir>/last.pt.
-_TRAIN_STATE_KEYS = {"model", "optimizer", "iteration", "rng"}
+_TRAIN_STATE_KEYS = {"model", "optimizer", "iteration", "rng"}  # what train.py writes to <work_dir>/last.pt
 
 
 def _not_official(path: str | Path, what: str, hint: str) -> UsageError:
@@ -58,10 +54,9 @@ def check_input_kind(path: str | Path) -> None:
         return
     if kind in ("missing", "directory", "empty", "truncated"):
         raise UsageError(f"{path}: the input checkpoint is {DESCRIPTION[kind]}; expected {ROLE}")
+    hint = f"{TAKEN_BY[kind]} takes it" if kind in TAKEN_BY else "the converter reads torch.save files only"
     if kind == "weakclip":
         hint = "it needs no conversion: export --checkpoint and generate --engine torch take it"
-    else:
-        hint = f"{TAKEN_BY[kind]} takes it" if kind in TAKEN_BY else "the converter reads torch.save files only"
     raise _not_official(path, DESCRIPTION[kind], hint)
 
 
@@ -154,7 +149,8 @@ def detect_preset(sd: Mapping[str, torch.Tensor], source: str = "") -> str:
 def choose_class_names(
     num_classes: int, meta: Mapping[str, Any], class_names: Sequence[str] | None, source: str = ""
 ) -> tuple[tuple[str, ...], str]:
-    """(class names, where they came from): --class-names > the checkpoint's meta.CLASSES > built-in list by K."""
+    """(class names, where they came from): --class-names > the checkpoint's meta.CLASSES > built-in list by K
+    (VOC 21; COCO 91: the official category-id slots, background first)."""
     if class_names is not None:
         names = tuple(class_names)
         if len(names) != num_classes:

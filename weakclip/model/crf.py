@@ -31,17 +31,6 @@ CLIP_ES_CRF = CRFParams(gauss_sxy=1, gauss_compat=3, bi_sxy=67, bi_srgb=3, bi_co
 CRF_PRESETS: dict[str, CRFParams] = {"boundary": BOUNDARY_LOSS_CRF, "voc": VOC_POSTPROC_CRF, "coco": CLIP_ES_CRF}
 
 
-def _densecrf():
-    try:
-        import pydensecrf.densecrf as dcrf
-    except ImportError as e:
-        raise ImportError(
-            "the dense CRF needs pydensecrf; install the maintained fork with `pip install pydensecrf2` "
-            f"(import error: {e})"
-        ) from e
-    return dcrf
-
-
 def dense_crf(
     image: np.ndarray,
     probs: np.ndarray,
@@ -54,11 +43,14 @@ def dense_crf(
     iterations: int,
     min_prob: float = 1e-4,
 ) -> np.ndarray:
-    """Mean-field dense CRF: image (H, W, 3) uint8 RGB, probs (K, H, W) → Q (K, H, W) float32.
-
-    The unary is -log(clip(P, min_prob, 1)).
-    """
-    dcrf = _densecrf()
+    """Mean-field dense CRF, unary -log(clip(P, min_prob, 1)): image (H, W, 3) uint8, probs (K, H, W) → Q (K, H, W)."""
+    try:  # imported here so that the rest of the package works without pydensecrf
+        import pydensecrf.densecrf as dcrf
+    except ImportError as e:
+        raise ImportError(
+            "the dense CRF needs pydensecrf; install the maintained fork with `pip install pydensecrf2` "
+            f"(import error: {e})"
+        ) from e
     image = np.asarray(image)
     probs = np.asarray(probs, dtype=np.float32)
     if image.ndim != 3 or image.shape[2] != 3:

@@ -1,7 +1,4 @@
-"""WeakCLIP training losses (SPEC §2): balanced seed loss, CRF boundary loss, auxiliary score-map loss.
-
-Seed and boundary losses use the decoder logits at stride 8; the auxiliary loss the score map resized to the crop.
-"""
+"""WeakCLIP training losses (SPEC §2): balanced seed and CRF boundary losses at stride 8, auxiliary score-map loss."""
 
 from __future__ import annotations
 
@@ -24,10 +21,8 @@ def smooth_softmax(logits: torch.Tensor, dim: int = 1, eps: float = 1e-7) -> tor
 
 
 def balanced_seed_loss(probs: torch.Tensor, seeds: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """mean_b(bg) + mean_b(fg): bg = -Σ_{seed=0} log P₀ / max(n_bg, 1e-4), fg likewise over all foreground seeds.
-
-    probs: (B, K, H/8, W/8).  seeds: (B, H/8, W/8) int64, 0 background, 1..K-1 foreground, 255 ignored.
-    """
+    """mean_b(bg) + mean_b(fg), bg = -Σ_{seed=0} log P₀ / max(n_bg, 1e-4), fg likewise over all foreground seeds;
+    probs (B, K, H/8, W/8), seeds (B, H/8, W/8) int64: 0 background, 1..K-1 foreground, 255 ignored."""
     B = probs.shape[0]
     log_p = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()  # (B, K, H/8, W/8)
     bg = seeds == 0  # (B, H/8, W/8)
@@ -41,7 +36,7 @@ def balanced_seed_loss(probs: torch.Tensor, seeds: torch.Tensor, ignore_index: i
 
 
 def clipped_kl(q: torch.Tensor, probs: torch.Tensor, ratio_min: float = 0.05, ratio_max: float = 20.0) -> torch.Tensor:
-    """Mean over pixels of Σ_k Q_k · log(clip(Q_k / P_k)); q (B, K, H/8, W/8) gets no gradient, nor do clipped ratios."""
+    """Mean over pixels of Σ_k Q_k · log(clip(Q_k / P_k)); no gradient through q (B, K, H/8, W/8) or clipped ratios."""
     ratio = (q.detach() / probs).clamp(ratio_min, ratio_max)
     return (q.detach() * ratio.log()).sum(1).mean()
 
@@ -50,8 +45,7 @@ def denormalize_to_uint8(
     images: torch.Tensor, mean: Sequence[float], std: Sequence[float], size_hw: tuple[int, int] | None = None
 ) -> np.ndarray:
     """(B, 3, H, W) normalised → (B, h, w, 3) uint8 RGB, bilinearly resized (align_corners False) to ``size_hw``."""
-    m = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    m, s = (torch.as_tensor(v, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) for v in (mean, std))
     x = images.detach().float() * s + m  # (B, 3, H, W) in 0-255
     if size_hw is not None and tuple(x.shape[-2:]) != tuple(size_hw):
         x = F.interpolate(x, size=tuple(size_hw), mode="bilinear", align_corners=False)
@@ -111,11 +105,9 @@ class WeakCLIPLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, score_map: torch.Tensor, seeds: torch.Tensor, images: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """logits (B, K, H/4, W/4), score_map (B, K, h, w), seeds (B, H, W) int64, images (B, 3, H, W) → ``loss``
-        (weighted total, with gradient) and the unweighted terms ``seed``, ``boundary``, ``aux`` (detached; 0 if
-        skipped)."""
-        H, W = seeds.shape[-2:]
-        size = (H // self.loss_size_divisor, W // self.loss_size_divisor)
+        """logits (B, K, H/4, W/4), score_map (B, K, h, w), seeds (B, H, W) int64, images (B, 3, H, W) → weighted
+        ``loss`` (with gradient) and the unweighted terms ``seed``, ``boundary``, ``aux`` (detached; 0 if skipped)."""
+        size = (seeds.shape[-2] // self.loss_size_divisor, seeds.shape[-1] // self.loss_size_divisor)  # (H/8, W/8)
         zero = logits.new_zeros((), dtype=torch.float32)
         out = {"seed": zero, "boundary": zero, "aux": zero}
         if self.seed_weight or self.boundary_weight:

@@ -25,9 +25,8 @@ class WeakCLIPOutput:
 class WeakCLIP(nn.Module):
     """CLIP towers (frozen) + learnable prompt + pyramid adapter + co-attention matching + text-guided decoder.
 
-    forward(images (B, 3, H, W) normalised, H and W multiples of the patch size, text_embeddings=None)
-    -> WeakCLIPOutput.  ``text_embeddings`` (K, E) may be passed precomputed (deployment); otherwise the prompt
-    learner and the text tower run (training: gradients reach the contexts).
+    forward(images (B, 3, H, W) normalised, H, W multiples of the patch, text_embeddings=None) -> WeakCLIPOutput;
+    precomputed ``text_embeddings`` (K, E) skip the prompt learner and text tower (whose gradients reach the contexts).
     """
 
     def __init__(self, config: WeakCLIPConfig):
@@ -66,15 +65,11 @@ def build_from_config(config: WeakCLIPConfig) -> WeakCLIP:
 
 
 def build_model(preset: str, *, clip_weights: str | None = None, **overrides: Any) -> WeakCLIP:
-    """Build WeakCLIP from a preset (``vit_b16_voc``, ``vit_b16_coco``, ``tiny``) plus config overrides.
-
-    ``clip_weights``: None → random CLIP towers; ``"openai"`` → OpenAI weights through open_clip's download
-    cache; a path → a local OpenAI TorchScript ``.pt``, a ``.safetensors`` or a tensor-only state dict.
-    """
-    config = get_config(preset, **overrides)
-    model = build_from_config(config)
+    """WeakCLIP from a preset plus config overrides; ``clip_weights``: None (random towers), ``"openai"`` (through
+    open_clip's download cache) or a local OpenAI ``.pt``, ``.safetensors`` or tensor-only state dict."""
+    model = WeakCLIP(get_config(preset, **overrides))
     if clip_weights is not None:
-        name = config.clip_model_name or "ViT-B-16"
+        name = model.config.clip_model_name or "ViT-B-16"
         load_clip_weights(model.image_encoder, model.text_encoder, clip_weights, model_name=name)
     return model
 

@@ -1,8 +1,5 @@
-"""Identity and weight layout of the co-attention TensorRT plugin, read from ``plugin_names.json`` (no CUDA needed).
-
-The JSON is the one source of truth shared with the C++ plugin (CMake generates ``weakclip_plugin_names.h`` from
-it).  This module sits in the core package so the exporter and ``weakclip.engines.cuda_ops`` share it.
-"""
+"""Identity and weight layout of the co-attention TensorRT plugin from ``plugin_names.json`` (no CUDA needed), the
+one source of truth shared with the C++ plugin; the exporter and ``weakclip.engines.cuda_ops`` both read it here."""
 
 from __future__ import annotations
 
@@ -31,10 +28,8 @@ def plugin_spec() -> dict[str, Any]:
 
 
 def packed_weight_entries(layers: int) -> list[tuple[str, str]]:
-    """(state-dict name, shape symbols) of every packed tensor for ``layers`` layers per stack, in blob order.
-
-    Each maximal run of ``{i}`` entries in the JSON is repeated layer-major (all of layer 0, then layer 1, ...).
-    """
+    """(state-dict name, shape symbols) of every packed tensor in blob order; each run of ``{i}`` entries in the
+    JSON is repeated layer-major (all of layer 0, then layer 1, ...)."""
     out: list[tuple[str, str]] = []
     for per_layer, run in itertools.groupby(plugin_spec()["packed_weights"], key=lambda e: "{i}" in e[0]):
         entries = list(run)

@@ -15,10 +15,8 @@ def _tokenizer() -> SimpleTokenizer:
 
 
 def tokenize_names(class_names: tuple[str, ...] | list[str], context_length: int = 5) -> torch.Tensor:
-    """Tokenise bare class names as ``[SOT] name [EOT] pad…`` → (K, context_length) int64.
-
-    A name needing more than ``context_length - 2`` BPE tokens is a ValueError naming it.
-    """
+    """Bare class names as ``[SOT] name [EOT] pad…`` → (K, context_length) int64; a name longer than
+    ``context_length - 2`` BPE tokens is a ValueError naming it."""
     tok = _tokenizer()
     sot, eot = tok.encoder["<start_of_text>"], tok.encoder["<end_of_text>"]
     out = torch.zeros(len(class_names), context_length, dtype=torch.long)
@@ -29,16 +27,13 @@ def tokenize_names(class_names: tuple[str, ...] | list[str], context_length: int
                 f"class name {name!r} needs {len(bpe)} BPE tokens; at most {context_length - 2} fit in the "
                 f"name context length {context_length} (use a shorter synonym)"
             )
-        ids = [sot, *bpe, eot]
-        out[i, : len(ids)] = torch.tensor(ids)
+        out[i, : len(bpe) + 2] = torch.tensor([sot, *bpe, eot])
     return out
 
 
 class PromptLearner(nn.Module):
-    """Builds the text-tower input for K classes: [SOT] ctx₁…ctx_M name [EOT] pad.
-
-    forward(token_embedding) -> (prompts (K, 5 + M, W), eot_index (K,)).
-    """
+    """Text-tower input for K classes, [SOT] ctx₁…ctx_M name [EOT] pad: forward(token_embedding) → (prompts
+    (K, 5 + M, W), eot_index (K,))."""
 
     name_tokens: torch.Tensor  # (K, name_context_length) buffer
 
@@ -50,8 +45,7 @@ class PromptLearner(nn.Module):
 
     def forward(self, token_embedding: nn.Embedding) -> tuple[torch.Tensor, torch.Tensor]:
         names = token_embedding(self.name_tokens)  # (K, 5, W)
-        K = names.shape[0]
-        ctx = self.contexts.to(names.dtype).expand(K, -1, -1)  # (K, M, W)
+        ctx = self.contexts.to(names.dtype).expand(names.shape[0], -1, -1)  # (K, M, W)
         prompts = torch.cat([names[:, :1], ctx, names[:, 1:]], dim=1)  # (K, 5 + M, W)
         eot_index = self.name_tokens.argmax(dim=-1) + self.contexts.shape[1]  # EOT has the largest id
         return prompts, eot_index

@@ -1,12 +1,10 @@
 """Tensors of a TorchScript archive (OpenAI's released CLIP ``.pt`` files) read without running any code from it.
 
-``torch.jit.load`` compiles the archive's ``code/`` and calls every class's ``__setstate__``, so a crafted file runs
-code while it loads.  Here ``<name>/data.pkl`` is read by an unpickler that resolves only ``__torch__.*`` classes
-(inert attribute containers), ``_rebuild_tensor_v2``, the ``torch.<Type>Storage`` names, ``OrderedDict`` and the
-identity helpers of ``torch.jit._pickle``; tensors come from the raw ``<name>/data/<key>`` records.  Which attributes
-are parameters and buffers is read as text from the ``__parameters__``/``__buffers__`` lines in ``code/``; a class
-with its own ``__setstate__`` cannot be read without running it and is refused.  The result has the names and values
-of ``torch.jit.load(path).state_dict()`` (``None`` slots and plain tensor attributes left out).
+``torch.jit.load`` compiles ``code/`` and calls each class's ``__setstate__``: a crafted file runs code.  Here
+``data.pkl`` is unpickled resolving only ``__torch__.*`` classes (inert containers), ``_rebuild_tensor_v2``, the
+``torch.<Type>Storage`` names, ``OrderedDict`` and ``torch.jit._pickle``'s identity helpers; storages are the raw
+``data/<key>`` records; parameters and buffers are the ``__parameters__``/``__buffers__`` lines of ``code/``, read
+as text; a class with its own ``__setstate__`` is refused.  Names and values: ``torch.jit.load(p).state_dict()``'s.
 """
 
 from __future__ import annotations
