@@ -152,8 +152,7 @@ def _label_borders(gt: np.ndarray) -> np.ndarray:
 
 def _background(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
     h, w = hw
-    c1 = _hsv(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.3, 0.85))
-    c2 = _hsv(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.3, 0.85))
+    c1, c2 = (_hsv(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.3, 0.85)) for _ in range(2))
     mix = _smooth_noise(rng, hw, int(rng.integers(3, 7)))[..., None]
     img = c1 * mix + c2 * (1 - mix)
     if rng.random() < 0.5:  # faint background texture
