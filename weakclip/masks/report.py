@@ -30,6 +30,8 @@ DEFAULT_THUMB = 160  # longer side of a thumbnail, pixels
 DEFAULT_IGNORE_HEAVY = 0.5  # a mask with more than this share of 255 pixels is "ignore-heavy"
 ASSETS = "assets"
 LISTED_NAMES = 10  # names listed per coverage line (the rest is a count)
+# a run's settings, as rows of the page's settings table
+SETTING_ROWS = ("made by", "model", "model sha256", "engine", "precision", "views", "CRF", "label masking", "date")
 
 
 @dataclass
@@ -39,7 +41,7 @@ class RunInfo:
     path: Path
     name: str  # shown on the page
     kind: str  # "generate", "seeds" or "masks" (a folder without a config file)
-    settings: dict[str, str]  # display rows: model, model sha256, engine, precision, views, CRF, labels, date
+    settings: dict[str, str]  # display rows (SETTING_ROWS, or "made by" and "date" only)
     image_root: Path | None  # where the images that made the masks are, when the config says so
 
 
@@ -108,35 +110,18 @@ def describe_run(path: str | os.PathLike) -> RunInfo:
         precision = str(s.get("precision") or "?")
         scales, flip = s.get("scales") or [1.0], bool(s.get("flip"))
         crf, labels, model = s.get("crf") or "none", "yes" if s.get("labels_sha256") else "no", args.get("model")
-        settings = {
-            "made by": "weakclip generate",
-            "model": Path(model).name if model else "?",
-            "model sha256": str(s.get("model_sha256") or "?")[:12],
-            "engine": engine,
-            "precision": precision,
-            "views": _views(scales, flip),
-            "CRF": str(crf),
-            "label masking": labels,
-            "date": _date(gen),
-        }
+        model, sha = Path(model).name if model else "?", str(s.get("model_sha256") or "?")[:12]
+        row = ("weakclip generate", model, sha, engine, precision, _views(scales, flip), str(crf), labels, _date(gen))
         name = f"{engine} {precision}, {len(scales) * (2 if flip else 1)} view(s)"
         name += (f", CRF {crf}" if crf != "none" else "") + (", labels" if labels == "yes" else "")
-        return RunInfo(path, name, "generate", settings, _image_dir(args))
+        return RunInfo(path, name, "generate", dict(zip(SETTING_ROWS, row)), _image_dir(args))
     if (cfg := _load_json(seeds)) is not None:
         s, args = cfg.get("settings") or {}, cfg.get("args") or {}
-        opts = s.get("options") or {}
-        settings = {
-            "made by": "weakclip seeds (CLIP-ES)",
-            "model": f"CLIP {s.get('preset', '?')}",
-            "model sha256": str(s.get("clip_weights") or "?")[:24],
-            "engine": "torch",
-            "precision": "fp32",
-            "views": _views(opts.get("scales") or [1.0], bool(opts.get("flip"))),
-            "CRF": f"CLIP-ES, 255 below {opts.get('ignore_threshold')}" if opts.get("crf") else "none",
-            "label masking": "yes (seeds use the image labels)",
-            "date": _date(seeds),
-        }
-        return RunInfo(path, f"CLIP-ES seeds ({s.get('preset', '?')})", "seeds", settings, _image_dir(args))
+        opts, preset, labels = s.get("options") or {}, s.get("preset", "?"), "yes (seeds use the image labels)"
+        views, sha = _views(opts.get("scales") or [1.0], bool(opts.get("flip"))), str(s.get("clip_weights") or "?")[:24]
+        crf = f"CLIP-ES, 255 below {opts.get('ignore_threshold')}" if opts.get("crf") else "none"
+        row = ("weakclip seeds (CLIP-ES)", f"CLIP {preset}", sha, "torch", "fp32", views, crf, labels, _date(seeds))
+        return RunInfo(path, f"CLIP-ES seeds ({preset})", "seeds", dict(zip(SETTING_ROWS, row)), _image_dir(args))
     settings = {"made by": "? (no generate_config.json or seeds_config.json)", "date": _date(path)}
     return RunInfo(path, path.name or str(path), "masks", settings, None)
 
