@@ -77,10 +77,6 @@ def log(msg: str) -> None:
     print(f"[bench {time.perf_counter() - _T0:6.1f}s] {msg}", flush=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Pure helpers (tested without running a model)
-
-
 def derive(
     row: dict[str, Any], base: dict[str, Any] | None, gflop: float, probe: dict[str, Any], protocol: dict[str, int]
 ) -> None:
@@ -163,10 +159,6 @@ def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Preparation (parent process)
-
-
 def row_unavailable(engine: str, args: argparse.Namespace) -> str | None:
     """Why a row cannot run on this machine (None: it can)."""
     row = ROWS[engine]
@@ -242,10 +234,6 @@ def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[st
     (work / "paths.json").write_text(json.dumps(paths, indent=1))
     info["prepare_s"] = round(time.perf_counter() - t0, 1)
     return info
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# One row (worker subprocess)
 
 
 def _autocast(tier: str) -> Any:
@@ -441,10 +429,6 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(runs[0], times_s=times, median_s=round(med, 6), crops_per_s=crops, peak_rss_mb=peak, rounds=len(runs))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# report
-
-
 def parity(work: Path, engine: str, reference: str = "torch-eager") -> dict[str, float] | None:
     a, r = work / f"logits_{engine}.npy", work / f"logits_{reference}.npy"
     if not (a.exists() and r.exists()):
@@ -603,21 +587,19 @@ def write_report(report: dict[str, Any], out: Path, stem: str) -> str:
     return md
 
 
-# ----------------------------------------------------------------------------------------------------------------
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny preset at 128² (a smoke run: mechanics, not speed)")
     ap.add_argument("--preset", help="model preset (default vit_b16_voc; tiny with --quick)")
-    ap.add_argument("--size", type=int, help="square window side (default 512; 128 with --quick)")
-    ap.add_argument("--batch", type=int, default=1, help="windows per call")
-    ap.add_argument("--warmup", type=int, help="warm-up calls per row (default 3; 1 with --quick)")
-    ap.add_argument(
-        "--iters", type=int, help="timed calls per round (default 5; 3 with --quick; median over all rounds)"
-    )
-    ap.add_argument("--rounds", type=int, default=1, help="measure every row this many times, alternating")
-    ap.add_argument("--threads", type=int, help="threads per row (default: usable cores)")
+    for flag, default, what in (
+        ("--size", None, "square window side (default 512; 128 with --quick)"),
+        ("--batch", 1, "windows per call"),
+        ("--warmup", None, "warm-up calls per row (default 3; 1 with --quick)"),
+        ("--iters", None, "timed calls per round (default 5; 3 with --quick; median over all rounds)"),
+        ("--rounds", 1, "measure every row this many times, alternating"),
+        ("--threads", None, "threads per row (default: usable cores)"),
+    ):
+        ap.add_argument(flag, type=int, default=default, help=what)
     ap.add_argument("--engines", help=f"comma list from {','.join(ENGINES)} (default: all; --quick: all but compile-*)")
     common.add_out_argument(ap)
     ap.add_argument("--workdir", help="keep the checkpoint / ONNX files here (default: a temp dir)")
@@ -764,13 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     measured_rows = [r for r in results if not r.get("skipped")]
     goals = evaluate_goals(measured_rows, skipped)
     report = {
-        "preset": args.preset,
-        "size": args.size,
-        "batch": args.batch,
-        "warmup": args.warmup,
-        "iters": args.iters,
-        "rounds": args.rounds,
-        "threads": args.threads,
+        **{k: getattr(args, k) for k in ("preset", "size", "batch", "warmup", "iters", "rounds", "threads")},
         "quick": bool(args.quick),
         "machine": machine,
         "cpu_features": feats.to_dict(),

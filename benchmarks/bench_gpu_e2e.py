@@ -88,10 +88,6 @@ def log(msg: str) -> None:
     print(f"[gpu-e2e] {msg}", flush=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Pure helpers (tested on CPU)
-
-
 def dense_fp16_peak(device_name: str) -> tuple[str | None, float | None]:
     """(table label, dense fp16 TFLOP/s) for a CUDA device name, or (None, None) when it is not in the table."""
     for key, label, tflops in DENSE_FP16_PEAK_TFLOPS:
@@ -175,22 +171,14 @@ def process_gpu_memory_mib() -> tuple[float | None, str]:
     if smi is None:
         return None, "unavailable: neither pynvml nor nvidia-smi"
     try:
-        out = subprocess.run(
-            [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout
+        cmd = [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"unavailable: nvidia-smi failed ({e})"
     mib = [float(b) for a, b in (ln.split(",")[:2] for ln in out.splitlines() if "," in ln) if a.strip() == str(pid)]
     if mib:
         return sum(mib), "nvidia-smi"
     return None, "unavailable: nvidia-smi does not list this process (container PID namespace?)"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Measurement
 
 
 def sync(device: torch.device) -> None:
@@ -243,10 +231,6 @@ def agreement(logits: torch.Tensor, ref: torch.Tensor) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The benchmark
-
-
 @dataclass
 class Ctx:
     args: argparse.Namespace
@@ -274,8 +258,11 @@ class Ctx:
         if self.device.type != "cuda":
             raise RowSkipped(f"needs a CUDA GPU ({what}); CPU smoke mode")
 
-    def need_row(self, row: dict) -> None:
-        """Cut the row when what it needs (ROW_NEEDS_S) is no longer left."""
+    def need_row(self, row: dict, gpu: str | None = None) -> None:
+        """Skip the row without a GPU when it needs one (``gpu``: for what); cut it when what it needs (ROW_NEEDS_S)
+        is no longer left."""
+        if gpu:
+            self.gpu(gpu)
         self.need(ROW_NEEDS_S.get(row["key"], ROW_NEEDS_DEFAULT_S), f"the {row['key']} row")
 
 
@@ -306,9 +293,7 @@ def row_official(ctx: Ctx, row: dict) -> None:
 def row_engine(ctx: Ctx, row: dict, precision: str) -> None:
     from weakclip.engines.torch_engine import TorchEngine
 
-    if precision != "fp32":
-        ctx.gpu(f"{precision} autocast")
-    ctx.need_row(row)
+    ctx.need_row(row, None if precision == "fp32" else f"{precision} autocast")
     _measure(ctx, TorchEngine(ctx.model, device=ctx.device, precision=precision), ctx.x, row)
 
 
@@ -324,16 +309,15 @@ def _autocast_runner(ctx: Ctx, model: Any, dtype: torch.dtype, no_grad: bool = F
 
 
 def row_bf16(ctx: Ctx, row: dict) -> None:
-    ctx.gpu("bf16 autocast")
-    ctx.need_row(row)
+    ctx.need_row(row, "bf16 autocast")
     _measure(ctx, _autocast_runner(ctx, ctx.model, torch.bfloat16), ctx.x, row)
 
 
-@contextlib.contextmanager
-def fused_coattention(ctx: Ctx):
-    """ctx.model with its co-attention replaced by the fused kernels (fp16) for the duration of the block."""
+def row_fused(ctx: Ctx, row: dict, dtype: torch.dtype) -> None:
+    """ctx.model with its co-attention replaced by the fused kernels (fp16) for the row."""
     from weakclip.engines import cuda_ops
 
+    ctx.need_row(row, "the fused CUDA co-attention kernels")
     try:
         ops = cuda_ops.load(ctx.args.cuda_lib)
     except cuda_ops.CudaOpsUnavailable as e:
@@ -341,23 +325,15 @@ def fused_coattention(ctx: Ctx):
     original = ctx.model.coattention
     ctx.model.coattention = cuda_ops.FusedCoAttention(original, torch.float16, ops=ops)
     try:
-        yield ctx.model
+        _measure(ctx, _autocast_runner(ctx, ctx.model, dtype), ctx.x, row)
     finally:
         ctx.model.coattention = original
-
-
-def row_fused(ctx: Ctx, row: dict, dtype: torch.dtype) -> None:
-    ctx.gpu("the fused CUDA co-attention kernels")
-    ctx.need_row(row)
-    with fused_coattention(ctx) as model:
-        _measure(ctx, _autocast_runner(ctx, model, dtype), ctx.x, row)
 
 
 def row_graph(ctx: Ctx, row: dict) -> None:
     """The fp16 autocast forward captured once in a CUDA graph, then replayed (input copied into the static buffer
     when it is another tensor).  Autocast's weight-cast cache is off: a capture must not keep casts made outside it."""
-    ctx.gpu("CUDA graph capture")
-    ctx.need_row(row)
+    ctx.need_row(row, "CUDA graph capture")
     model, T, device = ctx.model, ctx.T, ctx.device
 
     def forward(x: torch.Tensor) -> torch.Tensor:

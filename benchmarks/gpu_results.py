@@ -212,10 +212,6 @@ def time_rows(run: GpuRun) -> list[str]:
     return rows
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# README regeneration
-
-
 def replace_marked_block(text: str, name: str, content: str, where: str = "README") -> str:
     """``text`` with what lies between the lines ``<!-- name:begin ... -->`` and ``<!-- name:end -->`` replaced by
     ``content`` (the marker lines stay)."""
