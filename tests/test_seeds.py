@@ -412,7 +412,7 @@ def test_cli_sigkill_resume_equals_clean_run_and_training_reads_the_seeds(syn, t
         assert vals <= {0, 255, *labels[p.stem]}, p.name
 
     # the layout training reads: data.root = syn, data.seed_dir = "ClipSeeds"
-    from weakclip.data import SegmentationDataset, read_class_names
+    from weakclip.data.datasets import SegmentationDataset, read_class_names
 
     ds = SegmentationDataset(
         syn,

@@ -1,7 +1,2 @@
-"""Data: VOC-layout datasets, the training augmentation, image-level label readers and the synthetic generator."""
-
-from weakclip.data.datasets import SegmentationDataset, collate, read_class_names
-from weakclip.data.labels import load_labels
-from weakclip.data.transforms import TrainTransform
-
-__all__ = ["SegmentationDataset", "TrainTransform", "collate", "load_labels", "read_class_names"]
+"""Data: VOC-layout datasets (datasets), the training augmentation (transforms), image-level labels (labels), the
+synthetic generator (synthetic), file I/O (io).  Nothing is imported here: a command's --help does not wait for torch."""
