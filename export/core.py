@@ -42,7 +42,6 @@ FILES = {
     "decoder": "decoder.onnx",
     "end_to_end": "weakclip.onnx",
 }
-TWO_GB = 2**31
 MIN_GRID = 4  # smallest token-grid side the export traces for (H, W ≥ 4 patches)
 
 # fp32 parity: Δ ≤ atol + rtol · max|reference| per output; argmax agreement ≥ MIN_AGREEMENT for class outputs.
@@ -71,10 +70,6 @@ def timed(what: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
     log(f"{what}: {time.perf_counter() - t0:.1f} s")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# what to export
 
 
 @dataclass
@@ -148,17 +143,11 @@ def check_shapes(crop: int, patch: int) -> list[tuple[int, int, int]]:
     return [(2, crop, crop), (1, h, w)]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# export one graph
-
-
 def _dynamo_shapes(spec: GraphSpec, crop: int, patch: int) -> dict[str, Any]:
     # Grid sides from 4 (the decoder's stride-32 level is then ≥ 2: no 0/1 specialisation) to the crop's grid.
     grid = max(MIN_GRID, crop // patch)
-    B = torch.export.Dim("B", min=1, max=4096)
-    h = torch.export.Dim("h", min=MIN_GRID, max=grid)
-    w = torch.export.Dim("w", min=MIN_GRID, max=grid)
-    sym = {"B": B, "h": h, "w": w, "H": patch * h, "W": patch * w}
+    h, w = (torch.export.Dim(s, min=MIN_GRID, max=grid) for s in "hw")
+    sym = {"B": torch.export.Dim("B", min=1, max=4096), "h": h, "w": w, "H": patch * h, "W": patch * w}
     return {name: {ax: sym[s] for ax, s in spec.dims.get(name, {}).items()} or None for name in spec.input_names}
 
 
@@ -198,20 +187,14 @@ def export_graph(
         else:
             dyn = {n: dict(spec.dims.get(n, {})) for n in spec.input_names}
             dyn.update({n: {0: "B"} for n in spec.output_names})  # outputs: batch first, the rest follows at run time
-            buf = BytesIO()
+            buf: Any = BytesIO()  # a file object is accepted
             warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             fastpath = torch.backends.mha.get_fastpath_enabled()
             torch.backends.mha.set_fastpath_enabled(False)  # aten::_native_multi_head_attention has no ONNX symbolic
             try:
                 torch.onnx.export(
-                    spec.module,
-                    args,
-                    buf,  # type: ignore[arg-type]  # a file object is accepted
-                    dynamo=False,
-                    dynamic_axes=dyn,
-                    do_constant_folding=True,
-                    **names,
+                    spec.module, args, buf, dynamo=False, dynamic_axes=dyn, do_constant_folding=True, **names
                 )
             finally:
                 torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -243,9 +226,7 @@ def model_metadata(model: WeakCLIP, *, kind: str, opset: int, exporter: str, pre
     cfg = model.config
     return {
         "graph": kind,
-        "class_names": json.dumps(list(cfg.class_names)),
-        "mean": json.dumps(list(cfg.mean)),
-        "std": json.dumps(list(cfg.std)),
+        **{k: json.dumps(list(getattr(cfg, k))) for k in ("class_names", "mean", "std")},
         "crop_size": str(cfg.crop_size),
         "size_divisor": str(cfg.patch_size),
         "config": json.dumps(cfg.to_dict()),
@@ -270,8 +251,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """metadata_props of an .onnx file (without loading external weights)."""
     import onnx
 
-    m = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def simplify(model_proto: Any) -> Any:
@@ -295,7 +275,7 @@ def save_model(model_proto: Any, path: Path) -> Path:
 
     from weakclip.data.io import commit_file, output_error
 
-    big = model_proto.ByteSize() >= TWO_GB - 64 * 2**20
+    big = model_proto.ByteSize() >= 2**31 - 64 * 2**20  # protobuf's 2 GB limit, with headroom
     data = path.with_name(path.name + ".data")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,10 +298,6 @@ def file_mb(path: Path) -> float:
     return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 2**20
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# self-check: ONNX Runtime vs PyTorch
-
-
 def ort_session(path: str | os.PathLike, disabled_optimizers: Sequence[str] = ()) -> Any:
     import onnxruntime as ort
 
@@ -332,29 +308,10 @@ def ort_session(path: str | os.PathLike, disabled_optimizers: Sequence[str] = ()
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], **kw)
 
 
-def compare_outputs(
-    got: dict[str, np.ndarray], ref: dict[str, np.ndarray], argmax: Sequence[str] = ()
-) -> dict[str, dict[str, float]]:
-    """Per output: max |Δ|, max |reference|, and for class-channel outputs the argmax agreement over axis 1."""
-    out = {}
-    for name, r in ref.items():
-        g = got[name]
-        if g.shape != r.shape:
-            raise CheckFailed(f"output {name}: shape {tuple(g.shape)} vs PyTorch {tuple(r.shape)}")
-        out[name] = {
-            "max_abs_diff": float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0,
-            "max_abs_ref": float(np.max(np.abs(r))) if r.size else 0.0,
-            "finite": bool(np.isfinite(g).all()),
-        }
-        if name in argmax:
-            out[name]["argmax_agreement"] = float(np.mean(g.argmax(1) == r.argmax(1)))
-    return out
-
-
 def check_graph(
     path: Path,
     spec: GraphSpec,
-    reference: torch.nn.Module,
+    reference: Callable[..., Any],
     shapes: Sequence[tuple[int, int, int]],
     *,
     atol: float = ATOL,
@@ -386,9 +343,19 @@ def check_graph(
             failures.append(msg)
             results.append({"shape": [B, 3, H, W], "error": msg})
             continue
-        stats = compare_outputs(dict(zip(spec.output_names, got, strict=True)), ref_np, spec.argmax)
+        stats: dict[str, dict[str, float]] = {}
         results.append({"shape": [B, 3, H, W], "outputs": stats})
-        for name, s in stats.items():
+        for name, g in zip(spec.output_names, got, strict=True):
+            r = ref_np[name]
+            if g.shape != r.shape:
+                raise CheckFailed(f"output {name}: shape {tuple(g.shape)} vs PyTorch {tuple(r.shape)}")
+            s = stats[name] = {
+                "max_abs_diff": float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0,
+                "max_abs_ref": float(np.max(np.abs(r))) if r.size else 0.0,
+                "finite": bool(np.isfinite(g).all()),
+            }
+            if name in spec.argmax:
+                s["argmax_agreement"] = float(np.mean(g.argmax(1) == r.argmax(1)))
             ok = bool(s["finite"]) and s["max_abs_diff"] <= atol + rtol * s["max_abs_ref"]
             if agreement_on is None or name in agreement_on:
                 ok = ok and s.get("argmax_agreement", 1.0) >= min_agreement
@@ -405,10 +372,6 @@ def check_graph(
             f"≥ {100 * min_agreement:g} %): {'; '.join(failures)}"
         )
     return results
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# options of the whole export (run by weakclip.export.pipeline.export_model)
 
 
 @dataclass
@@ -437,8 +400,6 @@ def text_embeddings(model: WeakCLIP) -> torch.Tensor:
 def versions() -> dict[str, str]:
     v = {"weakclip": weakclip.__version__, "torch": torch.__version__}
     for mod in ("onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxconverter_common"):
-        try:
+        with contextlib.suppress(Exception):  # optional packages
             v[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional packages
-            pass
     return v

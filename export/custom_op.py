@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,10 +72,6 @@ def packed_weights(model: WeakCLIP) -> torch.Tensor:
     return plugin_names.pack_coattention_weights(model.coattention, dtype=torch.float32)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# building the custom graphs
-
-
 def plugin_node(model: WeakCLIP) -> Any:
     from onnx import helper
 
@@ -95,15 +92,15 @@ def custom_coattention_graph(model: WeakCLIP, T: torch.Tensor, *, opset: int) ->
     """g (B, E), dense (B, E, h, w) → score_map (B, K, h, w) as one plugin node; text and weights initializers."""
     from onnx import TensorProto, helper, numpy_helper
 
+    def value(name: str, shape: list[Any]) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
     E, K = model.config.embed_dim, model.config.num_classes
     graph = helper.make_graph(
         [plugin_node(model)],
         "weakclip_coattention_custom",
-        inputs=[
-            helper.make_tensor_value_info("g", TensorProto.FLOAT, ["B", E]),
-            helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["B", E, "h", "w"]),
-        ],
-        outputs=[helper.make_tensor_value_info("score_map", TensorProto.FLOAT, ["B", K, "h", "w"])],
+        inputs=[value("g", ["B", E]), value("dense", ["B", E, "h", "w"])],
+        outputs=[value("score_map", ["B", K, "h", "w"])],
         initializer=[
             numpy_helper.from_array(T.detach().float().contiguous().numpy(), "text"),
             numpy_helper.from_array(packed_weights(model).numpy(), "weights"),
@@ -167,10 +164,6 @@ def rename_value(graph: Any, old: str, new: str) -> None:
     for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
         if v.name == old:
             v.name = new
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the standard decomposition and the swap back
 
 
 def decomposition_spec(model: WeakCLIP, T: torch.Tensor, encoder_spec: GraphSpec) -> GraphSpec:
@@ -282,10 +275,6 @@ def decomposed_copy(
     return core.save_model(swapped, folder / path.name)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the --custom-op step of the export
-
-
 def export_custom_op(
     model: WeakCLIP,
     T: torch.Tensor,
@@ -305,17 +294,13 @@ def export_custom_op(
     graphs: dict[str, Any] = {}
     report = {k: spec_json[k] for k in ("op_type", "plugin_version", "plugin_namespace")}
     report.update(domain=CUSTOM_DOMAIN, attributes=attrs, graphs=graphs)
-    extra_meta = {
-        **(provenance or {}),
-        "custom_op": op_type,
-        "custom_op_domain": CUSTOM_DOMAIN,
-        "plugin_attributes": json.dumps(attrs),
-    }
+    extra_meta = {**(provenance or {}), "custom_op": op_type, "custom_op_domain": CUSTOM_DOMAIN}
+    extra_meta["plugin_attributes"] = json.dumps(attrs)
 
     def metadata(kind: str) -> dict[str, str]:
         return {**core.model_metadata(model, kind=kind, opset=opts.opset, exporter=opts.exporter), **extra_meta}
 
-    def check(path: Path, spec: GraphSpec, reference: Any, kind: str, prefix: str = "") -> None:
+    def check(path: Path, spec: GraphSpec, reference: Callable[..., Any], kind: str, prefix: str = "") -> None:
         try:
             graphs[kind]["check"] = core.check_graph(
                 path, spec, reference, shapes, atol=opts.atol, rtol=opts.rtol, min_agreement=opts.min_agreement
@@ -335,13 +320,8 @@ def export_custom_op(
     t_export = time.perf_counter() - t0
     graphs[dspec.kind] = {"file": dpath.name, "export_s": round(t_export, 2)}
     core.log(f"custom op: decomposition exported in {t_export:.1f} s, onnx.checker full check ok")
-    if opts.check:
-        coattention = specs["coattention"].module
-
-        def decomp_reference(g: torch.Tensor, dense: torch.Tensor, text: torch.Tensor, w: torch.Tensor) -> Any:
-            return coattention(g, dense)  # the trained module (SDPA path), not the reference it was built from
-
-        check(dpath, dspec, decomp_reference, dspec.kind)
+    if opts.check:  # against the trained module (SDPA path), not the reference the decomposition was built from
+        check(dpath, dspec, lambda g, dense, text, w: specs["coattention"].module(g, dense), dspec.kind)
 
     # 2. the plugin graphs
     custom = {"coattention_custom": custom_coattention_graph(model, T, opset=opts.opset)}

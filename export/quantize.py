@@ -86,8 +86,7 @@ def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray
         raise ValueError("static int8 quantisation needs at least one calibration window")
 
     class Reader(q.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{"image": x} for x in calibration])
+        items = iter([{"image": x} for x in calibration])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
@@ -136,11 +135,8 @@ def calibration_paths(images: str | Path, count: int = 16) -> list[Path]:
     folder) or one image, checked without decoding; a bad source is a ValueError with one line."""
     src = Path(images)
     if src.is_dir():
-        paths = sorted(
-            p
-            for p in src.iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-        )
+        paths = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        paths = [p for p in paths if not p.name.startswith(".")]
         if not paths:
             what = "is empty" if not any(src.iterdir()) else "holds no images"
             raise ValueError(f"{src}: the calibration folder {what}; {USAGE}")

@@ -2,7 +2,7 @@
 with flat, named tensor inputs/outputs and the text embeddings T (K, E) as a constant buffer, so no graph holds the
 prompt learner or the text tower.
 
-Graph split (the ONNX input/output names)::
+Graph split (the ONNX input/output names; the encoder is the CLIP image tower only)::
 
     encoder      image (B, 3, H, W)                        → tap0..tap3 (B, D, h, w), g (B, E), dense (B, E, h, w)
     coattention  g (B, E), dense (B, E, h, w)   [T inside] → score_map (B, K, h, w)
@@ -29,8 +29,6 @@ TAP_NAMES = ENCODER_OUTPUTS[:4]
 
 
 class EncoderOnnx(nn.Module):
-    """image (B, 3, H, W) → tap0..tap3 (B, D, h, w), g (B, E), dense (B, E, h, w); the CLIP image tower only."""
-
     def __init__(self, model: WeakCLIP):
         super().__init__()
         self.image_encoder = model.image_encoder
@@ -41,8 +39,6 @@ class EncoderOnnx(nn.Module):
 
 
 class CoAttentionOnnx(nn.Module):
-    """g (B, E), dense (B, E, h, w) → score_map S (B, K, h, w), with T (K, E) a constant buffer."""
-
     def __init__(self, model: WeakCLIP, text_embeddings: torch.Tensor):
         super().__init__()
         self.coattention = model.coattention
@@ -54,8 +50,6 @@ class CoAttentionOnnx(nn.Module):
 
 
 class DecoderOnnx(nn.Module):
-    """tap0..tap3 (B, D, h, w), score_map (B, K, h, w) → logits (B, K, H/4, W/4): pyramid adapter + decoder."""
-
     def __init__(self, model: WeakCLIP):
         super().__init__()
         self.adapter = model.adapter
