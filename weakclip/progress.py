@@ -233,8 +233,8 @@ def print_startup(tool: str, **fields: Any) -> str:
 class _Stream(logging.StreamHandler):
     """Writes to whatever ``sys.stdout`` / ``sys.stderr`` is at emit time (pytest's capture, redirections)."""
 
-    def __init__(self, which: str, below: int | None = None) -> None:
-        self._which, self._below = which, below
+    def __init__(self, which: str) -> None:
+        self._which = which
         super().__init__()
 
     @property
@@ -244,9 +244,6 @@ class _Stream(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
         pass
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return (self._below is None or record.levelno < self._below) and super().filter(record)
 
 
 class _LevelPrefix(logging.Formatter):
@@ -261,7 +258,8 @@ def setup_logging(level: int = logging.INFO, logger: str = "weakclip") -> loggin
     ``propagate=False`` (a tool's own set-up) are left alone."""
     lg = logging.getLogger(logger)
     if not any(isinstance(h, _Stream) for h in lg.handlers):
-        out, err = _Stream("stdout", below=logging.WARNING), _Stream("stderr")
+        out, err = _Stream("stdout"), _Stream("stderr")
+        out.addFilter(lambda record: record.levelno < logging.WARNING)
         err.setLevel(logging.WARNING)
         for h in (out, err):
             h.setFormatter(_LevelPrefix("%(message)s"))
