@@ -5,11 +5,10 @@ The node's identity, attributes and weight layout come from ``engines/csrc/plugi
 
     score_map (B, K, h, w) = <op_type>(g (B, E), dense (B, E, h, w), text (K, E), weights (P,))
 
-(g, dense) is the encoder's output as is, so no transpose sits between the encoder and the plugin.  ``text`` and the
-packed ``weights`` are initializers, not attributes: attributes are copied per node and capped in size by some tools,
-and the fp16 variant converts initializers like any other weight.  ONNX Runtime cannot run the node;
-:func:`swap_in_decomposition` inlines the standard decomposition in its place, which is how the export checks the
-custom-op graphs.
+(g, dense) is the encoder's output as is (no transpose before the plugin).  ``text`` and the packed ``weights`` are
+initializers, not attributes (those are copied per node and capped in size by some tools; the fp16 variant converts
+initializers like any other weight).  ONNX Runtime cannot run the node: the checks run a copy with the standard
+decomposition inlined in its place (:func:`swap_in_decomposition`).
 """
 
 from __future__ import annotations

@@ -21,9 +21,8 @@ from weakclip.model.model import WeakCLIP
 
 
 def validate_options(opts: ExportOptions) -> None:
-    """Checks that need no model: exporter, graph names, and --int8's calibration source (listed, not decoded).
-
-    Raises ExportInputError (a usage error) with one line."""
+    """Checks that need no model (exporter, graph names, --int8's calibration source, listed not decoded); a problem
+    is an ExportInputError (a usage error) with one line."""
     if opts.exporter not in core.EXPORTERS:
         raise ExportInputError(f"unknown exporter {opts.exporter!r}; choose one of {core.EXPORTERS}")
     unknown = sorted(set(opts.graphs) - set(core.FILES))

@@ -1,11 +1,9 @@
 """weakclip-export: a WeakCLIP checkpoint → ONNX graphs with the text side precomputed (SPEC §6).
 
-Writes to ``--out``: encoder.onnx, coattention.onnx, decoder.onnx and weakclip.onnx (end to end; graph split in
-:mod:`weakclip.export.wrappers`), export.json (options, file sizes, the parity numbers of every check), and the
-variants of :mod:`~weakclip.export.custom_op`, :mod:`~weakclip.export.fp16` and :mod:`~weakclip.export.quantize`.
-Batch and H, W are dynamic.  Every file gets ``onnx.checker``'s full check, then ONNX Runtime (CPU) against PyTorch
-at two shapes.  Exit status: 0 ok, 1 a check or the exporter failed, 2 a usage error (reported before any slow work).
-The library API is :mod:`weakclip.export.pipeline` (``export_model``).
+Writes encoder.onnx, coattention.onnx, decoder.onnx, weakclip.onnx (graph split: :mod:`weakclip.export.wrappers`),
+the --custom-op/--fp16/--int8 variants and export.json (options, sizes, every check's parity numbers).  Every file
+gets ``onnx.checker``'s full check, then ONNX Runtime (CPU) against PyTorch at two shapes.  Exit status: 0 ok, 1 a
+check or the exporter failed, 2 a usage error (before any slow work).  Library API: ``pipeline.export_model``.
 """
 
 from __future__ import annotations
