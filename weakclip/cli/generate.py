@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from weakclip.engines.base import EngineError, PrecisionError, available_engines
@@ -139,25 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def engine_options(
-    device: str | None, precision: str | None, channels_last: bool, extra: Iterable[tuple[str, Any]]
-) -> dict:
+def engine_options(a: argparse.Namespace) -> dict[str, Any]:
     """The engine keywords of the command line: ``--device auto`` → cuda when torch sees a GPU, ``cuda`` →
     ``cuda:$LOCAL_RANK`` under torchrun."""
-    opts: dict[str, Any] = {}
-    if device:
-        if device == "auto":
-            import torch
+    device = a.device
+    if device == "auto":
+        import torch
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and "LOCAL_RANK" in os.environ:
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        opts["device"] = device
-    if precision:
-        opts["precision"] = precision
-    if channels_last:
-        opts["channels_last"] = True
-    return opts | dict(extra)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    opts = {"device": device, "precision": a.precision, "channels_last": a.channels_last}
+    return {k: v for k, v in opts.items() if v} | dict(a.engine_opt)
 
 
 def _from_args(cls: Any, a: argparse.Namespace) -> Any:
@@ -169,7 +162,7 @@ def _from_args(cls: Any, a: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
-        engine = EngineSpec(a.model, a.engine, engine_options(a.device, a.precision, a.channels_last, a.engine_opt))
+        engine = EngineSpec(a.model, a.engine, engine_options(a))
         masks, run = _from_args(MaskOptions, a), _from_args(RunOptions, a)
         generate(a.images, a.out, engine, image_root=a.image_root, ext=a.ext, labels=a.labels, masks=masks, run=run)
     except (ValueError, PrecisionError) as e:  # a bad input found by library code (labels, options, precision)

@@ -180,13 +180,6 @@ class Outputs:
     probs_dtype: str = "float16"
     record: str = "settings.json"
 
-    def _per_image(self, names: Sequence[str]) -> set[Path]:
-        return {p for n in names for p in (self.mask(n), self.probs(n), self.overlay(n))}
-
-    def all_paths(self, names: Sequence[str]) -> set[Path]:
-        """Every file this run may write (masks, probabilities, overlays, settings record, failure lists)."""
-        return self._per_image(names) | {self.out / self.record, self.out / "failures.txt"}
-
     def mask(self, name: str) -> Path:
         return self.out / f"{name}.png"
 
@@ -199,17 +192,14 @@ class Outputs:
     def finished(self, name: str) -> bool:
         return self.mask(name).is_file() and (not self.save_probs or self.probs(name).is_file())
 
-    def remove_stale_temporaries(self, names: Sequence[str]) -> int:
+    def remove_stale_temporaries(self, names: Sequence[str]) -> None:
         """Delete leftover atomic-write temporaries of ``names`` (from a killed run); other shards' are untouched."""
-        mine = self._per_image(names)
-        removed = 0
+        mine = {p for n in names for p in (self.mask(n), self.probs(n), self.overlay(n))}
         for d in {p.parent for p in mine if p.parent.is_dir()}:
             for entry in d.iterdir():
                 m = _TMP_RE.match(entry.name)
                 if m and d / m.group("orig") in mine:
                     entry.unlink(missing_ok=True)
-                    removed += 1
-        return removed
 
     def write(
         self, name: str, image: np.ndarray, mask: np.ndarray, probs: np.ndarray | None, palette: bool, overlay: bool
@@ -374,7 +364,7 @@ def check_out_location(
                 f"--out {out} {where} the input image folder {folder}: outputs would be written among (or over) "
                 "the images; choose an output folder outside the inputs"
             )
-    written = {p.resolve() for p in outputs.all_paths([])}
+    written = {(out / name).resolve() for name in (outputs.record, "failures.txt")}
     for option, given in protected.items():
         if given and Path(given).resolve() in written:
             raise UsageError(f"--out {out} would overwrite the {option} file {given}; choose another output folder")

@@ -202,11 +202,8 @@ def read_names(path: str | os.PathLike) -> list[str]:
     return [ln.split()[0] for ln in _lines(path)]
 
 
-# where a mask folder records its class list: file → keys down to the list
-_RECORDED_CLASS_NAMES = (
-    ("generate_config.json", ("engine", "class_names")),
-    ("seeds_config.json", ("settings", "class_names")),
-)
+# where a mask folder records its class list: file → the section with "class_names"
+_RECORDED_CLASS_NAMES = {"generate_config.json": "engine", "seeds_config.json": "settings"}
 
 
 def find_class_names(
@@ -218,9 +215,8 @@ def find_class_names(
     num_classes: int | None = None,
 ) -> tuple[list[str], str]:
     """The class list and where it came from: an option (``class_names_file``, ``classes`` = a built-in list name,
-    ``num_classes``), else the list recorded in the first prediction folder that has one (``generate_config.json``:
-    the model's classes; ``seeds_config.json``), else ``class_names.txt`` beside or above the ground truth; never a silent VOC default
-    (UsageError)."""
+    ``num_classes``), else the list recorded in the first prediction folder that has one, else ``class_names.txt``
+    beside or above the ground truth; never a silent VOC default (UsageError)."""
     if class_names_file:
         return read_names_lines(class_names_file), str(class_names_file)
     if classes:
@@ -230,14 +226,11 @@ def find_class_names(
             return list(VOC_CLASSES), "--num-classes 21 (VOC)"
         return [str(i) for i in range(num_classes)], f"--num-classes {num_classes}"
     for pred in pred_dirs:
-        for filename, keys in _RECORDED_CLASS_NAMES:
+        for filename, section in _RECORDED_CLASS_NAMES.items():
             cfg = Path(pred) / filename
             if cfg.is_file():
                 try:
-                    node = json.loads(cfg.read_text())
-                    for k in keys:
-                        node = node[k]
-                    return [str(n) for n in node], str(cfg)
+                    return [str(n) for n in json.loads(cfg.read_text())[section]["class_names"]], str(cfg)
                 except (ValueError, KeyError, TypeError):
                     pass
     gt = Path(gt_dir)

@@ -250,10 +250,8 @@ class _View:
 def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOptions) -> list[torch.Tensor]:
     """Probabilities (K, H, W) float32 per image; identical (up to float summation order) to the reference loop.
 
-    All windows of all views of ``images`` are grouped by engine input size (:func:`engine_size`: the window floored
-    to multiples of ``size_divisor``) and sent ``opts.max_batch`` at a time.  Memory
-    grows with the number of images per call (every view's logit accumulator of size K×h×w is alive until its last
-    window ran), so callers pass a handful of images at a time.
+    All windows of all views are grouped by :func:`engine_size` and sent ``opts.max_batch`` at a time.  Every view's
+    K×h×w accumulator lives until its last window ran, so callers pass a handful of images at a time.
     """
     views: list[_View] = []
     groups: dict[tuple[int, int], list[tuple[int, Window]]] = {}  # engine (h, w) → [(view index, window)]

@@ -175,14 +175,10 @@ def preprocess(image: np.ndarray, size: tuple[int, int], flip: bool = False):
 
 
 def minmax_normalise(cams):
-    """``pytorch_grad_cam.utils.image.scale_cam_image`` per map over the last two axes: (x − min) / (max + 1e-7).
-
-    Works on numpy arrays and torch tensors of shape (..., h, w)."""
+    """``pytorch_grad_cam.utils.image.scale_cam_image`` per map of a (..., h, w) tensor: (x − min) / (max + 1e-7)."""
     flat = cams.reshape(*cams.shape[:-2], -1)
-    lo = flat.min(-1, keepdims=True) if isinstance(flat, np.ndarray) else flat.min(-1, keepdim=True).values
-    flat = flat - lo
-    hi = flat.max(-1, keepdims=True) if isinstance(flat, np.ndarray) else flat.max(-1, keepdim=True).values
-    return (flat / (1e-7 + hi)).reshape(cams.shape)
+    flat = flat - flat.min(-1, keepdim=True).values
+    return (flat / (1e-7 + flat.max(-1, keepdim=True).values)).reshape(cams.shape)
 
 
 def box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
