@@ -193,17 +193,6 @@ def save_training_state(
         torch.save(state, tmp)
 
 
-def load_training_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        first = " ".join(str(e).split())[:300]
-        raise UsageError(f"{path}: cannot read the training checkpoint ({first}); --overwrite starts again") from None
-    if not isinstance(state, dict) or not {"model", "optimizer", "iteration"} <= set(state):
-        raise UsageError(f"{path}: not a training checkpoint written by train.py; --overwrite starts again")
-    return state
-
-
 def save_text_embeddings(model, path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -300,7 +289,6 @@ def _build_dataset(cfg: TrainConfig, class_names: tuple[str, ...], crop: int, se
             gt_dir=d.gt_dir,
             class_names=class_names,
             crop_size=crop,
-            train=True,
             labels=_labels_path(cfg),
             max_bad_fraction=d.max_bad_fraction,
             seed=seed,
@@ -310,8 +298,14 @@ def _build_dataset(cfg: TrainConfig, class_names: tuple[str, ...], crop: int, se
 
 
 def _resume_state(last: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """last.pt, after checking that the recorded config equals ``cfg`` up to RESUME_MAY_CHANGE."""
-    state = load_training_state(last)
+    """last.pt, after checking that it is a training state whose config equals ``cfg`` up to RESUME_MAY_CHANGE."""
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        first = " ".join(str(e).split())[:300]
+        raise UsageError(f"{last}: cannot read the training checkpoint ({first}); --overwrite starts again") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "iteration"} <= set(state):
+        raise UsageError(f"{last}: not a training checkpoint written by train.py; --overwrite starts again")
     try:
         recorded = json.loads(state.get("config") or "null")
     except ValueError:

@@ -67,8 +67,7 @@ class CPUFeatures:
 
 
 def parse_cpuinfo(text: str) -> tuple[str, str, frozenset[str]]:
-    """(model name, vendor, flags) from the text of /proc/cpuinfo (first processor block; x86 ``flags`` or aarch64
-    ``Features``)."""
+    """(model, vendor, flags) from /proc/cpuinfo text (first processor; x86 ``flags`` or aarch64 ``Features``)."""
     model = vendor = ""
     flags: frozenset[str] = frozenset()
     for line in text.splitlines():
