@@ -464,9 +464,6 @@ def build_seeder(
     return ClipSeeder(image_encoder, text_encoder, cfg.class_names, prompts, options, device=device, dtype=dtype)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-
-
 def make_seeds(
     images: str | os.PathLike,
     labels: str | os.PathLike,
