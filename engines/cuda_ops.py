@@ -203,14 +203,12 @@ class CudaOps:
         B, N, E = v_star.shape
         if N < h * w:
             raise ValueError(f"v_star has {N} tokens < h·w = {h * w}")
-        if t_star.dim() == 2:
+        batched = t_star.dim() != 2  # (K, E) is shared over the batch (batch stride 0)
+        if batched and t_star.shape[0] != B:
+            raise ValueError("t_star batch differs from v_star")
+        if not batched or not t_star[0].is_contiguous():
             t_star = t_star.contiguous()
-            t_bs = 0
-        else:
-            if t_star.shape[0] != B:
-                raise ValueError("t_star batch differs from v_star")
-            t_star = t_star if t_star[0].is_contiguous() else t_star.contiguous()
-            t_bs = t_star.stride(0)
+        t_bs = t_star.stride(0) if batched else 0
         if t_star.shape[-1] != E:
             raise ValueError(f"embed dims differ: v_star {E}, t_star {t_star.shape[-1]}")
         v_star = v_star if v_star[0].is_contiguous() else v_star.contiguous()

@@ -237,10 +237,8 @@ class OrtEngine(Engine):
             out = torch.from_numpy(b.copy_outputs_to_cpu()[0])
             self._out_shapes[key] = tuple(out.shape)
             return out
-        if self.reuse_outputs and self._reused is not None and tuple(self._reused.shape) == shape:
-            out = self._reused
-        else:
-            out = torch.empty(shape, dtype=torch.float32)
+        reused = self._reused if self.reuse_outputs else None
+        out = reused if reused is not None and tuple(reused.shape) == shape else torch.empty(shape, dtype=torch.float32)
         b.bind_output("logits", self._device_type, 0, np.float32, list(shape), out.data_ptr())
         self.session.run_with_iobinding(b)
         if self.reuse_outputs:
