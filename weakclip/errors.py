@@ -9,6 +9,7 @@ command line, the line names that option (``--out runs/x: …``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import errno as errno_
 import functools
@@ -168,8 +169,7 @@ def _os_error_line(e: OSError, argv: Sequence[str]) -> tuple[str, int]:
 
 
 def _prog_of(fn: Callable[..., Any]) -> str:
-    prog = current_prog.get()
-    if prog:
+    if prog := current_prog.get():
         return prog
     module = fn.__module__
     if module == "__main__":  # python -m weakclip.cli.x: the module's real name is on its spec
@@ -191,11 +191,8 @@ def _debug(argv: list[str]) -> bool:
 
 def _silence_stdout() -> None:
     """After a broken pipe: point stdout at /dev/null so the interpreter's final flush raises nothing."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 MainFn = Callable[[Sequence[str] | None], int | None]
