@@ -27,8 +27,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from test_gpu_bench import GPU_ROWS, _stray_outputs, e2e
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_LIST = REPO / "benchmarks" / "gpu_image.txt"
@@ -39,8 +41,6 @@ GPU_CHECK = REPO / "benchmarks" / "gpu_check.sh"
 TORCH_PAIR = ("torch", "torchvision")
 VENV_OWN = {"pip", "setuptools"}  # what `python -m venv` puts there (the image has both too)
 ABSENT_ON_IMAGE = ("open_clip", "ftfy", "wcwidth", "pydensecrf", "tensorrt")
-# What $OUT may hold after the check (the device tool brings back at most 8 files).
-OUT_FILES = {"gpu_check.log", "gpu_check.json", "parity_tests.txt", "gpu_e2e.json", "gpu_e2e.md", "gpu_e2e.png"}
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -225,50 +225,99 @@ print(json.dumps({{
 
 
 def _dry_run(info: dict, tmp: Path, *extra: str, **env_extra: str) -> tuple[subprocess.CompletedProcess, Path]:
-    work_tmp = tmp / "tmp"
+    """``gpu_check.sh --out results --dry-run`` with the venv's python from an empty working folder (``tmp/cwd``)."""
+    work_tmp, cwd = tmp / "tmp", tmp / "cwd"
     work_tmp.mkdir(parents=True)
+    cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "WEAKCLIP_WHEELS")}
     env.update(PY=str(info["python"]), TMPDIR=str(work_tmp), HF_HUB_OFFLINE="1", **env_extra)
-    out = tmp / "out"
     proc = subprocess.run(
-        ["bash", str(GPU_CHECK), "--out", str(out), "--dry-run", *extra],
+        ["bash", str(GPU_CHECK), "--out", "results", "--dry-run", *extra],
         capture_output=True,
         text=True,
         env=env,
-        cwd=tmp,
+        cwd=cwd,
         timeout=900,
     )
     left = list(work_tmp.glob("weakclip_gpu_check.*"))
     assert not left, f"the work folder (wheels, build) must be removed at the end: {left}"
-    return proc, out
+    return proc, cwd / "results"
 
 
-def test_gpu_check_dry_run_passes_in_the_image_venv(image_venv: dict, tmp_path: Path) -> None:
-    proc, out = _dry_run(image_venv, tmp_path)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
+@pytest.fixture(scope="module")
+def dry_run(image_venv: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The GPU machine's first call rehearsed once: the image-like venv, an empty working folder, relative --out."""
+    before = _stray_outputs()
+    proc, out = _dry_run(image_venv, tmp_path_factory.mktemp("gpu_check"))
+    return {"proc": proc, "cwd": out.parent, "out": out, "stray": _stray_outputs() - before}
+
+
+def test_gpu_check_dry_run_passes_in_the_image_venv(image_venv: dict, dry_run: dict) -> None:
+    """The output contract (only result files, nothing outside --out or in the checkout, the log holds the summary)
+    and the image's facts: every wheel installed, what the machine lacks named, the CPU-capable e2e rows ran."""
+    proc, out = dry_run["proc"], dry_run["out"]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert sorted(p.name for p in dry_run["cwd"].iterdir()) == ["results"], "wrote outside --out"
+    assert not dry_run["stray"], f"outputs written into the checkout: {sorted(dry_run['stray'])}"
+    names = {p.name for p in out.iterdir()}
+    # only result files: the build and the installed wheels stay in the temporary work folder
+    assert names == {"gpu_check.log", "gpu_check.json", "gpu_e2e.json", "gpu_e2e.md", "gpu_e2e.png"}, names
+    assert "Build files have been written to" in proc.stdout, "the dry run configures CMake"
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("gpu_check: DRY-RUN PASS"), last
+    assert last.startswith("gpu_check: DRY-RUN PASS") and f"outputs in {out}" in last, last
+    assert last in (out / "gpu_check.log").read_text(), "the log must hold everything printed, summary included"
     report = json.loads((out / "gpu_check.json").read_text())
     steps = {k: v["result"] for k, v in report["steps"].items()}
+    expect_device = "ok" if torch.cuda.is_available() else "none"
     assert steps == {
-        "device": "none",
+        "device": expect_device,
         "deps": "ok",
         "build": "configured",
         "parity": "skipped",
         "kernel_bench": "skipped",
         "e2e": "ok",
     }, report
-    assert report["cut"] == [] and report["python"] == str(image_venv["python"])
+    assert report["dry_run"] is True and report["exit_code"] == 0 and report["cut"] == []
+    assert report["python"] == str(image_venv["python"])
     deps = report["steps"]["deps"]["note"]
     for wheel in image_venv["wheels"]:  # gpu_check.sh installed every wheel of .whl/
         assert wheel.name.split("-")[0] in deps, deps
     assert "not available on this machine: pydensecrf (CRF), TensorRT, ONNX Runtime CUDA EP" in deps, deps
-    assert set(p.name for p in out.iterdir()) <= OUT_FILES, "only result files in --out (the build is elsewhere)"
-    e2e = {r["key"]: r for r in json.loads((out / "gpu_e2e.json").read_text())["rows"]}
-    assert e2e["official-fp32"]["status"] == "ok" and e2e["engine-fp32"]["status"] == "ok"
+    rows = {r["key"]: r for r in json.loads((out / "gpu_e2e.json").read_text())["rows"]}
+    assert rows["official-fp32"]["status"] == "ok" and rows["engine-fp32"]["status"] == "ok"
     for key in ("ort-cuda-fp32", "trt-fp16"):
-        assert e2e[key]["status"] == "skipped" and "not available on this machine" in e2e[key]["reason"], e2e[key]
+        assert rows[key]["status"] == "skipped" and "not available on this machine" in rows[key]["reason"], rows[key]
+
+
+def test_cpu_smoke_e2e_report(dry_run: dict) -> None:
+    out = dry_run["out"]
+    assert dry_run["proc"].returncode == 0, dry_run["proc"].stdout[-4000:]
+    assert (out / "gpu_e2e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "gpu_e2e.json").read_text())
+    assert report["smoke"] is True and report["preset"] == "tiny" and report["png"] == "gpu_e2e.png"
+    rows = {r["key"]: r for r in report["rows"]}
+    assert list(rows) == list(e2e.ROWS)
+    for key in ("official-fp32", "engine-fp32"):  # the CPU-capable rows really ran
+        r = rows[key]
+        assert r["status"] == "ok" and r["windows_per_s"] > 0 and r["argmax_agreement"] == 1.0, r
+        assert r["images_per_s_12_views"] == pytest.approx(r["windows_per_s"] / 52)
+        assert r["timing"]["repeats"] == 2 and r["timing"]["median_s"] > 0
+    assert rows["official-fp32"]["batch"] == 1 and rows["engine-fp32"]["batch"] == 2
+    assert rows["official-fp32"]["speedup"] == pytest.approx(1.0)
+    for key in GPU_ROWS:  # skipped with their reason, no number
+        r = rows[key]
+        assert r["status"] == "skipped" and r["reason"] and "windows_per_s" not in r, r
+    assert "needs a CUDA GPU" in rows["engine-fp16"]["reason"]
+    for key, package in (("ort-cuda-fp32", "onnxruntime"), ("trt-fp16", "tensorrt")):
+        reason = rows[key]["reason"]
+        assert "not available on this machine" in reason or "needs a CUDA GPU" in reason, reason
+        assert "not available on this machine" not in reason or package in reason
+    assert [g["met"] for g in report["goals"]] == [None, None, None]  # nothing is "met" on a CPU
+
+    md = (out / "gpu_e2e.md").read_text()
+    assert "CPU SMOKE RUN: not a benchmark" in md
+    assert md.count("| skipped: ") == len(GPU_ROWS) and "Goals:" in md
+    assert "summary: 2 ok, 8 skipped, 0 failed;" in dry_run["proc"].stdout
 
 
 def test_gpu_check_without_the_wheels_names_what_is_missing(image_venv: dict, tmp_path: Path) -> None:
