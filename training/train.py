@@ -60,11 +60,8 @@ def load_config(path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):  # an empty mapping contributes no key
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
+    for k, v in d.items():  # an empty mapping contributes no key
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
