@@ -9,7 +9,8 @@ import pytest
 
 from weakclip.cli.evaluate import main
 from weakclip.data.io import save_mask_png
-from weakclip.masks.evaluate import ConfusionMatrix, evaluate_dirs
+from weakclip.data.metrics import ConfusionMatrix
+from weakclip.masks.evaluate import evaluate_dirs
 
 # GT (255 ignored) and prediction (255 = unknown → a false negative of the GT class).
 GT = np.array([[0, 0, 1], [1, 2, 255]], np.uint8)

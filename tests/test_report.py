@@ -30,8 +30,9 @@ import pytest
 from weakclip.cli.report import main
 from weakclip.data.classes import COCO_OFFICIAL91_CLASSES
 from weakclip.data.io import read_mask, save_mask_png
+from weakclip.data.metrics import ConfusionMatrix, confusion, metrics_from_matrix
 from weakclip.data.synthetic import make_synthetic_dataset
-from weakclip.masks.evaluate import ConfusionMatrix, confusion, evaluate_dirs, metrics_from_matrix
+from weakclip.masks.evaluate import evaluate_dirs
 from weakclip.masks.report import describe_run, make_report
 
 # ----------------------------------------------------------------------------------------------------------------

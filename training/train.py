@@ -33,8 +33,8 @@ import weakclip
 from weakclip.data.datasets import SegmentationDataset, collate, resolve_list
 from weakclip.data.io import atomic_path, read_image, read_mask, removed_if_left_empty
 from weakclip.data.labels import load_labels
+from weakclip.data.metrics import ConfusionMatrix
 from weakclip.errors import ArgumentParser, UsageError, cli
-from weakclip.masks.evaluate import ConfusionMatrix
 from weakclip.masks.inference import InferenceOptions, predict
 from weakclip.model.config import get_config
 from weakclip.model.losses import WeakCLIPLoss

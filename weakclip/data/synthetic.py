@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw
 
 from weakclip.data.classes import VOC_CLASSES
 from weakclip.data.io import atomic_path, save_mask_png, write_text_atomic
+from weakclip.data.metrics import confusion, metrics_from_matrix
 from weakclip.errors import UsageError
-from weakclip.masks.evaluate import confusion, metrics_from_matrix
 from weakclip.progress import progress
 
 IGNORE = 255

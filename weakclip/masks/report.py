@@ -1,5 +1,5 @@
 """``weakclip report``: one HTML page (no script; plots and thumbnails in ``assets/``) comparing mask runs against the
-ground truth.  The numbers are :func:`weakclip.masks.evaluate.confusion`'s, one count per image and run, summed: a
+ground truth.  The numbers are :func:`weakclip.data.metrics.confusion`'s, one count per image and run, summed: a
 run's mIoU equals ``weakclip evaluate`` on the images it has.
 """
 
@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from weakclip.data.io import IMAGE_EXTS, atomic_path, palette_blend, read_image, read_mask, voc_palette_array
+from weakclip.data.metrics import SegMetrics, confusion, metrics_from_matrix
 from weakclip.errors import UsageError
-from weakclip.masks.evaluate import SegMetrics, confusion, find_class_names, metrics_from_matrix
+from weakclip.masks.evaluate import find_class_names
 
 DEFAULT_GALLERY = 6  # images per gallery section
 DEFAULT_THUMB = 160  # longer side of a thumbnail, pixels
