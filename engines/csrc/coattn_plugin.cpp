@@ -1,15 +1,11 @@
-// WeakCLIP co-attention TensorRT plugin (IPluginV3).  Laid out like TensorRT's own plugins: the kernel launcher lives
-// in coattn_kernel.cu (raw pointers + stream); this file only validates shapes / types and maps TensorRT tensors to
-// the launcher's params struct.  Every noexcept entry point is guarded with try/catch.
+// WeakCLIP co-attention TensorRT plugin (IPluginV3): validates shapes / types and maps TensorRT tensors to the
+// launcher's params struct (coattn_kernel.cu).  Every noexcept entry point is guarded with try/catch.
+// Weights arrive as ONE constant input (index 3), the blob of plugin_names.json "packed_weights" (engines/cuda_ops.py:
+// pack_coattention_weights); TensorRT owns it and converts it to the chosen precision.
 //
-// Weights: ONE extra constant input (index 3), the packed blob described by plugin_names.json "packed_weights"
-// (written by engines/cuda_ops.py: pack_coattention_weights).  TensorRT owns that memory and converts it to the
-// chosen precision; the plugin computes each tensor's offset from the dims.  Attributes carry only the config.
-//
-// Registration: by default a static registrar registers the creator when the library is loaded (ctypes.CDLL /
-// trtexec --staticPlugins).  Built with WEAKCLIP_TRT_GET_CREATORS (CMake option WEAKCLIP_TRT_GET_CREATORS=ON) it
-// instead exports getCreators() for IPluginRegistry::loadLibrary / trtexec --dynamicPlugins; never both, because
-// loadLibrary fails when a creator is already registered.
+// Registration: a static registrar registers the creator when the library is loaded (ctypes.CDLL / trtexec
+// --staticPlugins), or, built with WEAKCLIP_TRT_GET_CREATORS, getCreators() is exported for
+// IPluginRegistry::loadLibrary / trtexec --dynamicPlugins; never both (loadLibrary fails on a registered creator).
 
 #include "coattn_plugin.h"
 
@@ -48,21 +44,35 @@ constexpr int32_t attrIndex(char const* name) {
     return -1;
 }
 
-// The attributes this plugin understands; the build fails if plugin_names.json renames or drops one.
-constexpr char const* kWidth = "coattn_width";
-constexpr char const* kHeads = "coattn_heads";
-constexpr char const* kLayers = "coattn_layers";
-constexpr char const* kMlpRatio = "coattn_mlp_ratio";
-constexpr char const* kLnEps = "layer_norm_eps";
-static_assert(attrIndex(kWidth) >= 0 && strEq(kAttrTypes[attrIndex(kWidth)], "int"), "plugin_names.json: coattn_width");
-static_assert(attrIndex(kHeads) >= 0 && strEq(kAttrTypes[attrIndex(kHeads)], "int"), "plugin_names.json: coattn_heads");
-static_assert(attrIndex(kLayers) >= 0 && strEq(kAttrTypes[attrIndex(kLayers)], "int"),
-              "plugin_names.json: coattn_layers");
-static_assert(attrIndex(kMlpRatio) >= 0 && strEq(kAttrTypes[attrIndex(kMlpRatio)], "int"),
-              "plugin_names.json: coattn_mlp_ratio");
-static_assert(attrIndex(kLnEps) >= 0 && strEq(kAttrTypes[attrIndex(kLnEps)], "float"),
-              "plugin_names.json: layer_norm_eps");
-static_assert(kNumAttrs == 5, "plugin_names.json lists an attribute this plugin does not handle");
+// The attributes this plugin understands, in CoAttnConfig field order; only layer_norm_eps is optional.
+struct Attr {
+    char const* name;
+    bool isFloat;
+};
+constexpr Attr kAttrs[] = {
+    {"coattn_width", false}, {"coattn_heads", false}, {"coattn_layers", false}, {"coattn_mlp_ratio", false},
+    {"layer_norm_eps", true}};
+constexpr int32_t kNumKnown = static_cast<int32_t>(sizeof(kAttrs) / sizeof(kAttrs[0]));
+
+constexpr int32_t knownIndex(char const* name) {
+    for (int32_t i = 0; i < kNumKnown; ++i) {
+        if (strEq(kAttrs[i].name, name)) return i;
+    }
+    return -1;
+}
+constexpr bool attrsMatchJson() {
+    for (Attr const& a : kAttrs) {
+        if (attrIndex(a.name) < 0 || !strEq(kAttrTypes[attrIndex(a.name)], a.isFloat ? "float" : "int")) return false;
+    }
+    return kNumAttrs == kNumKnown;
+}
+static_assert(attrsMatchJson(), "plugin_names.json attributes differ from the ones this plugin handles");
+
+// Config field of known attribute `i` (int32_t, or float for layer_norm_eps).
+void* attrField(CoAttnConfig& c, int32_t i) {
+    void* const fields[kNumKnown] = {&c.width, &c.heads, &c.layers, &c.mlp_ratio, &c.ln_eps};
+    return fields[i];
+}
 
 void logError(char const* where, char const* msg) noexcept {
     std::fprintf(stderr, "[%s::%s] %s: %s\n", WEAKCLIP_PLUGIN_NAMESPACE, WEAKCLIP_PLUGIN_OP_TYPE, where, msg);
@@ -198,10 +208,12 @@ bool CoAttnPlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorDes
     WEAKCLIP_PLUGIN_GUARD_END("supportsFormatCombination", false)
 }
 
-int64_t CoAttnPlugin::expectedWeightCount(int64_t embedDim) const {
+int64_t CoAttnPlugin::expectedWeightCount(int64_t embedDim, std::vector<int64_t>* offsets) const {
     int32_t const n = weakclip_coattn_num_weights(mConfig.layers);
+    if (offsets != nullptr) offsets->clear();
     int64_t total = 0;
     for (int32_t i = 0; i < n; ++i) {
+        if (offsets != nullptr) offsets->push_back(total);
         total += weakclip_coattn_weight_numel(i, mConfig.layers, static_cast<int32_t>(embedDim), mConfig.width,
                                               mConfig.width * mConfig.mlp_ratio);
     }
@@ -238,11 +250,12 @@ int32_t CoAttnPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t
     WEAKCLIP_PLUGIN_GUARD_END("configurePlugin", -1)
 }
 
-void CoAttnPlugin::fillParams(Dims const* dims, DataType type, WeakclipCoAttnParams& p) const {
-    Dims const& g = dims[kG];
-    Dims const& dense = dims[kDense];
-    Dims const& text = dims[kText];
-    Dims const& w = dims[kWeights];
+template <typename Desc>
+WeakclipCoAttnParams CoAttnPlugin::fillParams(Desc const* desc, Dims Desc::*dims, DataType type) const {
+    Dims const& g = desc[kG].*dims;
+    Dims const& dense = desc[kDense].*dims;
+    Dims const& text = desc[kText].*dims;
+    Dims const& w = desc[kWeights].*dims;
     require(g.nbDims == 2 && dense.nbDims == 4 && text.nbDims == 2 && w.nbDims == 1,
             "ranks must be g 2, dense 4, text 2, weights 1");
     int64_t const B = dense.d[0];
@@ -253,7 +266,7 @@ void CoAttnPlugin::fillParams(Dims const* dims, DataType type, WeakclipCoAttnPar
     require(w.d[0] == expectedWeightCount(E), "weights has " + std::to_string(w.d[0]) + " elements, expected " +
                                                   std::to_string(expectedWeightCount(E)));
     require(type == DataType::kFLOAT || type == DataType::kHALF, "precision must be float32 or float16");
-    p = WeakclipCoAttnParams{};
+    WeakclipCoAttnParams p{};
     p.version = WEAKCLIP_COATTN_PARAMS_VERSION;
     p.dtype = type == DataType::kHALF ? WEAKCLIP_FP16 : WEAKCLIP_FP32;
     p.batch = toInt32(B, "batch");
@@ -266,16 +279,15 @@ void CoAttnPlugin::fillParams(Dims const* dims, DataType type, WeakclipCoAttnPar
     p.layers = mConfig.layers;
     p.mlp_hidden = mConfig.width * mConfig.mlp_ratio;
     p.ln_eps = mConfig.ln_eps;
+    return p;
 }
 
 size_t CoAttnPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
                                       DynamicPluginTensorDesc const* /*outputs*/, int32_t nbOutputs) const noexcept {
     WEAKCLIP_PLUGIN_GUARD_BEGIN
     require(nbInputs == kNbInputs && nbOutputs == kNbOutputs, "expects 4 inputs, 1 output");
-    Dims maxDims[kNbInputs];
-    for (int32_t i = 0; i < kNbInputs; ++i) maxDims[i] = inputs[i].max;
-    WeakclipCoAttnParams p{};
-    fillParams(maxDims, inputs[0].desc.type, p);  // workspace grows with B, h*w and K: the max shape bounds it
+    // The workspace grows with B, h*w and K: the max shape bounds it.
+    WeakclipCoAttnParams const p = fillParams(inputs, &DynamicPluginTensorDesc::max, inputs[0].desc.type);
     size_t const bytes = weakclip_coattn_workspace_size(&p);
     require(bytes > 0, std::string("invalid dims: ") + weakclip_last_error());
     return bytes;
@@ -286,22 +298,13 @@ int32_t CoAttnPlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs
                                     int32_t nbOutputs) noexcept {
     WEAKCLIP_PLUGIN_GUARD_BEGIN
     require(nbInputs == kNbInputs && nbOutputs == kNbOutputs, "expects 4 inputs, 1 output");
-    Dims dims[kNbInputs];
-    for (int32_t i = 0; i < kNbInputs; ++i) dims[i] = in[i].dims;
-    WeakclipCoAttnParams p{};
-    fillParams(dims, in[0].type, p);
+    WeakclipCoAttnParams const p = fillParams(in, &PluginTensorDesc::dims, in[0].type);
     Dims const& s = out[0].dims;
     require(s.nbDims == 4 && s.d[0] == p.batch && s.d[1] == p.num_classes && s.d[2] == p.grid_h && s.d[3] == p.grid_w,
             "score shape " + dimsStr(s) + " is not (B, K, h, w)");
     if (mOffsetsEmbedDim != p.embed_dim) {
-        int32_t const n = weakclip_coattn_num_weights(mConfig.layers);
-        mWeightOffsets.assign(static_cast<size_t>(n), 0);
-        int64_t off = 0;
-        for (int32_t i = 0; i < n; ++i) {
-            mWeightOffsets[static_cast<size_t>(i)] = off;
-            off += weakclip_coattn_weight_numel(i, mConfig.layers, p.embed_dim, p.width, p.mlp_hidden);
-        }
-        mWeightPtrs.assign(static_cast<size_t>(n), nullptr);
+        expectedWeightCount(p.embed_dim, &mWeightOffsets);
+        mWeightPtrs.assign(mWeightOffsets.size(), nullptr);
         mOffsetsEmbedDim = p.embed_dim;
     }
     return 0;
@@ -312,10 +315,7 @@ int32_t CoAttnPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDes
                               void const* const* inputs, void* const* outputs, void* workspace,
                               cudaStream_t stream) noexcept {
     WEAKCLIP_PLUGIN_GUARD_BEGIN
-    Dims dims[kNbInputs];
-    for (int32_t i = 0; i < kNbInputs; ++i) dims[i] = inputDesc[i].dims;
-    WeakclipCoAttnParams p{};
-    fillParams(dims, inputDesc[0].type, p);
+    WeakclipCoAttnParams p = fillParams(inputDesc, &PluginTensorDesc::dims, inputDesc[0].type);
     require(mOffsetsEmbedDim == p.embed_dim, "enqueue before onShapeChange");
     size_t const elem = p.dtype == WEAKCLIP_FP16 ? 2 : 4;
     char const* base = static_cast<char const*>(inputs[kWeights]);
@@ -345,19 +345,10 @@ IPluginV3* CoAttnPlugin::attachToContext(IPluginResourceContext* /*context*/) no
 PluginFieldCollection const* CoAttnPlugin::getFieldsToSerialize() noexcept {
     WEAKCLIP_PLUGIN_GUARD_BEGIN
     mSerialFields.clear();
-    for (int32_t i = 0; i < kNumAttrs; ++i) {
-        char const* n = kAttrNames[i];
-        if (strEq(n, kWidth)) {
-            mSerialFields.emplace_back(n, &mConfig.width, PluginFieldType::kINT32, 1);
-        } else if (strEq(n, kHeads)) {
-            mSerialFields.emplace_back(n, &mConfig.heads, PluginFieldType::kINT32, 1);
-        } else if (strEq(n, kLayers)) {
-            mSerialFields.emplace_back(n, &mConfig.layers, PluginFieldType::kINT32, 1);
-        } else if (strEq(n, kMlpRatio)) {
-            mSerialFields.emplace_back(n, &mConfig.mlp_ratio, PluginFieldType::kINT32, 1);
-        } else if (strEq(n, kLnEps)) {
-            mSerialFields.emplace_back(n, &mConfig.ln_eps, PluginFieldType::kFLOAT32, 1);
-        }
+    for (char const* name : kAttrNames) {
+        int32_t const k = knownIndex(name);
+        PluginFieldType const t = kAttrs[k].isFloat ? PluginFieldType::kFLOAT32 : PluginFieldType::kINT32;
+        mSerialFields.emplace_back(name, attrField(mConfig, k), t, 1);
     }
     mSerialFC.nbFields = static_cast<int32_t>(mSerialFields.size());
     mSerialFC.fields = mSerialFields.data();
@@ -387,26 +378,17 @@ IPluginV3* CoAttnPluginCreator::createPlugin(char const* /*name*/, PluginFieldCo
     WEAKCLIP_PLUGIN_GUARD_BEGIN
     require(fc != nullptr, "no plugin fields");
     CoAttnConfig c;
-    bool seen[4] = {false, false, false, false};
+    bool seen[kNumKnown] = {};
     for (int32_t i = 0; i < fc->nbFields; ++i) {
         PluginField const& f = fc->fields[i];
-        if (f.name == nullptr) continue;
-        if (strEq(f.name, kWidth)) {
-            c.width = toInt32(readInt(f), kWidth);
-            seen[0] = true;
-        } else if (strEq(f.name, kHeads)) {
-            c.heads = toInt32(readInt(f), kHeads);
-            seen[1] = true;
-        } else if (strEq(f.name, kLayers)) {
-            c.layers = toInt32(readInt(f), kLayers);
-            seen[2] = true;
-        } else if (strEq(f.name, kMlpRatio)) {
-            c.mlp_ratio = toInt32(readInt(f), kMlpRatio);
-            seen[3] = true;
-        } else if (strEq(f.name, kLnEps)) {
-            c.ln_eps = readFloat(f);
+        int32_t const k = f.name == nullptr ? -1 : knownIndex(f.name);
+        if (k < 0) continue;  // e.g. plugin_version / plugin_namespace forwarded by a parser
+        if (kAttrs[k].isFloat) {
+            *static_cast<float*>(attrField(c, k)) = readFloat(f);
+        } else {
+            *static_cast<int32_t*>(attrField(c, k)) = toInt32(readInt(f), kAttrs[k].name);
         }
-        // Other fields (e.g. plugin_version / plugin_namespace forwarded by a parser) are ignored.
+        seen[k] = true;
     }
     require(seen[0] && seen[1] && seen[2] && seen[3],
             "missing attribute(s): coattn_width, coattn_heads, coattn_layers and coattn_mlp_ratio are required");

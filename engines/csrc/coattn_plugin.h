@@ -82,9 +82,11 @@ public:
     CoAttnConfig const& config() const noexcept { return mConfig; }
 
 private:
-    // Fills `p` (dims and dtype only) from actual or max dims; `dims[i]` = input i dims. Throws on a mismatch.
-    void fillParams(nvinfer1::Dims const* dims, nvinfer1::DataType type, WeakclipCoAttnParams& p) const;
-    int64_t expectedWeightCount(int64_t embedDim) const;
+    // Params (dims and dtype only) from actual or max dims; `dims[i]` = input i dims. Throws on a mismatch.
+    template <typename Desc>
+    WeakclipCoAttnParams fillParams(Desc const* desc, nvinfer1::Dims Desc::*dims, nvinfer1::DataType type) const;
+    // Elements in the packed weights; `offsets` (if given) receives each tensor's element offset.
+    int64_t expectedWeightCount(int64_t embedDim, std::vector<int64_t>* offsets = nullptr) const;
 
     CoAttnConfig mConfig;
     // Element offsets of each packed tensor inside input 3, for the embed dim last seen by onShapeChange.
