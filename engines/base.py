@@ -14,9 +14,10 @@ import inspect
 import json
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the engines themselves: `weakclip generate --help` does not wait for it
+    import torch
 
 # Registry name → module that implements it (imported only when that engine is asked for).
 _BUILTIN: dict[str, str] = {
@@ -86,6 +87,8 @@ class Engine(abc.ABC):
 
     def check_windows(self, windows: torch.Tensor) -> None:
         """Raise ValueError unless ``windows`` is (B, 3, H, W) float32 with H, W multiples of ``size_divisor``."""
+        import torch
+
         if not isinstance(windows, torch.Tensor) or windows.ndim != 4 or windows.shape[1] != 3:
             shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
             raise ValueError(f"{self.name} engine: expected windows (B, 3, H, W), got {shape}")

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
-from weakclip.model.checkpoint import save_checkpoint
-from weakclip.model.convert_official import convert_with_info
 
 
 def _read_names(path: str) -> list[str]:
@@ -33,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = _read_names(args.class_names) if args.class_names else None
     if Path(args.output).suffix != ".safetensors":
         raise UsageError(f"{args.output}: the output must be a .safetensors file")
+    from weakclip.model.checkpoint import save_checkpoint  # torch: after parsing
+    from weakclip.model.convert_official import convert_with_info
+
     model, info = convert_with_info(args.input, args.preset, names)
     try:
         save_checkpoint(model, args.output, extra=info)

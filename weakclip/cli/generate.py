@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from weakclip.engines.base import EngineError, PrecisionError, available_engines
-from weakclip.engines.generate import EngineSpec, MaskOptions, RunOptions, generate
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
 from weakclip.masks.batch import arg_type, shard_from
 from weakclip.model.config import DEFAULT_SCALES, scales_from
@@ -161,6 +160,8 @@ def _from_args(cls: Any, a: argparse.Namespace) -> Any:
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    from weakclip.engines.generate import EngineSpec, MaskOptions, RunOptions, generate  # torch: after parsing
+
     try:
         engine = EngineSpec(a.model, a.engine, engine_options(a))
         masks, run = _from_args(MaskOptions, a), _from_args(RunOptions, a)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from weakclip.errors import ArgumentParser, UsageError, cli
 from weakclip.masks.batch import arg_type, shard_from
-from weakclip.masks.seeds import SeedOptions, make_seeds
 from weakclip.model.config import DEFAULT_SCALES, get_config, scales_from
 from weakclip.model.crf import CLIP_ES_CRF
 
@@ -115,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from weakclip.masks.seeds import SeedOptions, make_seeds  # torch, cv2, open_clip: after parsing
+
     weights = None if str(args.clip_weights).lower() == "none" else args.clip_weights
     crf = None if args.crf == "none" else CLIP_ES_CRF
     ignore = 0.95 if args.ignore_threshold is None else args.ignore_threshold
