@@ -2,12 +2,8 @@
 int8 engines and their peers (torch.compile, TorchScript freezing), all in one run on one machine.  ``--quick``: the
 tiny preset at 128² (mechanics only, seconds).
 
-Rows: ``ROWS`` (``--engines``).  A row this machine cannot run (no native bf16 unless ``--force-bf16``, a missing
-package, no C++ compiler for torch.compile) is listed with the reason.  Every row runs in its own process so its peak
-RSS is its own; parity is argmax agreement and max |Δ| against the eager fp32 logits.  A GEMM probe at the start and
-the end of the run (the best counts) gives this machine's peak per tier, against which each row's GFLOP/s (attention
-counted) is set.  Goals: ``GOALS``, each at ``MIN_AGREEMENT``.  Writes ``<out>/cpu_engines.{json,md,png}``
-(``cpu_engines_quick.*`` with ``--quick``).
+Every row (``ROWS``) runs in its own process, so its peak RSS is its own; parity is against the eager fp32 logits.  A
+GEMM probe at the start and the end gives this machine's peak per tier.  Writes ``<out>/cpu_engines.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -114,18 +110,17 @@ def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[
         ok = [r for r in cands if _valid(r)]
         g: dict[str, Any] = {"tier": tier, "goal": goal, "min_agreement": MIN_AGREEMENT}
         out.append(g)
-        if not ok:
-            why = [r for r in cands if not _valid(r)]
+        if not ok:  # every candidate falls short of the bar
             reasons = "; ".join(
                 f"{r['engine']}: "
                 + ("emulated (no native bf16)" if r.get("emulated") else f"agreement {_pct(r)} < {bar}")
-                for r in why
+                for r in cands
             )
             tier_skips = "; ".join(sorted({v for k, v in skipped.items() if ROWS[k].tier == tier}))
             g["met"] = None
             g["text"] = (
                 f"{head}: not met — no row qualifies ({reasons})"
-                if why
+                if cands
                 else f"{head}: not measured — {tier_skips or 'no row of this tier ran'}"
             )
             continue
@@ -496,10 +491,8 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         p = r.get("parity") or {}
         goal, sp = GOALS[row.tier], r.get("speedup")
-        if r["engine"] == "torch-eager":
-            gtxt = "baseline"
-        else:
-            gtxt = "n/a" if sp is None else f"{goal:g}×: " + ("met" if sp >= goal else f"{100 * sp / goal:.0f} %")
+        gtxt = "n/a" if sp is None else f"{goal:g}×: " + ("met" if sp >= goal else f"{100 * sp / goal:.0f} %")
+        gtxt = "baseline" if r["engine"] == "torch-eager" else gtxt
         emu = " (emulated bf16)" if r.get("emulated") else ""
         note = "; ".join(f"{k} {v}" for k, v in (r.get("facts") or {}).items() if k != "engine")
         lines.append(
@@ -625,10 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_worker(args: argparse.Namespace, what: str, work: Path) -> tuple[dict[str, Any] | None, str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", what, "--workdir", str(work)]
-    cmd += ["--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]
-    cmd += ["--size", str(args.size), "--preset", args.preset, "--probe-seconds", str(args.probe_seconds)]
-    if args.force_bf16:
-        cmd.append("--force-bf16")
+    for key in ("threads", "warmup", "iters", "size", "preset", "probe_seconds"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    cmd += ["--force-bf16"] * args.force_bf16
     p = subprocess.run(cmd, capture_output=True, text=True)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if p.returncode != 0 or line is None:
@@ -655,11 +647,10 @@ def run_probe(args: argparse.Namespace, work: Path, when: str) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    defaults = {"preset": "vit_b16_voc", "size": 512, "warmup": 3, "iters": 5, "calib": 4, "probe_seconds": 2.0}
-    quick = {"preset": "tiny", "size": 128, "warmup": 1, "iters": 3, "calib": 2, "probe_seconds": 0.3}
-    for key, value in (quick if args.quick else defaults).items():
+    defaults = {"preset": ("vit_b16_voc", "tiny"), "size": (512, 128), "warmup": (3, 1), "iters": (5, 3)}
+    for key, (full, quick) in (defaults | {"calib": (4, 2), "probe_seconds": (2.0, 0.3)}).items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, quick if args.quick else full)
     args.threads = args.threads or usable_cores()
     if args.render:  # re-render the Markdown / plot of a finished run (no measuring)
         src = Path(args.render)

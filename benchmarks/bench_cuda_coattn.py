@@ -59,6 +59,25 @@ class OutOfTime(Exception):
     """The --time-budget is spent: the rows measured so far are kept."""
 
 
+def compare(args, torch_fn: Callable[[], object], fused_fn: Callable[[], object], spread: bool) -> dict:
+    """Median milliseconds of both and the speed-up; with ``spread``, p10 / p90 and the extra peak memory too."""
+    t_torch = time_cuda(torch_fn, args.warmup, args.iters)
+    t_fused = time_cuda(fused_fn, args.warmup, args.iters)
+    row: dict = {
+        "torch_ms": t_torch["median_ms"],
+        "fused_ms": t_fused["median_ms"],
+        "speedup": t_torch["median_ms"] / t_fused["median_ms"],
+    }
+    if spread:
+        row.update(
+            torch_p10_p90_ms=[t_torch["p10_ms"], t_torch["p90_ms"]],
+            fused_p10_p90_ms=[t_fused["p10_ms"], t_fused["p90_ms"]],
+            torch_peak_mb=peak_memory_mb(torch_fn),
+            fused_peak_mb=peak_memory_mb(fused_fn),
+        )
+    return row
+
+
 def bench_coattention(ops, args, emit: Callable[[dict, str], None], check_time: Callable[[str], None]) -> None:
     from weakclip.model.coattention import CoAttentionMatching
 
@@ -87,23 +106,8 @@ def bench_coattention(ops, args, emit: Callable[[dict, str], None], check_time: 
             s_torch, s_fused = torch_fn(), fused_fn()
             torch.cuda.synchronize()
             max_diff = (s_torch.float() - s_fused.float()).abs().max().item()
-            t_torch = time_cuda(torch_fn, args.warmup, args.iters)
-            t_fused = time_cuda(fused_fn, args.warmup, args.iters)
-            row = {
-                "op": "coattention",
-                "dtype": dname,
-                "batch": B,
-                "tokens": 1 + h * w,
-                "classes": args.classes,
-                "torch_ms": t_torch["median_ms"],
-                "fused_ms": t_fused["median_ms"],
-                "speedup": t_torch["median_ms"] / t_fused["median_ms"],
-                "torch_p10_p90_ms": [t_torch["p10_ms"], t_torch["p90_ms"]],
-                "fused_p10_p90_ms": [t_fused["p10_ms"], t_fused["p90_ms"]],
-                "torch_peak_mb": peak_memory_mb(torch_fn),
-                "fused_peak_mb": peak_memory_mb(fused_fn),
-                "max_abs_diff_S": max_diff,
-            }
+            row = {"op": "coattention", "dtype": dname, "batch": B, "tokens": 1 + h * w, "classes": args.classes}
+            row |= compare(args, torch_fn, fused_fn, spread=True) | {"max_abs_diff_S": max_diff}
             emit(
                 row,
                 f"coattention {dname} B={B}: torch {row['torch_ms']:.3f} ms, fused {row['fused_ms']:.3f} ms "
@@ -130,20 +134,11 @@ def bench_attention(ops, args, emit: Callable[[dict, str], None], check_time: Ca
                 return ops.flash_attention(q, k, v)
 
             diff = (sdpa().transpose(1, 2).float() - fused().float()).abs().max().item()
-            t_ref = time_cuda(sdpa, args.warmup, args.iters)
-            t_fused = time_cuda(fused, args.warmup, args.iters)
+            row = {"op": "self-attention (B, N, H, Dh)", "dtype": dname, "batch": B, "tokens": N}
+            row |= compare(args, sdpa, fused, spread=False) | {"max_abs_diff": diff}
             emit(
-                {
-                    "op": "self-attention (B, N, H, Dh)",
-                    "dtype": dname,
-                    "batch": B,
-                    "tokens": N,
-                    "torch_ms": t_ref["median_ms"],
-                    "fused_ms": t_fused["median_ms"],
-                    "speedup": t_ref["median_ms"] / t_fused["median_ms"],
-                    "max_abs_diff": diff,
-                },
-                f"attention {dname} B={B} N={N}: sdpa {t_ref['median_ms']:.3f} ms, fused {t_fused['median_ms']:.3f} "
+                row,
+                f"attention {dname} B={B} N={N}: sdpa {row['torch_ms']:.3f} ms, fused {row['fused_ms']:.3f} "
                 f"ms, max |d| {diff:.2e}",
             )
 

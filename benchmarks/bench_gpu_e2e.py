@@ -2,12 +2,8 @@
 windows, every row measured in the same process on the same GPU.
 
 Rows: ``DESCRIPTIONS``; the official-style row (fp32, one window per forward, the text tower per window) is the anchor
-of every speed-up.  A row whose package, provider or GPU is missing says why instead of a number.  Per row: windows/s
-(median of the timed repeats, CUDA-synchronised), images/s at single scale and at the official 12 views of a 500×375
-image, the projected time for VOC train_aug, GFLOP/s and the fraction of the GPU's dense fp16 peak, peak GPU memory,
-and argmax agreement + max |Δlogit| vs the fp32 reference (TF32 off).  ``--time-budget`` cuts the rows that no longer
-fit (``ROW_NEEDS_S``).  ``--cpu-smoke`` (automatic without a CUDA GPU): tiny preset, GPU rows skipped.  Writes
-``gpu_e2e.json`` (after every row), ``gpu_e2e.md`` and ``gpu_e2e.png`` to ``--out``.
+of every speed-up; a row that cannot run here says why instead of a number.  ``--cpu-smoke`` (automatic without a
+CUDA GPU): tiny preset, GPU rows skipped.  Writes ``gpu_e2e.json`` (after every row), ``gpu_e2e.md`` and ``gpu_e2e.png``.
 """
 
 from __future__ import annotations
@@ -73,6 +69,13 @@ ROW_NEEDS_S = {
 }
 ROW_NEEDS_DEFAULT_S = 10.0
 NOT_AVAILABLE = "not available on this machine"
+COUNTS = {  # option: (default, CPU smoke default, what)
+    "batch": (16, 2, "windows per batched call"),
+    "warmup": (3, 1, "untimed calls per row"),
+    "repeats": (5, 2, "timed repeats per row; the median is reported"),
+    "iters": (2, 1, "calls per timed repeat"),
+    "official_windows": (4, 1, "windows per timed repeat of the official-style row"),
+}
 VERDICT = {True: "MET", False: "NOT MET", None: "not evaluated"}
 
 
@@ -86,6 +89,10 @@ class RowCut(RowSkipped):
 
 def log(msg: str) -> None:
     print(f"[gpu-e2e] {msg}", flush=True)
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def dense_fp16_peak(device_name: str) -> tuple[str | None, float | None]:
@@ -146,21 +153,19 @@ def evaluate_goals(rows: list[dict], device: str, peak: tuple[str | None, float 
 def process_gpu_memory_mib() -> tuple[float | None, str]:
     """(MiB, source) of this process's GPU memory as NVML reports it (CUDA context + allocator cache + memory that
     ONNX Runtime / TensorRT allocate outside torch), or (None, why not)."""
-    pid = os.getpid()
+    pid, unlisted = os.getpid(), "does not list this process (container PID namespace?)"
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
-            used, seen = 0, False
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                h = pynvml.nvmlDeviceGetHandleByIndex(i)
-                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
-                    if p.pid == pid and p.usedGpuMemory is not None:
-                        used, seen = used + p.usedGpuMemory, True
-            if seen:
-                return used / 2**20, "pynvml"
-            return None, "unavailable: NVML does not list this process (container PID namespace?)"
+            used = [
+                p.usedGpuMemory
+                for i in range(pynvml.nvmlDeviceGetCount())
+                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i))
+                if p.pid == pid and p.usedGpuMemory is not None
+            ]
+            return (sum(used) / 2**20, "pynvml") if used else (None, f"unavailable: NVML {unlisted}")
         finally:
             pynvml.nvmlShutdown()
     except ImportError:
@@ -176,29 +181,12 @@ def process_gpu_memory_mib() -> tuple[float | None, str]:
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"unavailable: nvidia-smi failed ({e})"
     mib = [float(b) for a, b in (ln.split(",")[:2] for ln in out.splitlines() if "," in ln) if a.strip() == str(pid)]
-    if mib:
-        return sum(mib), "nvidia-smi"
-    return None, "unavailable: nvidia-smi does not list this process (container PID namespace?)"
+    return (sum(mib), "nvidia-smi") if mib else (None, f"unavailable: nvidia-smi {unlisted}")
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def time_calls(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int, iters: int) -> dict:
-    """Seconds per call: median (and spread) of ``repeats`` timed repeats of ``iters`` calls after ``warmup`` calls
-    (the first call's time, e.g. a compile, reported apart)."""
-    _, first, per = common.time_calls(fn, warmup=warmup, repeats=repeats, iters=iters, sync=lambda: sync(device))
-    return {
-        "median_s": statistics.median(per),
-        "min_s": min(per),
-        "max_s": max(per),
-        "first_call_s": first,
-        "repeats": repeats,
-        "iters": iters,
-        "warmup": max(warmup, 1),
-    }
 
 
 @contextlib.contextmanager
@@ -267,11 +255,18 @@ class Ctx:
 
 
 def _measure(ctx: Ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, row: dict, iters: int = 0) -> None:
-    a, batch = ctx.args, x.shape[0]
+    """Seconds per call into ``row["timing"]``: the median (and spread) of the timed repeats, the first call (e.g. a
+    compile) apart; peak memory, and agreement with the fp32 logits when ``x`` is the full reference batch."""
+    a, batch, iters = ctx.args, x.shape[0], iters or ctx.args.iters
     with memory_probe(ctx.device, row):
-        t = time_calls(lambda: fn(x), ctx.device, warmup=a.warmup, repeats=a.repeats, iters=iters or a.iters)
-        out = fn(x) if batch == ctx.x.shape[0] else None  # the full reference batch: compare with the fp32 logits
-    row.update(batch=batch, timing=t, windows_per_s=batch / t["median_s"], ms_per_window=1e3 * t["median_s"] / batch)
+        _, first, per = common.time_calls(
+            lambda: fn(x), warmup=a.warmup, repeats=a.repeats, iters=iters, sync=lambda: sync(ctx.device)
+        )
+        out = fn(x) if batch == ctx.x.shape[0] else None
+    med = statistics.median(per)
+    t = {"median_s": med, "min_s": min(per), "max_s": max(per), "first_call_s": first}
+    t.update(repeats=a.repeats, iters=iters, warmup=max(a.warmup, 1))
+    row.update(batch=batch, timing=t, windows_per_s=batch / med, ms_per_window=1e3 * med / batch)
     if out is not None:
         row.update(agreement(out, ctx.ref))
 
@@ -596,14 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", help="model preset (default vit_b16_voc; tiny in CPU smoke mode)")
     p.add_argument("--size", type=int, help="window side (default: the preset's crop, 512)")
-    for flag, what in (
-        ("--batch", "windows per batched call (default 16; 2 in smoke)"),
-        ("--warmup", "untimed calls per row (default 3; 1 in smoke)"),
-        ("--repeats", "timed repeats per row; the median is reported (default 5; 2 in smoke)"),
-        ("--iters", "calls per timed repeat (default 2; 1 in smoke)"),
-        ("--official-windows", "windows per timed repeat of the official-style row (default 4; 1 in smoke)"),
-    ):
-        p.add_argument(flag, type=int, help=what)
+    for key, (full, smoke, what) in COUNTS.items():
+        p.add_argument(_flag(key), type=int, help=f"{what} (default {full}; {smoke} in smoke)")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default all)")
     p.add_argument(
         "--time-budget",
@@ -646,12 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     if smoke and not args.cpu_smoke:
         log("no CUDA GPU visible to torch: CPU smoke mode (tiny preset, GPU rows skipped); not a benchmark")
     preset = args.preset or ("tiny" if smoke else "vit_b16_voc")
-    defaults = (1, 2, 1, 2, 1) if smoke else (3, 16, 4, 5, 2)
-    for k, v in zip(("warmup", "batch", "official_windows", "repeats", "iters"), defaults):
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if min(args.batch, args.warmup, args.repeats, args.iters, args.official_windows) < 1:
-        print("bench_gpu_e2e: --batch, --warmup, --repeats, --iters, --official-windows must be >= 1", file=sys.stderr)
+    for key, (full, small, _) in COUNTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, small if smoke else full)
+    if min(getattr(args, key) for key in COUNTS) < 1:
+        print(f"bench_gpu_e2e: {', '.join(map(_flag, COUNTS))} must be >= 1", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -725,17 +713,14 @@ def main(argv: list[str] | None = None) -> int:
                 gc.collect()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+            msg = row.get("reason", "")
             if row["status"] == "ok":
                 row.update(derived(row["windows_per_s"], protocol, gflop, peak[1]))
-                mem = (
-                    f", peak {row['peak_allocated_mib']:.0f} MiB allocated / {row['peak_reserved_mib']:.0f} MiB "
-                    "reserved"
-                    if "peak_reserved_mib" in row
-                    else ""
-                )
-                msg = f"{row['windows_per_s']:.2f} windows/s, agreement {fmt(row.get('argmax_agreement'), '.4%')}{mem}"
+                msg = f"{row['windows_per_s']:.2f} windows/s, agreement {fmt(row.get('argmax_agreement'), '.4%')}"
+                if "peak_reserved_mib" in row:
+                    msg += f", peak {row['peak_allocated_mib']:.0f} MiB allocated / {row['peak_reserved_mib']:.0f} MiB reserved"
             report["rows"].append(row)
-            log(f"{key:14s} {row['status']:8s} {msg if row['status'] == 'ok' else row['reason']}")
+            log(f"{key:14s} {row['status']:8s} {msg}")
             save()
     anchor = next((r for r in report["rows"] if r["key"] == "official-fp32" and r["status"] == "ok"), None)
     for r in report["rows"]:

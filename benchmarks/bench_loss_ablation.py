@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from weakclip.benchmarks.common import add_out_argument, machine_info, write_results
+
 SETTINGS = {
     "seed only": ["loss.seed=1", "loss.boundary=0", "loss.aux=0"],
     "seed + boundary": ["loss.seed=1", "loss.boundary=1", "loss.aux=0"],
@@ -40,11 +42,8 @@ def pseudo_mask_miou(checkpoint: Path, data: Path, names: list[str]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--iters", type=int, default=600)
-    ap.add_argument("--seed", type=int, default=0)
-    from weakclip.benchmarks.common import add_out_argument, machine_info, write_results
-
+    for flag, default in (("--images", 200), ("--iters", 600), ("--seed", 0)):
+        ap.add_argument(flag, type=int, default=default)
     add_out_argument(ap)
     ap.add_argument("--workdir", default=None, help="dataset and training runs (default <out>/loss_ablation_work)")
     args = ap.parse_args(argv)
@@ -71,14 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:24s} pseudo masks {miou:.2f}  seeds {seeds:.2f}  gain {miou - seeds:+.2f}", flush=True)
     info = machine_info()
     cmd = f"weakclip bench loss-ablation --images {args.images} --iters {args.iters} --seed {args.seed}"
-    md = "| losses | pseudo-mask mIoU | seeds mIoU | gain | train+eval time (s) |\n|---|---|---|---|---|\n"
-    for r in rows:
-        md += f"| {r['losses']} | {r['pseudo_mask_miou']:.2f} | {r['seeds_miou']:.2f} | {r['gain']:+.2f} | {r['train_s']:.0f} |\n"
+    md = "| losses | pseudo-mask mIoU | seeds mIoU | gain | train+eval time (s) |\n|---|---|---|---|---|\n" + "".join(
+        f"| {r['losses']} | {r['pseudo_mask_miou']:.2f} | {r['seeds_miou']:.2f} | {r['gain']:+.2f} | {r['train_s']:.0f} |\n"
+        for r in rows
+    )
     md += (
         f"\n{args.images} synthetic training images (seed {args.seed}), tiny preset, batch 8, {args.iters} iterations, "
+        f"single-scale masks on the training images.  Command: `{cmd}`.  Machine: {info['cpu']}, "
+        f"{info['usable_cores']} cores.\n"
     )
-    md += f"single-scale masks on the training images.  Command: `{cmd}`.  Machine: {info['cpu']}, "
-    md += f"{info['usable_cores']} cores.\n"
     print(md)
     j, _ = write_results("loss_ablation", {"machine": info, "command": cmd, "rows": rows}, md, args.out)
     print(f"wrote {j.with_suffix('')}.{{json,md}}")

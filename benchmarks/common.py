@@ -5,6 +5,7 @@ timing, result files and plots.  Results go under ``--out`` (default ``./weakcli
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -55,12 +56,8 @@ def machine_info() -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "platform": platform.platform(),
     }
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    if importlib.util.find_spec("onnxruntime") is not None:
+        info["onnxruntime"] = importlib.import_module("onnxruntime").__version__
     return info
 
 

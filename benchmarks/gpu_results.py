@@ -1,8 +1,5 @@
 """Turn the output folder of one ``benchmarks/gpu_check.sh`` run into the repository's committed GPU results and the
-README's GPU rows.
-
-Copies ``gpu_check.json``, ``gpu_e2e.*`` and ``cuda_coattn_<gpu>.*`` of ``OUT`` to ``benchmarks/results/gpu_*``, writes
-``gpu_check.md``, and regenerates the README's ``<!-- gpu-results -->`` block and the "Time to expect" table's GPU rows.
+README's GPU rows: ``benchmarks/results/gpu_*``, the README's ``<!-- gpu-results -->`` block and its GPU time rows.
 """
 
 from __future__ import annotations
@@ -191,15 +188,14 @@ def readme_block(run: GpuRun) -> str:
 def time_rows(run: GpuRun) -> list[str]:
     """The "Time to expect" table's GPU rows: the shipped fp16 engine and the fastest row, from gpu_e2e.json."""
     name = device_name(run).replace("NVIDIA ", "")
-    ok = {r["key"]: r for r in (run.e2e or {}).get("rows", []) if r.get("status") == "ok"}
+    e2e = run.e2e or {}
+    ok = {r["key"]: r for r in e2e.get("rows", []) if r.get("status") == "ok"}
     if not ok:
         return [f"{TIME_ROW_PREFIX} engines ({name}) | not measured (gpu_check: {run.check['status']}) | | | | |"]
-    proto = run.e2e["protocol_windows"] if run.e2e else {}
+    single, views = (e2e["protocol_windows"][k] for k in ("single_scale", "views_12"))
     best = max(ok.values(), key=lambda r: r["windows_per_s"])["key"]
-    picked = dict.fromkeys([k for k in (SHIPPED_ROW, best) if k in ok])
-    single, views = proto["single_scale"], proto["views_12"]
     rows = []
-    for key in picked:
+    for key in dict.fromkeys([k for k in (SHIPPED_ROW, best) if k in ok]):
         r = ok[key]
         wps = r["windows_per_s"]
         what = f"{key}: {r.get('description', '')}"
