@@ -1,16 +1,9 @@
 """Progress, start-up line and logging shared by every command-line tool.
 
-:func:`progress` is a drop-in for ``tqdm(``: a tqdm bar when its output is a terminal, otherwise one plain line every
-``interval`` seconds (``WEAKCLIP_PROGRESS_INTERVAL``, default 30) and a final ``done`` line::
-
-    [generate] 120/500 img (24.0 %), 3.21 img/s, elapsed 37 s, ETA 1 min 58 s, loss=0.412
-    [generate] done: 500/500 img in 2 min 36 s (3.20 img/s)
-
-``mode`` (or ``WEAKCLIP_PROGRESS``): ``auto``, ``bar``, ``lines`` or ``off``; ``disable=True`` is ``off`` (``.n`` still
-counts).  A run shorter than the interval prints nothing: the tool's own summary says the rest.
-
-Library code logs through ``logging.getLogger("weakclip.<module>")``; only the command-line entries (and ``train`` /
-``export`` run as scripts) call :func:`setup_logging`.
+:func:`progress` is a drop-in for ``tqdm(``: a bar on a terminal, otherwise a plain line every ``interval`` seconds
+(``$WEAKCLIP_PROGRESS_INTERVAL``, default 30) and a final ``done`` line, nothing for a run shorter than that; ``mode``
+(``$WEAKCLIP_PROGRESS``): auto, bar, lines or off.  Library code logs through ``logging.getLogger("weakclip.<x>")``;
+only the command-line entries call :func:`setup_logging`.
 """
 
 from __future__ import annotations
@@ -49,14 +42,11 @@ def format_duration(seconds: float) -> str:
 
 def _env_interval() -> float:
     raw = os.environ.get(ENV_INTERVAL, "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_INTERVAL
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        _log.warning(f"{ENV_INTERVAL}={raw!r} is not a number of seconds ≥ 0; using {DEFAULT_INTERVAL:g}")
-        return DEFAULT_INTERVAL
-    return value
+    with contextlib.suppress(ValueError):
+        if (value := float(raw or DEFAULT_INTERVAL)) >= 0:
+            return value
+    _log.warning(f"{ENV_INTERVAL}={raw!r} is not a number of seconds ≥ 0; using {DEFAULT_INTERVAL:g}")
+    return DEFAULT_INTERVAL
 
 
 def _resolve_mode(mode: str | None, file: IO[str]) -> str:
@@ -225,8 +215,7 @@ def startup_line(
 
 def print_startup(tool: str, **fields: Any) -> str:
     """Print :func:`startup_line` on stdout (flushed) and return it."""
-    text = startup_line(tool, **fields)
-    print(text, flush=True)
+    print(text := startup_line(tool, **fields), flush=True)
     return text
 
 
@@ -237,13 +226,8 @@ class _Stream(logging.StreamHandler):
         self._which = which
         super().__init__()
 
-    @property
-    def stream(self):
-        return getattr(sys, self._which)
-
-    @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
-        pass
+    # StreamHandler.__init__ assigns the stream: ignored
+    stream = property(lambda self: getattr(sys, self._which), lambda self, value: None)
 
 
 class _LevelPrefix(logging.Formatter):

@@ -1,7 +1,5 @@
 """``weakclip report``: one HTML page (no script; plots and thumbnails in ``assets/``) comparing mask runs against the
-ground truth.  The numbers are :func:`weakclip.data.metrics.confusion`'s, one count per image and run, summed: a
-run's mIoU equals ``weakclip evaluate`` on the images it has.
-"""
+ground truth.  A run's numbers are its per-image :func:`~weakclip.data.metrics.confusion` counts, summed."""
 
 from __future__ import annotations
 
@@ -172,9 +170,8 @@ def plot_iou_chart(
         bars(axes[1, 0], deltas, [f"{b.name} − {a.name}" for a, b in zip(runs, runs[1:])], 1, "Δ IoU (points)")
         axes[1, 0].axhline(0, color="black", linewidth=0.8)
         axes[1, 0].legend(loc="best", fontsize=8, frameon=False)
-    axes[-1, 0].set_xticks(x)
     rot = {"rotation": 60, "ha": "right"} if C > 8 else {"rotation": 0, "ha": "center"}
-    axes[-1, 0].set_xticklabels([class_names[c] for c in shown], fontsize=8 if C <= 40 else 6, **rot)
+    axes[-1, 0].set_xticks(x, [class_names[c] for c in shown], fontsize=8 if C <= 40 else 6, **rot)
     fig.tight_layout()
     _save_fig(fig, path, dpi=90 if C <= 40 else 72)
 
@@ -198,12 +195,9 @@ def plot_confusion(
     im = ax.imshow(blank, cmap=cmap, norm=LogNorm(vmin=1e-4, vmax=1.0), interpolation="nearest")
     fs = 8 if C <= 25 else (6 if C <= 50 else 4)
     names = [class_names[c] for c in shown]
-    ax.set_xticks(range(C + 1))
-    ax.set_xticklabels(names + ["255"], rotation=90, fontsize=fs)
-    ax.set_yticks(range(C))
-    ax.set_yticklabels(names, fontsize=fs)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
+    ax.set_xticks(range(C + 1), names + ["255"], rotation=90, fontsize=fs)
+    ax.set_yticks(range(C), names, fontsize=fs)
+    ax.set(xlabel="predicted", ylabel="ground truth")
     ax.set_title(title, fontsize=9)
     if C <= 15:
         for (i, j), v in np.ndenumerate(norm):
@@ -318,21 +312,6 @@ def _figure(caption: str, src: str = "", alt: str = "", cls: str = "thumb") -> s
     return f"<figure>{img}<figcaption>{_e(caption)}</figcaption></figure>"
 
 
-def _check_inputs(gt_dir: Path, runs: Sequence[Path], out: Path, image_root: Path | None) -> None:
-    if not gt_dir.is_dir():
-        raise UsageError(f"--gt {gt_dir}: not a folder")
-    for r in runs:
-        if not r.is_dir():
-            raise UsageError(f"{r}: not a folder of masks")
-    for n, r in enumerate(runs):
-        if r.resolve() in {q.resolve() for q in runs[:n]}:
-            raise UsageError(f"{r}: given twice")
-    inputs = [("--gt", gt_dir), *(("a run", r) for r in runs), *([("--image-root", image_root)] if image_root else [])]
-    for what, p in inputs:
-        if out.resolve() == p.resolve():
-            raise UsageError(f"--out {out} is {what} folder; write the report elsewhere (e.g. {out / 'report'})")
-
-
 def make_report(
     gt_dir: str | os.PathLike,
     runs: Sequence[str | os.PathLike],
@@ -361,7 +340,18 @@ def make_report(
     root = Path(image_root) if image_root is not None else None
     if not run_dirs:
         raise UsageError("name at least one folder of masks to report on")
-    _check_inputs(gt_dir, run_dirs, out, root)
+    if not gt_dir.is_dir():
+        raise UsageError(f"--gt {gt_dir}: not a folder")
+    for d in run_dirs:
+        if not d.is_dir():
+            raise UsageError(f"{d}: not a folder of masks")
+    for k, d in enumerate(run_dirs):
+        if d.resolve() in {q.resolve() for q in run_dirs[:k]}:
+            raise UsageError(f"{d}: given twice")
+    inputs = [("--gt", gt_dir), *(("a run", r) for r in run_dirs), *([("--image-root", root)] if root else [])]
+    for what, p in inputs:
+        if out.resolve() == p.resolve():
+            raise UsageError(f"--out {out} is {what} folder; write the report elsewhere (e.g. {out / 'report'})")
     if root is not None and not root.is_dir():
         raise UsageError(f"--image-root {root}: not a folder")
     if gallery < 0 or thumb < 16 or not 0 < ignore_heavy <= 1:
@@ -436,34 +426,20 @@ def make_report(
         plot_confusion(st.matrix, class_names, shown, f"{info.name}: mIoU {100 * st.metrics.miou:.2f}", written[-1])
     g_html, g_rows = _gallery(rep, gallery, gt_dir, roots, thumb)
 
-    def write(name: str, text: str, **kw: Any) -> None:
+    def write(name: str, text: str) -> None:
         with atomic_path(out / name) as tmp:
-            tmp.write_text(text, **kw)
+            tmp.write_text(text, encoding="utf-8")
         written.append(out / name)
 
     runs_json = [
-        {
-            "name": info.name,
-            "path": str(info.path),
-            "settings": info.settings,
-            "images_scored": st.scored,
-            "gt_without_mask": len(st.missing),
-            "ignore_heavy": int((st.ignore_share > ignore_heavy).sum()),
-            **st.metrics.to_dict(class_names),
-        }
+        dict(name=info.name, path=str(info.path), settings=info.settings, images_scored=st.scored)
+        | dict(gt_without_mask=len(st.missing), ignore_heavy=int((st.ignore_share > ignore_heavy).sum()))
+        | st.metrics.to_dict(class_names)
         for info, st in zip(infos, stats)
     ]
-    summary = {
-        "gt": str(gt_dir),
-        "images": N,
-        "class_names": class_names,
-        "class_names_from": class_source,
-        "shown_classes": shown,
-        "gt_pixels": gt_pixels.tolist(),
-        "runs": runs_json,
-        "gallery": g_rows,
-        "ignore_heavy_threshold": ignore_heavy,
-    }
+    summary = dict(gt=str(gt_dir), images=N, class_names=class_names, class_names_from=class_source)
+    summary |= dict(shown_classes=shown, gt_pixels=gt_pixels.tolist(), runs=runs_json, gallery=g_rows)
+    summary["ignore_heavy_threshold"] = ignore_heavy
     write("report.json", json.dumps(summary, indent=1) + "\n")
     header = ["image", *(f"miou {info.name}" for info in infos), *(f"share 255 {info.name}" for info in infos)]
     cols = [st.image_miou for st in stats] + [st.ignore_share for st in stats]
@@ -493,7 +469,7 @@ def make_report(
         gallery=g_html,
         coverage_table=_coverage_table(rep, ignore_heavy),
     )
-    write("index.html", page, encoding="utf-8")
+    write("index.html", page)
     keep = {p.name for p in written if p.parent == assets}
     for p in assets.iterdir():  # thumbnails of an earlier report in this folder
         if p.is_file() and p.name not in keep and p.suffix in (".png", ".jpg"):
