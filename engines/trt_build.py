@@ -269,13 +269,11 @@ def build_serialized(
     if not parser.parse_from_file(str(onnx_path)):
         errors = []
         for e in (parser.get_error(i) for i in range(parser.num_errors)):
-            node = e.node_name() if hasattr(e, "node_name") else ""
-            op = e.node_operator() if hasattr(e, "node_operator") else ""
+            node, op = (getattr(e, a)() if hasattr(e, a) else "" for a in ("node_name", "node_operator"))
             errors.append(f"{e.code()}: {e.desc()} (node {node!r}, op {op!r})")
         text = "\n".join(errors)
-        hint = ""
-        if "Plugin not found" in text and plugin_library is None:
-            hint = "\n(the graph has a plugin node: pass plugin_library=, see engines/csrc/README.md)"
+        hint = "\n(the graph has a plugin node: pass plugin_library=, see engines/csrc/README.md)"
+        hint = hint if "Plugin not found" in text and plugin_library is None else ""
         raise EngineError(f"tensorrt engine: cannot parse {onnx_path}:\n{text}\n{logger.text(since=mark)}{hint}")
     inputs = [network.get_input(i).name for i in range(network.num_inputs)]
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
@@ -293,19 +291,15 @@ def build_serialized(
         raise EngineError(f"tensorrt engine: inconsistent optimisation profile {dict(profile)}")
     config.add_optimization_profile(opt_profile)
     plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise EngineError(f"tensorrt engine: building {onnx_path.name} failed:\n{logger.text(since=mark)}")
-    blob = bytes(plan)
+    blob = b"" if plan is None else bytes(plan)
     if not blob:
-        raise EngineError(
-            f"tensorrt engine: building {onnx_path.name} gave an empty engine:\n{logger.text(since=mark)}"
-        )
+        what = "failed" if plan is None else "gave an empty engine"
+        raise EngineError(f"tensorrt engine: building {onnx_path.name} {what}:\n{logger.text(since=mark)}")
     return blob
 
 
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
+    return Path(f"{engine_path}.json")
 
 
 def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any] | None:
