@@ -1,8 +1,6 @@
 """weakclip check-data: look at a VOC-layout dataset before a long run and report what would fail later.
 
-The layout is the one a training config reads (``--config``, else detected); each problem found (missing or corrupt
-files, names without an image, seed, ground truth or label, class values >= K) is one ``problem:`` line and makes the
-exit status 1; usage errors exit 2.  Masks and images are decoded for a sample only (``--sample``)."""
+Each problem found is one ``problem:`` line and makes the exit status 1; usage errors exit 2."""
 
 from __future__ import annotations
 
@@ -76,9 +74,7 @@ def _layout_guess(values: set[int], num_classes: int) -> str:
     return next((text for top, text in guesses if hi <= top), "no known layout")
 
 
-def _read_class_file(path: Path, what: str) -> tuple[str, ...]:
-    if not path.is_file():
-        raise UsageError(f"{path}: {what} not found")
+def _read_class_file(path: Path) -> tuple[str, ...]:
     return tuple(ln.strip() for ln in path.read_text().splitlines() if ln.strip())
 
 
@@ -108,7 +104,6 @@ def layout_from_config(root: str | Path, cfg: dict[str, Any], config_source: str
     origin: dict[str, str] = {"config": config_source}
 
     def pick(key: str, from_config: Any, option: str | None = None) -> Any:
-        """The command line's path(s) for config key ``key`` if given, else ``from_config``."""
         value = given.get(option or key)
         origin[key] = "command line" if value else f"data.{key}"
         if not value:
@@ -134,11 +129,11 @@ def layout_from_config(root: str | Path, cfg: dict[str, Any], config_source: str
 
     names_file, classes = root / "class_names.txt", given.get("classes")
     if class_names_file := given.get("class_names"):
-        names, origin["classes"] = _read_class_file(Path(class_names_file), "--class-names file"), class_names_file
+        names, origin["classes"] = _read_class_file(Path(class_names_file)), class_names_file
     elif classes:
         names, origin["classes"] = CLASS_LISTS[classes], f"--classes {classes}"
     elif names_file.is_file():
-        names, origin["classes"] = _read_class_file(names_file, "class list"), str(names_file)
+        names, origin["classes"] = _read_class_file(names_file), str(names_file)
     else:
         m = cfg["model"]
         try:
@@ -196,7 +191,6 @@ def check_dataset(lay: DataLayout, sample: int = 300) -> int:
     values: set[int] = set()  # class values found in the masks
 
     def check_masks(what: str, folder: Path | None, key: str, required: list[str], optional: list[str]) -> None:
-        """Count the masks in ``folder``, report names of ``required`` without one, decode a sample of both lists."""
         if folder is None:
             print(f"{what}: none configured")
             return
@@ -251,7 +245,7 @@ def check_dataset(lay: DataLayout, sample: int = 300) -> int:
             print(f"labels: {len(labels)} images in {lay.labels}{none}")
             if lacking:
                 problem(
-                    f"{lay.labels}: no image-level label for {len(lacking)} training image(s): " + _examples(lacking)
+                    f"{lay.labels}: no image-level label for {len(lacking)} training image(s): {_examples(lacking)}"
                 )
 
     print(f"{len(problems)} problem(s)" if problems else "OK: nothing here would fail a training or generation run")
