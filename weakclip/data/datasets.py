@@ -1,9 +1,8 @@
 """VOC-layout segmentation datasets (VOC2012 + SBD train_aug, COCO 2014 ``voc_format``, the synthetic set).
 
-Bad samples (missing or corrupt files, a mask of another size than its image, label values >= K other than 255, no
-image-level label) are logged once, recorded in ``dataset.bad_samples`` as (name, reason) and skipped; more than
-``max_bad_fraction`` of them stops the run (:class:`TooManyBadSamples`; per DataLoader worker).  A COCO mask whose
-values do not fit the chosen ``coco_layout`` is an error, not a skipped sample."""
+Bad samples are logged once, recorded in ``dataset.bad_samples`` as (name, reason) and skipped; more than
+``max_bad_fraction`` of them stops the run (per DataLoader worker).  A COCO mask whose values do not fit the chosen
+``coco_layout`` is an error, not a skipped sample."""
 
 from __future__ import annotations
 
@@ -110,8 +109,6 @@ class SegmentationDataset(Dataset):
         coco_layout: str | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        image_suffix: str = ".jpg",
-        mask_suffix: str = ".png",
         transform: TrainTransform | None = None,
     ) -> None:
         self.root = Path(root)
@@ -133,13 +130,9 @@ class SegmentationDataset(Dataset):
         if coco_layout and self.num_classes != len(COCO_CLASSES):
             raise ValueError(f"coco_layout={coco_layout!r} needs K=81 class names, got {self.num_classes}")
         self._lut = _coco_lut() if coco_layout == "official91" else None
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.crop_size = crop_size
+        self.mean, self.std, self.crop_size = tuple(mean), tuple(std), crop_size
         self.transform = transform or TrainTransform(crop_size=crop_size, mean=self.mean, std=self.std)
-        self.image_suffix, self.mask_suffix = image_suffix, mask_suffix
-        self.max_bad_fraction = max_bad_fraction
-        self.seed = seed
-        self.epoch = 0
+        self.max_bad_fraction, self.seed, self.epoch = max_bad_fraction, seed, 0
         self._draws: dict[int, int] = {}
 
         self.names = read_split_lists(self.root, split_list)
@@ -160,8 +153,7 @@ class SegmentationDataset(Dataset):
     def _paths(self, name: str) -> dict[str, Path]:
         """The files sample ``name`` needs: ``image``, and the ``seed`` / ``gt`` masks this mode reads."""
         masks = {"seed": self.seed_dir, "gt": None if self.train else self.gt_dir}
-        files = {k: d / f"{name}{self.mask_suffix}" for k, d in masks.items() if d is not None}
-        return {"image": self.image_dir / f"{name}{self.image_suffix}"} | files
+        return {"image": self.image_dir / f"{name}.jpg"} | {k: d / f"{name}.png" for k, d in masks.items() if d}
 
     def _check_files(self) -> None:
         """Cheap up-front check (stat only): missing files and missing image-level labels are bad samples."""
@@ -337,7 +329,6 @@ def read_cam_npy(path: str | os.PathLike, *, allow_pickle_cams: bool = False) ->
         if cams.shape[0] != len(keys):
             raise ValueError(f"{path}: {len(keys)} keys but {cams.shape[0]} CAMs")
         return {int(k) + 1: cams[i] for i, k in enumerate(keys)}
-    for k in obj:
-        if not isinstance(k, (int, np.integer)):
-            raise ValueError(f"{path}: CAM dict keys must be class indices, got {k!r}")
+    if bad := [k for k in obj if not isinstance(k, (int, np.integer))]:
+        raise ValueError(f"{path}: CAM dict keys must be class indices, got {bad[0]!r}")
     return {int(k) + 1: np.asarray(v, dtype=np.float32) for k, v in obj.items()}

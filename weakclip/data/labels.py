@@ -1,9 +1,7 @@
 """Image-level label readers: ``cls_labels.npy`` (IRN/MCTformer), JSON, text, and labels derived from seed masks.
 
 Every reader returns ``dict name -> sorted list of foreground class indices`` (1-based: background 0 is never
-listed).  ``cls_labels.npy`` is a pickle, so it is read with :class:`RestrictedUnpickler`: a file that asks for any
-global but numpy arrays and builtin containers (``os.system``, ``builtins.eval`` ...) is refused before anything runs.
-"""
+listed).  ``cls_labels.npy`` is a pickle, read with :class:`RestrictedUnpickler`."""
 
 from __future__ import annotations
 
@@ -93,13 +91,12 @@ def restricted_load_npy(path: str | os.PathLike) -> Any:
 
 def _check_indices(path: Path, name: str, idx: Iterable[int], num_classes: int | None) -> list[int]:
     out = sorted({int(i) for i in idx})
-    for i in out:
-        if i < 1 or (num_classes is not None and i >= num_classes):
-            raise ValueError(
-                f"{path}: image {name!r} has class index {i}; labels are 1-based foreground indices in "
-                f"1..{'K-1' if num_classes is None else num_classes - 1} "
-                "(0 is background)"
-            )
+    top = "K-1" if num_classes is None else num_classes - 1
+    if bad := [i for i in out if i < 1 or (num_classes is not None and i >= num_classes)]:
+        raise ValueError(
+            f"{path}: image {name!r} has class index {bad[0]}; labels are 1-based foreground indices in 1..{top} "
+            "(0 is background)"
+        )
     return out
 
 

@@ -60,13 +60,12 @@ def random_crop(
     """mmseg ``RandomCrop``: re-draw (≤ ``retries`` times) while one class covers ≥ ``cat_max_ratio`` of the
     non-ignored crop pixels or only one class is present; the last draw is used if none qualifies."""
     y0, y1, x0, x1 = _crop_bbox(image.shape[:2], crop, rng)
-    if cat_max_ratio < 1.0:
-        for _ in range(retries):
-            values, counts = np.unique(label[y0:y1, x0:x1], return_counts=True)
-            counts = counts[values != ignore_index]
-            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
-                break
-            y0, y1, x0, x1 = _crop_bbox(image.shape[:2], crop, rng)
+    for _ in range(retries if cat_max_ratio < 1.0 else 0):
+        values, counts = np.unique(label[y0:y1, x0:x1], return_counts=True)
+        counts = counts[values != ignore_index]
+        if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+            break
+        y0, y1, x0, x1 = _crop_bbox(image.shape[:2], crop, rng)
     return image[y0:y1, x0:x1], label[y0:y1, x0:x1]
 
 
@@ -149,9 +148,7 @@ class TrainTransform:
 
     @property
     def scale(self) -> tuple[int, int]:
-        if self.base_scale is not None:
-            return self.base_scale[0], self.base_scale[1]
-        return int(2048 * self.crop_size / 512), int(512 * self.crop_size / 512)
+        return (self.base_scale[0], self.base_scale[1]) if self.base_scale else (4 * self.crop_size, self.crop_size)
 
     def __call__(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
