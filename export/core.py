@@ -1,8 +1,6 @@
 """The export core: graph specs, exporting one graph, metadata, saving, and the ONNX Runtime vs PyTorch self-check.
 
-Every export variant (custom_op, fp16, quantize, pipeline, to_onnx) imports from here and nothing imports back, so
-the export layer has no import circle.  Progress goes to the ``weakclip.export`` logger.
-"""
+The other export modules import from here and nothing imports back (no import circle)."""
 
 from __future__ import annotations
 
@@ -36,12 +34,7 @@ OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_EXPORTER = "dynamo"
 
-FILES = {
-    "encoder": "encoder.onnx",
-    "coattention": "coattention.onnx",
-    "decoder": "decoder.onnx",
-    "end_to_end": "weakclip.onnx",
-}
+FILES = dict(encoder="encoder.onnx", coattention="coattention.onnx", decoder="decoder.onnx", end_to_end="weakclip.onnx")
 MIN_GRID = 4  # smallest token-grid side the export traces for (H, W ≥ 4 patches)
 
 # fp32 parity: Δ ≤ atol + rtol · max|reference| per output; argmax agreement ≥ MIN_AGREEMENT for class outputs.
@@ -151,26 +144,16 @@ def _dynamo_shapes(spec: GraphSpec, crop: int, patch: int) -> dict[str, Any]:
     return {name: {ax: sym[s] for ax, s in spec.dims.get(name, {}).items()} or None for name in spec.input_names}
 
 
-def export_graph(
-    spec: GraphSpec,
-    example: dict[str, torch.Tensor],
-    *,
-    exporter: str = DEFAULT_EXPORTER,
-    opset: int = OPSET,
-    crop: int,
-    patch: int,
-) -> Any:
+def export_graph(spec: GraphSpec, example: dict[str, torch.Tensor], opts: ExportOptions, crop: int, patch: int) -> Any:
     """Trace ``spec.module`` on ``example`` and return the ONNX ModelProto (nothing written)."""
     import onnx
 
-    if exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {exporter!r}; choose one of {EXPORTERS}")
     args = tuple(example[n] for n in spec.input_names)
     names: dict[str, Any] = dict(
-        opset_version=opset, input_names=list(spec.input_names), output_names=list(spec.output_names)
+        opset_version=opts.opset, input_names=list(spec.input_names), output_names=list(spec.output_names)
     )
     with warnings.catch_warnings():
-        if exporter == "dynamo":
+        if opts.exporter == "dynamo":
             try:
                 import onnxscript  # noqa: F401 - the dynamo exporter needs it; fail with a clear message
             except ImportError:
@@ -304,8 +287,8 @@ def ort_session(path: str | os.PathLike, disabled_optimizers: Sequence[str] = ()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    kw = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], **kw)
+    providers = ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), so, providers=providers, disabled_optimizers=list(disabled_optimizers))
 
 
 def check_graph(
@@ -330,28 +313,27 @@ def check_graph(
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     for B, H, W in shapes:
+        where = f"{path.name} B={B} {H}×{W}"
         inputs = spec.make_inputs(torch.randn(B, 3, H, W, generator=gen))
         with torch.no_grad():
             ref = reference(*(inputs[n] for n in spec.input_names))
-        ref = ref if isinstance(ref, tuple) else (ref,)
-        ref_np = {n: t.float().numpy() for n, t in zip(spec.output_names, ref, strict=True)}
+        ref_np = [t.float().numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
         try:
             got = sess.run(list(spec.output_names), {n: inputs[n].numpy() for n in spec.input_names})
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types; report them as a failed check
-            msg = f"{path.name} B={B} {H}×{W}: ONNX Runtime failed: {str(e).splitlines()[0]}"
+            msg = f"{where}: ONNX Runtime failed: {str(e).splitlines()[0]}"
             log(f"  FAIL {msg}")
             failures.append(msg)
             results.append({"shape": [B, 3, H, W], "error": msg})
             continue
         stats: dict[str, dict[str, float]] = {}
         results.append({"shape": [B, 3, H, W], "outputs": stats})
-        for name, g in zip(spec.output_names, got, strict=True):
-            r = ref_np[name]
+        for name, g, r in zip(spec.output_names, got, ref_np, strict=True):
             if g.shape != r.shape:
                 raise CheckFailed(f"output {name}: shape {tuple(g.shape)} vs PyTorch {tuple(r.shape)}")
             s = stats[name] = {
-                "max_abs_diff": float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0,
-                "max_abs_ref": float(np.max(np.abs(r))) if r.size else 0.0,
+                "max_abs_diff": float(np.abs(g.astype(np.float64) - r).max(initial=0.0)),
+                "max_abs_ref": float(np.abs(r).max(initial=0.0)),
                 "finite": bool(np.isfinite(g).all()),
             }
             if name in spec.argmax:
@@ -361,17 +343,25 @@ def check_graph(
                 ok = ok and s.get("argmax_agreement", 1.0) >= min_agreement
             agree = f", argmax agreement {100 * s['argmax_agreement']:.3f} %" if "argmax_agreement" in s else ""
             log(
-                f"  {'ok  ' if ok else 'FAIL'} {path.name} B={B} {H}×{W} {name}: max |Δ| {s['max_abs_diff']:.3g} "
+                f"  {'ok  ' if ok else 'FAIL'} {where} {name}: max |Δ| {s['max_abs_diff']:.3g} "
                 f"(max |ref| {s['max_abs_ref']:.3g}){agree}"
             )
             if not ok:
-                failures.append(f"{path.name} B={B} {H}×{W} {name}")
+                failures.append(f"{where} {name}")
     if failures:
         raise CheckFailed(
             f"ONNX Runtime vs PyTorch out of tolerance (atol {atol:g} + rtol {rtol:g}·max|ref|, argmax agreement "
             f"≥ {100 * min_agreement:g} %): {'; '.join(failures)}"
         )
     return results
+
+
+def check_into(entry: dict[str, Any], failures: list[str], prefix: str, *args: Any, **kw: Any) -> None:
+    """``entry["check"] = check_graph(*args, **kw)``; a failed check goes to ``failures`` (after ``prefix``) instead."""
+    try:
+        entry["check"] = check_graph(*args, **kw)
+    except CheckFailed as e:
+        failures.append(f"{prefix}{e}")
 
 
 @dataclass
@@ -390,11 +380,10 @@ class ExportOptions:
     int8_calibration: str | None = None  # image folder / list file: also write weakclip_int8.onnx
     int8_calibration_count: int = 16  # calibration windows for the static int8 convolutions
 
-
-def text_embeddings(model: WeakCLIP) -> torch.Tensor:
-    """T (K, E): the prompt learner + text tower, run once."""
-    with torch.no_grad():
-        return model.text_embeddings().detach().float().clone()
+    @property
+    def tolerance(self) -> dict[str, float]:
+        """The fp32 check's keyword arguments of :func:`check_graph`."""
+        return {"atol": self.atol, "rtol": self.rtol, "min_agreement": self.min_agreement}
 
 
 def versions() -> dict[str, str]:

@@ -1,14 +1,11 @@
-"""TensorRT custom-op variant: the co-attention matching as ONE plugin node, and its standard decomposition.
-
-The node's identity, attributes and weight layout come from ``engines/csrc/plugin_names.json`` (read through
-:mod:`weakclip.model.plugin_names`, the source shared with the C++ plugin)::
+"""TensorRT custom-op variant: the co-attention matching as ONE plugin node (identity, attributes and weight layout
+from ``engines/csrc/plugin_names.json``, shared with the C++ plugin), and its standard decomposition::
 
     score_map (B, K, h, w) = <op_type>(g (B, E), dense (B, E, h, w), text (K, E), weights (P,))
 
-(g, dense) is the encoder's output as is (no transpose before the plugin).  ``text`` and the packed ``weights`` are
-initializers, not attributes (those are copied per node and capped in size by some tools; the fp16 variant converts
-initializers like any other weight).  ONNX Runtime cannot run the node: the checks run a copy with the standard
-decomposition inlined in its place (:func:`swap_in_decomposition`).
+``text`` and ``weights`` are initializers, not attributes (attributes are copied per node, size-capped by some tools
+and skipped by the fp16 conversion).  ONNX Runtime cannot run the node: the checks run a copy with the decomposition
+inlined in its place (:func:`swap_in_decomposition`).
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ CUSTOM_DOMAIN = "trt.plugins"  # TensorRT ignores the domain; ONNX needs one tha
 CUSTOM_DOMAIN_VERSION = 1
 FILES = {"coattention_custom": "coattention_custom.onnx", "end_to_end_custom": "weakclip_custom.onnx"}
 DECOMPOSITION_FILE = "coattention_decomposition.onnx"
-STANDARD_KIND = {"coattention_custom": "coattention", "end_to_end_custom": "end_to_end"}
 PLUGIN_INPUTS = ("g", "dense", "text", "weights")
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm default, used by every LayerNorm of CoAttentionMatching (checked below)
 
@@ -71,22 +67,6 @@ def packed_weights(model: WeakCLIP) -> torch.Tensor:
     return plugin_names.pack_coattention_weights(model.coattention, dtype=torch.float32)
 
 
-def plugin_node(model: WeakCLIP) -> Any:
-    from onnx import helper
-
-    spec = plugin_spec()
-    node = helper.make_node(
-        spec["op_type"], list(PLUGIN_INPUTS), ["score_map"], name="weakclip_coattention", domain=CUSTOM_DOMAIN
-    )
-    attrs = {
-        "plugin_version": str(spec["plugin_version"]),
-        "plugin_namespace": str(spec["plugin_namespace"]),
-        **plugin_attributes(model),  # in the JSON's order (make_node would sort keyword attributes)
-    }
-    node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
-    return node
-
-
 def custom_coattention_graph(model: WeakCLIP, T: torch.Tensor, *, opset: int) -> Any:
     """g (B, E), dense (B, E, h, w) → score_map (B, K, h, w) as one plugin node; text and weights initializers."""
     from onnx import TensorProto, helper, numpy_helper
@@ -94,9 +74,16 @@ def custom_coattention_graph(model: WeakCLIP, T: torch.Tensor, *, opset: int) ->
     def value(name: str, shape: list[Any]) -> Any:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
+    spec = plugin_spec()
+    node = helper.make_node(
+        spec["op_type"], list(PLUGIN_INPUTS), ["score_map"], name="weakclip_coattention", domain=CUSTOM_DOMAIN
+    )
+    attrs: dict[str, Any] = {k: str(spec[k]) for k in ("plugin_version", "plugin_namespace")}
+    attrs.update(plugin_attributes(model))  # in the JSON's order (make_node would sort keyword attributes)
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
     E, K = model.config.embed_dim, model.config.num_classes
     graph = helper.make_graph(
-        [plugin_node(model)],
+        [node],
         "weakclip_coattention_custom",
         inputs=[value("g", ["B", E]), value("dense", ["B", E, "h", "w"])],
         outputs=[value("score_map", ["B", K, "h", "w"])],
@@ -165,17 +152,14 @@ def rename_value(graph: Any, old: str, new: str) -> None:
             v.name = new
 
 
-def decomposition_spec(model: WeakCLIP, T: torch.Tensor, encoder_spec: GraphSpec) -> GraphSpec:
+def decomposition_spec(model: WeakCLIP, T: torch.Tensor, coattention_spec: GraphSpec) -> GraphSpec:
     """GraphSpec of the node's standard decomposition (g, dense, text, weights → score_map)."""
     cfg = model.config
     module = CoAttentionPackedReference(packed_layout(model), heads=cfg.coattn_heads, layers=cfg.coattn_layers)
     blob, text = packed_weights(model), T.detach().float()
 
-    @torch.no_grad()
     def make_inputs(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        enc = encoder_spec.make_inputs(images)
-        outs = dict(zip(encoder_spec.output_names, encoder_spec.module(enc["image"]), strict=True))
-        return {"g": outs["g"], "dense": outs["dense"], "text": text, "weights": blob}
+        return {**coattention_spec.make_inputs(images), "text": text, "weights": blob}
 
     dims = {"g": {0: "B"}, "dense": {0: "B", 2: "h", 3: "w"}}
     score = ("score_map",)
@@ -283,9 +267,10 @@ def export_custom_op(
     specs: dict[str, GraphSpec],
     protos: dict[str, Any],
     failures: list[str],
-    provenance: dict[str, str] | None = None,
+    metadata: Callable[[str], dict[str, str]],
 ) -> dict[str, Any]:
-    """Write the decomposition and the plugin graphs (checked through the decomposition); returns their report."""
+    """Write the decomposition and the plugin graphs (checked through the decomposition); returns their report.
+    ``metadata(kind)``: the metadata of a graph of that kind."""
     crop, patch = model.config.crop_size, model.config.patch_size
     shapes = core.check_shapes(crop, patch)
     spec_json, attrs = plugin_spec(), plugin_attributes(model)
@@ -293,34 +278,25 @@ def export_custom_op(
     graphs: dict[str, Any] = {}
     report = {k: spec_json[k] for k in ("op_type", "plugin_version", "plugin_namespace")}
     report.update(domain=CUSTOM_DOMAIN, attributes=attrs, graphs=graphs)
-    extra_meta = {**(provenance or {}), "custom_op": op_type, "custom_op_domain": CUSTOM_DOMAIN}
-    extra_meta["plugin_attributes"] = json.dumps(attrs)
-
-    def metadata(kind: str) -> dict[str, str]:
-        return {**core.model_metadata(model, kind=kind, opset=opts.opset, exporter=opts.exporter), **extra_meta}
-
-    def check(path: Path, spec: GraphSpec, reference: Callable[..., Any], kind: str, prefix: str = "") -> None:
-        try:
-            graphs[kind]["check"] = core.check_graph(
-                path, spec, reference, shapes, atol=opts.atol, rtol=opts.rtol, min_agreement=opts.min_agreement
-            )
-        except core.CheckFailed as e:
-            failures.append(f"{prefix}{e}")
+    extra_meta = {"custom_op": op_type, "custom_op_domain": CUSTOM_DOMAIN, "plugin_attributes": json.dumps(attrs)}
 
     # 1. the decomposition (standard ONNX), exported from CoAttentionPackedReference
-    dspec = decomposition_spec(model, T, specs["encoder"])
+    dspec = decomposition_spec(model, T, specs["coattention"])
     dpath = out / DECOMPOSITION_FILE
     core.log(f"custom op: exporting the standard decomposition → {dpath}")
     t0 = time.perf_counter()
     example = dspec.make_inputs(core.example_images(crop, patch))
-    dproto = core.export_graph(dspec, example, exporter=opts.exporter, opset=opts.opset, crop=crop, patch=patch)
-    core.set_metadata(dproto, metadata(dspec.kind))
+    dproto = core.export_graph(dspec, example, opts, crop, patch)
+    core.set_metadata(dproto, {**metadata(dspec.kind), **extra_meta})
     core.save_model(dproto, dpath)
     t_export = time.perf_counter() - t0
     graphs[dspec.kind] = {"file": dpath.name, "export_s": round(t_export, 2)}
     core.log(f"custom op: decomposition exported in {t_export:.1f} s, onnx.checker full check ok")
     if opts.check:  # against the trained module (SDPA path), not the reference the decomposition was built from
-        check(dpath, dspec, lambda g, dense, text, w: specs["coattention"].module(g, dense), dspec.kind)
+        reference = specs["coattention"].module
+        core.check_into(
+            graphs[dspec.kind], failures, "", dpath, dspec, lambda g, d, *_: reference(g, d), shapes, **opts.tolerance
+        )
 
     # 2. the plugin graphs
     custom = {"coattention_custom": custom_coattention_graph(model, T, opset=opts.opset)}
@@ -332,13 +308,14 @@ def export_custom_op(
         core.log("custom op: weakclip_custom.onnx needs the encoder and decoder graphs; not written")
     for kind, proto in custom.items():
         path = out / FILES[kind]
-        core.set_metadata(proto, metadata(kind))
+        core.set_metadata(proto, {**metadata(kind), **extra_meta})
         core.save_model(proto, path)
         n_plugin = sum(n.op_type == op_type for n in proto.graph.node)
         graphs[kind] = {"file": path.name, "mb": round(core.file_mb(path), 3), "plugin_nodes": n_plugin}
         core.log(f"custom op: {path.name} ({n_plugin} {op_type} node), onnx.checker full check ok")
         if opts.check:
-            spec = specs[STANDARD_KIND[kind]]
+            spec = specs[kind.removesuffix("_custom")]
             with tempfile.TemporaryDirectory() as tmp:
-                check(decomposed_copy(path, dpath, tmp), spec, spec.module, kind, "custom op (decomposed): ")
+                args = (decomposed_copy(path, dpath, tmp), spec, spec.module, shapes)
+                core.check_into(graphs[kind], failures, "custom op (decomposed): ", *args, **opts.tolerance)
     return report

@@ -1,7 +1,5 @@
-"""The whole export (``weakclip-export``): the standard graphs, then the --custom-op, --fp16 and --int8 variants.
-
-Inputs are validated before anything slow runs; the graphs, their self-checks and the report ``export.json`` follow.
-"""
+"""The whole export (``weakclip-export``): the standard graphs, then the --custom-op, --fp16 and --int8 variants,
+their self-checks and the report ``export.json``."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from weakclip.data.io import file_sha256, write_text_atomic
 from weakclip.export import core, custom_op, fp16, quantize
@@ -60,8 +59,8 @@ def export_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     crop, patch = cfg.crop_size, cfg.patch_size
-    with core.timed("text embeddings T (K, E) precomputed"):
-        T = core.text_embeddings(model)
+    with core.timed("text embeddings T (K, E) precomputed"), torch.no_grad():
+        T = model.text_embeddings().detach().float().clone()  # the prompt learner + text tower, run once
     specs = {s.kind: s for s in core.graph_specs(model, T)}
     example = core.example_images(crop, patch)
     shapes = core.check_shapes(crop, patch)
@@ -71,6 +70,10 @@ def export_model(
             "source_checkpoint": Path(source).name,
             "source_checkpoint_sha256": file_sha256(source, with_data=False),
         }
+
+    def metadata(kind: str) -> dict[str, str]:
+        return {**core.model_metadata(model, kind=kind, opset=opts.opset, exporter=opts.exporter), **provenance}
+
     report: dict[str, Any] = {
         "source": source,
         **provenance,
@@ -91,9 +94,7 @@ def export_model(
         log(f"{kind}: exporting with {opts.exporter} (opset {opts.opset}) → {path}")
         t0 = time.perf_counter()
         try:
-            proto = core.export_graph(
-                spec, spec.make_inputs(example), exporter=opts.exporter, opset=opts.opset, crop=crop, patch=patch
-            )
+            proto = core.export_graph(spec, spec.make_inputs(example), opts, crop, patch)
         except ExportError:
             raise
         except Exception as e:  # noqa: BLE001 - exporter internals: one line for the CLI, the cause chained
@@ -102,25 +103,19 @@ def export_model(
         if opts.simplify:
             with core.timed(f"{kind}: onnxslim"):
                 proto = core.simplify(proto)
-        meta = core.model_metadata(model, kind=kind, opset=opts.opset, exporter=opts.exporter)
-        core.set_metadata(proto, {**meta, **provenance})
+        core.set_metadata(proto, metadata(kind))
         core.save_model(proto, path)
         if opts.custom_op:  # the custom-op graphs are composed from the encoder and decoder protos
             protos[kind] = proto
         entry: dict[str, Any] = {"file": spec.file, "mb": round(core.file_mb(path), 3), "export_s": round(t_export, 2)}
         log(f"{kind}: exported in {t_export:.1f} s, {entry['mb']:.1f} MB, onnx.checker full check ok")
         if opts.check:
-            try:
-                entry["check"] = core.check_graph(
-                    path, spec, spec.module, shapes, atol=opts.atol, rtol=opts.rtol, min_agreement=opts.min_agreement
-                )
-            except core.CheckFailed as e:
-                failures.append(str(e))
+            core.check_into(entry, failures, "", path, spec, spec.module, shapes, **opts.tolerance)
         report["graphs"][kind] = entry
 
     if opts.custom_op:
         report["custom_op"] = custom_op.export_custom_op(
-            model, T, out, opts, specs=specs, protos=protos, failures=failures, provenance=provenance
+            model, T, out, opts, specs=specs, protos=protos, failures=failures, metadata=metadata
         )
     if opts.fp16:
         report["fp16"] = fp16.export_fp16(out, opts, specs=specs, shapes=shapes, failures=failures)
@@ -131,8 +126,7 @@ def export_model(
             "hint: the TorchScript exporter bakes the example token count into open_clip's attention "
             "reshapes, so other H, W fail; use --exporter dynamo"
         )
-    report["ok"] = not failures
-    report["failures"] = failures
+    report.update(ok=not failures, failures=failures)
     write_text_atomic(out / "export.json", json.dumps(report, indent=1))
     if failures:
         raise core.CheckFailed(" | ".join(failures))
@@ -142,9 +136,7 @@ def export_model(
 def export_int8(out: Path, windows: list[np.ndarray]) -> dict[str, Any]:
     """weakclip_int8.onnx from weakclip.onnx, calibrated on ``windows``; its agreement with fp32 ORT on them is
     reported, not asserted (int8 error has no tight arithmetic bound)."""
-    src, dst = out / core.FILES["end_to_end"], out / "weakclip_int8.onnx"
-    if not src.is_file():
-        raise ExportError(f"--int8 needs the end_to_end graph ({src}); include it in --graphs")
+    src, dst = out / core.FILES["end_to_end"], out / "weakclip_int8.onnx"  # end_to_end is in opts.graphs (validated)
     with core.timed(f"int8: static convolutions ({len(windows)} calibration windows) + dynamic ViT linears"):
         info = quantize.quantize_int8(src, dst, windows)
     fp32, int8 = core.ort_session(src), core.ort_session(dst)

@@ -1,9 +1,6 @@
-"""int8 variant of the end-to-end graph for CPU inference with ONNX Runtime (``--int8``).
-
-Two passes, chosen from measurements on AVX-512/VNNI CPUs (benchmarks/results/cpu_engines.md): every Conv /
-ConvTranspose is quantised statically (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on real
-image windows), the ViT linears dynamically.  The attention matmuls between two activations (slower quantised), the
-co-attention and every normalisation stay fp32; inputs/outputs stay fp32 and the model metadata is kept.
+"""int8 end-to-end graph for ONNX Runtime CPU (``--int8``): Conv/ConvTranspose quantised statically (QDQ, MinMax
+calibration on real image windows), the ViT linears dynamically (benchmarks/results/cpu_engines.md); activation ×
+activation matmuls (slower quantised), the co-attention, the normalisations and the I/O stay fp32.
 """
 
 from __future__ import annotations

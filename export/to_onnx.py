@@ -1,9 +1,5 @@
-"""weakclip-export: a WeakCLIP checkpoint → ONNX graphs with the text side precomputed (SPEC §6).
-
-Writes encoder.onnx, coattention.onnx, decoder.onnx, weakclip.onnx (graph split: :mod:`weakclip.export.wrappers`),
-the --custom-op/--fp16/--int8 variants and export.json (options, sizes, every check's parity numbers).  Every file
-gets ``onnx.checker``'s full check, then ONNX Runtime (CPU) against PyTorch at two shapes.  Exit status: 0 ok, 1 a
-check or the exporter failed, 2 a usage error (before any slow work).  Library API: ``pipeline.export_model``.
+"""weakclip-export: a WeakCLIP checkpoint → ONNX graphs with the text side precomputed (SPEC §6); exit status 0 ok,
+1 a check or the exporter failed, 2 a usage error (before any slow work).  Library API: ``pipeline.export_model``.
 """
 
 from __future__ import annotations
@@ -29,6 +25,7 @@ PROG = "weakclip-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every option but --checkpoint and --out is an ExportOptions field (``dest``)."""
     ap = ArgumentParser(prog=PROG, description="Export a WeakCLIP checkpoint to ONNX (text embeddings precomputed).")
     ap.add_argument("--checkpoint", required=True, help="WeakCLIP .safetensors checkpoint (weights + config)")
     ap.add_argument("--out", required=True, help="output folder")
@@ -37,44 +34,45 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--simplify", action="store_true", help="simplify every graph with onnxslim")
     ap.add_argument("--fp16", action="store_true", help="also write fp16 graphs (<graph>_fp16.onnx, fp32 I/O)")
     ap.add_argument("--custom-op", action="store_true", help="also write the TensorRT custom-op variant")
+    int8_help = "also write weakclip_int8.onnx (CPU), calibrated on this image folder or list file"
+    ap.add_argument("--int8", metavar="IMAGES", dest="int8_calibration", help=int8_help)
+    count_help = "calibration windows for --int8 (default 16)"
     ap.add_argument(
-        "--int8",
-        metavar="IMAGES",
-        help="also write weakclip_int8.onnx (CPU), calibrated on this image folder or list file",
+        "--int8-count", type=int, default=16, dest="int8_calibration_count", metavar="INT8_COUNT", help=count_help
     )
-    ap.add_argument("--int8-count", type=int, default=16, help="calibration windows for --int8 (default 16)")
-    ap.add_argument("--skip-check", action="store_true", help="skip ONNX Runtime vs PyTorch (checker still runs)")
+    ap.add_argument(
+        "--skip-check", action="store_false", dest="check", help="skip ONNX Runtime vs PyTorch (checker still runs)"
+    )
     graphs = ",".join(core.FILES)
-    ap.add_argument("--graphs", default=graphs, help=f"comma list of graphs to write (default all: {graphs})")
+    ap.add_argument(
+        "--graphs", default=graphs, type=comma_list, help=f"comma list of graphs to write (default all: {graphs})"
+    )
     ap.add_argument("--atol", type=float, default=core.ATOL, help="fp32 check: max |Δ| ≤ atol + rtol·max|ref|")
     ap.add_argument("--rtol", type=float, default=core.RTOL)
     ap.add_argument("--min-agreement", type=float, default=core.MIN_AGREEMENT, help="fp32 check: argmax agreement")
     return ap
 
 
+def comma_list(s: str) -> tuple[str, ...]:
+    return tuple(g.strip() for g in s.split(",") if g.strip())
+
+
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    fields = vars(build_parser().parse_args(argv))
     t0 = time.perf_counter()
-    same = ("opset", "exporter", "simplify", "fp16", "custom_op", "atol", "rtol", "min_agreement")
-    opts = ExportOptions(
-        **{k: getattr(args, k) for k in same},
-        int8_calibration=args.int8,
-        int8_calibration_count=args.int8_count,
-        check=not args.skip_check,
-        graphs=tuple(g.strip() for g in args.graphs.split(",") if g.strip()),
-    )
+    ckpt, out = Path(fields.pop("checkpoint")), fields.pop("out")
+    opts = ExportOptions(**fields)
     # Every input is checked before the checkpoint is loaded and before any graph is traced.
-    ckpt = Path(args.checkpoint)
     expect(ckpt, ("weakclip",), "export --checkpoint")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"{args.out}: --out is a file; expected an output folder")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"{out}: --out is a file; expected an output folder")
     try:
         validate_options(opts)
     except ExportInputError as e:
         raise UsageError(str(e)) from None
-    with removed_if_left_empty(args.out):  # a failed export leaves no empty --out behind
-        ensure_writable(args.out)
+    with removed_if_left_empty(out):  # a failed export leaves no empty --out behind
+        ensure_writable(out)
         try:
             model = weakclip.load_checkpoint(ckpt)
         except Exception as e:  # noqa: BLE001 - a WeakCLIP file that does not load is one clear line, not a traceback
@@ -87,14 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{cfg.vision_layers}); torch {torch.__version__}"
         )
         try:
-            export_model(model, args.out, opts, source=str(ckpt))
+            export_model(model, out, opts, source=str(ckpt))
         except ExportInputError as e:  # e.g. a calibration image that cannot be decoded (read before the export)
             raise UsageError(str(e)) from None
         except CheckFailed as e:
             raise RuntimeFailure(f"check failed: {e}") from None
         except ExportError as e:
             raise RuntimeFailure(str(e)) from None
-    log(f"done in {time.perf_counter() - t0:.1f} s → {args.out}")
+    log(f"done in {time.perf_counter() - t0:.1f} s → {out}")
     return 0
 
 

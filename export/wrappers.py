@@ -1,16 +1,13 @@
-"""Export-only modules: thin wrappers around the *trained* WeakCLIP submodules (no copies, no monkey-patching),
-with flat, named tensor inputs/outputs and the text embeddings T (K, E) as a constant buffer, so no graph holds the
-prompt learner or the text tower.
-
-Graph split (the ONNX input/output names; the encoder is the CLIP image tower only)::
+"""Export-only wrappers around the trained WeakCLIP submodules: flat, named tensor inputs/outputs and the text
+embeddings T (K, E) as a constant buffer (no graph holds the prompt learner or the text tower)::
 
     encoder      image (B, 3, H, W)                        → tap0..tap3 (B, D, h, w), g (B, E), dense (B, E, h, w)
     coattention  g (B, E), dense (B, E, h, w)   [T inside] → score_map (B, K, h, w)
     decoder      tap0..tap3 (B, D, h, w), score_map        → logits (B, K, H/4, W/4)
     end_to_end   image (B, 3, H, W)             [T inside] → logits (B, K, H/4, W/4), score_map (B, K, h, w)
 
-The pyramid adapter runs at the start of the decoder graph: the tensors crossing the encoder → decoder boundary stay
-at the token grid (the stride-4 level is 16× larger than a tap) and the encoder stays a pure ViT for TensorRT/ORT.
+The pyramid adapter starts the decoder graph: the encoder → decoder tensors stay at the token grid (the stride-4
+level is 16× larger than a tap) and the encoder stays a pure ViT.
 """
 
 from __future__ import annotations
