@@ -1,17 +1,5 @@
-// WeakCLIP co-attention matching: CUDA kernels and the C launcher declared in coattn_kernel.h.
-//
-// What is fused (see README.md in this directory for the full picture):
-//   * attention: one kernel per attention call computes softmax(q k^T * scale) v with an online (flash-style)
-//     softmax over key tiles held in shared memory; the (Nq x Nk) score matrix never reaches global memory.
-//     fp32: SIMT kernel, exact fp32 arithmetic.  fp16: tensor-core kernel (WMMA m16n16k16, fp32 accumulation and
-//     fp32 softmax statistics, P rounded to fp16 for the P.V product as flash-attention does).
-//   * linear layers: one GEMM kernel per Linear (or per group of Linears sharing K/N: q/k/v projections run as one
-//     launch) with the epilogue fused: + bias, GELU (erf), * per-channel scale (gamma/beta), + residual (in place).
-//     fp32: SIMT tiles; fp16: WMMA tensor cores with fp32 accumulation.
-//   * LayerNorm: one warp per row, fp32 statistics (two-pass).
-//   * score map: one kernel normalises V*[1:] and T* rows and writes S (B, K, h, w) directly.
-//   * the NCHW -> token transpose of F (and the concat with g) is one tiled-transpose kernel.
-// No cuBLAS: every kernel is in this file, so the library only needs the CUDA runtime.
+// WeakCLIP co-attention matching: CUDA kernels and the C launcher declared in coattn_kernel.h; README.md here lists
+// what each kernel fuses.  No cuBLAS: the library only needs the CUDA runtime.
 
 #include "coattn_kernel.h"
 #include "weakclip_plugin_names.h"
@@ -24,8 +12,6 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -100,11 +86,8 @@ constexpr bool all_roles_present() {
         const int e = find_entry(n);
         if (e < 0 || has_layer_marker(kEntries[e].name)) return false;
     }
-    for (const char* n : kTextLayerNames) {
-        if (find_entry(n) < 0) return false;
-    }
-    for (const char* n : kVisualLayerNames) {
-        if (find_entry(n) < 0) return false;
+    for (int r = 0; r < kNumLayerRoles; ++r) {
+        if (find_entry(kTextLayerNames[r]) < 0 || find_entry(kVisualLayerNames[r]) < 0) return false;
     }
     return true;
 }
@@ -118,17 +101,11 @@ int expanded_index(int e, int layer, int layers) {
     int pos = 0;
     int i = 0;
     while (i < kNumEntries) {
-        if (!has_layer_marker(kEntries[i].name)) {
-            if (i == e) return pos;
-            ++pos;
-            ++i;
-            continue;
-        }
-        int j = i;
-        while (j < kNumEntries && has_layer_marker(kEntries[j].name)) ++j;
-        const int run = j - i;
-        if (e >= i && e < j) return pos + layer * run + (e - i);
-        pos += run * layers;
+        const bool per_layer = has_layer_marker(kEntries[i].name);
+        int j = i + 1;
+        while (j < kNumEntries && has_layer_marker(kEntries[j].name) == per_layer) ++j;
+        if (e >= i && e < j) return pos + (per_layer ? layer * (j - i) : 0) + (e - i);
+        pos += (j - i) * (per_layer ? layers : 1);
         i = j;
     }
     return -1;
@@ -140,29 +117,16 @@ int expanded_count(int layers) {
     return n;
 }
 
-// Entry of expanded index `idx` (and its layer), or -1.
+// Entry of expanded index `idx` (and its layer, -1 for a global tensor), or -1.
 int entry_of_expanded(int idx, int layers, int* layer_out) {
-    int pos = 0;
-    int i = 0;
-    while (i < kNumEntries) {
-        if (!has_layer_marker(kEntries[i].name)) {
-            if (pos == idx) {
-                *layer_out = -1;
-                return i;
+    for (int e = 0; e < kNumEntries; ++e) {
+        const bool per_layer = has_layer_marker(kEntries[e].name);
+        for (int l = 0; l < (per_layer ? layers : 1); ++l) {
+            if (expanded_index(e, l, layers) == idx) {
+                *layer_out = per_layer ? l : -1;
+                return e;
             }
-            ++pos;
-            ++i;
-            continue;
         }
-        int j = i;
-        while (j < kNumEntries && has_layer_marker(kEntries[j].name)) ++j;
-        const int run = j - i;
-        if (idx >= pos && idx < pos + run * layers) {
-            *layer_out = (idx - pos) / run;
-            return i + (idx - pos) % run;
-        }
-        pos += run * layers;
-        i = j;
     }
     return -1;
 }
@@ -320,9 +284,7 @@ struct GemmGroup {
 template <typename T>
 struct GemmArgs {
     GemmGroup<T> g[3];
-    int ngroups;
-    int N;
-    int K;
+    int ngroups, N, K;
     int gelu;  // 1: GELU(erf) after the bias
     int vec;   // 1: 16-byte vector loads are legal (fp16 path)
     int res_mod;
@@ -359,12 +321,7 @@ __global__ void __launch_bounds__(256) gemm_simt_kernel(GemmArgs<T> a) {
     const int tid = threadIdx.x;
     const int tx = tid & 15;
     const int ty = tid >> 4;
-    float acc[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-
+    float acc[4][4] = {};
     for (int k0 = 0; k0 < a.K; k0 += kSimtBK) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -497,12 +454,9 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(GemmArgs<half> a) {
 
 template <typename T>
 struct FlashArgs {
-    const T* q;
-    const T* k;
-    const T* v;
+    const T *q, *k, *v;
     T* o;
-    int nq;
-    int nk;
+    int nq, nk;
     int64_t ldq, ldk, ldv, ldo;  // elements between consecutive tokens
     int64_t qbs, kbs, vbs, obs;  // elements between batches (0 = broadcast)
     float scale_log2;            // scale * log2(e): softmax is evaluated with exp2
@@ -544,15 +498,11 @@ __global__ void __launch_bounds__(128) flash_attn_simt_kernel(FlashArgs<T> a) {
     const T* vbase = a.v + b * a.vbs + h * D;
 
     float qr[NV * 4];
-    float acc[NV * 4];
+    float acc[NV * 4] = {};
 #pragma unroll
     for (int i = 0; i < NV; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int d = 16 * i + 4 * part + e;
-            qr[4 * i + e] = qvalid ? to_f(qrow[d]) * a.scale_log2 : 0.f;
-            acc[4 * i + e] = 0.f;
-        }
+        for (int e = 0; e < 4; ++e) qr[4 * i + e] = qvalid ? to_f(qrow[16 * i + 4 * part + e]) * a.scale_log2 : 0.f;
     float m_run = -INFINITY;
     float l_run = 0.f;
 
@@ -863,10 +813,7 @@ int launch_layernorm(const T* x, int64_t ldx, T* y, int64_t ldy, const T* g, con
     return check_launch("layernorm_kernel");
 }
 
-template <typename T>
-bool aligned16(const T* p) {
-    return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 template <typename T>
 int launch_gemm(GemmArgs<T> a, cudaStream_t stream) {
@@ -894,20 +841,10 @@ int launch_gemm(GemmArgs<T> a, cudaStream_t stream) {
 template <typename T>
 int linear(const T* A, int M, int K, const T* W, const T* bias, int N, T* C, cudaStream_t stream, int gelu = 0,
            const T* residual = nullptr, int res_mod = 0, int64_t ldr = 0, const T* colscale = nullptr) {
-    GemmArgs<T> a{};
-    a.g[0] = GemmGroup<T>{A, W, bias, C, M};
-    a.ngroups = 1;
-    a.N = N;
-    a.K = K;
-    a.gelu = gelu;
-    a.res_mod = res_mod;
-    a.lda = K;
-    a.ldw = K;
-    a.ldc = N;
-    a.ldr = residual != nullptr ? (ldr > 0 ? ldr : N) : 0;
-    a.R = residual;
-    a.colscale = colscale;
-    return launch_gemm(a, stream);
+    const int64_t ldr_or_n = residual != nullptr ? (ldr > 0 ? ldr : N) : 0;
+    return launch_gemm(GemmArgs<T>{{GemmGroup<T>{A, W, bias, C, M}}, 1, N, K, gelu, 0, res_mod, K, K, N, ldr_or_n,
+                                   residual, colscale},
+                       stream);
 }
 
 template <typename T, int D>
@@ -962,21 +899,10 @@ struct Dims {
 };
 
 Dims make_dims(const WeakclipCoAttnParams& p) {
-    Dims d{};
-    d.B = p.batch;
-    d.hw = static_cast<int64_t>(p.grid_h) * p.grid_w;
-    d.N = 1 + d.hw;
-    d.K = p.num_classes;
-    d.E = p.embed_dim;
-    d.W = p.width;
-    d.M = p.mlp_hidden;
-    d.H = p.heads;
-    d.Dh = p.heads > 0 ? p.width / p.heads : 0;
-    d.L = p.layers;
-    d.Rv = d.B * d.N;
-    d.Rt = d.B * d.K;
-    d.Rmax = std::max(d.Rv, d.Rt);
-    return d;
+    const int64_t B = p.batch, K = p.num_classes, hw = static_cast<int64_t>(p.grid_h) * p.grid_w;
+    const int64_t Dh = p.heads > 0 ? p.width / p.heads : 0;
+    return Dims{B, 1 + hw, K, p.embed_dim, p.width, p.mlp_hidden, p.heads, Dh, p.layers, hw,
+                B * (1 + hw), B * K, std::max(B * (1 + hw), B * K)};
 }
 
 int validate_dims(const WeakclipCoAttnParams& p) {
@@ -1025,10 +951,7 @@ Plan make_plan(const WeakclipCoAttnParams& p) {
     pl.vstate = take(d.Rv * d.W);              // V', then the image->text stack state (in place)
     pl.tproj = take(d.K * d.W);                // T' (shared by the batch): memory of the image->text stack
     pl.tstate = take(d.Rt * d.W);              // text->image stack state
-    pl.q = take(d.Rmax * d.W);
-    pl.k = take(d.Rmax * d.W);
-    pl.v = take(d.Rmax * d.W);
-    pl.o = take(d.Rmax * d.W);
+    for (size_t* qkvo : {&pl.q, &pl.k, &pl.v, &pl.o}) *qkvo = take(d.Rmax * d.W);
     pl.mlp = take(d.Rmax * d.M);
     pl.tstar = take(p.t_star == nullptr ? d.Rt * d.E : 0);
     pl.total = off;
@@ -1066,22 +989,13 @@ int attention_block(const LayerW<T>& lw, const AttnRoles& r, T* x, int64_t nq, c
         kv_bs_rows = nq;
         kv_rows = rows;
     }
-    {
-        GemmArgs<T> a{};
-        a.g[0] = GemmGroup<T>{buf.h, w[r.q], nullptr, buf.q, rows};
-        a.g[1] = GemmGroup<T>{kv, w[r.k], nullptr, buf.k, static_cast<int>(kv_rows)};
-        a.g[2] = GemmGroup<T>{kv, w[r.v], nullptr, buf.v, static_cast<int>(kv_rows)};
-        a.ngroups = 3;
-        a.N = W;
-        a.K = W;
-        a.lda = a.ldw = a.ldc = W;
-        WEAKCLIP_TRY(launch_gemm(a, stream));
-    }
-    {
-        FlashArgs<T> f{buf.q, buf.k, buf.v, buf.o, static_cast<int>(nq), static_cast<int>(nk), W, W, W, W,
-                       nq * W, kv_bs_rows * W, kv_bs_rows * W, nq * W, scale_log2};
-        WEAKCLIP_TRY(launch_flash(f, static_cast<int>(d.B), static_cast<int>(d.H), static_cast<int>(d.Dh), stream));
-    }
+    const int kvr = static_cast<int>(kv_rows);
+    const GemmGroup<T> q{buf.h, w[r.q], nullptr, buf.q, rows}, k{kv, w[r.k], nullptr, buf.k, kvr};
+    const GemmGroup<T> v{kv, w[r.v], nullptr, buf.v, kvr};
+    WEAKCLIP_TRY(launch_gemm(GemmArgs<T>{{q, k, v}, 3, W, W, 0, 0, 0, W, W, W, 0, nullptr, nullptr}, stream));
+    const FlashArgs<T> f{buf.q, buf.k, buf.v, buf.o, static_cast<int>(nq), static_cast<int>(nk), W, W, W, W,
+                         nq * W, kv_bs_rows * W, kv_bs_rows * W, nq * W, scale_log2};
+    WEAKCLIP_TRY(launch_flash(f, static_cast<int>(d.B), static_cast<int>(d.H), static_cast<int>(d.Dh), stream));
     return linear<T>(buf.o, rows, W, w[r.proj], w[r.proj_b], W, x, stream, 0, x);
 }
 
@@ -1310,19 +1224,15 @@ WEAKCLIP_API int32_t weakclip_flash_attention(const void* q, const void* k, cons
         return fail(WEAKCLIP_STATUS_INVALID_ARGUMENT, "flash_attention: row strides must be >= heads*head_dim");
     }
     g_last_error.clear();
-    const float scale_log2 = scale * kLog2e;
-    if (dtype == WEAKCLIP_FP16) {
-        FlashArgs<half> a{static_cast<const half*>(q), static_cast<const half*>(k), static_cast<const half*>(v),
-                          static_cast<half*>(o), nq, nk, ldq, ldk, ldv, ldo, q_batch_stride, k_batch_stride,
-                          v_batch_stride, o_batch_stride, scale_log2};
+    auto run = [&](auto elem) {
+        using T = decltype(elem);
+        const FlashArgs<T> a{static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+                             static_cast<T*>(o), nq, nk, ldq, ldk, ldv, ldo, q_batch_stride, k_batch_stride,
+                             v_batch_stride, o_batch_stride, scale * kLog2e};
         return launch_flash(a, batch, heads, head_dim, stream);
-    }
-    if (dtype == WEAKCLIP_FP32) {
-        FlashArgs<float> a{static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v),
-                           static_cast<float*>(o), nq, nk, ldq, ldk, ldv, ldo, q_batch_stride, k_batch_stride,
-                           v_batch_stride, o_batch_stride, scale_log2};
-        return launch_flash(a, batch, heads, head_dim, stream);
-    }
+    };
+    if (dtype == WEAKCLIP_FP16) return run(half{});
+    if (dtype == WEAKCLIP_FP32) return run(0.f);
     return fail(WEAKCLIP_STATUS_INVALID_ARGUMENT, "flash_attention: dtype %d", dtype);
 }
 
@@ -1338,19 +1248,14 @@ WEAKCLIP_API int32_t weakclip_score_map(const void* v_star, const void* t_star, 
         return fail(WEAKCLIP_STATUS_INVALID_ARGUMENT, "score_map: bad dims");
     }
     g_last_error.clear();
-    const int hw = grid_h * grid_w;
-    if (dtype == WEAKCLIP_FP16) {
-        ScoreArgs<half> a{static_cast<const half*>(v_star), static_cast<const half*>(t_star),
-                          static_cast<half*>(score), num_classes, embed_dim, hw, token_offset, v_batch_stride,
-                          t_batch_stride};
+    auto run = [&](auto elem) {
+        using T = decltype(elem);
+        const ScoreArgs<T> a{static_cast<const T*>(v_star), static_cast<const T*>(t_star), static_cast<T*>(score),
+                             num_classes, embed_dim, grid_h * grid_w, token_offset, v_batch_stride, t_batch_stride};
         return launch_score_map(a, batch, stream);
-    }
-    if (dtype == WEAKCLIP_FP32) {
-        ScoreArgs<float> a{static_cast<const float*>(v_star), static_cast<const float*>(t_star),
-                           static_cast<float*>(score), num_classes, embed_dim, hw, token_offset, v_batch_stride,
-                           t_batch_stride};
-        return launch_score_map(a, batch, stream);
-    }
+    };
+    if (dtype == WEAKCLIP_FP16) return run(half{});
+    if (dtype == WEAKCLIP_FP32) return run(0.f);
     return fail(WEAKCLIP_STATUS_INVALID_ARGUMENT, "score_map: dtype %d", dtype);
 }
 

@@ -1,16 +1,7 @@
 /*
- * WeakCLIP co-attention matching on CUDA: C launcher API (libweakclip_coattn.so).
- *
- * Computes, for V (B, N, E) with N = 1 + h*w (global token first) and T (K, E):
- *   V' = LN(Linear(LN(V)))                      memory_proj         (B, N, W)
- *   T' = Linear(LN(T))                          text_proj           (K, W)
- *   t  = L chained decoder layers, queries T', memory V'  (text_decoder)   (B, K, W)
- *   v  = L chained decoder layers, queries V', memory T'  (visual_decoder) (B, N, W)
- *        layer: x += SelfAttn(LN1 x); x += CrossAttn(LN2 x, memory); x += MLP(LN3 x) (GELU erf)
- *   T* = T + gamma * Linear(LN(t))              (B, K, E)
- *   V* = V + beta  * Linear(LN(v))              (B, N, E)
- *   S[b, k, i] = cos(V*[b, 1 + i], T*[b, k])    (B, K, h, w)
- * i.e. weakclip.coattention.coattention_reference() at inference (no dropout).
+ * WeakCLIP co-attention matching on CUDA: C launcher API (libweakclip_coattn.so).  The forward computes
+ * weakclip.model.coattention.coattention_reference() at inference (README.md here: "What it computes"):
+ * V (B, N, E) with N = 1 + h*w (global token first) and T (K, E) -> score map S (B, K, h, w), optionally V*, T*.
  *
  * Every pointer passed to these functions is a device pointer unless stated otherwise; all tensors are
  * contiguous row-major in the element type chosen by `dtype` (weights included).  All work is enqueued on

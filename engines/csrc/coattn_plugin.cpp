@@ -12,7 +12,6 @@
 #include "weakclip_plugin_names.h"
 
 #include <cstdio>
-#include <cstring>
 #include <exception>
 #include <limits>
 #include <memory>
@@ -105,7 +104,6 @@ void validateConfig(CoAttnConfig const& c) {
 }
 
 int64_t readInt(PluginField const& f) {
-    require(f.data != nullptr && f.length >= 1, std::string("attribute ") + f.name + " is empty");
     switch (f.type) {
         case PluginFieldType::kINT32: return *static_cast<int32_t const*>(f.data);
         case PluginFieldType::kINT64: return *static_cast<int64_t const*>(f.data);
@@ -116,7 +114,6 @@ int64_t readInt(PluginField const& f) {
 }
 
 float readFloat(PluginField const& f) {
-    require(f.data != nullptr && f.length >= 1, std::string("attribute ") + f.name + " is empty");
     switch (f.type) {
         case PluginFieldType::kFLOAT32: return *static_cast<float const*>(f.data);
         case PluginFieldType::kFLOAT64: return static_cast<float>(*static_cast<double const*>(f.data));
@@ -383,6 +380,7 @@ IPluginV3* CoAttnPluginCreator::createPlugin(char const* /*name*/, PluginFieldCo
         PluginField const& f = fc->fields[i];
         int32_t const k = f.name == nullptr ? -1 : knownIndex(f.name);
         if (k < 0) continue;  // e.g. plugin_version / plugin_namespace forwarded by a parser
+        require(f.data != nullptr && f.length >= 1, std::string("attribute ") + f.name + " is empty");
         if (kAttrs[k].isFloat) {
             *static_cast<float*>(attrField(c, k)) = readFloat(f);
         } else {

@@ -1,14 +1,7 @@
 /*
- * WeakCLIP co-attention matching as a TensorRT IPluginV3 (IPluginV3OneCore / IPluginV3OneBuild / IPluginV3OneRuntime)
- * with its IPluginCreatorV3One.  Identity (op_type / version / namespace) and attribute names come from
- * weakclip_plugin_names.h, generated from engines/csrc/plugin_names.json.  See README.md for the I/O contract:
- *
- *   inputs  0 g        (B, E)         global embedding
- *           1 dense    (B, E, h, w)   dense embeddings F
- *           2 text     (K, E)         text embeddings T
- *           3 weights  (P)            packed co-attention weights (plugin_names.json "packed_weights")
- *   output  0 score    (B, K, h, w)   S = cos(F*, T*)
- *   all fp32 or all fp16, linear layout.
+ * WeakCLIP co-attention matching as a TensorRT IPluginV3 with its IPluginCreatorV3One; identity and attribute names
+ * come from the generated weakclip_plugin_names.h (plugin_names.json).  I/O contract: README.md here; in short
+ * g (B, E), dense (B, E, h, w), text (K, E), packed weights (P) -> score (B, K, h, w), all fp32 or all fp16, linear.
  */
 #ifndef WEAKCLIP_COATTN_PLUGIN_H
 #define WEAKCLIP_COATTN_PLUGIN_H
@@ -42,8 +35,6 @@ public:
     enum Input : int32_t { kG = 0, kDense = 1, kText = 2, kWeights = 3 };
 
     explicit CoAttnPlugin(CoAttnConfig const& config);
-    CoAttnPlugin(CoAttnPlugin const&) = default;
-    ~CoAttnPlugin() override = default;
 
     // IPluginV3
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
@@ -79,8 +70,6 @@ public:
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
-    CoAttnConfig const& config() const noexcept { return mConfig; }
-
 private:
     // Params (dims and dtype only) from actual or max dims; `dims[i]` = input i dims. Throws on a mismatch.
     template <typename Desc>
@@ -100,7 +89,6 @@ private:
 class CoAttnPluginCreator : public nvinfer1::IPluginCreatorV3One {
 public:
     CoAttnPluginCreator();
-    ~CoAttnPluginCreator() override = default;
 
     char const* getPluginName() const noexcept override;
     char const* getPluginVersion() const noexcept override;
