@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from weakclip.benchmarks import common
-from weakclip.benchmarks.common import VOC_TRAIN_AUG, fmt, missing_packages, peak_rss_mib
+from weakclip.benchmarks.common import VOC_TRAIN_AUG, fmt, peak_rss_mib
 from weakclip.engines.base import usable_cores
 from weakclip.export import quantize
 from weakclip.masks import cpu_features
@@ -157,7 +158,9 @@ def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[
 def row_unavailable(engine: str, args: argparse.Namespace) -> str | None:
     """Why a row cannot run on this machine (None: it can)."""
     row = ROWS[engine]
-    why = missing_packages(("onnxruntime",) if row.family == "onnxruntime" else ())
+    why = None
+    if row.family == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+        why = "onnxruntime not installed (pip install onnxruntime)"
     if not why and row.tier == "bf16" and not args.force_bf16:
         why = cpu_features.missing_for("bf16")
     if not why and row.family == "compile" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
@@ -214,11 +217,9 @@ def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[st
         calib = [rng.standard_normal((1, 3, args.size, args.size), dtype=np.float32) for _ in range(args.calib)]
         if "onnxruntime-int8" in engines:
             dst = onnx_dir / "weakclip_int8.onnx"
-            info["int8"] = quantize.quantize_vit_linears(fp32, dst)
+            q = info["int8"] = quantize.quantize_vit_linears(fp32, dst)
             paths["onnxruntime-int8"] = str(dst)
-            log(
-                f"int8 dynamic quantisation: {info['int8']['quantized_nodes']} ViT linears, {info['int8']['mb']:.0f} MB"
-            )
+            log(f"int8 dynamic quantisation: {q['quantized_nodes']} ViT linears, {q['mb']:.0f} MB")
         if "onnxruntime-int8-conv" in engines:
             dst = onnx_dir / "weakclip_int8_conv.onnx"
             info["int8_conv"] = quantize.quantize_int8(fp32, dst, calib)
@@ -399,19 +400,16 @@ def gemm_probe(threads: int, seconds: float) -> dict[str, Any]:
     else:
         ab, bb = a.bfloat16(), b.bfloat16()
         out["bf16"] = {"gflop_per_s": _best_gflops(lambda: torch.mm(ab, bb), flop, seconds), "how": "torch.mm bf16"}
-    isa = cpu_features.detect().int8_isa
+    isa = f"CPU's best int8 instruction set: {cpu_features.detect().int8_isa})"
     sess = _ort_matmul_session("MatMulInteger", threads)
     if sess is not None:
         rng = np.random.default_rng(0)
         feed = {"A": rng.integers(0, 256, (m, k), dtype=np.uint8), "B": rng.integers(-128, 128, (k, n), dtype=np.int8)}
-        fn, how = (lambda: sess.run(None, feed)), "ONNX Runtime MatMulInteger u8×s8 ("
+        fn, how = (lambda: sess.run(None, feed)), f"ONNX Runtime MatMulInteger u8×s8 ({isa}"
     else:
         ai, bi = (torch.randint(-128, 128, shape, dtype=torch.int8, generator=g) for shape in ((m, k), (k, n)))
-        fn, how = (lambda: torch._int_mm(ai, bi)), "torch._int_mm (onnxruntime not installed; "
-    out["int8"] = {
-        "gflop_per_s": _best_gflops(fn, flop, seconds),
-        "how": f"{how}CPU's best int8 instruction set: {isa})",
-    }
+        fn, how = (lambda: torch._int_mm(ai, bi)), f"torch._int_mm (onnxruntime not installed; {isa}"
+    out["int8"] = {"gflop_per_s": _best_gflops(fn, flop, seconds), "how": how}
     return out
 
 

@@ -371,27 +371,21 @@ def row_compile(ctx: Ctx, row: dict) -> None:
     row["compile_s"] = row["timing"]["first_call_s"]
 
 
-def _tensorrt_strongly_typed() -> bool:
-    """True when an importable TensorRT builds strongly typed networks only (11+: needs the fp16 ONNX graph)."""
-    from weakclip.engines.base import EngineError
-    from weakclip.engines.trt_build import import_tensorrt, strongly_typed_only
-
-    try:
-        return strongly_typed_only(import_tensorrt("tensorrt"))
-    except EngineError:
-        return False
-
-
 def _export(ctx: Ctx) -> Path:
     """``weakclip.onnx`` of ctx.model in the temporary folder, exported once for the ORT and TensorRT rows (plus
     ``weakclip_fp16.onnx`` when TensorRT is strongly typed only)."""
+    from weakclip.engines.base import EngineError
+    from weakclip.engines.trt_build import import_tensorrt, strongly_typed_only
     from weakclip.export.core import ExportOptions
     from weakclip.export.pipeline import export_model
 
     if "fp32" not in ctx.exported:
         ctx.need(ROW_NEEDS_S["export"], "the ONNX export of the model")
         out = ctx.tmp / "onnx"
-        fp16 = _tensorrt_strongly_typed()
+        try:  # a TensorRT that builds strongly typed networks only (11+) needs the fp16 graph too
+            fp16 = strongly_typed_only(import_tensorrt("tensorrt"))
+        except EngineError:
+            fp16 = False
         t0 = time.perf_counter()
         cpu_model = copy.deepcopy(ctx.model).cpu().float()
         export_model(cpu_model, out, ExportOptions(graphs=("end_to_end",), check=False, fp16=fp16))
@@ -432,11 +426,10 @@ def row_trt(ctx: Ctx, row: dict) -> None:
     try:
         trt = import_tensorrt("tensorrt")
     except EngineError as e:
+        why = f"TensorRT is installed but does not load: {e}"
         if importlib.util.find_spec("tensorrt") is None:
-            raise RowSkipped(
-                f"{NOT_AVAILABLE}: tensorrt not installed (pip install tensorrt, TensorRT >= 10)"
-            ) from None
-        raise RowSkipped(f"{NOT_AVAILABLE}: TensorRT is installed but does not load: {e}") from None
+            why = "tensorrt not installed (pip install tensorrt, TensorRT >= 10)"
+        raise RowSkipped(f"{NOT_AVAILABLE}: {why}") from None
     ctx.gpu("TensorRT")
     path = _export(ctx)  # TensorRT 10: FP16 builder flag on this graph; 11: its weakclip_fp16.onnx sibling
     ctx.need(ROW_NEEDS_S["trt-fp16"], "the TensorRT fp16 engine build")
@@ -630,8 +623,7 @@ def run_row(ctx: Ctx, row: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    has_cuda = torch.cuda.is_available()
-    smoke = args.cpu_smoke or not has_cuda
+    smoke = args.cpu_smoke or not torch.cuda.is_available()
     if smoke and not args.cpu_smoke:
         log("no CUDA GPU visible to torch: CPU smoke mode (tiny preset, GPU rows skipped); not a benchmark")
     preset = args.preset or ("tiny" if smoke else "vit_b16_voc")
@@ -655,11 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(args.seed)
-    model = weakclip.build_model(preset).eval()
-    size = args.size or model.config.crop_size
-    if size != model.config.crop_size:
-        torch.manual_seed(args.seed)
-        model = weakclip.build_model(preset, crop_size=size).eval()
+    model = weakclip.build_model(preset, **({"crop_size": args.size} if args.size else {})).eval()
+    size = model.config.crop_size
     counted = common.count_gflop(model.config, size)["total"]
     gflop = args.gflop_per_window or round(counted, 1)
     if abs(gflop - counted) > 0.02 * counted:
@@ -729,8 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     report["goals"] = evaluate_goals(report["rows"], info["name"], peak, smoke)
     report["wall_s"] = time.perf_counter() - t_start
     why = plot(report, out / "gpu_e2e.png")
-    report["png"] = None if why else "gpu_e2e.png"
-    report["png_missing_reason"] = why
+    report.update(png=None if why else "gpu_e2e.png", png_missing_reason=why)
     save()
     md = markdown(report)
     write_text_atomic(out / "gpu_e2e.md", md)

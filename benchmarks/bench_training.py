@@ -59,8 +59,8 @@ def child(preset: str, mode: str, steps: int, batch: int, crop: int | None) -> d
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "vit_b16_voc"])
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=1)
+    for flag, default in (("--steps", 3), ("--batch", 1)):
+        ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--crop", type=int, default=None, help="override the preset crop size")
     ap.add_argument("--child", nargs=2, metavar=("PRESET", "MODE"), help=argparse.SUPPRESS)
     common.add_out_argument(ap)

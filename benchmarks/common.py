@@ -30,12 +30,6 @@ def add_out_argument(ap: argparse.ArgumentParser) -> None:
     )
 
 
-def missing_packages(modules: tuple[str, ...] | list[str]) -> str | None:
-    """None when every module imports here, else why a benchmark row cannot run."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    return f"{' and '.join(missing)} not installed (pip install {' '.join(missing)})" if missing else None
-
-
 def machine_info() -> dict[str, Any]:
     """CPU model and the SIMD flags that matter for these kernels, cores, load, library versions, GPU."""
     import torch
