@@ -15,6 +15,7 @@ import numpy as np
 
 from weakclip.data.classes import COCO_CLASSES, COCO_OFFICIAL91_CLASSES, VOC_CLASSES
 from weakclip.data.io import IMAGE_EXTS, read_image, read_mask
+from weakclip.data.labels import load_labels
 from weakclip.errors import ArgumentParser, UsageError, cli
 
 # Shipped training configs tried, in order, when --config is not given (the first whose folders exist wins).
@@ -231,8 +232,6 @@ def check_dataset(lay: DataLayout, sample: int = 300) -> int:
     if lay.labels is None:
         print("labels: none found (training derives them from the seeds; generation runs without label masking)")
     else:
-        from weakclip.data.labels import load_labels
-
         try:
             labels = load_labels(lay.labels, K)
         except FileNotFoundError:

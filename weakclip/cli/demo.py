@@ -1,10 +1,8 @@
 """End-to-end demo on the embedded default: synthetic data → tiny WeakCLIP training → ONNX export →
 ONNX Runtime pseudo masks (CPU) → mIoU against GT and the seeds, images/s, and overlay pictures.
 
-Everything goes under ``--out``; the settings that change the results are recorded in ``demo_settings.json``.  A rerun
-with the same settings reuses the finished steps (pseudo masks are always regenerated, so images/s is measured); one
-with other settings is refused unless ``--overwrite``, which deletes only the demo's outputs (``DEMO_OUTPUTS``).
-"""
+A rerun in the same ``--out`` with the same settings reuses the finished steps, except the pseudo masks (images/s is
+measured each time); one with other settings is refused unless ``--overwrite``."""
 
 from __future__ import annotations
 
@@ -28,10 +26,6 @@ DEMO_OUTPUTS += ("result_labels_only.json", SETTINGS_FILE)
 
 def step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
-
-
-def _lines(path: Path) -> list[str]:
-    return [n.strip() for n in path.read_text().splitlines() if n.strip()]
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -139,9 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     step("4/5 pseudo masks for the training set with ONNX Runtime (CPU)")
     from weakclip.engines.generate import EngineSpec, RunOptions, generate
+    from weakclip.masks.evaluate import evaluate_dirs, read_names
 
     train_list = data / "ImageSets" / "Segmentation" / "train.txt"
-    names = _lines(train_list)
+    names = read_names(train_list)
     ort, images = EngineSpec(str(model_onnx), "onnxruntime"), data / "JPEGImages"
     with_overlays, plain_run = RunOptions(workers=2, overwrite=True, overlays=8), RunOptions(workers=2, overwrite=True)
     t0 = time.perf_counter()
@@ -150,23 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     generate(train_list, masks / "labels", ort, image_root=images, labels=data / "cls_labels.json", run=plain_run)
 
     step("5/5 evaluation against the synthetic ground truth")
-    from weakclip.masks.evaluate import evaluate_dirs
-
-    K, gt = len(_lines(data / "class_names.txt")), data / "SegmentationClass"
+    K, gt = len(read_names(data / "class_names.txt")), data / "SegmentationClass"
     runs = (data / "SeedMasks", masks / "unmasked", masks / "labels")
     seeds, plain, masked = (evaluate_dirs(d, gt, K, names)[0] for d in runs)
-    result = {
-        "images": len(names),
-        "seeds_miou": 100 * seeds.miou,
-        "pseudo_mask_miou": 100 * plain.miou,
-        "pseudo_mask_miou_with_labels": 100 * masked.miou,
-        "onnxruntime_cpu_images_per_s": fps,
-        "total_s": time.perf_counter() - t_start,
-    }
-    _write_json(out / "result.json", result)
-    print(f"\nseeds mIoU                          {result['seeds_miou']:6.2f}")
-    print(f"pseudo masks mIoU (single scale)    {result['pseudo_mask_miou']:6.2f}")
-    print(f"pseudo masks mIoU + label masking   {result['pseudo_mask_miou_with_labels']:6.2f}")
+    result = dict(images=len(names), seeds_miou=100 * seeds.miou, pseudo_mask_miou=100 * plain.miou)
+    result |= dict(pseudo_mask_miou_with_labels=100 * masked.miou, onnxruntime_cpu_images_per_s=fps)
+    _write_json(out / "result.json", result | {"total_s": time.perf_counter() - t_start})
+    print(f"\nseeds mIoU                          {100 * seeds.miou:6.2f}")
+    print(f"pseudo masks mIoU (single scale)    {100 * plain.miou:6.2f}")
+    print(f"pseudo masks mIoU + label masking   {100 * masked.miou:6.2f}")
     print(f"ONNX Runtime CPU throughput         {fps:6.2f} images/s  ({len(names)} images)")
     print(f"overlays: {masks / 'unmasked' / 'overlays'}   result: {out / 'result.json'}")
     print(f"report: {_write_report(out, data, masks, names)}")
@@ -192,7 +179,7 @@ def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> None:
     seeds without knowledge: this shows the mechanics, not the quality (use --clip-weights openai on real data)."""
     from weakclip.data.datasets import read_class_names
     from weakclip.engines.generate import EngineSpec, RunOptions, generate
-    from weakclip.masks.evaluate import evaluate_dirs
+    from weakclip.masks.evaluate import evaluate_dirs, read_names
     from weakclip.masks.seeds import make_seeds
 
     train_list, images = data / "ImageSets" / "Segmentation" / "train.txt", data / "JPEGImages"
@@ -207,7 +194,7 @@ def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> None:
     step("labels only 3/3: pseudo masks (torch engine) and evaluation")
     spec = EngineSpec(str(run / "final.safetensors"))
     generate(train_list, masks, spec, image_root=images, labels=labels, run=RunOptions(workers=2, overwrite=True))
-    names, K, gt = _lines(train_list), len(_lines(data / "class_names.txt")), data / "SegmentationClass"
+    names, K, gt = read_names(train_list), len(classes), data / "SegmentationClass"
     seeds_m, masks_m = (evaluate_dirs(d, gt, K, names)[0] for d in (clip_seeds, masks))
     result = {"clip_seeds_miou": 100 * seeds_m.miou, "masks_from_clip_seeds_miou": 100 * masks_m.miou}
     _write_json(out / "result_labels_only.json", result)

@@ -1,9 +1,8 @@
 """Synthetic VOC-layout dataset: textured shapes, GT masks, CAM-like degraded seeds and image-level labels.
 
-Tests and the demo train on it (no download).  Each foreground class has its own colour + texture family, jittered
-per image so it is learnable but not trivial.  Seeds are degraded from the GT the way CAM seeds are (cores around a
-"discriminative" point, spills, shifted boundaries, missed small objects, class confusion, 255 patches), randomly per
-image so a network trained on many images can beat them.  Image i of a split depends only on (seed, split, i)."""
+Each foreground class has its own colour + texture family, jittered per image so it is learnable but not trivial; the
+seeds are damaged randomly per image, so a network trained on many images can beat them.  Image i of a split depends
+only on (seed, split, i)."""
 
 from __future__ import annotations
 
@@ -183,10 +182,8 @@ def make_sample(
         ys, xs = np.nonzero(mask)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        scale = min(h, w) / 160.0
-        period = st.period * scale * float(rng.uniform(0.8, 1.25))
-        angle = st.angle + float(rng.uniform(-0.45, 0.45))
-        pat = _pattern(st.texture, yy, xx, period, angle, rng)[..., None]
+        period = st.period * (min(h, w) / 160.0) * float(rng.uniform(0.8, 1.25))
+        pat = _pattern(st.texture, yy, xx, period, st.angle + float(rng.uniform(-0.45, 0.45)), rng)[..., None]
         hue = st.hue + float(rng.uniform(-0.03, 0.03))
         sat = st.sat + float(rng.uniform(-0.1, 0.1))
         val = st.val + float(rng.uniform(-0.12, 0.12))
@@ -207,7 +204,8 @@ def make_sample(
 def _degrade(
     rng: np.random.Generator, hw: tuple[int, int], gt: np.ndarray, shapes: list[tuple[int, dict]], num_fg: int
 ) -> np.ndarray:
-    """CAM-like seeds from the GT objects (see the module docstring for the kinds of damage)."""
+    """CAM-like seeds from the GT objects: cores around a "discriminative" point, spills, shifted boundaries, missed
+    small objects, class confusion, 255 patches."""
     h, w = hw
     seed = np.zeros(hw, dtype=np.uint8)
     uncertain = np.zeros(hw, dtype=bool)
@@ -348,20 +346,11 @@ def make_synthetic_dataset(
     write_text_atomic(out / "cls_labels.json", json.dumps(labels, indent=0, sort_keys=True) + "\n")
     write_text_atomic(out / "class_names.txt", "".join(f"{c}\n" for c in class_names))
     train_scores = metrics_from_matrix(np.asarray(conf["train"]))
-    summary = {
-        "out": str(out),
-        "seed": seed,
-        "num_classes": K,
-        "class_names": class_names,
-        "train_images": images,
-        "val_images": val_images,
-        "size": list(lo),
-        "max_size": list(hi),
-        "seed_miou": train_scores.miou,
-        "seed_miou_val": metrics_from_matrix(np.asarray(conf["val"])).miou if val_images else float("nan"),
-        "seed_iou_per_class": {c: round(float(v), 4) for c, v in zip(class_names, train_scores.iou)},
-    }
-    meta = {k: v for k, v in summary.items() if k != "out"}  # no absolute path: same seed → same bytes
+    meta = dict(seed=seed, num_classes=K, class_names=class_names, train_images=images, val_images=val_images)
+    meta |= dict(size=list(lo), max_size=list(hi), seed_miou=train_scores.miou)
+    meta["seed_miou_val"] = metrics_from_matrix(np.asarray(conf["val"])).miou if val_images else float("nan")
+    meta["seed_iou_per_class"] = {c: round(float(v), 4) for c, v in zip(class_names, train_scores.iou)}
+    summary = {"out": str(out), **meta}  # meta has no absolute path: same seed → same bytes
     write_text_atomic(out / "synthetic_meta.json", json.dumps(meta, indent=2) + "\n")
     summary["seconds"] = time.perf_counter() - t0
     return summary
