@@ -1,9 +1,5 @@
-"""weakclip generate: pseudo masks for a whole image set with any engine (SPEC §5).
-
-Decoding threads prefetch images → batched multi-view sliding-window inference on the engine
-(:func:`weakclip.masks.inference.predict_probs`) → writing threads do label masking, the optional CRF and the atomic
-writes, in the frame of :func:`weakclip.masks.batch.run_batch`.
-"""
+"""weakclip generate: pseudo masks for a whole image set with any engine (SPEC §5), batched multi-view inference
+(:func:`weakclip.masks.inference.predict_probs`) in the frame of :func:`weakclip.masks.batch.run_batch`."""
 
 from __future__ import annotations
 
@@ -155,13 +151,9 @@ def generate(
     masks: MaskOptions = MaskOptions(),
     run: RunOptions = RunOptions(),
 ) -> Summary:
-    """Pseudo masks for ``images`` (a folder or a list file) into ``out``.
-
-    Every check that needs no model runs first (inputs, output location, labels against the model file's class
-    count, a resume's settings); the engine is built only when there is work.  Raises :class:`UsageError` for bad
-    inputs, :class:`RuntimeFailure` when images failed (after writing the rest and the failures file),
-    :class:`~weakclip.errors.OutputError` at a write no later image could avoid.
-    """
+    """Pseudo masks for ``images`` (a folder or a list file) into ``out``.  Every check that needs no model runs
+    first; the engine is built only when there is work.  Raises :class:`UsageError` for bad inputs,
+    :class:`RuntimeFailure` when images failed, :class:`~weakclip.errors.OutputError` at a fatal write."""
     if run.threads:
         torch.set_num_threads(run.threads)
     out = Path(out)
@@ -228,11 +220,23 @@ def generate(
                         )
             geometry = {k: getattr(masks, k) for k in ("crop", "stride", "base_size", "max_long", "scales", "flip")}
             opts = InferenceOptions.for_engine(eng, **geometry, max_batch=run.batch, device=run.tta_device)
-            write_record(outputs, settings, args=record_args, engine=eng.describe(), inference=opts.to_dict())
-            _startup_line(eng, spec, opts, masks.crf, len(todo), skipped)
+            d = eng.describe()
+            write_record(outputs, settings, args=record_args, engine=d, inference=opts.to_dict())
+            scales = ",".join(f"{r:g}" for r in opts.scales)
+            print_startup(
+                "generate",
+                engine=d.get("engine", eng.name),
+                model=spec.model,
+                precision=d.get("precision", spec.options.get("precision") or "default"),
+                views=f"{opts.num_views} (scales {scales}{' × flip' if opts.flip else ''}, crop {opts.crop}/stride {opts.stride})",
+                crf=masks.crf,
+                device=d.get("device", "cpu"),
+                threads=torch.get_num_threads(),
+                note=f"{len(todo)} image(s) to do, {skipped} already finished",
+            )
             depth = 2 * max(run.workers, 1) + run.chunk
-            with BatchJob(len(todo), run.workers, "generate", run.progress, max_pending_writes=depth, lock=lock) as job:
-                for chunk in job.chunks(todo, depth, run.chunk):
+            with BatchJob(len(todo), run.workers, "generate", run.progress, depth, lock) as job:
+                for chunk in job.chunks(todo, run.chunk):
                     infer(eng, opts, job, chunk)
                 job.collect(0)
             return job.done, job.failures
@@ -242,20 +246,4 @@ def generate(
 
     return run_batch(
         "weakclip generate", all_items, outputs, settings, work, overwrite=run.overwrite, shard=run.shard, noun="masks"
-    )
-
-
-def _startup_line(engine: Engine, spec: EngineSpec, opts: InferenceOptions, crf: str, todo: int, skipped: int) -> None:
-    d = engine.describe()
-    scales = ",".join(f"{r:g}" for r in opts.scales)
-    print_startup(
-        "generate",
-        engine=d.get("engine", engine.name),
-        model=spec.model,
-        precision=d.get("precision", spec.options.get("precision") or "default"),
-        views=f"{opts.num_views} (scales {scales}{' × flip' if opts.flip else ''}, crop {opts.crop}/stride {opts.stride})",
-        crf=crf,
-        device=d.get("device", "cpu"),
-        threads=torch.get_num_threads(),
-        note=f"{todo} image(s) to do, {skipped} already finished",
     )

@@ -30,64 +30,60 @@ def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(
         prog="weakclip-generate", description="Generate pseudo masks with multi-scale × flip sliding-window inference."
     )
-    io = ap.add_argument_group("inputs and outputs")
-    io.add_argument("--images", required=True, help="image folder, or a list file (one name or path per line)")
-    io.add_argument("--image-root", help="folder that list-file entries are relative to (default: the list's folder)")
-    io.add_argument(
-        "--ext", default=".jpg", help="extension added to list entries that have none (default: %(default)s)"
-    )
-    io.add_argument("--out", required=True, help="output folder: <name>.png masks (+ probs/, overlays/)")
-    io.add_argument(
+    io = ap.add_argument_group("inputs and outputs").add_argument
+    io("--images", required=True, help="image folder, or a list file (one name or path per line)")
+    io("--image-root", help="folder that list-file entries are relative to (default: the list's folder)")
+    io("--ext", default=".jpg", help="extension added to list entries that have none (default: %(default)s)")
+    io("--out", required=True, help="output folder: <name>.png masks (+ probs/, overlays/)")
+    io(
         "--labels",
         help="image-level labels (JSON name->[idx], text 'name idx ...', or cls_labels.npy): "
         "pixels predicted as an absent class become 255",
     )
-    io.add_argument("--save-probs", action="store_true", help="also write probs/<name>.npy (K, H, W)")
-    io.add_argument(
+    io("--save-probs", action="store_true", help="also write probs/<name>.npy (K, H, W)")
+    io(
         "--probs-dtype",
         choices=("float16", "float32"),
         default="float16",
         help="dtype of the saved probabilities (default: %(default)s; float32 = the official .npy)",
     )
-    io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L masks, no VOC palette")
-    io.add_argument(
+    io("--no-palette", dest="palette", action="store_false", help="plain L masks, no VOC palette")
+    io(
         "--overlays",
         type=int,
         default=0,
         metavar="N",
         help="write colour overlays for N sample images into OUT/overlays/",
     )
-    io.add_argument(
+    io(
         "--overwrite",
         action="store_true",
         help="recompute images whose outputs already exist, also when they were made with other settings",
     )
-    io.add_argument(
-        "--shard", type=arg_type(shard_from), help="i/N: process every N-th image from i (default: RANK/WORLD_SIZE)"
-    )
+    io("--shard", type=arg_type(shard_from), help="i/N: process every N-th image from i (default: RANK/WORLD_SIZE)")
 
-    en = ap.add_argument_group("engine")
-    en.add_argument(
+    en = ap.add_argument_group("engine").add_argument
+    en(
         "--engine",
         default="auto",
         help="auto (from the model file: .safetensors → torch, .onnx → onnxruntime, TensorRT plan → tensorrt), "
         f"one of {available_engines()}, or module:Factory (default: %(default)s)",
     )
-    en.add_argument("--model", help="checkpoint (torch), .onnx (onnxruntime) or engine/ONNX file (tensorrt)")
-    en.add_argument(
+    en("--model", help="checkpoint (torch), .onnx (onnxruntime) or engine/ONNX file (tensorrt)")
+    en(
         "--device",
         help="engine device: cpu, cuda, or auto (cuda when torch sees a GPU, else cpu); "
         "cuda → cuda:$LOCAL_RANK under torchrun",
     )
-    en.add_argument(
+    en(
         "--precision",
         choices=("fp32", "fp16", "bf16", "int8"),
         help="precision tier: torch engine fp32 / fp16 (CUDA) / bf16 (CPU with avx512_bf16 or amx_bf16, or a bf16 "
         "GPU); onnxruntime: the tier of the .onnx file (int8: weakclip_int8.onnx from export --int8); a tier the "
         "machine or file lacks is refused in one line",
     )
-    en.add_argument("--channels-last", action="store_true", help="torch engine: NHWC memory format")
-    en.add_argument(
+    en("--channels-last", action="store_true", help="torch engine: NHWC memory format")
+    en(
         "--engine-opt",
         type=_engine_opt,
         action="append",
@@ -96,45 +92,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra engine option (value parsed as JSON when possible); repeatable",
     )
 
-    inf = ap.add_argument_group("inference (defaults follow the engine's crop c: stride round(2c/3), base size c)")
-    inf.add_argument(
+    inf = ap.add_argument_group(
+        "inference (defaults follow the engine's crop c: stride round(2c/3), base size c)"
+    ).add_argument
+    inf(
         "--scales",
         type=arg_type(scales_from, "--"),
         default=DEFAULT_SCALES,
         help="comma list of view ratios, or 'official' = 0.5,0.75,1.0,1.25,1.5,1.75 (default: 1.0)",
     )
-    inf.add_argument("--flip", action="store_true", help="add horizontally flipped views (official: on)")
-    inf.add_argument(
+    inf("--flip", action="store_true", help="add horizontally flipped views (official: on)")
+    inf(
         "--crf",
         choices=("none", "voc", "coco"),
         default="none",
         help="dense CRF post-processing (default: %(default)s)",
     )
-    inf.add_argument("--crop", type=int, help="sliding-window size")
-    inf.add_argument("--stride", type=int, help="sliding-window stride")
-    inf.add_argument("--base-size", type=int, help="short side of the ratio-1 view")
-    inf.add_argument("--max-long", type=int, help="long-side limit of the ratio-1 view (default 4 × base size)")
-    inf.add_argument("--batch", type=int, default=16, help="windows per engine call (default: %(default)s)")
-    inf.add_argument(
-        "--chunk", type=int, default=4, help="images whose windows are batched together (default: %(default)s)"
-    )
-    inf.add_argument(
+    inf("--crop", type=int, help="sliding-window size")
+    inf("--stride", type=int, help="sliding-window stride")
+    inf("--base-size", type=int, help="short side of the ratio-1 view")
+    inf("--max-long", type=int, help="long-side limit of the ratio-1 view (default 4 × base size)")
+    inf("--batch", type=int, default=16, help="windows per engine call (default: %(default)s)")
+    inf("--chunk", type=int, default=4, help="images whose windows are batched together (default: %(default)s)")
+    inf(
         "--tta-device",
         default="cpu",
         help="where views are resized and merged; cuda only with engines that take device tensors (torch) "
         "(default: %(default)s)",
     )
 
-    ex = ap.add_argument_group("execution")
-    ex.add_argument(
-        "--workers", type=int, default=4, help="decoding threads and writing threads, 0 = inline (default: %(default)s)"
-    )
-    ex.add_argument(
+    ex = ap.add_argument_group("execution").add_argument
+    ex("--workers", type=int, default=4, help="decoding threads and writing threads, 0 = inline (default: %(default)s)")
+    ex(
         "--threads",
         type=int,
         help="torch intra-op threads (default: torch's choice); 1-2 per process when several shards share a CPU",
     )
-    ex.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    ex("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return ap
 
 

@@ -24,81 +24,77 @@ def build_parser() -> argparse.ArgumentParser:
         description="CLIP-ES seeds from image-level labels (no CAM network): Softmax-GradCAM + class-aware "
         "attention affinity + CRF with an ignore threshold.",
     )
-    io = ap.add_argument_group("inputs and outputs")
-    io.add_argument("--images", required=True, help="image folder, or a list file (one name or path per line)")
-    io.add_argument("--image-root", help="folder that list-file entries are relative to (default: the list's folder)")
-    io.add_argument("--ext", default=".jpg", help="extension added to list entries without one (default: %(default)s)")
-    io.add_argument(
+    io = ap.add_argument_group("inputs and outputs").add_argument
+    io("--images", required=True, help="image folder, or a list file (one name or path per line)")
+    io("--image-root", help="folder that list-file entries are relative to (default: the list's folder)")
+    io("--ext", default=".jpg", help="extension added to list entries without one (default: %(default)s)")
+    io(
         "--labels",
         required=True,
         help="image-level labels: cls_labels.npy, JSON name→[idx] or text 'name idx ...' (1-based foreground indices)",
     )
-    io.add_argument(
+    io(
         "--class-names",
         help="one class per line, 'background' first (default: class_names.txt beside "
         "--labels if present, else the preset's classes)",
     )
-    io.add_argument("--out", required=True, help="output folder of <name>.png seeds (the training seed_dir)")
-    io.add_argument(
+    io("--out", required=True, help="output folder of <name>.png seeds (the training seed_dir)")
+    io(
         "--save-scores",
         action="store_true",
         help="also write probs/<name>.npy float16 (K, H, W): row 0 background score, rows of the labelled "
         "classes their refined CAMs, other rows 0",
     )
-    io.add_argument("--no-palette", dest="palette", action="store_false", help="plain L PNGs, no VOC palette")
-    io.add_argument("--overlays", type=int, default=0, metavar="N", help="image | seed | blend panels for N images")
-    io.add_argument("--overwrite", action="store_true", help="recompute finished seeds (also under other settings)")
-    io.add_argument(
-        "--shard", type=arg_type(shard_from), help="i/N: every N-th image from i (default: RANK/WORLD_SIZE)"
-    )
+    io("--no-palette", dest="palette", action="store_false", help="plain L PNGs, no VOC palette")
+    io("--overlays", type=int, default=0, metavar="N", help="image | seed | blend panels for N images")
+    io("--overwrite", action="store_true", help="recompute finished seeds (also under other settings)")
+    io("--shard", type=arg_type(shard_from), help="i/N: every N-th image from i (default: RANK/WORLD_SIZE)")
 
-    m = ap.add_argument_group("CLIP")
-    m.add_argument("--preset", default="vit_b16_voc", help="tower architecture preset (default: %(default)s)")
-    m.add_argument(
+    m = ap.add_argument_group("CLIP").add_argument
+    m("--preset", default="vit_b16_voc", help="tower architecture preset (default: %(default)s)")
+    m(
         "--clip-weights",
         default="openai",
         help="'openai' (open_clip download cache), a local ViT-B-16.pt (OpenAI's TorchScript file, read "
         "as data: no code from it runs) / .safetensors, or 'none' = random towers (tests only: meaningless "
         "seeds) (default: %(default)s)",
     )
-    m.add_argument("--prompts", default="auto", help="auto | voc | coco | generic | a JSON prompt set (default: auto)")
-    m.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    m("--prompts", default="auto", help="auto | voc | coco | generic | a JSON prompt set (default: auto)")
+    m("--device", default="cpu", help="torch device (default: %(default)s)")
 
-    a = ap.add_argument_group("algorithm (defaults = the released CLIP-ES code)")
-    a.add_argument(
+    a = ap.add_argument_group("algorithm (defaults = the released CLIP-ES code)").add_argument
+    a(
         "--scales",
         type=arg_type(scales_from),
         default=DEFAULT_SCALES,
         help="view scales, or 'official' (default: 1.0, as CLIP-ES)",
     )
-    a.add_argument("--flip", action="store_true", help="add flipped views (CLIP-ES: off)")
-    a.add_argument(
-        "--box-threshold", type=float, help="CAA box threshold (default: the prompt set's; VOC 0.4, COCO 0.7)"
-    )
-    a.add_argument("--attn-layers", type=int, default=8, help="last blocks averaged into the affinity (default: 8)")
-    a.add_argument("--bg-power", type=float, default=1.0, help="background score (1 − max CAM)^α (default: 1)")
-    a.add_argument(
+    a("--flip", action="store_true", help="add flipped views (CLIP-ES: off)")
+    a("--box-threshold", type=float, help="CAA box threshold (default: the prompt set's; VOC 0.4, COCO 0.7)")
+    a("--attn-layers", type=int, default=8, help="last blocks averaged into the affinity (default: 8)")
+    a("--bg-power", type=float, default=1.0, help="background score (1 − max CAM)^α (default: 1)")
+    a(
         "--crf",
         choices=("clip_es", "none"),
         default="clip_es",
         help="dense CRF with CLIP-ES's parameters, or none = argmax (default: %(default)s)",
     )
-    a.add_argument(
+    a(
         "--ignore-threshold",
         type=float,
         help="CRF confidence below which a pixel becomes 255 (default: 0.95; needs the CRF)",
     )
-    a.add_argument(
+    a(
         "--crf-image",
         choices=("clip_es", "rgb"),
         default="clip_es",
         help="clip_es: CLIP-ES's mean-subtracted, uint8-wrapped BGR image; rgb: the plain image",
     )
 
-    ex = ap.add_argument_group("execution")
-    ex.add_argument("--workers", type=int, default=2, help="decoding and writing (CRF) threads, 0 = inline")
-    ex.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    ex.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    ex = ap.add_argument_group("execution").add_argument
+    ex("--workers", type=int, default=2, help="decoding and writing (CRF) threads, 0 = inline")
+    ex("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    ex("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return ap
 
 

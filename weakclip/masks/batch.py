@@ -59,18 +59,15 @@ class _Inline:
 
 
 def _pool(workers: int, name: str) -> Any:
-    return cf.ThreadPoolExecutor(workers, thread_name_prefix=name) if workers else _Inline()
+    return cf.ThreadPoolExecutor(workers, thread_name_prefix=name) if workers > 0 else _Inline()
 
 
 # inputs, shards, outputs
 
 
 def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None, ext: str = ".jpg") -> list[Item]:
-    """Images of a folder (sorted by name), or of a list file (one name or relative path per line).
-
-    List entries without an image extension get ``ext``; relative entries are resolved against ``root`` (default:
-    the list file's folder).  Duplicate output names, an image file, a non-text list and no images are errors.
-    """
+    """Images of a folder (sorted by name), or of a list file (one name or path per line): entries without an image
+    extension get ``ext``, relative ones are resolved against ``root`` (default: the list file's folder)."""
     images = Path(images)
     ext = ext if ext.startswith(".") else f".{ext}"
     if images.is_dir():
@@ -157,15 +154,6 @@ def arg_type(parse: Callable[[str], Any], prefix: str = "") -> Callable[[str], A
     return f
 
 
-def resolve_shard(shard: tuple[int, int] | None, env: Mapping[str, str] = os.environ) -> tuple[int, int]:
-    """``shard`` if given, else RANK/WORLD_SIZE (torchrun), else 0/1."""
-    if shard is not None:
-        return shard
-    if "WORLD_SIZE" in env and "RANK" in env:
-        return shard_from(f"{env['RANK']}/{env['WORLD_SIZE']}")
-    return 0, 1
-
-
 def shard_items(items: Sequence[Item], index: int, count: int) -> list[Item]:
     """Every ``count``-th item starting at ``index`` (interleaved: balanced when image sizes vary along the list)."""
     return list(items[index::count])
@@ -209,9 +197,11 @@ class Outputs:
         if self.save_probs and probs is not None:
             with atomic_path(self.probs(name)) as tmp, open(tmp, "wb") as f:
                 np.save(f, probs.astype(self.probs_dtype, copy=False))
-        if overlay:
+        if overlay:  # image | palette mask | palette colours blended over the image where not 0 (255 included)
+            gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
+            panels = [image, gap, palette_blend(None, mask), gap, palette_blend(image, mask, 0.5)]
             with atomic_path(self.overlay(name)) as tmp:
-                Image.fromarray(make_overlay(image, mask)).save(tmp, format="PNG")
+                Image.fromarray(np.concatenate(panels, axis=1)).save(tmp, format="PNG")
         save_mask_png(self.mask(name), mask, palette=palette)
 
 
@@ -223,71 +213,45 @@ def overlay_names(items: Sequence[Item], n: int) -> set[str]:
     return {items[i].name for i in idx}
 
 
-def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """(H, 3W + 2·gap, 3) uint8 panel: the image | the palette mask | palette colours blended over the image where
-    the mask is not background (255 "unknown" included).  Panels are separated by white gaps."""
-    gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-    return np.concatenate([image, gap, palette_blend(None, mask), gap, palette_blend(image, mask, alpha)], axis=1)
-
-
 def one_line(e: BaseException) -> str:
     """``Type: message`` on one line (a failure reason in a failures file or a summary)."""
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 class BatchJob:
-    """The loop shared by the batch tools: decoding threads prefetch images, the caller does the per-image work,
-    writing threads write the outputs; failures are recorded with a reason, a progress bar counts every image once.
-    A write failure that no later image can avoid (a fatal :class:`~weakclip.errors.OutputError`: disk full,
-    read-only, permission) or a lost output lock stops the run at once.  Use as a context manager."""
+    """The loop of the batch tools: decoding threads prefetch images, the caller computes, writing threads write;
+    failures are recorded with a reason.  A fatal :class:`~weakclip.errors.OutputError` (disk full, read-only,
+    permission) or a lost output lock stops the run at once."""
 
     def __init__(
-        self,
-        total: int,
-        workers: int,
-        desc: str,
-        show_progress: bool,
-        max_pending_writes: int,
-        lock: FolderLock | None = None,
+        self, total: int, workers: int, desc: str, show_progress: bool, depth: int, lock: FolderLock | None
     ) -> None:
         from weakclip.progress import progress
 
         self.lock = lock  # checked every few images: a lost output lock stops the run
-        self.workers = max(workers, 0)
-        self.decode_pool, self.write_pool = _pool(self.workers, "decode"), _pool(self.workers, "write")
+        self.decode_pool, self.write_pool = _pool(workers, "decode"), _pool(workers, "write")
         self.writes: collections.deque = collections.deque()
-        self.max_pending_writes = max_pending_writes
+        self.depth = depth  # images decoded ahead, and writes pending at most
         self.failures: list[tuple[str, str]] = []
         self.done = 0
         self.in_row = 0  # compute failures since the last success
-        # tqdm bar on a terminal; a line every 30 s (WEAKCLIP_PROGRESS_INTERVAL) with done/total, img/s, ETA otherwise
         self.bar = progress(
             total=total, desc=desc, unit="img", disable=not show_progress, dynamic_ncols=True, mininterval=1.0
         )
 
-    def images(self, items: Sequence[Item], depth: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:
-        """(item, decoded image or None, failure reason), decoding ``depth`` ahead."""
-        it = iter(items)
-        pending = collections.deque(
-            (item, self.decode_pool.submit(read_image, item.path)) for item in itertools.islice(it, depth)
-        )
+    def chunks(self, items: Sequence[Item], size: int) -> Iterator[list[tuple[Item, np.ndarray]]]:
+        """Decoded images in lists of up to ``size``, decoded ``depth`` ahead; unreadable ones are recorded as failures."""
+        submitted = ((i, self.decode_pool.submit(read_image, i.path)) for i in items)  # submits when drawn
+        pending = collections.deque(itertools.islice(submitted, self.depth))
+        chunk: list[tuple[Item, np.ndarray]] = []
         while pending:
             item, fut = pending.popleft()
-            for nxt in itertools.islice(it, 1):
-                pending.append((nxt, self.decode_pool.submit(read_image, nxt.path)))
+            pending.extend(itertools.islice(submitted, 1))
             try:
-                yield item, fut.result(), None
+                chunk.append((item, fut.result()))
             except (OSError, ValueError) as e:
-                yield item, None, one_line(e)
-
-    def chunks(self, items: Sequence[Item], depth: int, size: int) -> Iterator[list[tuple[Item, np.ndarray]]]:
-        """Decoded images in lists of up to ``size``; unreadable ones are recorded as failures."""
-        chunk: list[tuple[Item, np.ndarray]] = []
-        for item, image, reason in self.images(items, depth):
-            if image is None:
-                self.fail(item, reason or "unreadable")
+                self.fail(item, one_line(e))
                 continue
-            chunk.append((item, image))
             if len(chunk) == size:
                 yield chunk
                 chunk = []
@@ -310,7 +274,7 @@ class BatchJob:
         ``what: reason``."""
         self.in_row = 0
         self.writes.append((item, what, self.write_pool.submit(fn, *args)))
-        self.collect(self.max_pending_writes)
+        self.collect(self.depth)
 
     def collect(self, block_until: int = 0) -> None:
         """Wait for writes until at most ``block_until`` are pending (finished ones are taken at once, so a fatal
@@ -403,10 +367,6 @@ class Summary:
     seconds: float
     failures_file: Path | None
 
-    @property
-    def images_per_second(self) -> float:
-        return self.done / max(self.seconds, 1e-9)
-
 
 Work = Callable[[list[Item], int, FolderLock], tuple[int, list[tuple[str, str]]]]
 
@@ -426,7 +386,10 @@ def run_batch(
     output folder: lock, resume check, stale temporaries, the failures file, the summary line.  A run with failures
     raises :class:`RuntimeFailure` after the summary (exit status 1); fatal output errors propagate at once."""
     t0 = time.perf_counter()
-    shard_i, shard_n = resolve_shard(shard)
+    env = os.environ  # no --shard: RANK/WORLD_SIZE (torchrun), else the whole list
+    if shard is None:
+        shard = shard_from(f"{env['RANK']}/{env['WORLD_SIZE']}") if "WORLD_SIZE" in env and "RANK" in env else (0, 1)
+    shard_i, shard_n = shard
     mine = shard_items(items, shard_i, shard_n)
     out = outputs.out
     fail_name = "failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt"
@@ -449,7 +412,7 @@ def run_batch(
     note = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
     print(
         f"summary{note}: {done} images done, {skipped} skipped (already finished), {len(failures)} failed, "
-        f"{summary.images_per_second:.2f} images/s ({summary.seconds:.1f} s)"
+        f"{done / max(summary.seconds, 1e-9):.2f} images/s ({summary.seconds:.1f} s)"
     )
     if failures:
         raise RuntimeFailure(f"{len(failures)} image(s) failed; names and reasons in {fail_path}")

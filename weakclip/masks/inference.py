@@ -1,20 +1,8 @@
 """Multi-scale × flip sliding-window inference over any engine (SPEC §5), with a readable reference loop beside it.
 
 Semantics follow the official pipeline (mmseg 0.19 ``MultiScaleFlipAug`` + ``Resize(keep_ratio=True)`` +
-``slide_inference`` + ``aug_test``); each step is described at its function:
-
-* views: the original image rescaled with keep-ratio per ratio (:func:`view_size`), resized by OpenCV on uint8 as
-  mmcv ``imresize`` does, optionally flipped, normalised as mmcv (:func:`make_view`);
-* sliding windows (:func:`window_grid`), not padded: the engine gets each window floored to ``size_divisor`` (what
-  the official patch convolution reads) and its logits are resized to the full window (:func:`engine_size`), except
-  that a side under the network's minimum ``MIN_TOKENS`` tokens is zero-padded (the official code crashes there);
-* merge: window logits / count → resize to H×W → softmax → un-flip → mean over views; argmax gives the mask;
-* label masking (:func:`mask_unlabelled`) and the optional dense CRF as the official ``tools/make_crf.py``
-  (:func:`apply_crf`), the label rule applied to the CRF's result.
-
-The engine is any callable ``run(windows (B, 3, h, w) float32 normalised) -> logits (B, K, h', w')``.
-:func:`predict_probs` batches the windows of several images and views by engine input size;
-:func:`reference_predict_probs` is the plain per-view, per-window loop, the test oracle.
+``slide_inference`` + ``aug_test``, then ``tools/make_crf.py``); each step is described at its function.  The engine
+is any callable ``run(windows (B, 3, h, w) float32 normalised) -> logits (B, K, h', w')``.
 """
 
 from __future__ import annotations
@@ -102,10 +90,6 @@ class Prediction:
     mask: np.ndarray  # (H, W) uint8 class indices; 255 = unknown (argmax is a class absent from the labels)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# geometry
-
-
 def view_size(image_hw: tuple[int, int], ratio: float, base_size: int = 512, max_long: int = 2048) -> tuple[int, int]:
     """(h, w) of the view at ``ratio``: mmseg keep-ratio rescale of the original into (int(max_long·r), int(base·r))."""
     h, w = image_hw
@@ -148,13 +132,11 @@ def window_input(view: torch.Tensor, win: Window, size: tuple[int, int]) -> torc
 
 
 def _logit_size(win_hw: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
-    """What a window's logits are resized to before cropping to the window: the full window side (official), or the
-    padded engine side where the window was padded."""
+    """The full window side (official), or the padded engine side where the window was padded."""
     return max(win_hw[0], size[0]), max(win_hw[1], size[1])
 
 
 def _as_uint8_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(H, W, 3) uint8 RGB as a NumPy array (decoded images; tensors are moved to the CPU)."""
     a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {tuple(a.shape)}")
@@ -196,10 +178,6 @@ def _check_logits(logits: torch.Tensor, batch: int) -> None:
         raise ValueError(f"engine must return logits (B={batch}, K, h', w'), got {shape}")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# reference path: the plain loop, one view and one window at a time
-
-
 def reference_predict_probs(run: EngineFn, image: np.ndarray, opts: InferenceOptions) -> torch.Tensor:
     """The per-view, per-window loop of mmseg ``aug_test``/``slide_inference``: (K, H, W) float32 probabilities."""
     img = _as_uint8_image(image)
@@ -229,10 +207,6 @@ def reference_predict_probs(run: EngineFn, image: np.ndarray, opts: InferenceOpt
     return (total / opts.num_views).float()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# fast path: windows of many images and views batched by engine input size
-
-
 @dataclass
 class _View:
     image: int  # index of the image in the call
@@ -248,11 +222,9 @@ class _View:
 
 
 def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOptions) -> list[torch.Tensor]:
-    """Probabilities (K, H, W) float32 per image; identical (up to float summation order) to the reference loop.
-
-    All windows of all views are grouped by :func:`engine_size` and sent ``opts.max_batch`` at a time.  Every view's
-    K×h×w accumulator lives until its last window ran, so callers pass a handful of images at a time.
-    """
+    """Probabilities (K, H, W) float32 per image, as the reference loop (up to float summation order), with all
+    windows grouped by :func:`engine_size` and sent ``opts.max_batch`` at a time.  Every view's K×h×w accumulator
+    lives until its last window ran, so callers pass a handful of images at a time."""
     views: list[_View] = []
     groups: dict[tuple[int, int], list[tuple[int, Window]]] = {}  # engine (h, w) → [(view index, window)]
     shapes: list[tuple[int, int]] = []
@@ -287,9 +259,7 @@ def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOp
             resized: dict[int, torch.Tensor] = {}
             for size in dict.fromkeys(targets):
                 idx = [j for j, s in enumerate(targets) if s == size]
-                out = _resize_logits(raw[idx], size)
-                for n, j in enumerate(idx):
-                    resized[j] = out[n]
+                resized.update(zip(idx, _resize_logits(raw[idx], size)))
             for j, (v, (y1, y2, x1, x2)) in enumerate(chunk):
                 view = views[v]
                 if view.logit_sum is None:
@@ -304,10 +274,6 @@ def predict_probs(run: EngineFn, images: Sequence[np.ndarray], opts: InferenceOp
     done = [t for t in totals if t is not None]
     assert len(done) == len(totals)  # every image has at least one view
     return [(t / opts.num_views).float() for t in done]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# masks
 
 
 def probs_to_mask(probs: np.ndarray | torch.Tensor, labels: Collection[int] | None = None) -> np.ndarray:
@@ -373,11 +339,8 @@ def reference_predict(
 def postprocess(
     image: np.ndarray, probs: torch.Tensor | np.ndarray, labels: Collection[int] | None = None, crf: str | None = None
 ) -> Prediction:
-    """(K, H, W) probabilities → :class:`Prediction`: argmax (or the CRF's labels), then image-level label masking.
-
-    With a CRF the label rule is applied to the CRF's result, so "unknown" keeps its meaning: the final class of
-    the pixel is not among the image's labels.
-    """
+    """(K, H, W) probabilities → :class:`Prediction`: argmax (or the CRF's labels), then image-level label masking
+    (after the CRF, so "unknown" keeps its meaning: the pixel's final class is not among the image's labels)."""
     p = torch.as_tensor(probs).float().cpu().numpy()
     K = p.shape[0]
     classes = p.argmax(0) if crf in (None, "none") else apply_crf(image, p, crf)

@@ -2,15 +2,7 @@
 
 ``weakclip seeds`` writes ``OUT/<name>.png`` seed masks (palette; 0 background, class indices, 255 = low confidence)
 in the layout ``training/train.py`` reads (``data.seed_dir``).  The algorithm follows the released CLIP-ES code
-(linyq2117/CLIP-ES) over the CLIP towers of :mod:`weakclip.model.clip`, per image and per labelled class; each step
-names its CLIP-ES source below:
-
-1. views resized (PIL bicubic) to sides rounded up to 16, normalised with *CLIP's* mean/std (one view by default);
-2. foreground and background texts ``"a clean origami {}."`` through the full 77-token text tower;
-3. Softmax-GradCAM on the last block's ``ln_1`` output, scored by the **mean of the patch tokens**;
-4. class-aware attention affinity (CAA) of the last 8 blocks, restricted to the CAM's bounding boxes;
-5. background score (1 − max CAM)^α;
-6. dense CRF on the unnormalised scores, pixels with confidence < 0.95 → 255 (without the CRF: the argmax).
+(linyq2117/CLIP-ES) over the CLIP towers of :mod:`weakclip.model.clip`; each step names its CLIP-ES source.
 
 Deliberate differences: fp32 instead of CLIP-ES's fp16; images decoded with :func:`weakclip.data.io.read_image`
 (EXIF orientation applied, as training reads them); CLIP-ES's "77 tokens means text" test in the vision tower is not
@@ -87,10 +79,6 @@ class SeedOptions:
             raise ValueError(f"crf_image must be 'clip_es' or 'rgb', got {self.crf_image!r}")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# prompt sets
-
-
 @dataclass(frozen=True)
 class PromptSet:
     name: str
@@ -153,10 +141,6 @@ def resolve_prompts(class_names: Sequence[str], prompts: str | os.PathLike = "au
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# numeric pieces (each one is restated plainly in tests/test_seeds.py as an oracle)
-
-
 def view_size(height: int, width: int, scale: float, multiple: int = 16) -> tuple[int, int]:
     """(h, w) of a view: each side scaled and rounded *up* to ``multiple`` (img_ms_and_flip)."""
     return (int(np.ceil(scale * height / multiple) * multiple), int(np.ceil(scale * width / multiple) * multiple))
@@ -168,9 +152,7 @@ def preprocess(image: np.ndarray, size: tuple[int, int], flip: bool = False):
     h, w = size
     resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BICUBIC))
     x = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    x = ((x - mean) / std)[None]
+    x = ((x - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1))[None]
     return torch.flip(x, [-1]) if flip else x
 
 
@@ -182,13 +164,9 @@ def minmax_normalise(cams):
 
 
 def box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
-    """(h, w) {0, 1} float32 mask of the bounding boxes of ``cam``'s high regions (``utils.py: scoremap2bbox`` with
-    ``multi_contour_eval=True``, then ``aff_mask[y0:y1, x0:x1] = 1``).
-
-    ``cam`` in [0, 1].  As in CLIP-ES: uint8 = trunc(cam·255); binary = uint8 > int(threshold · max); every contour
-    (``RETR_TREE``, holes included) gives its bounding rectangle; the exclusive ends are clipped to ``size − 1``
-    (so the last row/column are never inside a box); no contour → empty mask.
-    """
+    """(h, w) {0, 1} float32 mask of the bounding boxes of the high regions of ``cam`` in [0, 1] (``scoremap2bbox``
+    with ``multi_contour_eval=True``, then ``aff_mask[y0:y1, x0:x1] = 1``): as in CLIP-ES, every contour, holes
+    included, gives a box whose exclusive ends are clipped to ``size − 1`` (the last row/column never in a box)."""
     h, w = cam.shape
     img = (np.asarray(cam, dtype=np.float32) * 255).astype(np.uint8)
     _, binary = cv2.threshold(img, int(threshold * int(img.max())), 255, cv2.THRESH_BINARY)
@@ -215,7 +193,6 @@ def affinity_transition(attn, sinkhorn_rounds: int = 3, power_steps: int = 1):
 
 def refine_cams(trans, cams, masks):
     """CAA refinement of C maps at once: (T ⊙ mask_c[None, :]) · cam_c = T · (mask_c ⊙ cam_c), then min-max.
-
     trans (n, n); cams, masks (C, h, w) → (C, h, w)."""
     C, h, w = cams.shape
     src = (masks * cams).reshape(C, h * w)  # (C, n): the box mask zeroes T's columns = source tokens
@@ -223,12 +200,9 @@ def refine_cams(trans, cams, masks):
 
 
 def crf_input_image(image: np.ndarray, mode: str = "clip_es") -> np.ndarray:
-    """The (H, W, 3) uint8 image the CRF's bilateral kernel sees.
-
-    ``clip_es`` (eval_cam_with_crf.py): ``cv2.imread`` BGR as float32, minus CAFFE_MEAN_BGR, ``astype(np.uint8)``.
-    That cast wraps negative values modulo 256 after truncation toward zero (C float→int conversion); written out
-    explicitly here so it does not depend on the platform's cast.  ``rgb``: the image unchanged.
-    """
+    """The (H, W, 3) uint8 image the CRF's bilateral kernel sees: ``rgb`` the image; ``clip_es`` (eval_cam_with_crf.py)
+    BGR float32 minus CAFFE_MEAN_BGR, ``astype(np.uint8)`` — a C cast that truncates and wraps modulo 256, written
+    out here so it does not depend on the platform."""
     if mode == "rgb":
         return np.ascontiguousarray(image, dtype=np.uint8)
     bgr = np.asarray(image, dtype=np.float32)[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)
@@ -238,12 +212,9 @@ def crf_input_image(image: np.ndarray, mode: str = "clip_es") -> np.ndarray:
 def seed_from_cams(
     image: np.ndarray, cams: np.ndarray, keys: Sequence[int], options: SeedOptions = SeedOptions()
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seed mask from refined CAMs.
-
-    image (H, W, 3) uint8 RGB; cams (C, H, W) in [0, 1] for the classes ``keys`` (K-class indices, C ≥ 0).
-    Returns (mask (H, W) uint8: 0, keys, or 255 where the CRF's confidence < ignore_threshold;
-    scores (1 + C, H, W) float32: [background (1 − max CAM)^α, cams] — the CRF's input, not a distribution).
-    """
+    """Seed mask from image (H, W, 3) uint8 RGB and cams (C, H, W) in [0, 1] of the classes ``keys`` (C ≥ 0):
+    (mask (H, W) uint8: 0, keys, or 255 where the CRF's confidence < ignore_threshold, scores (1 + C, H, W) float32
+    [background (1 − max CAM)^α, cams]: the CRF's input, not a distribution)."""
     cams = np.asarray(cams, dtype=np.float32)
     H, W = image.shape[:2]
     if cams.shape[1:] != (H, W) or cams.shape[0] != len(keys):
@@ -263,26 +234,16 @@ def seed_from_cams(
     return mask, scores
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the towers
-
-
 def run_block(blk, x, need_weights: bool, y=None):
     """One open_clip ``ResidualAttentionBlock`` on (B, N, D) tokens, also returning its head-averaged attention
     (B, N, N) when ``need_weights`` (open_clip's own forward never asks for it); ``y`` replaces ``ln_1(x)``."""
-    out, w = _attention(blk, blk.ln_1(x) if y is None else y, need_weights)
-    x = x + blk.ls_1(out)
+    y = blk.ln_1(x) if y is None else y
+    first = blk.attn.batch_first
+    yt = y if first else y.transpose(0, 1)
+    out, w = blk.attn(yt, yt, yt, need_weights=need_weights, average_attn_weights=True)
+    x = x + blk.ls_1(out if first else out.transpose(0, 1))
     x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
     return x, w
-
-
-def _attention(blk, y, need_weights: bool):
-    attn = blk.attn
-    if attn.batch_first:
-        return attn(y, y, y, need_weights=need_weights, average_attn_weights=True)
-    yt = y.transpose(0, 1)
-    out, w = attn(yt, yt, yt, need_weights=need_weights, average_attn_weights=True)
-    return out.transpose(0, 1), w
 
 
 @dataclass
@@ -306,11 +267,8 @@ class SeedResult:
 
 
 class ClipSeeder:
-    """CLIP-ES seeds over a :class:`weakclip.model.clip.CLIPImageEncoder` and a full-context CLIPTextEncoder.
-
-    ``seed(image (H, W, 3) uint8 RGB, labels [K-class indices]) -> SeedResult``; ``cams(...)`` stops before the
-    background/CRF step.  Text features are computed once at construction.
-    """
+    """CLIP-ES seeds over a :class:`weakclip.model.clip.CLIPImageEncoder` and a full-context CLIPTextEncoder
+    (text features computed once); ``cams(...)`` stops before the background/CRF step of ``seed(...)``."""
 
     def __init__(
         self,
@@ -338,8 +296,7 @@ class ClipSeeder:
         return len(self.class_names)
 
     def encode_texts(self, texts: Sequence[str]):
-        """L2-normalised text features (n, E) through the 77-token CLIP text tower (one template: normalise, mean
-        over the one template, normalise again = normalise once)."""
+        """L2-normalised text features (n, E) (CLIP-ES's normalise, mean over one template, normalise = once)."""
         import open_clip
 
         ctx = self.text_tower.tower.positional_embedding.shape[0]
@@ -443,21 +400,16 @@ def build_seeder(
     options: SeedOptions = SeedOptions(),
     device: str = "cpu",
     dtype=None,
-    init_seed: int = 0,
 ) -> ClipSeeder:
-    """A seeder over the preset's CLIP towers (same classes and weight loader as :func:`weakclip.build_model`).
-
-    ``clip_weights``: ``"openai"`` (open_clip's download cache), a local ``ViT-B-16.pt`` / ``.safetensors`` /
-    state dict, or None for random towers (seeded with ``init_seed``; tests only — the seeds mean nothing).
-    The image tower keeps CLIP's own 14×14 positional grid (resized straight to each view's grid, as CLIP-ES does);
-    the text tower keeps CLIP's full 77-token context (WeakCLIP's own prompt uses 13).
-    """
+    """A seeder over the preset's CLIP towers: ``clip_weights`` ``"openai"`` (open_clip's download cache), a local
+    ``ViT-B-16.pt`` / ``.safetensors``, or None for random towers (tests only).  The image tower keeps CLIP's 14×14
+    positional grid (resized to each view's grid, as CLIP-ES does), the text tower CLIP's full 77-token context."""
     from weakclip.model.clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
 
     cfg = get_config(preset, **({"class_names": tuple(class_names)} if class_names is not None else {}))
     vision_cfg = dataclasses.replace(cfg, crop_size=cfg.pretrain_image_size)
     text_cfg = dataclasses.replace(cfg, name_context_length=77, n_contexts=0)
-    torch.manual_seed(init_seed)
+    torch.manual_seed(0)
     image_encoder, text_encoder = CLIPImageEncoder(vision_cfg), CLIPTextEncoder(text_cfg)
     if clip_weights is not None:
         load_clip_weights(image_encoder, text_encoder, clip_weights, model_name=cfg.clip_model_name or "ViT-B-16")
@@ -486,10 +438,8 @@ def make_seeds(
     workers: int = 2,
     progress: bool = True,
 ) -> Summary:
-    """CLIP-ES seeds for ``images`` (folder or list) from image-level ``labels`` into ``out`` (``<name>.png``), on
-    the batch frame of :func:`weakclip.masks.batch.run_batch` (resume check against ``seeds_config.json``).
-    ``seeder`` may be given instead of built from ``preset``/``clip_weights``/``prompts``; ``clip_weights=None`` is
-    random towers (tests only: meaningless seeds)."""
+    """CLIP-ES seeds for ``images`` (folder or list) from image-level ``labels`` into ``out`` (``<name>.png``);
+    ``seeder`` may be given instead of built from ``preset``/``clip_weights``/``prompts``."""
     if seeder is not None:
         options, class_names = seeder.options, seeder.class_names
     class_names = tuple(class_names or get_config(preset).class_names)
@@ -553,9 +503,8 @@ def make_seeds(
             f"{len(todo)} image(s) to do, {skipped} already finished",
             flush=True,
         )
-        depth = 2 * max(workers, 1)
-        with BatchJob(len(todo), workers, "seeds", progress, max_pending_writes=depth, lock=lock) as job:
-            for [(item, image)] in job.chunks(todo, depth, 1):  # one image at a time
+        with BatchJob(len(todo), workers, "seeds", progress, 2 * max(workers, 1), lock) as job:
+            for [(item, image)] in job.chunks(todo, 1):  # one image at a time
                 try:
                     keys, cams, _ = seeder.cams(image, image_labels[item.name])
                 except Exception as e:  # noqa: BLE001 - one image's failure is recorded, the run goes on
