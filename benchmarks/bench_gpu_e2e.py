@@ -23,7 +23,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,15 +230,13 @@ class Ctx:
     ref: torch.Tensor  # fp32 reference logits of x (CPU)
     deadline: float
     tmp: Path
-    exported: dict[str, Path] = field(default_factory=dict)
-
-    def left(self) -> float:
-        return self.deadline - time.perf_counter()
+    onnx: Path | None = None  # the end-to-end export, made by the first row that needs it
 
     def need(self, seconds: float, what: str) -> None:
-        if self.left() < seconds:
+        left = self.deadline - time.perf_counter()
+        if left < seconds:
             raise RowCut(
-                f"time budget: {max(self.left(), 0):.0f} s left of --time-budget "
+                f"time budget: {max(left, 0):.0f} s left of --time-budget "
                 f"{self.args.time_budget:g} s, {what} needs about {seconds:.0f} s"
             )
 
@@ -379,7 +377,7 @@ def _export(ctx: Ctx) -> Path:
     from weakclip.export.core import ExportOptions
     from weakclip.export.pipeline import export_model
 
-    if "fp32" not in ctx.exported:
+    if ctx.onnx is None:
         ctx.need(ROW_NEEDS_S["export"], "the ONNX export of the model")
         out = ctx.tmp / "onnx"
         try:  # a TensorRT that builds strongly typed networks only (11+) needs the fp16 graph too
@@ -391,8 +389,8 @@ def _export(ctx: Ctx) -> Path:
         export_model(cpu_model, out, ExportOptions(graphs=("end_to_end",), check=False, fp16=fp16))
         del cpu_model
         log(f"exported the end-to-end graph{' (+ fp16 graph)' if fp16 else ''} in {time.perf_counter() - t0:.0f} s")
-        ctx.exported["fp32"] = out / "weakclip.onnx"
-    return ctx.exported["fp32"]
+        ctx.onnx = out / "weakclip.onnx"
+    return ctx.onnx
 
 
 def row_ort(ctx: Ctx, row: dict) -> None:
@@ -521,9 +519,9 @@ def markdown(report: dict) -> str:
             f"{fmt(r.get('peak_reserved_mib'), '.0f')} | {fmt(r.get('process_gpu_mib'), '.0f')} | "
             f"{fmt(r.get('argmax_agreement'), '.4%')} | {fmt(r.get('max_abs_logit_diff'), '.2e')} |"
         )
-    lines += ["", "Goals:", ""]
-    for g in report["goals"]:
-        lines.append(f"* {g['goal']}: **{VERDICT[g['met']]}** — {g['value'] or '–'} ({g['note']})")
+    lines += ["", "Goals:", ""] + [
+        f"* {g['goal']}: **{VERDICT[g['met']]}** — {g['value'] or '–'} ({g['note']})" for g in report["goals"]
+    ]
     mem = {r.get("process_gpu_source") for r in report["rows"] if r["status"] == "ok"} - {None}
     lines += ["", f"Process GPU memory source: {', '.join(sorted(mem)) or 'none'}."]
     return "\n".join(lines) + "\n"

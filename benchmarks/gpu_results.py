@@ -168,10 +168,10 @@ def readme_block(run: GpuRun) -> str:
         verdict = {True: "met", False: "NOT met", None: "not evaluated"}
         if goals := e.get("goals"):
             lines += ["Goals:", ""]
-            for g in goals:
-                lines.append(
-                    f"- {g['goal']}: **{verdict[g.get('met')]}** ({g.get('value') or '–'}; {g.get('note', '')})"
-                )
+            lines += [
+                f"- {g['goal']}: **{verdict[g.get('met')]}** ({g.get('value') or '–'}; {g.get('note', '')})"
+                for g in goals
+            ]
             lines.append("")
     else:
         lines += ["No end-to-end results in this run (gpu_e2e.json missing).", ""]
