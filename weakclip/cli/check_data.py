@@ -94,10 +94,9 @@ def training_config(name_or_file: str | None, root: Path) -> tuple[dict[str, Any
 
 
 def layout_from_config(root: str | Path, cfg: dict[str, Any], config_source: str, given: dict[str, Any]) -> DataLayout:
-    """The layout to check.  ``given`` (the command line's ``image_dir``, ``seed_dir``, ``gt_dir``, ``lists``,
-    ``val_list``, ``labels``, ``classes``, ``class_names``, ``image_ext``): each path given (relative to the current
-    directory) replaces its config key; the config's ``data.*`` paths are taken under ``root``.  Classes:
-    ``class_names`` file > ``classes`` (a name of :data:`CLASS_LISTS`) > ``root/class_names.txt`` > the model preset."""
+    """The layout to check: each path in ``given`` (the command line's, relative to the current directory) replaces its
+    config key; the config's ``data.*`` paths are under ``root``.  Classes: ``class_names`` file > ``classes`` (a name
+    of :data:`CLASS_LISTS`) > ``root/class_names.txt`` > the model preset."""
     from weakclip.data.datasets import resolve_list
     from weakclip.model.config import get_config
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import importlib
 import json
 import os
 import pickle
@@ -22,20 +23,14 @@ from weakclip.data.io import read_mask, reading
 Labels = dict[str, list[int]]
 
 
-def _numpy_global(module: str, name: str) -> Any:
-    """Resolve a numpy internal by its numpy-2 location, falling back to the numpy-1 one."""
-    for mod in (module, module.replace("numpy.core", "numpy._core"), module.replace("numpy._core", "numpy.core")):
-        with contextlib.suppress(ImportError, AttributeError):
-            return getattr(__import__(mod, fromlist=[name]), name)
-    return None
-
-
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
     for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer")):
-        obj = _numpy_global(f"numpy._core.{module}", name)
-        if obj is not None:
-            allowed |= {(f"{core}.{module}", name): obj for core in ("numpy.core", "numpy._core")}
+        for found_in in ("numpy._core", "numpy.core"):  # numpy 2, then numpy 1; pickles name either
+            with contextlib.suppress(ImportError, AttributeError):
+                obj = getattr(importlib.import_module(f"{found_in}.{module}"), name)
+                allowed |= {(f"{core}.{module}", name): obj for core in ("numpy.core", "numpy._core")}
+                break
     # Python-2 era pickles (protocol 2) encode raw array bytes as latin-1 text through _codecs.encode.
     allowed[("_codecs", "encode")] = codecs.encode
     allowed |= {(mod, t.__name__): t for mod in ("builtins", "__builtin__") for t in (dict, list, tuple, float, str)}

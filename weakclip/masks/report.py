@@ -329,10 +329,8 @@ def make_report(
     progress_options: dict[str, Any] | None = None,
 ) -> Report:
     """Write ``out/index.html`` (+ ``assets/``, ``report.json``, ``per_image.csv``) comparing the mask folders
-    ``runs`` (in this order: the first and the last are the gallery's "before" and "after") against ``gt_dir``.
-
-    Defaults: ``images`` every ``*.png`` in ``gt_dir``, ``class_names`` from :func:`find_class_names`, ``image_root``
-    from the runs' config files, else ``JPEGImages`` beside ``gt_dir``.  Bad input: UsageError."""
+    ``runs`` (the first and the last are the gallery's "before" and "after") against ``gt_dir``; UsageError on bad
+    input.  Unset ``images``, ``class_names`` and ``image_root`` are found as ``weakclip report --help`` says."""
     from weakclip.progress import progress
 
     gt_dir, out = Path(gt_dir), Path(out)
