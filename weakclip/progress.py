@@ -189,25 +189,16 @@ def progress_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def startup_line(
-    tool: str,
-    *,
-    engine: str | None = None,
-    model: str | os.PathLike[str] | None = None,
-    precision: str | None = None,
-    views: str | int | None = None,
-    device: str | None = None,
-    threads: int | None = None,
-    note: str | None = None,
-    **extra: Any,
-) -> str:
+STARTUP_FIELDS = ("engine", "model", "precision", "views", "device", "threads")  # first, in this order
+
+
+def startup_line(tool: str, *, note: str | None = None, **fields: Any) -> str:
     """``weakclip <tool>: engine E, model M, precision P, views V, device D, threads T[, key value ...][; note]``;
     fields given as None are left out, ``threads`` defaults to torch's intra-op threads."""
-    if threads is None and "torch" in sys.modules:
+    fields = {k: fields.get(k) for k in STARTUP_FIELDS} | fields
+    if fields["threads"] is None and "torch" in sys.modules:
         with contextlib.suppress(Exception):  # a half-imported torch: leave the field out
-            threads = sys.modules["torch"].get_num_threads()
-    model = None if model is None else os.fspath(model)
-    fields = dict(engine=engine, model=model, precision=precision, views=views, device=device, threads=threads, **extra)
+            fields["threads"] = sys.modules["torch"].get_num_threads()
     body = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items() if v is not None)
     name = tool if tool.startswith("weakclip") else f"weakclip {tool}"
     return f"{name}: {body}" + (f"; {note}" if note else "")

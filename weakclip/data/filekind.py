@@ -1,7 +1,6 @@
 """What kind of model file is this?  One sniffer (magic bytes and headers only: no unpickling, no full parse) behind
 every tool's "wrong file" message and generation's ``--engine auto``: the kinds are the keys of :data:`DESCRIPTION`
-(``truncated``: a safetensors header promising more bytes than the file holds, or a zip without its end record).
-"""
+(``truncated``: a safetensors header promising more bytes than the file holds, or a zip without its end record)."""
 
 from __future__ import annotations
 

@@ -272,9 +272,7 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; expected a folder")
-    if overwrite or not out.is_dir():
-        return
-    present = sorted(p.name for p in out.iterdir())
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() and not overwrite else []
     if not present:
         return
     shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
