@@ -63,9 +63,7 @@ def collect(out: Path) -> GpuRun:
             raise UsageError(f"{out / 'gpu_e2e.json'}: no 'rows' / 'device' (not written by bench_gpu_e2e)")
         if run.e2e.get("smoke"):
             raise UsageError(f"{out / 'gpu_e2e.json'}: a CPU smoke run, not a GPU measurement")
-        for name in ("gpu_e2e.json", "gpu_e2e.md", "gpu_e2e.png"):
-            if (out / name).is_file():
-                run.files[name] = out / name
+        run.files |= {n: out / n for n in ("gpu_e2e.json", "gpu_e2e.md", "gpu_e2e.png") if (out / n).is_file()}
     coattn = sorted(out.glob("cuda_coattn_*.json"))
     if len(coattn) > 1:
         raise UsageError(f"{out}: more than one cuda_coattn_*.json ({', '.join(p.name for p in coattn)})")
