@@ -62,8 +62,7 @@ def resolve_list(root: str | os.PathLike, entry: str | os.PathLike) -> Path | No
 
 def read_split_lists(root: str | os.PathLike, split_list: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Image names from one or several list files (:func:`list_candidates`, relative entries always under ``root``),
-    their union in order.  A line holds a name or ``/JPEGImages/x.jpg /SegmentationClass/x.png`` (the name is taken).
-    """
+    their union in order.  A line holds a name or ``/JPEGImages/x.jpg /SegmentationClass/x.png`` (the name is taken)."""
     entries = [split_list] if isinstance(split_list, (str, os.PathLike)) else list(split_list)
     if not entries:
         raise ValueError("split_list is empty")
@@ -86,12 +85,10 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
 
 
 class SegmentationDataset(Dataset):
-    """Images + seeds (train) or images + GT (val) in VOC layout.
-
-    A sample is a dict: ``image`` (3, H, W) float32 normalised, ``seed`` (H, W) int64 with 255 ignore, ``labels``
-    (K,) float32 multi-hot (background always 1), ``name``; in val mode also ``gt`` (H, W) int64, no augmentation
-    (``seed`` only with ``seed_dir``).  In train mode H = W = crop_size.
-    """
+    """Images + seeds (train) or images + GT (val) in VOC layout.  A sample is a dict: ``image`` (3, H, W) float32
+    normalised, ``seed`` (H, W) int64 with 255 ignore, ``labels`` (K,) float32 multi-hot (background always 1),
+    ``name``; in val mode also ``gt`` (H, W) int64, no augmentation (``seed`` only with ``seed_dir``).  In train mode
+    H = W = crop_size."""
 
     def __init__(
         self,
