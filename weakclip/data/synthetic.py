@@ -214,24 +214,20 @@ def _degrade(
         if area == 0 or rng.random() < (0.6 if area < 0.015 else 0.08):
             continue  # missed object: stays background in the seeds
         r, offsets = shape["radius"], shape["offsets"]
-        # Under-segmented core around an off-centre "discriminative" point.
-        core_scale = float(rng.uniform(0.55, 0.95))
+        core_scale = float(rng.uniform(0.55, 0.95))  # an under-segmented core around an off-centre point
         region = _draw_polygon(hw, shape["center"] + rng.uniform(-0.3, 0.3, 2) * r, offsets, core_scale)
-        # Blobby spills across the outline.
-        n_spill = int(rng.integers(0, 4))
+        n_spill = int(rng.integers(0, 4))  # blobby spills across the outline
         if n_spill:
             idx = rng.integers(0, len(offsets), n_spill)
             centers = [shape["center"] + offsets[i] * rng.uniform(0.75, 1.1) for i in idx]
             region |= _draw_ellipses(hw, centers, list(rng.uniform(0.15, 0.4, n_spill) * r))
-        # Shifted boundaries.
         dy, dx = (rng.uniform(-0.15, 0.15, 2) * r).astype(int)
-        region = _shift(region, int(dy), int(dx))
+        region = _shift(region, int(dy), int(dx))  # shifted boundaries
         label = cls
         if rng.random() < 0.05 and num_fg > 1:  # class confusion
             label = int(rng.choice([c for c in range(1, num_fg + 1) if c != cls]))
         seed[region] = label
-        # Uncertain patches on the outline.
-        if rng.random() < 0.4:
+        if rng.random() < 0.4:  # uncertain patches on the outline
             n_u = int(rng.integers(1, 3))
             idx = rng.integers(0, len(offsets), n_u)
             centers = [shape["center"] + offsets[i] for i in idx]
