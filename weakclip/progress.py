@@ -185,8 +185,7 @@ def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
 
 def progress_options(args: argparse.Namespace) -> dict[str, Any]:
     """``progress(...)`` keyword arguments from :func:`add_progress_arguments`' values (absent ones left out)."""
-    given = {"mode": getattr(args, "progress_mode", None), "interval": getattr(args, "progress_interval", None)}
-    return {k: v for k, v in given.items() if v is not None}
+    return {k: v for k in ("mode", "interval") if (v := getattr(args, f"progress_{k}", None)) is not None}
 
 
 STARTUP_FIELDS = ("engine", "model", "precision", "views", "device", "threads")  # first, in this order
