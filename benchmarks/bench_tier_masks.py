@@ -109,12 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = Path(args.demo)
     data = demo / "data"
     files = {"checkpoint": demo / "run" / "final.safetensors", "onnx": demo / "onnx" / "weakclip.onnx"}
-    checks = {
-        "trained checkpoint": files["checkpoint"],
-        "ONNX export": files["onnx"],
-        "class list": data / "class_names.txt",
-    }
-    for what, p in checks.items():
+    classes = data / "class_names.txt"
+    needed = {"trained checkpoint": files["checkpoint"], "ONNX export": files["onnx"], "class list": classes}
+    for what, p in needed.items():
         if not p.is_file():
             raise UsageError(f"{p}: {what} not found; run `weakclip demo --out {demo}` first")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -131,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_list = data / "ImageSets" / "Segmentation" / "train.txt"
     names = [n.strip() for n in train_list.read_text().splitlines() if n.strip()][: args.limit]
     image_list = write_text_atomic(work / "images.txt", "\n".join(names) + "\n")
-    K = len([n for n in (data / "class_names.txt").read_text().splitlines() if n.strip()])
+    K = len([n for n in classes.read_text().splitlines() if n.strip()])
     feats = cpu_features.detect()
     emulate_bf16 = cpu_features.missing_for("bf16", feats) is not None
     log(f"{feats.summary()}; {len(names)} images; rows {rows}")
