@@ -1,14 +1,13 @@
-"""ctypes loader and torch wrappers for the fused CUDA co-attention library (``libweakclip_coattn.so``).
-
-Built from ``engines/csrc/coattn_kernel.cu`` by the top-level ``CMakeLists.txt`` (``BUILD_COMMAND``) and found at
-``build/libweakclip_coattn.so`` or ``$WEAKCLIP_CUDA_LIB``.  Nothing touches CUDA at import time.  The wrappers take
-tensors on one CUDA device, fp32 or fp16, and enqueue work on the current torch stream.
+"""ctypes loader and torch wrappers for the fused CUDA co-attention library (``libweakclip_coattn.so``, built from
+``engines/csrc/coattn_kernel.cu``).  The wrappers take fp32 or fp16 tensors on one CUDA device and enqueue work on
+the current torch stream; nothing touches CUDA at import time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -47,12 +46,6 @@ class _Params(ctypes.Structure):
     ]
 
 
-def default_library_path() -> Path:
-    """``$WEAKCLIP_CUDA_LIB`` if set, else ``<repo>/build/libweakclip_coattn.so``."""
-    env = os.environ.get(LIB_ENV)
-    return Path(env) if env else REPO_ROOT / "build" / "libweakclip_coattn.so"
-
-
 def _declare(lib: ctypes.CDLL) -> None:
     i32, i64, f32, vp, sz = ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_size_t
     pp = ctypes.POINTER(_Params)
@@ -87,14 +80,12 @@ class PreparedWeights:
 
 
 class CudaOps:
-    """Handle on one loaded library.
-
-    ``host_pointers=True`` is only for a CPU build of the same source (exercises the launcher without a GPU): CPU
-    tensors, no stream.  The normal CUDA build takes CUDA tensors.
-    """
+    """One loaded library (``path``: default ``$WEAKCLIP_CUDA_LIB``, else ``<repo>/build/libweakclip_coattn.so``).
+    ``host_pointers=True`` is only for a CPU build of the same source (the launcher without a GPU): CPU tensors."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, host_pointers: bool = False):
-        self.path = Path(path) if path is not None else default_library_path()
+        default = os.environ.get(LIB_ENV) or REPO_ROOT / "build" / "libweakclip_coattn.so"
+        self.path = Path(path if path is not None else default)
         self.host_pointers = host_pointers
         if not self.path.is_file():
             raise CudaOpsUnavailable(
@@ -343,14 +334,11 @@ class FusedCoAttention(torch.nn.Module):
         return S, t_star, v_star[:, 1:].transpose(1, 2).reshape(B, E, h, w)
 
 
-_default: CudaOps | None = None
+@functools.cache
+def _default() -> CudaOps:
+    return CudaOps()
 
 
 def load(path: str | os.PathLike | None = None) -> CudaOps:
     """The default ``CudaOps`` (loaded once), or a fresh one for an explicit ``path``."""
-    global _default
-    if path is not None:
-        return CudaOps(path)
-    if _default is None:
-        _default = CudaOps()
-    return _default
+    return CudaOps(path) if path is not None else _default()

@@ -1,12 +1,8 @@
 """Building TensorRT engines from the exported end-to-end graphs, and the on-disk engine cache.
 
-:func:`resolve_plan` gives the runner (:mod:`weakclip.engines.trt_engine`) the serialized engine for a model file (an
-.onnx graph, or a built ``.engine`` with its JSON sidecar).  Builds use one optimisation profile (batch 1..max_batch,
-H, W min_size..crop).  Graphs with the ``WeakCLIPCoAttention`` node need the plugin library, loaded before parsing
-and deserialising.  fp16 is ``BuilderFlag.FP16`` on TensorRT 10; TensorRT >= 11 and TensorRT-RTX build strongly typed
-networks only, so they parse the ``<stem>_fp16.onnx`` export.  Cached engines are keyed by everything that
-determines them (:func:`cache_key`); a missing, stale or corrupted one is rebuilt, never used.  No GPU is needed
-beyond what the builder needs; ``tensorrt`` is imported only when asked for.
+One optimisation profile per build (batch 1..max_batch, H, W min_size..crop).  TensorRT >= 11 and TensorRT-RTX build
+strongly typed networks only, so their fp16 engine parses the ``<stem>_fp16.onnx`` export.  Cached engines are keyed by
+everything that determines them (:func:`cache_key`); a missing, stale or corrupted one is rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -210,11 +206,8 @@ def cache_key(
     plugin_digest: str | None = None,
     workspace_gb: float = 4,
 ) -> tuple[str, dict[str, Any]]:
-    """(key, material): the key is the sha256 of the canonical JSON of everything that determines the engine.
-
-    ``onnx_digest``: :func:`weakclip.data.io.file_sha256` of the graph parsed; ``gpu``: (name, (major, minor));
-    ``plugin_digest``: sha256 of the plugin library, None when the graph has no plugin node.
-    """
+    """(key, material): the key is the sha256 of the canonical JSON of everything that determines the engine;
+    ``plugin_digest`` is None when the graph has no plugin node."""
     name, cc = gpu
     material = {
         "format": CACHE_FORMAT,
@@ -444,22 +437,20 @@ def _built_engine(path: Path, trt: Any, gpu: Sequence[Any], precision: str, plug
     if side is None or "material" not in side:
         raise EngineError(f"tensorrt engine: {path} has no readable sidecar {sidecar_path(path).name}")
     mat, meta = side["material"], side.get("metadata", {})
-    problems = []
-    if mat.get("tensorrt") != trt_identity(trt):
-        problems.append(f"built with {mat.get('tensorrt')}, running {trt_identity(trt)}")
-    if mat.get("gpu") != {"name": gpu[0], "compute_capability": list(gpu[1])}:
-        problems.append(f"built for {mat.get('gpu')}, running on {tuple(gpu)}")
-    if mat.get("precision") != precision:
-        problems.append(f"engine is {mat.get('precision')}, {precision} was asked for")
-    if "class_names" not in meta or "crop_size" not in meta:
-        problems.append("its sidecar has no WeakCLIP metadata")
     needs_plugin = mat.get("plugin_sha256") is not None
-    if needs_plugin and (not plugin.is_file() or file_sha256(plugin, with_data=False) != mat.get("plugin_sha256")):
-        problems.append(f"the plugin library {plugin} is missing or not the one the engine was built with")
+    plugin_ok = not needs_plugin or (plugin.is_file() and file_sha256(plugin, with_data=False) == mat["plugin_sha256"])
+    gpu_ok = mat.get("gpu") == {"name": gpu[0], "compute_capability": list(gpu[1])}
     blob = path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != side.get("engine_sha256"):
-        problems.append("engine file does not match the sha256 in its sidecar")
-    if problems:
+    sha_ok = hashlib.sha256(blob).hexdigest() == side.get("engine_sha256")
+    checks = (
+        (mat.get("tensorrt") == trt_identity(trt), f"built with {mat.get('tensorrt')}, running {trt_identity(trt)}"),
+        (gpu_ok, f"built for {mat.get('gpu')}, running on {tuple(gpu)}"),
+        (mat.get("precision") == precision, f"engine is {mat.get('precision')}, {precision} was asked for"),
+        ("class_names" in meta and "crop_size" in meta, "its sidecar has no WeakCLIP metadata"),
+        (plugin_ok, f"the plugin library {plugin} is missing or not the one the engine was built with"),
+        (sha_ok, "engine file does not match the sha256 in its sidecar"),
+    )
+    if problems := [msg for ok, msg in checks if not ok]:
         raise EngineError(
             f"tensorrt engine: {path} cannot be used: {'; '.join(problems)}; rebuild from the ONNX (give the .onnx "
             f"file instead)"

@@ -117,8 +117,7 @@ class TrtEngine(Engine):
     def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         buf = self._dev.get(name)
         if buf is None or tuple(buf.shape) != shape:
-            buf = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
-            self._dev[name] = buf
+            buf = self._dev[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
         return buf
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
