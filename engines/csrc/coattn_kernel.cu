@@ -20,7 +20,6 @@
 namespace weakclip {
 namespace {
 
-// ------------------------------------------------------------------------------------------------------------------
 // Weight table (generated from plugin_names.json) and compile-time checks that it names every tensor we use.
 
 struct WeightEntry {
@@ -145,7 +144,6 @@ int64_t shape_numel(const char* shape, int64_t E, int64_t W, int64_t M) {
     return n;
 }
 
-// ------------------------------------------------------------------------------------------------------------------
 // Error reporting.
 
 thread_local std::string g_last_error;
@@ -162,10 +160,8 @@ int fail(int status, const char* fmt, ...) {
 
 int check_launch(const char* what) {
     const cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) {
-        return fail(WEAKCLIP_STATUS_CUDA_ERROR, "CUDA error after %s: %s", what, cudaGetErrorString(e));
-    }
-    return WEAKCLIP_STATUS_OK;
+    return e == cudaSuccess ? WEAKCLIP_STATUS_OK
+                            : fail(WEAKCLIP_STATUS_CUDA_ERROR, "CUDA error after %s: %s", what, cudaGetErrorString(e));
 }
 
 #define WEAKCLIP_TRY(expr)                        \
@@ -174,7 +170,6 @@ int check_launch(const char* what) {
         if (status_ != WEAKCLIP_STATUS_OK) return status_; \
     } while (0)
 
-// ------------------------------------------------------------------------------------------------------------------
 // Device helpers.
 
 using half = __half;
@@ -198,7 +193,6 @@ __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + e
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-// ------------------------------------------------------------------------------------------------------------------
 // LayerNorm over the last dim: y[r] = (x[r] - mean) / sqrt(var + eps) * gamma + beta; one warp per row.
 
 constexpr int kLnRowsPerBlock = 8;
@@ -226,7 +220,6 @@ __global__ void __launch_bounds__(256) layernorm_kernel(const T* x, int64_t ldx,
     }
 }
 
-// ------------------------------------------------------------------------------------------------------------------
 // Tokens from the encoder layout: V[b, 0, :] = g[b, :]; V[b, 1 + i, e] = F[b, e, i]   (i < h*w).
 // 32x32 tiled transpose through shared memory; block (32, 8), grid (ceil(hw/32), ceil(E/32), B).
 
@@ -266,7 +259,6 @@ __global__ void __launch_bounds__(256) broadcast_kernel(const T* src, T* dst, in
     }
 }
 
-// ------------------------------------------------------------------------------------------------------------------
 // GEMM  C[m, n] = epilogue(sum_k A[m, k] * W[n, k])   (A row-major (M, K), W = PyTorch Linear weight (N, K))
 // epilogue(acc) = R[m', n] + colscale[n] * act(acc + bias[n]),  m' = m % res_mod when res_mod > 0 else m.
 // Up to 3 groups (different A / W / bias / C / M, same N and K) run in one launch (blockIdx.z = group), e.g. the
@@ -295,15 +287,11 @@ struct GemmArgs {
 
 template <typename T>
 __device__ __forceinline__ void gemm_store(const GemmArgs<T>& a, const GemmGroup<T>& G, int m, int n, float acc) {
-    float v = acc;
-    if (G.bias != nullptr) v += to_f(G.bias[n]);
-    if (a.gelu) v = gelu_erf(v);
-    if (a.colscale != nullptr) v *= to_f(a.colscale[n]);
-    if (a.R != nullptr) {
-        const int64_t rm = a.res_mod > 0 ? (m % a.res_mod) : m;
-        v += to_f(a.R[rm * a.ldr + n]);
-    }
-    G.C[static_cast<int64_t>(m) * a.ldc + n] = from_f<T>(v);
+    if (G.bias != nullptr) acc += to_f(G.bias[n]);
+    if (a.gelu) acc = gelu_erf(acc);
+    if (a.colscale != nullptr) acc *= to_f(a.colscale[n]);
+    if (a.R != nullptr) acc += to_f(a.R[(a.res_mod > 0 ? m % a.res_mod : m) * a.ldr + n]);
+    G.C[static_cast<int64_t>(m) * a.ldc + n] = from_f<T>(acc);
 }
 
 // SIMT tiles (the fp32 path; exact fp32 FMA): block 64x64, k-step 16, 256 threads each owning a 4x4 output grid
@@ -449,7 +437,6 @@ __global__ void __launch_bounds__(128) gemm_wmma_kernel(GemmArgs<half> a) {
     }
 }
 
-// ------------------------------------------------------------------------------------------------------------------
 // Attention  o = softmax(q k^T * scale) v  per (batch, head); q (B, Nq, H, D), k/v (B, Nk, H, D) with row strides.
 
 template <typename T>
@@ -465,30 +452,20 @@ struct FlashArgs {
 // SIMT kernel: 4 threads per query row, each owning D/4 of the head dims (float4 groups interleaved so a quad reads
 // 64 contiguous bytes of a key row: conflict-free, broadcast across the 8 queries of a warp); K/V tiles of BK keys
 // in shared memory (fp32); keys processed in chunks of 16: scores -> chunk max -> one rescale -> accumulate.
-template <int D>
-struct SimtFlashCfg {
-    static constexpr int kThreads = 128;
-    static constexpr int kTpq = 4;                          // threads per query
-    static constexpr int kBQ = kThreads / kTpq;             // 32 queries per block
-    static constexpr int kBK = D <= 64 ? 64 : 32;           // keys per shared tile (32 KiB for K+V)
-    static constexpr int kChunk = 16;                       // keys per online-softmax step
-    static constexpr int kNV = D / 16;                      // float4 groups per thread
-    static_assert(D % 16 == 0, "head dim must be a multiple of 16");
-    static_assert(kBK % kChunk == 0, "tile/chunk");
-};
+constexpr int kSimtFlashBQ = 32;  // queries per block: 128 threads, 4 per query
 
 template <typename T, int D>
 __global__ void __launch_bounds__(128) flash_attn_simt_kernel(FlashArgs<T> a) {
-    using Cfg = SimtFlashCfg<D>;
-    constexpr int BK = Cfg::kBK;
-    constexpr int NV = Cfg::kNV;
-    constexpr int CH = Cfg::kChunk;
+    constexpr int BK = D <= 64 ? 64 : 32;  // keys per shared tile (32 KiB for K+V)
+    constexpr int CH = 16;                 // keys per online-softmax step
+    constexpr int NV = D / 16;             // float4 groups per thread
+    static_assert(D % 16 == 0 && BK % CH == 0, "head dim must be a multiple of 16");
     __shared__ __align__(16) float Ks[BK][D];
     __shared__ __align__(16) float Vs[BK][D];
 
     const int tid = threadIdx.x;
     const int part = tid & 3;
-    const int qi = blockIdx.x * Cfg::kBQ + (tid >> 2);
+    const int qi = blockIdx.x * kSimtFlashBQ + (tid >> 2);
     const int h = blockIdx.y;
     const int b = blockIdx.z;
     const bool qvalid = qi < a.nq;
@@ -508,7 +485,7 @@ __global__ void __launch_bounds__(128) flash_attn_simt_kernel(FlashArgs<T> a) {
 
     for (int k0 = 0; k0 < a.nk; k0 += BK) {
         __syncthreads();  // the previous tile is consumed
-        for (int idx = tid; idx < BK * D; idx += Cfg::kThreads) {
+        for (int idx = tid; idx < BK * D; idx += 128) {
             const int r = idx / D;
             const int c = idx % D;
             const int j = k0 + r;
@@ -572,33 +549,17 @@ __global__ void __launch_bounds__(128) flash_attn_simt_kernel(FlashArgs<T> a) {
 // Per tile and warp: S = Q K^T (WMMA, fp32) -> shared; online softmax on S rows in fp32 (2 lanes per row);
 // P (fp16) -> shared; O (fp32, shared) rescaled by the row factor, then O += P V (WMMA, accumulator loaded from and
 // stored back to shared memory).  The Q staging buffer is reused for S after Q is in registers (fragments).
-template <int D>
-struct WmmaFlashCfg {
-    static constexpr int kBQ = 64;
-    static constexpr int kBK = 32;
-    static constexpr int kLdH = D + 8;      // halves, Q/K/V rows
-    static constexpr int kLdS = kBK + 4;    // floats, S rows
-    static constexpr int kLdP = kBK + 8;    // halves, P rows
-    static constexpr int kLdO = D + 4;      // floats, O rows
-    static constexpr int kQBytes = kBQ * kLdH * 2;
-    static constexpr int kSBytes = kBQ * kLdS * 4;
-    static constexpr int kQSBytes = kQBytes > kSBytes ? kQBytes : kSBytes;
-    static constexpr int kSmemBytes = kQSBytes + 2 * kBK * kLdH * 2 + kBQ * kLdP * 2 + kBQ * kLdO * 4;
-    static_assert(D % 16 == 0 && D <= 64, "WMMA flash kernel: D in {16, 32, 64}");
-    static_assert(kSmemBytes <= 48 * 1024, "static shared memory limit");
-};
+constexpr int kWmmaFlashBQ = 64;
 
 template <int D>
 __global__ void __launch_bounds__(128) flash_attn_wmma_kernel(FlashArgs<half> a) {
     using namespace nvcuda;
-    using Cfg = WmmaFlashCfg<D>;
-    constexpr int BQ = Cfg::kBQ;
-    constexpr int BK = Cfg::kBK;
-    constexpr int LDH = Cfg::kLdH;
-    constexpr int LDS = Cfg::kLdS;
-    constexpr int LDP = Cfg::kLdP;
-    constexpr int LDO = Cfg::kLdO;
-    __shared__ __align__(128) unsigned char qs_raw[Cfg::kQSBytes];
+    constexpr int BQ = kWmmaFlashBQ, BK = 32;
+    constexpr int LDH = D + 8, LDS = BK + 4, LDP = BK + 8, LDO = D + 4;  // row pitches: Q/K/V, S, P, O
+    constexpr int QS_BYTES = BQ * LDH * 2 > BQ * LDS * 4 ? BQ * LDH * 2 : BQ * LDS * 4;  // fp16 Q, later fp32 S
+    static_assert(D % 16 == 0 && D <= 64, "WMMA flash kernel: D in {16, 32, 64}");
+    static_assert(QS_BYTES + 2 * BK * LDH * 2 + BQ * LDP * 2 + BQ * LDO * 4 <= 48 * 1024, "static shared memory limit");
+    __shared__ __align__(128) unsigned char qs_raw[QS_BYTES];
     __shared__ __align__(128) half Ks[BK * LDH];
     __shared__ __align__(128) half Vs[BK * LDH];
     __shared__ __align__(128) half Ps[BQ * LDP];
@@ -720,7 +681,6 @@ __global__ void __launch_bounds__(128) flash_attn_wmma_kernel(FlashArgs<half> a)
     }
 }
 
-// ------------------------------------------------------------------------------------------------------------------
 // Score map  S[b, k, i] = <v_i, t_k> / (max(|v_i|, eps) max(|t_k|, eps)),  (B, K, h*w) written directly.
 // Block: 64 tokens x 16 classes, 256 threads (token = tid % 64, classes 4*(tid / 64) .. +3); E in chunks of 32
 // staged (transposed) in shared memory; the norms are accumulated in the same pass as the dot products.
@@ -797,7 +757,6 @@ __global__ void __launch_bounds__(256) score_map_kernel(ScoreArgs<T> a) {
     }
 }
 
-// ------------------------------------------------------------------------------------------------------------------
 // Host-side launch helpers.
 
 unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
@@ -823,9 +782,8 @@ int launch_gemm(GemmArgs<T> a, cudaStream_t stream) {
     if (a.ngroups > 1 && a.R != nullptr) return fail(WEAKCLIP_STATUS_INVALID_ARGUMENT, "grouped GEMM with residual");
     for (int i = a.ngroups; i < 3; ++i) a.g[i] = a.g[0];
     if constexpr (sizeof(T) == 2) {
-        bool vec = (a.K % 8 == 0) && (a.lda % 8 == 0) && (a.ldw % 8 == 0);
-        for (int i = 0; i < a.ngroups; ++i) vec = vec && aligned16(a.g[i].A) && aligned16(a.g[i].W);
-        a.vec = vec ? 1 : 0;
+        a.vec = a.K % 8 == 0 && a.lda % 8 == 0 && a.ldw % 8 == 0;
+        for (int i = 0; i < a.ngroups; ++i) a.vec = a.vec && aligned16(a.g[i].A) && aligned16(a.g[i].W);
         const dim3 grid(ceil_div(a.N, kWmmaBN), ceil_div(max_m, kWmmaBM), a.ngroups);
         gemm_wmma_kernel<<<grid, 128, 0, stream>>>(a);
         return check_launch("gemm_wmma_kernel");
@@ -850,11 +808,11 @@ int linear(const T* A, int M, int K, const T* W, const T* bias, int N, T* C, cud
 template <typename T, int D>
 int launch_flash_d(const FlashArgs<T>& a, int batch, int heads, cudaStream_t stream) {
     if constexpr (sizeof(T) == 2 && D <= 64) {
-        const dim3 grid(ceil_div(a.nq, WmmaFlashCfg<D>::kBQ), heads, batch);
+        const dim3 grid(ceil_div(a.nq, kWmmaFlashBQ), heads, batch);
         flash_attn_wmma_kernel<D><<<grid, 128, 0, stream>>>(a);
         return check_launch("flash_attn_wmma_kernel");
     } else {
-        const dim3 grid(ceil_div(a.nq, SimtFlashCfg<D>::kBQ), heads, batch);
+        const dim3 grid(ceil_div(a.nq, kSimtFlashBQ), heads, batch);
         flash_attn_simt_kernel<T, D><<<grid, 128, 0, stream>>>(a);
         return check_launch("flash_attn_simt_kernel");
     }
@@ -879,7 +837,6 @@ int launch_score_map(const ScoreArgs<T>& a, int batch, cudaStream_t stream) {
     return check_launch("score_map_kernel");
 }
 
-// ------------------------------------------------------------------------------------------------------------------
 // The full forward.
 
 template <typename T>
@@ -1012,8 +969,7 @@ int run_layer(const LayerW<T>& lw, T* x, const T* mem, int64_t nq, int64_t nm, i
     // x += MLP(LN3 x)
     WEAKCLIP_TRY(launch_layernorm<T>(x, W, buf.h, W, w[N3_W], w[N3_B], rows, W, eps, stream));
     WEAKCLIP_TRY(linear<T>(buf.h, rows, W, w[FC1_W], w[FC1_B], static_cast<int>(d.M), buf.mlp, stream, 1));
-    WEAKCLIP_TRY(linear<T>(buf.mlp, rows, static_cast<int>(d.M), w[FC2_W], w[FC2_B], W, x, stream, 0, x));
-    return WEAKCLIP_STATUS_OK;
+    return linear<T>(buf.mlp, rows, static_cast<int>(d.M), w[FC2_W], w[FC2_B], W, x, stream, 0, x);
 }
 
 template <typename T>
@@ -1106,12 +1062,9 @@ int forward(const WeakclipCoAttnParams& p, cudaStream_t stream) {
     // T' = Linear(LN(T))   (K, W), and the text stack state initialised to T' for every batch element
     WEAKCLIP_TRY(launch_layernorm<T>(text, E, lnE, E, w.g[TP0_W], w.g[TP0_B], K, E, eps, stream));
     WEAKCLIP_TRY(linear<T>(lnE, K, E, w.g[TP1_W], w.g[TP1_B], W, tproj, stream));
-    {
-        const int64_t n = d.K * d.W;
-        const unsigned blocks = std::min<unsigned>(4096u, ceil_div(n * d.B, 256));
-        broadcast_kernel<T><<<blocks, 256, 0, stream>>>(tproj, tstate, n, static_cast<int>(d.B));
-        WEAKCLIP_TRY(check_launch("broadcast_kernel"));
-    }
+    const unsigned blocks = std::min<unsigned>(4096u, ceil_div(d.K * d.W * d.B, 256));
+    broadcast_kernel<T><<<blocks, 256, 0, stream>>>(tproj, tstate, d.K * d.W, static_cast<int>(d.B));
+    WEAKCLIP_TRY(check_launch("broadcast_kernel"));
     // text -> image stack: queries T' (K per batch), memory V' (N per batch)
     for (int i = 0; i < p.layers; ++i) {
         WEAKCLIP_TRY(run_layer<T>(w.text[i], tstate, vstate, d.K, d.N, d.N, d.Rv, d, eps, buf, stream));
@@ -1134,7 +1087,6 @@ int forward(const WeakclipCoAttnParams& p, cudaStream_t stream) {
 }  // namespace
 }  // namespace weakclip
 
-// ------------------------------------------------------------------------------------------------------------------
 // C API
 
 using namespace weakclip;

@@ -36,32 +36,24 @@ constexpr bool strEq(char const* a, char const* b) {
     }
     return *a == *b;
 }
-constexpr int32_t attrIndex(char const* name) {
-    for (int32_t i = 0; i < kNumAttrs; ++i) {
-        if (strEq(kAttrNames[i], name)) return i;
+template <size_t N>
+constexpr int32_t indexOf(char const* const (&names)[N], char const* name) {
+    for (size_t i = 0; i < N; ++i) {
+        if (strEq(names[i], name)) return static_cast<int32_t>(i);
     }
     return -1;
 }
 
-// The attributes this plugin understands, in CoAttnConfig field order; only layer_norm_eps is optional.
-struct Attr {
-    char const* name;
-    bool isFloat;
-};
-constexpr Attr kAttrs[] = {
-    {"coattn_width", false}, {"coattn_heads", false}, {"coattn_layers", false}, {"coattn_mlp_ratio", false},
-    {"layer_norm_eps", true}};
-constexpr int32_t kNumKnown = static_cast<int32_t>(sizeof(kAttrs) / sizeof(kAttrs[0]));
+// The attributes this plugin understands, in CoAttnConfig field order; all int but the last, the only optional one.
+constexpr char const* kKnown[] = {"coattn_width", "coattn_heads", "coattn_layers", "coattn_mlp_ratio",
+                                  "layer_norm_eps"};
+constexpr int32_t kNumKnown = static_cast<int32_t>(sizeof(kKnown) / sizeof(kKnown[0]));
+constexpr int32_t kLnEps = kNumKnown - 1;
 
-constexpr int32_t knownIndex(char const* name) {
-    for (int32_t i = 0; i < kNumKnown; ++i) {
-        if (strEq(kAttrs[i].name, name)) return i;
-    }
-    return -1;
-}
 constexpr bool attrsMatchJson() {
-    for (Attr const& a : kAttrs) {
-        if (attrIndex(a.name) < 0 || !strEq(kAttrTypes[attrIndex(a.name)], a.isFloat ? "float" : "int")) return false;
+    for (int32_t k = 0; k < kNumKnown; ++k) {
+        int32_t const i = indexOf(kAttrNames, kKnown[k]);
+        if (i < 0 || !strEq(kAttrTypes[i], k == kLnEps ? "float" : "int")) return false;
     }
     return kNumAttrs == kNumKnown;
 }
@@ -134,9 +126,6 @@ std::string dimsStr(Dims const& d) {
 
 }  // namespace
 
-// ------------------------------------------------------------------------------------------------------------------
-// CoAttnPlugin
-
 CoAttnPlugin::CoAttnPlugin(CoAttnConfig const& config) : mConfig(config) { validateConfig(mConfig); }
 
 IPluginCapability* CoAttnPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept {
@@ -184,12 +173,8 @@ int32_t CoAttnPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs,
     require(inputs[kDense].nbDims == 4, "dense must be (B, E, h, w)");
     require(inputs[kText].nbDims == 2, "text must be (K, E)");
     require(inputs[kWeights].nbDims == 1, "weights must be 1-D (P)");
-    // S (B, K, h, w): B, h, w from dense, K from text.
-    outputs[0].nbDims = 4;
-    outputs[0].d[0] = inputs[kDense].d[0];
+    outputs[0] = inputs[kDense];  // S (B, K, h, w): B, h, w from dense, K from text
     outputs[0].d[1] = inputs[kText].d[0];
-    outputs[0].d[2] = inputs[kDense].d[2];
-    outputs[0].d[3] = inputs[kDense].d[3];
     return 0;
     WEAKCLIP_PLUGIN_GUARD_END("getOutputShapes", -1)
 }
@@ -343,8 +328,8 @@ PluginFieldCollection const* CoAttnPlugin::getFieldsToSerialize() noexcept {
     WEAKCLIP_PLUGIN_GUARD_BEGIN
     mSerialFields.clear();
     for (char const* name : kAttrNames) {
-        int32_t const k = knownIndex(name);
-        PluginFieldType const t = kAttrs[k].isFloat ? PluginFieldType::kFLOAT32 : PluginFieldType::kINT32;
+        int32_t const k = indexOf(kKnown, name);
+        PluginFieldType const t = k == kLnEps ? PluginFieldType::kFLOAT32 : PluginFieldType::kINT32;
         mSerialFields.emplace_back(name, attrField(mConfig, k), t, 1);
     }
     mSerialFC.nbFields = static_cast<int32_t>(mSerialFields.size());
@@ -352,9 +337,6 @@ PluginFieldCollection const* CoAttnPlugin::getFieldsToSerialize() noexcept {
     return &mSerialFC;
     WEAKCLIP_PLUGIN_GUARD_END("getFieldsToSerialize", nullptr)
 }
-
-// ------------------------------------------------------------------------------------------------------------------
-// CoAttnPluginCreator
 
 CoAttnPluginCreator::CoAttnPluginCreator() {
     for (int32_t i = 0; i < kNumAttrs; ++i) {
@@ -378,13 +360,13 @@ IPluginV3* CoAttnPluginCreator::createPlugin(char const* /*name*/, PluginFieldCo
     bool seen[kNumKnown] = {};
     for (int32_t i = 0; i < fc->nbFields; ++i) {
         PluginField const& f = fc->fields[i];
-        int32_t const k = f.name == nullptr ? -1 : knownIndex(f.name);
+        int32_t const k = f.name == nullptr ? -1 : indexOf(kKnown, f.name);
         if (k < 0) continue;  // e.g. plugin_version / plugin_namespace forwarded by a parser
         require(f.data != nullptr && f.length >= 1, std::string("attribute ") + f.name + " is empty");
-        if (kAttrs[k].isFloat) {
+        if (k == kLnEps) {
             *static_cast<float*>(attrField(c, k)) = readFloat(f);
         } else {
-            *static_cast<int32_t*>(attrField(c, k)) = toInt32(readInt(f), kAttrs[k].name);
+            *static_cast<int32_t*>(attrField(c, k)) = toInt32(readInt(f), kKnown[k]);
         }
         seen[k] = true;
     }
@@ -397,7 +379,6 @@ IPluginV3* CoAttnPluginCreator::createPlugin(char const* /*name*/, PluginFieldCo
 }  // namespace trt
 }  // namespace weakclip
 
-// ------------------------------------------------------------------------------------------------------------------
 // Registration (see the top of the file).
 
 #if defined(WEAKCLIP_TRT_GET_CREATORS)
