@@ -33,11 +33,17 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _train(data: Path, run: Path, iters: int, *extra: str) -> None:
-    from weakclip.training.train import main as train_main
+    """The training library on the packaged default config (resumes an interrupted run in ``run``)."""
+    from weakclip.progress import setup_logging
+    from weakclip.training.config import read_config
+    from weakclip.training.train import logger, setup_distributed, train
 
     every = [f"schedule.val_interval={max(iters // 3, 1)}", f"schedule.checkpoint_interval={max(iters // 6, 1)}"]
-    if train_main([f"data.root={data}", *extra, f"work_dir={run}", f"train.iters={iters}", "--resume", *every]) != 0:
-        raise RuntimeFailure(f"training into {run} failed (see the lines above)")
+    cfg = read_config(None, [f"data.root={data}", *extra, f"work_dir={run}", f"train.iters={iters}", *every])
+    setup_logging(logger=logger.name)
+    rank, world, device = setup_distributed(cfg.device)
+    with removed_if_left_empty(cfg.work_dir):
+        train(cfg, rank, world, device, resume=True)
 
 
 def prepare_out(out: Path, settings: dict[str, int], overwrite: bool) -> None:
@@ -124,10 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     step("3/5 ONNX export (text embeddings precomputed)")
     model_onnx = onnx_dir / "weakclip.onnx"
     if not model_onnx.is_file():
-        from weakclip.export.to_onnx import main as export_main
+        import weakclip
+        from weakclip.export.core import CheckFailed, ExportError, ExportOptions
+        from weakclip.export.pipeline import export_model
+        from weakclip.progress import setup_logging
 
-        if export_main(["--checkpoint", str(final), "--out", str(onnx_dir)]) != 0:
-            raise RuntimeFailure(f"the export of {final} failed (see the lines above)")
+        setup_logging(logger="weakclip.export")  # the export's progress lines
+        try:  # only the graph the masks need (the other three are for TensorRT builds and the parts' checks)
+            export_model(weakclip.load_checkpoint(final), onnx_dir, ExportOptions(graphs=("end_to_end",)), str(final))
+        except (CheckFailed, ExportError) as e:
+            raise RuntimeFailure(f"the export of {final} failed: {e}") from None
     else:
         print(f"reusing {model_onnx}")
 
