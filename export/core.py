@@ -70,7 +70,8 @@ class GraphSpec:
     """One ONNX graph: the wrapper module, named inputs and outputs, and which axes are dynamic.
 
     ``dims`` maps input name → {axis: symbol}: "B" batch, "h"/"w" token grid, "H"/"W" = patch · h/w; inputs not
-    listed are static.  ``make_inputs(images)`` gives the graph's inputs for normalised images (B, 3, H, W).
+    listed are static.  ``make_inputs(images)`` gives the graph's inputs (by name; other keys are ignored) for
+    normalised images (B, 3, H, W).
     """
 
     kind: str  # written to the metadata: encoder | coattention | decoder | end_to_end | ...
@@ -89,17 +90,9 @@ def graph_specs(model: WeakCLIP, T: torch.Tensor) -> list[GraphSpec]:
     coattn = CoAttentionOnnx(model, T).eval()
 
     @torch.no_grad()
-    def encoded(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(ENCODER_OUTPUTS, encoder(images), strict=True))
-
-    def g_dense(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        enc = encoded(images)
-        return {"g": enc["g"], "dense": enc["dense"]}
-
-    @torch.no_grad()
-    def decoder_inputs(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        enc = encoded(images)
-        return {**{k: enc[k] for k in TAP_NAMES}, "score_map": coattn(enc["g"], enc["dense"])}
+    def encoded(images: torch.Tensor) -> dict[str, torch.Tensor]:  # the co-attention's and the decoder's inputs
+        *taps, g, dense = encoder(images)
+        return {**dict(zip(TAP_NAMES, taps, strict=True)), "g": g, "dense": dense, "score_map": coattn(g, dense)}
 
     def image(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"image": x}
@@ -113,8 +106,8 @@ def graph_specs(model: WeakCLIP, T: torch.Tensor) -> list[GraphSpec]:
     score, logits, both = ("score_map",), ("logits",), ("logits", "score_map")
     return [
         spec("encoder", encoder, ("image",), ENCODER_OUTPUTS, pixels, image),
-        spec("coattention", coattn, ("g", "dense"), score, {"g": {0: "B"}, "dense": grid}, g_dense, score),
-        spec("decoder", DecoderOnnx(model).eval(), dec_in, logits, dict.fromkeys(dec_in, grid), decoder_inputs, logits),
+        spec("coattention", coattn, ("g", "dense"), score, {"g": {0: "B"}, "dense": grid}, encoded, score),
+        spec("decoder", DecoderOnnx(model).eval(), dec_in, logits, dict.fromkeys(dec_in, grid), encoded, logits),
         spec("end_to_end", WeakCLIPOnnx(model, T).eval(), ("image",), both, pixels, image, both),
     ]
 

@@ -235,9 +235,8 @@ def swap_in_decomposition(model: Any, decomposition: Any) -> Any:
     for f in decomposition.functions:  # exporter-emitted local functions, if any
         if not any(x.name == f.name and x.domain == f.domain for x in out.functions):
             out.functions.append(f)
-    have = {o.domain for o in out.opset_import}
     opsets = [o for o in out.opset_import if o.domain != CUSTOM_DOMAIN]
-    opsets += [o for o in decomposition.opset_import if o.domain not in have]
+    opsets += [o for o in decomposition.opset_import if o.domain not in {x.domain for x in out.opset_import}]
     del out.opset_import[:]
     out.opset_import.extend(opsets)
     return out

@@ -66,11 +66,8 @@ def quantize_vit_linears(src: Path, dst: Path) -> dict[str, Any]:
         extra_options={"MatMulConstBOnly": True},
     )
     _save_with_metadata(src, dst, dst, "int8-dynamic-vit-linears")
-    return {
-        "quantized_nodes": len(nodes),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "mb": dst.stat().st_size / 2**20,
-    }
+    seconds = round(time.perf_counter() - t0, 1)
+    return {"quantized_nodes": len(nodes), "seconds": seconds, "mb": dst.stat().st_size / 2**20}
 
 
 def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> dict[str, Any]:
