@@ -43,6 +43,7 @@ from weakclip.model.config import DEFAULT_SCALES, scales_from
 from weakclip.progress import print_startup
 
 RECORD = "generate_config.json"
+_NOT_LABELS = "not a label file (JSON, text 'name idx ...' or cls_labels.npy)"
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,9 @@ def read_image_labels(path: str | os.PathLike, num_classes: int | None) -> dict[
     """``--labels`` read for a ``num_classes``-class model (vector length and indices checked), as one usage line."""
     try:
         return load_labels(path, num_classes)
-    except FileNotFoundError:
-        raise UsageError(f"--labels {path}: no such file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--labels {path}: not a label file (JSON, text 'name idx ...' or cls_labels.npy)") from None
     except (OSError, ValueError) as e:
-        msg = str(e)
+        fixed = {FileNotFoundError: "no such file", UnicodeDecodeError: _NOT_LABELS}
+        msg = fixed.get(type(e), str(e))
         raise UsageError(msg if msg.startswith(str(path)) else f"--labels {path}: {msg}") from None
 
 

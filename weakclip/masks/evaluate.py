@@ -84,17 +84,13 @@ def evaluate_dirs(
     return cm.compute(), len(names)
 
 
-def _lines(path: str | os.PathLike) -> list[str]:
-    """The non-blank lines of a text file."""
+def read_names(path: str | os.PathLike, whole_line: bool = False) -> list[str]:
+    """One entry per non-blank line: its first field, or the stripped ``whole_line`` (COCO class names hold spaces)."""
     try:
-        return [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-
-
-def read_names(path: str | os.PathLike) -> list[str]:
-    """One entry per line (first whitespace-separated field; blank lines skipped)."""
-    return [ln.split()[0] for ln in _lines(path)]
+    return [ln.strip() if whole_line else ln.split()[0] for ln in lines]
 
 
 # where a mask folder records its class list: file → the section with "class_names"
@@ -140,8 +136,7 @@ def find_class_names(
 
 
 def read_names_lines(path: str | os.PathLike) -> list[str]:
-    """Class names, one per line (whole line stripped: COCO names contain spaces)."""
-    names = [ln.strip() for ln in _lines(path)]
-    if not names:
-        raise ValueError(f"{path}: no class names")
-    return names
+    """Class names, one per line."""
+    if names := read_names(path, whole_line=True):
+        return names
+    raise ValueError(f"{path}: no class names")

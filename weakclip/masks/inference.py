@@ -84,8 +84,6 @@ class InferenceOptions:
 
 @dataclass
 class Prediction:
-    """One image's result."""
-
     probs: np.ndarray  # (K, H, W) float32: softmax averaged over the views (before label masking / CRF)
     mask: np.ndarray  # (H, W) uint8 class indices; 255 = unknown (argmax is a class absent from the labels)
 
@@ -291,12 +289,10 @@ def mask_unlabelled(mask: np.ndarray, labels: Collection[int] | None, num_classe
     mask = np.asarray(mask)
     if labels is None:
         return mask.astype(np.uint8)
-    allowed = np.zeros(K, dtype=bool)
-    allowed[0] = True
     for c in labels:
         if not 1 <= int(c) < K:
             raise ValueError(f"image-level label {c} is not a foreground class index in 1..{K - 1}")
-        allowed[int(c)] = True
+    allowed = np.isin(np.arange(K), [0, *map(int, labels)])
     return np.where(allowed[mask], mask, 255).astype(np.uint8)
 
 

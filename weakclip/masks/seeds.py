@@ -90,9 +90,6 @@ class PromptSet:
     def foreground_texts(self) -> list[str]:
         return [self.template.format(n) for n in self.class_prompts]
 
-    def background_texts(self) -> list[str]:
-        return [self.template.format(n) for n in self.background]
-
 
 def resolve_prompts(class_names: Sequence[str], prompts: str | os.PathLike = "auto") -> PromptSet:
     """The prompt set for ``class_names`` (index 0 = background): ``voc``, ``coco``, ``generic``, ``auto`` or a JSON
@@ -289,7 +286,7 @@ class ClipSeeder:
         self.visual = image_encoder.visual.to(self.device, self.dtype).eval().requires_grad_(False)
         self.text_tower = text_encoder.to(self.device, self.dtype).eval().requires_grad_(False)
         self.fg_text = self.encode_texts(self.prompts.foreground_texts())  # (K-1, E)
-        self.bg_text = self.encode_texts(self.prompts.background_texts())  # (B_g, E)
+        self.bg_text = self.encode_texts([self.prompts.template.format(n) for n in self.prompts.background])  # (B_g, E)
 
     @property
     def num_classes(self) -> int:
