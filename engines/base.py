@@ -16,6 +16,9 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from weakclip.data.filekind import expect
+from weakclip.errors import UsageError
+
 if TYPE_CHECKING:  # torch is imported by the engines themselves: `weakclip generate --help` does not wait for it
     import torch
 
@@ -172,16 +175,11 @@ def _resolve(name: str) -> Callable[..., Engine]:
 
 def auto_engine(model_path: str | os.PathLike) -> str:
     """The engine for a model file by its kind; anything else is a one-line UsageError saying what the file is."""
-    from weakclip.data.filekind import expect
-
     return _AUTO[expect(model_path, tuple(_AUTO), "--engine auto", option="--model")]
 
 
 def check_model_file(name: str, model_path: str | os.PathLike | None) -> None:
     """Refuse (one-line UsageError) a model file of the wrong kind for a built-in engine, before building it."""
-    from weakclip.data.filekind import expect
-    from weakclip.errors import UsageError
-
     if name not in MODEL_KINDS:
         return
     if model_path is None:
@@ -192,8 +190,6 @@ def check_model_file(name: str, model_path: str | os.PathLike | None) -> None:
 
 def check_engine_options(name: str, opts: dict[str, Any]) -> None:
     """Refuse (one-line UsageError) options the engine's constructor does not take, listing those it does."""
-    from weakclip.errors import UsageError
-
     params = inspect.signature(_resolve(name)).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return  # a factory taking **kwargs takes anything

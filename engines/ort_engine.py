@@ -1,10 +1,9 @@
 """The ONNX Runtime engine: the end-to-end graph written by ``weakclip-export`` (``weakclip.onnx``), CPU by default.
 
-Everything the engine needs (class names, normalisation, crop, precision, graph kind) comes from the model's metadata.
-``device`` "cpu", "cuda[:N]" or "auto"; a CUDA session that came up on the CPU only (ORT falls back silently) raises.
-``optimized_model_cache`` (a folder) keeps the optimised graph, keyed by model hash, ORT version, level and provider.
-Logits are written by ORT into a torch tensor we allocate (I/O binding); ``reuse_outputs=True`` reuses it while the
-input shape repeats (valid until the next call; for benchmarks).  Not thread-safe: one engine per thread.
+Class names, normalisation, crop, precision and graph kind come from the model's metadata.  A CUDA session that came
+up on the CPU only (ORT falls back silently) raises.  ``optimized_model_cache`` (a folder) keeps the optimised graph,
+keyed by model hash, ORT version, level and provider.  Logits are written by ORT into a torch tensor we allocate (I/O
+binding); ``reuse_outputs=True`` reuses it while the input shape repeats (valid until the next call).
 """
 
 from __future__ import annotations
@@ -132,7 +131,7 @@ def check_file_precision(name: str, model_precision: str, asked: str | None) -> 
 
 
 class OrtEngine(Engine):
-    """WeakCLIP end-to-end ONNX graph on ONNX Runtime (options: module docstring)."""
+    """WeakCLIP end-to-end ONNX graph on ONNX Runtime.  Not thread-safe: one engine per thread."""
 
     name = "onnxruntime"
 

@@ -22,29 +22,21 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> int:
+def cast_matmul_weights(model: nn.Module, dtype: torch.dtype) -> None:
     """Store the weights and biases of every Linear, Conv(Transpose) and MultiheadAttention input projection in
-    ``dtype``, in place; returns how many tensors were cast.  Only for autocast to ``dtype``, which casts them anyway."""
+    ``dtype``, in place.  Only for autocast to ``dtype``, which casts them anyway."""
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     mha = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")  # out_proj: a Linear
-    n = 0
     for m in model.modules():
         names = ("weight", "bias") if isinstance(m, kinds) else mha if isinstance(m, nn.MultiheadAttention) else ()
-        for name in names:
-            p = getattr(m, name, None)
+        for p in (getattr(m, name, None) for name in names):
             if isinstance(p, torch.Tensor) and p.is_floating_point() and p.dtype != dtype:
                 p.data = p.data.to(dtype)
-                n += 1
-    return n
 
 
 class TorchEngine(Engine):
-    """WeakCLIP in PyTorch.
-
-    ``model``: a checkpoint path or an ``nn.Module`` with a WeakCLIPConfig ``config`` whose forward returns
-    ``.logits`` (B, K, H/4, W/4) (or the logits tensor).  ``cast_weights`` None: on for bf16, off for fp16.
-    ``channels_last`` converts the windows (and the model) to NHWC.  Logits come back float32 on the windows' device.
-    """
+    """``model``: a checkpoint path or an ``nn.Module`` with a WeakCLIPConfig ``config`` whose forward returns
+    ``.logits`` (B, K, H/4, W/4) or the logits tensor.  ``cast_weights`` None: on for bf16, off for fp16."""
 
     name = "torch"
 
@@ -92,13 +84,8 @@ class TorchEngine(Engine):
                 raise EngineError(f"torch engine: checkpoint {model} not found")
             module = load_checkpoint(model)
         cfg: Any = module.config
-        super().__init__(
-            class_names=cfg.class_names,
-            crop_size=cfg.crop_size,
-            mean=cfg.mean,
-            std=cfg.std,
-            size_divisor=getattr(cfg, "patch_size", 16),
-        )
+        fields = {k: getattr(cfg, k) for k in ("class_names", "crop_size", "mean", "std")}
+        super().__init__(**fields, size_divisor=getattr(cfg, "patch_size", 16))
         self.device, self.precision, self.channels_last = device, precision, channels_last
         module = module.eval().to(device)
         if channels_last:
@@ -109,16 +96,16 @@ class TorchEngine(Engine):
         if hasattr(module, "text_embeddings"):
             with torch.inference_mode():
                 self.text = module.text_embeddings()
-        self.autocast_dtype = _AUTOCAST_DTYPES.get(precision)
+        dt = self.autocast_dtype = _AUTOCAST_DTYPES.get(precision)
         self.cast_weights = bool(precision == "bf16" if cast_weights is None else cast_weights)
-        if self.cast_weights and self.autocast_dtype is None:
-            raise PrecisionError("torch engine: cast_weights needs precision 'bf16' or 'fp16'")
-        if self.cast_weights and self.autocast_dtype is not None:
+        if self.cast_weights:
+            if dt is None:
+                raise PrecisionError("torch engine: cast_weights needs precision 'bf16' or 'fp16'")
             if isinstance(model, nn.Module):  # never change the caller's model
                 import copy
 
                 module = self.model = copy.deepcopy(module)
-            cast_matmul_weights(module, self.autocast_dtype)
+            cast_matmul_weights(module, dt)
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
         if self.model is None:
