@@ -23,8 +23,6 @@ import weakclip
 from weakclip.export.wrappers import ENCODER_OUTPUTS, TAP_NAMES, CoAttentionOnnx, DecoderOnnx, EncoderOnnx, WeakCLIPOnnx
 from weakclip.model.model import WeakCLIP
 
-logger = logging.getLogger("weakclip.export")
-
 # The one pinned opset: what the dynamo exporter emits natively; LayerNormalization is a single op (≥ 17).
 OPSET = 18
 
@@ -38,9 +36,7 @@ FILES = dict(encoder="encoder.onnx", coattention="coattention.onnx", decoder="de
 MIN_GRID = 4  # smallest token-grid side the export traces for (H, W ≥ 4 patches)
 
 # fp32 parity: Δ ≤ atol + rtol · max|reference| per output; argmax agreement ≥ MIN_AGREEMENT for class outputs.
-ATOL = 1e-3
-RTOL = 1e-4
-MIN_AGREEMENT = 0.999
+ATOL, RTOL, MIN_AGREEMENT = 1e-3, 1e-4, 0.999
 
 
 class ExportError(RuntimeError):
@@ -55,7 +51,7 @@ class CheckFailed(RuntimeError):
     """An exported graph does not match PyTorch within tolerance."""
 
 
-log = logger.info  # one progress line
+log = logging.getLogger("weakclip.export").info  # one progress line
 
 
 @contextlib.contextmanager
