@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -192,8 +192,7 @@ class Outputs:
     def write(
         self, name: str, image: np.ndarray, mask: np.ndarray, probs: np.ndarray | None, palette: bool, overlay: bool
     ) -> None:
-        """The atomic writes of one image: ``probs`` (K, H, W) as ``probs_dtype`` (with ``save_probs``), the overlay,
-        and last the mask, which marks the image finished."""
+        """The atomic writes of one image: probs (with ``save_probs``), overlay, and last the mask (= finished)."""
         if self.save_probs and probs is not None:
             with atomic_path(self.probs(name)) as tmp, open(tmp, "wb") as f:
                 np.save(f, probs.astype(self.probs_dtype, copy=False))
@@ -270,8 +269,7 @@ class BatchJob:
             raise error(f"{what} failed on {self.in_row} images in a row; last: {reason}") from None
 
     def write(self, item: Item, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on a writing thread (the image's computation succeeded); a failure is recorded as
-        ``what: reason``."""
+        """Run ``fn(*args)`` on a writing thread; a failure is recorded as ``what: reason``."""
         self.in_row = 0
         self.writes.append((item, what, self.write_pool.submit(fn, *args)))
         self.collect(self.depth)
@@ -285,19 +283,15 @@ class BatchJob:
                 fut.result()
                 self.done += 1
             except Exception as e:  # noqa: BLE001 - a failed write is recorded, the run goes on
-                if isinstance(e, OutputError) and e.fatal:
-                    self.stop(e)
+                if isinstance(e, OutputError) and e.fatal:  # no later image could be written either: stop the run
+                    for _, _, pending in self.writes:
+                        pending.cancel()
+                    e.args = (f"{e}; stopped after {self.done} image(s) written (a rerun resumes from there)",)
+                    raise e
                 self.failures.append((item.name, f"{what}: {one_line(e)}"))
             self.bar.update(1)
             if self.lock is not None and (self.done + len(self.failures)) % 16 == 0:
                 self.lock.check()
-
-    def stop(self, e: OutputError) -> NoReturn:
-        """End the run at a fatal output error: no later image could be written either."""
-        for _, _, fut in self.writes:
-            fut.cancel()
-        e.args = (f"{e}; stopped after {self.done} image(s) written (a rerun resumes from there)",)
-        raise e
 
     def __enter__(self) -> BatchJob:
         return self
