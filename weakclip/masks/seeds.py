@@ -321,8 +321,7 @@ class ClipSeeder:
         """Grad-CAM + CAA for one normalised view x (1, 3, h·16, w·16) and the labelled classes."""
         opts = self.options
         blocks = list(self.visual.transformer.resblocks)
-        L = len(blocks)
-        first_kept = max(L - opts.attn_layers, 0)
+        first_kept = max(len(blocks) - opts.attn_layers, 0)
         attns = []
         with torch.no_grad():
             tokens, (h, w) = self._tokens(x.to(self.device, self.dtype))
@@ -330,9 +329,8 @@ class ClipSeeder:
                 tokens, a = run_block(blk, tokens, need_weights=i >= first_kept)
                 if a is not None:
                     attns.append(a[0])
-        C = len(labels)
         text = torch.cat([self.fg_text[[c - 1 for c in labels]], self.bg_text], dim=0)  # (C + B_g, E)
-        gradcam, attn_last = self._gradcam(blocks[-1], tokens, text, C, (h, w))
+        gradcam, attn_last = self._gradcam(blocks[-1], tokens, text, len(labels), (h, w))
         attns.append(attn_last)
         attn = torch.stack(attns).mean(0)[1:, 1:]  # (n, n) patch → patch
         masks = np.stack([box_mask(c, self.box_threshold) for c in gradcam.float().cpu().numpy()])
