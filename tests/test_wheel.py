@@ -138,6 +138,7 @@ def test_wheel_contents(installed: dict) -> None:
         "weakclip/data/io.py",
         "weakclip/model/model.py",
         "weakclip/masks/batch.py",
+        "weakclip/masks/report_page.html",
         "weakclip/training/configs/synthetic_tiny.yaml",
         "weakclip/training/configs/voc_vit_b16.yaml",
         "weakclip/engines/csrc/plugin_names.json",

@@ -7,6 +7,7 @@ import csv
 import datetime as _dt
 import functools
 import html
+import importlib.resources
 import json
 import math
 import os
@@ -209,61 +210,7 @@ def plot_confusion(
     _save_fig(fig, path, dpi=80 if C <= 50 else 64)
 
 
-PAGE = string.Template("""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>$title</title>
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1500px; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.5em 0; }
-th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: left; vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.pos { color: #176317; } td.neg { color: #a11; }
-.scroll { overflow-x: auto; }
-.note { color: #555; font-size: 0.9em; }
-.legend span, .classes span { display: inline-block; margin: 0 0.9em 0.2em 0; white-space: nowrap; }
-.sw { display: inline-block; width: 0.9em; height: 0.9em; border: 1px solid #888; vertical-align: -0.1em;
-      margin-right: 0.3em; }
-.gallery-row { border-top: 1px solid #ddd; padding: 0.4em 0; }
-.gallery-row figure { display: inline-block; margin: 0 6px 4px 0; vertical-align: top; text-align: center; }
-.gallery-row figcaption { font-size: 0.8em; max-width: ${thumb}px; }
-.confusion-grid figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
-code { font-size: 0.92em; }
-</style>
-</head>
-<body>
-<h1>$title</h1>
-<p class="note">$summary</p>
-
-<h2 id="settings">Runs</h2>
-$settings_table
-$scores_table
-
-<h2 id="per-class">Per-class IoU</h2>
-<p class="note">$omitted</p>
-<div class="scroll"><img id="iou-chart" class="chart" src="$iou_chart" alt="per-class IoU of every run"></div>
-$per_class_table
-
-<h2 id="confusion">Confusion matrices</h2>
-<p class="note">Rows: ground-truth class, normalised to 1; columns: predicted class, last column predicted 255
-(ignore / unknown, counted as wrong). Log colour scale; blank cells are 0.</p>
-<div class="confusion-grid scroll">
-$confusion_figures
-</div>
-
-<h2 id="gallery">Gallery</h2>
-<div class="legend">$legend</div>
-$gallery
-
-<h2 id="coverage">Coverage</h2>
-$coverage_table
-<p class="note">Every number on this page is also in <code>report.json</code>; each image's mIoU in each run in
-<code>per_image.csv</code>.</p>
-</body>
-</html>
-""")
+PAGE = string.Template((importlib.resources.files(__package__) / "report_page.html").read_text(encoding="utf-8"))
 
 
 def _e(x: Any) -> str:
