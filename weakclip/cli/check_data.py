@@ -67,12 +67,8 @@ def _layout_guess(values: set[int], num_classes: int) -> str:
     hi = max(values) if values else 0
     if hi < num_classes:
         return f"fits the {num_classes} classes"
-    guesses = (
-        (20, "VOC (21 classes)"),
-        (80, "COCO contiguous (81 classes)"),
-        (90, "COCO official 91 slots (category ids)"),
-    )
-    return next((text for top, text in guesses if hi <= top), "no known layout")
+    guesses = {20: "VOC (21 classes)", 80: "COCO contiguous (81 classes)", 90: "COCO official 91 slots (category ids)"}
+    return next((text for top, text in guesses.items() if hi <= top), "no known layout")
 
 
 def _read_class_file(path: Path) -> tuple[str, ...]:
@@ -113,14 +109,10 @@ def layout_from_config(root: str | Path, cfg: dict[str, Any], config_source: str
     def under_root(key: str) -> Path | None:
         return None if d.get(key) is None else root / d[key]
 
-    def find_list(entry: str) -> str | Path:
-        return resolve_list(root, entry) or str(entry)
-
-    image = pick("image_dir", under_root("image_dir"))
-    assert image is not None
+    image: Path = pick("image_dir", under_root("image_dir"))
     seeds, gt = pick("seed_dir", under_root("seed_dir")), pick("gt_dir", under_root("gt_dir"))
-    train = pick("train_lists", [find_list(e) for e in d["train_lists"]], "lists")
-    val = pick("val_list", find_list(d["val_list"]) if d.get("val_list") else None)
+    train = pick("train_lists", [resolve_list(root, e) or str(e) for e in d["train_lists"]], "lists")
+    val = pick("val_list", (resolve_list(root, d["val_list"]) or str(d["val_list"])) if d.get("val_list") else None)
     if given.get("labels") or d.get("labels"):
         label_path = pick("labels", under_root("labels"))
     else:
