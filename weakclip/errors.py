@@ -24,13 +24,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Optional dependencies (top-level import name → the extra that installs it), for the one-line message.
 OPTIONAL_MODULES = {
-    "yaml": "train",
-    "pydensecrf": "train",
-    "onnx": "export",
-    "onnxruntime": "export",
-    "onnxscript": "export",
-    "onnxslim": "export",
-    "onnxconverter_common": "export",
+    **dict.fromkeys(("yaml", "pydensecrf"), "train"),
+    **dict.fromkeys(("onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxconverter_common"), "export"),
     "matplotlib": "viz",
     "tensorrt": "tensorrt",
 }
@@ -189,12 +184,6 @@ def _debug(argv: list[str]) -> bool:
     return on
 
 
-def _silence_stdout() -> None:
-    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush raises nothing."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
 MainFn = Callable[[Sequence[str] | None], int | None]
 
 
@@ -225,7 +214,8 @@ def run_command(fn: MainFn, argv: Sequence[str] | None, prog: str | None = None)
     except KeyboardInterrupt:
         return line(f"{prog}: interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
-        _silence_stdout()
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout → /dev/null: the final flush is quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return line(f"{prog}: output closed before the end (broken pipe)", EXIT_FAILURE)
     except ModuleNotFoundError as e:
         dep = missing_dependency(e, prog)
