@@ -35,26 +35,17 @@ class ClassStyle:
     val: float  # base value (brightness)
     hue2: float  # hue offset of the secondary texture colour
     dark: float  # value factor of the secondary colour
-    texture: str  # one of TEXTURES
     period: float  # texture period in pixels at a 160-pixel short side
     angle: float  # texture orientation in radians
+    texture: str  # one of TEXTURES
 
 
 def make_class_styles(num_fg: int, rng: np.random.Generator) -> list[ClassStyle]:
     """One distinct colour + texture family per foreground class (evenly spaced hues, cycling textures)."""
-    offset = rng.random()
-    tex_order = rng.permutation(len(TEXTURES))
+    offset, tex = rng.random(), [TEXTURES[t] for t in rng.permutation(len(TEXTURES))]
+    ranges = ((0.55, 0.9), (0.55, 0.95), (-0.08, 0.08), (0.35, 0.7), (6.0, 16.0), (0, np.pi))  # sat .. angle
     return [
-        ClassStyle(
-            hue=(offset + c / num_fg) % 1.0,
-            sat=float(rng.uniform(0.55, 0.9)),
-            val=float(rng.uniform(0.55, 0.95)),
-            hue2=float(rng.uniform(-0.08, 0.08)),
-            dark=float(rng.uniform(0.35, 0.7)),
-            texture=TEXTURES[tex_order[c % len(TEXTURES)]],
-            period=float(rng.uniform(6.0, 16.0)),
-            angle=float(rng.uniform(0, np.pi)),
-        )
+        ClassStyle((offset + c / num_fg) % 1.0, *(float(rng.uniform(*r)) for r in ranges), tex[c % len(tex)])
         for c in range(num_fg)
     ]
 
@@ -344,7 +335,5 @@ def make_synthetic_dataset(
     meta |= dict(size=list(lo), max_size=list(hi), seed_miou=train_scores.miou)
     meta["seed_miou_val"] = metrics_from_matrix(np.asarray(conf["val"])).miou if val_images else float("nan")
     meta["seed_iou_per_class"] = {c: round(float(v), 4) for c, v in zip(class_names, train_scores.iou)}
-    summary = {"out": str(out), **meta}  # meta has no absolute path: same seed → same bytes
-    write_text_atomic(out / "synthetic_meta.json", json.dumps(meta, indent=2) + "\n")
-    summary["seconds"] = time.perf_counter() - t0
-    return summary
+    write_text_atomic(out / "synthetic_meta.json", json.dumps(meta, indent=2) + "\n")  # no absolute path: same bytes
+    return {"out": str(out), **meta, "seconds": time.perf_counter() - t0}
