@@ -31,7 +31,7 @@ from weakclip.data.io import (
 )
 from weakclip.errors import OutputError, RuntimeFailure, UsageError
 
-# Temporaries of weakclip.data.io.atomic_path: ".<final name>.<8 random chars>.tmp<suffix>".
+# weakclip.data.io.atomic_path's temporaries: ".<final name>.<8 random chars>.tmp<suffix>".
 _TMP_RE = re.compile(r"^\.(?P<orig>.+)\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 # Per-image compute failures in a row that end the run (a broken engine or model, not a bad image).
 MAX_FAILURES_IN_ROW = 10
@@ -161,8 +161,6 @@ def shard_items(items: Sequence[Item], index: int, count: int) -> list[Item]:
 
 @dataclass
 class Outputs:
-    """Where the files of one image go."""
-
     out: Path
     save_probs: bool
     probs_dtype: str = "float16"
@@ -239,7 +237,7 @@ class BatchJob:
         )
 
     def chunks(self, items: Sequence[Item], size: int) -> Iterator[list[tuple[Item, np.ndarray]]]:
-        """Decoded images in lists of up to ``size``, decoded ``depth`` ahead; unreadable ones are recorded as failures."""
+        """Lists of up to ``size`` images decoded ``depth`` ahead; unreadable ones are recorded as failures."""
         submitted = ((i, self.decode_pool.submit(read_image, i.path)) for i in items)  # submits when drawn
         pending = collections.deque(itertools.islice(submitted, self.depth))
         chunk: list[tuple[Item, np.ndarray]] = []
@@ -328,12 +326,8 @@ def check_out_location(
             raise UsageError(f"--out {out} would overwrite the {option} file {given}; choose another output folder")
 
 
-def check_resume(
-    out: Path, record: str, settings: Mapping[str, Any], finished: int, overwrite: bool, noun: str = "outputs"
-) -> None:
-    """Refuse to add outputs to a folder whose finished ones were made with other settings (one line)."""
-    if overwrite or finished == 0:
-        return
+def check_resume(out: Path, record: str, settings: Mapping[str, Any], finished: int, noun: str) -> None:
+    """Refuse to add outputs to a folder whose ``finished`` ones were made with other settings."""
     try:
         recorded = json.loads((out / record).read_text())["settings"]
         if not isinstance(recorded, dict):
@@ -343,8 +337,7 @@ def check_resume(
             f"{out}: holds {finished} of this run's {noun} but no readable {record} (made by another program or "
             "an older version); choose another --out, or --overwrite to redo them"
         ) from None
-    diff = [f"{k} {recorded.get(k)!r} → {v!r}" for k, v in settings.items() if recorded.get(k) != v]
-    if diff:
+    if diff := [f"{k} {recorded.get(k)!r} → {v!r}" for k, v in settings.items() if recorded.get(k) != v]:
         raise UsageError(
             f"{out}: {finished} {noun} there were made with other settings ({'; '.join(diff)}); resuming would mix "
             "them: choose another --out, or --overwrite to redo them all"
@@ -353,8 +346,6 @@ def check_resume(
 
 @dataclass(frozen=True)
 class Summary:
-    """What a batch run did (printed as its summary line)."""
-
     done: int
     skipped: int
     failures: tuple[tuple[str, str], ...]
@@ -388,13 +379,12 @@ def run_batch(
     out = outputs.out
     fail_name = "failures.txt" if shard_n == 1 else f"failures-{shard_i}-of-{shard_n}.txt"
     fail_path = out / fail_name
-    done = 0
-    failures: list[tuple[str, str]] = []  # (name, reason)
+    done, failures = 0, list[tuple[str, str]]()  # failures: (name, reason)
     with owned_output_folder(out, tool, own_files=(outputs.record, fail_name), shard=(shard_i, shard_n)) as lock:
-        unfinished = [it for it in mine if not outputs.finished(it.name)]  # one look at the folder per image
-        check_resume(out, outputs.record, settings, len(mine) - len(unfinished), overwrite, noun)
+        todo = [it for it in mine if overwrite or not outputs.finished(it.name)]  # one look at the folder per image
+        if len(todo) < len(mine):
+            check_resume(out, outputs.record, settings, len(mine) - len(todo), noun)
         outputs.remove_stale_temporaries([it.name for it in mine])
-        todo = list(mine) if overwrite else unfinished
         skipped = len(mine) - len(todo)
         if todo:
             done, failures = work(todo, skipped, lock)

@@ -1,13 +1,6 @@
-"""CLIP seeds from image-level labels alone (CLIP-ES; Lin et al., CVPR 2023): no separately trained CAM network.
-
-``weakclip seeds`` writes ``OUT/<name>.png`` seed masks (palette; 0 background, class indices, 255 = low confidence)
-in the layout ``training/train.py`` reads (``data.seed_dir``).  The algorithm follows the released CLIP-ES code
-(linyq2117/CLIP-ES) over the CLIP towers of :mod:`weakclip.model.clip`; each step names its CLIP-ES source.
-
-Deliberate differences: fp32 instead of CLIP-ES's fp16; images decoded with :func:`weakclip.data.io.read_image`
-(EXIF orientation applied, as training reads them); CLIP-ES's "77 tokens means text" test in the vision tower is not
-reproduced; an image whose label lists no foreground class gets an all-background seed (CLIP-ES ends its worker).
-"""
+"""CLIP-ES seeds (Lin et al., CVPR 2023; linyq2117/CLIP-ES) from image-level labels: ``OUT/<name>.png`` (0 background,
+class indices, 255 low confidence) for ``data.seed_dir``.  Differs from CLIP-ES in: fp32, EXIF-aware image decoding,
+and an all-background seed for an image labelled with no foreground class."""
 
 from __future__ import annotations
 
@@ -92,13 +85,8 @@ class PromptSet:
 
 
 def resolve_prompts(class_names: Sequence[str], prompts: str | os.PathLike = "auto") -> PromptSet:
-    """The prompt set for ``class_names`` (index 0 = background): ``voc``, ``coco``, ``generic``, ``auto`` or a JSON
-    file ``{"template", "classes": {name: prompt name}, "background": [...], "box_threshold"}``.
-
-    ``auto`` picks ``voc`` when every foreground name is a VOC name, else ``coco`` when every one is a COCO name,
-    else ``generic``.  Classes missing from a set's ``classes`` are prompted with their own name; background entries
-    equal to a class name are dropped (a class must never compete against itself).
-    """
+    """``voc``, ``coco``, ``generic``, ``auto`` (the first set naming every class) or a JSON file ``{"template",
+    "classes", "background", "box_threshold"}``; background texts equal to a class name are dropped."""
     fg = [str(n) for n in class_names[1:]]
     if not fg:
         raise ValueError("class_names must hold 'background' plus at least one foreground class")
@@ -144,8 +132,7 @@ def view_size(height: int, width: int, scale: float, multiple: int = 16) -> tupl
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int], flip: bool = False):
-    """(H, W, 3) uint8 RGB → (1, 3, h, w) float32 tensor: PIL bicubic resize (torchvision ``Resize`` on a PIL image),
-    /255, CLIP mean/std; ``flip`` mirrors the result horizontally (``torch.flip(image, [-1])``)."""
+    """(H, W, 3) uint8 RGB → (1, 3, h, w): PIL bicubic resize, /255, CLIP mean/std, optionally mirrored."""
     h, w = size
     resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BICUBIC))
     x = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)
@@ -161,9 +148,8 @@ def minmax_normalise(cams):
 
 
 def box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
-    """(h, w) {0, 1} float32 mask of the bounding boxes of the high regions of ``cam`` in [0, 1] (``scoremap2bbox``
-    with ``multi_contour_eval=True``, then ``aff_mask[y0:y1, x0:x1] = 1``): as in CLIP-ES, every contour, holes
-    included, gives a box whose exclusive ends are clipped to ``size − 1`` (the last row/column never in a box)."""
+    """(h, w) {0, 1} mask of the boxes of ``cam``'s high regions (scoremap2bbox, multi_contour_eval): as in CLIP-ES,
+    every contour gives a box, its exclusive ends clipped to ``size − 1``."""
     h, w = cam.shape
     img = (np.asarray(cam, dtype=np.float32) * 255).astype(np.uint8)
     _, binary = cv2.threshold(img, int(threshold * int(img.max())), 255, cv2.THRESH_BINARY)
@@ -176,8 +162,7 @@ def box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def affinity_transition(attn, sinkhorn_rounds: int = 3, power_steps: int = 1):
-    """Attention (n, n) (rows = queries) → the CAA transition matrix: ``sinkhorn_rounds`` × (divide by column sums,
-    then by row sums), symmetrise (T + Tᵀ)/2, then ``power_steps`` × T ← T·T."""
+    """Attention (n, n) → CAA transition: Sinkhorn rounds, (T + Tᵀ)/2, then ``power_steps`` × T ← T·T."""
     t = attn
     for _ in range(sinkhorn_rounds):
         t = t / t.sum(0, keepdim=True)
@@ -189,17 +174,15 @@ def affinity_transition(attn, sinkhorn_rounds: int = 3, power_steps: int = 1):
 
 
 def refine_cams(trans, cams, masks):
-    """CAA refinement of C maps at once: (T ⊙ mask_c[None, :]) · cam_c = T · (mask_c ⊙ cam_c), then min-max.
-    trans (n, n); cams, masks (C, h, w) → (C, h, w)."""
+    """CAA refinement T · (mask_c ⊙ cam_c), min-max normalised: trans (n, n); cams, masks (C, h, w)."""
     C, h, w = cams.shape
     src = (masks * cams).reshape(C, h * w)  # (C, n): the box mask zeroes T's columns = source tokens
     return minmax_normalise((src @ trans.transpose(0, 1)).reshape(C, h, w))
 
 
 def crf_input_image(image: np.ndarray, mode: str = "clip_es") -> np.ndarray:
-    """The (H, W, 3) uint8 image the CRF's bilateral kernel sees: ``rgb`` the image; ``clip_es`` (eval_cam_with_crf.py)
-    BGR float32 minus CAFFE_MEAN_BGR, ``astype(np.uint8)`` — a C cast that truncates and wraps modulo 256, written
-    out here so it does not depend on the platform."""
+    """The CRF's image: ``rgb`` as is; ``clip_es`` BGR − CAFFE_MEAN_BGR cast to uint8 (truncating, modulo 256, written
+    out so it does not depend on the platform)."""
     if mode == "rgb":
         return np.ascontiguousarray(image, dtype=np.uint8)
     bgr = np.asarray(image, dtype=np.float32)[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, dtype=np.float32)
@@ -209,9 +192,7 @@ def crf_input_image(image: np.ndarray, mode: str = "clip_es") -> np.ndarray:
 def seed_from_cams(
     image: np.ndarray, cams: np.ndarray, keys: Sequence[int], options: SeedOptions = SeedOptions()
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seed mask from image (H, W, 3) uint8 RGB and cams (C, H, W) in [0, 1] of the classes ``keys`` (C ≥ 0):
-    (mask (H, W) uint8: 0, keys, or 255 where the CRF's confidence < ignore_threshold, scores (1 + C, H, W) float32
-    [background (1 − max CAM)^α, cams]: the CRF's input, not a distribution)."""
+    """(mask (H, W) uint8: 0, keys or 255, scores (1 + C, H, W) [(1 − max CAM)^α, cams]) from cams (C, H, W)."""
     cams = np.asarray(cams, dtype=np.float32)
     H, W = image.shape[:2]
     if cams.shape[1:] != (H, W) or cams.shape[0] != len(keys):
@@ -232,8 +213,7 @@ def seed_from_cams(
 
 
 def run_block(blk, x, need_weights: bool, y=None):
-    """One open_clip ``ResidualAttentionBlock`` on (B, N, D) tokens, also returning its head-averaged attention
-    (B, N, N) when ``need_weights`` (open_clip's own forward never asks for it); ``y`` replaces ``ln_1(x)``."""
+    """An open_clip block on (B, N, D) tokens and its head-averaged attention (B, N, N); ``y`` replaces ``ln_1(x)``."""
     y = blk.ln_1(x) if y is None else y
     first = blk.attn.batch_first
     yt = y if first else y.transpose(0, 1)
@@ -245,8 +225,6 @@ def run_block(blk, x, need_weights: bool, y=None):
 
 @dataclass
 class ImageCams:
-    """Per-view intermediate results (token resolution), kept for inspection and tests."""
-
     grid: tuple[int, int]  # (h, w) token grid
     gradcam: Any  # (C, h, w) normalised Grad-CAMs
     attn: Any  # (n, n) averaged patch-to-patch attention of the last attn_layers blocks
@@ -264,8 +242,7 @@ class SeedResult:
 
 
 class ClipSeeder:
-    """CLIP-ES seeds over a :class:`weakclip.model.clip.CLIPImageEncoder` and a full-context CLIPTextEncoder
-    (text features computed once); ``cams(...)`` stops before the background/CRF step of ``seed(...)``."""
+    """CLIP-ES seeds over CLIP image and full-context text towers; ``cams`` stops before ``seed``'s CRF step."""
 
     def __init__(
         self,
@@ -293,7 +270,7 @@ class ClipSeeder:
         return len(self.class_names)
 
     def encode_texts(self, texts: Sequence[str]):
-        """L2-normalised text features (n, E) (CLIP-ES's normalise, mean over one template, normalise = once)."""
+        """L2-normalised text features (n, E)."""
         import open_clip
 
         ctx = self.text_tower.tower.positional_embedding.shape[0]
@@ -396,9 +373,7 @@ def build_seeder(
     device: str = "cpu",
     dtype=None,
 ) -> ClipSeeder:
-    """A seeder over the preset's CLIP towers: ``clip_weights`` ``"openai"`` (open_clip's download cache), a local
-    ``ViT-B-16.pt`` / ``.safetensors``, or None for random towers (tests only).  The image tower keeps CLIP's 14×14
-    positional grid (resized to each view's grid, as CLIP-ES does), the text tower CLIP's full 77-token context."""
+    """A seeder over the preset's CLIP towers: ``clip_weights`` "openai", a local file, or None (random, tests)."""
     from weakclip.model.clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
 
     cfg = get_config(preset, **({"class_names": tuple(class_names)} if class_names is not None else {}))
@@ -433,8 +408,7 @@ def make_seeds(
     workers: int = 2,
     progress: bool = True,
 ) -> Summary:
-    """CLIP-ES seeds for ``images`` (folder or list) from image-level ``labels`` into ``out`` (``<name>.png``);
-    ``seeder`` may be given instead of built from ``preset``/``clip_weights``/``prompts``."""
+    """CLIP-ES seeds for ``images`` from image-level ``labels`` into ``out``; ``seeder`` replaces the built one."""
     if seeder is not None:
         options, class_names = seeder.options, seeder.class_names
     class_names = tuple(class_names or get_config(preset).class_names)
@@ -452,16 +426,10 @@ def make_seeds(
         raise UsageError(f"{labels}: no image-level label for {len(missing)} image(s), e.g. {missing[:5]}")
     weights_id = clip_weights if weights_file is None else f"sha256:{file_sha256(weights_file, with_data=False)}"
     prompt_set = seeder.prompts if seeder is not None else resolve_prompts(class_names, prompts)
-    settings = {
-        "preset": preset,
-        "clip_weights": weights_id,
-        "class_names": class_names,
-        "prompts": dataclasses.asdict(prompt_set),
-        "options": dataclasses.asdict(options),
-        "labels_sha256": file_sha256(labels, with_data=False),
-        "palette": bool(palette),
-        "save_scores": bool(save_scores),
-    }
+    settings: dict[str, Any] = dict(preset=preset, clip_weights=weights_id, class_names=class_names)
+    settings |= dict(prompts=dataclasses.asdict(prompt_set), options=dataclasses.asdict(options))
+    settings |= dict(labels_sha256=file_sha256(labels, with_data=False))
+    settings |= dict(palette=bool(palette), save_scores=bool(save_scores))
     settings = json.loads(json.dumps(settings))  # tuples → lists: compares equal to what a resumed run reads back
     paths = {"images": images, "image_root": image_root, "ext": ext, "labels": labels, "out": out}
     record_args = {k: v and str(v) for k, v in paths.items()}
@@ -480,14 +448,8 @@ def make_seeds(
         if seeder is None:
             if clip_weights is None:
                 print("warning: --clip-weights none: random CLIP towers, the seeds are meaningless (tests only)")
-            seeder = build_seeder(
-                preset,
-                clip_weights=clip_weights,
-                class_names=class_names,
-                prompts=prompt_set,
-                options=options,
-                device=device,
-            )
+            kw: dict[str, Any] = dict(class_names=class_names, prompts=prompt_set, device=device)
+            seeder = build_seeder(preset, clip_weights=clip_weights, options=options, **kw)
         write_record(outputs, settings, args=record_args)
         crf = options.crf is not None
         print(
