@@ -1,8 +1,7 @@
 """VOC-layout segmentation datasets (VOC2012 + SBD train_aug, COCO 2014 ``voc_format``, the synthetic set).
 
-Bad samples are logged once, recorded in ``dataset.bad_samples`` as (name, reason) and skipped; more than
-``max_bad_fraction`` of them stops the run (per DataLoader worker).  A COCO mask whose values do not fit the chosen
-``coco_layout`` is an error, not a skipped sample."""
+Bad samples are logged once, recorded in ``dataset.bad_samples`` and skipped; more than ``max_bad_fraction`` of them
+(per DataLoader worker), or a COCO mask that does not fit ``coco_layout``, stops the run."""
 
 from __future__ import annotations
 
@@ -85,10 +84,9 @@ def read_class_names(path: str | os.PathLike) -> tuple[str, ...]:
 
 
 class SegmentationDataset(Dataset):
-    """Images + seeds (train) or images + GT (val) in VOC layout.  A sample is a dict: ``image`` (3, H, W) float32
-    normalised, ``seed`` (H, W) int64 with 255 ignore, ``labels`` (K,) float32 multi-hot (background always 1),
-    ``name``; in val mode also ``gt`` (H, W) int64, no augmentation (``seed`` only with ``seed_dir``).  In train mode
-    H = W = crop_size."""
+    """Images + seeds (train, H = W = crop_size) or images + GT (val, no augmentation) in VOC layout.  A sample is a
+    dict: ``image`` (3, H, W) float32, ``seed`` (H, W) int64 (255 ignore; in val mode only with ``seed_dir``),
+    ``labels`` (K,) float32 multi-hot (background always 1), ``name``, and in val mode ``gt`` (H, W) int64."""
 
     def __init__(
         self,
@@ -235,8 +233,7 @@ class SegmentationDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, idx, draw])
 
     def set_epoch(self, epoch: int) -> None:
-        """Mix the epoch into the augmentation randomness.  Draw counts restart with every new epoch value, so a
-        trainer that calls ``set_epoch(iteration)`` gets the same augmentations after a resume."""
+        """Mix the epoch into the augmentation randomness (draw counts restart: a resume repeats the augmentations)."""
         if int(epoch) != self.epoch:
             self._draws.clear()
         self.epoch = int(epoch)
@@ -283,9 +280,8 @@ class SegmentationDataset(Dataset):
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch sample dicts: ``image`` (B, 3, H, W), ``seed``/``gt`` (B, H, W), ``labels`` (B, K), ``name`` list,
-    ``size`` (B, 2) int64 original (H, W).  Samples of different sizes (val mode) are padded at the bottom/right
-    (image 0, masks 255) to the largest H and W."""
+    """Batch sample dicts (``size``: (B, 2) original (H, W)); samples of different sizes (val mode) are padded at the
+    bottom/right to the largest H and W."""
     sizes = torch.tensor([tuple(b["image"].shape[-2:]) for b in batch], dtype=torch.int64)
     out: dict[str, Any] = {"name": [b["name"] for b in batch], "size": sizes}
     H, W = sizes.max(0).values.tolist()
@@ -299,10 +295,8 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def read_cam_npy(path: str | os.PathLike, *, allow_pickle_cams: bool = False) -> dict[int, np.ndarray] | np.ndarray:
-    """Read an MCTformer ``{fg_index (0-based): cam (H, W)}`` or IRN ``{"keys": fg indices, "cam" or "high_res":
-    (C, H, W)}`` CAM ``.npy`` as ``{k: cam (H, W) float32}`` keyed by **K-class** index (foreground index + 1).  These
-    pickles are read only with ``allow_pickle_cams=True``, through the restricted unpickler; a plain array is returned
-    as is."""
+    """An MCTformer ``{fg_index: cam (H, W)}`` or IRN ``{"keys", "cam"/"high_res": (C, H, W)}`` CAM ``.npy`` as
+    ``{K-class index (fg + 1): cam (H, W) float32}`` (a plain array as is); pickles need ``allow_pickle_cams``."""
     path = Path(path)
     with reading(path, "not a .npy file"), open(path, "rb") as f:
         dtype = npy_dtype(f)

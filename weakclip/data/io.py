@@ -1,9 +1,9 @@
-"""Small file helpers shared by data, generation and evaluation: image decoding, palette PNGs, atomic writes and
-output-folder locks.  Written files follow the process umask like any ``open()``."""
+"""File helpers: image decoding, palette PNGs, atomic writes (following the umask like ``open()``), folder locks."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -42,8 +42,7 @@ def voc_palette_array() -> np.ndarray:
 
 
 def palette_blend(image: np.ndarray | None, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """(H, W, 3) uint8: the mask's palette colours blended over ``image`` where the mask is not background (0).
-    Without an image, the palette mask itself."""
+    """(H, W, 3) uint8: the mask's palette colours over ``image`` where not background (0); alone without image."""
     colour = voc_palette_array()[mask]
     if image is None:
         return colour
@@ -55,9 +54,8 @@ def palette_blend(image: np.ndarray | None, mask: np.ndarray, alpha: float = 0.6
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the destination folder; when the block succeeds, :func:`commit_file` it onto
-    ``path``, so a reader never sees a half-written file.  An ``OSError`` that means the output cannot be written
-    becomes :class:`~weakclip.errors.OutputError` naming ``path``; the temporary is always removed."""
+    """Yield a temporary path beside ``path``, :func:`commit_file`'d onto it when the block succeeds (never half-written);
+    an unwritable output raises :class:`~weakclip.errors.OutputError` naming ``path``."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,8 +92,7 @@ def commit_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
 
 
 def output_error(path: str | os.PathLike, e: OSError) -> OSError | OutputError:
-    """``e`` as an :class:`~weakclip.errors.OutputError` naming ``path`` when it means the output cannot be written
-    (disk full, read-only, permission), else ``e`` itself."""
+    """``e`` as an OutputError naming ``path`` when the output cannot be written (disk full, read-only...), else ``e``."""
     return OutputError(path, e) if e.errno in FATAL_ERRNOS else e
 
 
@@ -118,8 +115,6 @@ def ensure_writable(folder: str | os.PathLike) -> Path:
 
 def file_sha256(path: str | os.PathLike, *, with_data: bool = True) -> str:
     """sha256 (hex) of a file, plus its ``<file>.data`` external-weights sibling (large ONNX models) if ``with_data``."""
-    import hashlib
-
     h = hashlib.sha256()
     for p in (Path(path), Path(f"{path}.data") if with_data else None):
         if p is not None and p.is_file():
@@ -150,8 +145,7 @@ def save_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: bool = Tru
 
 @contextlib.contextmanager
 def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Errors of the block as one line naming ``path``: ``<path>: file not found`` (FileNotFoundError), else
-    ``<path>: <what> (<error>)`` (ValueError) for an OSError or ValueError."""
+    """The block's errors as one line naming ``path``: ``file not found``, or ValueError ``<what> (<error>)``."""
     try:
         yield
     except FileNotFoundError:
@@ -169,8 +163,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image as (H, W, 3) uint8 RGB exactly like the official mmcv pipeline (``cv2.imdecode``,
-    ``IMREAD_COLOR``: EXIF orientation applied, 16-bit and grey converted); ValueError naming an unreadable file."""
+    """(H, W, 3) uint8 RGB decoded exactly like the official mmcv pipeline (``cv2.imdecode``, ``IMREAD_COLOR``)."""
     import cv2
 
     with reading(path, "cannot read image"):
@@ -188,9 +181,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 @contextlib.contextmanager
 def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield ``path``; if the block fails, remove the folders it created that are still empty: ``path`` and its new
-    parents, or, when ``path`` existed, its new entries (with every empty folder below them).  A folder that existed
-    before, or holds a file, is never touched."""
+    """Yield ``path``; if the block fails, remove the folders it created that are still empty (``path`` and its new
+    parents, or its new entries with the empty folders below them).  Old folders and files are never touched."""
     path = Path(path)
     top = None  # the outermost folder of ``path`` that is missing now
     for p in (path, *path.parents):
@@ -217,9 +209,8 @@ def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
 
 
 class FolderLock:
-    """Ownership of an output folder through ``fcntl.flock``, released by the OS when the process ends (a killed
-    run leaves no stale lock).  An unsharded run holds ``.weakclip.lock`` exclusively; the shards of one run hold it
-    shared, each with ``.weakclip-<i>-of-<N>.lock`` exclusively.  The files record the holder's PID and tool."""
+    """An output folder owned through ``fcntl.flock`` (the OS releases it when the process dies): ``.weakclip.lock``
+    exclusive, or shared by the shards of one run, each also holding ``.weakclip-<i>-of-<N>.lock`` (PID and tool)."""
 
     def __init__(self, folder: str | os.PathLike, tool: str, shard: tuple[int, int] | None = None) -> None:
         self.folder = Path(folder)
@@ -293,9 +284,8 @@ class FolderLock:
 def owned_output_folder(
     folder: str | os.PathLike, tool: str, own_files: Sequence[str] = (), shard: tuple[int, int] | None = None
 ) -> Iterator[FolderLock]:
-    """Create ``folder`` if needed and own it for the block (:class:`FolderLock`).  If the block fails, the new files
-    named in ``own_files`` (e.g. a settings record) are removed when nothing else was written, and folders it created
-    are removed if left empty: a failed or refused run leaves the folder as it found it."""
+    """Create and own ``folder`` for the block (:class:`FolderLock`); a failed run leaves it as found (new ``own_files``
+    removed when nothing else was written, new empty folders removed)."""
     folder = Path(folder)
     before = set(os.listdir(folder)) if folder.is_dir() else None
     with removed_if_left_empty(folder):

@@ -1,7 +1,5 @@
-"""Image-level label readers: ``cls_labels.npy`` (IRN/MCTformer), JSON, text, and labels derived from seed masks.
-
-Every reader returns ``dict name -> sorted list of foreground class indices`` (1-based: background 0 is never
-listed).  ``cls_labels.npy`` is a pickle, read with :class:`RestrictedUnpickler`."""
+"""Image-level label readers (``cls_labels.npy`` through :class:`RestrictedUnpickler`, JSON, text, seed masks), each
+returning ``dict name -> sorted list of 1-based foreground class indices`` (background 0 is never listed)."""
 
 from __future__ import annotations
 
@@ -159,9 +157,9 @@ def labels_from_mask(mask: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(np.asarray(mask)) if v != 0 and v != 255]
 
 
-def labels_from_seed_dir(seed_dir: str | os.PathLike, names: Iterable[str], suffix: str = ".png") -> Labels:
-    """Derive labels for ``names`` from the seed masks ``seed_dir/<name><suffix>``."""
-    return {n: labels_from_mask(read_mask(Path(seed_dir) / f"{n}{suffix}")) for n in names}
+def labels_from_seed_dir(seed_dir: str | os.PathLike, names: Iterable[str]) -> Labels:
+    """Derive labels for ``names`` from the seed masks ``seed_dir/<name>.png``."""
+    return {n: labels_from_mask(read_mask(Path(seed_dir) / f"{n}.png")) for n in names}
 
 
 def load_labels(path: str | os.PathLike, num_classes: int | None = None) -> Labels:
