@@ -36,8 +36,6 @@ SETTING_ROWS = ("made by", "model", "model sha256", "engine", "precision", "view
 
 @dataclass
 class RunInfo:
-    """One mask folder and what made it (from its config file, when it has one)."""
-
     path: Path
     name: str  # shown on the page
     kind: str  # "generate", "seeds" or "masks" (a folder without a config file)
@@ -47,8 +45,6 @@ class RunInfo:
 
 @dataclass
 class RunStats:
-    """What the stream over the images found for one run."""
-
     matrix: np.ndarray  # (K, K+1) confusion counts summed over the images this run has
     image_miou: np.ndarray  # (N,) per-image mIoU, NaN where the run has no mask
     ignore_share: np.ndarray  # (N,) share of the mask's pixels that are 255, NaN where no mask
@@ -62,8 +58,6 @@ class RunStats:
 
 @dataclass
 class Report:
-    """What :func:`make_report` wrote and computed."""
-
     index: Path
     runs: list[RunInfo]
     stats: list[RunStats]
@@ -100,8 +94,7 @@ def _image_dir(args: dict[str, Any]) -> Path | None:
 
 
 def describe_run(path: str | os.PathLike) -> RunInfo:
-    """Name, settings and image folder of a mask folder, from ``generate_config.json`` (weakclip generate) or
-    ``seeds_config.json`` (weakclip seeds); a folder without either is shown by its name."""
+    """Name, settings and image folder of a mask folder, from its ``generate_config.json`` or ``seeds_config.json``."""
     path = Path(path)
     gen, seeds = path / "generate_config.json", path / "seeds_config.json"
     if (cfg := _load_json(gen)) is not None:
@@ -275,9 +268,8 @@ def make_report(
     ignore_index: int = 255,
     progress_options: dict[str, Any] | None = None,
 ) -> Report:
-    """Write ``out/index.html`` (+ ``assets/``, ``report.json``, ``per_image.csv``) comparing the mask folders
-    ``runs`` (the first and the last are the gallery's "before" and "after") against ``gt_dir``; UsageError on bad
-    input.  Unset ``images``, ``class_names`` and ``image_root`` are found as ``weakclip report --help`` says."""
+    """Write ``out/index.html``, ``assets/``, ``report.json`` and ``per_image.csv`` comparing the mask folders
+    ``runs`` (first and last: the gallery's "before" and "after") against ``gt_dir``; UsageError on bad input."""
     from weakclip.progress import progress
 
     gt_dir, out = Path(gt_dir), Path(out)
@@ -287,12 +279,10 @@ def make_report(
         raise UsageError("name at least one folder of masks to report on")
     if not gt_dir.is_dir():
         raise UsageError(f"--gt {gt_dir}: not a folder")
-    for d in run_dirs:
-        if not d.is_dir():
-            raise UsageError(f"{d}: not a folder of masks")
-    for k, d in enumerate(run_dirs):
-        if d.resolve() in {q.resolve() for q in run_dirs[:k]}:
-            raise UsageError(f"{d}: given twice")
+    if bad := [d for d in run_dirs if not d.is_dir()]:
+        raise UsageError(f"{bad[0]}: not a folder of masks")
+    if twice := [d for k, d in enumerate(run_dirs) if d.resolve() in {q.resolve() for q in run_dirs[:k]}]:
+        raise UsageError(f"{twice[0]}: given twice")
     inputs = [("--gt", gt_dir), *(("a run", r) for r in run_dirs), *([("--image-root", root)] if root else [])]
     for what, p in inputs:
         if out.resolve() == p.resolve():
@@ -302,11 +292,10 @@ def make_report(
     if gallery < 0 or thumb < 16 or not 0 < ignore_heavy <= 1:
         raise UsageError("--gallery must be >= 0, --thumb >= 16 and --ignore-heavy in (0, 1]")
     infos = [describe_run(r) for r in run_dirs]
-    if run_names is not None:
-        if len(run_names) != len(infos):
-            raise UsageError(f"--names gives {len(run_names)} name(s) for {len(infos)} run(s)")
-        for info, n in zip(infos, run_names):
-            info.name = n
+    if run_names is not None and len(run_names) != len(infos):
+        raise UsageError(f"--names gives {len(run_names)} name(s) for {len(infos)} run(s)")
+    for info, n in zip(infos, run_names or []):
+        info.name = n
     counts = Counter(info.name for info in infos)
     for info in infos:  # two runs with the same description: tell them apart by folder
         if counts[info.name] > 1:
@@ -322,8 +311,7 @@ def make_report(
         if not images:
             raise UsageError(f"--gt {gt_dir}: no .png ground-truth masks")
     images = list(images)
-    absent = [n for n in images if not (gt_dir / f"{n}.png").is_file()]
-    if absent:
+    if absent := [n for n in images if not (gt_dir / f"{n}.png").is_file()]:
         raise UsageError(f"--gt {gt_dir}: no ground truth for {len(absent)} listed image(s), e.g. {absent[:3]}")
     N = len(images)
     for info in infos:
