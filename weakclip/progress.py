@@ -1,10 +1,5 @@
-"""Progress, start-up line and logging shared by every command-line tool.
-
-:func:`progress` is a drop-in for ``tqdm(``: a bar on a terminal, otherwise a plain line every ``interval`` seconds
-(``$WEAKCLIP_PROGRESS_INTERVAL``, default 30) and a final ``done`` line, nothing for a run shorter than that; ``mode``
-(``$WEAKCLIP_PROGRESS``): auto, bar, lines or off.  Library code logs through ``logging.getLogger("weakclip.<x>")``;
-only the command-line entries call :func:`setup_logging`.
-"""
+"""Progress, start-up line and logging of the command-line tools: :func:`progress` is a drop-in for ``tqdm(`` that
+prints plain lines every ``interval`` seconds (and a final ``done`` line) when not on a terminal."""
 
 from __future__ import annotations
 
@@ -150,8 +145,7 @@ class Progress:
             self._print(self.line(_now(), final=True))
 
     def line(self, now: float | None = None, final: bool = False) -> str:
-        """``[desc] n/total unit (pct %), rate unit/s, elapsed E, ETA T, postfix``; when ``final``
-        ``[desc] done: n/total unit in E (rate unit/s), postfix``."""
+        """``[desc] n/total unit (pct %), rate unit/s, elapsed E, ETA T, postfix``, or the ``done`` line."""
         elapsed = (_now() if now is None else now) - self._start
         rate = (self.n - self.initial) / elapsed if elapsed > 0 else float("nan")
         speed = f"{rate:.2f} {self.unit}/s" if math.isfinite(rate) else f"? {self.unit}/s"
@@ -192,8 +186,7 @@ STARTUP_FIELDS = ("engine", "model", "precision", "views", "device", "threads") 
 
 
 def startup_line(tool: str, *, note: str | None = None, **fields: Any) -> str:
-    """``weakclip <tool>: engine E, model M, precision P, views V, device D, threads T[, key value ...][; note]``;
-    fields given as None are left out, ``threads`` defaults to torch's intra-op threads."""
+    """``weakclip <tool>: engine E, model M, ..., threads T[, key value ...][; note]``, None fields left out."""
     fields = {k: fields.get(k) for k in STARTUP_FIELDS} | fields
     if fields["threads"] is None and "torch" in sys.modules:
         with contextlib.suppress(Exception):  # a half-imported torch: leave the field out
@@ -204,7 +197,6 @@ def startup_line(tool: str, *, note: str | None = None, **fields: Any) -> str:
 
 
 def print_startup(tool: str, **fields: Any) -> str:
-    """Print :func:`startup_line` on stdout (flushed) and return it."""
     print(text := startup_line(tool, **fields), flush=True)
     return text
 
@@ -227,9 +219,7 @@ class _LevelPrefix(logging.Formatter):
 
 
 def setup_logging(level: int = logging.INFO, logger: str = "weakclip") -> logging.Logger:
-    """The default handler of the command-line entry: ``logger``'s records below WARNING on stdout as they are,
-    WARNING and above on stderr as ``warning: ...``.  Idempotent; loggers with their own handlers and
-    ``propagate=False`` (a tool's own set-up) are left alone."""
+    """``logger``'s records below WARNING on stdout, the others on stderr as ``warning: ...`` (idempotent)."""
     lg = logging.getLogger(logger)
     if not any(isinstance(h, _Stream) for h in lg.handlers):
         out, err = _Stream("stdout"), _Stream("stderr")

@@ -33,7 +33,6 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _train(data: Path, run: Path, iters: int, *extra: str) -> None:
-    """The training library on the packaged default config (resumes an interrupted run in ``run``)."""
     from weakclip.progress import setup_logging
     from weakclip.training.config import read_config
     from weakclip.training.train import logger, setup_distributed, train
@@ -47,8 +46,7 @@ def _train(data: Path, run: Path, iters: int, *extra: str) -> None:
 
 
 def prepare_out(out: Path, settings: dict[str, int], overwrite: bool) -> None:
-    """Check ``out`` against the recorded settings (UsageError naming ``--out`` and the differences), delete the
-    demo's outputs on ``overwrite``, then record ``settings``.  Nothing is written before the checks pass."""
+    """Check ``out`` against the recorded settings (or delete the demo's outputs on ``overwrite``), then record them."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; expected a folder")
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
@@ -173,7 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_report(out: Path, data: Path, masks: Path, names: list[str]) -> str:
-    """``<out>/report/index.html`` (seeds → pseudo masks → with label masking), or why it was not written."""
     try:
         import matplotlib  # noqa: F401
     except ModuleNotFoundError:
@@ -187,8 +184,7 @@ def _write_report(out: Path, data: Path, masks: Path, names: list[str]) -> str:
 
 
 def _labels_only_route(args: argparse.Namespace, out: Path, data: Path) -> None:
-    """Image-level labels only → CLIP-ES seeds → WeakCLIP training → masks.  The demo's tiny random-init CLIP gives
-    seeds without knowledge: this shows the mechanics, not the quality (use --clip-weights openai on real data)."""
+    """Image-level labels → CLIP-ES seeds (tiny random CLIP: mechanics, not quality) → training → masks."""
     from weakclip.data.datasets import read_class_names
     from weakclip.engines.generate import EngineSpec, RunOptions, generate
     from weakclip.masks.evaluate import evaluate_dirs, read_names
