@@ -12,7 +12,7 @@ import inspect
 import re
 import tomllib
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -89,6 +89,12 @@ class TrainConfig:
 
 
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list of strings"}
+_COERCE: dict[Any, Callable[[Any], Any]] = {  # the value a field of this type takes from YAML / TOML / KEY=VALUE
+    int: lambda v: int(v) if isinstance(v, float) and v.is_integer() else v,
+    float: lambda v: float(v) if isinstance(v, int) and not isinstance(v, bool) else v,
+    str: lambda v: v if isinstance(v, (dict, list, bool)) else str(v),  # work_dir=123
+    list: lambda v: [v] if isinstance(v, str) else v,
+}
 
 
 def _split(hint: Any) -> tuple[Any, bool]:
@@ -112,25 +118,9 @@ def _typed(key: str, value: Any, hint: Any, where: str) -> Any:
             return None
         raise UsageError(f"{where}: {key} cannot be null; it takes {_type_name(base)}")
     want = typing.get_origin(base) or base
-    if want is bool:
-        ok = isinstance(value, bool)
-    elif want is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif want is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif want is str:
-        if not isinstance(value, (dict, list, bool)):
-            value = str(value)  # work_dir=123
-        ok = isinstance(value, str)
-    elif want is list:
-        value = [value] if isinstance(value, str) else value
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    else:
-        ok = isinstance(value, want)
-    if not ok:
+    value = _COERCE.get(want, lambda v: v)(value)
+    ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))  # True is an int, not a number
+    if not ok or (want is list and not all(isinstance(v, str) for v in value)):
         raise UsageError(f"{where}: {key} takes {_type_name(base)}, got {value!r} ({type(value).__name__})")
     return value
 

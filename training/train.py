@@ -31,7 +31,7 @@ import yaml
 
 import weakclip
 from weakclip.data.datasets import SegmentationDataset, collate, resolve_list
-from weakclip.data.io import atomic_path, read_image, read_mask, removed_if_left_empty
+from weakclip.data.io import atomic_path, read_image, read_mask, removed_if_left_empty, write_text_atomic
 from weakclip.data.labels import load_labels
 from weakclip.data.metrics import ConfusionMatrix
 from weakclip.errors import ArgumentParser, UsageError, cli
@@ -264,8 +264,7 @@ def _labels_path(cfg: TrainConfig) -> Path | None:
 
 
 def _check_labels(cfg: TrainConfig, num_classes: int) -> None:
-    """A ``data.labels`` file that does not fit a ``num_classes``-class model: the line ``weakclip check-data`` prints
-    (a missing file is left to the dataset, which reports it after the lists)."""
+    """A ``data.labels`` file that does not fit the model: check-data's line (a missing one: the dataset's error)."""
     path = _labels_path(cfg)
     if path is None or not path.is_file():
         return
@@ -309,8 +308,7 @@ def _resume_state(last: Path, cfg: TrainConfig) -> dict[str, Any]:
         recorded = None
     if not isinstance(recorded, dict):
         raise UsageError(f"{last}: records no config to compare with; --overwrite starts again")
-    diff = config_differences(recorded, cfg.to_dict())
-    if diff:
+    if diff := config_differences(recorded, cfg.to_dict()):
         more = f" (and {len(diff) - 1} more: {', '.join(d.split()[0] for d in diff[1:])})" if len(diff) > 1 else ""
         raise UsageError(
             f"{last}: --resume with a config that differs from the recorded run: {diff[0]}{more}; only "
@@ -388,16 +386,14 @@ def train(
     if world > 1:
         dist.barrier()  # every rank has checked the work_dir before rank 0 writes into it
     if main_rank:
-        removed = our_files(work) if overwrite and work.is_dir() else []
+        work.mkdir(parents=True, exist_ok=True)
+        # --overwrite: our outputs; always: temporaries of a run killed mid-write (never a valid checkpoint)
+        removed = our_files(work) if overwrite else sorted(work.glob(".*.tmp*"))
         for p in removed:
             p.unlink()
-        if removed:
+        if overwrite and removed:
             logger.info("--overwrite: removed %s from %s", ", ".join(p.name for p in removed), work)
-        work.mkdir(parents=True, exist_ok=True)
-        for stale in work.glob(".*.tmp*"):  # temporaries of a run killed mid-write; never a valid checkpoint
-            stale.unlink()
-        with atomic_path(work / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text_atomic(work / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     model.to(device).train()
     if world > 1 and device.type == "cuda":
