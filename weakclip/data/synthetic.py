@@ -11,7 +11,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ TEXTURES = ("stripes", "checker", "dots", "rings", "waves", "blotches")
 
 @dataclass
 class ClassStyle:
+    texture: str  # one of TEXTURES
     hue: float  # base hue in [0, 1)
     sat: float  # base saturation
     val: float  # base value (brightness)
@@ -37,7 +38,6 @@ class ClassStyle:
     dark: float  # value factor of the secondary colour
     period: float  # texture period in pixels at a 160-pixel short side
     angle: float  # texture orientation in radians
-    texture: str  # one of TEXTURES
 
 
 def make_class_styles(num_fg: int, rng: np.random.Generator) -> list[ClassStyle]:
@@ -45,7 +45,7 @@ def make_class_styles(num_fg: int, rng: np.random.Generator) -> list[ClassStyle]
     offset, tex = rng.random(), [TEXTURES[t] for t in rng.permutation(len(TEXTURES))]
     ranges = ((0.55, 0.9), (0.55, 0.95), (-0.08, 0.08), (0.35, 0.7), (6.0, 16.0), (0, np.pi))  # sat .. angle
     return [
-        ClassStyle((offset + c / num_fg) % 1.0, *(float(rng.uniform(*r)) for r in ranges), tex[c % len(tex)])
+        ClassStyle(tex[c % len(tex)], (offset + c / num_fg) % 1.0, *(float(rng.uniform(*r)) for r in ranges))
         for c in range(num_fg)
     ]
 
@@ -106,17 +106,13 @@ def _random_shape(rng: np.random.Generator, hw: tuple[int, int]) -> dict:
     return {"center": np.array([cy, cx]), "offsets": pts @ rot.T, "radius": r}
 
 
-def _draw_polygon(hw: tuple[int, int], center: np.ndarray, offsets: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    pts = center + offsets * scale  # (n, 2) as (y, x)
-    img = Image.new("L", (hw[1], hw[0]), 0)
-    ImageDraw.Draw(img).polygon([(float(x), float(y)) for y, x in pts], fill=1)
-    return np.asarray(img, dtype=bool)
-
-
-def _draw_ellipses(hw: tuple[int, int], centers: Sequence[np.ndarray], radii: Sequence[float]) -> np.ndarray:
+def _draw(hw: tuple[int, int], polygon: np.ndarray | None = None, discs: Iterable = ()) -> np.ndarray:
+    """(H, W) bool of a polygon ((n, 2) points as (y, x)) and/or discs ((cy, cx), r)."""
     img = Image.new("L", (hw[1], hw[0]), 0)
     draw = ImageDraw.Draw(img)
-    for (cy, cx), r in zip(centers, radii):
+    if polygon is not None:
+        draw.polygon([(float(x), float(y)) for y, x in polygon], fill=1)
+    for (cy, cx), r in discs:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
     return np.asarray(img, dtype=bool)
 
@@ -167,7 +163,7 @@ def make_sample(
     for cls in classes:
         st = styles[cls - 1]
         shape = _random_shape(rng, hw)
-        mask = _draw_polygon(hw, shape["center"], shape["offsets"])
+        mask = _draw(hw, shape["center"] + shape["offsets"])
         if not mask.any():
             continue
         ys, xs = np.nonzero(mask)
@@ -206,30 +202,27 @@ def _degrade(
             continue  # missed object: stays background in the seeds
         r, offsets = shape["radius"], shape["offsets"]
         core_scale = float(rng.uniform(0.55, 0.95))  # an under-segmented core around an off-centre point
-        region = _draw_polygon(hw, shape["center"] + rng.uniform(-0.3, 0.3, 2) * r, offsets, core_scale)
+        region = _draw(hw, shape["center"] + rng.uniform(-0.3, 0.3, 2) * r + offsets * core_scale)
         n_spill = int(rng.integers(0, 4))  # blobby spills across the outline
         if n_spill:
             idx = rng.integers(0, len(offsets), n_spill)
             centers = [shape["center"] + offsets[i] * rng.uniform(0.75, 1.1) for i in idx]
-            region |= _draw_ellipses(hw, centers, list(rng.uniform(0.15, 0.4, n_spill) * r))
+            region |= _draw(hw, discs=zip(centers, rng.uniform(0.15, 0.4, n_spill) * r))
         dy, dx = (rng.uniform(-0.15, 0.15, 2) * r).astype(int)
         region = _shift(region, int(dy), int(dx))  # shifted boundaries
-        label = cls
         if rng.random() < 0.05 and num_fg > 1:  # class confusion
-            label = int(rng.choice([c for c in range(1, num_fg + 1) if c != cls]))
-        seed[region] = label
+            cls = int(rng.choice([c for c in range(1, num_fg + 1) if c != cls]))
+        seed[region] = cls
         if rng.random() < 0.4:  # uncertain patches on the outline
             n_u = int(rng.integers(1, 3))
-            idx = rng.integers(0, len(offsets), n_u)
-            centers = [shape["center"] + offsets[i] for i in idx]
-            uncertain |= _draw_ellipses(hw, centers, list(rng.uniform(0.1, 0.25, n_u) * r))
+            centers = shape["center"] + offsets[rng.integers(0, len(offsets), n_u)]
+            uncertain |= _draw(hw, discs=zip(centers, rng.uniform(0.1, 0.25, n_u) * r))
     if shapes and rng.random() < 0.15:  # context false positive: a present class fires on background
         cls = shapes[int(rng.integers(len(shapes)))][0]
-        c = np.array([rng.uniform(0, h), rng.uniform(0, w)])
-        seed[_draw_ellipses(hw, [c], [float(rng.uniform(0.05, 0.12) * min(h, w))]) & (seed == 0)] = cls
+        fp = _draw(hw, discs=[((rng.uniform(0, h), rng.uniform(0, w)), rng.uniform(0.05, 0.12) * min(h, w))])
+        seed[fp & (seed == 0)] = cls
     if rng.random() < 0.2:  # an uncertain background patch
-        c = np.array([rng.uniform(0, h), rng.uniform(0, w)])
-        uncertain |= _draw_ellipses(hw, [c], [float(rng.uniform(0.05, 0.1) * min(h, w))])
+        uncertain |= _draw(hw, discs=[((rng.uniform(0, h), rng.uniform(0, w)), rng.uniform(0.05, 0.1) * min(h, w))])
     seed[uncertain] = IGNORE
     return seed
 
