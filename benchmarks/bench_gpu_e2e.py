@@ -9,8 +9,8 @@ CUDA GPU): tiny preset, GPU rows skipped.  Writes ``gpu_e2e.json`` (after every 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
+import functools
 import gc
 import json
 import os
@@ -132,9 +132,7 @@ def evaluate_goals(rows: list[dict], device: str, peak: tuple[str | None, float 
         "goal": f"VOC train_aug (10,582 images) at 12 views <= {GOAL_VOC_MINUTES:g} min of model time on one H100"
     }
     if best is None:
-        g2.update(value=None, met=None, note="no row measured")
-        g3.update(value=None, met=None, note="no row measured")
-        return [g1, g2, g3]
+        return [g1] + [g | {"value": None, "met": None, "note": "no row measured"} for g in (g2, g3)]
     if peak[1] is None:
         table = ", ".join(lbl for _, lbl, _ in DENSE_FP16_PEAK_TFLOPS)
         g2.update(value=None, met=None, note=f"no dense fp16 peak known for {device!r} (table: {table})")
@@ -184,33 +182,6 @@ def process_gpu_memory_mib() -> tuple[float | None, str]:
     return (sum(mib), "nvidia-smi") if mib else (None, f"unavailable: nvidia-smi {unlisted}")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def memory_probe(device: torch.device, into: dict):
-    """Peak torch allocation during the block (absolute and above what was allocated before: the shared model)."""
-    gc.collect()
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    yield
-    if device.type == "cuda":
-        sync(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        into["peak_allocated_mib"] = peak / 2**20
-        into["peak_allocated_above_model_mib"] = (peak - base) / 2**20
-        into["peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
-        into["process_gpu_mib"], into["process_gpu_source"] = process_gpu_memory_mib()
-    else:
-        into["peak_rss_mib_process"] = common.peak_rss_mib()
-        into["process_gpu_source"] = "unavailable: no GPU"
-
-
 def agreement(logits: torch.Tensor, ref: torch.Tensor) -> dict:
     logits, ref = logits.detach().float().cpu(), ref.detach().float().cpu()
     return {
@@ -245,8 +216,7 @@ class Ctx:
             raise RowSkipped(f"needs a CUDA GPU ({what}); CPU smoke mode")
 
     def need_row(self, row: dict, gpu: str | None = None) -> None:
-        """Skip the row without a GPU when it needs one (``gpu``: for what); cut it when what it needs (ROW_NEEDS_S)
-        is no longer left."""
+        """Skip the row without a GPU when it needs one (``gpu``: for what); cut it when its ROW_NEEDS_S is not left."""
         if gpu:
             self.gpu(gpu)
         self.need(ROW_NEEDS_S.get(row["key"], ROW_NEEDS_DEFAULT_S), f"the {row['key']} row")
@@ -254,13 +224,27 @@ class Ctx:
 
 def _measure(ctx: Ctx, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, row: dict, iters: int = 0) -> None:
     """Seconds per call into ``row["timing"]``: the median (and spread) of the timed repeats, the first call (e.g. a
-    compile) apart; peak memory, and agreement with the fp32 logits when ``x`` is the full reference batch."""
-    a, batch, iters = ctx.args, x.shape[0], iters or ctx.args.iters
-    with memory_probe(ctx.device, row):
-        _, first, per = common.time_calls(
-            lambda: fn(x), warmup=a.warmup, repeats=a.repeats, iters=iters, sync=lambda: sync(ctx.device)
-        )
-        out = fn(x) if batch == ctx.x.shape[0] else None
+    compile) apart; peak memory (absolute and above what was allocated before: the shared model), and agreement with
+    the fp32 logits when ``x`` is the full reference batch."""
+    a, batch, iters, device = ctx.args, x.shape[0], iters or ctx.args.iters, ctx.device
+    cuda = device.type == "cuda"
+    sync = functools.partial(torch.cuda.synchronize, device) if cuda else lambda: None
+    gc.collect()
+    if cuda:
+        sync()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    _, first, per = common.time_calls(lambda: fn(x), warmup=a.warmup, repeats=a.repeats, iters=iters, sync=sync)
+    out = fn(x) if batch == ctx.x.shape[0] else None
+    if cuda:
+        sync()
+        peak = torch.cuda.max_memory_allocated(device)
+        row.update(peak_allocated_mib=peak / 2**20, peak_allocated_above_model_mib=(peak - base) / 2**20)
+        row["peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / 2**20
+        row["process_gpu_mib"], row["process_gpu_source"] = process_gpu_memory_mib()
+    else:
+        row.update(peak_rss_mib_process=common.peak_rss_mib(), process_gpu_source="unavailable: no GPU")
     med = statistics.median(per)
     t = {"median_s": med, "min_s": min(per), "max_s": max(per), "first_call_s": first}
     t.update(repeats=a.repeats, iters=iters, warmup=max(a.warmup, 1))
@@ -290,12 +274,14 @@ def row_engine(ctx: Ctx, row: dict, precision: str) -> None:
     _measure(ctx, TorchEngine(ctx.model, device=ctx.device, precision=precision), ctx.x, row)
 
 
-def _autocast_runner(ctx: Ctx, model: Any, dtype: torch.dtype, no_grad: bool = False) -> Callable:
+def _autocast_runner(
+    ctx: Ctx, model: Any, dtype: torch.dtype, no_grad: bool = False, cache: bool | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     T = ctx.T
 
     def run(x: torch.Tensor) -> torch.Tensor:
         grad = torch.no_grad() if no_grad else torch.inference_mode()
-        with grad, torch.autocast(device_type=ctx.device.type, dtype=dtype):
+        with grad, torch.autocast(device_type=ctx.device.type, dtype=dtype, cache_enabled=cache):
             return model(x, text_embeddings=T).logits.float()
 
     return run
@@ -327,12 +313,7 @@ def row_graph(ctx: Ctx, row: dict) -> None:
     """The fp16 autocast forward captured once in a CUDA graph, then replayed (input copied into the static buffer
     when it is another tensor).  Autocast's weight-cast cache is off: a capture must not keep casts made outside it."""
     ctx.need_row(row, "CUDA graph capture")
-    model, T, device = ctx.model, ctx.T, ctx.device
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, cache_enabled=False):
-            return model(x, text_embeddings=T).logits.float()
-
+    device, forward = ctx.device, _autocast_runner(ctx, ctx.model, torch.float16, cache=False)
     static_x = ctx.x.clone()
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -557,8 +538,9 @@ def plot(report: dict, path: Path) -> str | None:
     return common.save_plot(path, draw)
 
 
-def summary_line(report: dict, failed: int) -> str:
+def summary_line(report: dict) -> str:
     rows = report["rows"]
+    n = {s: sum(r["status"] == s for r in rows) for s in ("skipped", "failed")}
     ok = [r for r in rows if r["status"] == "ok"]
     best = max(ok, key=lambda r: r["windows_per_s"], default=None)
     best_text = f"{best['key']} {best['windows_per_s']:.1f} windows/s" if best else "none"
@@ -566,7 +548,7 @@ def summary_line(report: dict, failed: int) -> str:
     png = report["png"] or f"no PNG ({report['png_missing_reason']})"
     cut = [r["key"] for r in rows if r["status"] == "cut"]
     return (
-        f"summary: {len(ok)} ok, {sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed"
+        f"summary: {len(ok)} ok, {n['skipped']} skipped, {n['failed']} failed"
         f"{'; cut by the time budget: ' + ' '.join(cut) if cut else ''}; best "
         f"{best_text}; goals {goals}; wrote gpu_e2e.json, gpu_e2e.md, {png}"
     )
@@ -589,8 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-budget",
         type=float,
         default=240.0,
-        help="seconds for all rows, counted from the start; "
-        "a row that no longer fits (ROW_NEEDS_S) is cut (status cut, with the reason)",
+        help="seconds for all rows, counted from the start; a row that no longer fits (ROW_NEEDS_S) is cut (status cut, "
+        "with the reason)",
     )
     p.add_argument(
         "--gflop-per-window",
@@ -601,22 +583,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda", help="CUDA device (default cuda = cuda:0)")
     p.add_argument("--seed", type=int, default=0)
     return p
-
-
-def run_row(ctx: Ctx, row: dict) -> bool:
-    """Run one row into ``row`` (status ok / cut / skipped / failed); True when it failed."""
-    try:
-        RUNNERS[row["key"]](ctx, row)
-        row["status"] = "ok"
-    except RowCut as e:
-        row.update(status="cut", cut=True, reason=str(e))
-    except RowSkipped as e:
-        row.update(status="skipped", reason=str(e))
-    except Exception as e:  # noqa: BLE001 - one failing row is reported, the others still run
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
-        row.update(status="failed", reason=reason, traceback=traceback.format_exc()[-3000:])
-        return True
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -686,7 +652,6 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         write_text_atomic(out / "gpu_e2e.json", json.dumps(report, indent=1) + "\n")
 
-    failed = 0
     with tempfile.TemporaryDirectory(prefix="weakclip_gpu_e2e_") as tmp:
         ctx = Ctx(args, device, smoke, model, T, x, ref, t_start + args.time_budget, Path(tmp))
         for key in ROWS:
@@ -695,7 +660,16 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(status="skipped", reason="not selected (--rows)")
             else:
                 t0 = time.perf_counter()
-                failed += run_row(ctx, row)
+                try:
+                    RUNNERS[key](ctx, row)
+                    row["status"] = "ok"
+                except RowCut as e:
+                    row.update(status="cut", cut=True, reason=str(e))
+                except RowSkipped as e:
+                    row.update(status="skipped", reason=str(e))
+                except Exception as e:  # noqa: BLE001 - one failing row is reported, the others still run
+                    reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+                    row.update(status="failed", reason=reason, traceback=traceback.format_exc()[-3000:])
                 row["row_wall_s"] = time.perf_counter() - t0
                 gc.collect()
                 if device.type == "cuda":
@@ -721,8 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(report)
     write_text_atomic(out / "gpu_e2e.md", md)
     print(md)
-    log(summary_line(report, failed))
-    return 1 if failed else 0
+    log(summary_line(report))
+    return int(any(r["status"] == "failed" for r in report["rows"]))
 
 
 if __name__ == "__main__":
