@@ -91,10 +91,7 @@ def read_official(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 def convert_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official key layout → ours (1-layer co-attention stacks from the official last decoder layer)."""
-    layers = [int(m.group(1)) for k in sd if (m := _DECODER_LAYER.match(k))]
-    if not layers:
-        raise UsageError(f"no context_decoder.decoder.N.* keys: not {ROLE}")
-    last = max(layers)
+    last = max(int(m.group(1)) for k in sd if (m := _DECODER_LAYER.match(k)))  # read_official checked there is one
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         m = re.match(r"context_decoder\.(decoder|anti_decoder)\.(\d+)\.(.*)$", k)
@@ -154,8 +151,9 @@ def choose_class_names(
     if class_names is not None:
         names = tuple(class_names)
         if len(names) != num_classes:
-            msg = f"--class-names has {len(names)} names but the checkpoint's head has {num_classes} classes"
-            raise UsageError(msg)
+            raise UsageError(
+                f"--class-names has {len(names)} names but the checkpoint's head has {num_classes} classes"
+            )
         return names, "--class-names"
     recorded: Any = meta.get("CLASSES")
     named = isinstance(recorded, (list, tuple)) and all(isinstance(n, str) for n in recorded)

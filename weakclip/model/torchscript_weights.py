@@ -1,11 +1,7 @@
-"""Tensors of a TorchScript archive (OpenAI's released CLIP ``.pt`` files) read without running any code from it.
-
-``torch.jit.load`` compiles ``code/`` and calls each class's ``__setstate__``: a crafted file runs code.  Here
-``data.pkl`` is unpickled resolving only ``__torch__.*`` classes (inert containers), ``_rebuild_tensor_v2``, the
-``torch.<Type>Storage`` names, ``OrderedDict`` and ``torch.jit._pickle``'s identity helpers; storages are the raw
-``data/<key>`` records; parameters and buffers are the ``__parameters__``/``__buffers__`` lines of ``code/``, read
-as text; a class with its own ``__setstate__`` is refused.  Names and values: ``torch.jit.load(p).state_dict()``'s.
-"""
+"""Tensors of a TorchScript archive (OpenAI's released CLIP ``.pt`` files) read without running any code from it
+(``torch.jit.load`` compiles ``code/`` and calls ``__setstate__``: a crafted file runs code).  ``data.pkl`` is
+unpickled resolving only inert ``__torch__.*`` containers, tensor/storage rebuilding, ``OrderedDict`` and
+``torch.jit._pickle``'s identity helpers; parameter and buffer names are read as text from ``code/``."""
 
 from __future__ import annotations
 
