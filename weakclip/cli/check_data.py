@@ -276,17 +276,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"{root}: no such dataset folder (expected a VOC-layout root, e.g. data/VOCdevkit/VOC2012)")
-    rule = "command-line paths are relative to the current directory"
-    for opt, value in {"--image-dir": args.image_dir, "--seed-dir": args.seed_dir, "--gt-dir": args.gt_dir}.items():
-        if value and not Path(value).is_dir():
-            raise UsageError(f"{opt} {value}: no such folder ({rule})")
     lists = args.lists.split(",") if args.lists else None
-    files = [("--val-list", args.val_list), ("--labels", args.labels), ("--class-names", args.class_names)]
-    for opt, value in files + [("--lists", p) for p in lists or []]:
-        if value and not Path(value).is_file():
-            raise UsageError(f"{opt} {value}: file not found ({rule})")
+    given = vars(args) | {"lists": lists}
+    opts = ("--image-dir", "--seed-dir", "--gt-dir", "--val-list", "--labels", "--class-names")
+    for opt, value in [(o, given[o[2:].replace("-", "_")]) for o in opts] + [("--lists", p) for p in lists or []]:
+        folder = opt.endswith("-dir")
+        if value and not (Path(value).is_dir() if folder else Path(value).is_file()):
+            what = "no such folder" if folder else "file not found"
+            raise UsageError(f"{opt} {value}: {what} (command-line paths are relative to the current directory)")
     cfg, source = training_config(args.config, root)
-    lay = layout_from_config(root, cfg, source, vars(args) | {"lists": lists})
+    lay = layout_from_config(root, cfg, source, given)
     return 1 if check_dataset(lay, args.sample) else 0
 
 

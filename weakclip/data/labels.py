@@ -106,15 +106,13 @@ def read_cls_labels_npy(path: str | os.PathLike, num_classes: int | None = None)
         if not isinstance(name, str):
             raise ValueError(f"{path}: keys must be image names (str), got {type(name).__name__} {name!r}")
         v = np.asarray(vec, dtype=np.float64).reshape(-1)
-        if num_classes == len(COCO_OFFICIAL91_CLASSES) and v.size == len(COCO_CATEGORY_IDS):
-            out[name] = [COCO_CATEGORY_IDS[int(i)] for i in np.flatnonzero(v > 0.5)]
-            continue
-        if num_classes is not None and v.size != num_classes - 1:
+        coco = num_classes == len(COCO_OFFICIAL91_CLASSES) and v.size == len(COCO_CATEGORY_IDS)
+        if not coco and num_classes is not None and v.size != num_classes - 1:
             raise ValueError(
                 f"{path}: image {name!r} has a {v.size}-dim label vector; expected {num_classes - 1} "
                 f"(K-1 foreground classes for K={num_classes})"
             )
-        out[name] = [int(i) + 1 for i in np.flatnonzero(v > 0.5)]
+        out[name] = [COCO_CATEGORY_IDS[i] if coco else i + 1 for i in np.flatnonzero(v > 0.5).tolist()]
     return out
 
 
