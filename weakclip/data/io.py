@@ -67,14 +67,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         commit_file(tmp_path, path)
-    except OSError as e:
-        if e.errno in FATAL_ERRNOS:
-            raise output_error(path, e) from e
-        raise
     except Exception as e:  # writers in other languages (safetensors) report the OS error in their message
         m = re.search(r"\(os error (\d+)\)", str(e))
-        if m and int(m.group(1)) in FATAL_ERRNOS:
-            raise OutputError(path, OSError(int(m.group(1)), os.strerror(int(m.group(1))))) from e
+        err = e if isinstance(e, OSError) else OSError(int(m[1]), os.strerror(int(m[1]))) if m else None
+        if err is not None and err.errno in FATAL_ERRNOS:
+            raise OutputError(path, err) from e
         raise
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -286,9 +286,8 @@ def make_synthetic_dataset(
     jpeg_quality: int = 92,
     show_progress: bool = False,
 ) -> dict:
-    """Write ``images`` training and ``val_images`` (default max(1, images // 4)) validation images with their masks,
-    lists and labels under ``out``; return a summary (incl. the seeds' mIoU).  Sizes are drawn from ``size`` ..
-    ``max_size``; K = num_fg + 1 classes named by the first VOC classes."""
+    """Write ``images`` training and ``val_images`` validation images (``size`` .. ``max_size``) with their masks, lists
+    and labels under ``out`` (K = num_fg + 1 classes named by the first VOC classes); return a summary."""
     if not 1 <= num_fg <= len(VOC_CLASSES) - 1:
         raise ValueError(f"num_fg must be in 1..{len(VOC_CLASSES) - 1} (named by VOC classes), got {num_fg}")
     if images < 1:
