@@ -216,9 +216,8 @@ def one_line(e: BaseException) -> str:
 
 
 class BatchJob:
-    """The loop of the batch tools: decoding threads prefetch images, the caller computes, writing threads write;
-    failures are recorded with a reason.  A fatal :class:`~weakclip.errors.OutputError` (disk full, read-only,
-    permission) or a lost output lock stops the run at once."""
+    """Decoding threads prefetch images, the caller computes, writing threads write; failures are recorded with a
+    reason, while a fatal :class:`~weakclip.errors.OutputError` or a lost output lock stops the run at once."""
 
     def __init__(
         self, total: int, workers: int, desc: str, show_progress: bool, depth: int, lock: FolderLock | None
@@ -273,8 +272,7 @@ class BatchJob:
         self.collect(self.depth)
 
     def collect(self, block_until: int = 0) -> None:
-        """Wait for writes until at most ``block_until`` are pending (finished ones are taken at once, so a fatal
-        write error stops the run at the next image)."""
+        """Wait until at most ``block_until`` writes are pending; finished ones are taken at once (fatal errors)."""
         while self.writes and (len(self.writes) > block_until or self.writes[0][2].done()):
             item, what, fut = self.writes.popleft()
             try:
@@ -301,14 +299,9 @@ class BatchJob:
 
 
 def check_out_location(
-    out: Path,
-    images: str | os.PathLike,
-    items: Sequence[Item],
-    outputs: Outputs,
-    protected: Mapping[str, str | os.PathLike | None],
+    out: Path, images: str | os.PathLike, items: Sequence[Item], outputs: Outputs, protected: Mapping[str, Any]
 ) -> None:
-    """No output folder may equal or contain an input folder, and no output file may be one of ``protected``
-    (option → input file, e.g. ``{"--model": path}``)."""
+    """The output folder may not hold the inputs, nor its own files overwrite ``protected`` ({option: input file})."""
     o = out.resolve()
     folders = {it.path.parent.resolve() for it in items}
     if Path(images).is_dir():
@@ -367,9 +360,8 @@ def run_batch(
     shard: tuple[int, int] | None = None,
     noun: str = "outputs",
 ) -> Summary:
-    """Run ``work(todo, skipped, lock) -> (done, failures)`` over this shard's unfinished ``items`` in an owned
-    output folder: lock, resume check, stale temporaries, the failures file, the summary line.  A run with failures
-    raises :class:`RuntimeFailure` after the summary (exit status 1); fatal output errors propagate at once."""
+    """Run ``work(todo, skipped, lock) -> (done, failures)`` over this shard's unfinished ``items`` in an owned output
+    folder; a run with failures raises :class:`RuntimeFailure` after the summary line."""
     t0 = time.perf_counter()
     env = os.environ  # no --shard: RANK/WORLD_SIZE (torchrun), else the whole list
     if shard is None:

@@ -134,11 +134,9 @@ def _save_fig(fig: Any, path: Path, dpi: int) -> None:
     _pyplot().close(fig)
 
 
-def plot_iou_chart(
-    runs: Sequence[RunInfo], stats: Sequence[RunStats], class_names: Sequence[str], shown: Sequence[int], path: Path
-) -> None:
+def plot_iou_chart(rep: Report, path: Path) -> None:
     """Per-class IoU of every run as grouped bars; below it, the change between consecutive runs."""
-    plt = _pyplot()
+    plt, runs, stats, shown = _pyplot(), rep.runs, rep.stats, rep.shown_classes
     R, C, cls = len(runs), len(shown), list(shown)
     width = max(7.0, min(40.0, 0.22 * C * max(R, 2)))
     rows = 2 if R > 1 else 1
@@ -165,7 +163,7 @@ def plot_iou_chart(
         axes[1, 0].axhline(0, color="black", linewidth=0.8)
         axes[1, 0].legend(loc="best", fontsize=8, frameon=False)
     rot = {"rotation": 60, "ha": "right"} if C > 8 else {"rotation": 0, "ha": "center"}
-    axes[-1, 0].set_xticks(x, [class_names[c] for c in shown], fontsize=8 if C <= 40 else 6, **rot)
+    axes[-1, 0].set_xticks(x, [rep.class_names[c] for c in shown], fontsize=8 if C <= 40 else 6, **rot)
     fig.tight_layout()
     _save_fig(fig, path, dpi=90 if C <= 40 else 72)
 
@@ -353,7 +351,7 @@ def make_report(
     rep = Report(out / "index.html", infos, stats, images, class_names, shown, files=[])
     assets, written = out / ASSETS, rep.files
     written.append(assets / "iou.png")
-    plot_iou_chart(infos, stats, class_names, shown, written[0])
+    plot_iou_chart(rep, written[0])
     for r, (info, st) in enumerate(zip(infos, stats)):
         written.append(assets / f"confusion_{r}.png")
         plot_confusion(st.matrix, class_names, shown, f"{info.name}: mIoU {100 * st.metrics.miou:.2f}", written[-1])

@@ -265,10 +265,6 @@ class ClipSeeder:
         self.fg_text = self.encode_texts(self.prompts.foreground_texts())  # (K-1, E)
         self.bg_text = self.encode_texts([self.prompts.template.format(n) for n in self.prompts.background])  # (B_g, E)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
     def encode_texts(self, texts: Sequence[str]):
         """L2-normalised text features (n, E)."""
         import open_clip
@@ -287,11 +283,9 @@ class ClipSeeder:
         v = self.visual
         x = v.conv1(x)  # (1, D, h, w)
         _, D, h, w = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat([v.class_embedding.to(x.dtype).reshape(1, 1, D), x.flatten(2).transpose(1, 2)], dim=1)
         pos = v.positional_embedding.to(x.dtype)
-        grid = int(round((pos.shape[0] - 1) ** 0.5))
-        cls_tok = v.class_embedding.to(x.dtype).reshape(1, 1, D)
-        x = torch.cat([cls_tok, x], dim=1) + resize_pos_embed(pos, grid, (h, w))
+        x = x + resize_pos_embed(pos, int(round((pos.shape[0] - 1) ** 0.5)), (h, w))
         return v.ln_pre(x), (h, w)
 
     def view_cams(self, x, labels: Sequence[int]) -> ImageCams:
@@ -337,9 +331,8 @@ class ClipSeeder:
     def cams(self, image: np.ndarray, labels: Sequence[int], keep_views: bool = False):
         """(keys (C,), cams (C, H, W) float32 in [0, 1], views) for the labelled classes of ``image``."""
         labels = list(dict.fromkeys(int(c) for c in labels))  # label order, duplicates dropped
-        bad = [c for c in labels if not 1 <= c < self.num_classes]
-        if bad:
-            raise ValueError(f"label(s) {bad} outside the foreground classes 1..{self.num_classes - 1}")
+        if bad := [c for c in labels if not 1 <= c < len(self.class_names)]:
+            raise ValueError(f"label(s) {bad} outside the foreground classes 1..{len(self.class_names) - 1}")
         H, W = image.shape[:2]
         keys = np.asarray(labels, dtype=np.int64)
         if not labels:
@@ -438,7 +431,7 @@ def make_seeds(
 
     def write(item: Item, image: np.ndarray, keys: Any, cams: np.ndarray, seeder: ClipSeeder) -> None:
         mask, scores = seed_from_cams(image, cams, keys, seeder.options)
-        full = np.zeros((seeder.num_classes, *mask.shape), np.float16) if outputs.save_probs else None
+        full = np.zeros((len(class_names), *mask.shape), np.float16) if outputs.save_probs else None
         if full is not None:  # (K, H, W): background score, the labelled classes' CAMs, other rows 0
             full[0], full[keys] = scores[0], scores[1:]
         outputs.write(item.name, image, mask, full, palette, item.name in samples)
