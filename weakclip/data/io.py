@@ -212,13 +212,12 @@ class FolderLock:
     def __init__(self, folder: str | os.PathLike, tool: str, shard: tuple[int, int] | None = None) -> None:
         self.folder = Path(folder)
         self._held: list[tuple[Path, int, int, bool]] = []  # (path, fd, inode, exclusive)
-        who = f"{os.getpid()} {tool}" + (f" --shard {shard[0]}/{shard[1]}" if shard and shard[1] > 1 else "")
+        i, n = shard or (0, 1)
+        who = f"{os.getpid()} {tool}" + (f" --shard {i}/{n}" if n > 1 else "")
         try:
-            if shard is None or shard[1] == 1:
-                self._take(self.folder / ".weakclip.lock", exclusive=True, who=who)
-            else:
-                self._take(self.folder / ".weakclip.lock", exclusive=False, who=None)
-                self._take(self.folder / f".weakclip-{shard[0]}-of-{shard[1]}.lock", exclusive=True, who=who)
+            self._take(self.folder / ".weakclip.lock", exclusive=n == 1, who=who if n == 1 else None)
+            if n != 1:
+                self._take(self.folder / f".weakclip-{i}-of-{n}.lock", exclusive=True, who=who)
         except BaseException:
             self.release()
             raise
