@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weakclip.data.io import atomic_path, file_sha256
+from weakclip.data.io import atomic_path, file_sha256, write_text_atomic
 from weakclip.engines.base import EngineError, PrecisionError
 from weakclip.engines.ort_engine import read_onnx_metadata
 from weakclip.model.plugin_names import plugin_spec
@@ -331,8 +331,7 @@ def cached_build(
         "engine_bytes": len(blob),
         "metadata": dict(metadata or {}),
     }
-    with atomic_path(sidecar_path(engine_path)) as tmp:
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+    write_text_atomic(sidecar_path(engine_path), json.dumps(record, indent=1, sort_keys=True))
     return blob, True
 
 
