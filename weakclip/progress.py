@@ -61,7 +61,7 @@ def _fmt(x: float) -> str:
     return f"{x:g}" if isinstance(x, float) and not x.is_integer() else f"{int(x)}"
 
 
-class Progress:
+class Progress(contextlib.AbstractContextManager["Progress"]):
     """A tqdm bar on a terminal, periodic plain lines otherwise; extra keyword arguments go to tqdm."""
 
     def __init__(
@@ -104,9 +104,6 @@ class Progress:
                 self.update(1)
         finally:
             self.close()
-
-    def __enter__(self) -> Progress:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from weakclip.data.io import removed_if_left_empty, write_text_atomic
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
+from weakclip.progress import setup_logging
 
 SETTINGS_FILE = "demo_settings.json"
 # What the demo writes under --out (--overwrite deletes these, nothing else).
@@ -33,7 +34,6 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _train(data: Path, run: Path, iters: int, *extra: str) -> None:
-    from weakclip.progress import setup_logging
     from weakclip.training.config import read_config
     from weakclip.training.train import logger, setup_distributed, train
 
@@ -131,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         import weakclip
         from weakclip.export.core import CheckFailed, ExportError, ExportOptions
         from weakclip.export.pipeline import export_model
-        from weakclip.progress import setup_logging
 
         setup_logging(logger="weakclip.export")  # the export's progress lines
         try:  # only the graph the masks need (the other three are for TensorRT builds and the parts' checks)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures as cf
+import contextlib
 import itertools
 import json
 import os
@@ -215,7 +216,7 @@ def one_line(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
-class BatchJob:
+class BatchJob(contextlib.AbstractContextManager["BatchJob"]):
     """Decoding threads prefetch images, the caller computes, writing threads write; failures are recorded with a
     reason, while a fatal :class:`~weakclip.errors.OutputError` or a lost output lock stops the run at once."""
 
@@ -289,9 +290,6 @@ class BatchJob:
             if self.lock is not None and (self.done + len(self.failures)) % 16 == 0:
                 self.lock.check()
 
-    def __enter__(self) -> BatchJob:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.bar.close()
         self.decode_pool.shutdown(wait=True)
@@ -346,15 +344,12 @@ class Summary:
     failures_file: Path | None
 
 
-Work = Callable[[list[Item], int, FolderLock], tuple[int, list[tuple[str, str]]]]
-
-
 def run_batch(
     tool: str,
     items: Sequence[Item],
     outputs: Outputs,
     settings: Mapping[str, Any],
-    work: Work,
+    work: Callable[[list[Item], int, FolderLock], tuple[int, list[tuple[str, str]]]],
     *,
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,

@@ -168,14 +168,12 @@ def plot_iou_chart(rep: Report, path: Path) -> None:
     _save_fig(fig, path, dpi=90 if C <= 40 else 72)
 
 
-def plot_confusion(
-    matrix: np.ndarray, class_names: Sequence[str], shown: Sequence[int], title: str, path: Path
-) -> None:
-    """Row-normalised confusion matrix (rows: GT class, columns: predicted class + "255"), log colour scale."""
+def plot_confusion(rep: Report, r: int, path: Path) -> None:
+    """Run ``r``'s row-normalised confusion matrix (rows: GT class, columns: predicted class + "255"), log colours."""
     from matplotlib.colors import LogNorm
 
-    plt = _pyplot()
-    C, cls = len(shown), list(shown)
+    plt, st, shown = _pyplot(), rep.stats[r], rep.shown_classes
+    C, cls, matrix = len(shown), list(shown), st.matrix
     m = matrix[np.ix_(cls, [*shown, matrix.shape[0]])].astype(np.float64)
     rows_sum = matrix[cls].sum(axis=1, keepdims=True).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -186,11 +184,11 @@ def plot_confusion(
     blank = np.ma.masked_where(~(norm > 0), norm)  # zero and NaN cells: blank
     im = ax.imshow(blank, cmap=cmap, norm=LogNorm(vmin=1e-4, vmax=1.0), interpolation="nearest")
     fs = 8 if C <= 25 else (6 if C <= 50 else 4)
-    names = [class_names[c] for c in shown]
+    names = [rep.class_names[c] for c in shown]
     ax.set_xticks(range(C + 1), names + ["255"], rotation=90, fontsize=fs)
     ax.set_yticks(range(C), names, fontsize=fs)
     ax.set(xlabel="predicted", ylabel="ground truth")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(f"{rep.runs[r].name}: mIoU {100 * st.metrics.miou:.2f}", fontsize=9)
     if C <= 15:
         for (i, j), v in np.ndenumerate(norm):
             if v > 0:
@@ -352,9 +350,9 @@ def make_report(
     assets, written = out / ASSETS, rep.files
     written.append(assets / "iou.png")
     plot_iou_chart(rep, written[0])
-    for r, (info, st) in enumerate(zip(infos, stats)):
+    for r in range(len(infos)):
         written.append(assets / f"confusion_{r}.png")
-        plot_confusion(st.matrix, class_names, shown, f"{info.name}: mIoU {100 * st.metrics.miou:.2f}", written[-1])
+        plot_confusion(rep, r, written[-1])
     g_html, g_rows = _gallery(rep, gallery, gt_dir, roots, thumb)
 
     def write(name: str, text: str) -> None:

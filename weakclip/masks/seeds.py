@@ -370,10 +370,9 @@ def build_seeder(
     from weakclip.model.clip import CLIPImageEncoder, CLIPTextEncoder, load_clip_weights
 
     cfg = get_config(preset, **({"class_names": tuple(class_names)} if class_names is not None else {}))
-    vision_cfg = dataclasses.replace(cfg, crop_size=cfg.pretrain_image_size)
-    text_cfg = dataclasses.replace(cfg, name_context_length=77, n_contexts=0)
     torch.manual_seed(0)
-    image_encoder, text_encoder = CLIPImageEncoder(vision_cfg), CLIPTextEncoder(text_cfg)
+    image_encoder = CLIPImageEncoder(dataclasses.replace(cfg, crop_size=cfg.pretrain_image_size))
+    text_encoder = CLIPTextEncoder(dataclasses.replace(cfg, name_context_length=77, n_contexts=0))
     if clip_weights is not None:
         load_clip_weights(image_encoder, text_encoder, clip_weights, model_name=cfg.clip_model_name or "ViT-B-16")
     return ClipSeeder(image_encoder, text_encoder, cfg.class_names, prompts, options, device=device, dtype=dtype)
