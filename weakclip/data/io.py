@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import tempfile
@@ -181,19 +182,16 @@ def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
     """Yield ``path``; if the block fails, remove the folders it created that are still empty (``path`` and its new
     parents, or its new entries with the empty folders below them).  Old folders and files are never touched."""
     path = Path(path)
-    top = None  # the outermost folder of ``path`` that is missing now
-    for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
-            break
-        top = p
+    # ``path`` and the parents missing now, the outermost last
+    missing = list(itertools.takewhile(lambda p: not (p.exists() or p.is_symlink()), (path, *path.parents)))
     before: set[str] | None = None
-    if top is None:
+    if not missing:
         with contextlib.suppress(OSError):
             before = set(os.listdir(path))
     try:
         yield path
     except BaseException:
-        roots = [top] if top is not None else []
+        roots = missing[-1:]
         if before is not None:
             with contextlib.suppress(OSError):
                 roots = [path / name for name in sorted(set(os.listdir(path)) - before)]
