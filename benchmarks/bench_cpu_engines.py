@@ -118,12 +118,9 @@ def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[
                 for r in cands
             )
             tier_skips = "; ".join(sorted({v for k, v in skipped.items() if ROWS[k].tier == tier}))
-            g["met"] = None
-            g["text"] = (
-                f"{head}: not met — no row qualifies ({reasons})"
-                if cands
-                else f"{head}: not measured — {tier_skips or 'no row of this tier ran'}"
-            )
+            g.update(met=None, text=f"{head}: not met — no row qualifies ({reasons})")
+            if not cands:
+                g["text"] = f"{head}: not measured — {tier_skips or 'no row of this tier ran'}"
             continue
         best = max(ok, key=lambda r: r["speedup"])
         s, name = best["speedup"], best["engine"]
@@ -132,12 +129,10 @@ def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[
         )
         if not ROWS[name].shipped:
             name += " (a peer, not a shipped engine)"
-        if s >= goal:
-            g["text"] = f"{head}: met by {name} ({s:.2f}×, {_pct(best)})"
-        else:
+        g["text"] = f"{head}: met by {name} ({s:.2f}×, {_pct(best)})"
+        if s < goal:
             g["text"] = (
-                f"{head}: missed — best {name} {s:.2f}× is {100 * s / goal:.0f} % of the goal "
-                f"(needs {goal / s:.2f}× more)"
+                f"{head}: missed — best {name} {s:.2f}× is {100 * s / goal:.0f} % of the goal (needs {goal / s:.2f}× more)"
             )
         shipped = [r for r in ok if ROWS[r["engine"]].shipped]
         if shipped:
@@ -158,14 +153,13 @@ def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[
 def row_unavailable(engine: str, args: argparse.Namespace) -> str | None:
     """Why a row cannot run on this machine (None: it can)."""
     row = ROWS[engine]
-    why = None
     if row.family == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
-        why = "onnxruntime not installed (pip install onnxruntime)"
-    if not why and row.tier == "bf16" and not args.force_bf16:
-        why = cpu_features.missing_for("bf16")
-    if not why and row.family == "compile" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        why = "torch.compile's CPU backend needs a C++ compiler (g++ / clang++), none on PATH"
-    return why
+        return "onnxruntime not installed (pip install onnxruntime)"
+    if row.tier == "bf16" and not args.force_bf16 and (why := cpu_features.missing_for("bf16")):
+        return why
+    if row.family == "compile" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "torch.compile's CPU backend needs a C++ compiler (g++ / clang++), none on PATH"
+    return None
 
 
 def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[str, Any]:
@@ -263,13 +257,6 @@ def build_runner(engine: str, work: Path, threads: int, force_bf16: bool) -> tup
     model = weakclip.load_checkpoint(paths["checkpoint"]).eval()
     with torch.inference_mode():
         T = model.text_embeddings()
-    if engine == "torch-eager":
-
-        def eager(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return model(x, text_embeddings=T).logits
-
-        return eager, facts
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:
@@ -281,21 +268,22 @@ def build_runner(engine: str, work: Path, threads: int, force_bf16: bool) -> tup
             return self.m(x, text_embeddings=self.T).logits
 
     net = Logits().eval()
-    fn: Callable[[torch.Tensor], torch.Tensor]
+    fn: Callable[[torch.Tensor], torch.Tensor] = net
     if row.family == "jit":
         t = time.perf_counter()
         with torch.no_grad(), _autocast(row.tier):
             x0 = torch.from_numpy(np.load(work / "input.npy"))
             fn = torch.jit.freeze(torch.jit.trace(net, x0, check_trace=False))
         facts["trace_freeze_s"] = round(time.perf_counter() - t, 2)
-    else:
+    elif row.family == "compile":
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
         fn = torch.compile(net)
+    grad = torch.inference_mode if engine == "torch-eager" else torch.no_grad
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), _autocast(row.tier):
+        with grad(), _autocast(row.tier):
             return fn(x).float()
 
     return run, facts
@@ -394,8 +382,7 @@ def gemm_probe(threads: int, seconds: float) -> dict[str, Any]:
         fp32["onnxruntime MatMul"] = _best_gflops(lambda: sess.run(None, feed), flop, seconds)
     how = max(fp32, key=lambda k: fp32[k])
     out["fp32"] = {"gflop_per_s": fp32[how], "how": f"{how} fp32 (best of {', '.join(fp32)})", "all": fp32}
-    why = cpu_features.missing_for("bf16")
-    if why:
+    if why := cpu_features.missing_for("bf16"):
         out["bf16"] = {"gflop_per_s": None, "how": f"n/a: {why}"}
     else:
         ab, bb = a.bfloat16(), b.bfloat16()

@@ -126,11 +126,8 @@ def write_results(
     """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (``out`` created), each written atomically."""
     from weakclip.data.io import write_text_atomic
 
-    folder = Path(out)
-    j, m = folder / f"{stem}.json", folder / f"{stem}.md"
-    write_text_atomic(j, json.dumps(payload, indent=2) + "\n")
-    write_text_atomic(m, table_md)
-    return j, m
+    j = write_text_atomic(Path(out, f"{stem}.json"), json.dumps(payload, indent=2) + "\n")
+    return j, write_text_atomic(j.with_suffix(".md"), table_md)
 
 
 def time_calls(
@@ -160,11 +157,7 @@ def fmt(v: Any, spec: str, na: str = "–") -> str:
 
 
 def save_plot(
-    path: Path,
-    draw: Callable[[Any, list[Any]], Any],
-    size: tuple[float, float] = (12, 4.2),
-    ncols: int = 2,
-    dpi: int = 110,
+    path: Path, draw: Callable[[Any, list], Any], size: tuple[float, float] = (12, 4.2), ncols: int = 2, dpi: int = 110
 ) -> str | None:
     """A matplotlib figure of ``ncols`` axes drawn by ``draw(fig, axes)``, written atomically to ``path``; returns the
     reason there is no PNG, or None."""
