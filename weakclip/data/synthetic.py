@@ -92,15 +92,13 @@ def _random_shape(rng: np.random.Generator, hw: tuple[int, int]) -> dict:
     ry, rx = r * np.sqrt(aspect), r / np.sqrt(aspect)
     cy, cx = float(rng.uniform(0.15, 0.85) * h), float(rng.uniform(0.15, 0.85) * w)
     angle = float(rng.uniform(0, np.pi))
-    if kind == "ellipse":
-        t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
-        pts = np.stack([ry * np.sin(t), rx * np.cos(t)], 1)
-    elif kind == "rect":
+    if kind == "rect":
         pts = np.array([[-ry, -rx], [-ry, rx], [ry, rx], [ry, -rx]])
-    else:
-        n = int(rng.integers(5, 9))
-        t = np.sort(rng.uniform(0, 2 * np.pi, n))
-        rad = rng.uniform(0.6, 1.0, n)
+    else:  # an ellipse: 40 even angles; a polygon: 5..8 random angles and radii
+        ellipse = kind == "ellipse"
+        n = 40 if ellipse else int(rng.integers(5, 9))
+        t = np.linspace(0, 2 * np.pi, n, endpoint=False) if ellipse else np.sort(rng.uniform(0, 2 * np.pi, n))
+        rad = np.ones(n) if ellipse else rng.uniform(0.6, 1.0, n)
         pts = np.stack([ry * rad * np.sin(t), rx * rad * np.cos(t)], 1)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     return {"center": np.array([cy, cx]), "offsets": pts @ rot.T, "radius": r}
