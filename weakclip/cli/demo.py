@@ -66,8 +66,7 @@ def prepare_out(out: Path, settings: dict[str, int], overwrite: bool) -> None:
         if not isinstance(recorded, dict):
             why = f"holds demo outputs ({shown}) but no readable {SETTINGS_FILE} to compare the settings with"
             raise UsageError(f"--out {out} {why}; {redo}")
-        diff = [f"--{k} {recorded.get(k)} → {v}" for k, v in settings.items() if recorded.get(k) != v]
-        if diff:
+        if diff := [f"--{k} {recorded.get(k)} → {v}" for k, v in settings.items() if recorded.get(k) != v]:
             raise UsageError(f"--out {out} holds a demo run with other settings ({', '.join(diff)}); {redo}")
         same = ", ".join(f"--{k} {v}" for k, v in settings.items())
         print(f"{out}: same settings as recorded ({same}): reusing the finished steps")

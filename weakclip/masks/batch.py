@@ -63,9 +63,6 @@ def _pool(workers: int, name: str) -> Any:
     return cf.ThreadPoolExecutor(workers, thread_name_prefix=name) if workers > 0 else _Inline()
 
 
-# inputs, shards, outputs
-
-
 def list_inputs(images: str | os.PathLike, root: str | os.PathLike | None = None, ext: str = ".jpg") -> list[Item]:
     """Images of a folder (sorted by name), or of a list file (one name or path per line): entries without an image
     extension get ``ext``, relative ones are resolved against ``root`` (default: the list file's folder)."""

@@ -110,8 +110,7 @@ def resolve_prompts(class_names: Sequence[str], prompts: str | os.PathLike = "au
                 f"{path}: a prompt set needs 'template' (with {{}}), 'classes' (object name → prompt name) and "
                 f"'background' (list); wrong or missing: {bad or ['template']}"
             )
-        spec = {"box_threshold": 0.4, **spec}
-        name = str(path)
+        spec, name = {"box_threshold": 0.4, **spec}, str(path)
     classes = {str(k): str(v) for k, v in spec["classes"].items()}
     lowered = {n.lower() for n in fg} | {classes.get(n, n).lower() for n in fg}
     background = tuple(b for b in spec["background"] if str(b).lower() not in lowered)
@@ -413,8 +412,7 @@ def make_seeds(
     weights_file = clip_weights if clip_weights != "openai" else None
     check_out_location(Path(out), images, all_items, outputs, {"--clip-weights": weights_file, "--labels": labels})
     image_labels = load_labels(labels, num_classes=len(class_names))
-    missing = [it.name for it in all_items if it.name not in image_labels]
-    if missing:
+    if missing := [it.name for it in all_items if it.name not in image_labels]:
         raise UsageError(f"{labels}: no image-level label for {len(missing)} image(s), e.g. {missing[:5]}")
     weights_id = clip_weights if weights_file is None else f"sha256:{file_sha256(weights_file, with_data=False)}"
     prompt_set = seeder.prompts if seeder is not None else resolve_prompts(class_names, prompts)
