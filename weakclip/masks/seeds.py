@@ -132,8 +132,7 @@ def view_size(height: int, width: int, scale: float, multiple: int = 16) -> tupl
 
 def preprocess(image: np.ndarray, size: tuple[int, int], flip: bool = False):
     """(H, W, 3) uint8 RGB → (1, 3, h, w): PIL bicubic resize, /255, CLIP mean/std, optionally mirrored."""
-    h, w = size
-    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BICUBIC))
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size[::-1], Image.Resampling.BICUBIC))
     x = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)
     x = ((x - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1))[None]
     return torch.flip(x, [-1]) if flip else x
