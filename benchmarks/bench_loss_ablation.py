@@ -25,7 +25,7 @@ SETTINGS = {
 def pseudo_mask_miou(checkpoint: Path, data: Path, names: list[str]) -> float:
     import weakclip
     from weakclip.data.io import read_image, read_mask
-    from weakclip.masks.evaluate import ConfusionMatrix
+    from weakclip.data.metrics import ConfusionMatrix
     from weakclip.masks.inference import InferenceOptions, predict
 
     model = weakclip.load_checkpoint(checkpoint).eval()
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from weakclip.data.synthetic import make_synthetic_dataset
     from weakclip.masks.evaluate import evaluate_dirs
-    from weakclip.training.train import main as train_main
+    from weakclip.training.config import read_config
+    from weakclip.training.train import run_training
 
     out = Path(args.workdir) if args.workdir else Path(args.out) / "loss_ablation_work"
     data = out / "data"
@@ -59,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     K = len((data / "class_names.txt").read_text().split("\n")) - 1
     seeds = 100 * evaluate_dirs(data / "SeedMasks", data / "SegmentationClass", K, names)[0].miou
     rows = []
-    base = [f"train.iters={args.iters}", "--resume", "--no-progress", f"schedule.val_interval={args.iters}"]
+    base = [f"train.iters={args.iters}", f"schedule.val_interval={args.iters}", "schedule.log_interval=100"]
     for label, overrides in SETTINGS.items():
         work = out / label.replace(" + ", "_").replace(" ", "_")
         t0 = time.perf_counter()
-        train_main([f"data.root={data}", f"work_dir={work}", *base, "schedule.log_interval=100", *overrides])
+        cfg = read_config(None, [f"data.root={data}", f"work_dir={work}", *base, *overrides])
+        run_training(cfg, resume=True, progress=False)
         miou = pseudo_mask_miou(work / "final.safetensors", data, names)
         row = {"losses": label, "pseudo_mask_miou": miou, "seeds_miou": seeds, "gain": miou - seeds}
         rows.append(row | {"train_s": time.perf_counter() - t0})

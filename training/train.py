@@ -247,12 +247,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides, e.g. train.iters=200")
     args = ap.parse_intermixed_args(argv)
     cfg = read_config(args.config, args.overrides)
+    run_training(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
+def run_training(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> None:
+    """The whole run of ``cfg`` (the library form of ``weakclip train``): log lines on stdout, one process or a
+    torchrun rank; a run that fails before writing leaves no empty work_dir."""
     setup_logging(logger=logger.name)  # INFO lines on stdout, warnings on stderr
     rank, world, device = setup_distributed(cfg.device)
     try:
-        with removed_if_left_empty(cfg.work_dir):  # a run that fails before writing leaves no empty work_dir
-            train(cfg, rank, world, device, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
-        return 0
+        with removed_if_left_empty(cfg.work_dir):
+            train(cfg, rank, world, device, resume=resume, progress=progress, overwrite=overwrite)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
