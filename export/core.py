@@ -1,6 +1,4 @@
-"""The export core: graph specs, exporting one graph, metadata, saving, and the ONNX Runtime vs PyTorch self-check.
-
-The other export modules import from here and nothing imports back (no import circle)."""
+"""The export core: graph specs, exporting one graph, metadata, saving, and the ONNX Runtime vs PyTorch self-check."""
 
 from __future__ import annotations
 
@@ -26,9 +24,8 @@ from weakclip.model.model import WeakCLIP
 # The one pinned opset: what the dynamo exporter emits natively; LayerNormalization is a single op (≥ 17).
 OPSET = 18
 
-# "dynamo" is the default because it keeps H and W dynamic through open_clip's attention and the positional-table
-# resize.  The legacy TorchScript exporter bakes the example token count into the attention reshapes, so its graph
-# fails at any other H, W; it stays selectable for comparison and the self-check at a second shape rejects it.
+# dynamo keeps H and W dynamic; the legacy TorchScript exporter bakes the example token count into the attention
+# reshapes (its graph fails at other H, W: the self-check at a second shape rejects it).
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_EXPORTER = "dynamo"
 
@@ -63,12 +60,8 @@ def timed(what: str) -> Iterator[None]:
 
 @dataclass
 class GraphSpec:
-    """One ONNX graph: the wrapper module, named inputs and outputs, and which axes are dynamic.
-
-    ``dims`` maps input name → {axis: symbol}: "B" batch, "h"/"w" token grid, "H"/"W" = patch · h/w; inputs not
-    listed are static.  ``make_inputs(images)`` gives the graph's inputs (by name; other keys are ignored) for
-    normalised images (B, 3, H, W).
-    """
+    """One ONNX graph.  ``dims``: input name → {axis: symbol} ("B" batch, "h"/"w" token grid, "H"/"W" = patch · h/w);
+    ``make_inputs(images)``: the graph's inputs by name (extra keys ignored) for normalised images (B, 3, H, W)."""
 
     kind: str  # written to the metadata: encoder | coattention | decoder | end_to_end | ...
     file: str
@@ -125,22 +118,13 @@ def check_shapes(crop: int, patch: int) -> list[tuple[int, int, int]]:
     return [(2, crop, crop), (1, h, w)]
 
 
-def _dynamo_shapes(spec: GraphSpec, crop: int, patch: int) -> dict[str, Any]:
-    # Grid sides from 4 (the decoder's stride-32 level is then ≥ 2: no 0/1 specialisation) to the crop's grid.
-    grid = max(MIN_GRID, crop // patch)
-    h, w = (torch.export.Dim(s, min=MIN_GRID, max=grid) for s in "hw")
-    sym = {"B": torch.export.Dim("B", min=1, max=4096), "h": h, "w": w, "H": patch * h, "W": patch * w}
-    return {name: {ax: sym[s] for ax, s in spec.dims.get(name, {}).items()} or None for name in spec.input_names}
-
-
 def export_graph(spec: GraphSpec, example: dict[str, torch.Tensor], opts: ExportOptions, crop: int, patch: int) -> Any:
     """Trace ``spec.module`` on ``example`` and return the ONNX ModelProto (nothing written)."""
     import onnx
 
     args = tuple(example[n] for n in spec.input_names)
-    names: dict[str, Any] = dict(
-        opset_version=opts.opset, input_names=list(spec.input_names), output_names=list(spec.output_names)
-    )
+    names: dict[str, Any] = dict(opset_version=opts.opset, input_names=list(spec.input_names))
+    names["output_names"] = list(spec.output_names)
     with warnings.catch_warnings():
         if opts.exporter == "dynamo":
             try:
@@ -149,7 +133,10 @@ def export_graph(spec: GraphSpec, example: dict[str, torch.Tensor], opts: Export
                 raise ExportError("the dynamo exporter needs onnxscript: pip install onnxscript") from None
             # "The axis name: B will not be used, since it shares the same shape constraints with another axis"
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-            shapes = _dynamo_shapes(spec, crop, patch)
+            # Grid sides from 4 (the decoder's stride-32 level is then ≥ 2: no 0/1 specialisation) to the crop's grid.
+            h, w = (torch.export.Dim(s, min=MIN_GRID, max=max(MIN_GRID, crop // patch)) for s in "hw")
+            sym = {"B": torch.export.Dim("B", min=1, max=4096), "h": h, "w": w, "H": patch * h, "W": patch * w}
+            shapes = {n: {ax: sym[s] for ax, s in spec.dims.get(n, {}).items()} or None for n in spec.input_names}
             prog = torch.onnx.export(
                 spec.module, args, dynamo=True, dynamic_shapes=shapes, optimize=True, verbose=False, **names
             )
@@ -176,8 +163,7 @@ def export_graph(spec: GraphSpec, example: dict[str, torch.Tensor], opts: Export
 
 
 def name_io_dims(proto: Any, patch: int) -> None:
-    """Readable symbolic dims on the graph inputs/outputs instead of the exporter's "s39": B batch, H×W image, h×w
-    token grid.  Static dims (channels, K) stay numbers."""
+    """Readable symbolic dims on the graph I/O instead of the exporter's "s39": B batch, H×W image, h×w token grid."""
     if "image" in {i.name for i in proto.graph.input}:  # sizes follow from the image
         grid, logit = [f"H/{patch}", f"W/{patch}"], ["H/4", "W/4"]
     else:  # sizes follow from the token grid
@@ -194,7 +180,7 @@ def name_io_dims(proto: Any, patch: int) -> None:
                 d.dim_param = label
 
 
-def model_metadata(model: WeakCLIP, *, kind: str, opset: int, exporter: str, precision: str = "fp32") -> dict[str, str]:
+def model_metadata(model: WeakCLIP, *, kind: str, opset: int, exporter: str) -> dict[str, str]:
     cfg = model.config
     return {
         "graph": kind,
@@ -205,25 +191,26 @@ def model_metadata(model: WeakCLIP, *, kind: str, opset: int, exporter: str, pre
         "weakclip_version": weakclip.__version__,
         "opset": str(opset),
         "exporter": exporter,
-        "precision": precision,
+        "precision": "fp32",
         "torch_version": torch.__version__,
     }
 
 
 def set_metadata(model_proto: Any, meta: dict[str, str]) -> None:
-    keep = [p for p in model_proto.metadata_props if p.key not in meta]
-    del model_proto.metadata_props[:]
-    model_proto.metadata_props.extend(keep)
-    for k, v in meta.items():
-        p = model_proto.metadata_props.add()
-        p.key, p.value = k, v
+    from onnx.helper import set_model_props
+
+    set_model_props(model_proto, {**{k: v for k, v in props(model_proto).items() if k not in meta}, **meta})
+
+
+def props(model_proto: Any) -> dict[str, str]:
+    return {p.key: p.value for p in model_proto.metadata_props}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """metadata_props of an .onnx file (without loading external weights)."""
     import onnx
 
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return props(onnx.load(str(path), load_external_data=False))
 
 
 def simplify(model_proto: Any) -> Any:
@@ -232,7 +219,7 @@ def simplify(model_proto: Any) -> Any:
         import onnxslim
     except ImportError:
         raise ExportError("--simplify needs onnxslim: pip install onnxslim") from None
-    meta = {p.key: p.value for p in model_proto.metadata_props}
+    meta = props(model_proto)
     slim = onnxslim.slim(model_proto)
     set_metadata(slim, meta)
     return slim
@@ -276,8 +263,8 @@ def ort_session(path: str | os.PathLike, disabled_optimizers: Sequence[str] = ()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), so, providers=providers, disabled_optimizers=list(disabled_optimizers))
+    cpu = ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), so, providers=cpu, disabled_optimizers=list(disabled_optimizers))
 
 
 def check_graph(
@@ -292,11 +279,8 @@ def check_graph(
     disabled_optimizers: Sequence[str] = (),
     agreement_on: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run ``path`` in ONNX Runtime (CPU) and ``reference`` in PyTorch on random images of each (B, H, W).
-
-    Logs one line per shape and output; raises CheckFailed (after logging) when a result is out of tolerance.
-    ``agreement_on``: outputs whose argmax agreement is enforced (default: all; the others' is only reported).
-    """
+    """Run ``path`` in ONNX Runtime (CPU) and ``reference`` in PyTorch on random images of each (B, H, W); CheckFailed
+    when out of tolerance.  ``agreement_on``: outputs whose argmax agreement is enforced (default: all)."""
     sess = ort_session(path, disabled_optimizers=disabled_optimizers)
     gen = torch.Generator().manual_seed(1)
     results: list[dict[str, Any]] = []
@@ -370,8 +354,7 @@ class ExportOptions:
     int8_calibration_count: int = 16  # calibration windows for the static int8 convolutions
 
     @property
-    def tolerance(self) -> dict[str, float]:
-        """The fp32 check's keyword arguments of :func:`check_graph`."""
+    def tolerance(self) -> dict[str, float]:  # the fp32 check's keyword arguments of check_graph
         return {"atol": self.atol, "rtol": self.rtol, "min_agreement": self.min_agreement}
 
 

@@ -1,12 +1,7 @@
-"""TensorRT custom-op variant: the co-attention matching as ONE plugin node (identity, attributes and weight layout
-from ``engines/csrc/plugin_names.json``, shared with the C++ plugin), and its standard decomposition::
-
-    score_map (B, K, h, w) = <op_type>(g (B, E), dense (B, E, h, w), text (K, E), weights (P,))
-
-``text`` and ``weights`` are initializers, not attributes (attributes are copied per node, size-capped by some tools
-and skipped by the fp16 conversion).  ONNX Runtime cannot run the node: the checks run a copy with the decomposition
-inlined in its place (:func:`swap_in_decomposition`).
-"""
+"""TensorRT custom-op variant: the co-attention matching as ONE plugin node (described by
+``engines/csrc/plugin_names.json``, shared with the C++ plugin) ``score_map (B, K, h, w) = <op_type>(g (B, E),
+dense (B, E, h, w), text (K, E), weights (P,))``, text and weights as initializers (attributes are copied per node
+and skipped by the fp16 conversion).  ORT cannot run the node: the checks inline its standard decomposition."""
 
 from __future__ import annotations
 
@@ -15,18 +10,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from weakclip.export import core
-from weakclip.export.core import GraphSpec
+from weakclip.export.core import ExportOptions, GraphSpec
 from weakclip.export.wrappers import TAP_NAMES, CoAttentionPackedReference
 from weakclip.model import plugin_names
 from weakclip.model.model import WeakCLIP
-
-if TYPE_CHECKING:
-    from weakclip.export.core import ExportOptions
 
 CUSTOM_DOMAIN = "trt.plugins"  # TensorRT ignores the domain; ONNX needs one that is not the default
 CUSTOM_DOMAIN_VERSION = 1
@@ -39,8 +31,7 @@ plugin_spec = plugin_names.plugin_spec
 
 
 def plugin_attributes(model: WeakCLIP) -> dict[str, int | float]:
-    """The creator's PluginFields (``attributes`` of plugin_names.json, typed by ``attribute_info``): the config
-    fields of the same name, plus layer_norm_eps from the module."""
+    """The creator's PluginFields (``attributes`` of plugin_names.json): the config fields of that name, plus eps."""
     spec = plugin_spec()
     eps = {m.eps for m in model.coattention.modules() if isinstance(m, torch.nn.LayerNorm)}
     if eps != {LAYER_NORM_EPS}:
@@ -60,11 +51,6 @@ def packed_layout(model: WeakCLIP) -> list[tuple[str, tuple[int, ...]]]:
     width, layers = cfg.coattn_width, cfg.coattn_layers
     shapes = plugin_names.packed_weight_shapes(layers, cfg.embed_dim, width, width * cfg.coattn_mlp_ratio)
     return list(zip(plugin_names.packed_weight_names(layers), shapes, strict=True))
-
-
-def packed_weights(model: WeakCLIP) -> torch.Tensor:
-    """The ``weights`` input: (P,) float32."""
-    return plugin_names.pack_coattention_weights(model.coattention, dtype=torch.float32)
 
 
 def custom_coattention_graph(model: WeakCLIP, T: torch.Tensor, *, opset: int) -> Any:
@@ -89,7 +75,7 @@ def custom_coattention_graph(model: WeakCLIP, T: torch.Tensor, *, opset: int) ->
         outputs=[value("score_map", ["B", K, "h", "w"])],
         initializer=[
             numpy_helper.from_array(T.detach().float().contiguous().numpy(), "text"),
-            numpy_helper.from_array(packed_weights(model).numpy(), "weights"),
+            numpy_helper.from_array(plugin_names.pack_coattention_weights(model.coattention).numpy(), "weights"),
         ],
     )
     return helper.make_model(
@@ -106,9 +92,14 @@ def custom_end_to_end(encoder: Any, coattention_custom: Any, decoder: Any) -> An
     enc = compose.add_prefix(encoder, "encoder/")  # add_prefix copies (inplace=False)
     co = compose.add_prefix(coattention_custom, "coattention/")
     dec = compose.add_prefix(decoder, "decoder/")
-    _align_ir(enc, co, dec)
-    for part in (enc, co, dec):  # per-graph metadata ("graph": encoder/decoder) would conflict; set by the caller
-        del part.metadata_props[:]
+    opsets: dict[str, int] = {}  # merge_models needs equal IR versions and opsets per domain: the highest of each
+    for o in (o for m in (enc, co, dec) for o in m.opset_import):
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    for part in (enc, co, dec):
+        part.ir_version = max(m.ir_version for m in (enc, co, dec))
+        for o in part.opset_import:
+            o.version = opsets[o.domain]
+        del part.metadata_props[:]  # per-graph metadata ("graph": encoder/decoder) would conflict; set by the caller
     m = compose.merge_models(
         enc,
         co,
@@ -130,18 +121,6 @@ def custom_end_to_end(encoder: Any, coattention_custom: Any, decoder: Any) -> An
     return m
 
 
-def _align_ir(*models: Any) -> None:
-    """merge_models needs equal IR versions and opsets per domain: use the highest of each."""
-    opsets: dict[str, int] = {}
-    for o in (o for m in models for o in m.opset_import):
-        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
-    ir = max(m.ir_version for m in models)
-    for m in models:
-        m.ir_version = ir
-        for o in m.opset_import:
-            o.version = opsets[o.domain]
-
-
 def rename_value(graph: Any, old: str, new: str) -> None:
     """Rename tensor ``old`` to ``new`` everywhere in ``graph`` (node I/O, graph I/O, value_info, initializers)."""
     for n in graph.node:
@@ -156,25 +135,20 @@ def decomposition_spec(model: WeakCLIP, T: torch.Tensor, coattention_spec: Graph
     """GraphSpec of the node's standard decomposition (g, dense, text, weights → score_map)."""
     cfg = model.config
     module = CoAttentionPackedReference(packed_layout(model), heads=cfg.coattn_heads, layers=cfg.coattn_layers)
-    blob, text = packed_weights(model), T.detach().float()
+    blob, text = plugin_names.pack_coattention_weights(model.coattention), T.detach().float()
 
     def make_inputs(images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {**coattention_spec.make_inputs(images), "text": text, "weights": blob}
 
-    dims = {"g": {0: "B"}, "dense": {0: "B", 2: "h", 3: "w"}}
-    score = ("score_map",)
+    dims, score = coattention_spec.dims, coattention_spec.output_names
     return GraphSpec(
         "coattention_decomposition", DECOMPOSITION_FILE, module.eval(), PLUGIN_INPUTS, score, dims, make_inputs, score
     )
 
 
 def swap_in_decomposition(model: Any, decomposition: Any) -> Any:
-    """A copy of ``model`` with every plugin node replaced by the nodes of ``decomposition`` (inlined).
-
-    The decomposition's inputs and output are bound to the node's; its other tensors get the prefix ``<node name>/``.
-    The node's attributes must match the decomposition's (``plugin_attributes`` in its metadata).  fp16 nodes (fp16
-    weights) get Casts to fp32 around the fp32 decomposition.  The custom domain import is dropped.
-    """
+    """A copy of ``model`` with every plugin node replaced by the nodes of ``decomposition``, its inner tensors
+    prefixed ``<node name>/``.  The node's attributes must match the decomposition's ``plugin_attributes`` metadata."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -182,13 +156,14 @@ def swap_in_decomposition(model: Any, decomposition: Any) -> Any:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g, dg = out.graph, decomposition.graph
-    want = json.loads({p.key: p.value for p in decomposition.metadata_props}.get("plugin_attributes", "{}"))
+    want = json.loads(core.props(decomposition).get("plugin_attributes", "{}"))
     d_inputs, d_outputs = [i.name for i in dg.input], [o.name for o in dg.output]
     if d_inputs != list(PLUGIN_INPUTS) or len(d_outputs) != 1:
         raise ValueError(f"decomposition must map {PLUGIN_INPUTS} → one output, has {d_inputs} → {d_outputs}")
+    if not any(n.op_type == op_type and n.domain == CUSTOM_DOMAIN for n in g.node):
+        raise ValueError(f"no {op_type} node (domain {CUSTOM_DOMAIN}) in the model")
     types = {t.name: t.data_type for t in g.initializer}
     new_nodes = []
-    swapped = 0
     for node in g.node:
         if node.op_type != op_type or node.domain != CUSTOM_DOMAIN:
             new_nodes.append(node)
@@ -200,14 +175,13 @@ def swap_in_decomposition(model: Any, decomposition: Any) -> Any:
                 raise ValueError(f"plugin node {node.name}: attribute {k}={got}, decomposition was built for {v}")
         prefix = f"{node.name or 'plugin'}/"
         fp16 = types.get(node.input[3]) == TensorProto.FLOAT16
-        bind: dict[str, str] = {}
-        for dname, src in zip(d_inputs, node.input, strict=True):
-            bind[dname] = f"{prefix}{dname}_fp32" if fp16 else src
-            if fp16:
-                new_nodes.append(
-                    helper.make_node("Cast", [src], [bind[dname]], name=f"{prefix}cast_{dname}", to=TensorProto.FLOAT)
-                )
-        result = bind[d_outputs[0]] = f"{prefix}score_map_fp32" if fp16 else node.output[0]
+        io = [*zip(d_inputs, node.input, strict=True), (d_outputs[0], node.output[0])]
+        bind = {d: f"{prefix}{d}_fp32" if fp16 else x for d, x in io}
+        if fp16:  # fp32 decomposition between Casts
+            new_nodes += [
+                helper.make_node("Cast", [x], [bind[d]], name=f"{prefix}cast_{d}", to=TensorProto.FLOAT)
+                for d, x in io[:-1]
+            ]
 
         def name(x: str, bind: dict[str, str] = bind, prefix: str = prefix) -> str:
             return bind.get(x, f"{prefix}{x}" if x else x)
@@ -224,12 +198,8 @@ def swap_in_decomposition(model: Any, decomposition: Any) -> Any:
             n.output[:] = [name(x) for x in dn.output]
             new_nodes.append(n)
         if fp16:
-            new_nodes.append(
-                helper.make_node("Cast", [result], [node.output[0]], name=f"{prefix}cast_out", to=TensorProto.FLOAT16)
-            )
-        swapped += 1
-    if not swapped:
-        raise ValueError(f"no {op_type} node (domain {CUSTOM_DOMAIN}) in the model")
+            d, x = io[-1]
+            new_nodes.append(helper.make_node("Cast", [bind[d]], [x], name=f"{prefix}cast_out", to=TensorProto.FLOAT16))
     del g.node[:]
     g.node.extend(new_nodes)
     for f in decomposition.functions:  # exporter-emitted local functions, if any
@@ -298,11 +268,10 @@ def export_custom_op(
         )
 
     # 2. the plugin graphs
-    custom = {"coattention_custom": custom_coattention_graph(model, T, opset=opts.opset)}
+    co = custom_coattention_graph(model, T, opset=opts.opset)
+    custom = {"coattention_custom": co}
     if "encoder" in protos and "decoder" in protos:
-        custom["end_to_end_custom"] = custom_end_to_end(
-            protos["encoder"], custom["coattention_custom"], protos["decoder"]
-        )
+        custom["end_to_end_custom"] = custom_end_to_end(protos["encoder"], co, protos["decoder"])
     else:
         core.log("custom op: weakclip_custom.onnx needs the encoder and decoder graphs; not written")
     for kind, proto in custom.items():

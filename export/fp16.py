@@ -1,9 +1,6 @@
-"""FP16 variants of the exported graphs: TensorRT 11 takes each layer's precision from the ONNX tensor types.
-
-fp32 I/O, the numerically sensitive ops (``FP16_EXTRA_BLOCK``) and their constants stay fp32.  The check (ORT CPU vs
-PyTorch fp32) asks a logits argmax agreement ≥ 99 %, not 99.9 %: fp16 rounding through ~12 transformer blocks gives
-|Δlogit| of 1e-3…1e-2, and random-weight test models have many pixels whose top-2 margin is below that.
-"""
+"""FP16 variants of the exported graphs (TensorRT 11 takes each layer's precision from the ONNX tensor types); I/O,
+the sensitive ops and their constants stay fp32.  The check asks a logits argmax agreement ≥ 99 %, not 99.9 %: fp16
+rounding gives |Δlogit| of 1e-3…1e-2, and random-weight test models have many pixels with a smaller top-2 margin."""
 
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ FP16_EXTRA_BLOCK = (  # on top of the converter's default block list (Resize, Ra
 
 
 def op_block_list() -> list[str]:
-    """The converter's default block list plus the normalisation/softmax ops kept in fp32."""
     from onnxconverter_common import float16
 
     return sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_EXTRA_BLOCK))
@@ -40,14 +36,14 @@ def convert_to_fp16(model: Any) -> Any:
         from onnxconverter_common import float16
     except ImportError:
         raise RuntimeError("--fp16 needs onnxconverter-common: pip install onnxconverter-common") from None
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta, blocked = core.props(model), op_block_list()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "number … will be truncated": undone just below
         m16 = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=op_block_list(), disable_shape_infer=False
+            model, keep_io_types=True, op_block_list=blocked, disable_shape_infer=False
         )
     _restore_fp32_constants(model, m16)
-    core.set_metadata(m16, {**meta, "precision": "fp16", "fp16_op_block_list": ",".join(op_block_list())})
+    core.set_metadata(m16, {**meta, "precision": "fp16", "fp16_op_block_list": ",".join(blocked)})
     return m16
 
 
@@ -98,8 +94,7 @@ def export_fp16(
     shapes: list[tuple[int, int, int]],
     failures: list[str],
 ) -> dict[str, Any]:
-    """Convert every fp32 graph written to ``out`` (standard and custom-op) and check each in ORT CPU vs PyTorch fp32
-    (max |Δ| reported, argmax agreement of the logits ≥ opts.fp16_min_agreement)."""
+    """Convert every fp32 graph written to ``out`` and check each in ORT CPU vs PyTorch fp32."""
     import tempfile
 
     import onnx

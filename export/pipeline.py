@@ -20,8 +20,7 @@ from weakclip.model.model import WeakCLIP
 
 
 def validate_options(opts: ExportOptions) -> None:
-    """Checks that need no model (exporter, graph names, --int8's calibration source, listed not decoded); a problem
-    is an ExportInputError (a usage error) with one line."""
+    """Checks that need no model (--int8's images are listed, not decoded); a problem is a one-line ExportInputError."""
     if opts.exporter not in core.EXPORTERS:
         raise ExportInputError(f"unknown exporter {opts.exporter!r}; choose one of {core.EXPORTERS}")
     unknown = sorted(set(opts.graphs) - set(core.FILES))
@@ -122,10 +121,8 @@ def export_model(
     if windows is not None:
         report["int8"] = export_int8(out, windows)
     if failures and opts.exporter == "torchscript":
-        failures.append(
-            "hint: the TorchScript exporter bakes the example token count into open_clip's attention "
-            "reshapes, so other H, W fail; use --exporter dynamo"
-        )
+        hint = "the TorchScript exporter bakes the example token count into open_clip's attention reshapes"
+        failures.append(f"hint: {hint}, so other H, W fail; use --exporter dynamo")
     report.update(ok=not failures, failures=failures)
     write_text_atomic(out / "export.json", json.dumps(report, indent=1))
     if failures:
@@ -134,8 +131,7 @@ def export_model(
 
 
 def export_int8(out: Path, windows: list[np.ndarray]) -> dict[str, Any]:
-    """weakclip_int8.onnx from weakclip.onnx, calibrated on ``windows``; its agreement with fp32 ORT on them is
-    reported, not asserted (int8 error has no tight arithmetic bound)."""
+    """weakclip_int8.onnx from weakclip.onnx; its agreement with fp32 ORT on the windows is reported, not asserted."""
     src, dst = out / core.FILES["end_to_end"], out / "weakclip_int8.onnx"  # end_to_end is in opts.graphs (validated)
     with core.timed(f"int8: static convolutions ({len(windows)} calibration windows) + dynamic ViT linears"):
         info = quantize.quantize_int8(src, dst, windows)

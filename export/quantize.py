@@ -1,7 +1,5 @@
 """int8 end-to-end graph for ONNX Runtime CPU (``--int8``): Conv/ConvTranspose quantised statically (QDQ, MinMax
-calibration on real image windows), the ViT linears dynamically (benchmarks/results/cpu_engines.md); activation ×
-activation matmuls (slower quantised), the co-attention, the normalisations and the I/O stay fp32.
-"""
+calibration), the ViT linears dynamically; activation × activation matmuls, the co-attention and the I/O stay fp32."""
 
 from __future__ import annotations
 
@@ -26,15 +24,11 @@ def vit_linear_nodes(model: Any) -> list[str]:
         if n.name not in seen:
             seen.add(n.name)
             stack.extend(producer[i] for i in n.input if i in producer)
-    return [
-        n.name
-        for n in model.graph.node
-        if n.name in seen and n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits
-    ]
+    nodes = model.graph.node
+    return [n.name for n in nodes if n.name in seen and n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
 
 
 def _save_with_metadata(src: Path, model: Path, dst: Path, precision: str) -> None:
-    """Save the model file ``model`` to ``dst`` (atomically) with the metadata of ``src`` and ``precision``."""
     import onnx
 
     from weakclip.export.core import read_metadata, save_model, set_metadata
@@ -44,8 +38,7 @@ def _save_with_metadata(src: Path, model: Path, dst: Path, precision: str) -> No
     save_model(m, dst)
 
 
-def _hidden(dst: Path, tag: str) -> Path:
-    """A hidden intermediate file beside ``dst`` (removed by the caller)."""
+def _hidden(dst: Path, tag: str) -> Path:  # an intermediate file beside dst, removed by the caller
     return dst.with_name(f".{dst.stem}.{tag}.tmp.onnx")
 
 
@@ -56,23 +49,17 @@ def quantize_vit_linears(src: Path, dst: Path) -> dict[str, Any]:
 
     nodes = vit_linear_nodes(onnx.load(str(src), load_external_data=False))
     t0 = time.perf_counter()
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_quantize=nodes,
-        per_channel=True,
-        extra_options={"MatMulConstBOnly": True},
+    opts = dict(
+        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes, extra_options={"MatMulConstBOnly": True}
     )
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, **opts)
     _save_with_metadata(src, dst, dst, "int8-dynamic-vit-linears")
     seconds = round(time.perf_counter() - t0, 1)
     return {"quantized_nodes": len(nodes), "seconds": seconds, "mb": dst.stat().st_size / 2**20}
 
 
 def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> dict[str, Any]:
-    """QDQ int8 for every Conv/ConvTranspose of ``src`` → ``dst``, calibrated on ``calibration`` (each
-    (1, 3, H, W) float32, normalised like the model input)."""
+    """QDQ int8 for every Conv/ConvTranspose of ``src`` → ``dst``, calibrated on normalised (1, 3, H, W) windows."""
     from onnxruntime import quantization as q
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -89,16 +76,10 @@ def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray
     pre = _hidden(dst, "pre")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     try:
+        types = dict(activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, per_channel=True)
+        method = dict(quant_format=q.QuantFormat.QDQ, calibrate_method=q.CalibrationMethod.MinMax)
         q.quantize_static(
-            str(pre),
-            str(dst),
-            Reader(),
-            quant_format=q.QuantFormat.QDQ,
-            op_types_to_quantize=["Conv", "ConvTranspose"],
-            per_channel=True,
-            activation_type=q.QuantType.QUInt8,
-            weight_type=q.QuantType.QInt8,
-            calibrate_method=q.CalibrationMethod.MinMax,
+            str(pre), str(dst), Reader(), op_types_to_quantize=["Conv", "ConvTranspose"], **types, **method
         )
     finally:
         pre.unlink(missing_ok=True)
@@ -107,8 +88,7 @@ def quantize_convs_static(src: Path, dst: Path, calibration: Sequence[np.ndarray
 
 
 def quantize_int8(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Static int8 convolutions + dynamic int8 ViT linears: ``src`` (fp32 end-to-end graph) → ``dst``, written once,
-    atomically (the quantiser's intermediates are hidden files)."""
+    """Static int8 convolutions + dynamic int8 ViT linears: ``src`` (fp32 end-to-end graph) → ``dst``, atomically."""
     mid, lin_out = _hidden(dst, "conv"), _hidden(dst, "int8")
     try:
         conv = quantize_convs_static(src, mid, calibration)
@@ -158,8 +138,8 @@ def calibration_paths(images: str | Path, count: int = 16) -> list[Path]:
 def calibration_windows(
     images: str | Path, crop: int, mean: Sequence[float], std: Sequence[float], count: int = 16
 ) -> list[np.ndarray]:
-    """Up to ``count`` normalised (1, 3, crop, crop) windows (short side resized to the crop, centre crop) from
-    :func:`calibration_paths`; an unreadable image is a ValueError naming it."""
+    """Up to ``count`` normalised (1, 3, crop, crop) centre windows of :func:`calibration_paths` (short side resized
+    to the crop); an unreadable image is a ValueError naming it."""
     from PIL import Image
 
     from weakclip.data.io import read_image

@@ -6,12 +6,12 @@ embeddings T (K, E) as a constant buffer (no graph holds the prompt learner or t
     decoder      tap0..tap3 (B, D, h, w), score_map        → logits (B, K, H/4, W/4)
     end_to_end   image (B, 3, H, W)             [T inside] → logits (B, K, H/4, W/4), score_map (B, K, h, w)
 
-The pyramid adapter starts the decoder graph: the encoder → decoder tensors stay at the token grid (the stride-4
-level is 16× larger than a tap) and the encoder stays a pure ViT.
+The pyramid adapter starts the decoder graph, so the encoder → decoder tensors stay at the token grid.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -76,11 +76,8 @@ class WeakCLIPOnnx(nn.Module):
 
 
 class CoAttentionPackedReference(nn.Module):
-    """Standard decomposition of the custom co-attention node: (g, dense, text, weights (P,)) → score_map.
-
-    The packed blob is sliced back into the state-dict tensors for :func:`coattention_reference`, so the
-    decomposition depends on nothing but the node's inputs and attributes.
-    """
+    """Standard decomposition of the custom co-attention node: (g, dense, text, weights (P,)) → score_map, the blob
+    sliced back into the state-dict tensors of :func:`coattention_reference`."""
 
     def __init__(self, layout: Sequence[tuple[str, tuple[int, ...]]], *, heads: int, layers: int):
         super().__init__()
@@ -89,9 +86,6 @@ class CoAttentionPackedReference(nn.Module):
         self.layers = layers
 
     def forward(self, g: torch.Tensor, dense: torch.Tensor, text: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        sd: dict[str, torch.Tensor] = {}
-        offset = 0
-        for name, shape in self.layout:
-            sd[name] = weights[offset : offset + math.prod(shape)].reshape(shape)
-            offset += math.prod(shape)
+        ends = itertools.accumulate(math.prod(shape) for _, shape in self.layout)
+        sd = {n: weights[e - math.prod(s) : e].reshape(s) for (n, s), e in zip(self.layout, ends, strict=True)}
         return coattention_reference(sd, g, dense, text, heads=self.heads, layers=self.layers)

@@ -21,8 +21,6 @@ import torch
 
 from weakclip.errors import UsageError
 
-__all__ = ["is_torchscript_archive", "read_torchscript_state_dict"]
-
 # The storage type names TorchScript's pickler writes (``GLOBAL torch FloatStorage``) → element dtype.
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "DoubleStorage": torch.float64,
