@@ -35,14 +35,12 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def _train(data: Path, run: Path, iters: int, *extra: str) -> None:
     from weakclip.training.config import read_config
-    from weakclip.training.train import logger, setup_distributed, train
+    from weakclip.training.train import run_training
 
     every = [f"schedule.val_interval={max(iters // 3, 1)}", f"schedule.checkpoint_interval={max(iters // 6, 1)}"]
-    cfg = read_config(None, [f"data.root={data}", *extra, f"work_dir={run}", f"train.iters={iters}", *every])
-    setup_logging(logger=logger.name)
-    rank, world, device = setup_distributed(cfg.device)
-    with removed_if_left_empty(cfg.work_dir):
-        train(cfg, rank, world, device, resume=True)
+    run_training(
+        read_config(None, [f"data.root={data}", *extra, f"work_dir={run}", f"train.iters={iters}", *every]), resume=True
+    )
 
 
 def prepare_out(out: Path, settings: dict[str, int], overwrite: bool) -> None:
