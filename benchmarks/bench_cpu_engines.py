@@ -134,8 +134,7 @@ def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[
             g["text"] = (
                 f"{head}: missed — best {name} {s:.2f}× is {100 * s / goal:.0f} % of the goal (needs {goal / s:.2f}× more)"
             )
-        shipped = [r for r in ok if ROWS[r["engine"]].shipped]
-        if shipped:
+        if shipped := [r for r in ok if ROWS[r["engine"]].shipped]:
             bs = max(shipped, key=lambda r: r["speedup"])
             g.update(best_shipped=bs["engine"], shipped_speedup=bs["speedup"], met_by_shipped=bs["speedup"] >= goal)
             if bs is not best:
@@ -143,8 +142,7 @@ def evaluate_goals(rows: list[dict[str, Any]], skipped: dict[str, str]) -> list[
                     f"; best shipped engine {bs['engine']} {bs['speedup']:.2f}× "
                     f"({100 * bs['speedup'] / goal:.0f} % of the goal)"
                 )
-        faster = [r for r in cands if not _valid(r) and not r.get("emulated") and r["speedup"] > s]
-        if faster:
+        if faster := [r for r in cands if not _valid(r) and not r.get("emulated") and r["speedup"] > s]:
             f = max(faster, key=lambda r: r["speedup"])
             g["text"] += f"; {f['engine']} is faster ({f['speedup']:.2f}×) but agrees only {_pct(f)} < {bar}"
     return out
@@ -174,8 +172,7 @@ def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[st
         config = weakclip.load_checkpoint(ckpt).config
         log(f"checkpoint {ckpt} (crop {config.crop_size}, {len(config.class_names)} classes)")
     else:
-        overrides = {"crop_size": args.size} if args.quick else {}
-        model = weakclip.build_model(args.preset, **overrides).eval()
+        model = weakclip.build_model(args.preset, **({"crop_size": args.size} if args.quick else {})).eval()
         config = model.config
         ckpt = work / "model.safetensors"
         weakclip.save_checkpoint(model, ckpt)
@@ -358,10 +355,8 @@ def combine_probes(probes: list[dict[str, Any]]) -> dict[str, Any]:
     every run's figure kept."""
     out = dict(probes[0])
     for t in TIERS:
-        vals = [p[t]["gflop_per_s"] for p in probes if p.get(t) and p[t]["gflop_per_s"]]
-        best = max(range(len(probes)), key=lambda i: probes[i][t]["gflop_per_s"] or 0)
-        out[t] = dict(probes[best][t], runs=[p[t]["gflop_per_s"] for p in probes])
-        out[t]["gflop_per_s"] = max(vals) if vals else None
+        best = max(probes, key=lambda p: p[t]["gflop_per_s"] or 0)[t]
+        out[t] = dict(best, gflop_per_s=best["gflop_per_s"] or None, runs=[p[t]["gflop_per_s"] for p in probes])
     return out
 
 
@@ -432,8 +427,7 @@ def _share(v: Any, digits: int) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     m, cf, probe, proto = report["machine"], report["cpu_features"], report["probe"], report["protocol"]
-    gflop = report["prepare"]["gflop_per_window"]
-    parts = report["prepare"]["gflop_by_part"]
+    gflop, parts = report["prepare"]["gflop_per_window"], report["prepare"]["gflop_by_part"]
     lines = [
         f"# CPU engines by precision tier: WeakCLIP {report['preset']} at {report['size']}², batch {report['batch']}",
         "",
@@ -652,8 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engines = [e for e in ENGINES if ROWS[e].quick or not args.quick]
     else:
         engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = sorted(set(engines) - set(ENGINES))
-    if unknown:
+    if unknown := sorted(set(engines) - set(ENGINES)):
         print(f"bench_cpu_engines: unknown engine(s) {unknown}; choose from {ENGINES}", file=sys.stderr)
         return 2
     if "torch-eager" not in engines:
@@ -709,13 +702,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         probe = combine_probes(probes)
         log("GEMM peak (best of start / end): " + _probe_text(probe))
         measured = {e: pool(rs) for e, rs in runs.items() if rs}
+        base, protocol = measured.get("torch-eager"), common.protocol_windows(args.size)
         for e, r in measured.items():
             r.update(tier=ROWS[e].tier, emulated=ROWS[e].tier == "bf16" and no_bf16 is not None, parity=parity(work, e))
+            derive(r, base, prep["gflop_per_window"], probe, protocol)
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    protocol = common.protocol_windows(args.size)
-    base = measured.get("torch-eager")
-    for r in measured.values():
-        derive(r, base, prep["gflop_per_window"], probe, protocol)
     results = [
         measured.get(e) or {"engine": e, "tier": ROWS[e].tier, "skipped": skipped.get(e, "not run")} for e in engines
     ]

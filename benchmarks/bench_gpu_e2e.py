@@ -97,10 +97,8 @@ def _flag(key: str) -> str:
 
 def dense_fp16_peak(device_name: str) -> tuple[str | None, float | None]:
     """(table label, dense fp16 TFLOP/s) for a CUDA device name, or (None, None) when it is not in the table."""
-    for key, label, tflops in DENSE_FP16_PEAK_TFLOPS:
-        if key.lower() in device_name.lower():
-            return label, tflops
-    return None, None
+    name = device_name.lower()
+    return next(((label, tflops) for key, label, tflops in DENSE_FP16_PEAK_TFLOPS if key.lower() in name), (None, None))
 
 
 def derived(windows_per_s: float, protocol: dict[str, int], gflop: float, peak_tflops: float | None) -> dict:
@@ -262,9 +260,7 @@ def row_official(ctx: Ctx, row: dict) -> None:
             return model(x1).logits  # text_embeddings=None: prompt learner + text tower run for this window
 
     _measure(ctx, one, ctx.x[:1], row, iters=n)
-    with torch.inference_mode():
-        outs = torch.cat([one(ctx.x[i : i + 1]).float() for i in range(ctx.x.shape[0])])
-    row.update(agreement(outs, ctx.ref))
+    row.update(agreement(torch.cat([one(x1[None]) for x1 in ctx.x]), ctx.ref))
 
 
 def row_engine(ctx: Ctx, row: dict, precision: str) -> None:
@@ -366,9 +362,8 @@ def _export(ctx: Ctx) -> Path:
         except EngineError:
             fp16 = False
         t0 = time.perf_counter()
-        cpu_model = copy.deepcopy(ctx.model).cpu().float()
-        export_model(cpu_model, out, ExportOptions(graphs=("end_to_end",), check=False, fp16=fp16))
-        del cpu_model
+        options = ExportOptions(graphs=("end_to_end",), check=False, fp16=fp16)
+        export_model(copy.deepcopy(ctx.model).cpu().float(), out, options)  # a CPU fp32 copy, dropped after
         log(f"exported the end-to-end graph{' (+ fp16 graph)' if fp16 else ''} in {time.perf_counter() - t0:.0f} s")
         ctx.onnx = out / "weakclip.onnx"
     return ctx.onnx
@@ -455,8 +450,7 @@ def device_info(device: torch.device) -> dict:
             cuda=torch.version.cuda,
             cudnn=torch.backends.cudnn.version(),
         )
-        smi = shutil.which("nvidia-smi")
-        if smi:
+        if smi := shutil.which("nvidia-smi"):
             q = subprocess.run(
                 [smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
             )
@@ -618,14 +612,13 @@ def main(argv: list[str] | None = None) -> int:
     if abs(gflop - counted) > 0.02 * counted:
         log(f"note: --gflop-per-window {gflop:g} differs from the counted {counted:.1f} GFLOP per window")
     model = model.to(device)
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    x = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
+    x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
     with torch.inference_mode():
         T = model.text_embeddings()
         ref = model(x, text_embeddings=T).logits.float().cpu()
     info = device_info(device)
     peak = dense_fp16_peak(info["name"]) if device.type == "cuda" else (None, None)
-    protocol = common.protocol_windows(model.config.crop_size)
+    protocol = common.protocol_windows(size)
     log(
         f"{info['name']}: {preset} at {size}², batch {args.batch}, {gflop:g} GFLOP/window, protocol {protocol}, "
         f"dense fp16 peak {peak[1] or 'unknown'}"

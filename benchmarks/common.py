@@ -135,21 +135,20 @@ def time_calls(
 ) -> tuple[Any, float, list[float]]:
     """(first call's output, its seconds, seconds per call of each of ``repeats`` timed repeats of ``iters`` calls);
     ``warmup`` untimed calls in all, the first included."""
+
+    def timed(n: int) -> float:  # outputs dropped at once, so a timed call never holds the previous one's memory
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        return time.perf_counter() - t0
+
     t0 = time.perf_counter()
     first = fn()
     sync()
     first_s = time.perf_counter() - t0
-    for _ in range(warmup - 1):
-        fn()
-    sync()
-    per = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        sync()
-        per.append((time.perf_counter() - t0) / iters)
-    return first, first_s, per
+    timed(warmup - 1)
+    return first, first_s, [timed(iters) / iters for _ in range(repeats)]
 
 
 def fmt(v: Any, spec: str, na: str = "–") -> str:
