@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -228,8 +229,6 @@ def simplify(model_proto: Any) -> Any:
 def save_model(model_proto: Any, path: Path) -> Path:
     """Write a single-file model (< 2 GB) or the model plus ``<name>.data`` beside it, atomically: written and fully
     checked in a hidden temporary folder, then renamed into place (data first), so no truncated model is left."""
-    import tempfile
-
     import onnx
 
     from weakclip.data.io import commit_file, output_error

@@ -254,8 +254,7 @@ def export_custom_op(
     dpath = out / DECOMPOSITION_FILE
     core.log(f"custom op: exporting the standard decomposition → {dpath}")
     t0 = time.perf_counter()
-    example = dspec.make_inputs(core.example_images(crop, patch))
-    dproto = core.export_graph(dspec, example, opts, crop, patch)
+    dproto = core.export_graph(dspec, dspec.make_inputs(core.example_images(crop, patch)), opts, crop, patch)
     core.set_metadata(dproto, {**metadata(dspec.kind), **extra_meta})
     core.save_model(dproto, dpath)
     t_export = time.perf_counter() - t0

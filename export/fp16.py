@@ -4,6 +4,7 @@ rounding gives |Δlogit| of 1e-3…1e-2, and random-weight test models have many
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,6 @@ def export_fp16(
     failures: list[str],
 ) -> dict[str, Any]:
     """Convert every fp32 graph written to ``out`` and check each in ORT CPU vs PyTorch fp32."""
-    import tempfile
-
     import onnx
 
     # max |Δ| and the score map's agreement are only reported (random-weight cosine near-ties flip)
