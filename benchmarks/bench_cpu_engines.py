@@ -207,14 +207,12 @@ def prepare(args: argparse.Namespace, work: Path, engines: list[str]) -> dict[st
         rng = np.random.default_rng(args.seed + 7)  # random weights: random calibration inputs
         calib = [rng.standard_normal((1, 3, args.size, args.size), dtype=np.float32) for _ in range(args.calib)]
         if "onnxruntime-int8" in engines:
-            dst = onnx_dir / "weakclip_int8.onnx"
+            paths["onnxruntime-int8"] = str(dst := onnx_dir / "weakclip_int8.onnx")
             q = info["int8"] = quantize.quantize_vit_linears(fp32, dst)
-            paths["onnxruntime-int8"] = str(dst)
             log(f"int8 dynamic quantisation: {q['quantized_nodes']} ViT linears, {q['mb']:.0f} MB")
         if "onnxruntime-int8-conv" in engines:
-            dst = onnx_dir / "weakclip_int8_conv.onnx"
+            paths["onnxruntime-int8-conv"] = str(dst := onnx_dir / "weakclip_int8_conv.onnx")
             info["int8_conv"] = quantize.quantize_int8(fp32, dst, calib)
-            paths["onnxruntime-int8-conv"] = str(dst)
             log(f"int8 static convs + dynamic ViT linears: {info['int8_conv']}")
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed + 1))
     np.save(work / "input.npy", x.numpy())
