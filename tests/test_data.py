@@ -119,8 +119,7 @@ def test_json_txt_and_seed_labels(tmp_path):
         labels.load_labels(tmp_path / "big.json", 21)
     with pytest.raises(FileNotFoundError, match="nope.json"):
         labels.load_labels(tmp_path / "nope.json")
-    save_mask_png(tmp_path / "s" / "a.png", np.array([[0, 4, 255], [2, 4, 0]], np.uint8))
-    assert labels.labels_from_seed_dir(tmp_path / "s", ["a"]) == {"a": [2, 4]}
+    assert labels.labels_from_mask(np.array([[0, 4, 255], [2, 4, 0]], np.uint8)) == [2, 4]
 
 
 def test_cam_npy_needs_opt_in(tmp_path):

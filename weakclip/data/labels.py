@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from weakclip.data.classes import COCO_CATEGORY_IDS, COCO_OFFICIAL91_CLASSES
-from weakclip.data.io import read_mask, reading
+from weakclip.data.io import reading
 
 Labels = dict[str, list[int]]
 
@@ -153,11 +153,6 @@ def read_labels_txt(path: str | os.PathLike, num_classes: int | None = None) -> 
 def labels_from_mask(mask: np.ndarray) -> list[int]:
     """Foreground classes present in a label mask (H, W): unique values except 0 (background) and 255 (ignore)."""
     return [int(v) for v in np.unique(np.asarray(mask)) if v != 0 and v != 255]
-
-
-def labels_from_seed_dir(seed_dir: str | os.PathLike, names: Iterable[str]) -> Labels:
-    """Derive labels for ``names`` from the seed masks ``seed_dir/<name>.png``."""
-    return {n: labels_from_mask(read_mask(Path(seed_dir) / f"{n}.png")) for n in names}
 
 
 def load_labels(path: str | os.PathLike, num_classes: int | None = None) -> Labels:
