@@ -9,16 +9,6 @@ from pathlib import Path
 from weakclip.errors import ArgumentParser, RuntimeFailure, UsageError, cli
 
 
-def _read_names(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: --class-names file not found")
-    names = [n.strip() for n in p.read_text().splitlines() if n.strip()]
-    if not names or names[0] != "background":
-        raise UsageError(f"{p}: --class-names must list one name per line with 'background' first")
-    return names
-
-
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
     ap = ArgumentParser(prog="weakclip convert", description=__doc__.split("\n\n")[0])
@@ -28,12 +18,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     default = "from the checkpoint's meta.CLASSES or the head size: 21 VOC, 81/91 COCO"
     ap.add_argument("--class-names", help=f"text file, one class name per line (default: {default})")
     args = ap.parse_args(argv)
-    names = _read_names(args.class_names) if args.class_names else None
-    if Path(args.output).suffix != ".safetensors":
-        raise UsageError(f"{args.output}: the output must be a .safetensors file")
-    from weakclip.model.checkpoint import save_checkpoint  # torch: after parsing
+    from weakclip.data.datasets import read_class_names  # torch: imported after parsing
+    from weakclip.model.checkpoint import save_checkpoint
     from weakclip.model.convert_official import convert_with_info
 
+    try:
+        names = list(read_class_names(args.class_names)) if args.class_names else None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if Path(args.output).suffix != ".safetensors":
+        raise UsageError(f"{args.output}: the output must be a .safetensors file")
     model, info = convert_with_info(args.input, args.preset, names)
     try:
         save_checkpoint(model, args.output, extra=info)
