@@ -334,9 +334,7 @@ class FusedCoAttention(torch.nn.Module):
         return S, t_star, v_star[:, 1:].transpose(1, 2).reshape(B, E, h, w)
 
 
-@functools.cache
-def _default() -> CudaOps:
-    return CudaOps()
+_default = functools.cache(CudaOps)  # the default library, loaded once
 
 
 def load(path: str | os.PathLike | None = None) -> CudaOps:

@@ -8,10 +8,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-
-@functools.cache
-def _tokenizer() -> SimpleTokenizer:
-    return SimpleTokenizer()
+_tokenizer = functools.cache(SimpleTokenizer)  # one tokenizer per process (reading its BPE table takes a while)
 
 
 def tokenize_names(class_names: tuple[str, ...] | list[str], context_length: int = 5) -> torch.Tensor:
