@@ -25,19 +25,7 @@ from weakclip.engines.base import (
     get_engine,
 )
 from weakclip.errors import UsageError
-from weakclip.masks.batch import (
-    BatchJob,
-    Item,
-    Outputs,
-    Summary,
-    check_out_location,
-    one_line,
-    overlay_names,
-    read_inputs,
-    require_pydensecrf,
-    run_batch,
-    write_record,
-)
+from weakclip.masks import batch
 from weakclip.masks.inference import InferenceOptions, postprocess, predict_probs
 from weakclip.model.config import DEFAULT_SCALES, scales_from
 from weakclip.progress import print_startup
@@ -148,20 +136,20 @@ def generate(
     labels: str | os.PathLike | None = None,
     masks: MaskOptions = MaskOptions(),
     run: RunOptions = RunOptions(),
-) -> Summary:
+) -> batch.Summary:
     """Pseudo masks for ``images`` (a folder or a list file) into ``out``.  Every check that needs no model runs
     first; the engine is built only when there is work.  Raises :class:`UsageError` for bad inputs,
     :class:`RuntimeFailure` when images failed, :class:`~weakclip.errors.OutputError` at a fatal write."""
     if run.threads:
         torch.set_num_threads(run.threads)
     out = Path(out)
-    all_items = read_inputs(images, image_root, ext)
+    all_items = batch.read_inputs(images, image_root, ext)
     given = engine if isinstance(engine, Engine) else None
     spec = engine if isinstance(engine, EngineSpec) else EngineSpec()
-    outputs = Outputs(out, masks.save_probs, masks.probs_dtype, record=RECORD)
-    check_out_location(out, images, all_items, outputs, {"--model": spec.model, "--labels": labels})
+    outputs = batch.Outputs(out, masks.save_probs, masks.probs_dtype, record=RECORD)
+    batch.check_out_location(out, images, all_items, outputs, {"--model": spec.model, "--labels": labels})
     if masks.crf != "none":
-        require_pydensecrf(f"--crf {masks.crf} needs pydensecrf (pip install pydensecrf2, or the [train] extra)")
+        batch.require_pydensecrf(f"--crf {masks.crf} needs pydensecrf (pip install pydensecrf2, or the [train] extra)")
     if given is not None:
         engine_name = given.name or type(given).__name__
     else:  # the wrong kind of model file or an unknown option: refused before anything is written
@@ -186,13 +174,15 @@ def generate(
     inputs = {"images": images, "image_root": image_root, "ext": ext, "model": spec.model, "labels": labels, "out": out}
     record_args = {k: v and str(v) for k, v in inputs.items()} | asdict(masks) | asdict(run)
     del record_args["shard"]
-    samples = overlay_names(all_items, run.overlays)
+    samples = batch.overlay_names(all_items, run.overlays)
 
-    def write(item: Item, image: np.ndarray, probs: Any) -> None:
+    def write(item: batch.Item, image: np.ndarray, probs: Any) -> None:
         pred = postprocess(image, probs, image_labels[item.name] if image_labels is not None else None, masks.crf)
         outputs.write(item.name, image, pred.mask, pred.probs, masks.palette, item.name in samples)
 
-    def infer(eng: Engine, opts: InferenceOptions, job: BatchJob, chunk: list[tuple[Item, np.ndarray]]) -> None:
+    def infer(
+        eng: Engine, opts: InferenceOptions, job: batch.BatchJob, chunk: list[tuple[batch.Item, np.ndarray]]
+    ) -> None:
         try:
             probs = predict_probs(eng, [img for _, img in chunk], opts)
         except Exception as e:  # noqa: BLE001 - retried one by one to find the image at fault
@@ -200,12 +190,12 @@ def generate(
                 for one in chunk:
                     infer(eng, opts, job, [one])
             else:
-                job.fail_compute(chunk[0][0], f"inference: {one_line(e)}", "inference", EngineError)
+                job.fail_compute(chunk[0][0], f"inference: {batch.one_line(e)}", "inference", EngineError)
             return
         for (item, image), p in zip(chunk, probs):
             job.write(item, "writing outputs", write, item, image, p)
 
-    def work(todo: list[Item], skipped: int, lock: FolderLock) -> tuple[int, list[tuple[str, str]]]:
+    def work(todo: list[batch.Item], skipped: int, lock: FolderLock) -> tuple[int, list[tuple[str, str]]]:
         eng = given if given is not None else get_engine(engine_name, spec.model, **dict(spec.options))
         try:
             if image_labels is not None:
@@ -219,7 +209,7 @@ def generate(
             geometry = {k: getattr(masks, k) for k in ("crop", "stride", "base_size", "max_long", "scales", "flip")}
             opts = InferenceOptions.for_engine(eng, **geometry, max_batch=run.batch, device=run.tta_device)
             d = eng.describe()
-            write_record(outputs, settings, args=record_args, engine=d, inference=opts.to_dict())
+            batch.write_record(outputs, settings, args=record_args, engine=d, inference=opts.to_dict())
             scales = ",".join(f"{r:g}" for r in opts.scales)
             print_startup(
                 "generate",
@@ -233,7 +223,7 @@ def generate(
                 note=f"{len(todo)} image(s) to do, {skipped} already finished",
             )
             depth = 2 * max(run.workers, 1) + run.chunk
-            with BatchJob(len(todo), run.workers, "generate", run.progress, depth, lock) as job:
+            with batch.BatchJob(len(todo), run.workers, "generate", run.progress, depth, lock) as job:
                 for chunk in job.chunks(todo, run.chunk):
                     infer(eng, opts, job, chunk)
                 job.collect(0)
@@ -242,6 +232,6 @@ def generate(
             if given is None:
                 eng.close()
 
-    return run_batch(
+    return batch.run_batch(
         "weakclip generate", all_items, outputs, settings, work, overwrite=run.overwrite, shard=run.shard, noun="masks"
     )

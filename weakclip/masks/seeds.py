@@ -20,19 +20,7 @@ from PIL import Image
 from weakclip.data.io import file_sha256
 from weakclip.data.labels import load_labels
 from weakclip.errors import RuntimeFailure, UsageError
-from weakclip.masks.batch import (
-    BatchJob,
-    Item,
-    Outputs,
-    Summary,
-    check_out_location,
-    one_line,
-    overlay_names,
-    read_inputs,
-    require_pydensecrf,
-    run_batch,
-    write_record,
-)
+from weakclip.masks import batch
 from weakclip.masks.seed_prompts import PROMPT_SETS
 from weakclip.model.config import DEFAULT_SCALES, get_config, scales_from
 from weakclip.model.crf import CLIP_ES_CRF, CRFParams, dense_crf
@@ -397,19 +385,21 @@ def make_seeds(
     shard: tuple[int, int] | None = None,
     workers: int = 2,
     progress: bool = True,
-) -> Summary:
+) -> batch.Summary:
     """CLIP-ES seeds for ``images`` from image-level ``labels`` into ``out``; ``seeder`` replaces the built one."""
     if seeder is not None:
         options, class_names = seeder.options, seeder.class_names
     class_names = tuple(class_names or get_config(preset).class_names)
     if options.crf is not None:
-        require_pydensecrf("--crf clip_es needs pydensecrf (pip install pydensecrf2), or use --crf none")
+        batch.require_pydensecrf("--crf clip_es needs pydensecrf (pip install pydensecrf2), or use --crf none")
     if clip_weights not in (None, "openai") and not Path(clip_weights).is_file():
         raise UsageError(f"--clip-weights {clip_weights}: no such file (or pass 'openai')")
-    all_items = read_inputs(images, image_root, ext)
-    outputs = Outputs(Path(out), save_scores, record="seeds_config.json")
+    all_items = batch.read_inputs(images, image_root, ext)
+    outputs = batch.Outputs(Path(out), save_scores, record="seeds_config.json")
     weights_file = clip_weights if clip_weights != "openai" else None
-    check_out_location(Path(out), images, all_items, outputs, {"--clip-weights": weights_file, "--labels": labels})
+    batch.check_out_location(
+        Path(out), images, all_items, outputs, {"--clip-weights": weights_file, "--labels": labels}
+    )
     image_labels = load_labels(labels, num_classes=len(class_names))
     if missing := [it.name for it in all_items if it.name not in image_labels]:
         raise UsageError(f"{labels}: no image-level label for {len(missing)} image(s), e.g. {missing[:5]}")
@@ -423,23 +413,23 @@ def make_seeds(
     paths = {"images": images, "image_root": image_root, "ext": ext, "labels": labels, "out": out}
     record_args = {k: v and str(v) for k, v in paths.items()}
     record_args |= {"preset": preset, "clip_weights": clip_weights, "prompts": prompts, "device": device}
-    samples = overlay_names(all_items, overlays)
+    samples = batch.overlay_names(all_items, overlays)
 
-    def write(item: Item, image: np.ndarray, keys: Any, cams: np.ndarray, seeder: ClipSeeder) -> None:
+    def write(item: batch.Item, image: np.ndarray, keys: Any, cams: np.ndarray, seeder: ClipSeeder) -> None:
         mask, scores = seed_from_cams(image, cams, keys, seeder.options)
         full = np.zeros((len(class_names), *mask.shape), np.float16) if outputs.save_probs else None
         if full is not None:  # (K, H, W): background score, the labelled classes' CAMs, other rows 0
             full[0], full[keys] = scores[0], scores[1:]
         outputs.write(item.name, image, mask, full, palette, item.name in samples)
 
-    def work(todo: list[Item], skipped: int, lock: Any) -> tuple[int, list[tuple[str, str]]]:
+    def work(todo: list[batch.Item], skipped: int, lock: Any) -> tuple[int, list[tuple[str, str]]]:
         nonlocal seeder
         if seeder is None:
             if clip_weights is None:
                 print("warning: --clip-weights none: random CLIP towers, the seeds are meaningless (tests only)")
             kw: dict[str, Any] = dict(class_names=class_names, prompts=prompt_set, device=device)
             seeder = build_seeder(preset, clip_weights=clip_weights, options=options, **kw)
-        write_record(outputs, settings, args=record_args)
+        batch.write_record(outputs, settings, args=record_args)
         crf = options.crf is not None
         print(
             f"weakclip seeds: {clip_weights or 'random'} CLIP ({preset}), prompts {prompt_set.name} "
@@ -449,17 +439,17 @@ def make_seeds(
             f"{len(todo)} image(s) to do, {skipped} already finished",
             flush=True,
         )
-        with BatchJob(len(todo), workers, "seeds", progress, 2 * max(workers, 1), lock) as job:
+        with batch.BatchJob(len(todo), workers, "seeds", progress, 2 * max(workers, 1), lock) as job:
             for [(item, image)] in job.chunks(todo, 1):  # one image at a time
                 try:
                     keys, cams, _ = seeder.cams(image, image_labels[item.name])
                 except Exception as e:  # noqa: BLE001 - one image's failure is recorded, the run goes on
-                    job.fail_compute(item, f"cams: {one_line(e)}", "CAM computation", RuntimeFailure)
+                    job.fail_compute(item, f"cams: {batch.one_line(e)}", "CAM computation", RuntimeFailure)
                     continue
                 job.write(item, "crf/writing", write, item, image, keys, cams, seeder)
             job.collect(0)
         return job.done, job.failures
 
-    return run_batch(
+    return batch.run_batch(
         "weakclip seeds", all_items, outputs, settings, work, overwrite=overwrite, shard=shard, noun="seeds"
     )
