@@ -21,6 +21,18 @@ from weakclip.training.train import load_config, lr_at, main, sample_indices
 REPO = Path(__file__).resolve().parents[1]
 
 
+# what a finished run leaves in work_dir
+RUN_FILES = (
+    "config.yaml",
+    "last.pt",
+    "final.safetensors",
+    "best.safetensors",
+    "text_embeddings.safetensors",
+    "log.csv",
+    "val.csv",
+)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn")
@@ -121,15 +133,7 @@ def test_train_smoke(data, tmp_path):
         ]
     )
     assert rc == 0
-    for f in (
-        "config.yaml",
-        "last.pt",
-        "final.safetensors",
-        "best.safetensors",
-        "text_embeddings.safetensors",
-        "log.csv",
-        "val.csv",
-    ):
+    for f in RUN_FILES:
         assert (work / f).is_file(), f
     assert "train.iters" not in (work / "config.yaml").read_text() and "iters: 4" in (work / "config.yaml").read_text()
     m = weakclip.load_checkpoint(work / "final.safetensors")
@@ -394,15 +398,7 @@ def test_outputs_follow_the_umask(data, tmp_path):
     finally:
         os.umask(old)
     modes = {f.name: f.stat().st_mode & 0o777 for f in work.iterdir()}
-    assert set(modes) >= {
-        "config.yaml",
-        "last.pt",
-        "final.safetensors",
-        "best.safetensors",
-        "text_embeddings.safetensors",
-        "log.csv",
-        "val.csv",
-    }
+    assert set(modes) >= set(RUN_FILES)
     assert modes == dict.fromkeys(modes, 0o640), modes
 
 
