@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import torch
-from test_generate import _make_images
+from test_generate import make_images
 
 import weakclip
 from weakclip.cli.evaluate import main as evaluate
@@ -22,7 +22,7 @@ def test_coco91_generate_and_evaluate(tmp_path, capsys):
     assert model.config.num_classes == 91 and model.config.class_names[12] == "street sign"
     ckpt = tmp_path / "coco91.safetensors"
     weakclip.save_checkpoint(model, ckpt)
-    names = _make_images(tmp_path / "images", 3)
+    names = make_images(tmp_path / "images", 3)
     labels = {n: [1, 90] for n in names}  # person, toothbrush (category ids 1 and 90)
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     out = tmp_path / "masks"

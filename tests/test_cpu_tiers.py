@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_generate import _make_images
+from test_generate import make_images
 
 import weakclip
 from weakclip.benchmarks import bench_cpu_engines as bench
@@ -197,7 +197,7 @@ def _generate(capsys, argv) -> tuple[int, str]:
 
 def test_generate_bf16_refused_in_one_line(tmp_path, ckpt, capsys, cpu_as) -> None:
     cpu_as(EPYC_AVX2)
-    _make_images(tmp_path / "img", 2)
+    make_images(tmp_path / "img", 2)
     rc, err = _generate(
         capsys,
         ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "m"), "--model", str(ckpt), "--precision", "bf16"],
@@ -211,7 +211,7 @@ def test_generate_bf16_end_to_end(tmp_path, ckpt, capsys, cpu_as) -> None:
     """On a bf16 CPU (claimed here; other CPUs run the same roundings emulated) generate writes masks with the bf16
     engine and records the tier; they are the argmax of the bf16 engine's probabilities."""
     cpu_as(ZEN4)
-    _make_images(tmp_path / "img", 3)
+    make_images(tmp_path / "img", 3)
     out = tmp_path / "m"
     rc, err = _generate(
         capsys,
@@ -235,7 +235,7 @@ def test_generate_bf16_end_to_end(tmp_path, ckpt, capsys, cpu_as) -> None:
 
 
 def test_generate_int8_tier_needs_an_int8_file(tmp_path, ckpt, capsys, tiny_onnx) -> None:
-    _make_images(tmp_path / "img", 2)
+    make_images(tmp_path / "img", 2)
     common = ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "m"), "--precision", "int8"]
     rc, err = _generate(capsys, [*common, "--model", str(ckpt)])
     assert rc == 2 and err.count("\n") == 0 and "int8 is a model file" in err, err

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from folder_state import listing
-from test_generate import K, StandInEngine, _make_images  # noqa: F401  (registers the "standin" engine)
+from test_generate import K, StandInEngine, make_images  # noqa: F401  (registers the "standin" engine)
 
 import weakclip
 from weakclip import cli, errors
@@ -95,7 +95,7 @@ def mounts(tmp_path: Path):
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Images, a list, labels, a tiny WeakCLIP checkpoint (6 classes) and GT masks."""
     d = tmp_path_factory.mktemp("boundary")
-    names = _make_images(d / "images", 3)
+    names = make_images(d / "images", 3)
     (d / "list.txt").write_text("".join(f"{n}\n" for n in names))
     (d / "labels.json").write_text(json.dumps({n: [1] for n in names}))
     torch.manual_seed(0)
@@ -373,7 +373,7 @@ def test_generate_stops_at_the_first_disk_full_write(data, tmp_path, capsys, mon
     """OSError-injecting writer: the 2nd file fails with ENOSPC; the run stops there instead of computing the rest."""
     import weakclip.data.io as wio
 
-    _make_images(tmp_path / "many", 12)
+    make_images(tmp_path / "many", 12)
     real, calls = wio.commit_file, []
 
     def commit(tmp, path):

@@ -66,7 +66,7 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def _make_images(folder: Path, n: int, seed: int = 0) -> list[str]:
+def make_images(folder: Path, n: int, seed: int = 0) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     names = []
@@ -118,7 +118,7 @@ def _cli(images: Path, out: Path, *extra: str) -> list[str]:
 
 def test_sigkill_midway_then_resume_equals_clean_run(tmp_path, capsys):
     images = tmp_path / "images"
-    names = _make_images(images, 200)
+    names = make_images(images, 200)
     _add_bad_inputs(images)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
@@ -178,7 +178,7 @@ def _outputs(out: Path) -> list[Path]:
 
 def test_sharding_covers_every_image_once(tmp_path, monkeypatch, capsys):
     images = tmp_path / "images"
-    names = _make_images(images, 23, seed=1)
+    names = make_images(images, 23, seed=1)
     seen: list[str] = []
     for i in range(3):
         out = tmp_path / f"shard{i}"
@@ -215,7 +215,7 @@ def test_sharding_covers_every_image_once(tmp_path, monkeypatch, capsys):
 
 def test_outputs_labels_probs_overlays_and_list_file(tmp_path):
     images = tmp_path / "images"
-    names = _make_images(images, 6, seed=2)
+    names = make_images(images, 6, seed=2)
     (tmp_path / "train.txt").write_text("\n".join(names[:5]) + "\n")
     labels = {n: [1] for n in names}
     (tmp_path / "labels.json").write_text(json.dumps(labels))
@@ -298,7 +298,7 @@ def test_torch_engine_real_tiny_model_end_to_end(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(eng(x), model(x).logits, atol=1e-5, rtol=0)
     images = tmp_path / "images"
-    names = _make_images(images, 3, seed=3)
+    names = make_images(images, 3, seed=3)
     out = tmp_path / "out"
     rc = main(
         [
@@ -334,7 +334,7 @@ class _FlakyEngine(StandInEngine):
 
 def test_inference_failure_is_isolated_to_its_image(tmp_path, capsys):
     images = tmp_path / "images"
-    names = _make_images(images, 7, seed=4)
+    names = make_images(images, 7, seed=4)
     Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(images / "white.png")
     register_engine("flaky", _FlakyEngine)
     out = tmp_path / "out"

@@ -139,7 +139,7 @@ def _bash() -> str:
     return bash
 
 
-def _stray_outputs() -> set[str]:
+def stray_outputs() -> set[str]:
     """Files named like gpu_check's outputs anywhere in the checkout (outside its hidden folders: .venv, .git, ...)."""
     found = set()
     for top in REPO.iterdir():

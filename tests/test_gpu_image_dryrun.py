@@ -30,7 +30,7 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from test_gpu_bench import GPU_ROWS, _stray_outputs, e2e
+from test_gpu_bench import GPU_ROWS, e2e, stray_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_LIST = REPO / "benchmarks" / "gpu_image.txt"
@@ -247,9 +247,9 @@ def _dry_run(info: dict, tmp: Path, *extra: str, **env_extra: str) -> tuple[subp
 @pytest.fixture(scope="module")
 def dry_run(image_venv: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The GPU machine's first call rehearsed once: the image-like venv, an empty working folder, relative --out."""
-    before = _stray_outputs()
+    before = stray_outputs()
     proc, out = _dry_run(image_venv, tmp_path_factory.mktemp("gpu_check"))
-    return {"proc": proc, "cwd": out.parent, "out": out, "stray": _stray_outputs() - before}
+    return {"proc": proc, "cwd": out.parent, "out": out, "stray": stray_outputs() - before}
 
 
 def test_gpu_check_dry_run_passes_in_the_image_venv(image_venv: dict, dry_run: dict) -> None:

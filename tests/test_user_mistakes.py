@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_generate import StandInEngine, _make_images  # noqa: F401  (registers the "standin" engine)
+from test_generate import StandInEngine, make_images  # noqa: F401  (registers the "standin" engine)
 
 import weakclip
 from weakclip.cli.generate import main
@@ -33,7 +33,7 @@ def files(tmp_path_factory):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     onnx.save(helper.make_model(g, producer_name="test"), d / "weakclip.onnx")
-    _make_images(d / "images", 3)
+    make_images(d / "images", 3)
     return d
 
 
@@ -166,7 +166,7 @@ def test_crf_without_pydensecrf_fails_before_the_first_image(files, tmp_path, ca
 
 def test_unsupported_files_are_counted(files, tmp_path, capsys):
     images = tmp_path / "images"
-    _make_images(images, 2)
+    make_images(images, 2)
     (images / "notes.txt").write_text("x")
     (images / "a.xml").write_text("x")
     (images / "b.xml").write_text("x")
