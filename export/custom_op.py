@@ -16,7 +16,7 @@ import torch
 
 from weakclip.export import core
 from weakclip.export.core import ExportOptions, GraphSpec
-from weakclip.export.wrappers import TAP_NAMES, CoAttentionPackedReference
+from weakclip.export.wrappers import CoAttentionPackedReference
 from weakclip.model import plugin_names
 from weakclip.model.model import WeakCLIP
 
@@ -83,52 +83,6 @@ def custom_coattention_graph(model: WeakCLIP, T: torch.Tensor, *, opset: int) ->
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(CUSTOM_DOMAIN, CUSTOM_DOMAIN_VERSION)],
         producer_name="weakclip-export",
     )
-
-
-def custom_end_to_end(encoder: Any, coattention_custom: Any, decoder: Any) -> Any:
-    """encoder.onnx ∘ plugin graph ∘ decoder.onnx → image → logits, score_map (internal names prefixed per part)."""
-    from onnx import compose
-
-    enc = compose.add_prefix(encoder, "encoder/")  # add_prefix copies (inplace=False)
-    co = compose.add_prefix(coattention_custom, "coattention/")
-    dec = compose.add_prefix(decoder, "decoder/")
-    opsets: dict[str, int] = {}  # merge_models needs equal IR versions and opsets per domain: the highest of each
-    for o in (o for m in (enc, co, dec) for o in m.opset_import):
-        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
-    for part in (enc, co, dec):
-        part.ir_version = max(m.ir_version for m in (enc, co, dec))
-        for o in part.opset_import:
-            o.version = opsets[o.domain]
-        del part.metadata_props[:]  # per-graph metadata ("graph": encoder/decoder) would conflict; set by the caller
-    m = compose.merge_models(
-        enc,
-        co,
-        io_map=[("encoder/g", "coattention/g"), ("encoder/dense", "coattention/dense")],
-        outputs=[*(f"encoder/{t}" for t in TAP_NAMES), "coattention/score_map"],
-    )
-    m = compose.merge_models(
-        m,
-        dec,
-        io_map=[*((f"encoder/{t}", f"decoder/{t}") for t in TAP_NAMES), ("coattention/score_map", "decoder/score_map")],
-        outputs=["decoder/logits", "coattention/score_map"],
-    )
-    for old, new in (("encoder/image", "image"), ("decoder/logits", "logits"), ("coattention/score_map", "score_map")):
-        rename_value(m.graph, old, new)
-    ordered = sorted(m.graph.output, key=lambda o: o.name != "logits")  # the standard order: logits, score_map
-    del m.graph.output[:]
-    m.graph.output.extend(ordered)
-    m.graph.name = "weakclip_custom"
-    return m
-
-
-def rename_value(graph: Any, old: str, new: str) -> None:
-    """Rename tensor ``old`` to ``new`` everywhere in ``graph`` (node I/O, graph I/O, value_info, initializers)."""
-    for n in graph.node:
-        n.input[:] = [new if x == old else x for x in n.input]
-        n.output[:] = [new if x == old else x for x in n.output]
-    for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
-        if v.name == old:
-            v.name = new
 
 
 def decomposition_spec(model: WeakCLIP, T: torch.Tensor, coattention_spec: GraphSpec) -> GraphSpec:
@@ -270,7 +224,10 @@ def export_custom_op(
     co = custom_coattention_graph(model, T, opset=opts.opset)
     custom = {"coattention_custom": co}
     if "encoder" in protos and "decoder" in protos:
-        custom["end_to_end_custom"] = custom_end_to_end(protos["encoder"], co, protos["decoder"])
+        custom["end_to_end_custom"] = core.compose_end_to_end(
+            protos["encoder"], co, protos["decoder"], name="weakclip_custom"
+        )
+        core.name_io_dims(custom["end_to_end_custom"], patch)
     else:
         core.log("custom op: weakclip_custom.onnx needs the encoder and decoder graphs; not written")
     for kind, proto in custom.items():

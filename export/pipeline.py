@@ -87,27 +87,38 @@ def export_model(
     }
     protos: dict[str, Any] = {}
     failures: list[str] = []
-    for kind in opts.graphs:
+    parts = ("encoder", "coattention", "decoder")
+    for kind in (k for k in core.FILES if k in opts.graphs):  # the parts first: end_to_end is composed from them
         spec = specs[kind]
         path = out / spec.file
-        log(f"{kind}: exporting with {opts.exporter} (opset {opts.opset}) → {path}")
+        composed = kind == "end_to_end" and all(p in protos for p in parts)
+        how = "composing encoder ∘ coattention ∘ decoder" if composed else f"exporting with {opts.exporter}"
+        log(f"{kind}: {how} (opset {opts.opset}) → {path}")
         t0 = time.perf_counter()
-        try:
-            proto = core.export_graph(spec, spec.make_inputs(example), opts, crop, patch)
-        except ExportError:
-            raise
-        except Exception as e:  # noqa: BLE001 - exporter internals: one line for the CLI, the cause chained
-            raise ExportError(f"{kind}: the {opts.exporter} exporter failed: {str(e).strip().splitlines()[0]}") from e
+        if composed:
+            proto = core.compose_end_to_end(*(protos[p] for p in parts), name="weakclip")
+            core.name_io_dims(proto, patch)
+        else:
+            try:
+                proto = core.export_graph(spec, spec.make_inputs(example), opts, crop, patch)
+            except ExportError:
+                raise
+            except Exception as e:  # noqa: BLE001 - exporter internals: one line for the CLI, the cause chained
+                first = str(e).strip().splitlines()[0]
+                raise ExportError(f"{kind}: the {opts.exporter} exporter failed: {first}") from e
         t_export = time.perf_counter() - t0
-        if opts.simplify:
+        if opts.simplify and not composed:  # a composed graph is made of simplified parts
             with core.timed(f"{kind}: onnxslim"):
                 proto = core.simplify(proto)
         core.set_metadata(proto, metadata(kind))
         core.save_model(proto, path)
-        if opts.custom_op:  # the custom-op graphs are composed from the encoder and decoder protos
-            protos[kind] = proto
+        protos[kind] = proto  # end_to_end and the custom-op graphs are composed from the part graphs
         entry: dict[str, Any] = {"file": spec.file, "mb": round(core.file_mb(path), 3), "export_s": round(t_export, 2)}
-        log(f"{kind}: exported in {t_export:.1f} s, {entry['mb']:.1f} MB, onnx.checker full check ok")
+        if composed:
+            entry["composed_from"] = [core.FILES[p] for p in parts]
+        log(
+            f"{kind}: {'composed' if composed else 'exported'} in {t_export:.1f} s, {entry['mb']:.1f} MB, onnx.checker full check ok"
+        )
         if opts.check:
             core.check_into(entry, failures, "", path, spec, spec.module, shapes, **opts.tolerance)
         report["graphs"][kind] = entry

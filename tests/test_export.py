@@ -98,6 +98,27 @@ def test_export_writes_every_graph_with_metadata(exported: Path, model: weakclip
     assert report["ok"] and report["exporter"] == "dynamo" and report["opset"] == core.OPSET
 
 
+def test_end_to_end_is_the_three_parts_composed(exported: Path) -> None:
+    """With the parts exported too, weakclip.onnx is composed from them (not traced again): the report says so, names
+    the parts share got a part prefix (one node per name), and it computes what the three part graphs chained do."""
+    graphs = json.loads((exported / "export.json").read_text())["graphs"]
+    assert graphs["end_to_end"]["composed_from"] == ["encoder.onnx", "coattention.onnx", "decoder.onnx"]
+    assert all("composed_from" not in graphs[k] for k in ("encoder", "coattention", "decoder"))
+    m = onnx.load(str(exported / "weakclip.onnx"))
+    names = [n.name for n in m.graph.node]
+    assert len(names) == len(set(names)) and any(n.startswith("decoder/") for n in names)
+    assert "image_encoder.visual.proj" in {t.name for t in m.graph.initializer}  # unique names kept (int8 finds it)
+    image = torch.randn(1, 3, 320, 384, generator=torch.Generator().manual_seed(3))
+    enc, co, dec = (core.ort_session(exported / f) for f in STANDARD[:3])
+    *taps, g, dense = run(enc, image=image)
+    (score,) = co.run(None, {"g": g, "dense": dense})
+    (logits,) = dec.run(None, {**dict(zip(("tap0", "tap1", "tap2", "tap3"), taps, strict=True)), "score_map": score})
+    whole = core.ort_session(exported / "weakclip.onnx").run(None, {"image": image.numpy()})
+    # the same fp32 ops in the same order; ORT may fuse across the former part boundaries: fp32 rounding only
+    for got, want in zip(whole, (logits, score), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
 def test_no_text_tower_in_graphs(exported: Path, model: weakclip.WeakCLIP) -> None:
     """T is a (K, E) constant: no graph holds the token embedding table or takes text input."""
     vocab = model.config.vocab_size
