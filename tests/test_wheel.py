@@ -98,7 +98,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     work, help_cwd = base / "work", base / "help"  # outside the checkout: the current directories of the commands
     work.mkdir()
     help_cwd.mkdir()
-    env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}"})
+    env.update({"HF_HUB_OFFLINE": "1", "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}"})
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     run = functools.partial(subprocess.run, cwd=help_cwd, env=env, capture_output=True, text=True, timeout=600)
     helps = [(cmd, pool.submit(run, cmd)) for cmd in _help_commands(venv / "bin")]
