@@ -181,7 +181,7 @@ def name_io_dims(proto: Any, patch: int) -> None:
                 d.dim_param = label
 
 
-def compose_end_to_end(encoder: Any, coattention: Any, decoder: Any, *, name: str) -> Any:
+def compose_end_to_end(encoder: Any, coattention: Any, decoder: Any, *, name: str, patch: int) -> Any:
     """The end-to-end graph (image → logits, score_map) from the three part graphs, without tracing the model again.
 
     The parts meet at their I/O names (tap0..tap3, g, dense from the encoder; score_map from the co-attention); any
@@ -193,59 +193,42 @@ def compose_end_to_end(encoder: Any, coattention: Any, decoder: Any, *, name: st
 
     parts = {"encoder": encoder, "coattention": coattention, "decoder": decoder}
     interface = {"image", *ENCODER_OUTPUTS, "score_map", "logits"}
-    for part, m in parts.items():
-        if any(
-            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in m.graph.node for a in n.attribute
-        ):
-            raise ExportError(f"{part}: graphs with control flow (subgraphs) cannot be composed")
-
-    def defined(g: Any) -> set[str]:  # tensor names a part defines, besides the interface
-        return {
-            *(o for n in g.node for o in n.output),
-            *(t.name for t in g.initializer),
-            *(v.name for v in g.value_info),
-        }
-
-    tensors = Counter(t for m in parts.values() for t in defined(m.graph) - interface)
+    defined = [
+        {*(o for n in m.graph.node for o in n.output), *(t.name for t in m.graph.initializer)} for m in parts.values()
+    ]
+    tensors = Counter(t for names in defined for t in names - interface)
     node_names = Counter(x for m in parts.values() for x in {n.name for n in m.graph.node})
     graph = onnx.GraphProto(name=name)
-    opsets: dict[str, int] = {}
-    functions: dict[tuple[str, str], Any] = {}
     for part, m in parts.items():
-        g = m.graph
 
         def rename(x: str, part: str = part) -> str:
             return f"{part}/{x}" if tensors[x] > 1 else x
 
-        for n in g.node:
+        for n in m.graph.node:
             c = graph.node.add()
             c.CopyFrom(n)
             c.name = f"{part}/{n.name}" if node_names[n.name] > 1 else n.name
-            c.input[:] = [rename(x) if x else x for x in n.input]
+            c.input[:] = [rename(x) for x in n.input]  # "" (an omitted optional input) stays ""
             c.output[:] = [rename(x) for x in n.output]
-        for src, dst in ((g.initializer, graph.initializer), (g.value_info, graph.value_info)):
+        for src, dst in ((m.graph.initializer, graph.initializer), (m.graph.value_info, graph.value_info)):
             for t in src:
-                c = dst.add()
-                c.CopyFrom(t)
-                c.name = rename(t.name)
-        for o in m.opset_import:
-            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
-        for f in m.functions:
-            key = (f.domain, f.name)
-            if key in functions and functions[key] != f:
-                raise ExportError(f"{part}: local function {f.domain}::{f.name} differs from another part's")
-            functions[key] = f
+                dst.add().CopyFrom(t)
+                dst[-1].name = rename(t.name)
     graph.input.extend(encoder.graph.input)
     outputs = {o.name: o for m in (decoder, coattention) for o in m.graph.output}
     graph.output.extend([outputs["logits"], outputs["score_map"]])
+    opsets: dict[str, int] = {}  # the highest version of each domain
+    for o in (o for m in parts.values() for o in m.opset_import):
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
         producer_name=encoder.producer_name,
         producer_version=encoder.producer_version,
-        functions=list(functions.values()),
+        functions=list({(f.domain, f.name): f for m in parts.values() for f in m.functions}.values()),
     )
     model.ir_version = max(m.ir_version for m in parts.values())
+    name_io_dims(model, patch)
     return model
 
 

@@ -224,10 +224,8 @@ def export_custom_op(
     co = custom_coattention_graph(model, T, opset=opts.opset)
     custom = {"coattention_custom": co}
     if "encoder" in protos and "decoder" in protos:
-        custom["end_to_end_custom"] = core.compose_end_to_end(
-            protos["encoder"], co, protos["decoder"], name="weakclip_custom"
-        )
-        core.name_io_dims(custom["end_to_end_custom"], patch)
+        parts = (protos["encoder"], co, protos["decoder"])
+        custom["end_to_end_custom"] = core.compose_end_to_end(*parts, name="weakclip_custom", patch=patch)
     else:
         core.log("custom op: weakclip_custom.onnx needs the encoder and decoder graphs; not written")
     for kind, proto in custom.items():

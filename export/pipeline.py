@@ -96,8 +96,7 @@ def export_model(
         log(f"{kind}: {how} (opset {opts.opset}) → {path}")
         t0 = time.perf_counter()
         if composed:
-            proto = core.compose_end_to_end(*(protos[p] for p in parts), name="weakclip")
-            core.name_io_dims(proto, patch)
+            proto = core.compose_end_to_end(*(protos[p] for p in parts), name="weakclip", patch=patch)
         else:
             try:
                 proto = core.export_graph(spec, spec.make_inputs(example), opts, crop, patch)
