@@ -23,18 +23,18 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-# Costly session fixtures, in the order their groups are sent to the workers: a module that names one of them
-# (first match) runs in that fixture's group.
+# Costly session fixtures: a module that names one of them (first match) runs in that fixture's group.
 SHARED_FIXTURES = ("tiny_export", "tiny_onnx")
-# The longest scheduling units, longest first (seconds in one `make test` on 2 cores: tiny_onnx 153, tiny_export 132,
-# README route 89, wheel 70, image-like venv 40, training 38, GPU benchmark dry runs 32, kernel emulation 29, plugin
-# compile 25; every other module ≤ 15): they are sent to the workers first, the short modules fill in behind them.
+# The longest scheduling units, longest first (seconds in `make test` on a clean clone, 2 cores: tiny_onnx 134,
+# tiny_export 112, README route 84, image-like venv 82 (its build), wheel 63, training 35, GPU benchmark dry runs 29,
+# kernel emulation 28, plugin compile 25; every other module ≤ 13): sent to the workers first, the short modules
+# fill in behind them.
 LONGEST = (
     "tiny_onnx",
     "tiny_export",
     "test_readme_route",
-    "test_wheel",
     "test_gpu_image_dryrun",
+    "test_wheel",
     "test_training",
     "test_gpu_bench",
     "test_kernel_emulation",
