@@ -111,13 +111,13 @@ def export_model(
                 proto = core.simplify(proto)
         core.set_metadata(proto, metadata(kind))
         core.save_model(proto, path)
-        protos[kind] = proto  # end_to_end and the custom-op graphs are composed from the part graphs
+        if kind in parts:  # end_to_end and the custom-op graphs are composed from them
+            protos[kind] = proto
         entry: dict[str, Any] = {"file": spec.file, "mb": round(core.file_mb(path), 3), "export_s": round(t_export, 2)}
         if composed:
             entry["composed_from"] = [core.FILES[p] for p in parts]
-        log(
-            f"{kind}: {'composed' if composed else 'exported'} in {t_export:.1f} s, {entry['mb']:.1f} MB, onnx.checker full check ok"
-        )
+        done = "composed" if composed else "exported"
+        log(f"{kind}: {done} in {t_export:.1f} s, {entry['mb']:.1f} MB, onnx.checker full check ok")
         if opts.check:
             core.check_into(entry, failures, "", path, spec, spec.module, shapes, **opts.tolerance)
         report["graphs"][kind] = entry

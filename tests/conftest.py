@@ -54,9 +54,10 @@ def pytest_configure(config: pytest.Config) -> None:
     thread each).  Runs in the controller before the workers start, so they inherit it.  More threads than cores make
     OpenMP's spinning threads wait on each other: the suite took 440 s with 2 threads per worker, 393 s with 1."""
     if "OMP_NUM_THREADS" not in os.environ:
+        from weakclip.engines.base import usable_cores  # imports no torch
+
         workers = config.getoption("numprocesses", None) if config.pluginmanager.hasplugin("xdist") else None
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // max(1, int(workers or 1))))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, usable_cores() // max(1, int(workers or 1))))
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook (pytest-xdist is in the dev extra)
